@@ -1,0 +1,148 @@
+"""Read N-BaIoT CSV files with strict validation, and split a device's rows for training/testing."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from data import nbaiot
+from fediot.errors import DataError
+
+log = logging.getLogger("fediot.data")
+
+
+def read_feature_csv(path: str | Path) -> np.ndarray:
+    """Read one N-BaIoT CSV (header + 115 numeric columns) into a float64 array.
+
+    Raises DataError naming the file (and line) on: missing/empty file, wrong header or column
+    count, non-numeric cells, NaN or Inf.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"{p}: file not found")
+    if p.stat().st_size == 0:
+        raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns and data rows")
+    try:
+        frame = pd.read_csv(p, low_memory=False)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns") from None
+    except pd.errors.ParserError as exc:
+        raise DataError(f"{p}: not a well-formed CSV ({str(exc).strip()}); expected {nbaiot.N_FEATURES} comma-separated columns per row") from None
+    except UnicodeDecodeError:
+        raise DataError(f"{p}: not a text CSV file") from None
+    header = [str(c).strip() for c in frame.columns]
+    if len(header) != nbaiot.N_FEATURES:
+        raise DataError(f"{p}: header has {len(header)} columns; expected the {nbaiot.N_FEATURES} N-BaIoT columns ({nbaiot.COLUMNS[0]}, ..., {nbaiot.COLUMNS[-1]})")
+    if tuple(header) != nbaiot.COLUMNS:
+        bad = next(i for i, (a, b) in enumerate(zip(header, nbaiot.COLUMNS)) if a != b)
+        raise DataError(f"{p}: column {bad + 1} is {header[bad]!r}; expected {nbaiot.COLUMNS[bad]!r} (N-BaIoT column order)")
+    if len(frame) == 0:
+        raise DataError(f"{p}: header only, no data rows")
+    if any(dtype == object for dtype in frame.dtypes):
+        for col in frame.columns[frame.dtypes == object]:
+            coerced = pd.to_numeric(frame[col], errors="coerce")
+            bad_rows = np.flatnonzero(coerced.isna().to_numpy() & frame[col].notna().to_numpy())
+            if len(bad_rows):
+                r = int(bad_rows[0])
+                raise DataError(f"{p}: line {r + 2}, column {col!r}: {frame[col].iloc[r]!r} is not a number")
+    values = frame.to_numpy(dtype=np.float64)
+    finite = np.isfinite(values)
+    if not finite.all():
+        r, c = map(int, np.argwhere(~finite)[0])
+        raise DataError(f"{p}: line {r + 2}, column {nbaiot.COLUMNS[c]!r}: value {values[r, c]} (empty, NaN or Inf); expected a finite number")
+    return values
+
+
+def evenly_spaced(rows: np.ndarray, limit: int | None) -> np.ndarray:
+    """At most `limit` rows, evenly spaced over the whole file, in their original order."""
+    if limit is None or len(rows) <= limit:
+        return rows
+    idx = np.linspace(0, len(rows) - 1, num=limit).round().astype(int)
+    return rows[idx]
+
+
+@dataclass
+class DeviceData:
+    """One device's rows as read from disk (before splitting)."""
+
+    device: str
+    benign: np.ndarray
+    attacks: dict[str, np.ndarray] = field(default_factory=dict)
+    missing_attacks: list[str] = field(default_factory=list)
+
+
+def device_dir(cache_dir: str | Path, device: str) -> Path:
+    return Path(cache_dir) / device
+
+
+def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None = None,
+                attack_test_rows: int | None = None, load_attacks: bool = True) -> DeviceData:
+    """Load one device's benign rows (first `max_benign_rows`) and its attack files.
+
+    Attack files that are absent are skipped with a warning and listed in `missing_attacks`.
+    """
+    nbaiot.check_device(device)
+    ddir = device_dir(cache_dir, device)
+    benign_path = ddir / nbaiot.BENIGN_FILE
+    if not benign_path.is_file():
+        raise DataError(f"{benign_path}: benign traffic file not found for device {device}")
+    benign = read_feature_csv(benign_path)
+    if max_benign_rows is not None:
+        benign = benign[:max_benign_rows]
+    data = DeviceData(device=device, benign=benign)
+    if not load_attacks:
+        return data
+    for attack in nbaiot.attack_names(device):
+        path = ddir / nbaiot.attack_relpath(attack)
+        if not path.is_file():
+            log.warning("%s: attack file %s is missing; skipped", device, path)
+            data.missing_attacks.append(attack)
+            continue
+        data.attacks[attack] = evenly_spaced(read_feature_csv(path), attack_test_rows)
+    if not data.attacks:
+        log.warning("%s: no attack files found under %s; TPR cannot be measured for this device", device, ddir)
+    return data
+
+
+@dataclass
+class DeviceSplit:
+    """Chronological split of one device: benign train / validation (threshold) / test, attack test rows."""
+
+    device: str
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    attacks: dict[str, np.ndarray]
+    missing_attacks: list[str]
+
+
+def split_counts(n_rows: int, train_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
+    """Row counts of the chronological train / validation / test parts."""
+    n_train = int(n_rows * train_fraction)
+    n_val = int(n_rows * validation_fraction)
+    return n_train, n_val, n_rows - n_train - n_val
+
+
+MIN_SPLIT_ROWS = 2
+
+
+def split_device(data: DeviceData, train_fraction: float, validation_fraction: float) -> DeviceSplit:
+    """Split benign rows in time order: first train, then validation, then test."""
+    n_train, n_val, n_test = split_counts(len(data.benign), train_fraction, validation_fraction)
+    if min(n_train, n_val, n_test) < MIN_SPLIT_ROWS:
+        raise DataError(
+            f"{data.device}: {len(data.benign)} benign rows give train/validation/test = {n_train}/{n_val}/{n_test}; "
+            f"each part needs at least {MIN_SPLIT_ROWS} rows (more benign rows or other data_args fractions)"
+        )
+    b = data.benign
+    return DeviceSplit(
+        device=data.device,
+        train=b[:n_train],
+        validation=b[n_train:n_train + n_val],
+        test=b[n_train + n_val:],
+        attacks=data.attacks,
+        missing_attacks=list(data.missing_attacks),
+    )

@@ -1,0 +1,1 @@
+"""The detector: normalisation -> autoencoder -> per-row score -> threshold. No FedML here."""

@@ -1,0 +1,170 @@
+"""Framework-free anomaly detector: train the autoencoder, score rows, set thresholds, save/load.
+
+Plain functions and small dataclasses; FedML's trainer/aggregator classes only call these.
+"""
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from model.autoencoder import AutoEncoder
+from model.normalization import Normalizer
+
+CHECKPOINT_FORMAT = "fediot-detector-v1"
+SCORE_BATCH_ROWS = 8192
+
+
+def learning_rate_for_round(base_lr: float, decay: float, min_lr: float, round_idx: int) -> float:
+    """FedDetect-style cross-round schedule: base_lr * decay**round, floored at min_lr."""
+    return max(base_lr * decay ** round_idx, min_lr)
+
+
+def train_autoencoder(model: nn.Module, rows: np.ndarray, epochs: int, batch_size: int, lr: float,
+                      weight_decay: float = 0.0, seed: int = 0,
+                      on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
+    """Train on normalised rows (float32) with MSE + Adam; returns the mean loss of each epoch."""
+    if len(rows) == 0:
+        raise ValueError("no training rows")
+    x = torch.as_tensor(rows, dtype=torch.float32)
+    model.train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    loss_fn = nn.MSELoss()
+    gen = torch.Generator().manual_seed(seed)
+    epoch_losses: list[float] = []
+    for epoch in range(epochs):
+        order = torch.randperm(len(x), generator=gen)
+        total, seen = 0.0, 0
+        for start in range(0, len(x), batch_size):
+            batch = x[order[start:start + batch_size]]
+            optimizer.zero_grad(set_to_none=True)
+            loss = loss_fn(model(batch), batch)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(batch)
+            seen += len(batch)
+        epoch_losses.append(total / seen)
+        if on_epoch is not None:
+            on_epoch(epoch, epoch_losses[-1])
+    return epoch_losses
+
+
+@torch.no_grad()
+def reconstruction_errors(model: nn.Module, rows: np.ndarray) -> np.ndarray:
+    """Per-row mean squared reconstruction error of normalised rows."""
+    model.eval()
+    out = np.empty(len(rows), dtype=np.float64)
+    for start in range(0, len(rows), SCORE_BATCH_ROWS):
+        x = torch.as_tensor(rows[start:start + SCORE_BATCH_ROWS], dtype=torch.float32)
+        out[start:start + len(x)] = ((model(x) - x) ** 2).mean(dim=1).double().numpy()
+    return out
+
+
+@dataclass
+class ErrorStats:
+    """Count, sum and sum of squares of per-row errors: enough for mean + k*std, and mergeable."""
+
+    count: int = 0
+    total: float = 0.0
+    total_sq: float = 0.0
+
+    @classmethod
+    def of(cls, errors: np.ndarray) -> "ErrorStats":
+        e = np.asarray(errors, dtype=np.float64)
+        return cls(len(e), float(e.sum()), float((e ** 2).sum()))
+
+    @classmethod
+    def merge(cls, parts: list["ErrorStats"]) -> "ErrorStats":
+        return cls(sum(p.count for p in parts), sum(p.total for p in parts), sum(p.total_sq for p in parts))
+
+    @property
+    def mean(self) -> float:
+        return self.total / self.count
+
+    @property
+    def std(self) -> float:
+        """Population standard deviation."""
+        return float(np.sqrt(max(self.total_sq / self.count - self.mean ** 2, 0.0)))
+
+    def threshold(self, k: float) -> float:
+        if self.count == 0:
+            raise ValueError("no validation errors to set a threshold from")
+        return self.mean + k * self.std
+
+
+@dataclass
+class Detector:
+    """A trained detector: normalisation + autoencoder + thresholds. Scores raw 115-column rows."""
+
+    model: AutoEncoder
+    normalizer: Normalizer
+    threshold_k: float
+    global_threshold: float
+    device_thresholds: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def score(self, raw_rows: np.ndarray) -> np.ndarray:
+        """Per-row reconstruction MSE of raw (un-normalised) rows."""
+        return reconstruction_errors(self.model, self.normalizer(raw_rows))
+
+    def threshold_for(self, device: str | None = None) -> float:
+        """The device's own threshold when known, else the global one."""
+        if device is not None and device in self.device_thresholds:
+            return self.device_thresholds[device]
+        return self.global_threshold
+
+    def predict(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
+        """True where a row is flagged as an attack."""
+        return self.score(raw_rows) > self.threshold_for(device)
+
+    def save(self, path: str | Path) -> Path:
+        """Write the checkpoint atomically (temp file + rename)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "input_dim": self.model.input_dim,
+            "state_dict": {k: v.detach().cpu() for k, v in self.model.state_dict().items()},
+            "normalizer": self.normalizer.to_dict(),
+            "threshold_k": self.threshold_k,
+            "global_threshold": self.global_threshold,
+            "device_thresholds": dict(self.device_thresholds),
+            "meta": self.meta,
+        }
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(buf.getvalue())
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, p)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return p
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Detector":
+        """Load a checkpoint written by `save` (a file, or a run directory holding model.pt)."""
+        p = Path(path)
+        if p.is_dir():
+            p = p / "model.pt"
+        if not p.is_file():
+            raise FileNotFoundError(f"{p}: checkpoint not found")
+        payload = torch.load(p, map_location="cpu", weights_only=False)
+        if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{p}: not a FedIoT detector checkpoint (expected format {CHECKPOINT_FORMAT})")
+        model = AutoEncoder(payload["input_dim"])
+        model.load_state_dict(payload["state_dict"])
+        model.eval()
+        return cls(model, Normalizer.from_dict(payload["normalizer"]), payload["threshold_k"],
+                   payload["global_threshold"], dict(payload["device_thresholds"]), payload.get("meta", {}))

@@ -1,0 +1,100 @@
+"""Feature normalisation fitted on training benign rows only, from mergeable statistics.
+
+Clients compute `FeatureStats` on their own training benign rows; statistics of several clients
+merge exactly (counts, sums, sums of squares, min, max), so a federated run builds the same
+`Normalizer` a centralized run would, without any row leaving a client.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+# Features whose spread on the training rows is below this are treated as constant: they are
+# centred but not divided by ~0 (which would turn tiny test deviations into huge scores).
+MIN_SCALE = 1e-6
+
+
+def apply_transform(x: np.ndarray, transform: str) -> np.ndarray:
+    """Element-wise transform applied before scaling: 'log1p' is sign(x)*log(1+|x|)."""
+    if transform == "log1p":
+        return np.sign(x) * np.log1p(np.abs(x))
+    if transform == "none":
+        return np.asarray(x, dtype=np.float64)
+    raise ValueError(f"unknown feature transform {transform!r}; expected log1p or none")
+
+
+@dataclass
+class FeatureStats:
+    """Per-feature count / sum / sum of squares / min / max of transformed rows."""
+
+    count: int
+    total: np.ndarray
+    total_sq: np.ndarray
+    minimum: np.ndarray
+    maximum: np.ndarray
+
+    @classmethod
+    def of(cls, rows: np.ndarray, transform: str) -> "FeatureStats":
+        t = apply_transform(rows, transform)
+        return cls(len(t), t.sum(axis=0), (t ** 2).sum(axis=0), t.min(axis=0), t.max(axis=0))
+
+    @classmethod
+    def merge(cls, parts: list["FeatureStats"]) -> "FeatureStats":
+        if not parts:
+            raise ValueError("no statistics to merge")
+        return cls(
+            sum(p.count for p in parts),
+            np.sum([p.total for p in parts], axis=0),
+            np.sum([p.total_sq for p in parts], axis=0),
+            np.min([p.minimum for p in parts], axis=0),
+            np.max([p.maximum for p in parts], axis=0),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"count": self.count, "total": self.total.tolist(), "total_sq": self.total_sq.tolist(),
+                "minimum": self.minimum.tolist(), "maximum": self.maximum.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FeatureStats":
+        return cls(int(d["count"]), np.asarray(d["total"]), np.asarray(d["total_sq"]),
+                   np.asarray(d["minimum"]), np.asarray(d["maximum"]))
+
+
+@dataclass
+class Normalizer:
+    """x -> (transform(x) - offset) / scale, identical for every row (benign or attack)."""
+
+    transform: str
+    method: str
+    offset: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def from_stats(cls, stats: FeatureStats, transform: str, method: str) -> "Normalizer":
+        if method == "zscore":
+            mean = stats.total / stats.count
+            var = np.maximum(stats.total_sq / stats.count - mean ** 2, 0.0)
+            offset, spread = mean, np.sqrt(var)
+        elif method == "minmax":
+            offset, spread = stats.minimum, stats.maximum - stats.minimum
+        else:
+            raise ValueError(f"unknown normalization {method!r}; expected zscore or minmax")
+        scale = np.where(spread < MIN_SCALE, 1.0, spread)
+        return cls(transform, method, offset.astype(np.float64), scale.astype(np.float64))
+
+    @classmethod
+    def fit(cls, rows: np.ndarray, transform: str, method: str) -> "Normalizer":
+        return cls.from_stats(FeatureStats.of(rows, transform), transform, method)
+
+    def __call__(self, rows: np.ndarray) -> np.ndarray:
+        return ((apply_transform(rows, self.transform) - self.offset) / self.scale).astype(np.float32)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"transform": self.transform, "method": self.method,
+                "offset": self.offset.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Normalizer":
+        return cls(d["transform"], d["method"], np.asarray(d["offset"]), np.asarray(d["scale"]))
