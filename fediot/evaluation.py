@@ -79,21 +79,30 @@ def _mode(scores: list[DeviceScores], thr: dict[str, float], window: int) -> dic
 
 
 def evaluate(scores: list[DeviceScores], global_threshold: float, device_thresholds: dict[str, float],
-             window: int) -> dict[str, Any]:
+             window: int, primary: str = "global") -> dict[str, Any]:
     """metrics.json's 'global' and 'devices' parts.
 
-    Top-level keys of each entry use the global threshold; `device_threshold` holds the same
-    metrics with each device's own threshold.
+    Each entry carries both threshold modes under `modes` ('global': one threshold from merged
+    validation statistics; 'device': each device's own threshold); its top-level keys repeat the
+    `primary` mode.
     """
+    if primary not in ("global", "device"):
+        raise ValueError(f"primary threshold mode must be 'global' or 'device', not {primary!r}")
     glob_thr = {s.device: global_threshold for s in scores}
-    result: dict[str, Any] = {"global": {"threshold": global_threshold, **_mode(scores, glob_thr, window)},
-                              "devices": {}}
-    result["global"]["device_threshold"] = _mode(scores, device_thresholds, window)
+
+    def entry(subset: list[DeviceScores]) -> dict[str, Any]:
+        modes = {
+            "global": {"threshold": global_threshold, **_mode(subset, glob_thr, window)},
+            "device": {"thresholds": {s.device: device_thresholds[s.device] for s in subset},
+                       **_mode(subset, device_thresholds, window)},
+        }
+        return {"threshold_mode": primary, **modes[primary], "modes": modes}
+
+    result: dict[str, Any] = {"global": entry(scores), "devices": {}}
     for s in scores:
-        entry = {"threshold": global_threshold, **_mode([s], glob_thr, window)}
-        entry["device_threshold"] = {"threshold": device_thresholds[s.device], **_mode([s], device_thresholds, window)}
-        entry["missing_attacks"] = list(s.missing_attacks)
-        entry["validation"] = {"n": int(len(s.validation)), "mse_mean": float(s.validation.mean()),
-                               "mse_std": float(s.validation.std())}
-        result["devices"][s.device] = entry
+        e = entry([s])
+        e["missing_attacks"] = list(s.missing_attacks)
+        e["validation"] = {"n": int(len(s.validation)), "mse_mean": float(s.validation.mean()),
+                           "mse_std": float(s.validation.std())}
+        result["devices"][s.device] = e
     return result

@@ -1,0 +1,144 @@
+"""Centralized and local-only baselines with the federated run's data, split, normalisation,
+threshold and metrics code; optional comparison with a federated run directory.
+
+    python baselines.py [--cf CONFIG] [--federated RUN_DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data.loader import DeviceSplit
+from fediot import config as config_mod
+from fediot.console import say
+from fediot.errors import FedIoTError
+from fediot.evaluation import DeviceScores, evaluate, score_device, thresholds
+from fediot.pipeline import load_split, prepare_data
+from fediot.rundir import create_run_dir, write_config, write_json
+from model.autoencoder import AutoEncoder
+from model.detector import Detector, train_autoencoder
+from model.normalization import FeatureStats, Normalizer
+
+DEFAULT_CONFIG = "config_simulation/fedml_config.yaml"
+
+
+def baseline_epochs(cfg: config_mod.FedIoTConfig) -> int:
+    """Epochs for a baseline model: train_args.centralized_epochs, else comm_round * epochs."""
+    t = cfg.values["train_args"]
+    return t["centralized_epochs"] or t["comm_round"] * t["epochs"]
+
+
+def train_detector(cfg: config_mod.FedIoTConfig, splits: list[DeviceSplit], label: str) -> tuple[Detector, list[DeviceScores], list[float]]:
+    """Fit normalisation on the splits' training rows, train one autoencoder, set thresholds."""
+    m, t, v = cfg.values["model_args"], cfg.values["train_args"], cfg.values["validation_args"]
+    seed = cfg.get("common_args", "random_seed")
+    stats = FeatureStats.merge([FeatureStats.of(s.train, m["feature_transform"]) for s in splits])
+    normalizer = Normalizer.from_stats(stats, m["feature_transform"], m["normalization"])
+    torch.manual_seed(seed)
+    model = AutoEncoder(splits[0].train.shape[1])
+    rows = normalizer(np.concatenate([s.train for s in splits]))
+    epochs = baseline_epochs(cfg)
+    started = time.monotonic()
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
+            say(f"  [{label}] epoch {epoch + 1}/{epochs}  loss {loss:.5f}  ({time.monotonic() - started:.1f}s)")
+
+    losses = train_autoencoder(model, rows, epochs, t["batch_size"], t["learning_rate"], t["weight_decay"],
+                               seed, on_epoch)
+    scores = [score_device(model, normalizer, s) for s in splits]
+    glob, per_dev = thresholds(scores, v["threshold_k"])
+    det = Detector(model, normalizer, v["threshold_k"], glob, per_dev,
+                   {"kind": label, "devices": [s.device for s in splits]})
+    return det, scores, losses
+
+
+def _summary_line(name: str, g: dict[str, Any]) -> str:
+    def f(x: Any) -> str:
+        return "  n/a " if x is None else f"{x:6.4f}"
+    return f"{name:<12} TPR {f(g['tpr'])}  FPR {f(g['fpr'])}  F1 {f(g['f1'])}  ROC-AUC {f(g['roc_auc'])}"
+
+
+def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
+    """Train and evaluate both baselines; returns the run directory."""
+    v = cfg.values["validation_args"]
+    root, data_info = prepare_data(cfg)
+    run_dir = create_run_dir(cfg.get("common_args", "run_dir_root"), "baselines", cfg.get("data_args", "dataset"))
+    write_config(run_dir, cfg.values)
+    say(f"FedIoT baselines: {len(cfg.devices)} device(s), data {data_info['source']} at {root}")
+    splits = []
+    for device in cfg.devices:
+        s = load_split(cfg, root, device)
+        say(f"  {device}: train {len(s.train)}, validation {len(s.validation)}, test {len(s.test)} benign rows; "
+            f"{len(s.attacks)} attack files")
+        splits.append(s)
+    data_info["split"] = {s.device: {"train": len(s.train), "validation": len(s.validation), "test": len(s.test),
+                                     "attacks": {k: len(a) for k, a in s.attacks.items()}} for s in splits}
+    results: dict[str, dict[str, Any]] = {}
+
+    say("Centralized model (all devices' training benign rows pooled)")
+    det, scores, losses = train_detector(cfg, splits, "centralized")
+    metrics = {"data": data_info, "kind": "centralized", "train_losses": losses,
+               **evaluate(scores, det.global_threshold, det.device_thresholds, v["vote_window"], "global")}
+    det.save(run_dir / "centralized" / "model.pt")
+    write_json(run_dir / "centralized" / "metrics.json", metrics)
+    results["centralized"] = metrics
+
+    say("Local-only models (each device its own normalisation, model and threshold)")
+    local_scores: list[DeviceScores] = []
+    local_losses: dict[str, list[float]] = {}
+    for s in splits:
+        det, sc, losses = train_detector(cfg, [s], f"local {s.device}")
+        det.save(run_dir / "local" / f"model-{s.device}.pt")
+        local_scores.extend(sc)
+        local_losses[s.device] = losses
+    _, per_dev = thresholds(local_scores, v["threshold_k"])
+    # Each device is judged with its own model and own threshold; a pooled "global" threshold
+    # across different models has no meaning, so both modes use the device thresholds here.
+    metrics = {"data": data_info, "kind": "local", "train_losses": local_losses,
+               **evaluate(local_scores, float("nan"), per_dev, v["vote_window"], "device")}
+    for entry in [metrics["global"], *metrics["devices"].values()]:
+        entry["modes"].pop("global")
+    write_json(run_dir / "local" / "metrics.json", metrics)
+    results["local"] = metrics
+
+    if federated is not None:
+        fed_file = federated / "metrics.json" if federated.is_dir() else federated
+        try:
+            results["federated"] = json.loads(fed_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise FedIoTError(f"{fed_file}: cannot read the federated metrics ({exc})") from None
+    comparison = {name: {k: r["global"].get(k) for k in ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")}
+                  for name, r in results.items()}
+    write_json(run_dir / "comparison.json", comparison)
+    say("")
+    say("Comparison (pooled over devices; federated/centralized: global threshold, local: device thresholds)")
+    for name, r in results.items():
+        say(_summary_line(name, r["global"]))
+    return run_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cf", default=DEFAULT_CONFIG, help="YAML config (default %(default)s)")
+    parser.add_argument("--federated", type=Path, help="a federated run directory to compare with")
+    args = parser.parse_args(argv)
+    try:
+        cfg = config_mod.load(args.cf)
+        run_dir = run(cfg, args.federated)
+    except FedIoTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    say(str(run_dir))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

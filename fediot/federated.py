@@ -1,0 +1,114 @@
+"""What the federated server does at the end of each round (FedML-agnostic).
+
+Records the round (client losses, learning rate, wall time), evaluates on the configured rounds
+and after the last one, and at the end writes the checkpoint and metrics.json.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from torch import nn
+
+from data.loader import DeviceSplit
+from fediot.config import FedIoTConfig
+from fediot.console import say
+from fediot.evaluation import evaluate, score_device, thresholds
+from fediot.rundir import append_jsonl, write_json
+from model.autoencoder import AutoEncoder
+from model.detector import Detector, learning_rate_for_round
+from model.normalization import Normalizer
+
+SUMMARY_KEYS = ("tpr", "fpr", "precision", "f1", "accuracy", "roc_auc", "pr_auc")
+
+
+def is_eval_round(round_idx: int, n_rounds: int, frequency: int) -> bool:
+    """Evaluate after every `frequency` rounds (1-based) and always after the last round."""
+    return (round_idx + 1) % frequency == 0 or round_idx == n_rounds - 1
+
+
+def read_client_records(client_dir: Path, round_number: int) -> dict[str, dict[str, Any]]:
+    """Client training records (one JSON line per round per device) for one round."""
+    out: dict[str, dict[str, Any]] = {}
+    if not client_dir.is_dir():
+        return out
+    for path in sorted(client_dir.glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            rec = json.loads(line)
+            if rec.get("round") == round_number:
+                out[rec["device"]] = rec
+    return out
+
+
+class RoundRecorder:
+    """Server-side bookkeeping of a federated run."""
+
+    def __init__(self, cfg: FedIoTConfig, run_dir: Path, devices: list[str],
+                 load_eval_split: Callable[[str], DeviceSplit], normalizer: Normalizer,
+                 data_info: dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+        self.cfg, self.run_dir, self.devices = cfg, run_dir, devices
+        self.load_eval_split = load_eval_split
+        self.normalizer = normalizer
+        self.data_info = data_info
+        self.extra = extra or {}
+        self._splits: dict[str, DeviceSplit] = {}
+        self.started = time.monotonic()
+        self.round_started = self.started
+        self.rounds_file = run_dir / "rounds.jsonl"
+
+    def _eval_split(self, device: str) -> DeviceSplit:
+        if device not in self._splits:
+            split = self.load_eval_split(device)
+            split.train = split.train[:0]  # the server never needs training rows
+            self._splits[device] = split
+        return self._splits[device]
+
+    def end_of_round(self, model: nn.Module, round_idx: int) -> None:
+        t, v = self.cfg.values["train_args"], self.cfg.values["validation_args"]
+        n_rounds = t["comm_round"]
+        now = time.monotonic()
+        clients = read_client_records(self.run_dir / "clients", round_idx + 1)
+        record: dict[str, Any] = {
+            "round": round_idx + 1,
+            "wall_time_s": round(now - self.round_started, 4),
+            "elapsed_s": round(now - self.started, 4),
+            "lr": learning_rate_for_round(t["learning_rate"], t["lr_decay"], t["min_learning_rate"], round_idx),
+            "clients": sorted(clients),
+            "client_losses": {d: r["loss"] for d, r in clients.items()},
+            "client_train_seconds": {d: r["train_seconds"] for d, r in clients.items()},
+        }
+        mean_loss = sum(record["client_losses"].values()) / max(1, len(clients))
+        line = f"round {round_idx + 1}/{n_rounds}  clients {len(clients)}  mean loss {mean_loss:.5f}"
+        if is_eval_round(round_idx, n_rounds, v["frequency_of_the_test"]):
+            scores = [score_device(model, self.normalizer, self._eval_split(d)) for d in self.devices]
+            glob_thr, dev_thr = thresholds(scores, v["threshold_k"])
+            metrics = evaluate(scores, glob_thr, dev_thr, v["vote_window"], "global")
+            g = metrics["global"]
+            record["eval"] = {
+                "global_threshold": {k: g["modes"]["global"][k] for k in SUMMARY_KEYS},
+                "device_threshold": {k: g["modes"]["device"][k] for k in SUMMARY_KEYS},
+            }
+            line += f"  | TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  F1 {g['f1']:.4f}"
+            if round_idx == n_rounds - 1:
+                self._finish(model, glob_thr, dev_thr, metrics)
+        append_jsonl(self.rounds_file, record)
+        say(line + f"  ({record['wall_time_s']:.1f}s)")
+        self.round_started = time.monotonic()
+
+    def _finish(self, model: nn.Module, glob_thr: float, dev_thr: dict[str, float], metrics: dict[str, Any]) -> None:
+        final = AutoEncoder(model.input_dim)
+        final.load_state_dict(copy.deepcopy(model.state_dict()))
+        detector = Detector(final, self.normalizer, self.cfg.get("validation_args", "threshold_k"), glob_thr, dev_thr,
+                            {"kind": "federated", "devices": self.devices, "rounds": self.cfg.get("train_args", "comm_round"),
+                             "data": self.data_info})
+        detector.save(self.run_dir / "model.pt")
+        out = {"data": self.data_info, "kind": "federated", **self.extra, **metrics}
+        write_json(self.run_dir / "metrics.json", out)
+        g = metrics["global"]
+        say(f"final (global threshold {glob_thr:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
+            f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
+        d = g["modes"]["device"]
+        say(f"final (per-device thresholds): TPR {d['tpr']:.4f}  FPR {d['fpr']:.4f}  F1 {d['f1']:.4f}")

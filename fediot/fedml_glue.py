@@ -1,0 +1,53 @@
+"""Containment of FedML's side effects: no cloud calls, its logs into the run directory."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Iterator
+
+
+def disable_fedml_cloud() -> None:
+    """Make FedML's config fetch from open.fedml.ai fail at once instead of calling the cloud."""
+    from fedml.core.mlops.mlops_configs import MLOpsConfigs
+
+    def _offline(*_args, **_kwargs):
+        raise ConnectionError("FedIoT runs without the FedML cloud (LAN / simulation mode)")
+
+    MLOpsConfigs.fetch_all_configs = staticmethod(_offline)  # type: ignore[method-assign]
+
+
+@contextlib.contextmanager
+def fds_to_file(path: Path) -> Iterator[None]:
+    """Send everything written to fds 1 and 2 (Python and C level) to `path` for the block."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a") as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def route_logging_to_file(path: Path) -> None:
+    """After fedml.init(): FedML's logger (now logging.root) and print() go to `path` only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # fedml.init() rebinds logging.root to its own logger; the manager keeps the original root.
+    for logger in {logging.root, logging.Logger.manager.root}:
+        logger.handlers.clear()
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    # FedML rebinds sys.stdout.write to its logger: print() lands in the same file.

@@ -1,0 +1,62 @@
+"""Run directories: one per run, holding config, metrics, per-round records and the model."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def repo_path(p: str | Path) -> Path:
+    """A config path: absolute as given, relative ones against the repository root."""
+    path = Path(os.path.expanduser(str(p)))
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def create_run_dir(root: str | Path, kind: str, dataset: str) -> Path:
+    """Create runs/<YYYYmmdd-HHMMSS>-<kind>-<dataset>[-n]/ and return it."""
+    base = repo_path(root)
+    base.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    for n in range(1000):
+        name = f"{stamp}-{kind}-{dataset}" + (f"-{n}" if n else "")
+        try:
+            (base / name).mkdir()
+            return base / name
+        except FileExistsError:
+            continue
+    raise RuntimeError(f"could not create a run directory under {base}")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text via temp file + rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def write_json(path: Path, data: Any) -> None:
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def append_jsonl(path: Path, record: dict[str, Any]) -> None:
+    """Append one JSON line (one small write, so concurrent appenders do not interleave)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(json.dumps(record) + "\n")
+
+
+def write_config(run_dir: Path, values: dict[str, Any]) -> None:
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=False))

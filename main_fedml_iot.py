@@ -1,0 +1,194 @@
+"""FedIoT entry point: fedml.init() -> device -> data -> model -> trainer + aggregator -> FedMLRunner.
+
+Simulation (MPI, one process per client plus the server):
+    sh run_simulation.sh 9 [CONFIG]
+which runs `mpirun -np 10 python main_fedml_iot.py --cf CONFIG`.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from fediot import config as config_mod
+from fediot.console import error, say
+from fediot.errors import ConfigError, FedIoTError
+
+DEFAULT_SIM_CONFIG = "config_simulation/fedml_config.yaml"
+
+
+def parse_own_args(argv: list[str]) -> argparse.Namespace:
+    """Our flags; FedML's own (--cf, --rank, --role, --run_id) are parsed again by fedml.init()."""
+    p = argparse.ArgumentParser(add_help=True, description=__doc__)
+    p.add_argument("--cf", default=DEFAULT_SIM_CONFIG, help="YAML config (default %(default)s)")
+    p.add_argument("--run_dir_file", default=None, help="write the run directory path into this file")
+    args, _unknown = p.parse_known_args(argv)
+    return args
+
+
+def check_simulation_size(cfg: config_mod.FedIoTConfig, world_size: int) -> None:
+    """N clients need N+1 MPI ranks, N devices and client_num_in_total = client_num_per_round = N."""
+    n_clients = world_size - 1
+    t = cfg.values["train_args"]
+    where = f"config {cfg.path}"
+    if n_clients < 1:
+        raise ConfigError(f"MPI world size is {world_size}; a simulation needs 1 server + N clients (use run_simulation.sh N)")
+    if cfg.get("comm_args", "backend") != "MPI" or cfg.get("common_args", "training_type") != "simulation":
+        raise ConfigError(f"{where}: the simulation needs common_args.training_type: simulation and comm_args.backend: MPI")
+    problems = []
+    if len(cfg.devices) != n_clients:
+        problems.append(f"data_args.devices lists {len(cfg.devices)} device(s)")
+    if t["client_num_in_total"] != n_clients:
+        problems.append(f"train_args.client_num_in_total is {t['client_num_in_total']}")
+    if t["client_num_per_round"] != n_clients:
+        problems.append(f"train_args.client_num_per_round is {t['client_num_per_round']}")
+    if problems:
+        raise ConfigError(f"{where}: {n_clients} client process(es) were started but " + "; ".join(problems)
+                          + f". Set all three to {n_clients} or start as many clients as the config has.")
+
+
+def _gather_ok(comm, ok: bool, payload: Any) -> list[Any]:
+    """All ranks exchange (ok, payload); any failure stops every rank with the failing messages."""
+    results = comm.allgather((ok, payload))
+    errors = [p for o, p in results if not o]
+    if errors:
+        raise FedIoTError("\n".join(dict.fromkeys(str(e) for e in errors)))
+    return [p for _, p in results]
+
+
+def run_simulation(own: argparse.Namespace) -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    # 1. config (every rank validates the same file, so every rank sees the same error)
+    cfg = config_mod.load(own.cf)
+    check_simulation_size(cfg, size)
+
+    from fediot.pipeline import load_split, prepare_data
+    from fediot.rundir import create_run_dir, write_config
+
+    # 2. rank 0: run directory + data preparation (generate / download), then share the paths
+    ok, payload = True, None
+    if rank == 0:
+        try:
+            run_dir = create_run_dir(cfg.get("common_args", "run_dir_root"), "simulation", cfg.get("data_args", "dataset"))
+            write_config(run_dir, cfg.values)
+            if own.run_dir_file:
+                Path(own.run_dir_file).write_text(str(run_dir) + "\n")
+            say(f"FedIoT simulation: {size - 1} clients, {cfg.get('train_args', 'comm_round')} rounds, "
+                f"data {cfg.get('data_args', 'dataset')}; run directory {run_dir}")
+            data_root, data_info = prepare_data(cfg)
+            payload = (str(run_dir), str(data_root), data_info)
+        except FedIoTError as exc:
+            ok, payload = False, exc
+    run_dir_s, data_root_s, data_info = _gather_ok(comm, ok, payload)[0]
+    run_dir, data_root = Path(run_dir_s), Path(data_root_s)
+
+    # 3. clients: load own device, compute normalisation statistics; only statistics are shared
+    from model.normalization import FeatureStats, Normalizer
+
+    m = cfg.values["model_args"]
+    devices = cfg.devices
+    split = None
+    ok, payload = True, None
+    if rank > 0:
+        try:
+            split = load_split(cfg, data_root, devices[rank - 1])
+            payload = FeatureStats.of(split.train, m["feature_transform"])
+        except FedIoTError as exc:
+            ok, payload = False, exc
+    stats = [s for s in _gather_ok(comm, ok, payload)[1:]]
+    normalizer = Normalizer.from_stats(FeatureStats.merge(stats), m["feature_transform"], m["normalization"])
+    sample_counts = {i: s.count for i, s in enumerate(stats)}
+    if rank == 0:
+        say("clients: " + ", ".join(f"{d} ({sample_counts[i]} training rows)" for i, d in enumerate(devices)))
+
+    # 4. FedML
+    import torch
+    from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
+
+    log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
+    with fds_to_file(log_file):
+        import fedml
+        from fedml import FedMLRunner
+
+        disable_fedml_cloud()
+        sys.argv = [sys.argv[0], "--cf", str(Path(own.cf).resolve())]
+        args = fedml.init()
+    route_logging_to_file(log_file)
+    for key, value in cfg.flat().items():
+        if not hasattr(args, key) or key in ("devices",):
+            setattr(args, key, value)
+    args.dataset = cfg.get("data_args", "dataset")
+    torch.set_num_threads(1)  # N+1 processes share the machine's cores
+    device = torch.device("cuda" if cfg.get("device_args", "using_gpu") and torch.cuda.is_available() else "cpu")
+
+    from data.nbaiot import N_FEATURES
+    from model.autoencoder import AutoEncoder
+    from trainer.client_data import ClientRows
+    from trainer.fed_detect_aggregator import FedDetectAggregator
+    from trainer.fed_detect_trainer import FedDetectTrainer
+    from fediot.federated import RoundRecorder
+
+    torch.manual_seed(cfg.get("common_args", "random_seed"))
+    model = AutoEncoder(N_FEATURES)
+    train_dict: dict[int, ClientRows] = {}
+    if rank > 0 and split is not None:
+        own_split = split
+        train_dict[rank - 1] = ClientRows(devices[rank - 1], sample_counts[rank - 1], lambda: own_split, normalizer)
+    # FedML's client looks up its test data too; evaluation is done by the server's recorder.
+    test_dict = {i: None for i in train_dict}
+    dataset = [sum(sample_counts.values()), 0, None, None, sample_counts, train_dict, test_dict, N_FEATURES]
+    recorder = None
+    if rank == 0:
+        recorder = RoundRecorder(cfg, run_dir, devices, lambda d: load_split(cfg, data_root, d), normalizer, data_info,
+                                 {"normalization": {"method": m["normalization"], "transform": m["feature_transform"],
+                                                    "fitted_on": "training benign rows of all clients (merged statistics)",
+                                                    "train_rows": sum(sample_counts.values())}})
+    with fds_to_file(log_file):  # FedML's prints, logs and thread chatter; our lines go to the console
+        trainer = FedDetectTrainer(model, args, record_dir=run_dir / "clients")
+        aggregator = FedDetectAggregator(model, args, recorder.end_of_round if recorder else (lambda *_: None))
+        FedMLRunner(args, device, dataset, model, trainer, aggregator).run()
+    if rank == 0:
+        if not (run_dir / "metrics.json").exists():
+            raise FedIoTError(f"the simulation ended without writing {run_dir / 'metrics.json'} (see {run_dir / 'logs'})")
+        say(f"outputs: metrics.json, rounds.jsonl, model.pt, config.yaml, logs/ in {run_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
+    own = parse_own_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run_simulation(own)
+    except FedIoTError as exc:
+        _report_error(str(exc))
+        return 2
+
+
+def _report_error(message: str) -> None:
+    try:
+        from mpi4py import MPI
+        rank = MPI.COMM_WORLD.Get_rank()
+    except Exception:  # noqa: BLE001 - no MPI: single process
+        rank = 0
+    if rank == 0:
+        error(message)
+
+
+if __name__ == "__main__":
+    try:
+        code = main()
+    except Exception:  # an unexpected crash in one rank must not leave the others waiting forever
+        error("unexpected failure:\n" + traceback.format_exc())
+        try:
+            from mpi4py import MPI
+            MPI.COMM_WORLD.Abort(1)
+        except Exception:  # noqa: BLE001
+            pass
+        code = 1
+    sys.exit(code)

@@ -1,0 +1,37 @@
+#!/bin/sh
+# MPI simulation on one machine: N clients (one per configured device) + 1 server = N+1 ranks.
+#   sh run_simulation.sh N [CONFIG]      (default CONFIG: config_simulation/fedml_config.yaml)
+# The last line of output is the run directory.
+set -u
+usage="usage: sh run_simulation.sh N [CONFIG]   (N = number of clients, 1..9)"
+N="${1:-}"
+case "$N" in
+  ''|*[!0-9]*) echo "error: N must be a number of clients (1..9). $usage" >&2; exit 2 ;;
+esac
+if [ "$N" -lt 1 ] || [ "$N" -gt 9 ]; then echo "error: N = $N; expected 1..9. $usage" >&2; exit 2; fi
+HERE="$(cd "$(dirname "$0")" && pwd)"
+CONFIG="${2:-$HERE/config_simulation/fedml_config.yaml}"
+case "$CONFIG" in /*) ;; *) CONFIG="$(pwd)/$CONFIG" ;; esac
+if [ ! -f "$CONFIG" ]; then echo "error: config file $CONFIG not found. $usage" >&2; exit 2; fi
+
+if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
+elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
+else PY="$(command -v python3)"; fi
+PYDIR="$(dirname "$PY")"
+if [ -x "$PYDIR/mpirun" ]; then MPIRUN="$PYDIR/mpirun"; else MPIRUN="$(command -v mpirun || true)"; fi
+if [ -z "$MPIRUN" ]; then echo "error: mpirun not found; install requirements.txt (it provides Open MPI from PyPI)" >&2; exit 2; fi
+
+MPI_FLAGS="--oversubscribe"
+[ "$(id -u)" = "0" ] && MPI_FLAGS="$MPI_FLAGS --allow-run-as-root"
+RUN_DIR_FILE="$(mktemp)"
+trap 'rm -f "$RUN_DIR_FILE"' EXIT
+cd "$HERE"
+# shellcheck disable=SC2086
+"$MPIRUN" $MPI_FLAGS -np "$((N + 1))" "$PY" main_fedml_iot.py --cf "$CONFIG" --run_dir_file "$RUN_DIR_FILE"
+rc=$?
+if [ "$rc" -eq 0 ] && [ -s "$RUN_DIR_FILE" ]; then
+  cat "$RUN_DIR_FILE"
+elif [ -s "$RUN_DIR_FILE" ]; then
+  echo "simulation failed (exit $rc); partial outputs and logs in $(cat "$RUN_DIR_FILE")" >&2
+fi
+exit "$rc"

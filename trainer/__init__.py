@@ -1,0 +1,1 @@
+"""Thin FedML adapters around the framework-free detector in model/."""
