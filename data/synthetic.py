@@ -21,6 +21,9 @@ from data import nbaiot
 
 MARKER_FILE = "SYNTHETIC_DATA.txt"
 _LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
+# Relative noise of each cell on top of the shared per-row latent state. In real N-BaIoT rows all
+# statistics of a row derive from the same packets, so independent per-cell noise is small.
+CELL_NOISE = 0.005
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class TrafficProfile:
     channel_share: float  # fraction of the host's packets on the busiest IP channel
     socket_share: float   # fraction on the busiest socket
     correlation: float    # size correlation between directions (pcc)
-    drift: float = 0.25   # strength of slow per-row variation
+    drift: float = 0.15   # strength of slow per-row variation
 
 
 # Base benign profiles per device kind (rate, size, size_std, reply, channel, socket, pcc).
@@ -103,7 +106,7 @@ def generate_rows(profile: TrafficProfile, n_rows: int, rng: np.random.Generator
     reply = np.full(n_rows, profile.reply_size)
     reply_std = 0.3 * reply
 
-    def noisy(x: np.ndarray, scale: float = 0.03) -> np.ndarray:
+    def noisy(x: np.ndarray, scale: float = CELL_NOISE) -> np.ndarray:
         return x * np.exp(rng.normal(0.0, scale, size=x.shape))
 
     blocks: list[np.ndarray] = []
@@ -114,8 +117,8 @@ def generate_rows(profile: TrafficProfile, n_rows: int, rng: np.random.Generator
 
     def one_dir(share: float) -> list[np.ndarray]:
         w = weights(share)
-        mean = noisy(np.repeat(size[:, None], 5, axis=1), 0.02)
-        var = noisy(np.repeat((size_std ** 2)[:, None], 5, axis=1), 0.05)
+        mean = noisy(np.repeat(size[:, None], 5, axis=1))
+        var = noisy(np.repeat((size_std ** 2)[:, None], 5, axis=1))
         return [w, mean, var]
 
     def two_dir(share: float) -> list[np.ndarray]:
@@ -123,13 +126,13 @@ def generate_rows(profile: TrafficProfile, n_rows: int, rng: np.random.Generator
         std = np.sqrt(var)
         magnitude = np.sqrt(mean ** 2 + reply[:, None] ** 2)
         radius = np.sqrt(var + reply_std[:, None] ** 2)
-        pcc = np.clip(profile.correlation + rng.normal(0.0, 0.02, size=w.shape), -1.0, 1.0)
+        pcc = np.clip(profile.correlation + rng.normal(0.0, CELL_NOISE, size=w.shape), -1.0, 1.0)
         cov = pcc * std * reply_std[:, None]
         return [w, mean, std, magnitude, radius, cov, pcc]
 
     def jitter(share: float) -> list[np.ndarray]:
         w = weights(share)
-        gap = noisy(np.repeat((1.0 / (rate * share))[:, None], 5, axis=1), 0.05)
+        gap = noisy(np.repeat((1.0 / (rate * share))[:, None], 5, axis=1))
         return [w, gap, (0.5 * gap) ** 2]
 
     groups = {
