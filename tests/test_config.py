@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+
+from fediot import config
+from fediot.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("name", ["fedml_config.yaml", "fedml_config_synthetic.yaml"])
+def test_shipped_configs_are_valid(name):
+    cfg = config.load(REPO / "config_simulation" / name)
+    assert len(cfg.devices) == 9
+    assert cfg.get("validation_args", "threshold_k") == 3.0
+
+
+def test_defaults_filled():
+    cfg = config.validate({"data_args": {"devices": ["Ecobee_Thermostat"]}})
+    assert cfg.devices == ["Ecobee_Thermostat"]
+    assert cfg.get("data_args", "train_fraction") == 0.6
+    assert cfg.flat()["learning_rate"] == 0.003
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"data_args": {"datset": "nbaiot"}}, r"unknown key data_args\.datset \(did you mean data_args\.dataset\?\)"),
+    ({"dta_args": {}}, r"unknown section 'dta_args' \(did you mean 'data_args'\?\)"),
+    ({"data_args": {"dataset": "kdd"}}, r"data_args\.dataset = 'kdd'; expected one of nbaiot, synthetic"),
+    ({"data_args": {"devices": ["Danmini_Doorbel"]}}, r"unknown device 'Danmini_Doorbel' \(did you mean 'Danmini_Doorbell'\?\)"),
+    ({"data_args": {"train_fraction": 0.7, "validation_fraction": 0.3}}, r"expected < 1"),
+    ({"validation_args": {"threshold_k": -1}}, r"validation_args\.threshold_k = -1; expected a number >= 0"),
+    ({"validation_args": {"vote_window": 4}}, r"expected an odd integer"),
+    ({"train_args": {"comm_round": "ten"}}, r"train_args\.comm_round = 'ten'"),
+    ({"comm_args": {"backend": "sp"}}, r"comm_args\.backend = 'sp'"),
+])
+def test_bad_values_name_the_key(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        config.validate(raw, Path("x.yaml"))
+
+
+def test_missing_empty_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        config.load(tmp_path / "nope.yaml")
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ConfigError, match="empty"):
+        config.load(tmp_path / "empty.yaml")
+    (tmp_path / "bad.yaml").write_text("data_args:\n  dataset: [unclosed\n")
+    with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML at line"):
+        config.load(tmp_path / "bad.yaml")

@@ -1,0 +1,93 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from model.autoencoder import AutoEncoder, hidden_sizes
+from model.detector import Detector, ErrorStats, learning_rate_for_round, reconstruction_errors, train_autoencoder
+from model.normalization import FeatureStats, Normalizer, apply_transform
+
+
+def test_autoencoder_shape_matches_fediot():
+    assert hidden_sizes(115) == [86, 58, 38, 29]
+    m = AutoEncoder(115)
+    linear = [l for l in m.modules() if isinstance(l, torch.nn.Linear)]
+    assert [(l.in_features, l.out_features) for l in linear] == [
+        (115, 86), (86, 58), (58, 38), (38, 29), (29, 38), (38, 58), (58, 86), (86, 115)]
+    assert sum(isinstance(l, torch.nn.Tanh) for l in m.modules()) == 6
+    assert m(torch.zeros(4, 115)).shape == (4, 115)
+
+
+def test_log1p_transform_is_signed():
+    x = np.array([[-(math.e - 1), 0.0, math.e - 1]])
+    assert np.allclose(apply_transform(x, "log1p"), [[-1.0, 0.0, 1.0]])
+
+
+def test_zscore_from_stats_by_hand():
+    rows = np.array([[1.0, 5.0], [3.0, 5.0]])
+    n = Normalizer.fit(rows, "none", "zscore")
+    assert np.allclose(n.offset, [2.0, 5.0])
+    assert np.allclose(n.scale, [1.0, 1.0])  # std of [1,3] is 1; the constant column keeps scale 1
+    assert np.allclose(n(np.array([[4.0, 6.0]])), [[2.0, 1.0]])
+
+
+def test_minmax_by_hand():
+    rows = np.array([[0.0, 10.0], [4.0, 30.0]])
+    n = Normalizer.fit(rows, "none", "minmax")
+    assert np.allclose(n(np.array([[2.0, 20.0], [8.0, 50.0]])), [[0.5, 0.5], [2.0, 2.0]])
+
+
+def test_merged_stats_equal_pooled_stats():
+    rng = np.random.default_rng(0)
+    a, b, c = rng.normal(size=(50, 7)), rng.normal(3, 2, size=(30, 7)), rng.exponential(size=(20, 7))
+    merged = FeatureStats.merge([FeatureStats.of(x, "log1p") for x in (a, b, c)])
+    pooled = np.concatenate([a, b, c])
+    for method in ("zscore", "minmax"):
+        n1 = Normalizer.from_stats(merged, "log1p", method)
+        n2 = Normalizer.fit(pooled, "log1p", method)
+        assert np.allclose(n1.offset, n2.offset) and np.allclose(n1.scale, n2.scale)
+
+
+def test_error_stats_threshold_by_hand():
+    s = ErrorStats.of(np.array([1.0, 2.0, 3.0, 4.0]))
+    assert s.mean == 2.5
+    assert s.std == pytest.approx(math.sqrt(1.25))
+    assert s.threshold(2.0) == pytest.approx(2.5 + 2 * math.sqrt(1.25))
+    merged = ErrorStats.merge([ErrorStats.of(np.array([1.0, 2.0])), ErrorStats.of(np.array([3.0, 4.0]))])
+    assert merged.threshold(1.0) == pytest.approx(s.threshold(1.0))
+    with pytest.raises(ValueError):
+        ErrorStats().threshold(1.0)
+
+
+def test_learning_rate_schedule():
+    assert learning_rate_for_round(0.01, 0.5, 0.001, 0) == 0.01
+    assert learning_rate_for_round(0.01, 0.5, 0.001, 2) == pytest.approx(0.0025)
+    assert learning_rate_for_round(0.01, 0.5, 0.001, 10) == 0.001
+
+
+def test_training_reduces_reconstruction_error():
+    rng = np.random.default_rng(1)
+    latent = rng.normal(size=(400, 3))
+    rows = (latent @ rng.normal(size=(3, 115))).astype(np.float32)
+    torch.manual_seed(0)
+    m = AutoEncoder(115)
+    before = reconstruction_errors(m, rows).mean()
+    losses = train_autoencoder(m, rows, epochs=15, batch_size=32, lr=0.003, seed=0)
+    after = reconstruction_errors(m, rows).mean()
+    assert losses[-1] < losses[0] and after < 0.2 * before
+
+
+def test_detector_checkpoint_roundtrip(tmp_path):
+    rng = np.random.default_rng(2)
+    rows = rng.exponential(size=(50, 115))
+    torch.manual_seed(0)
+    det = Detector(AutoEncoder(115), Normalizer.fit(rows, "log1p", "zscore"), 3.0, 0.5, {"Ennio_Doorbell": 0.7})
+    path = det.save(tmp_path / "model.pt")
+    back = Detector.load(tmp_path)
+    assert np.allclose(back.score(rows), det.score(rows))
+    assert back.threshold_for("Ennio_Doorbell") == 0.7 and back.threshold_for("Other") == 0.5
+    assert not list(tmp_path.glob(".model.pt.*"))  # no temp file left behind
+    path.write_bytes(b"junk")
+    with pytest.raises(Exception):
+        Detector.load(path)
