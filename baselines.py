@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -134,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cf", default=DEFAULT_CONFIG, help="YAML config (default %(default)s)")
     parser.add_argument("--federated", type=Path, help="a federated run directory to compare with")
     args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     try:
         cfg = config_mod.load(args.cf)
         run_dir = run(cfg, args.federated)

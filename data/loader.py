@@ -104,10 +104,12 @@ def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None 
     for attack in nbaiot.attack_names(device):
         path = ddir / nbaiot.attack_relpath(attack)
         if not path.is_file():
-            log.warning("%s: attack file %s is missing; skipped", device, path)
             data.missing_attacks.append(attack)
             continue
         data.attacks[attack] = evenly_spaced(read_feature_csv(path), attack_test_rows)
+    if data.missing_attacks:
+        log.warning("%s: %d attack file(s) missing under %s, skipped: %s", device, len(data.missing_attacks), ddir,
+                    ", ".join(nbaiot.attack_relpath(a).as_posix() for a in data.missing_attacks))
     if not data.attacks:
         log.warning("%s: no attack files found under %s; TPR cannot be measured for this device", device, ddir)
     return data

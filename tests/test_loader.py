@@ -47,7 +47,7 @@ def test_load_device_skips_missing_attacks(tmp_path, caplog):
     d = load_device(tmp_path, "Danmini_Doorbell", attack_test_rows=5)
     assert sorted(d.missing_attacks) == ["gafgyt_junk", "mirai_syn"]
     assert len(d.attacks) == 8 and all(len(a) == 5 for a in d.attacks.values())
-    assert "mirai_attacks/syn.csv is missing" in caplog.text
+    assert "2 attack file(s) missing" in caplog.text and "mirai_attacks/syn.csv" in caplog.text
 
 
 def test_load_device_only_reads_its_own_directory(tmp_path):

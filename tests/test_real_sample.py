@@ -67,4 +67,4 @@ def test_local_baseline_process_on_real_rows(tmp_path):
         ["gafgyt_combo", "gafgyt_junk", "gafgyt_tcp", "mirai_ack", "mirai_scan", "mirai_syn", "mirai_udpplain"]))
     assert json.loads((run_dir / "centralized" / "metrics.json").read_text())["data"]["source"] == "nbaiot"
     assert (run_dir / "local" / "model-Danmini_Doorbell.pt").is_file()
-    assert "warning:" in proc.stderr and "gafgyt_attacks/combo.csv is missing" in proc.stderr
+    assert "warning:" in proc.stderr and "7 attack file(s) missing" in proc.stderr and "gafgyt_attacks/combo.csv" in proc.stderr
