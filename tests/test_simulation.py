@@ -1,0 +1,128 @@
+"""The MPI simulation as real processes: run_simulation.sh -> mpirun -> FedML -> our trainer/aggregator."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from model.detector import Detector
+from tests.helpers import REPO
+
+DEVICES = ["Danmini_Doorbell", "Ecobee_Thermostat", "Ennio_Doorbell"]
+
+
+def sim_config(tmp_path: Path, **over) -> Path:
+    cfg = {
+        "common_args": {"training_type": "simulation", "random_seed": 0, "run_dir_root": str(tmp_path / "runs")},
+        "data_args": {"dataset": "synthetic", "devices": DEVICES, "synthetic_benign_rows": 600,
+                      "synthetic_attack_rows": 100, "attack_test_rows": 100},
+        "train_args": {"client_num_in_total": 3, "client_num_per_round": 3, "comm_round": 2, "epochs": 2},
+        "validation_args": {"frequency_of_the_test": 1},
+        "comm_args": {"backend": "MPI"},
+    }
+    for dotted, value in over.items():
+        sec, key = dotted.split("__")
+        cfg.setdefault(sec, {})[key] = value
+    path = tmp_path / "sim.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def run_sim(n: str, cfg: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHON": sys.executable}
+    return subprocess.run(["sh", str(REPO / "run_simulation.sh"), n, str(cfg)], capture_output=True, text=True,
+                          timeout=timeout, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("sim")
+    proc = run_sim("3", sim_config(tmp))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
+def test_simulation_writes_run_directory(finished_run):
+    lines = finished_run.stdout.strip().splitlines()
+    run_dir = Path(lines[-1])  # the run directory is the last line of output
+    assert run_dir.is_dir()
+    for name in ("metrics.json", "rounds.jsonl", "model.pt", "config.yaml"):
+        assert (run_dir / name).is_file(), name
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["data"]["source"] == "synthetic" and m["data"]["synthetic"] is True
+    assert set(m["devices"]) == set(DEVICES)
+    for key in ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc"):
+        assert isinstance(m["global"][key], float)
+    assert set(m["devices"]["Ennio_Doorbell"]["attacks"]) == {f"gafgyt_{k}" for k in ("combo", "junk", "scan", "tcp", "udp")}
+    assert m["devices"]["Danmini_Doorbell"]["attacks"]["mirai_syn"]["n"] == 100
+    assert m["global"]["tpr"] > 0.9
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2]
+    assert all(set(r["client_losses"]) == set(DEVICES) and "eval" in r and r["wall_time_s"] >= 0 for r in rounds)
+    # FedML's own chatter stays out of our console output and goes to the run's log files
+    assert "FedML" not in finished_run.stdout and "INFO" not in finished_run.stdout
+    assert list((run_dir / "logs").glob("fedml-rank*.log"))
+
+
+def test_checkpoint_reloads_and_reproduces_metrics(finished_run):
+    run_dir = Path(finished_run.stdout.strip().splitlines()[-1])
+    saved = json.loads((run_dir / "metrics.json").read_text())
+    sys.path.insert(0, str(REPO))
+    from score import reevaluate
+    again = reevaluate(run_dir)
+    for key in ("tp", "fp", "tn", "fn", "tpr", "fpr", "roc_auc"):
+        assert again["global"][key] == pytest.approx(saved["global"][key]), key
+    for dev in DEVICES:
+        assert again["devices"][dev]["modes"]["device"]["fpr"] == pytest.approx(saved["devices"][dev]["modes"]["device"]["fpr"])
+    det = Detector.load(run_dir / "model.pt")
+    assert det.global_threshold == pytest.approx(saved["global"]["threshold"])
+    assert set(det.device_thresholds) == set(DEVICES)
+
+
+def test_score_cli_on_new_rows(finished_run, tmp_path):
+    run_dir = Path(finished_run.stdout.strip().splitlines()[-1])
+    data_dir = Path(json.loads((run_dir / "metrics.json").read_text())["data"]["path"])
+    out = tmp_path / "scores.csv"
+    proc = subprocess.run([sys.executable, "score.py", str(run_dir), "--csv",
+                           str(data_dir / "Ennio_Doorbell" / "gafgyt_attacks" / "udp.csv"), "--device", "Ennio_Doorbell",
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "100 rows, 100 flagged" in proc.stdout
+    assert out.read_text().splitlines()[0] == "row,score,threshold,attack"
+
+
+def test_client_count_mismatch_is_one_clear_error(tmp_path):
+    proc = run_sim("2", sim_config(tmp_path))
+    assert proc.returncode != 0
+    assert "error: config" in proc.stderr and "2 client process(es) were started" in proc.stderr
+    assert "data_args.devices lists 3 device(s)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_bad_config_key_is_one_clear_error(tmp_path):
+    cfg = sim_config(tmp_path, train_args__comm_rounds=3)
+    proc = run_sim("3", cfg)
+    assert proc.returncode != 0
+    assert "unknown key train_args.comm_rounds (did you mean train_args.comm_round?)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_launcher_argument_errors(tmp_path):
+    for args, message in ((["x"], "N must be a number"), (["12"], "expected 1..9"),
+                          (["3", str(tmp_path / "nope.yaml")], "not found")):
+        proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_missing_data_is_one_clear_error(tmp_path):
+    cfg = sim_config(tmp_path, data_args__dataset="nbaiot", data_args__data_cache_dir=str(tmp_path / "nodata"),
+                     data_args__download=False)
+    proc = run_sim("3", cfg)
+    assert proc.returncode != 0
+    assert "N-BaIoT data missing for 3 device(s)" in proc.stderr and "synthetic" in proc.stderr
+    assert "Traceback" not in proc.stderr
