@@ -69,7 +69,7 @@ def run_simulation(own: argparse.Namespace) -> int:
     check_simulation_size(cfg, size)
 
     from fediot.pipeline import load_split, prepare_data
-    from fediot.rundir import create_run_dir, write_config
+    from fediot.rundir import create_run_dir, peak_rss_mb, write_config, write_json
 
     # 2. rank 0: run directory + data preparation (generate / download), then share the paths
     ok, payload = True, None
@@ -153,6 +153,9 @@ def run_simulation(own: argparse.Namespace) -> int:
         trainer = FedDetectTrainer(model, args, record_dir=run_dir / "clients")
         aggregator = FedDetectAggregator(model, args, recorder.end_of_round if recorder else (lambda *_: None))
         FedMLRunner(args, device, dataset, model, trainer, aggregator).run()
+    write_json(run_dir / "resources" / f"rank{rank}.json", {
+        "rank": rank, "role": "server" if rank == 0 else "client",
+        "device": devices[rank - 1] if rank > 0 else None, "peak_rss_mb": round(peak_rss_mb(), 1)})
     if rank == 0:
         if not (run_dir / "metrics.json").exists():
             raise FedIoTError(f"the simulation ended without writing {run_dir / 'metrics.json'} (see {run_dir / 'logs'})")

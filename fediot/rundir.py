@@ -58,5 +58,14 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
         fh.write(json.dumps(record) + "\n")
 
 
+def peak_rss_mb() -> float:
+    """Peak resident set size of this process in MB (Linux reports ru_maxrss in KB)."""
+    import resource
+    import sys as _sys
+
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / (1024 * 1024) if _sys.platform == "darwin" else rss / 1024
+
+
 def write_config(run_dir: Path, values: dict[str, Any]) -> None:
     write_atomic(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=False))

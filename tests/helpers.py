@@ -15,8 +15,9 @@ import pandas as pd
 from data import nbaiot, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATA = REPO.parent / "shared" / "data"
-REAL_SAMPLE = SHARED_DATA / "nbaiot-real-sample"
+# A copy of ../shared/data/nbaiot-real-sample (real N-BaIoT rows, CC BY 4.0; see its README.md),
+# kept in the repository so the tests run the same on a fresh clone.
+REAL_SAMPLE = REPO / "tests" / "data" / "nbaiot-real-sample"
 
 
 def _rar_block(head_type: int, flags: int, body: bytes) -> bytes:

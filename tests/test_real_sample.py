@@ -1,4 +1,4 @@
-"""Detection on real N-BaIoT rows (../shared/data/nbaiot-real-sample)."""
+"""Detection on real N-BaIoT rows (tests/data/nbaiot-real-sample, a copy of ../shared/data/nbaiot-real-sample)."""
 import json
 import shutil
 import subprocess
@@ -15,8 +15,6 @@ from model.autoencoder import AutoEncoder
 from model.detector import train_autoencoder
 from model.normalization import Normalizer
 from tests.helpers import REAL_SAMPLE, REPO
-
-pytestmark = pytest.mark.skipif(not REAL_SAMPLE.is_dir(), reason="../shared/data/nbaiot-real-sample not present")
 
 ATTACK_FILES = {"gafgyt_udp": "doorbell_udp.csv", "gafgyt_scan": "scan.csv", "mirai_udp": "thermostat_udp.csv"}
 
