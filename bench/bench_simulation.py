@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,7 +32,7 @@ def main() -> None:
     cfg_path.write_text(yaml.safe_dump(cfg))
     start = time.perf_counter()
     proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), str(a.clients), str(cfg_path)],
-                          capture_output=True, text=True, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+                          capture_output=True, text=True, env={**os.environ, "PYTHON": sys.executable})
     total = time.perf_counter() - start
     if proc.returncode != 0:
         sys.exit(f"simulation failed:\n{proc.stderr[-3000:]}")

@@ -239,3 +239,17 @@ def load(path: str | Path) -> FedIoTConfig:
     if raw is None:
         raise ConfigError(f"config {p}: file is empty; expected sections such as data_args and train_args")
     return validate(raw, p)
+
+
+def markdown_table() -> str:
+    """Every configuration key with its default and meaning (used for README.md)."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for section, keys in DEFAULTS.items():
+        for key, (default, doc) in keys.items():
+            shown = "null" if default is None else str(default).lower() if isinstance(default, bool) else default
+            lines.append(f"| `{section}.{key}` | `{shown}` | {doc} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(markdown_table())

@@ -83,6 +83,7 @@ class RoundRecorder:
         mean_loss = sum(record["client_losses"].values()) / max(1, len(clients))
         line = f"round {round_idx + 1}/{n_rounds}  clients {len(clients)}  mean loss {mean_loss:.5f}"
         if is_eval_round(round_idx, n_rounds, v["frequency_of_the_test"]):
+            eval_started = time.monotonic()
             scores = [score_device(model, self.normalizer, self._eval_split(d)) for d in self.devices]
             glob_thr, dev_thr = thresholds(scores, v["threshold_k"])
             metrics = evaluate(scores, glob_thr, dev_thr, v["vote_window"], "global")
@@ -92,10 +93,11 @@ class RoundRecorder:
                 "device_threshold": {k: g["modes"]["device"][k] for k in SUMMARY_KEYS},
             }
             line += f"  | TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  F1 {g['f1']:.4f}"
-            if round_idx == n_rounds - 1:
-                self._finish(model, glob_thr, dev_thr, metrics)
+            record["eval_seconds"] = round(time.monotonic() - eval_started, 4)
         append_jsonl(self.rounds_file, record)
         say(line + f"  ({record['wall_time_s']:.1f}s)")
+        if round_idx == n_rounds - 1:
+            self._finish(model, glob_thr, dev_thr, metrics)
         self.round_started = time.monotonic()
 
     def _finish(self, model: nn.Module, glob_thr: float, dev_thr: dict[str, float], metrics: dict[str, Any]) -> None:
