@@ -120,8 +120,9 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
             results["federated"] = json.loads(fed_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise FedIoTError(f"{fed_file}: cannot read the federated metrics ({exc})") from None
-    comparison = {name: {k: r["global"].get(k) for k in ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")}
-                  for name, r in results.items()}
+    comparison: dict[str, Any] = {"data_source": data_info["source"]}
+    comparison.update({name: {k: r["global"].get(k) for k in ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")}
+                       for name, r in results.items()})
     write_json(run_dir / "comparison.json", comparison)
     say("")
     say("Comparison (pooled over devices; federated/centralized: global threshold, local: device thresholds)")

@@ -75,13 +75,13 @@ def run_simulation(own: argparse.Namespace) -> int:
     ok, payload = True, None
     if rank == 0:
         try:
+            data_root, data_info = prepare_data(cfg)  # before the run directory: no empty run on bad data
             run_dir = create_run_dir(cfg.get("common_args", "run_dir_root"), "simulation", cfg.get("data_args", "dataset"))
             write_config(run_dir, cfg.values)
             if own.run_dir_file:
                 Path(own.run_dir_file).write_text(str(run_dir) + "\n")
             say(f"FedIoT simulation: {size - 1} clients, {cfg.get('train_args', 'comm_round')} rounds, "
-                f"data {cfg.get('data_args', 'dataset')}; run directory {run_dir}")
-            data_root, data_info = prepare_data(cfg)
+                f"data {data_info['source']}; run directory {run_dir}")
             payload = (str(run_dir), str(data_root), data_info)
         except FedIoTError as exc:
             ok, payload = False, exc

@@ -23,12 +23,29 @@ if [ -z "$MPIRUN" ]; then echo "error: mpirun not found; install requirements.tx
 
 MPI_FLAGS="--oversubscribe"
 [ "$(id -u)" = "0" ] && MPI_FLAGS="$MPI_FLAGS --allow-run-as-root"
-RUN_DIR_FILE="$(mktemp)"
-trap 'rm -f "$RUN_DIR_FILE"' EXIT
+TMP="$(mktemp -d)"
+RUN_DIR_FILE="$TMP/run_dir"
+ERR_FIFO="$TMP/stderr"
+mkfifo "$ERR_FIFO"
+trap 'rm -rf "$TMP"' EXIT
+# mpirun adds a boxed "process exited with non-zero status" notice after our own one-line error;
+# drop that redundant box (other mpirun notices, e.g. MPI_ABORT after a crash, are kept).
+awk '
+  /^----------------------------------------+$/ {
+    if (inbox) { box = box $0 "\n"; if (box !~ /exited with non-zero status/) printf "%s", box; inbox = 0; box = "" }
+    else { inbox = 1; box = $0 "\n" }
+    next
+  }
+  inbox { box = box $0 "\n"; next }
+  { print; fflush() }
+  END { if (inbox) printf "%s", box }
+' < "$ERR_FIFO" >&2 &
+FILTER=$!
 cd "$HERE"
 # shellcheck disable=SC2086
-"$MPIRUN" $MPI_FLAGS -np "$((N + 1))" "$PY" main_fedml_iot.py --cf "$CONFIG" --run_dir_file "$RUN_DIR_FILE"
+"$MPIRUN" $MPI_FLAGS -np "$((N + 1))" "$PY" main_fedml_iot.py --cf "$CONFIG" --run_dir_file "$RUN_DIR_FILE" 2> "$ERR_FIFO"
 rc=$?
+wait "$FILTER"
 if [ "$rc" -eq 0 ] && [ -s "$RUN_DIR_FILE" ]; then
   cat "$RUN_DIR_FILE"
 elif [ -s "$RUN_DIR_FILE" ]; then

@@ -73,6 +73,7 @@ class RoundRecorder:
         clients = read_client_records(self.run_dir / "clients", round_idx + 1)
         record: dict[str, Any] = {
             "round": round_idx + 1,
+            "data_source": self.data_info["source"],
             "wall_time_s": round(now - self.round_started, 4),
             "elapsed_s": round(now - self.started, 4),
             "lr": learning_rate_for_round(t["learning_rate"], t["lr_decay"], t["min_learning_rate"], round_idx),

@@ -126,3 +126,21 @@ def test_missing_data_is_one_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "N-BaIoT data missing for 3 device(s)" in proc.stderr and "synthetic" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_nine_client_synthetic_simulation_meets_targets(tmp_path):
+    """The README's offline main job: 9 clients on synthetic data, default settings."""
+    cfg = yaml.safe_load((REPO / "config_simulation" / "fedml_config_synthetic.yaml").read_text())
+    cfg["common_args"]["run_dir_root"] = str(tmp_path / "runs")
+    path = tmp_path / "sim9.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    proc = run_sim("9", path, timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert len(m["devices"]) == 9
+    assert m["global"]["tpr"] >= 0.99 and m["global"]["fpr"] <= 0.01
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert len(rounds) == 20 and all(r["data_source"] == "synthetic" for r in rounds)
+    assert [r["round"] for r in rounds if "eval" in r] == [5, 10, 15, 20]
+    assert len(list((run_dir / "resources").glob("rank*.json"))) == 10
