@@ -1,0 +1,132 @@
+"""Evaluation without raw rows on the server: clients report counts and statistics only.
+
+Phase 1: each client sends `ErrorStats` of its validation errors (count, sum, sum of squares).
+The server derives the global threshold (merged) and each device's own threshold.
+Phase 2: each client sends a `client_report`: confusion counts for both threshold modes, per attack
+file, for the majority-vote window, and histograms of scores over a fixed log-spaced grid (for
+ROC/PR AUC). `combine_reports` turns them into the same metrics structure as
+`fediot.evaluation.evaluate` (AUCs are computed at the histogram's resolution).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fediot.evaluation import DeviceScores
+from fediot.metrics import majority_vote, rates
+
+# Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins).
+HIST_EDGES = np.logspace(-8, 8, 4097)
+
+
+def histogram(scores: np.ndarray) -> dict[int, int]:
+    """Sparse histogram {bin index: count}; bin 0 = below 1e-8, last = above 1e8."""
+    idx = np.searchsorted(HIST_EDGES, scores, side="right")
+    values, counts = np.unique(idx, return_counts=True)
+    return {int(v): int(c) for v, c in zip(values, counts)}
+
+
+def _flags_counts(scores: np.ndarray, thr: float) -> tuple[int, int]:
+    flagged = int((scores > thr).sum())
+    return flagged, int(len(scores) - flagged)
+
+
+def client_report(s: DeviceScores, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
+    """Everything the server needs about one device's held-out rows, as counts."""
+    modes = {}
+    for mode, thr in (("global", global_threshold), ("device", device_threshold)):
+        fp, tn = _flags_counts(s.test, thr)
+        attacks = {}
+        win = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
+        wb = majority_vote(s.test > thr, window)
+        win["fp"], win["tn"] = int(wb.sum()), int(len(wb) - wb.sum())
+        for name, sc in s.attacks.items():
+            tp, fn = _flags_counts(sc, thr)
+            attacks[name] = {"tp": tp, "fn": fn}
+            wa = majority_vote(sc > thr, window)
+            win["tp"] += int(wa.sum())
+            win["fn"] += int(len(wa) - wa.sum())
+        modes[mode] = {"threshold": thr, "benign": {"fp": fp, "tn": tn}, "attacks": attacks, "window": win}
+    return {
+        "device": s.device,
+        "missing_attacks": list(s.missing_attacks),
+        "validation": {"n": int(len(s.validation)), "mse_mean": float(s.validation.mean()),
+                       "mse_std": float(s.validation.std())},
+        "modes": modes,
+        "hist": {"benign": histogram(s.test), "attacks": {n: histogram(sc) for n, sc in s.attacks.items()}},
+    }
+
+
+def _dense(h: dict[Any, int]) -> np.ndarray:
+    out = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
+    for k, v in h.items():
+        out[int(k)] += v
+    return out
+
+
+def auc_from_histograms(benign: np.ndarray, attack: np.ndarray) -> dict[str, float | None]:
+    """ROC-AUC (ties within a bin count half) and average precision from binned scores."""
+    nb, na = benign.sum(), attack.sum()
+    if nb == 0 or na == 0:
+        return {"roc_auc": None, "pr_auc": None}
+    # P(attack score > benign score) + 0.5 P(same bin)
+    benign_below = np.concatenate([[0], np.cumsum(benign)[:-1]])
+    roc = float((attack * (benign_below + 0.5 * benign)).sum() / (na * nb))
+    # average precision, thresholds at bin boundaries from high to low scores
+    tp = np.cumsum(attack[::-1])
+    fp = np.cumsum(benign[::-1])
+    has = attack[::-1] > 0
+    precision = tp / np.maximum(tp + fp, 1)
+    ap = float((precision[has] * attack[::-1][has]).sum() / na)
+    return {"roc_auc": roc, "pr_auc": ap}
+
+
+def _entry(reports: list[dict[str, Any]], mode: str) -> dict[str, Any]:
+    c = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
+    win = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
+    per_attack: dict[str, dict[str, int]] = {}
+    hb = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
+    ha = np.zeros_like(hb)
+    for r in reports:
+        m = r["modes"][mode]
+        c["fp"] += m["benign"]["fp"]
+        c["tn"] += m["benign"]["tn"]
+        for name, a in m["attacks"].items():
+            c["tp"] += a["tp"]
+            c["fn"] += a["fn"]
+            pa = per_attack.setdefault(name, {"tp": 0, "fn": 0})
+            pa["tp"] += a["tp"]
+            pa["fn"] += a["fn"]
+        for k in win:
+            win[k] += m["window"][k]
+        hb += _dense(r["hist"]["benign"])
+        for h in r["hist"]["attacks"].values():
+            ha += _dense(h)
+    out: dict[str, Any] = {**rates(c), **c, **auc_from_histograms(hb, ha)}
+    out["n_benign_test"] = c["fp"] + c["tn"]
+    out["n_attack_test"] = c["tp"] + c["fn"]
+    out["attacks"] = {n: {"tpr": a["tp"] / (a["tp"] + a["fn"]), "n": a["tp"] + a["fn"]} for n, a in per_attack.items()}
+    out["window"] = {"size": None, **rates(win), **win}
+    return out
+
+
+def combine_reports(reports: list[dict[str, Any]], global_threshold: float, device_thresholds: dict[str, float],
+                    window: int, primary: str = "global") -> dict[str, Any]:
+    """metrics.json's 'global' and 'devices' parts from client reports (same shape as evaluate())."""
+
+    def entry(subset: list[dict[str, Any]]) -> dict[str, Any]:
+        modes = {"global": {"threshold": global_threshold, **_entry(subset, "global")},
+                 "device": {"thresholds": {r["device"]: device_thresholds[r["device"]] for r in subset},
+                            **_entry(subset, "device")}}
+        for m in modes.values():
+            m["window"]["size"] = window
+        return {"threshold_mode": primary, **modes[primary], "modes": modes}
+
+    result: dict[str, Any] = {"global": entry(reports), "devices": {}}
+    for r in reports:
+        e = entry([r])
+        e["missing_attacks"] = r["missing_attacks"]
+        e["validation"] = r["validation"]
+        result["devices"][r["device"]] = e
+    return result
