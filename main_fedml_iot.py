@@ -7,6 +7,7 @@ which runs `mpirun -np 10 python main_fedml_iot.py --cf CONFIG`.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import traceback
@@ -25,6 +26,9 @@ def parse_own_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(add_help=True, description=__doc__)
     p.add_argument("--cf", default=DEFAULT_SIM_CONFIG, help="YAML config (default %(default)s)")
     p.add_argument("--run_dir_file", default=None, help="write the run directory path into this file")
+    p.add_argument("--rank", type=int, default=None, help="deployment: 0 = server, 1..N = client N")
+    p.add_argument("--role", choices=["server", "client"], default=None, help="deployment: server or client")
+    p.add_argument("--resume", default=None, help="deployment server: continue the run in this run directory")
     args, _unknown = p.parse_known_args(argv)
     return args
 
@@ -124,7 +128,7 @@ def run_simulation(own: argparse.Namespace) -> int:
         if not hasattr(args, key) or key in ("devices",):
             setattr(args, key, value)
     args.dataset = cfg.get("data_args", "dataset")
-    torch.set_num_threads(1)  # N+1 processes share the machine's cores
+    torch.set_num_threads(cfg.get("device_args", "torch_threads"))  # N+1 processes share the cores
     device = torch.device("cuda" if cfg.get("device_args", "using_gpu") and torch.cuda.is_available() else "cpu")
 
     from data.nbaiot import N_FEATURES
@@ -163,10 +167,122 @@ def run_simulation(own: argparse.Namespace) -> int:
     return 0
 
 
+def check_port_free(ip: str, port: int, what: str) -> None:
+    """One clear error when our gRPC port is taken (gRPC itself would only log and fail later)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((ip or "0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot listen on {ip}:{port} ({exc.strerror}); is another server or client "
+                              f"running, or is the port in the ipconfig CSV wrong?") from None
+
+
+def run_deployment(own: argparse.Namespace) -> int:
+    """Cross-silo over gRPC on a LAN: `--role server --rank 0` or `--role client --rank N`."""
+    cfg = config_mod.load(own.cf)
+    where = f"config {cfg.path}"
+    if cfg.get("comm_args", "backend") != "GRPC":
+        raise ConfigError(f"{where}: comm_args.backend = {cfg.get('comm_args', 'backend')!r}; a deployment uses GRPC "
+                          f"(MQTT_S3 needs FedML's cloud; MPI is for run_simulation.sh)")
+    if own.role is None or own.rank is None:
+        raise ConfigError("a deployment process needs --role server --rank 0 or --role client --rank N (use run_server.sh / run_client.sh)")
+    n_devices = len(cfg.devices)
+    t = cfg.values["train_args"]
+    if t["client_num_in_total"] != n_devices or t["client_num_per_round"] != n_devices:
+        raise ConfigError(f"{where}: data_args.devices lists {n_devices} device(s) but train_args.client_num_in_total = "
+                          f"{t['client_num_in_total']} and client_num_per_round = {t['client_num_per_round']}; set both to {n_devices}")
+    if t["min_clients_per_round"] > n_devices:
+        raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > {n_devices} clients")
+    if own.role == "server" and own.rank != 0:
+        raise ConfigError(f"the server is rank 0, not {own.rank}")
+    if own.role == "client" and not 1 <= own.rank <= n_devices:
+        raise ConfigError(f"client rank {own.rank} out of range: {where} has {n_devices} device(s), so N is 1..{n_devices}")
+    ipconfig_value = cfg.get("comm_args", "grpc_ipconfig_path")
+    if not ipconfig_value:
+        raise ConfigError(f"{where}: comm_args.grpc_ipconfig_path is not set (CSV eid,rank,grpc_server_ip,grpc_server_port,ingress_ip)")
+    from fediot.federated import load_server_checkpoint
+    from fediot.ipconfig import load_ipconfig
+    from fediot.pipeline import load_split, prepare_data
+    from fediot.rundir import create_run_dir, peak_rss_mb, repo_path, write_config, write_json
+
+    ipconfig = repo_path(ipconfig_value)
+    peers = load_ipconfig(ipconfig)
+    needed = [0, *range(1, n_devices + 1)] if own.role == "server" else [0, own.rank]
+    missing = [r for r in needed if r not in peers]
+    if missing:
+        raise ConfigError(f"{ipconfig}: no row for rank(s) {', '.join(map(str, missing))} "
+                          f"(the server needs ranks 0..{n_devices}; a client needs 0 and its own rank)")
+    me = peers[own.rank]
+    check_port_free(me.bind_ip, me.port, f"{ipconfig} rank {own.rank}")
+
+    resume = None
+    split = None
+    if own.role == "server":
+        if own.resume:
+            run_dir = Path(own.resume).resolve()
+            resume = load_server_checkpoint(run_dir)
+            saved = json.loads(json.dumps(resume["config"]))
+            data_info = {"source": cfg.get("data_args", "dataset"), "synthetic": cfg.get("data_args", "dataset") == "synthetic"}
+            say(f"resuming {run_dir} after round {resume['round_done']}")
+            if saved.get("train_args", {}).get("comm_round") != t["comm_round"]:
+                say(f"note: comm_round is now {t['comm_round']} (was {saved['train_args']['comm_round']})")
+        else:
+            data_info = {"source": cfg.get("data_args", "dataset"), "synthetic": cfg.get("data_args", "dataset") == "synthetic",
+                         "note": "the server holds no data; clients report counts and statistics only"}
+            run_dir = create_run_dir(cfg.get("common_args", "run_dir_root"), "server", cfg.get("data_args", "dataset"))
+            write_config(run_dir, cfg.values)
+        say(f"FedIoT server: {n_devices} client(s), {t['comm_round']} rounds over gRPC at {me.address}; run directory {run_dir}")
+    else:
+        device = cfg.devices[own.rank - 1]
+        data_root, _info = prepare_data(cfg, [device])  # a board fetches only its own device
+        split = load_split(cfg, data_root, device)
+        run_dir = create_run_dir(cfg.get("common_args", "run_dir_root"), f"client{own.rank}", cfg.get("data_args", "dataset"))
+        write_config(run_dir, cfg.values)
+
+    import torch
+    from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
+
+    log_file = run_dir / "logs" / f"fedml-rank{own.rank}.log"
+    with fds_to_file(log_file):
+        import fedml
+
+        disable_fedml_cloud()
+        sys.argv = [sys.argv[0], "--cf", str(Path(own.cf).resolve()), "--rank", str(own.rank), "--role", own.role,
+                    "--run_id", str(cfg.get("common_args", "run_id"))]
+        args = fedml.init(check_env=False)
+    route_logging_to_file(log_file)
+    for key, value in cfg.flat().items():
+        if not hasattr(args, key) or key in ("devices",):
+            setattr(args, key, value)
+    args.grpc_ipconfig_path = str(ipconfig)
+    torch.set_num_threads(cfg.get("device_args", "torch_threads"))
+
+    from trainer.deployment import DeploymentClient, DeploymentServer
+
+    with fds_to_file(log_file):
+        if own.role == "server":
+            node = DeploymentServer(args, cfg, run_dir, list(range(1, n_devices + 1)), resume, data_info)
+        else:
+            node = DeploymentClient(args, cfg, own.rank, n_devices, split, run_dir)
+        node.run()
+    write_json(run_dir / "resources" / f"rank{own.rank}.json", {
+        "rank": own.rank, "role": own.role, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "bytes_sent": node.com_manager.bytes_sent, "bytes_received": node.com_manager.bytes_received})
+    if node.exit_code != 0:
+        error(f"{node.error} (run directory {run_dir})")
+        return node.exit_code
+    say(str(run_dir))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="warning: %(message)s")
     own = parse_own_args(sys.argv[1:] if argv is None else argv)
     try:
+        if own.role is not None:
+            return run_deployment(own)
         return run_simulation(own)
     except FedIoTError as exc:
         _report_error(str(exc))

@@ -11,11 +11,13 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from data.loader import DeviceSplit
 from fediot.config import FedIoTConfig
 from fediot.console import say
+from fediot.errors import ConfigError
 from fediot.evaluation import evaluate, score_device, thresholds
 from fediot.rundir import append_jsonl, write_json
 from model.autoencoder import AutoEncoder
@@ -23,6 +25,21 @@ from model.detector import Detector, learning_rate_for_round
 from model.normalization import Normalizer
 
 SUMMARY_KEYS = ("tpr", "fpr", "precision", "f1", "accuracy", "roc_auc", "pr_auc")
+SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
+
+
+def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The deployment server's per-round checkpoint of a run directory (for --resume)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no checkpoint.pt there (is it a deployment server run directory?)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ConfigError(f"{path}: unreadable checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != SERVER_CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a FedIoT server checkpoint")
+    return payload
 
 
 def is_eval_round(round_idx: int, n_rounds: int, frequency: int) -> bool:

@@ -34,17 +34,24 @@ def create_run_dir(root: str | Path, kind: str, dataset: str) -> Path:
     raise RuntimeError(f"could not create a run directory under {base}")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write text via temp file + rename, so readers never see half a file."""
+def write_atomic_bytes(path: Path, data: bytes) -> None:
+    """Write bytes via temp file + fsync + rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text atomically (see write_atomic_bytes)."""
+    write_atomic_bytes(path, text.encode())
 
 
 def write_json(path: Path, data: Any) -> None:

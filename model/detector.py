@@ -5,8 +5,6 @@ Plain functions and small dataclasses; FedML's trainer/aggregator classes only c
 from __future__ import annotations
 
 import io
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -15,6 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
 from model.normalization import Normalizer
 
@@ -140,16 +139,7 @@ class Detector:
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
-        fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, p)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomic_bytes(p, buf.getvalue())
         return p
 
     @classmethod

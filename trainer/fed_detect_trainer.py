@@ -19,6 +19,7 @@ class FedDetectTrainer(ClientTrainer):
     def __init__(self, model, args, record_dir: Path | None = None) -> None:
         super().__init__(model, args)
         self.record_dir = record_dir
+        self.last_losses: list[float] = []
 
     def get_model_params(self) -> dict[str, Any]:
         return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()}
@@ -34,6 +35,7 @@ class FedDetectTrainer(ClientTrainer):
         losses = train_autoencoder(self.model, train_data.rows, args.epochs, args.batch_size, lr,
                                    args.weight_decay, seed=args.random_seed * 100003 + round_idx * 101
                                    + nbaiot.device_index(train_data.device))
+        self.last_losses = losses
         if self.record_dir is not None:
             append_jsonl(self.record_dir / f"{train_data.device}.jsonl", {
                 "round": round_idx + 1, "device": train_data.device, "loss": losses[-1],
