@@ -144,7 +144,7 @@ class DeploymentServer(_Node):
         self.round_started = self.started
         self.last_status = ""
         self.last_status_at = 0.0
-        self.val_stats: dict[int, ErrorStats] = {}
+        self.bytes_mark = (0, 0)
         super().__init__(args, 0, len(client_ranks) + 1, float(c["send_timeout_s"]))
 
     # -- plumbing
@@ -300,9 +300,10 @@ class DeploymentServer(_Node):
             "dropped": [self.device_of(r) for r in dropped],
             "client_losses": {self.device_of(r): self.replies[r]["loss"] for r in answered},
             "client_train_seconds": {self.device_of(r): self.replies[r]["train_seconds"] for r in answered},
-            "bytes_sent_total": self.com_manager.bytes_sent,
-            "bytes_received_total": self.com_manager.bytes_received,
+            "bytes_sent": self.com_manager.bytes_sent - self.bytes_mark[0],
+            "bytes_received": self.com_manager.bytes_received - self.bytes_mark[1],
         })
+        self.bytes_mark = (self.com_manager.bytes_sent, self.com_manager.bytes_received)
         self.round += 1
         self.save_checkpoint()
         losses = self.record["client_losses"].values()

@@ -1,0 +1,113 @@
+"""Start FedIoT deployment processes (server, clients) on 127.0.0.1 for tests and benchmarks."""
+from __future__ import annotations
+
+import os
+import queue
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEVICES = ["Danmini_Doorbell", "Ecobee_Thermostat", "Ennio_Doorbell"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def deploy_config(tmp: Path, n_clients: int = 3, **sections) -> Path:
+    """A loopback deployment config with fresh ports; `sections` override keys per section."""
+    ports = free_ports(n_clients + 1)
+    ipconfig = tmp / "ipconfig.csv"
+    ipconfig.write_text("eid,rank,grpc_server_ip,grpc_server_port,ingress_ip\n"
+                        + "".join(f"{r},{r},127.0.0.1,{p},\n" for r, p in enumerate(ports)))
+    cfg = {
+        "common_args": {"training_type": "cross_silo", "random_seed": 0, "run_dir_root": str(tmp / "runs"),
+                        "run_id": "test"},
+        "data_args": {"dataset": "synthetic", "devices": DEVICES[:n_clients], "synthetic_benign_rows": 400,
+                      "synthetic_attack_rows": 60, "attack_test_rows": 60},
+        "train_args": {"client_num_in_total": n_clients, "client_num_per_round": n_clients, "comm_round": 3,
+                       "epochs": 1, "round_timeout_s": 20, "min_clients_per_round": 1},
+        "validation_args": {"frequency_of_the_test": 2},
+        "comm_args": {"backend": "GRPC", "grpc_ipconfig_path": str(ipconfig), "connect_timeout_s": 60,
+                      "wait_for_clients_s": 60, "retry_interval_s": 0.3, "send_timeout_s": 5},
+    }
+    for section, keys in sections.items():
+        cfg.setdefault(section, {}).update(keys)
+    path = tmp / "deploy.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+class Proc:
+    """A launcher process whose output lines are collected as they come."""
+
+    def __init__(self, args: list[str]) -> None:
+        env = {**os.environ, "PYTHON": sys.executable}
+        self.p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        self.lines: list[str] = []
+        self.err: list[str] = []
+        self._q: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, args=(self.p.stdout, self.lines, True), daemon=True).start()
+        threading.Thread(target=self._pump, args=(self.p.stderr, self.err, False), daemon=True).start()
+
+    def _pump(self, stream, sink: list[str], notify: bool) -> None:
+        for line in stream:
+            sink.append(line.rstrip("\n"))
+            if notify:
+                self._q.put(line)
+
+    def wait_for(self, text: str, timeout: float = 120) -> str:
+        end = time.monotonic() + timeout
+        for line in list(self.lines):
+            if text in line:
+                return line
+        while time.monotonic() < end:
+            try:
+                line = self._q.get(timeout=0.2)
+            except queue.Empty:
+                if self.p.poll() is not None and self._q.empty():
+                    break
+                continue
+            if text in line:
+                return line
+        raise AssertionError(f"{text!r} not seen; stdout:\n" + "\n".join(self.lines) + "\nstderr:\n" + "\n".join(self.err))
+
+    def finish(self, timeout: float = 120) -> int:
+        rc = self.p.wait(timeout=timeout)
+        time.sleep(0.1)
+        return rc
+
+    def kill(self) -> None:
+        if self.p.poll() is None:
+            self.p.kill()
+            self.p.wait()
+
+    @property
+    def stdout(self) -> str:
+        return "\n".join(self.lines)
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.err)
+
+
+def server(cfg: Path, *extra: str) -> Proc:
+    return Proc(["bash", str(REPO / "run_server.sh"), str(cfg), *extra])
+
+
+def client(n: int, cfg: Path) -> Proc:
+    return Proc(["bash", str(REPO / "run_client.sh"), str(n), str(cfg)])

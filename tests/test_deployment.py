@@ -1,0 +1,185 @@
+"""Real deployment as real processes on 127.0.0.1: run_server.sh + run_client.sh over gRPC."""
+import json
+import signal
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.deploy_helpers import DEVICES, REPO, client, deploy_config, server
+
+
+def run_dir_of(proc) -> Path:
+    return Path(proc.lines[-1])
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
+def test_server_and_three_clients(tmp_path):
+    cfg = deploy_config(tmp_path)
+    srv = server(cfg)
+    clients = [client(n, cfg) for n in (1, 2, 3)]
+    try:
+        assert srv.finish(240) == 0, srv.stdout + srv.stderr
+        assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
+    finally:
+        for p in (srv, *clients):
+            p.kill()
+    run_dir = run_dir_of(srv)  # the run directory is the server's last line
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(m["devices"]) == sorted(DEVICES)
+    assert m["data"]["source"] == "synthetic"
+    assert m["global"]["tpr"] > 0.9 and m["global"]["roc_auc"] > 0.9
+    rounds = read_rounds(run_dir)
+    assert [r["round"] for r in rounds] == [1, 2, 3]
+    assert [r["round"] for r in rounds if "eval" in r] == [2, 3]
+    assert all(r["bytes_sent"] > 0 and not r["dropped"] for r in rounds)
+    for name in ("model.pt", "checkpoint.pt", "config.yaml"):
+        assert (run_dir / name).is_file()
+    assert "waiting for clients: 3/3 connected" in srv.stdout
+    # a client never ships rows: its run directory holds its own training records only
+    cdir = run_dir_of(clients[0])
+    assert (cdir / "Danmini_Doorbell.jsonl").is_file()
+    assert "FedML" not in srv.stdout and "Traceback" not in srv.stderr
+
+
+def test_client_killed_mid_run_then_rejoins(tmp_path):
+    # rounds of ~0.5 s: long enough for the killed board to come back before the run ends
+    cfg = deploy_config(tmp_path, train_args={"comm_round": 40, "round_timeout_s": 30, "min_clients_per_round": 2,
+                                              "epochs": 20},
+                        validation_args={"frequency_of_the_test": 20},
+                        data_args={"synthetic_benign_rows": 3000})
+    srv = server(cfg)
+    clients = {n: client(n, cfg) for n in (1, 2, 3)}
+    try:
+        srv.wait_for("round 2/40")
+        clients[3].p.send_signal(signal.SIGKILL)  # no goodbye
+        clients[3].p.wait()
+        clients[3] = client(3, cfg)  # the board comes back
+        srv.wait_for("(re)joined")
+        assert srv.finish(300) == 0, srv.stdout + srv.stderr
+        assert clients[1].finish(60) == 0 and clients[2].finish(60) == 0
+        assert clients[3].finish(60) == 0
+    finally:
+        for p in (srv, *clients.values()):
+            p.kill()
+    run_dir = run_dir_of(srv)
+    rounds = read_rounds(run_dir)
+    assert [r["round"] for r in rounds] == list(range(1, 41))  # every round done
+    dropped_rounds = [r["round"] for r in rounds if "Ennio_Doorbell" in r["dropped"]]
+    assert dropped_rounds, "the killed client is recorded as dropped"
+    assert any("Ennio_Doorbell" in r["clients"] for r in rounds if r["round"] > max(dropped_rounds))  # rejoined
+    assert "(re)joined" in srv.stdout
+    assert (run_dir / "metrics.json").is_file() and (run_dir / "model.pt").is_file()
+
+
+def test_too_few_clients_stops_with_checkpoint(tmp_path):
+    cfg = deploy_config(tmp_path, n_clients=2, train_args={"comm_round": 50, "round_timeout_s": 3,
+                                                           "min_clients_per_round": 2})
+    srv = server(cfg)
+    c1, c2 = client(1, cfg), client(2, cfg)
+    try:
+        srv.wait_for("round 2/50")
+        c2.p.send_signal(signal.SIGKILL)
+        rc = srv.finish(120)
+        assert c1.finish(60) != 0  # told that the run stopped
+    finally:
+        for p in (srv, c1, c2):
+            p.kill()
+    assert rc == 3
+    assert "train_args.min_clients_per_round = 2" in srv.stderr and "checkpoint" in srv.stderr
+    run_dir = Path(srv.stderr.split("(run directory ")[-1].split(")")[0])
+    assert (run_dir / "checkpoint.pt").is_file()
+
+
+def test_server_killed_and_resumed(tmp_path):
+    cfg = deploy_config(tmp_path, train_args={"comm_round": 10, "epochs": 1},
+                        data_args={"synthetic_benign_rows": 3000}, validation_args={"frequency_of_the_test": 10})
+    srv = server(cfg)
+    clients = [client(n, cfg) for n in (1, 2, 3)]
+    try:
+        srv.wait_for("round 3/10")
+        run_dir = Path(srv.wait_for("run directory").split("run directory ")[-1])
+        srv.p.send_signal(signal.SIGKILL)
+        srv.p.wait()
+        import torch
+        done = torch.load(run_dir / "checkpoint.pt", weights_only=False)["round_done"]
+        assert done >= 3
+        srv2 = server(cfg, "--resume", str(run_dir))
+        srv2.wait_for(f"resuming {run_dir} after round {done}")
+        assert srv2.finish(240) == 0, srv2.stdout + srv2.stderr
+        assert all(c.finish(60) == 0 for c in clients)
+    finally:
+        for p in (srv, *clients):
+            p.kill()
+    rounds = read_rounds(run_dir)
+    numbers = [r["round"] for r in rounds]
+    assert sorted(set(numbers)) == list(range(1, 11))  # no completed round lost
+    assert numbers[-1] == 10 and (run_dir / "metrics.json").is_file()
+    assert run_dir_of(srv2) == run_dir
+
+
+def test_client_started_before_server(tmp_path):
+    cfg = deploy_config(tmp_path, n_clients=1, train_args={"comm_round": 2})
+    c1 = client(1, cfg)
+    try:
+        c1.wait_for("connecting to the server")
+        import time
+        time.sleep(3)  # the client retries meanwhile
+        assert c1.p.poll() is None
+        srv = server(cfg)
+        assert srv.finish(120) == 0, srv.stderr
+        assert c1.finish(60) == 0
+    finally:
+        c1.kill()
+
+
+def test_client_gives_up_after_connect_timeout(tmp_path):
+    cfg = deploy_config(tmp_path, n_clients=1, comm_args={"connect_timeout_s": 2, "retry_interval_s": 0.5})
+    c1 = client(1, cfg)
+    assert c1.finish(60) == 4
+    assert "server unreachable for comm_args.connect_timeout_s = 2s" in c1.stderr
+
+
+@pytest.mark.parametrize("case", ["backend", "missing_csv", "bad_csv", "rank_missing", "n_range", "port_in_use"])
+def test_bad_deployment_config_is_one_clear_line(tmp_path, case):
+    import yaml
+    cfg = deploy_config(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    ipconfig = Path(raw["comm_args"]["grpc_ipconfig_path"])
+    who, expect = "server", None
+    blocker = None
+    if case == "backend":
+        raw["comm_args"]["backend"] = "MQTT_S3"
+        expect = "comm_args.backend = 'MQTT_S3'"
+    elif case == "missing_csv":
+        raw["comm_args"]["grpc_ipconfig_path"] = str(tmp_path / "nope.csv")
+        expect = "nope.csv not found"
+    elif case == "bad_csv":
+        ipconfig.write_text("eid,rank,ip\n0,0,127.0.0.1\n")
+        expect = "header must be eid,rank,grpc_server_ip,grpc_server_port,ingress_ip"
+    elif case == "rank_missing":
+        lines = ipconfig.read_text().splitlines()
+        ipconfig.write_text("\n".join(lines[:-1]) + "\n")
+        expect = "no row for rank(s) 3"
+    elif case == "n_range":
+        who, expect = "client7", "client rank 7 out of range"
+    elif case == "port_in_use":
+        port = int(ipconfig.read_text().splitlines()[1].split(",")[3])
+        blocker = socket.socket()
+        blocker.bind(("127.0.0.1", port))
+        blocker.listen()
+        expect = f"cannot listen on 127.0.0.1:{port}"
+    cfg.write_text(yaml.safe_dump(raw))
+    proc = server(cfg) if who == "server" else client(7, cfg)
+    try:
+        rc = proc.finish(60)
+    finally:
+        if blocker:
+            blocker.close()
+    assert rc == 2, proc.stderr
+    errors = [l for l in proc.err if l.startswith("error:")]
+    assert len(errors) == 1 and expect in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
