@@ -30,6 +30,7 @@ def free_ports(n: int) -> list[int]:
 
 def deploy_config(tmp: Path, n_clients: int = 3, **sections) -> Path:
     """A loopback deployment config with fresh ports; `sections` override keys per section."""
+    tmp.mkdir(parents=True, exist_ok=True)
     ports = free_ports(n_clients + 1)
     ipconfig = tmp / "ipconfig.csv"
     ipconfig.write_text("eid,rank,grpc_server_ip,grpc_server_port,ingress_ip\n"
