@@ -47,3 +47,14 @@ def test_missing_empty_and_broken_files(tmp_path):
     (tmp_path / "bad.yaml").write_text("data_args:\n  dataset: [unclosed\n")
     with pytest.raises(ConfigError, match=r"bad\.yaml: not valid YAML at line"):
         config.load(tmp_path / "bad.yaml")
+
+
+@pytest.mark.parametrize("name", ["fedml_config.yaml", "fedml_config_lan.yaml"])
+def test_shipped_deployment_configs_are_valid(name):
+    from fediot.ipconfig import load_ipconfig
+    from fediot.rundir import repo_path
+    cfg = config.load(REPO / "config" / name)
+    assert cfg.get("comm_args", "backend") == "GRPC"
+    peers = load_ipconfig(repo_path(cfg.get("comm_args", "grpc_ipconfig_path")))
+    assert set(range(len(cfg.devices) + 1)) <= set(peers)
+    assert cfg.get("train_args", "client_num_in_total") == len(cfg.devices)
