@@ -20,8 +20,10 @@ from data.loader import DeviceSplit
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError
+from fediot.curves import curves_from_scores
 from fediot.evaluation import DeviceScores, evaluate, score_device, thresholds
 from fediot.pipeline import load_split, prepare_data
+from fediot.report import write_report
 from fediot.rundir import create_run_dir, write_config, write_json
 from model.autoencoder import AutoEncoder
 from model.detector import Detector, train_autoencoder
@@ -94,6 +96,7 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
                **evaluate(scores, det.global_threshold, det.device_thresholds, v["vote_window"], "global")}
     det.save(run_dir / "centralized" / "model.pt")
     write_json(run_dir / "centralized" / "metrics.json", metrics)
+    write_json(run_dir / "centralized" / "curves.json", curves_from_scores(scores))
     results["centralized"] = metrics
 
     say("Local-only models (each device its own normalisation, model and threshold)")
@@ -112,15 +115,17 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
     for entry in [metrics["global"], *metrics["devices"].values()]:
         entry["modes"].pop("global")
     write_json(run_dir / "local" / "metrics.json", metrics)
+    write_json(run_dir / "local" / "curves.json", curves_from_scores(local_scores))
     results["local"] = metrics
 
     if federated is not None:
-        fed_file = federated / "metrics.json" if federated.is_dir() else federated
+        fed_file = (federated / "metrics.json" if federated.is_dir() else federated).resolve()
         try:
             results["federated"] = json.loads(fed_file.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise FedIoTError(f"{fed_file}: cannot read the federated metrics ({exc})") from None
-    comparison: dict[str, Any] = {"data_source": data_info["source"]}
+    comparison: dict[str, Any] = {"data_source": data_info["source"],
+                                  "federated_run": str(fed_file.parent) if federated is not None else None}
     comparison.update({name: {k: r["global"].get(k) for k in ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")}
                        for name, r in results.items()})
     write_json(run_dir / "comparison.json", comparison)
@@ -128,6 +133,7 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
     say("Comparison (pooled over devices; federated/centralized: global threshold, local: device thresholds)")
     for name, r in results.items():
         say(_summary_line(name, r["global"]))
+    say(f"report: {write_report(run_dir)}")
     return run_dir
 
 

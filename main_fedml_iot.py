@@ -116,14 +116,15 @@ def run_simulation(own: argparse.Namespace) -> int:
     from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
 
     log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
-    with fds_to_file(log_file):
+    fedml_console = bool(cfg.get("tracking_args", "fedml_console"))
+    with fds_to_file(log_file, not fedml_console):
         import fedml
         from fedml import FedMLRunner
 
         disable_fedml_cloud()
         sys.argv = [sys.argv[0], "--cf", str(Path(own.cf).resolve())]
         args = fedml.init()
-    route_logging_to_file(log_file)
+    route_logging_to_file(log_file, fedml_console)
     for key, value in cfg.flat().items():
         if not hasattr(args, key) or key in ("devices",):
             setattr(args, key, value)
@@ -153,7 +154,7 @@ def run_simulation(own: argparse.Namespace) -> int:
                                  {"normalization": {"method": m["normalization"], "transform": m["feature_transform"],
                                                     "fitted_on": "training benign rows of all clients (merged statistics)",
                                                     "train_rows": sum(sample_counts.values())}})
-    with fds_to_file(log_file):  # FedML's prints, logs and thread chatter; our lines go to the console
+    with fds_to_file(log_file, not fedml_console):  # FedML's prints, logs and thread chatter; our lines go to the console
         trainer = FedDetectTrainer(model, args, record_dir=run_dir / "clients")
         aggregator = FedDetectAggregator(model, args, recorder.end_of_round if recorder else (lambda *_: None))
         FedMLRunner(args, device, dataset, model, trainer, aggregator).run()
@@ -245,14 +246,15 @@ def run_deployment(own: argparse.Namespace) -> int:
     from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
 
     log_file = run_dir / "logs" / f"fedml-rank{own.rank}.log"
-    with fds_to_file(log_file):
+    fedml_console = bool(cfg.get("tracking_args", "fedml_console"))
+    with fds_to_file(log_file, not fedml_console):
         import fedml
 
         disable_fedml_cloud()
         sys.argv = [sys.argv[0], "--cf", str(Path(own.cf).resolve()), "--rank", str(own.rank), "--role", own.role,
                     "--run_id", str(cfg.get("common_args", "run_id"))]
         args = fedml.init(check_env=False)
-    route_logging_to_file(log_file)
+    route_logging_to_file(log_file, fedml_console)
     for key, value in cfg.flat().items():
         if not hasattr(args, key) or key in ("devices",):
             setattr(args, key, value)
@@ -261,7 +263,7 @@ def run_deployment(own: argparse.Namespace) -> int:
 
     from trainer.deployment import DeploymentClient, DeploymentServer
 
-    with fds_to_file(log_file):
+    with fds_to_file(log_file, not fedml_console):
         if own.role == "server":
             node = DeploymentServer(args, cfg, run_dir, list(range(1, n_devices + 1)), resume, data_info)
         else:

@@ -91,6 +91,8 @@ DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
         "enable_wandb": (False, "FedML's W&B logging (off; no keys in configs)"),
         "using_mlops": (False, "FedML's cloud MLOps (off)"),
         "log_file_dir": (None, "FedML's own log directory (null = inside the run directory)"),
+        "tensorboard": (False, "write TensorBoard event files to RUN_DIR/tensorboard (local only)"),
+        "fedml_console": (False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)"),
     },
 }
 
@@ -123,6 +125,8 @@ _CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "data_args.synthetic_benign_rows": (lambda v: _is_int(v) and v >= 50, "an integer >= 50"),
     "data_args.synthetic_attack_rows": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
     "data_args.download": (lambda v: isinstance(v, bool), "true or false"),
+    "tracking_args.tensorboard": (lambda v: isinstance(v, bool), "true or false"),
+    "tracking_args.fedml_console": (lambda v: isinstance(v, bool), "true or false"),
     "train_args.client_num_in_total": (lambda v: _is_int(v) and 1 <= v <= 9, "an integer in 1..9"),
     "train_args.client_num_per_round": (lambda v: _is_int(v) and 1 <= v <= 9, "an integer in 1..9"),
     "train_args.comm_round": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),

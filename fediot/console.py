@@ -42,6 +42,14 @@ def say(message: str) -> None:
     out.flush()
 
 
+def round_bar(done: int, total: int, width: int = 20) -> str:
+    """'[#####-----] ' on a terminal; '' when output goes to a file or a service log."""
+    if not is_terminal() or total <= 0:
+        return ""
+    filled = int(width * done / total)
+    return "[" + "#" * filled + "-" * (width - filled) + "] "
+
+
 def is_terminal() -> bool:
     try:
         return _out().isatty()

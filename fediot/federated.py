@@ -16,10 +16,13 @@ from torch import nn
 
 from data.loader import DeviceSplit
 from fediot.config import FedIoTConfig
-from fediot.console import say
+from fediot.console import round_bar, say
+from fediot.curves import curves_from_scores
 from fediot.errors import ConfigError
 from fediot.evaluation import evaluate, score_device, thresholds
+from fediot.report import write_report
 from fediot.rundir import append_jsonl, write_json
+from fediot.tracking import Tracker
 from model.autoencoder import AutoEncoder
 from model.detector import Detector, learning_rate_for_round
 from model.normalization import Normalizer
@@ -75,6 +78,7 @@ class RoundRecorder:
         self.started = time.monotonic()
         self.round_started = self.started
         self.rounds_file = run_dir / "rounds.jsonl"
+        self.tracker = Tracker(run_dir, bool(cfg.get("tracking_args", "tensorboard")))
 
     def _eval_split(self, device: str) -> DeviceSplit:
         if device not in self._splits:
@@ -99,7 +103,7 @@ class RoundRecorder:
             "client_train_seconds": {d: r["train_seconds"] for d, r in clients.items()},
         }
         mean_loss = sum(record["client_losses"].values()) / max(1, len(clients))
-        line = f"round {round_idx + 1}/{n_rounds}  clients {len(clients)}  mean loss {mean_loss:.5f}"
+        line = f"{round_bar(round_idx + 1, n_rounds)}round {round_idx + 1}/{n_rounds}  clients {len(clients)}  mean loss {mean_loss:.5f}"
         if is_eval_round(round_idx, n_rounds, v["frequency_of_the_test"]):
             eval_started = time.monotonic()
             scores = [score_device(model, self.normalizer, self._eval_split(d)) for d in self.devices]
@@ -113,12 +117,14 @@ class RoundRecorder:
             line += f"  | TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  F1 {g['f1']:.4f}"
             record["eval_seconds"] = round(time.monotonic() - eval_started, 4)
         append_jsonl(self.rounds_file, record)
+        self.tracker.log_round(record)
         say(line + f"  ({record['wall_time_s']:.1f}s)")
         if round_idx == n_rounds - 1:
-            self._finish(model, glob_thr, dev_thr, metrics)
+            self._finish(model, glob_thr, dev_thr, metrics, scores)
         self.round_started = time.monotonic()
 
-    def _finish(self, model: nn.Module, glob_thr: float, dev_thr: dict[str, float], metrics: dict[str, Any]) -> None:
+    def _finish(self, model: nn.Module, glob_thr: float, dev_thr: dict[str, float], metrics: dict[str, Any],
+                scores: list[Any]) -> None:
         final = AutoEncoder(model.input_dim)
         final.load_state_dict(copy.deepcopy(model.state_dict()))
         detector = Detector(final, self.normalizer, self.cfg.get("validation_args", "threshold_k"), glob_thr, dev_thr,
@@ -127,8 +133,11 @@ class RoundRecorder:
         detector.save(self.run_dir / "model.pt")
         out = {"data": self.data_info, "kind": "federated", **self.extra, **metrics}
         write_json(self.run_dir / "metrics.json", out)
+        write_json(self.run_dir / "curves.json", curves_from_scores(scores))
         g = metrics["global"]
         say(f"final (global threshold {glob_thr:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
             f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
         d = g["modes"]["device"]
         say(f"final (per-device thresholds): TPR {d['tpr']:.4f}  FPR {d['fpr']:.4f}  F1 {d['f1']:.4f}")
+        self.tracker.close()
+        say(f"report: {write_report(self.run_dir)}")

@@ -20,9 +20,15 @@ def disable_fedml_cloud() -> None:
 
 
 @contextlib.contextmanager
-def fds_to_file(path: Path) -> Iterator[None]:
-    """Send everything written to fds 1 and 2 (Python and C level) to `path` for the block."""
+def fds_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
+    """Send everything written to fds 1 and 2 (Python and C level) to `path` for the block.
+
+    With enabled=False (tracking_args.fedml_console: true) output stays on the console.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
+    if not enabled:
+        yield
+        return
     sys.stdout.flush()
     sys.stderr.flush()
     saved = os.dup(1), os.dup(2)
@@ -40,14 +46,20 @@ def fds_to_file(path: Path) -> Iterator[None]:
             os.close(saved[1])
 
 
-def route_logging_to_file(path: Path) -> None:
-    """After fedml.init(): FedML's logger (now logging.root) and print() go to `path` only."""
+def route_logging_to_file(path: Path, also_console: bool = False) -> None:
+    """After fedml.init(): FedML's logger (now logging.root) and print() go to `path`
+    (and to stderr too when also_console)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(path)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
+    handlers: list[logging.Handler] = [logging.FileHandler(path)]
+    if also_console:
+        handlers.append(logging.StreamHandler(sys.stderr))
+    for h in handlers:
+        h.setFormatter(fmt)
     # fedml.init() rebinds logging.root to its own logger; the manager keeps the original root.
     for logger in {logging.root, logging.Logger.manager.root}:
         logger.handlers.clear()
-        logger.addHandler(handler)
+        for h in handlers:
+            logger.addHandler(h)
         logger.setLevel(logging.INFO)
-    # FedML rebinds sys.stdout.write to its logger: print() lands in the same file.
+    # FedML rebinds sys.stdout.write to its logger: print() lands in the same place.

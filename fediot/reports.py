@@ -130,3 +130,22 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float, devi
         e["validation"] = r["validation"]
         result["devices"][r["device"]] = e
     return result
+
+
+def curves_from_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """ROC curves per device and pooled, from the clients' score histograms."""
+    from fediot.curves import roc_from_histograms
+
+    out: dict[str, Any] = {}
+    hb_all = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
+    ha_all = np.zeros_like(hb_all)
+    for r in reports:
+        hb = _dense(r["hist"]["benign"])
+        ha = np.zeros_like(hb)
+        for h in r["hist"]["attacks"].values():
+            ha += _dense(h)
+        out[r["device"]] = roc_from_histograms(hb, ha)
+        hb_all += hb
+        ha_all += ha
+    out["all devices"] = roc_from_histograms(hb_all, ha_all)
+    return {"roc": out}

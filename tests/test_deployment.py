@@ -36,8 +36,9 @@ def test_server_and_three_clients(tmp_path):
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [r["round"] for r in rounds if "eval" in r] == [2, 3]
     assert all(r["bytes_sent"] > 0 and not r["dropped"] for r in rounds)
-    for name in ("model.pt", "checkpoint.pt", "config.yaml"):
-        assert (run_dir / name).is_file()
+    for name in ("model.pt", "checkpoint.pt", "config.yaml", "report.md", "curves.json",
+                 "figures/federated-deployment_roc.png"):
+        assert (run_dir / name).is_file(), name
     assert "waiting for clients: 3/3 connected" in srv.stdout
     # a client never ships rows: its run directory holds its own training records only
     cdir = run_dir_of(clients[0])

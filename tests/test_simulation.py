@@ -144,3 +144,28 @@ def test_nine_client_synthetic_simulation_meets_targets(tmp_path):
     assert len(rounds) == 20 and all(r["data_source"] == "synthetic" for r in rounds)
     assert [r["round"] for r in rounds if "eval" in r] == [5, 10, 15, 20]
     assert len(list((run_dir / "resources").glob("rank*.json"))) == 10
+
+
+def test_tensorboard_tracking_and_report(tmp_path):
+    """tracking_args.tensorboard writes event files; every simulation writes report.md with figures."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    proc = run_sim("3", sim_config(tmp_path, tracking_args__tensorboard=True))
+    assert proc.returncode == 0, proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    tags = set()
+    for f in (run_dir / "tensorboard").glob("events.out.tfevents.*"):
+        data = f.read_bytes()
+        pos = 0
+        while pos < len(data):
+            (length,) = struct.unpack("<Q", data[pos:pos + 8])
+            event = event_pb2.Event.FromString(data[pos + 12:pos + 12 + length])
+            tags.update(v.tag for v in event.summary.value)
+            pos += 12 + length + 4
+    assert {"loss/mean", "loss/Ennio_Doorbell", "eval_global_threshold/fpr"} <= tags
+    report = (run_dir / "report.md").read_text()
+    assert "SYNTHETIC DATA" in report
+    for name in ("federated_training.png", "federated_roc.png", "federated_devices.png", "federated_attacks.png"):
+        assert (run_dir / "figures" / name).stat().st_size > 10_000

@@ -24,11 +24,13 @@ from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
 from data.loader import DeviceSplit
 from fediot.config import FedIoTConfig
-from fediot.console import say
+from fediot.console import round_bar, say
 from fediot.evaluation import DeviceScores, score_device
 from fediot.federated import SERVER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT, SUMMARY_KEYS, is_eval_round
-from fediot.reports import client_report, combine_reports
+from fediot.report import write_report
+from fediot.reports import client_report, combine_reports, curves_from_reports
 from fediot.rundir import append_jsonl, write_atomic_bytes, write_json
+from fediot.tracking import Tracker
 from model.autoencoder import AutoEncoder
 from model.detector import Detector, ErrorStats, learning_rate_for_round
 from model.normalization import FeatureStats, Normalizer
@@ -145,6 +147,7 @@ class DeploymentServer(_Node):
         self.last_status = ""
         self.last_status_at = 0.0
         self.bytes_mark = (0, 0)
+        self.tracker = Tracker(run_dir, bool(cfg.get("tracking_args", "tensorboard")))
         super().__init__(args, 0, len(client_ranks) + 1, float(c["send_timeout_s"]))
 
     # -- plumbing
@@ -307,7 +310,7 @@ class DeploymentServer(_Node):
         self.round += 1
         self.save_checkpoint()
         losses = self.record["client_losses"].values()
-        line = (f"round {self.round}/{self.n_rounds}  clients {len(answered)}  "
+        line = (f"{round_bar(self.round, self.n_rounds)}round {self.round}/{self.n_rounds}  clients {len(answered)}  "
                 f"mean loss {sum(losses) / len(losses):.5f}  ({self.record['wall_time_s']:.1f}s)")
         if dropped:
             line += f"  dropped: {', '.join(self.record['dropped'])}"
@@ -349,12 +352,14 @@ class DeploymentServer(_Node):
         if self.record.get("round"):
             self.write_round_record()
         if self.round >= self.n_rounds:
+            write_json(self.run_dir / "curves.json", curves_from_reports(reports))
             self.finish_run(metrics)
         else:
             self.begin_round()
 
     def write_round_record(self) -> None:
         append_jsonl(self.run_dir / "rounds.jsonl", self.record)
+        self.tracker.log_round(self.record)
         self.record = {}
 
     def save_checkpoint(self) -> None:
@@ -381,6 +386,8 @@ class DeploymentServer(_Node):
         g = metrics["global"]
         say(f"final (global threshold {self.thresholds['global']:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
             f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
+        self.tracker.close()
+        say(f"report: {write_report(self.run_dir)}")
         for rank in sorted(self.connected):
             self.send(S2C_FINISH, rank)
         self.stop(0)
