@@ -1,0 +1,103 @@
+"""Feature extractor against statistics computed by hand (decay, 2-D covariance/pcc, jitter)."""
+import math
+
+import numpy as np
+import pytest
+
+from data import nbaiot
+from traffic.afterimage import FeatureExtractor
+from traffic.packets import PacketBatch
+
+A_MAC, A, B = b"\x02" * 6, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
+
+
+def col(name: str) -> int:
+    return nbaiot.COLUMNS.index(name)
+
+
+def batch(packets) -> PacketBatch:
+    b = PacketBatch()
+    for t, size, src, dst in packets:
+        b.time.append(t)
+        b.size.append(size)
+        b.src_mac.append(A_MAC if src == A else b"\x03" * 6)
+        b.src_ip.append(src)
+        b.dst_ip.append(dst)
+        b.src_port.append(1000 if src == A else 80)
+        b.dst_port.append(80 if src == A else 1000)
+    return b
+
+
+# A->B 100 B at t=1000, B->A 300 B at 1000.5, A->B 200 B at 1001, B->A 100 B at 1001.5
+PACKETS = [(1000.0, 100, A, B), (1000.5, 300, B, A), (1001.0, 200, A, B), (1001.5, 100, B, A)]
+
+
+@pytest.fixture(scope="module")
+def rows():
+    return FeatureExtractor().transform(batch(PACKETS))
+
+
+def test_shape_and_columns(rows):
+    assert rows.shape == (4, 115)
+    assert np.isfinite(rows).all()
+
+
+def test_one_direction_decay_by_hand(rows):
+    # H (source IP A), lambda = 1, after packets 1 and 3 (1 s apart): decay 2^-1 = 0.5
+    w = 0.5 * 1 + 1                      # 1.5
+    ls = 0.5 * 100 + 200                 # 250
+    ss = 0.5 * 100 ** 2 + 200 ** 2       # 45000
+    mean = ls / w
+    assert rows[2, col("H_L1_weight")] == pytest.approx(w)
+    assert rows[2, col("H_L1_mean")] == pytest.approx(mean)
+    assert rows[2, col("H_L1_variance")] == pytest.approx(ss / w - mean ** 2)
+    # lambda = 0.01 barely decays: weight 2^-0.01 + 1
+    assert rows[2, col("H_L0.01_weight")] == pytest.approx(2 ** -0.01 + 1)
+    # MI_dir keys on MAC + IP: same stream here
+    assert rows[2, col("MI_dir_L1_mean")] == pytest.approx(mean)
+
+
+def test_two_direction_covariance_and_pcc_by_hand(rows):
+    # Packet 4 is B->A. lambda = 1.
+    std_ab = math.sqrt(45000 / 1.5 - (250 / 1.5) ** 2)          # A->B after packet 3
+    w_ba, ls_ba, ss_ba = 0.5 + 1, 0.5 * 300 + 100, 0.5 * 300 ** 2 + 100 ** 2
+    mean_ba = ls_ba / w_ba
+    var_ba = ss_ba / w_ba - mean_ba ** 2
+    # pair sums: residuals of packets 1 and 2 are 0 (first value of each direction = its mean);
+    # packet 3 residual r3 = 200 - 250/1.5; packet 4 residual r4 = 100 - mean_ba; CF3 = r4 * r3
+    r3 = 200 - 250 / 1.5
+    r4 = 100 - mean_ba
+    d = 2 ** -0.5                                               # 0.5 s between pair updates
+    w3 = ((1 * d + 1) * d + 1) * d + 1
+    cov = r4 * r3 / w3
+    base = "HH_L1_"
+    assert rows[3, col(base + "weight")] == pytest.approx(w_ba)
+    assert rows[3, col(base + "mean")] == pytest.approx(mean_ba)
+    assert rows[3, col(base + "std")] == pytest.approx(math.sqrt(var_ba))
+    assert rows[3, col(base + "magnitude")] == pytest.approx(math.sqrt(mean_ba ** 2 + (250 / 1.5) ** 2))
+    assert rows[3, col(base + "radius")] == pytest.approx(math.sqrt(var_ba + std_ab ** 2))
+    assert rows[3, col(base + "covariance")] == pytest.approx(cov)
+    assert rows[3, col(base + "pcc")] == pytest.approx(cov / (math.sqrt(var_ba) * std_ab))
+    assert rows[3, col(base + "pcc")] == pytest.approx(-0.1953, abs=1e-3)
+    # HpHp uses the socket pair: same two flows here
+    assert rows[3, col("HpHp_L1_covariance")] == pytest.approx(cov)
+    # a direction never seen before has mean/var 0: packet 1 magnitude = its own mean
+    assert rows[0, col("HH_L1_magnitude")] == pytest.approx(100)
+    assert rows[0, col("HH_L1_pcc")] == 0.0
+
+
+def test_jitter_by_hand(rows):
+    # first packet of a channel: jitter = its timestamp (as in the original extractor)
+    assert rows[0, col("HH_jit_L1_mean")] == pytest.approx(1000.0)
+    # packet 3 on A->B: jitter 1.0 s; stats of [1000, 1.0] with decay 0.5
+    w, ls, ss = 1.5, 0.5 * 1000 + 1.0, 0.5 * 1000 ** 2 + 1.0
+    assert rows[2, col("HH_jit_L1_weight")] == pytest.approx(w)
+    assert rows[2, col("HH_jit_L1_mean")] == pytest.approx(ls / w)
+    assert rows[2, col("HH_jit_L1_variance")] == pytest.approx(ss / w - (ls / w) ** 2)
+
+
+def test_state_carries_across_batches(rows):
+    ex = FeatureExtractor()
+    first = ex.transform(batch(PACKETS[:2]))
+    second = ex.transform(batch(PACKETS[2:]))
+    assert np.allclose(np.vstack([first, second]), rows)

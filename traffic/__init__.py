@@ -1,0 +1,1 @@
+"""From packets to detection: pcap reading, N-BaIoT feature extraction, traffic simulation."""

@@ -1,0 +1,198 @@
+"""N-BaIoT's 115 features from packets: damped incremental statistics (Kitsune's AfterImage).
+
+Definitions used here (see doc/features.md for where they may differ from the original extractor):
+
+* Decay factors lambda in {5, 3, 1, 0.1, 0.01} (columns L5 ... L0.01). A statistic last updated at
+  t0 is decayed at time t by d = 2^(-lambda * (t - t0)) before the new value is inserted:
+  w <- d*w + 1, LS <- d*LS + x, SS <- d*SS + x^2. weight = w, mean = LS / w,
+  variance = max(SS / w - mean^2, 0), std = sqrt(variance). Mean and variance do not change under
+  pure decay, so a stream that is only read (not updated) needs no decay.
+* Streams and the value x they aggregate (x = frame length in bytes, except jitter):
+  MI_dir: source MAC + source IP; H: source IP; HH: source IP -> destination IP (directional);
+  HH_jit: same channel, x = time since the previous packet on it (for the first packet: the
+  packet's timestamp itself, as in the original extractor, which is why real N-BaIoT rows show
+  ~1.5e9 there); HpHp: source IP:port -> destination IP:port (ports 0 for non-TCP/UDP).
+* 2-D statistics (HH, HpHp) for the packet's direction A and the reverse direction B:
+  weight, mean, std of A; magnitude = sqrt(mean_A^2 + mean_B^2); radius = sqrt(var_A + var_B);
+  covariance = CF3 / w3 where, per unordered pair, CF3 and w3 decay like the other sums and each
+  packet adds res_A * last_res_B (res = x - mean of its direction after the update) and 1;
+  pcc = covariance / (std_A * std_B) (0 when either std is 0). A reverse direction never seen has
+  weight 0, mean 0, variance 0.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from data import nbaiot
+from traffic.packets import PacketBatch
+
+LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
+N_L = len(LAMBDAS)
+
+
+@njit(cache=True)
+def _insert(S, i, x, t, lambdas):
+    """S = (w, LS, SS, t_last) x streams x lambdas; decay then insert x at time t."""
+    for l in range(lambdas.shape[0]):
+        dt = t - S[3, i, l]
+        if dt > 0.0 and S[0, i, l] > 0.0:
+            d = 2.0 ** (-lambdas[l] * dt)
+            S[0, i, l] *= d
+            S[1, i, l] *= d
+            S[2, i, l] *= d
+        if t > S[3, i, l]:
+            S[3, i, l] = t
+        S[0, i, l] += 1.0
+        S[1, i, l] += x
+        S[2, i, l] += x * x
+
+
+@njit(cache=True)
+def _mean_var(S, i, l):
+    w = S[0, i, l]
+    if w <= 0.0:
+        return 0.0, 0.0
+    m = S[1, i, l] / w
+    v = S[2, i, l] / w - m * m
+    return m, (v if v > 0.0 else 0.0)
+
+
+@njit(cache=True)
+def _one_d(out, row, col, S, i, n_l):
+    for l in range(n_l):
+        m, v = _mean_var(S, i, l)
+        out[row, col + 3 * l] = S[0, i, l]
+        out[row, col + 3 * l + 1] = m
+        out[row, col + 3 * l + 2] = v
+
+
+@njit(cache=True)
+def _two_d(out, row, col, S, a, b, P, pair, k, x, t, lambdas):
+    """P = (CF3, w3, t_last, last_res dir 0, last_res dir 1) x pairs x lambdas."""
+    for l in range(lambdas.shape[0]):
+        ma, va = _mean_var(S, a, l)
+        mb, vb = _mean_var(S, b, l)
+        dt = t - P[2, pair, l]
+        if dt > 0.0 and P[1, pair, l] > 0.0:
+            d = 2.0 ** (-lambdas[l] * dt)
+            P[0, pair, l] *= d
+            P[1, pair, l] *= d
+        if t > P[2, pair, l]:
+            P[2, pair, l] = t
+        res = x - ma
+        P[0, pair, l] += res * P[4 - k, pair, l]
+        P[1, pair, l] += 1.0
+        P[3 + k, pair, l] = res
+        cov = P[0, pair, l] / P[1, pair, l]
+        sa = np.sqrt(va)
+        sb = np.sqrt(vb)
+        base = col + 7 * l
+        out[row, base] = S[0, a, l]
+        out[row, base + 1] = ma
+        out[row, base + 2] = sa
+        out[row, base + 3] = np.sqrt(ma * ma + mb * mb)
+        out[row, base + 4] = np.sqrt(va + vb)
+        out[row, base + 5] = cov
+        out[row, base + 6] = cov / (sa * sb) if (sa > 0.0 and sb > 0.0) else 0.0
+
+
+@njit(cache=True)
+def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, out):
+    """ids columns: mi, h, hh, hh_rev, pair_hh, dir_hh, hp, hp_rev, pair_hp, dir_hp."""
+    n_l = lambdas.shape[0]
+    for n in range(times.shape[0]):
+        t = times[n]
+        x = sizes[n]
+        _insert(MI, ids[n, 0], x, t, lambdas)
+        _one_d(out, n, 0, MI, ids[n, 0], n_l)
+        _insert(H, ids[n, 1], x, t, lambdas)
+        _one_d(out, n, 15, H, ids[n, 1], n_l)
+        _insert(HH, ids[n, 2], x, t, lambdas)
+        _two_d(out, n, 30, HH, ids[n, 2], ids[n, 3], PHH, ids[n, 4], ids[n, 5], x, t, lambdas)
+        c = ids[n, 2]
+        jitter = t - jit_last[c]
+        jit_last[c] = t
+        _insert(JIT, c, jitter, t, lambdas)
+        _one_d(out, n, 65, JIT, c, n_l)
+        _insert(HP, ids[n, 6], x, t, lambdas)
+        _two_d(out, n, 80, HP, ids[n, 6], ids[n, 7], PHP, ids[n, 8], ids[n, 9], x, t, lambdas)
+
+
+class _Keys:
+    """Stream keys -> dense integer ids."""
+
+    def __init__(self) -> None:
+        self.ids: dict[object, int] = {}
+
+    def get(self, key: object) -> int:
+        i = self.ids.get(key)
+        if i is None:
+            i = self.ids[key] = len(self.ids)
+        return i
+
+
+class FeatureExtractor:
+    """Streaming extractor: feed packet batches in time order, get one 115-feature row per packet."""
+
+    def __init__(self, lambdas: np.ndarray = LAMBDAS, capacity: int = 1024) -> None:
+        self.lambdas = np.asarray(lambdas, dtype=np.float64)
+        self.keys = {name: _Keys() for name in ("mi", "h", "hh", "pair_hh", "hp", "pair_hp")}
+        self.cap = {name: 0 for name in ("mi", "h", "hh", "hp", "pair_hh", "pair_hp")}
+        n_l = len(self.lambdas)
+        self.MI = np.zeros((4, 0, n_l))
+        self.H = np.zeros((4, 0, n_l))
+        self.HH = np.zeros((4, 0, n_l))
+        self.JIT = np.zeros((4, 0, n_l))
+        self.HP = np.zeros((4, 0, n_l))
+        self.jit_last = np.zeros(0)
+        self.PHH = np.zeros((5, 0, n_l))
+        self.PHP = np.zeros((5, 0, n_l))
+        self._grow(capacity)
+        self.packets = 0
+
+    def _grow(self, need: int) -> None:
+        def grow(arr: np.ndarray, axis: int) -> np.ndarray:
+            cur = arr.shape[axis]
+            if cur >= need:
+                return arr
+            new = max(need, 2 * cur, 1024)
+            pad = [(0, 0)] * arr.ndim
+            pad[axis] = (0, new - cur)
+            return np.pad(arr, pad)
+        self.MI, self.H, self.HH, self.JIT, self.HP = (grow(a, 1) for a in (self.MI, self.H, self.HH, self.JIT, self.HP))
+        self.PHH, self.PHP = grow(self.PHH, 1), grow(self.PHP, 1)
+        self.jit_last = grow(self.jit_last, 0)
+
+    def _ids(self, b: PacketBatch) -> np.ndarray:
+        k = self.keys
+        ids = np.empty((len(b), 10), dtype=np.int64)
+        mi, h, hh, phh, hp, php = (k[n].get for n in ("mi", "h", "hh", "pair_hh", "hp", "pair_hp"))
+        for n in range(len(b)):
+            smac, sip, dip, sp, dp = b.src_mac[n], b.src_ip[n], b.dst_ip[n], b.src_port[n], b.dst_port[n]
+            fwd = sip <= dip
+            s_sock, d_sock = (sip, sp), (dip, dp)
+            ids[n, 0] = mi((smac, sip))
+            ids[n, 1] = h(sip)
+            ids[n, 2] = hh((sip, dip))
+            ids[n, 3] = hh((dip, sip))
+            ids[n, 4] = phh((sip, dip) if fwd else (dip, sip))
+            ids[n, 5] = 0 if fwd else 1
+            ids[n, 6] = hp((s_sock, d_sock))
+            ids[n, 7] = hp((d_sock, s_sock))
+            sock_fwd = s_sock <= d_sock
+            ids[n, 8] = php((s_sock, d_sock) if sock_fwd else (d_sock, s_sock))
+            ids[n, 9] = 0 if sock_fwd else 1
+        return ids
+
+    def transform(self, batch: PacketBatch) -> np.ndarray:
+        """Rows (len(batch) x 115) in N-BaIoT column order; state carries over to the next batch."""
+        out = np.zeros((len(batch), nbaiot.N_FEATURES))
+        if len(batch) == 0:
+            return out
+        ids = self._ids(batch)
+        self._grow(max(len(v.ids) for v in self.keys.values()))
+        _kernel(np.asarray(batch.time, dtype=np.float64), np.asarray(batch.size, dtype=np.float64), ids,
+                self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, out)
+        self.packets += len(batch)
+        return out
