@@ -50,7 +50,10 @@ def parse_frame(ts: float, buf: bytes, wire_len: int, batch: PacketBatch, skippe
         return
     ip = eth.data
     if not isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)):
-        skipped.non_ip += 1
+        if eth.type in (dpkt.ethernet.ETH_TYPE_IP, dpkt.ethernet.ETH_TYPE_IP6):
+            skipped.truncated += 1  # says IP, but the header did not parse
+        else:
+            skipped.non_ip += 1
         return
     l4 = ip.data
     sport = dport = 0

@@ -1,0 +1,76 @@
+"""Packets -> features -> detector: the detect command on a simulated capture with an attack in the middle."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from model.autoencoder import AutoEncoder
+from model.detector import Detector, ErrorStats, reconstruction_errors, train_autoencoder
+from model.normalization import Normalizer
+from tests.helpers import REPO
+from traffic.dataset import features_of
+from traffic.packets import read_capture
+from traffic.simulator import EPOCH, TrafficSimulator, write_pcap
+
+DEVICE = "Provision_PT_737E_Security_Camera"
+ATTACK_START, ATTACK_END, DURATION = 1200.0, 1260.0, 2400.0
+
+
+@pytest.fixture(scope="module")
+def model_and_pcap(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("detect")
+    _, rows = features_of(TrafficSimulator(DEVICE, seed=1).capture(1800))  # benign only
+    n = len(rows)
+    train, val = rows[: int(0.6 * n)], rows[int(0.6 * n): int(0.8 * n)]
+    norm = Normalizer.fit(train, "log1p", "zscore")
+    torch.manual_seed(0)
+    model = AutoEncoder(115)
+    train_autoencoder(model, norm(train), epochs=10, batch_size=64, lr=0.003, seed=0)
+    thr = ErrorStats.of(reconstruction_errors(model, norm(val))).threshold(3.0)
+    Detector(model, norm, 3.0, thr, {DEVICE: thr}).save(tmp / "model.pt")
+    packets = TrafficSimulator(DEVICE, seed=7).capture(DURATION, "mirai_ack", ATTACK_START, ATTACK_END - ATTACK_START)
+    write_pcap(tmp / "capture.pcap", packets)
+    return tmp, np.array([t for t, _ in packets]) - EPOCH
+
+
+def test_alerts_inside_attack_and_almost_none_outside(model_and_pcap):
+    tmp, rel = model_and_pcap
+    out = tmp / "alerts.jsonl"
+    proc = subprocess.run([sys.executable, "detect.py", str(tmp / "model.pt"), "--pcap", str(tmp / "capture.pcap"),
+                           "--device", DEVICE, "--window", "5", "--out", str(out)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert summary["packets"] == len(rel) and summary["packets_per_s"] > 0
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert set(alerts[0]) == {"time", "host", "device", "score", "threshold", "packet_alert", "window_alert"}
+    t = np.array([a["time"] for a in alerts if a["window_alert"]]) - EPOCH
+    inside = (rel >= ATTACK_START) & (rel < ATTACK_END)
+    alerted_inside = ((t >= ATTACK_START) & (t < ATTACK_END)).sum()
+    alerted_outside = len(t) - alerted_inside
+    assert alerted_inside / inside.sum() >= 0.95
+    assert alerted_outside / (~inside).sum() <= 0.02
+    before = (t < ATTACK_START).sum() / (rel < ATTACK_START).sum()
+    assert before <= 0.01
+
+
+def test_reader_skips_non_ip_truncated_and_rejects_non_captures(tmp_path):
+    import dpkt
+    sim_packets = TrafficSimulator("Ennio_Doorbell", seed=3).capture(120)
+    arp = bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\xff" * 6, type=dpkt.ethernet.ETH_TYPE_ARP,
+                                       data=b"\x00" * 28))
+    frames = sim_packets[:10] + [(sim_packets[10][0], arp), (sim_packets[11][0], sim_packets[11][1][:30])] + sim_packets[12:]
+    write_pcap(tmp_path / "mixed.pcap", frames)
+    total, skipped = 0, None
+    for batch, skipped in read_capture(tmp_path / "mixed.pcap"):
+        total += len(batch)
+    assert total == len(frames) - 2
+    assert skipped.non_ip == 1 and skipped.truncated == 1
+    (tmp_path / "junk.pcap").write_bytes(b"this is not a capture at all")
+    proc = subprocess.run([sys.executable, "detect.py", str(tmp_path), "--pcap", str(tmp_path / "junk.pcap")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
