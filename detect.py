@@ -78,13 +78,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", help="use this device's own threshold")
     p.add_argument("--window", type=int, default=5, help="majority-vote window in packets (default %(default)s)")
     p.add_argument("--out", type=Path, help="write alert lines here (default: stdout)")
+    p.add_argument("--duration", type=float, default=None, help="live capture: stop after this many seconds")
     a = p.parse_args(argv)
     try:
         try:
             detector = Detector.load(a.model)
         except (FileNotFoundError, ValueError) as exc:
             raise FedIoTError(str(exc)) from None
-        batches = read_capture(a.pcap, batch_size=4096) if a.pcap else live_capture(a.interface)
+        if a.pcap:
+            batches = read_capture(a.pcap, batch_size=4096)
+        else:
+            batches = live_capture(a.interface, duration_s=a.duration)
+            print(f"capturing on {a.interface}" + (f" for {a.duration:g}s" if a.duration else " (Ctrl-C to stop)"),
+                  file=sys.stderr, flush=True)
         sink = open(a.out, "w") if a.out else sys.stdout
         try:
             summary = run_detection(detector, batches, a.device, a.window, sink)

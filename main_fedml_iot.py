@@ -54,8 +54,19 @@ def check_simulation_size(cfg: config_mod.FedIoTConfig, world_size: int) -> None
                           + f". Set all three to {n_clients} or start as many clients as the config has.")
 
 
+def _sleep_until_all_arrive(comm, poll_s: float = 0.2) -> None:
+    """A barrier that sleeps instead of spinning: ranks waiting for rank 0's data preparation (a
+    download, a synthetic generation) must not eat the cores it needs (MPI collectives busy-poll)."""
+    import time
+
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)
+
+
 def _gather_ok(comm, ok: bool, payload: Any) -> list[Any]:
     """All ranks exchange (ok, payload); any failure stops every rank with the failing messages."""
+    _sleep_until_all_arrive(comm)
     results = comm.allgather((ok, payload))
     errors = [p for o, p in results if not o]
     if errors:

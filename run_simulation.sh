@@ -21,6 +21,10 @@ PYDIR="$(dirname "$PY")"
 if [ -x "$PYDIR/mpirun" ]; then MPIRUN="$PYDIR/mpirun"; else MPIRUN="$(command -v mpirun || true)"; fi
 if [ -z "$MPIRUN" ]; then echo "error: mpirun not found; install requirements.txt (it provides Open MPI from PyPI)" >&2; exit 2; fi
 
+# N+1 ranks share few cores: let a rank that waits in MPI yield its core instead of spinning.
+export OMPI_MCA_mpi_yield_when_idle=1
+# ranks write through mpirun's pseudo-terminal: tell them whether the user's stdout is a terminal
+if [ -t 1 ]; then export FEDIOT_TTY=1; else export FEDIOT_TTY=0; fi
 MPI_FLAGS="--oversubscribe"
 [ "$(id -u)" = "0" ] && MPI_FLAGS="$MPI_FLAGS --allow-run-as-root"
 TMP="$(mktemp -d)"

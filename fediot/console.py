@@ -51,6 +51,11 @@ def round_bar(done: int, total: int, width: int = 20) -> str:
 
 
 def is_terminal() -> bool:
+    """Whether our output reaches a terminal. Under mpirun the ranks' stdout is a pseudo-terminal
+    even when the user redirected mpirun's output, so run_simulation.sh passes FEDIOT_TTY=0/1."""
+    forced = os.environ.get("FEDIOT_TTY")
+    if forced in ("0", "1"):
+        return forced == "1"
     try:
         return _out().isatty()
     except (AttributeError, ValueError):

@@ -27,10 +27,17 @@ def prepare_data(cfg: FedIoTConfig, devices: list[str] | None = None) -> tuple[P
     devices = devices if devices is not None else cfg.devices
     if d["dataset"] == "synthetic":
         seed = cfg.get("common_args", "random_seed")
-        root = synthetic.ensure_synthetic(repo_path(SYNTHETIC_CACHE), devices, seed,
-                                          d["synthetic_benign_rows"], d["synthetic_attack_rows"])
-        return root, {"source": "synthetic", "synthetic": True, "path": str(root), "seed": seed,
-                      "note": "SYNTHETIC data from data/synthetic.py, not real N-BaIoT traffic"}
+        if d["synthetic_generator"] == "packets":
+            from traffic.dataset import ensure_packet_synthetic
+            root = ensure_packet_synthetic(repo_path(SYNTHETIC_CACHE), devices, seed,
+                                           d["synthetic_benign_seconds"], d["synthetic_attack_seconds"])
+            note = "SYNTHETIC data: traffic/simulator.py packets -> traffic/afterimage.py features, not real N-BaIoT"
+        else:
+            root = synthetic.ensure_synthetic(repo_path(SYNTHETIC_CACHE), devices, seed,
+                                              d["synthetic_benign_rows"], d["synthetic_attack_rows"])
+            note = "SYNTHETIC data from data/synthetic.py, not real N-BaIoT traffic"
+        return root, {"source": "synthetic", "synthetic": True, "generator": d["synthetic_generator"],
+                      "path": str(root), "seed": seed, "note": note}
     root = repo_path(d["data_cache_dir"])
     missing = missing_devices(root, devices)
     if missing:
