@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import IO, Iterable
 
-import numpy as np
-
 from fediot.errors import FedIoTError
 from model.detector import Detector
 from traffic.afterimage import FeatureExtractor

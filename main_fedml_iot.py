@@ -7,7 +7,6 @@ which runs `mpirun -np 10 python main_fedml_iot.py --cf CONFIG`.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import traceback
@@ -235,7 +234,7 @@ def run_deployment(own: argparse.Namespace) -> int:
         if own.resume:
             run_dir = Path(own.resume).resolve()
             resume = load_server_checkpoint(run_dir)
-            saved = json.loads(json.dumps(resume["config"]))
+            saved = resume["config"]
             data_info = {"source": cfg.get("data_args", "dataset"), "synthetic": cfg.get("data_args", "dataset") == "synthetic"}
             say(f"resuming {run_dir} after round {resume['round_done']}")
             if saved.get("train_args", {}).get("comm_round") != t["comm_round"]:

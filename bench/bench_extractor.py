@@ -15,8 +15,8 @@ from pathlib import Path
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from traffic.afterimage import FeatureExtractor, _kernel  # noqa: E402
-from traffic.packets import PacketBatch, read_capture  # noqa: E402
+from traffic.afterimage import FeatureExtractor  # noqa: E402
+from traffic.packets import read_capture  # noqa: E402
 from traffic.simulator import TrafficSimulator, write_pcap  # noqa: E402
 
 
@@ -37,7 +37,6 @@ def main() -> None:
     n = sum(len(b) for b in batches)
 
     ex = FeatureExtractor()
-    t0 = time.perf_counter()
     ids_time = 0.0
     for b in batches:
         s = time.perf_counter()

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import http.server
-import os
 import struct
 import threading
-import time
 import zlib
 from pathlib import Path
 

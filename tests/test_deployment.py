@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_helpers import DEVICES, REPO, client, deploy_config, server
+from tests.deploy_helpers import DEVICES, client, deploy_config, server
 
 
 def run_dir_of(proc) -> Path:

@@ -4,7 +4,7 @@ import pytest
 from data import nbaiot
 from data.loader import DeviceData, evenly_spaced, load_device, read_feature_csv, split_counts, split_device
 from fediot.errors import DataError
-from tests.helpers import REAL_SAMPLE, csv_bytes, device_rows, write_per_device
+from tests.helpers import REAL_SAMPLE, write_per_device
 
 HEADER = ",".join(nbaiot.COLUMNS)
 

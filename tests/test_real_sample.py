@@ -4,8 +4,6 @@ import shutil
 import subprocess
 import sys
 
-import numpy as np
-import pytest
 import torch
 import yaml
 

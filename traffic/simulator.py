@@ -9,10 +9,8 @@ Deterministic for a given seed.
 """
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import random
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 

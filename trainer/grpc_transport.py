@@ -12,7 +12,6 @@ from __future__ import annotations
 import pickle
 import queue
 import threading
-import time
 
 import grpc
 from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grpc_comm_manager_pb2_grpc
@@ -76,7 +75,3 @@ class FedIoTGrpcTransport(GRPCCommManager):
     def stop_receive_message(self) -> None:
         self.is_running = False
         self.grpc_server.stop(grace=0.5)
-
-
-def wait_briefly(seconds: float) -> None:
-    time.sleep(seconds)
