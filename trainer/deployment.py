@@ -28,7 +28,7 @@ from fediot.console import round_bar, say
 from fediot.evaluation import DeviceScores, score_device
 from fediot.federated import SERVER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT, SUMMARY_KEYS, is_eval_round
 from fediot.report import write_report
-from fediot.reports import client_report, combine_reports, curves_from_reports
+from fediot.client_reports import client_report, combine_reports, curves_from_reports
 from fediot.rundir import append_jsonl, write_atomic_bytes, write_json
 from fediot.tracking import Tracker
 from model.autoencoder import AutoEncoder

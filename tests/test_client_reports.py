@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from fediot.evaluation import DeviceScores, evaluate, thresholds
-from fediot.reports import auc_from_histograms, client_report, combine_reports, histogram, HIST_EDGES
+from fediot.client_reports import auc_from_histograms, client_report, combine_reports, histogram, HIST_EDGES
 
 
 def make_scores(seed: int, device: str) -> DeviceScores:
