@@ -5,13 +5,8 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
-from model.autoencoder import AutoEncoder
-from model.detector import Detector, ErrorStats, reconstruction_errors, train_autoencoder
-from model.normalization import Normalizer
 from tests.helpers import REPO
-from traffic.dataset import features_of
 from traffic.packets import read_capture
 from traffic.simulator import EPOCH, TrafficSimulator, write_pcap
 
@@ -22,15 +17,11 @@ ATTACK_START, ATTACK_END, DURATION = 1200.0, 1260.0, 2400.0
 @pytest.fixture(scope="module")
 def model_and_pcap(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("detect")
-    _, rows = features_of(TrafficSimulator(DEVICE, seed=1).capture(1800))  # benign only
-    n = len(rows)
-    train, val = rows[: int(0.6 * n)], rows[int(0.6 * n): int(0.8 * n)]
-    norm = Normalizer.fit(train, "log1p", "zscore")
-    torch.manual_seed(0)
-    model = AutoEncoder(115)
-    train_autoencoder(model, norm(train), epochs=10, batch_size=64, lr=0.003, seed=0)
-    thr = ErrorStats.of(reconstruction_errors(model, norm(val))).threshold(3.0)
-    Detector(model, norm, 3.0, thr, {DEVICE: thr}).save(tmp / "model.pt")
+    proc = subprocess.run([sys.executable, "-m", "traffic.train_device", DEVICE, "--out", str(tmp / "model.pt"),
+                           "--seconds", "1800", "--epochs", "10", "--seed", "1"],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out benign FPR" in proc.stdout
     packets = TrafficSimulator(DEVICE, seed=7).capture(DURATION, "mirai_ack", ATTACK_START, ATTACK_END - ATTACK_START)
     write_pcap(tmp / "capture.pcap", packets)
     return tmp, np.array([t for t, _ in packets]) - EPOCH
