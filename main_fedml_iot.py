@@ -53,6 +53,26 @@ def check_simulation_size(cfg: config_mod.FedIoTConfig, world_size: int) -> None
                           + f". Set all three to {n_clients} or start as many clients as the config has.")
 
 
+def init_fedml(cfg: config_mod.FedIoTConfig, cf_path: str, log_file: Path, extra_argv: list[str],
+               check_env: bool = True):
+    """fedml.init() with its cloud call disabled and its output in log_file; returns FedML's args
+    with every FedIoT key (defaults included) set."""
+    from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
+
+    fedml_console = bool(cfg.get("tracking_args", "fedml_console"))
+    with fds_to_file(log_file, not fedml_console):
+        import fedml
+
+        disable_fedml_cloud()
+        sys.argv = [sys.argv[0], "--cf", str(Path(cf_path).resolve()), *extra_argv]
+        args = fedml.init(check_env=check_env)
+    route_logging_to_file(log_file, fedml_console)
+    for key, value in cfg.flat().items():
+        if not hasattr(args, key) or key == "devices":  # FedML keeps the raw 'all'; we store the list
+            setattr(args, key, value)
+    return args
+
+
 def _sleep_until_all_arrive(comm, poll_s: float = 0.2) -> None:
     """A barrier that sleeps instead of spinning: ranks waiting for rank 0's data preparation (a
     download, a synthetic generation) must not eat the cores it needs (MPI collectives busy-poll)."""
@@ -115,7 +135,7 @@ def run_simulation(own: argparse.Namespace) -> int:
             payload = FeatureStats.of(split.train, m["feature_transform"])
         except FedIoTError as exc:
             ok, payload = False, exc
-    stats = [s for s in _gather_ok(comm, ok, payload)[1:]]
+    stats = _gather_ok(comm, ok, payload)[1:]
     normalizer = Normalizer.from_stats(FeatureStats.merge(stats), m["feature_transform"], m["normalization"])
     sample_counts = {i: s.count for i, s in enumerate(stats)}
     if rank == 0:
@@ -123,21 +143,13 @@ def run_simulation(own: argparse.Namespace) -> int:
 
     # 4. FedML
     import torch
-    from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
+    from fediot.fedml_glue import fds_to_file
 
     log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
     fedml_console = bool(cfg.get("tracking_args", "fedml_console"))
-    with fds_to_file(log_file, not fedml_console):
-        import fedml
-        from fedml import FedMLRunner
+    args = init_fedml(cfg, own.cf, log_file, [])
+    from fedml import FedMLRunner
 
-        disable_fedml_cloud()
-        sys.argv = [sys.argv[0], "--cf", str(Path(own.cf).resolve())]
-        args = fedml.init()
-    route_logging_to_file(log_file, fedml_console)
-    for key, value in cfg.flat().items():
-        if not hasattr(args, key) or key in ("devices",):
-            setattr(args, key, value)
     args.dataset = cfg.get("data_args", "dataset")
     torch.set_num_threads(cfg.get("device_args", "torch_threads"))  # N+1 processes share the cores
     device = torch.device("cuda" if cfg.get("device_args", "using_gpu") and torch.cuda.is_available() else "cpu")
@@ -253,21 +265,12 @@ def run_deployment(own: argparse.Namespace) -> int:
         write_config(run_dir, cfg.values)
 
     import torch
-    from fediot.fedml_glue import disable_fedml_cloud, fds_to_file, route_logging_to_file
+    from fediot.fedml_glue import fds_to_file
 
     log_file = run_dir / "logs" / f"fedml-rank{own.rank}.log"
     fedml_console = bool(cfg.get("tracking_args", "fedml_console"))
-    with fds_to_file(log_file, not fedml_console):
-        import fedml
-
-        disable_fedml_cloud()
-        sys.argv = [sys.argv[0], "--cf", str(Path(own.cf).resolve()), "--rank", str(own.rank), "--role", own.role,
-                    "--run_id", str(cfg.get("common_args", "run_id"))]
-        args = fedml.init(check_env=False)
-    route_logging_to_file(log_file, fedml_console)
-    for key, value in cfg.flat().items():
-        if not hasattr(args, key) or key in ("devices",):
-            setattr(args, key, value)
+    args = init_fedml(cfg, own.cf, log_file, ["--rank", str(own.rank), "--role", own.role,
+                                              "--run_id", str(cfg.get("common_args", "run_id"))], check_env=False)
     args.grpc_ipconfig_path = str(ipconfig)
     torch.set_num_threads(cfg.get("device_args", "torch_threads"))
 
