@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fediot.console import say  # noqa: E402
-from fediot.report import METRIC_KEYS, Result, _fmt, load_results  # noqa: E402
+from fediot.report import METRIC_KEYS, Result, _fmt, load_results, save_figure  # noqa: E402
 from fediot.rundir import create_run_dir, write_atomic  # noqa: E402
 
 
@@ -54,9 +54,7 @@ def fig_metrics(rows: list[tuple[str, Result]], path: Path) -> None:
             ax.set_ylim(0, max(0.02, max(vals) * 1.2))
         else:
             ax.set_ylim(min(0.9, min(vals) - 0.02) if vals else 0, 1.0)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def fig_rounds(rows: list[tuple[str, Result]], path: Path) -> bool:
@@ -76,10 +74,7 @@ def fig_rounds(rows: list[tuple[str, Result]], path: Path) -> bool:
     ax2.set_ylabel("FPR (global threshold)")
     ax1.legend(fontsize=6)
     ax2.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> int:

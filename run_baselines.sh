@@ -5,13 +5,10 @@
 # The last line of output is the run directory (centralized/metrics.json, local/metrics.json).
 set -u
 HERE="$(cd "$(dirname "$0")" && pwd)"
-CONFIG="${1:-$HERE/config_simulation/fedml_config.yaml}"
-case "$CONFIG" in /*) ;; *) CONFIG="$(pwd)/$CONFIG" ;; esac
+. "$HERE/launcher_env.sh"
+set_config "${1:-$HERE/config_simulation/fedml_config.yaml}"
 FED="${2:-}"
 if [ -n "$FED" ]; then case "$FED" in /*) ;; *) FED="$(pwd)/$FED" ;; esac; fi
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
-else PY="$(command -v python3)"; fi
 cd "$HERE"
 if [ -n "$FED" ]; then
   exec "$PY" baselines.py --cf "$CONFIG" --federated "$FED"

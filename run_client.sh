@@ -6,11 +6,7 @@ set -u
 N="${1:-}"
 case "$N" in ''|*[!0-9]*) echo "error: usage: bash run_client.sh N [CONFIG]  (N = client rank, 1..9)" >&2; exit 2 ;; esac
 HERE="$(cd "$(dirname "$0")" && pwd)"
-CONFIG="${2:-$HERE/config/fedml_config.yaml}"
-case "$CONFIG" in /*) ;; *) CONFIG="$(pwd)/$CONFIG" ;; esac
-[ -f "$CONFIG" ] || { echo "error: config file $CONFIG not found" >&2; exit 2; }
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
-else PY="$(command -v python3)"; fi
+. "$HERE/launcher_env.sh"
+set_config "${2:-$HERE/config/fedml_config.yaml}"
 cd "$HERE"
 exec "$PY" main_fedml_iot.py --cf "$CONFIG" --role client --rank "$N"

@@ -14,10 +14,7 @@ while [ $# -gt 0 ]; do
     *) CONFIG="$1"; shift ;;
   esac
 done
-case "$CONFIG" in /*) ;; *) CONFIG="$(pwd)/$CONFIG" ;; esac
-[ -f "$CONFIG" ] || { echo "error: config file $CONFIG not found" >&2; exit 2; }
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
-else PY="$(command -v python3)"; fi
+. "$HERE/launcher_env.sh"
+set_config "$CONFIG"
 cd "$HERE"
 exec "$PY" main_fedml_iot.py --cf "$CONFIG" --role server --rank 0 "${RESUME[@]}"

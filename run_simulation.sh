@@ -10,13 +10,8 @@ case "$N" in
 esac
 if [ "$N" -lt 1 ] || [ "$N" -gt 9 ]; then echo "error: N = $N; expected 1..9. $usage" >&2; exit 2; fi
 HERE="$(cd "$(dirname "$0")" && pwd)"
-CONFIG="${2:-$HERE/config_simulation/fedml_config.yaml}"
-case "$CONFIG" in /*) ;; *) CONFIG="$(pwd)/$CONFIG" ;; esac
-if [ ! -f "$CONFIG" ]; then echo "error: config file $CONFIG not found. $usage" >&2; exit 2; fi
-
-if [ -n "${PYTHON:-}" ]; then PY="$PYTHON"
-elif [ -x "$HERE/.venv/bin/python" ]; then PY="$HERE/.venv/bin/python"
-else PY="$(command -v python3)"; fi
+. "$HERE/launcher_env.sh"
+set_config "${2:-$HERE/config_simulation/fedml_config.yaml}"
 PYDIR="$(dirname "$PY")"
 if [ -x "$PYDIR/mpirun" ]; then MPIRUN="$PYDIR/mpirun"; else MPIRUN="$(command -v mpirun || true)"; fi
 if [ -z "$MPIRUN" ]; then echo "error: mpirun not found; install requirements.txt (it provides Open MPI from PyPI)" >&2; exit 2; fi

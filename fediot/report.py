@@ -26,6 +26,14 @@ from fediot.rundir import write_atomic  # noqa: E402
 METRIC_KEYS = ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")
 
 
+def save_figure(fig: plt.Figure, path: Path) -> bool:
+    """Lay out, write as PNG and release a figure; True (the figure was written)."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
 @dataclass
 class Result:
     """One model's results inside a run directory."""
@@ -115,10 +123,7 @@ def fig_training(r: Result, path: Path) -> bool:
     ax2.set_title(f"{r.label}: TPR / FPR")
     if ax2.get_legend_handles_labels()[0]:
         ax2.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def fig_roc(r: Result, path: Path) -> bool:
@@ -141,10 +146,7 @@ def fig_roc(r: Result, path: Path) -> bool:
         ax.set_xlabel("false positive rate (benign test rows)")
         ax.set_ylabel("true positive rate (attack rows)")
     ax1.legend(fontsize=6)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def fig_device_bars(r: Result, path: Path) -> bool:
@@ -162,10 +164,7 @@ def fig_device_bars(r: Result, path: Path) -> bool:
         ax.set_ylabel(key.upper())
         ax.set_title(f"{r.label}: {key.upper()} per device")
         ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 def fig_attack_heatmap(r: Result, path: Path) -> bool:
@@ -192,10 +191,7 @@ def fig_attack_heatmap(r: Result, path: Path) -> bool:
     ax.set_ylabel("device")
     ax.set_title(f"{r.label}: TPR per attack file ({r.metrics['global'].get('threshold_mode', 'global')} threshold; grey = no file)")
     fig.colorbar(im, ax=ax, label="TPR")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------------ report
