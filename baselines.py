@@ -102,18 +102,17 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
     say("Local-only models (each device its own normalisation, model and threshold)")
     local_scores: list[DeviceScores] = []
     local_losses: dict[str, list[float]] = {}
+    local_thresholds: dict[str, float] = {}
     for s in splits:
         det, sc, losses = train_detector(cfg, [s], f"local {s.device}")
         det.save(run_dir / "local" / f"model-{s.device}.pt")
         local_scores.extend(sc)
         local_losses[s.device] = losses
-    _, per_dev = thresholds(local_scores, v["threshold_k"])
+        local_thresholds.update(det.device_thresholds)
     # Each device is judged with its own model and own threshold; a pooled "global" threshold
-    # across different models has no meaning, so both modes use the device thresholds here.
+    # across different models has no meaning, so only the device mode is reported.
     metrics = {"data": data_info, "kind": "local", "train_losses": local_losses,
-               **evaluate(local_scores, float("nan"), per_dev, v["vote_window"], "device")}
-    for entry in [metrics["global"], *metrics["devices"].values()]:
-        entry["modes"].pop("global")
+               **evaluate(local_scores, None, local_thresholds, v["vote_window"], "device")}
     write_json(run_dir / "local" / "metrics.json", metrics)
     write_json(run_dir / "local" / "curves.json", curves_from_scores(local_scores))
     results["local"] = metrics

@@ -78,24 +78,25 @@ def _mode(scores: list[DeviceScores], thr: dict[str, float], window: int) -> dic
     return out
 
 
-def evaluate(scores: list[DeviceScores], global_threshold: float, device_thresholds: dict[str, float],
+def evaluate(scores: list[DeviceScores], global_threshold: float | None, device_thresholds: dict[str, float],
              window: int, primary: str = "global") -> dict[str, Any]:
     """metrics.json's 'global' and 'devices' parts.
 
-    Each entry carries both threshold modes under `modes` ('global': one threshold from merged
+    Each entry carries its threshold modes under `modes` ('global': one threshold from merged
     validation statistics; 'device': each device's own threshold); its top-level keys repeat the
-    `primary` mode.
+    `primary` mode. global_threshold=None (devices judged by different models, e.g. local-only
+    baselines) leaves out the global mode, which then has no meaning.
     """
-    if primary not in ("global", "device"):
-        raise ValueError(f"primary threshold mode must be 'global' or 'device', not {primary!r}")
+    if primary not in ("global", "device") or (primary == "global" and global_threshold is None):
+        raise ValueError(f"primary threshold mode must be 'global' (with a global threshold) or 'device', not {primary!r}")
     glob_thr = {s.device: global_threshold for s in scores}
 
     def entry(subset: list[DeviceScores]) -> dict[str, Any]:
-        modes = {
-            "global": {"threshold": global_threshold, **_mode(subset, glob_thr, window)},
-            "device": {"thresholds": {s.device: device_thresholds[s.device] for s in subset},
-                       **_mode(subset, device_thresholds, window)},
-        }
+        modes = {}
+        if global_threshold is not None:
+            modes["global"] = {"threshold": global_threshold, **_mode(subset, glob_thr, window)}
+        modes["device"] = {"thresholds": {s.device: device_thresholds[s.device] for s in subset},
+                           **_mode(subset, device_thresholds, window)}
         return {"threshold_mode": primary, **modes[primary], "modes": modes}
 
     result: dict[str, Any] = {"global": entry(scores), "devices": {}}
