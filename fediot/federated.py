@@ -63,6 +63,24 @@ def read_client_records(client_dir: Path, round_number: int) -> dict[str, dict[s
     return out
 
 
+def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer, threshold_k: float,
+                        global_threshold: float, device_thresholds: dict[str, float], meta: dict[str, Any],
+                        metrics_doc: dict[str, Any], curves: dict[str, Any]) -> None:
+    """End of a federated run (simulation or deployment): model.pt, metrics.json, curves.json,
+    report.md, and the final lines on the console."""
+    final = AutoEncoder(model.input_dim)
+    final.load_state_dict(copy.deepcopy(model.state_dict()))
+    Detector(final, normalizer, threshold_k, global_threshold, dict(device_thresholds), meta).save(run_dir / "model.pt")
+    write_json(run_dir / "metrics.json", metrics_doc)
+    write_json(run_dir / "curves.json", curves)
+    g = metrics_doc["global"]
+    say(f"final (global threshold {global_threshold:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
+        f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
+    d = g["modes"]["device"]
+    say(f"final (per-device thresholds): TPR {d['tpr']:.4f}  FPR {d['fpr']:.4f}  F1 {d['f1']:.4f}")
+    say(f"report: {write_report(run_dir)}")
+
+
 class RoundRecorder:
     """Server-side bookkeeping of a federated run."""
 
@@ -125,19 +143,9 @@ class RoundRecorder:
 
     def _finish(self, model: nn.Module, glob_thr: float, dev_thr: dict[str, float], metrics: dict[str, Any],
                 scores: list[Any]) -> None:
-        final = AutoEncoder(model.input_dim)
-        final.load_state_dict(copy.deepcopy(model.state_dict()))
-        detector = Detector(final, self.normalizer, self.cfg.get("validation_args", "threshold_k"), glob_thr, dev_thr,
-                            {"kind": "federated", "devices": self.devices, "rounds": self.cfg.get("train_args", "comm_round"),
-                             "data": self.data_info})
-        detector.save(self.run_dir / "model.pt")
-        out = {"data": self.data_info, "kind": "federated", **self.extra, **metrics}
-        write_json(self.run_dir / "metrics.json", out)
-        write_json(self.run_dir / "curves.json", curves_from_scores(scores))
-        g = metrics["global"]
-        say(f"final (global threshold {glob_thr:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
-            f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
-        d = g["modes"]["device"]
-        say(f"final (per-device thresholds): TPR {d['tpr']:.4f}  FPR {d['fpr']:.4f}  F1 {d['f1']:.4f}")
         self.tracker.close()
-        say(f"report: {write_report(self.run_dir)}")
+        write_final_outputs(
+            self.run_dir, model, self.normalizer, self.cfg.get("validation_args", "threshold_k"), glob_thr, dev_thr,
+            {"kind": "federated", "devices": self.devices, "rounds": self.cfg.get("train_args", "comm_round"),
+             "data": self.data_info},
+            {"data": self.data_info, "kind": "federated", **self.extra, **metrics}, curves_from_scores(scores))

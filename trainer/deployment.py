@@ -22,17 +22,17 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
+from data import nbaiot
 from data.loader import DeviceSplit
 from fediot.config import FedIoTConfig
 from fediot.console import round_bar, say
 from fediot.evaluation import DeviceScores, score_device
-from fediot.federated import SERVER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT, SUMMARY_KEYS, is_eval_round
-from fediot.report import write_report
+from fediot.federated import SERVER_CHECKPOINT_FORMAT as CHECKPOINT_FORMAT, SUMMARY_KEYS, is_eval_round, write_final_outputs
 from fediot.client_reports import client_report, combine_reports, curves_from_reports
-from fediot.rundir import append_jsonl, write_atomic_bytes, write_json
+from fediot.rundir import append_jsonl, write_atomic_bytes
 from fediot.tracking import Tracker
 from model.autoencoder import AutoEncoder
-from model.detector import Detector, ErrorStats, learning_rate_for_round
+from model.detector import ErrorStats, learning_rate_for_round
 from model.normalization import FeatureStats, Normalizer
 from trainer.client_data import ClientRows
 from trainer.fed_detect_aggregator import FedDetectAggregator
@@ -124,7 +124,7 @@ class DeploymentServer(_Node):
         self.devices = cfg.devices
         self.data_info = data_info
         torch.manual_seed(cfg.get("common_args", "random_seed"))
-        self.model = AutoEncoder(115)
+        self.model = AutoEncoder(nbaiot.N_FEATURES)
         self.aggregator = FedDetectAggregator(self.model, args, lambda *_: None)
         self.normalizer: Normalizer | None = None
         self.feature_stats: dict[str, Any] | None = None
@@ -209,14 +209,13 @@ class DeploymentServer(_Node):
             say(f"warning: client rank {rank} says it holds {info['device']}, the config maps rank {rank} to "
                 f"{self.device_of(rank)}; ignored")
             return
-        rejoin = rank in self.connected or self.phase != "waiting"
         self.connected[rank] = info
         self.send(S2C_WELCOME, rank, round=self.round)
         if self.phase == "waiting":
             self._status(force=True)
             if len(self.connected) == len(self.client_ranks):
                 self.start_training()
-        elif rejoin:
+        else:  # training has started: a new or restarted board joins at the next round
             say(f"client {rank} ({info['device']}) (re)joined; it takes part from the next round")
 
     # -- training
@@ -352,8 +351,7 @@ class DeploymentServer(_Node):
         if self.record.get("round"):
             self.write_round_record()
         if self.round >= self.n_rounds:
-            write_json(self.run_dir / "curves.json", curves_from_reports(reports))
-            self.finish_run(metrics)
+            self.finish_run(metrics, curves_from_reports(reports))
         else:
             self.begin_round()
 
@@ -374,20 +372,15 @@ class DeploymentServer(_Node):
         torch.save(payload, buf)
         write_atomic_bytes(self.run_dir / "checkpoint.pt", buf.getvalue())
 
-    def finish_run(self, metrics: dict[str, Any]) -> None:
-        final = AutoEncoder(115)
-        final.load_state_dict(self.model.state_dict())
-        Detector(final, self.normalizer, self.cfg.get("validation_args", "threshold_k"), self.thresholds["global"],
-                 dict(self.thresholds["device"]),
-                 {"kind": "federated-deployment", "devices": sorted(metrics["devices"]), "rounds": self.n_rounds,
-                  "data": self.data_info}).save(self.run_dir / "model.pt")
-        write_json(self.run_dir / "metrics.json", {"data": self.data_info, "kind": "federated-deployment",
-                                                   "normalization": self.feature_stats, **metrics})
-        g = metrics["global"]
-        say(f"final (global threshold {self.thresholds['global']:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
-            f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
+    def finish_run(self, metrics: dict[str, Any], curves: dict[str, Any]) -> None:
         self.tracker.close()
-        say(f"report: {write_report(self.run_dir)}")
+        write_final_outputs(
+            self.run_dir, self.model, self.normalizer, self.cfg.get("validation_args", "threshold_k"),
+            self.thresholds["global"], self.thresholds["device"],
+            {"kind": "federated-deployment", "devices": sorted(metrics["devices"]), "rounds": self.n_rounds,
+             "data": self.data_info},
+            {"data": self.data_info, "kind": "federated-deployment", "normalization": self.feature_stats, **metrics},
+            curves)
         for rank in sorted(self.connected):
             self.send(S2C_FINISH, rank)
         self.stop(0)
@@ -411,7 +404,7 @@ class DeploymentClient(_Node):
         self.idle_timeout_s = float(c["client_idle_timeout_s"])
         self.stats = FeatureStats.of(split.train, cfg.get("model_args", "feature_transform"))
         torch.manual_seed(cfg.get("common_args", "random_seed"))
-        self.model = AutoEncoder(115)
+        self.model = AutoEncoder(nbaiot.N_FEATURES)
         self.trainer = FedDetectTrainer(self.model, args, record_dir=run_dir)
         self.welcomed = False
         self.first_try = time.monotonic()
