@@ -130,18 +130,19 @@ class DeploymentServer(_Node):
         self.feature_stats: dict[str, Any] | None = None
         self.round = 0
         self.thresholds: dict[str, Any] | None = None
+        self.record: dict[str, Any] = {}  # the current round's line for rounds.jsonl
         if resume is not None:
             self.model.load_state_dict(resume["model"])
             self.normalizer = Normalizer.from_dict(resume["normalizer"])
             self.feature_stats = resume.get("feature_stats")
             self.round = int(resume["round_done"])
             self.thresholds = resume.get("thresholds")
+            self.record = resume.get("pending_record") or {}
         self.connected: dict[int, dict[str, Any]] = {}
         self.phase = "waiting"
         self.phase_id = 0  # increases with every phase, so stale deadlines are ignored
         self.expected: set[int] = set()
         self.replies: dict[int, dict[str, Any]] = {}
-        self.record: dict[str, Any] = {}
         self.started = time.monotonic()
         self.round_started = self.started
         self.last_status = ""
@@ -227,7 +228,7 @@ class DeploymentServer(_Node):
             self.feature_stats = {"clients": sorted(self.device_of(r) for r in self.connected), "rows": stats.count}
         say(f"starting: {len(self.connected)} client(s), rounds {self.round + 1}..{self.n_rounds}, "
             f"round deadline {self.round_timeout_s:g}s, at least {self.min_clients} client(s) per round")
-        if self.round >= self.n_rounds:  # resumed after the last aggregation: only the final evaluation is left
+        if self.round >= self.n_rounds or self.record:  # resumed before an evaluation finished: do it first
             self.begin_eval()
         else:
             self.begin_round()
@@ -307,17 +308,21 @@ class DeploymentServer(_Node):
         })
         self.bytes_mark = (self.com_manager.bytes_sent, self.com_manager.bytes_received)
         self.round += 1
-        self.save_checkpoint()
         losses = self.record["client_losses"].values()
         line = (f"{round_bar(self.round, self.n_rounds)}round {self.round}/{self.n_rounds}  clients {len(answered)}  "
                 f"mean loss {sum(losses) / len(losses):.5f}  ({self.record['wall_time_s']:.1f}s)")
         if dropped:
             line += f"  dropped: {', '.join(self.record['dropped'])}"
+        # The round's record is on disk before the checkpoint says the round is done: written now, or,
+        # when an evaluation follows, carried in the checkpoint until the evaluation completes.
+        evaluate_now = is_eval_round(self.round - 1, self.n_rounds, self.cfg.get("validation_args", "frequency_of_the_test"))
+        if not evaluate_now:
+            self.write_round_record()
+        self.save_checkpoint()
         say(line)
-        if is_eval_round(self.round - 1, self.n_rounds, self.cfg.get("validation_args", "frequency_of_the_test")):
+        if evaluate_now:
             self.begin_eval()
         else:
-            self.write_round_record()
             self.begin_round()
 
     # -- evaluation (counts only)
@@ -347,9 +352,9 @@ class DeploymentServer(_Node):
         say(f"evaluation after round {self.round}: {len(reports)} device(s)  TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
             f"F1 {g['f1']:.4f}  (per-device thresholds: TPR {g['modes']['device']['tpr']:.4f} "
             f"FPR {g['modes']['device']['fpr']:.4f})")
-        self.save_checkpoint()
         if self.record.get("round"):
             self.write_round_record()
+        self.save_checkpoint()
         if self.round >= self.n_rounds:
             self.finish_run(metrics, curves_from_reports(reports))
         else:
@@ -365,6 +370,7 @@ class DeploymentServer(_Node):
         payload = {"format": CHECKPOINT_FORMAT, "round_done": self.round, "model": _state_bytes(self.model),
                    "normalizer": self.normalizer.to_dict(), "feature_stats": self.feature_stats,
                    "thresholds": self.thresholds,
+                   "pending_record": self.record or None,  # a round whose evaluation is still to come
                    "lr_schedule": {"learning_rate": t["learning_rate"], "lr_decay": t["lr_decay"],
                                    "min_learning_rate": t["min_learning_rate"], "next_round": self.round},
                    "config": self.cfg.values}
