@@ -20,10 +20,10 @@ from data.loader import DeviceSplit
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError
-from fediot.curves import curves_from_scores
-from fediot.evaluation import DeviceScores, evaluate, score_device, thresholds
-from fediot.pipeline import load_split, prepare_data
-from fediot.report import write_report
+from evaluation.curves import curves_from_scores
+from evaluation.scoring import DeviceScores, evaluate, score_device, thresholds
+from data.sources import load_split, prepare_data
+from evaluation.report import write_report
 from fediot.rundir import create_run_dir, write_config, write_json
 from model.autoencoder import AutoEncoder
 from model.detector import Detector, train_autoencoder
@@ -38,16 +38,16 @@ def baseline_epochs(cfg: config_mod.FedIoTConfig) -> int:
     The default (30) is measured: on the real sample rows, a local model trained 200 epochs learns to
     reconstruct gafgyt udp flood rows (TPR 0.02), while 10-50 epochs keep every attack file >= 0.99.
     """
-    t = cfg.values["train_args"]
-    return t["centralized_epochs"] or t["comm_round"] * t["epochs"]
+    t = cfg.train
+    return t.centralized_epochs or t.comm_round * t.epochs
 
 
 def train_detector(cfg: config_mod.FedIoTConfig, splits: list[DeviceSplit], label: str) -> tuple[Detector, list[DeviceScores], list[float]]:
     """Fit normalisation on the splits' training rows, train one autoencoder, set thresholds."""
-    m, t, v = cfg.values["model_args"], cfg.values["train_args"], cfg.values["validation_args"]
-    seed = cfg.get("common_args", "random_seed")
-    stats = FeatureStats.merge([FeatureStats.of(s.train, m["feature_transform"]) for s in splits])
-    normalizer = Normalizer.from_stats(stats, m["feature_transform"], m["normalization"])
+    m, t, v = cfg.model, cfg.train, cfg.validation
+    seed = cfg.common.random_seed
+    stats = FeatureStats.merge([FeatureStats.of(s.train, m.feature_transform) for s in splits])
+    normalizer = Normalizer.from_stats(stats, m.feature_transform, m.normalization)
     torch.manual_seed(seed)
     model = AutoEncoder(splits[0].train.shape[1])
     rows = normalizer(np.concatenate([s.train for s in splits]))
@@ -58,11 +58,10 @@ def train_detector(cfg: config_mod.FedIoTConfig, splits: list[DeviceSplit], labe
         if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
             say(f"  [{label}] epoch {epoch + 1}/{epochs}  loss {loss:.5f}  ({time.monotonic() - started:.1f}s)")
 
-    losses = train_autoencoder(model, rows, epochs, t["batch_size"], t["learning_rate"], t["weight_decay"],
-                               seed, on_epoch)
+    losses = train_autoencoder(model, rows, epochs, t.batch_size, t.learning_rate, t.weight_decay, seed, on_epoch)
     scores = [score_device(model, normalizer, s) for s in splits]
-    glob, per_dev = thresholds(scores, v["threshold_k"])
-    det = Detector(model, normalizer, v["threshold_k"], glob, per_dev,
+    glob, per_dev = thresholds(scores, v.threshold_k)
+    det = Detector(model, normalizer, v.threshold_k, glob, per_dev,
                    {"kind": label, "devices": [s.device for s in splits]})
     return det, scores, losses
 
@@ -75,10 +74,8 @@ def _summary_line(name: str, g: dict[str, Any]) -> str:
 
 def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
     """Train and evaluate both baselines; returns the run directory."""
-    v = cfg.values["validation_args"]
+    window = cfg.validation.vote_window
     root, data_info = prepare_data(cfg)
-    run_dir = create_run_dir(cfg.get("common_args", "run_dir_root"), "baselines", cfg.get("data_args", "dataset"))
-    write_config(run_dir, cfg.values)
     say(f"FedIoT baselines: {len(cfg.devices)} device(s), data {data_info['source']} at {root}")
     splits = []
     for device in cfg.devices:
@@ -86,6 +83,9 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
         say(f"  {device}: train {len(s.train)}, validation {len(s.validation)}, test {len(s.test)} benign rows; "
             f"{len(s.attacks)} attack files")
         splits.append(s)
+    # the run directory only once every device's rows have loaded: bad data leaves no empty run behind
+    run_dir = create_run_dir(cfg.common.run_dir_root, "baselines", cfg.data.dataset)
+    write_config(run_dir, cfg.values)
     data_info["split"] = {s.device: {"train": len(s.train), "validation": len(s.validation), "test": len(s.test),
                                      "attacks": {k: len(a) for k, a in s.attacks.items()}} for s in splits}
     results: dict[str, dict[str, Any]] = {}
@@ -93,7 +93,7 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
     say("Centralized model (all devices' training benign rows pooled)")
     det, scores, losses = train_detector(cfg, splits, "centralized")
     metrics = {"data": data_info, "kind": "centralized", "train_losses": losses,
-               **evaluate(scores, det.global_threshold, det.device_thresholds, v["vote_window"], "global")}
+               **evaluate(scores, det.global_threshold, det.device_thresholds, window, "global")}
     det.save(run_dir / "centralized" / "model.pt")
     write_json(run_dir / "centralized" / "metrics.json", metrics)
     write_json(run_dir / "centralized" / "curves.json", curves_from_scores(scores))
@@ -112,7 +112,7 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
     # Each device is judged with its own model and own threshold; a pooled "global" threshold
     # across different models has no meaning, so only the device mode is reported.
     metrics = {"data": data_info, "kind": "local", "train_losses": local_losses,
-               **evaluate(local_scores, None, local_thresholds, v["vote_window"], "device")}
+               **evaluate(local_scores, None, local_thresholds, window, "device")}
     write_json(run_dir / "local" / "metrics.json", metrics)
     write_json(run_dir / "local" / "curves.json", curves_from_scores(local_scores))
     results["local"] = metrics

@@ -20,8 +20,8 @@ from data.loader import read_feature_csv
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError
-from fediot.evaluation import evaluate, score_device
-from fediot.pipeline import load_split, prepare_data
+from evaluation.scoring import evaluate, score_device
+from data.sources import load_split, prepare_data
 from model.detector import Detector
 
 
@@ -39,7 +39,7 @@ def reevaluate(run_dir: Path) -> dict[str, Any]:
     root, _ = prepare_data(cfg)
     scores = [score_device(detector.model, detector.normalizer, load_split(cfg, root, d)) for d in cfg.devices]
     return evaluate(scores, detector.global_threshold, detector.device_thresholds,
-                    cfg.get("validation_args", "vote_window"), "global")
+                    cfg.validation.vote_window, "global")
 
 
 def main(argv: list[str] | None = None) -> int:

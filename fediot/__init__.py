@@ -1,1 +1,2 @@
-"""FedIoT glue that is not FedML-specific: config, errors, metrics, evaluation, run directories."""
+"""Ground floor, importable by every package: errors, console output, run directories and atomic
+writes, the typed configuration. Imports nothing of FedIoT but the N-BaIoT facts (data.nbaiot)."""

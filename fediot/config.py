@@ -1,13 +1,17 @@
-"""Load and validate FedIoT's YAML configuration (FedML's section layout).
+"""FedIoT's configuration: one typed, validated object (`cfg.train.learning_rate`).
 
-Every key a user may set is listed in DEFAULTS with its default and a one-line meaning; an unknown
-key or a bad value raises ConfigError naming the file and `section.key`. FedML reads the same file
-through `fedml.init()` (it flattens the sections into one namespace); we validate it first.
+Each YAML section (FedML's layout: common_args, data_args, ...) is a frozen dataclass below; every
+field carries its default, a one-line meaning (README's table is generated from them), its allowed
+values or check, and whether FedML itself reads it (only those keys reach FedML's `args`). An
+unknown key or a bad value raises ConfigError naming the file and `section.key`; so do sizes that
+do not fit together (clients vs devices, minimum clients per round). Validation happens once, in
+`load` / `validate`; the rest of the code reads attributes and never looks keys up by string.
 """
 from __future__ import annotations
 
+import dataclasses
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,167 +20,187 @@ import yaml
 from data import nbaiot
 from fediot.errors import ConfigError
 
-# section -> key -> (default, description). Keys that only FedML reads are included so that typos
-# in them are caught too.
-DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
-    "common_args": {
-        "training_type": ("simulation", "simulation (MPI on one machine) or cross_silo (real deployment)"),
-        "random_seed": (0, "seed for torch, numpy and the synthetic generator"),
-        "run_dir_root": ("runs", "where run directories are created (relative to the repository)"),
-        "scenario": ("horizontal", "FedML cross-silo scenario (horizontal only)"),
-        "config_version": ("release", "FedML environment name (leave as is)"),
-        "run_id": ("fediot", "FedML run id; server and clients of one deployment use the same value"),
-    },
-    "environment_args": {
-        "bootstrap": (None, "FedML MLOps bootstrap script (unused in LAN / simulation mode)"),
-    },
-    "data_args": {
-        "dataset": ("nbaiot", "nbaiot (real data) or synthetic (N-BaIoT-shaped generated data)"),
-        "data_cache_dir": ("data/cache/nbaiot", "per-device N-BaIoT layout lives here (relative to repo)"),
-        "devices": ("all", "'all' or a list of device names (UCI names); client rank r gets devices[r-1]"),
-        "train_fraction": (0.6, "first fraction of each device's benign rows (chronological) used for training"),
-        "validation_fraction": (0.2, "next fraction: held-out benign rows that set the threshold"),
-        "max_benign_rows": (None, "use at most this many benign rows per device (null = all)"),
-        "attack_test_rows": (2000, "rows taken (evenly spaced, in order) from each attack file for testing"),
-        "download": (True, "download N-BaIoT when it is missing from data_cache_dir"),
-        "download_source": ("uci", "uci (UCI archive) or a base URL serving the per-device layout"),
-        "synthetic_generator": ("rows", "synthetic: rows (fast row generator) or packets (traffic simulator -> feature extractor)"),
-        "synthetic_benign_seconds": (1800, "synthetic packets: seconds of benign traffic simulated per device"),
-        "synthetic_attack_seconds": (30, "synthetic packets: seconds of each attack simulated"),
-        "synthetic_benign_rows": (3000, "synthetic: benign rows per device"),
-        "synthetic_attack_rows": (600, "synthetic: rows per attack file"),
-    },
-    "model_args": {
-        "model": ("autoencoder", "the FedIoT autoencoder (115-86-58-38-29 and back, Tanh)"),
-        "feature_transform": ("log1p", "log1p (sign*log(1+|x|), tames heavy tails) or none"),
-        "normalization": ("zscore", "zscore (mean/std) or minmax, fitted on training benign rows only"),
-    },
-    "train_args": {
-        "federated_optimizer": ("FedAvg", "FedML aggregation algorithm (FedAvg)"),
-        "client_id_list": ("[]", "FedML: leave as is"),
-        "client_num_in_total": (9, "number of clients (= number of configured devices)"),
-        "client_num_per_round": (9, "clients per round (= client_num_in_total)"),
-        "comm_round": (20, "federated rounds"),
-        "epochs": (5, "local epochs per round"),
-        "batch_size": (64, "mini-batch size"),
-        "client_optimizer": ("adam", "local optimizer (adam)"),
-        "learning_rate": (0.003, "learning rate in round 0"),
-        "lr_decay": (0.9, "cross-round schedule: lr(round) = max(learning_rate * lr_decay**round, min_learning_rate)"),
-        "min_learning_rate": (0.0001, "floor of the cross-round learning-rate schedule"),
-        "weight_decay": (0.0, "Adam weight decay"),
-        "round_timeout_s": (300, "deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered"),
-        "min_clients_per_round": (1, "deployment: fewer answers than this at the deadline stop the run (checkpoint kept)"),
-        "centralized_epochs": (30, "baselines: epochs for the centralized and local-only models (null = comm_round * epochs)"),
-    },
-    "validation_args": {
-        "frequency_of_the_test": (5, "evaluate every N rounds (and always after the last round)"),
-        "threshold_k": (3.0, "threshold = mean + k * std of per-row MSE on held-out benign rows"),
-        "vote_window": (5, "majority-vote window over consecutive rows (N-BaIoT's window variant)"),
-    },
-    "device_args": {
-        "worker_num": (None, "FedML sets this from the MPI world size"),
-        "using_gpu": (False, "train on GPU when available"),
-        "torch_threads": (1, "PyTorch intra-op threads per process (the model is small: 1 is fastest and never oversubscribes)"),
-        "gpu_mapping_file": (None, "FedML: GPU mapping YAML (null = CPU)"),
-        "gpu_mapping_key": (None, "FedML: key in the GPU mapping file"),
-    },
-    "comm_args": {
-        "backend": ("MPI", "MPI (simulation) or GRPC (LAN deployment)"),
-        "is_mobile": (0, "FedML: leave 0"),
-        "grpc_ipconfig_path": (None, "GRPC: CSV eid,rank,grpc_server_ip,grpc_server_port,ingress_ip (relative to the repo)"),
-        "connect_timeout_s": (120, "deployment: how long a client keeps retrying to reach the server"),
-        "wait_for_clients_s": (600, "deployment: how long the server waits for all clients before starting with those present"),
-        "retry_interval_s": (2.0, "deployment: pause between connection retries and status lines"),
-        "send_timeout_s": (20.0, "deployment: a send not delivered within this counts as a dead peer"),
-        "client_idle_timeout_s": (3600, "deployment: a client gives up after this long without a message from the server"),
-    },
-    "tracking_args": {
-        "enable_wandb": (False, "FedML's W&B logging (off; no keys in configs)"),
-        "using_mlops": (False, "FedML's cloud MLOps (off)"),
-        "log_file_dir": (None, "FedML's own log directory (null = inside the run directory)"),
-        "tensorboard": (False, "write TensorBoard event files to RUN_DIR/tensorboard (local only)"),
-        "fedml_console": (False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)"),
-    },
-}
-
-_CHOICES: dict[str, tuple[Any, ...]] = {
-    "common_args.training_type": ("simulation", "cross_silo"),
-    "data_args.dataset": ("nbaiot", "synthetic"),
-    "data_args.synthetic_generator": ("rows", "packets"),
-    "model_args.model": ("autoencoder",),
-    "model_args.feature_transform": ("log1p", "none"),
-    "model_args.normalization": ("zscore", "minmax"),
-    "train_args.federated_optimizer": ("FedAvg",),
-    "train_args.client_optimizer": ("adam",),
-    "comm_args.backend": ("MPI", "GRPC"),
-}
-
 
 def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _is_num(v: Any) -> bool:
-    return (isinstance(v, (int, float))) and not isinstance(v, bool)
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "common_args.random_seed": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
-    "data_args.train_fraction": (lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
-    "data_args.validation_fraction": (lambda v: _is_num(v) and 0 < v < 1, "a number in (0, 1)"),
-    "data_args.max_benign_rows": (lambda v: v is None or (_is_int(v) and v >= 10), "null or an integer >= 10"),
-    "data_args.attack_test_rows": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "data_args.synthetic_benign_rows": (lambda v: _is_int(v) and v >= 50, "an integer >= 50"),
-    "data_args.synthetic_attack_rows": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "data_args.synthetic_benign_seconds": (lambda v: _is_num(v) and v >= 60, "a number of seconds >= 60"),
-    "data_args.synthetic_attack_seconds": (lambda v: _is_num(v) and v >= 1, "a number of seconds >= 1"),
-    "data_args.download": (lambda v: isinstance(v, bool), "true or false"),
-    "tracking_args.tensorboard": (lambda v: isinstance(v, bool), "true or false"),
-    "tracking_args.fedml_console": (lambda v: isinstance(v, bool), "true or false"),
-    "train_args.client_num_in_total": (lambda v: _is_int(v) and 1 <= v <= 9, "an integer in 1..9"),
-    "train_args.client_num_per_round": (lambda v: _is_int(v) and 1 <= v <= 9, "an integer in 1..9"),
-    "train_args.comm_round": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "train_args.epochs": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "train_args.batch_size": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "train_args.learning_rate": (lambda v: _is_num(v) and v > 0, "a number > 0"),
-    "train_args.lr_decay": (lambda v: _is_num(v) and 0 < v <= 1, "a number in (0, 1]"),
-    "train_args.min_learning_rate": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    "train_args.weight_decay": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    "train_args.centralized_epochs": (lambda v: v is None or (_is_int(v) and v >= 1), "null or an integer >= 1"),
-    "device_args.torch_threads": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "train_args.round_timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
-    "train_args.min_clients_per_round": (lambda v: _is_int(v) and 1 <= v <= 9, "an integer in 1..9"),
-    "comm_args.connect_timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
-    "comm_args.wait_for_clients_s": (lambda v: _is_num(v) and v >= 0, "a number of seconds >= 0"),
-    "comm_args.retry_interval_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
-    "comm_args.send_timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
-    "comm_args.client_idle_timeout_s": (lambda v: _is_num(v) and v > 0, "a number of seconds > 0"),
-    "validation_args.frequency_of_the_test": (lambda v: _is_int(v) and v >= 1, "an integer >= 1"),
-    "validation_args.threshold_k": (lambda v: _is_num(v) and v >= 0, "a number >= 0"),
-    "validation_args.vote_window": (lambda v: _is_int(v) and v >= 1 and v % 2 == 1, "an odd integer >= 1"),
+def _key(default: Any, doc: str, choices: tuple[Any, ...] | None = None,
+         check: tuple[Callable[[Any], bool], str] | None = None, fedml: bool = False) -> Any:
+    """A config field: default, meaning, allowed values or check, and whether FedML reads it."""
+    return field(default=default, metadata={"doc": doc, "choices": choices, "check": check, "fedml": fedml})
+
+
+@dataclass(frozen=True)
+class CommonArgs:
+    """Run-wide settings."""
+
+    training_type: str = _key('simulation', 'simulation (MPI on one machine) or cross_silo (real deployment)', choices=('simulation', 'cross_silo'), fedml=True)
+    random_seed: int = _key(0, 'seed for torch, numpy and the synthetic generator', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'), fedml=True)
+    run_dir_root: str = _key('runs', 'where run directories are created (relative to the repository)')
+    scenario: str = _key('horizontal', 'FedML cross-silo scenario (horizontal only)', fedml=True)
+    config_version: str = _key('release', 'FedML environment name (leave as is)', fedml=True)
+    run_id: str = _key('fediot', 'FedML run id; server and clients of one deployment use the same value', fedml=True)
+
+
+@dataclass(frozen=True)
+class EnvironmentArgs:
+    """FedML MLOps environment (unused offline)."""
+
+    bootstrap: str | None = _key(None, 'FedML MLOps bootstrap script (unused in LAN / simulation mode)', fedml=True)
+
+
+@dataclass(frozen=True)
+class DataArgs:
+    """Where rows come from and how each device's rows are split."""
+
+    dataset: str = _key('nbaiot', 'nbaiot (real data) or synthetic (N-BaIoT-shaped generated data)', choices=('nbaiot', 'synthetic'), fedml=True)
+    data_cache_dir: str = _key('data/cache/nbaiot', 'per-device N-BaIoT layout lives here (relative to repo)')
+    devices: list[str] = _key('all', "'all' or a list of device names (UCI names); client rank r gets devices[r-1]")
+    train_fraction: float = _key(0.6, "first fraction of each device's benign rows (chronological) used for training", check=(lambda v: _is_num(v) and 0 < v < 1, 'a number in (0, 1)'))
+    validation_fraction: float = _key(0.2, 'next fraction: held-out benign rows that set the threshold', check=(lambda v: _is_num(v) and 0 < v < 1, 'a number in (0, 1)'))
+    max_benign_rows: int | None = _key(None, 'use at most this many benign rows per device (null = all)', check=(lambda v: v is None or (_is_int(v) and v >= 10), 'null or an integer >= 10'))
+    attack_test_rows: int = _key(2000, 'rows taken (evenly spaced, in order) from each attack file for testing', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    download: bool = _key(True, 'download N-BaIoT when it is missing from data_cache_dir', check=(lambda v: isinstance(v, bool), 'true or false'))
+    download_source: str = _key('uci', 'uci (UCI archive) or a base URL serving the per-device layout')
+    synthetic_generator: str = _key('rows', 'synthetic: rows (fast row generator) or packets (traffic simulator -> feature extractor)', choices=('rows', 'packets'))
+    synthetic_benign_seconds: float = _key(1800, 'synthetic packets: seconds of benign traffic simulated per device', check=(lambda v: _is_num(v) and v >= 60, 'a number of seconds >= 60'))
+    synthetic_attack_seconds: float = _key(30, 'synthetic packets: seconds of each attack simulated', check=(lambda v: _is_num(v) and v >= 1, 'a number of seconds >= 1'))
+    synthetic_benign_rows: int = _key(3000, 'synthetic: benign rows per device', check=(lambda v: _is_int(v) and v >= 50, 'an integer >= 50'))
+    synthetic_attack_rows: int = _key(600, 'synthetic: rows per attack file', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """Autoencoder and the normalisation in front of it."""
+
+    model: str = _key('autoencoder', 'the FedIoT autoencoder (115-86-58-38-29 and back, Tanh)', choices=('autoencoder',))
+    feature_transform: str = _key('log1p', 'log1p (sign*log(1+|x|), tames heavy tails) or none', choices=('log1p', 'none'))
+    normalization: str = _key('zscore', 'zscore (mean/std) or minmax, fitted on training benign rows only', choices=('zscore', 'minmax'))
+
+
+@dataclass(frozen=True)
+class TrainArgs:
+    """Rounds, local training and the server's round rules."""
+
+    federated_optimizer: str = _key('FedAvg', 'FedML aggregation algorithm (FedAvg)', choices=('FedAvg',), fedml=True)
+    client_id_list: str = _key('[]', 'FedML: leave as is', fedml=True)
+    client_num_in_total: int = _key(None, 'number of clients (null = number of configured devices; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
+    client_num_per_round: int = _key(None, 'clients per round (null = client_num_in_total; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
+    comm_round: int = _key(20, 'federated rounds', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'), fedml=True)
+    epochs: int = _key(5, 'local epochs per round', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    batch_size: int = _key(64, 'mini-batch size', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    client_optimizer: str = _key('adam', 'local optimizer (adam)', choices=('adam',))
+    learning_rate: float = _key(0.003, 'learning rate in round 0', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
+    lr_decay: float = _key(0.9, 'cross-round schedule: lr(round) = max(learning_rate * lr_decay**round, min_learning_rate)', check=(lambda v: _is_num(v) and 0 < v <= 1, 'a number in (0, 1]'))
+    min_learning_rate: float = _key(0.0001, 'floor of the cross-round learning-rate schedule', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
+    weight_decay: float = _key(0.0, 'Adam weight decay', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
+    round_timeout_s: float = _key(300, 'deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    min_clients_per_round: int = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept)', check=(lambda v: _is_int(v) and 1 <= v <= 9, 'an integer in 1..9'))
+    centralized_epochs: int | None = _key(30, 'baselines: epochs for the centralized and local-only models (null = comm_round * epochs)', check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
+
+
+@dataclass(frozen=True)
+class ValidationArgs:
+    """Threshold rule and evaluation schedule."""
+
+    frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
+    vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
+
+
+@dataclass(frozen=True)
+class DeviceArgs:
+    """Compute placement."""
+
+    worker_num: int | None = _key(None, 'FedML sets this from the MPI world size', fedml=True)
+    using_gpu: bool = _key(False, 'train on GPU when available', fedml=True)
+    torch_threads: int = _key(1, 'PyTorch intra-op threads per process (the model is small: 1 is fastest and never oversubscribes)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    gpu_mapping_file: str | None = _key(None, 'FedML: GPU mapping YAML (null = CPU)', fedml=True)
+    gpu_mapping_key: str | None = _key(None, 'FedML: key in the GPU mapping file', fedml=True)
+
+
+@dataclass(frozen=True)
+class CommArgs:
+    """Transport and deployment timeouts."""
+
+    backend: str = _key('MPI', 'MPI (simulation) or GRPC (LAN deployment)', choices=('MPI', 'GRPC'), fedml=True)
+    is_mobile: int = _key(0, 'FedML: leave 0', fedml=True)
+    grpc_ipconfig_path: str | None = _key(None, 'GRPC: CSV eid,rank,grpc_server_ip,grpc_server_port,ingress_ip (relative to the repo)', fedml=True)
+    connect_timeout_s: float = _key(120, 'deployment: how long a client keeps retrying to reach the server', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    wait_for_clients_s: float = _key(600, 'deployment: how long the server waits for all clients before starting with those present', check=(lambda v: _is_num(v) and v >= 0, 'a number of seconds >= 0'))
+    retry_interval_s: float = _key(2.0, 'deployment: pause between connection retries and status lines', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    send_timeout_s: float = _key(20.0, 'deployment: a send not delivered within this counts as a dead peer', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    client_idle_timeout_s: float = _key(3600, 'deployment: a client gives up after this long without a message from the server', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+
+
+@dataclass(frozen=True)
+class TrackingArgs:
+    """Logging and experiment tracking."""
+
+    enable_wandb: bool = _key(False, "FedML's W&B logging (off; no keys in configs)", fedml=True)
+    using_mlops: bool = _key(False, "FedML's cloud MLOps (off)", fedml=True)
+    log_file_dir: str | None = _key(None, "FedML's own log directory (null = inside the run directory)", fedml=True)
+    tensorboard: bool = _key(False, 'write TensorBoard event files to RUN_DIR/tensorboard (local only)', check=(lambda v: isinstance(v, bool), 'true or false'))
+    fedml_console: bool = _key(False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)", check=(lambda v: isinstance(v, bool), 'true or false'))
+
+SECTIONS: dict[str, type] = {
+    "common_args": CommonArgs, "environment_args": EnvironmentArgs, "data_args": DataArgs,
+    "model_args": ModelArgs, "train_args": TrainArgs, "validation_args": ValidationArgs,
+    "device_args": DeviceArgs, "comm_args": CommArgs, "tracking_args": TrackingArgs,
+}
+# section name -> attribute of FedIoTConfig ("train_args" -> cfg.train)
+ATTRS: dict[str, str] = {name: name.removesuffix("_args") for name in SECTIONS}
+
+# section -> key -> (default, meaning): the documented table (README "Configuration").
+DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
+    name: {f.name: (f.default, f.metadata["doc"]) for f in dataclasses.fields(cls)} for name, cls in SECTIONS.items()
 }
 
 
 @dataclass(frozen=True)
 class FedIoTConfig:
-    """Validated configuration: `values['section']['key']`, defaults filled in."""
+    """The validated configuration, one typed section per YAML section; defaults filled in."""
 
     path: Path | None
-    values: dict[str, dict[str, Any]]
-
-    def get(self, section: str, key: str) -> Any:
-        return self.values[section][key]
+    common: CommonArgs
+    environment: EnvironmentArgs
+    data: DataArgs
+    model: ModelArgs
+    train: TrainArgs
+    validation: ValidationArgs
+    device: DeviceArgs
+    comm: CommArgs
+    tracking: TrackingArgs
 
     @property
     def devices(self) -> list[str]:
-        return list(self.values["data_args"]["devices"])
+        return list(self.data.devices)
 
-    def flat(self) -> dict[str, Any]:
-        """All keys in one namespace, as FedML flattens them."""
-        out: dict[str, Any] = {}
-        for section in self.values.values():
-            out.update(section)
+    @property
+    def values(self) -> dict[str, dict[str, Any]]:
+        """Nested plain dict (section -> key -> value), as written to a run's config.yaml."""
+        return {name: dataclasses.asdict(getattr(self, ATTRS[name])) for name in SECTIONS}
+
+    def fedml_values(self) -> dict[str, dict[str, Any]]:
+        """Only the keys FedML itself reads (what fedml.init() gets to see); null ones are left to
+        FedML's own defaults."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, cls in SECTIONS.items():
+            section = getattr(self, ATTRS[name])
+            keys = {f.name: getattr(section, f.name) for f in dataclasses.fields(cls)
+                    if f.metadata["fedml"] and getattr(section, f.name) is not None}
+            if keys:
+                out[name] = keys
         return out
+
+    @property
+    def is_simulation(self) -> bool:
+        return self.common.training_type == "simulation"
 
 
 def defaults() -> dict[str, dict[str, Any]]:
@@ -189,7 +213,7 @@ def _where(path: Path | None) -> str:
 
 
 def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
-    """Check sections, keys and values of a parsed YAML mapping; fill defaults."""
+    """Check sections, keys, values and sizes of a parsed YAML mapping; fill defaults."""
     where = _where(path)
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping of sections (common_args, data_args, ...), got {type(raw).__name__}")
@@ -214,14 +238,13 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
                     + f"; known keys: {', '.join(DEFAULTS[section])}"
                 )
             values[section][key] = value
-    for dotted, choices in _CHOICES.items():
-        sec, key = dotted.split(".")
-        if values[sec][key] not in choices:
-            raise ConfigError(f"{where}: {dotted} = {values[sec][key]!r}; expected one of {', '.join(map(str, choices))}")
-    for dotted, (ok, expected) in _CHECKS.items():
-        sec, key = dotted.split(".")
-        if not ok(values[sec][key]):
-            raise ConfigError(f"{where}: {dotted} = {values[sec][key]!r}; expected {expected}")
+    for name, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            value, meta = values[name][f.name], f.metadata
+            if meta["choices"] is not None and value not in meta["choices"]:
+                raise ConfigError(f"{where}: {name}.{f.name} = {value!r}; expected one of {', '.join(map(str, meta['choices']))}")
+            if meta["check"] is not None and not meta["check"][0](value):
+                raise ConfigError(f"{where}: {name}.{f.name} = {value!r}; expected {meta['check'][1]}")
     d = values["data_args"]
     if d["train_fraction"] + d["validation_fraction"] >= 1:
         raise ConfigError(
@@ -229,7 +252,44 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
             f"{d['train_fraction'] + d['validation_fraction']}; expected < 1 (the rest is the benign test split)"
         )
     d["devices"] = _parse_devices(d["devices"], where)
-    return FedIoTConfig(path=path, values=values)
+    _check_sizes(values, where)
+    sections = {ATTRS[name]: cls(**values[name]) for name, cls in SECTIONS.items()}
+    return FedIoTConfig(path=path, **sections)
+
+
+def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
+    """Clients, devices and per-round minimums must fit together (one client per device)."""
+    n_devices = len(values["data_args"]["devices"])
+    t = values["train_args"]
+    for key in ("client_num_in_total", "client_num_per_round"):
+        if t[key] is None:
+            t[key] = n_devices
+    if t["client_num_in_total"] != n_devices or t["client_num_per_round"] != n_devices:
+        raise ConfigError(f"{where}: data_args.devices lists {n_devices} device(s) but train_args.client_num_in_total = "
+                          f"{t['client_num_in_total']} and client_num_per_round = {t['client_num_per_round']}; "
+                          f"set both to {n_devices} (one client per device)")
+    if t["min_clients_per_round"] > n_devices:
+        raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > {n_devices} clients")
+    training, backend = values["common_args"]["training_type"], values["comm_args"]["backend"]
+    if training == "simulation" and backend != "MPI":
+        raise ConfigError(f"{where}: comm_args.backend = {backend!r}; a simulation (common_args.training_type: "
+                          f"simulation) runs on MPI")
+    if training == "cross_silo" and backend != "GRPC":
+        raise ConfigError(f"{where}: comm_args.backend = {backend!r}; a deployment uses GRPC "
+                          f"(MQTT_S3 needs FedML's cloud; MPI is for run_simulation.sh)")
+
+
+def check_world_size(cfg: FedIoTConfig, world_size: int) -> None:
+    """An MPI simulation of N clients needs N+1 ranks (1 server + one rank per configured device)."""
+    n_clients = world_size - 1
+    if n_clients < 1:
+        raise ConfigError(f"MPI world size is {world_size}; a simulation needs 1 server + N clients (use run_simulation.sh N)")
+    if not cfg.is_simulation:
+        raise ConfigError(f"{_where(cfg.path)}: the simulation needs common_args.training_type: simulation and comm_args.backend: MPI")
+    if len(cfg.devices) != n_clients:
+        raise ConfigError(f"{_where(cfg.path)}: {n_clients} client process(es) were started but data_args.devices lists "
+                          f"{len(cfg.devices)} device(s) (train_args.client_num_in_total is {cfg.train.client_num_in_total}). "
+                          f"Start as many clients as the config has, or list {n_clients} device(s).")
 
 
 def _parse_devices(devices: Any, where: str) -> list[str]:

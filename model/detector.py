@@ -21,11 +21,6 @@ CHECKPOINT_FORMAT = "fediot-detector-v1"
 SCORE_BATCH_ROWS = 8192
 
 
-def learning_rate_for_round(base_lr: float, decay: float, min_lr: float, round_idx: int) -> float:
-    """FedDetect-style cross-round schedule: base_lr * decay**round, floored at min_lr."""
-    return max(base_lr * decay ** round_idx, min_lr)
-
-
 def train_autoencoder(model: nn.Module, rows: np.ndarray, epochs: int, batch_size: int, lr: float,
                       weight_decay: float = 0.0, seed: int = 0,
                       on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
@@ -150,7 +145,7 @@ class Detector:
             p = p / "model.pt"
         if not p.is_file():
             raise FileNotFoundError(f"{p}: checkpoint not found")
-        payload = torch.load(p, map_location="cpu", weights_only=False)
+        payload = torch.load(p, map_location="cpu", weights_only=True)
         if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{p}: not a FedIoT detector checkpoint (expected format {CHECKPOINT_FORMAT})")
         model = AutoEncoder(payload["input_dim"])

@@ -1,9 +1,10 @@
-"""Counts-only evaluation (deployment) equals row-level evaluation (simulation)."""
+"""The counts protocol (what every run path reports through) against row-level computations."""
 import numpy as np
 import pytest
+from sklearn.metrics import average_precision_score, roc_auc_score
 
-from fediot.evaluation import DeviceScores, evaluate, thresholds
-from fediot.client_reports import auc_from_histograms, client_report, combine_reports, histogram, HIST_EDGES
+from evaluation.scoring import DeviceScores, evaluate, thresholds
+from evaluation.counts import auc_from_histograms, client_report, combine_reports, histogram, HIST_EDGES
 
 
 def make_scores(seed: int, device: str) -> DeviceScores:
@@ -13,26 +14,49 @@ def make_scores(seed: int, device: str) -> DeviceScores:
                         missing_attacks=["mirai_syn"])
 
 
+def _row_level(scores: list[DeviceScores], thr: dict[str, float]) -> dict:
+    """Confusion counts, per-attack TPR and exact AUCs straight from the rows (no protocol)."""
+    benign = np.concatenate([s.test for s in scores])
+    b_flags = np.concatenate([s.test > thr[s.device] for s in scores])
+    attack = np.concatenate([np.concatenate(list(s.attacks.values())) for s in scores])
+    a_flags = np.concatenate([np.concatenate([a > thr[s.device] for a in s.attacks.values()]) for s in scores])
+    y = np.concatenate([np.zeros(len(benign)), np.ones(len(attack))])
+    x = np.concatenate([benign, attack])
+    return {"tp": int(a_flags.sum()), "fn": int((~a_flags).sum()), "fp": int(b_flags.sum()), "tn": int((~b_flags).sum()),
+            "roc_auc": roc_auc_score(y, x), "pr_auc": average_precision_score(y, x)}
+
+
 def test_reports_reproduce_row_level_metrics():
     scores = [make_scores(1, "A"), make_scores(2, "B"), make_scores(3, "C")]
     glob, per_dev = thresholds(scores, 2.0)
-    direct = evaluate(scores, glob, per_dev, window=5)
+    assert glob == pytest.approx(np.concatenate([s.validation for s in scores]).mean()
+                                 + 2.0 * np.concatenate([s.validation for s in scores]).std())
     reports = [client_report(s, glob, per_dev[s.device], 5) for s in scores]
     combined = combine_reports(reports, glob, per_dev, 5)
-    for key in ("tp", "fp", "tn", "fn", "tpr", "fpr", "precision", "f1", "accuracy"):
-        assert combined["global"][key] == pytest.approx(direct["global"][key]), key
-        assert combined["global"]["modes"]["device"][key] == pytest.approx(direct["global"]["modes"]["device"][key])
-        for dev in "ABC":
-            assert combined["devices"][dev][key] == pytest.approx(direct["devices"][dev][key])
+    assert combined == evaluate(scores, glob, per_dev, window=5)  # evaluate() is this very path
+    direct = _row_level(scores, {s.device: glob for s in scores})
+    by_device = _row_level(scores, per_dev)
     for key in ("tp", "fp", "tn", "fn"):
-        assert combined["global"]["window"][key] == direct["global"]["window"][key]
-    for name, a in direct["global"]["attacks"].items():
-        assert combined["global"]["attacks"][name]["n"] == a["n"]
-        assert combined["global"]["attacks"][name]["tpr"] == pytest.approx(a["tpr"])
+        assert combined["global"][key] == direct[key], key
+        assert combined["global"]["modes"]["device"][key] == by_device[key], key
+    g = combined["global"]
+    assert g["tpr"] == pytest.approx(direct["tp"] / (direct["tp"] + direct["fn"]))
+    assert g["fpr"] == pytest.approx(direct["fp"] / (direct["fp"] + direct["tn"]))
+    udp = np.concatenate([s.attacks["mirai_udp"] for s in scores])
+    assert g["attacks"]["mirai_udp"] == {"tpr": pytest.approx((udp > glob).mean()), "n": len(udp)}
     # AUCs from 4096-bin histograms agree closely with exact ones
-    assert combined["global"]["roc_auc"] == pytest.approx(direct["global"]["roc_auc"], abs=2e-3)
-    assert combined["global"]["pr_auc"] == pytest.approx(direct["global"]["pr_auc"], abs=5e-3)
+    assert g["roc_auc"] == pytest.approx(direct["roc_auc"], abs=2e-3)
+    assert g["pr_auc"] == pytest.approx(direct["pr_auc"], abs=5e-3)
     assert combined["devices"]["A"]["missing_attacks"] == ["mirai_syn"]
+
+
+def test_local_models_report_the_device_mode_only():
+    scores = [make_scores(4, "A"), make_scores(5, "B")]
+    _, per_dev = thresholds(scores, 3.0)
+    m = evaluate(scores, None, per_dev, window=5, primary="device")
+    assert set(m["global"]["modes"]) == {"device"} and m["global"]["threshold_mode"] == "device"
+    with pytest.raises(ValueError):
+        evaluate(scores, None, per_dev, window=5, primary="global")
 
 
 def test_histogram_auc_by_hand():

@@ -12,14 +12,16 @@ REPO = Path(__file__).resolve().parents[1]
 def test_shipped_configs_are_valid(name):
     cfg = config.load(REPO / "config_simulation" / name)
     assert len(cfg.devices) == 9
-    assert cfg.get("validation_args", "threshold_k") == 3.0
+    assert cfg.validation.threshold_k == 3.0
 
 
 def test_defaults_filled():
     cfg = config.validate({"data_args": {"devices": ["Ecobee_Thermostat"]}})
+    assert cfg.train.client_num_in_total == cfg.train.client_num_per_round == 1  # null = number of devices
     assert cfg.devices == ["Ecobee_Thermostat"]
-    assert cfg.get("data_args", "train_fraction") == 0.6
-    assert cfg.flat()["learning_rate"] == 0.003
+    assert cfg.data.train_fraction == 0.6
+    assert cfg.train.learning_rate == 0.003
+    assert cfg.values["train_args"]["learning_rate"] == 0.003
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -32,6 +34,12 @@ def test_defaults_filled():
     ({"validation_args": {"vote_window": 4}}, r"expected an odd integer"),
     ({"train_args": {"comm_round": "ten"}}, r"train_args\.comm_round = 'ten'"),
     ({"comm_args": {"backend": "sp"}}, r"comm_args\.backend = 'sp'"),
+    ({"data_args": {"devices": ["Ecobee_Thermostat", "Ennio_Doorbell"]}, "train_args": {"client_num_in_total": 9}},
+     r"data_args\.devices lists 2 device\(s\) but train_args\.client_num_in_total = 9"),
+    ({"train_args": {"min_clients_per_round": 2, "client_num_in_total": 1, "client_num_per_round": 1},
+      "data_args": {"devices": ["Ecobee_Thermostat"]}}, r"train_args\.min_clients_per_round = 2 > 1 clients"),
+    ({"common_args": {"training_type": "cross_silo"}}, r"comm_args\.backend = 'MPI'; a deployment uses GRPC"),
+    ({"comm_args": {"backend": "GRPC"}}, r"a simulation \(common_args\.training_type: simulation\) runs on MPI"),
 ])
 def test_bad_values_name_the_key(raw, message):
     with pytest.raises(ConfigError, match=message):
@@ -51,10 +59,24 @@ def test_missing_empty_and_broken_files(tmp_path):
 
 @pytest.mark.parametrize("name", ["fedml_config.yaml", "fedml_config_lan.yaml"])
 def test_shipped_deployment_configs_are_valid(name):
-    from fediot.ipconfig import load_ipconfig
+    from deployment.ipconfig import load_ipconfig
     from fediot.rundir import repo_path
     cfg = config.load(REPO / "config" / name)
-    assert cfg.get("comm_args", "backend") == "GRPC"
-    peers = load_ipconfig(repo_path(cfg.get("comm_args", "grpc_ipconfig_path")))
+    assert cfg.comm.backend == "GRPC"
+    peers = load_ipconfig(repo_path(cfg.comm.grpc_ipconfig_path))
     assert set(range(len(cfg.devices) + 1)) <= set(peers)
-    assert cfg.get("train_args", "client_num_in_total") == len(cfg.devices)
+    assert cfg.train.client_num_in_total == len(cfg.devices)
+
+
+def test_fedml_gets_only_the_keys_it_reads():
+    cfg = config.load(REPO / "config_simulation" / "fedml_config.yaml")
+    flat = {k for section in cfg.fedml_values().values() for k in section}
+    assert {"training_type", "backend", "comm_round", "client_num_in_total", "random_seed"} <= flat
+    assert not flat & {"threshold_k", "learning_rate", "epochs", "round_timeout_s", "devices", "vote_window"}
+
+
+def test_world_size_check_names_what_differs():
+    cfg = config.load(REPO / "config_simulation" / "fedml_config.yaml")
+    config.check_world_size(cfg, 10)
+    with pytest.raises(ConfigError, match=r"4 client process\(es\) were started but data_args\.devices lists 9"):
+        config.check_world_size(cfg, 5)

@@ -13,7 +13,7 @@ from data.download import download_devices, import_copy
 from data.loader import load_device, read_feature_csv
 from fediot import config
 from fediot.errors import DataError
-from fediot.pipeline import prepare_data
+from data.sources import prepare_data
 from tests.helpers import REPO, LocalHTTPServer, csv_bytes, device_rows, write_csv, write_per_device, write_stored_rar
 
 DEVICES = ["Danmini_Doorbell", "Ennio_Doorbell"]  # Ennio has no Mirai files

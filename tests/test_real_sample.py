@@ -8,7 +8,7 @@ import torch
 import yaml
 
 from data.loader import DeviceData, read_feature_csv, split_device
-from fediot.evaluation import evaluate, score_device, thresholds
+from evaluation.scoring import evaluate, score_device, thresholds
 from model.autoencoder import AutoEncoder
 from model.detector import train_autoencoder
 from model.normalization import Normalizer

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fediot.curves import curves_from_scores
-from fediot.evaluation import DeviceScores, evaluate, thresholds
-from fediot.report import write_report
+from evaluation.curves import curves_from_scores
+from evaluation.scoring import DeviceScores, evaluate, thresholds
+from evaluation.report import write_report
 from fediot.rundir import append_jsonl, write_json
 from tests.helpers import REPO
 

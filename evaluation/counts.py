@@ -1,20 +1,22 @@
-"""Evaluation without raw rows on the server: clients report counts and statistics only.
+"""The client-report protocol: evaluation without raw rows on the server, counts and statistics only.
 
 Phase 1: each client sends `ErrorStats` of its validation errors (count, sum, sum of squares).
 The server derives the global threshold (merged) and each device's own threshold.
 Phase 2: each client sends a `client_report`: confusion counts for both threshold modes, per attack
 file, for the majority-vote window, and histograms of scores over a fixed log-spaced grid (for
-ROC/PR AUC). `combine_reports` turns them into the same metrics structure as
-`fediot.evaluation.evaluate` (AUCs are computed at the histogram's resolution).
+ROC/PR AUC). `combine_reports` turns them into metrics.json's structure (AUCs at the histogram's
+resolution). Simulation, deployment, baselines and re-evaluation all report through here.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from fediot.evaluation import DeviceScores
-from fediot.metrics import majority_vote, rates
+from evaluation.metrics import majority_vote, rates
+
+if TYPE_CHECKING:
+    from evaluation.scoring import DeviceScores
 
 # Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins).
 HIST_EDGES = np.logspace(-8, 8, 4097)
@@ -32,10 +34,14 @@ def _flags_counts(scores: np.ndarray, thr: float) -> tuple[int, int]:
     return flagged, int(len(scores) - flagged)
 
 
-def client_report(s: DeviceScores, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
-    """Everything the server needs about one device's held-out rows, as counts."""
+def client_report(s: DeviceScores, global_threshold: float | None, device_threshold: float,
+                  window: int) -> dict[str, Any]:
+    """Everything the server needs about one device's held-out rows, as counts.
+    global_threshold=None leaves the global mode out (local-only models)."""
     modes = {}
     for mode, thr in (("global", global_threshold), ("device", device_threshold)):
+        if thr is None:
+            continue
         fp, tn = _flags_counts(s.test, thr)
         attacks = {}
         win = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
@@ -111,14 +117,23 @@ def _entry(reports: list[dict[str, Any]], mode: str) -> dict[str, Any]:
     return out
 
 
-def combine_reports(reports: list[dict[str, Any]], global_threshold: float, device_thresholds: dict[str, float],
-                    window: int, primary: str = "global") -> dict[str, Any]:
-    """metrics.json's 'global' and 'devices' parts from client reports (same shape as evaluate())."""
+def combine_reports(reports: list[dict[str, Any]], global_threshold: float | None,
+                    device_thresholds: dict[str, float], window: int, primary: str = "global") -> dict[str, Any]:
+    """metrics.json's 'global' and 'devices' parts from client reports.
+
+    Each entry carries its threshold modes under `modes` ('global': one threshold from merged
+    validation statistics; 'device': each device's own threshold); its top-level keys repeat the
+    `primary` mode. global_threshold=None leaves out the global mode.
+    """
+    if primary not in ("global", "device") or (primary == "global" and global_threshold is None):
+        raise ValueError(f"primary threshold mode must be 'global' (with a global threshold) or 'device', not {primary!r}")
 
     def entry(subset: list[dict[str, Any]]) -> dict[str, Any]:
-        modes = {"global": {"threshold": global_threshold, **_entry(subset, "global")},
-                 "device": {"thresholds": {r["device"]: device_thresholds[r["device"]] for r in subset},
-                            **_entry(subset, "device")}}
+        modes: dict[str, Any] = {}
+        if global_threshold is not None:
+            modes["global"] = {"threshold": global_threshold, **_entry(subset, "global")}
+        modes["device"] = {"thresholds": {r["device"]: device_thresholds[r["device"]] for r in subset},
+                           **_entry(subset, "device")}
         for m in modes.values():
             m["window"]["size"] = window
         return {"threshold_mode": primary, **modes[primary], "modes": modes}
@@ -134,7 +149,7 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float, devi
 
 def curves_from_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     """ROC curves per device and pooled, from the clients' score histograms."""
-    from fediot.curves import roc_from_histograms
+    from evaluation.curves import roc_from_histograms  # noqa: PLC0415 - matplotlib-free, but only reports need it
 
     out: dict[str, Any] = {}
     hb_all = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)

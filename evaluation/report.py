@@ -1,6 +1,6 @@
 """report.md with PNG figures for a run directory (simulation, deployment server or baselines).
 
-    python -m fediot.report RUN_DIR
+    python -m evaluation.report RUN_DIR
 Figures (matplotlib, headless): training loss and TPR/FPR per round, ROC curve per device,
 per-device TPR/FPR bars for both threshold modes, per-attack TPR heat map (devices x attack files),
 and the federated / centralized / local-only table when those results are available.
@@ -251,7 +251,7 @@ def write_report(run_dir: str | Path) -> Path:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m fediot.report RUN_DIR", file=sys.stderr)
+        print("usage: python -m evaluation.report RUN_DIR", file=sys.stderr)
         return 2
     try:
         print(write_report(args[0]))

@@ -1,12 +1,18 @@
-"""Containment of FedML's side effects: no cloud calls, its logs into the run directory."""
+"""FedML's entry and the containment of its side effects: no cloud calls, its logs into the run
+directory, and only the configuration keys FedML itself reads."""
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
+
+import yaml
+
+from fediot.config import FedIoTConfig
 
 
 def disable_fedml_cloud() -> None:
@@ -63,3 +69,26 @@ def route_logging_to_file(path: Path, also_console: bool = False) -> None:
             logger.addHandler(h)
         logger.setLevel(logging.INFO)
     # FedML rebinds sys.stdout.write to its logger: print() lands in the same place.
+
+
+def init_fedml(cfg: FedIoTConfig, log_file: Path, extra_argv: list[str], check_env: bool = True) -> Any:
+    """fedml.init() with its cloud call disabled and its output in log_file; returns FedML's `args`.
+
+    FedML is given a YAML with only the keys it reads (`FedIoTConfig.fedml_values`); FedIoT's own
+    settings reach our code through the typed config, never through `args`.
+    """
+    with tempfile.TemporaryDirectory(prefix="fediot-fedml-") as tmp:
+        fedml_yaml = Path(tmp) / "fedml_config.yaml"
+        fedml_yaml.write_text(yaml.safe_dump(cfg.fedml_values(), sort_keys=False))
+        with fds_to_file(log_file, not cfg.tracking.fedml_console):
+            import fedml
+
+            disable_fedml_cloud()
+            saved_argv = sys.argv
+            sys.argv = [sys.argv[0], "--cf", str(fedml_yaml), *extra_argv]
+            try:
+                args = fedml.init(check_env=check_env)
+            finally:
+                sys.argv = saved_argv
+    route_logging_to_file(log_file, cfg.tracking.fedml_console)
+    return args

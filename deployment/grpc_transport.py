@@ -1,4 +1,4 @@
-"""FedML's gRPC transport with three fixes, done by subclassing (site-packages untouched):
+"""FedML's gRPC transport for the deployment, with three fixes, done by subclassing (site-packages untouched):
 
 * the receive loop blocks on its queue instead of spinning a core (FedML 0.9.6 polls qsize()
   in a tight loop: ~0.8 of a core while idle);
@@ -18,11 +18,7 @@ from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grp
 from fedml.core.distributed.communication.grpc.grpc_comm_manager import GRPCCommManager
 from fedml.core.distributed.communication.message import Message
 
-QUEUE_POLL_S = 0.5
-
-
-class PeerUnreachable(Exception):
-    """A message could not be delivered to a peer."""
+from trainer.transport import QUEUE_POLL_S, PeerUnreachable
 
 
 class FedIoTGrpcTransport(GRPCCommManager):

@@ -1,0 +1,113 @@
+"""Where a run's rows come from: a registry of data sources, shared by every command (no FedML here).
+
+A source makes sure the configured devices' files exist in N-BaIoT's per-device layout and says
+what they are. `data_args.dataset` (+ `data_args.synthetic_generator` for synthetic data) picks one:
+
+| source              | rows                                                                     |
+|---------------------|--------------------------------------------------------------------------|
+| `nbaiot`            | real N-BaIoT files under `data_args.data_cache_dir` (downloaded if missing) |
+| `synthetic-rows`    | `data/synthetic.py`: N-BaIoT-shaped rows from per-device profiles        |
+| `synthetic-packets` | `traffic/`: simulated packets through the AfterImage feature extractor   |
+
+Orchestration code calls `prepare_data` and `load_split` only; the packet pipeline is reached
+through this registry, never imported by the run paths.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from data import nbaiot, synthetic
+from data.loader import DeviceSplit, load_device, split_device
+from fediot.config import FedIoTConfig
+from fediot.errors import DataError
+from fediot.rundir import repo_path
+
+SYNTHETIC_CACHE = "data/synthetic_cache"
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """One registered source: `prepare(cfg, devices)` returns (root of the per-device layout, description)."""
+
+    name: str
+    prepare: Callable[[FedIoTConfig, list[str]], tuple[Path, dict[str, Any]]]
+
+
+def _synthetic_rows(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]]:
+    d, seed = cfg.data, cfg.common.random_seed
+    root = synthetic.ensure_synthetic(repo_path(SYNTHETIC_CACHE), devices, seed, d.synthetic_benign_rows,
+                                      d.synthetic_attack_rows)
+    return root, {"source": "synthetic", "synthetic": True, "generator": "rows", "path": str(root), "seed": seed,
+                  "note": "SYNTHETIC data from data/synthetic.py, not real N-BaIoT traffic"}
+
+
+def _synthetic_packets(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]]:
+    from traffic.dataset import ensure_packet_synthetic  # numba and the simulator load only for this source
+
+    d, seed = cfg.data, cfg.common.random_seed
+    root = ensure_packet_synthetic(repo_path(SYNTHETIC_CACHE), devices, seed, d.synthetic_benign_seconds,
+                                   d.synthetic_attack_seconds)
+    return root, {"source": "synthetic", "synthetic": True, "generator": "packets", "path": str(root), "seed": seed,
+                  "note": "SYNTHETIC data: traffic/simulator.py packets -> traffic/afterimage.py features, not real N-BaIoT"}
+
+
+def _nbaiot(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]]:
+    root = repo_path(cfg.data.data_cache_dir)
+    missing = missing_devices(root, devices)
+    if missing:
+        if not cfg.data.download:
+            raise DataError(_missing_message(root, missing, "data_args.download is false"))
+        from data.download import download_devices  # only needed when data is missing
+        try:
+            download_devices(root, missing, cfg.data.download_source)
+        except DataError as exc:
+            raise DataError(f"{exc}\n{_missing_message(root, missing, 'the download failed')}") from None
+    return root, {"source": "nbaiot", "synthetic": False, "path": str(root)}
+
+
+SOURCES: dict[str, DataSource] = {s.name: s for s in (
+    DataSource("nbaiot", _nbaiot),
+    DataSource("synthetic-rows", _synthetic_rows),
+    DataSource("synthetic-packets", _synthetic_packets),
+)}
+
+
+def source_name(cfg: FedIoTConfig) -> str:
+    """The registry key the config selects."""
+    if cfg.data.dataset == "synthetic":
+        return f"synthetic-{cfg.data.synthetic_generator}"
+    return cfg.data.dataset
+
+
+def missing_devices(root: Path, devices: list[str]) -> list[str]:
+    return [d for d in devices if not (root / d / nbaiot.BENIGN_FILE).is_file()]
+
+
+def prepare_data(cfg: FedIoTConfig, devices: list[str] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Make sure the configured devices' files exist; return their root and a description.
+
+    Synthetic data is generated (once, deterministically); real N-BaIoT data is downloaded when
+    missing and `data_args.download` is true, else a DataError explains where data is expected.
+    """
+    return SOURCES[source_name(cfg)].prepare(cfg, devices if devices is not None else cfg.devices)
+
+
+def _missing_message(root: Path, missing: list[str], why: str) -> str:
+    return (
+        f"N-BaIoT data missing for {len(missing)} device(s) ({', '.join(missing)}) and {why}.\n"
+        f"  Expected: {root}/<Device>/{nbaiot.BENIGN_FILE}, <Device>/gafgyt_attacks/<type>.csv, "
+        f"<Device>/mirai_attacks/<type>.csv\n"
+        f"  Fetch on a machine with internet: python -m data.download --dest DIR  (then copy DIR here), or\n"
+        f"  import a copy you have (UCI with .rar, per-device, or Kaggle flat files): "
+        f"python -m data.download --import PATH --dest {root}\n"
+        f"  Or run the offline demo on synthetic data: sh run_simulation.sh 9 config_simulation/fedml_config_synthetic.yaml"
+    )
+
+
+def load_split(cfg: FedIoTConfig, root: Path, device: str) -> DeviceSplit:
+    """Load and chronologically split one device's rows as configured."""
+    d = cfg.data
+    data = load_device(root, device, d.max_benign_rows, d.attack_test_rows)
+    return split_device(data, d.train_fraction, d.validation_fraction)

@@ -1,0 +1,114 @@
+"""The gRPC deployment: `--role server --rank 0` or `--role client --rank N` (run_server.sh / run_client.sh).
+
+The server holds no data; a client loads (or downloads) only its own device. Both run the same
+nodes as the simulation (`trainer.nodes`) on FedIoT's gRPC transport.
+"""
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+from fediot import config as config_mod
+from fediot.console import error, say
+from fediot.errors import ConfigError
+
+
+def check_port_free(ip: str, port: int, what: str) -> None:
+    """One clear error when our gRPC port is taken (gRPC itself would only log and fail later)."""
+    with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((ip or "0.0.0.0", port))
+        except OSError as exc:
+            raise ConfigError(f"{what}: cannot listen on {ip}:{port} ({exc.strerror}); is another server or client "
+                              f"running, or is the port in the ipconfig CSV wrong?") from None
+
+
+def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | None) -> int:
+    cfg = config_mod.load(cf)
+    where = f"config {cfg.path}"
+    if cfg.is_simulation:
+        raise ConfigError(f"{where}: common_args.training_type is simulation; a deployment uses cross_silo and GRPC "
+                          f"(run_simulation.sh runs simulation configs)")
+    if role is None or rank is None:
+        raise ConfigError("a deployment process needs --role server --rank 0 or --role client --rank N (use run_server.sh / run_client.sh)")
+    n_devices = len(cfg.devices)
+    if role == "server" and rank != 0:
+        raise ConfigError(f"the server is rank 0, not {rank}")
+    if role == "client" and not 1 <= rank <= n_devices:
+        raise ConfigError(f"client rank {rank} out of range: {where} has {n_devices} device(s), so N is 1..{n_devices}")
+    if not cfg.comm.grpc_ipconfig_path:
+        raise ConfigError(f"{where}: comm_args.grpc_ipconfig_path is not set (CSV eid,rank,grpc_server_ip,grpc_server_port,ingress_ip)")
+    from data.sources import load_split, prepare_data
+    from deployment.ipconfig import load_ipconfig
+    from federation.core import RoundCore, load_server_checkpoint
+    from fediot.rundir import create_run_dir, peak_rss_mb, repo_path, write_config, write_json
+
+    ipconfig = repo_path(cfg.comm.grpc_ipconfig_path)
+    peers = load_ipconfig(ipconfig)
+    needed = [0, *range(1, n_devices + 1)] if role == "server" else [0, rank]
+    missing = [r for r in needed if r not in peers]
+    if missing:
+        raise ConfigError(f"{ipconfig}: no row for rank(s) {', '.join(map(str, missing))} "
+                          f"(the server needs ranks 0..{n_devices}; a client needs 0 and its own rank)")
+    me = peers[rank]
+    check_port_free(me.bind_ip, me.port, f"{ipconfig} rank {rank}")
+
+    local = None
+    core = None
+    if role == "server":
+        data_info = {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
+                     "note": "the server holds no data; clients report counts and statistics only"}
+        if resume:
+            run_dir = Path(resume).resolve()
+            checkpoint = load_server_checkpoint(run_dir)
+            say(f"resuming {run_dir} after round {checkpoint['round_done']}")
+            saved_rounds = checkpoint["config"].get("train_args", {}).get("comm_round")
+            if saved_rounds != cfg.train.comm_round:
+                say(f"note: comm_round is now {cfg.train.comm_round} (was {saved_rounds})")
+            core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
+            core.restore(checkpoint)
+        else:
+            run_dir = create_run_dir(cfg.common.run_dir_root, "server", cfg.data.dataset)
+            write_config(run_dir, cfg.values)
+            core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
+        say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address}; "
+            f"run directory {run_dir}")
+    else:
+        from federation.client import LocalClient
+
+        device = cfg.devices[rank - 1]
+        data_root, _info = prepare_data(cfg, [device])  # a board fetches only its own device
+        split = load_split(cfg, data_root, device)  # before the run directory: no empty run on bad data
+        run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
+        write_config(run_dir, cfg.values)
+        local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl")
+
+    import torch
+
+    from trainer.fedml_glue import fds_to_file, init_fedml
+
+    log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
+    args = init_fedml(cfg, log_file, ["--rank", str(rank), "--role", role, "--run_id", str(cfg.common.run_id)],
+                      check_env=False)
+    with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
+        from deployment.grpc_transport import FedIoTGrpcTransport
+        from trainer.nodes import ClientNode, ClientRules, ServerNode
+    torch.set_num_threads(cfg.device.torch_threads)
+
+    def transport() -> FedIoTGrpcTransport:
+        return FedIoTGrpcTransport(str(ipconfig), rank, n_devices + 1, args, float(cfg.comm.send_timeout_s))
+
+    with fds_to_file(log_file, not cfg.tracking.fedml_console):
+        if role == "server":
+            node = ServerNode(args, core, list(range(1, n_devices + 1)), transport)
+        else:
+            node = ClientNode(args, local, rank, n_devices, ClientRules.of(cfg), transport)
+        node.run()
+    write_json(run_dir / "resources" / f"rank{rank}.json", {
+        "rank": rank, "role": role, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "bytes_sent": node.com_manager.bytes_sent, "bytes_received": node.com_manager.bytes_received})
+    if node.exit_code != 0:
+        error(f"{node.error} (run directory {run_dir})")
+        return node.exit_code
+    say(str(run_dir))
+    return 0

@@ -1,0 +1,78 @@
+"""One client's side of a federated run, framework-free: its device's rows, its model, its answers.
+
+The client node of both run paths (`trainer.nodes.ClientNode`, on MPI or gRPC) calls only this.
+It never sends a row: only feature statistics (hello), weights and losses (train), validation-error
+statistics and count reports (evaluation). It trains with the plan the server sent, nothing else.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from data import nbaiot
+from data.loader import DeviceSplit
+from evaluation.counts import client_report
+from evaluation.scoring import DeviceScores, score_device
+from federation.core import RoundPlan, state_of
+from fediot.rundir import append_jsonl
+from model.autoencoder import AutoEncoder
+from model.detector import ErrorStats, train_autoencoder
+from model.normalization import FeatureStats, Normalizer
+
+
+class LocalClient:
+    """Holds one device's split; trains and evaluates the global model as the server asks."""
+
+    def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None) -> None:
+        self.split = split
+        self.device = split.device
+        self.record_file = record_file
+        self.stats = FeatureStats.of(split.train, feature_transform)
+        self.model = AutoEncoder(nbaiot.N_FEATURES)
+        self._rows: tuple[dict[str, Any], np.ndarray] | None = None  # (normaliser, normalised training rows)
+        self.scores: DeviceScores | None = None
+
+    @property
+    def n_train(self) -> int:
+        return len(self.split.train)
+
+    def hello(self) -> dict[str, Any]:
+        """What the server learns when the client joins: device, row count, feature statistics."""
+        return {"device": self.device, "n_train": self.n_train, "feature_stats": self.stats.to_dict()}
+
+    def _training_rows(self, normalizer: dict[str, Any]) -> np.ndarray:
+        if self._rows is None or self._rows[0] != normalizer:
+            self._rows = (normalizer, Normalizer.from_dict(normalizer)(self.split.train))
+        return self._rows[1]
+
+    def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan) -> dict[str, Any]:
+        """Local training of the global model with the server's plan; the update to send back."""
+        self.model.load_state_dict(model)
+        rows = self._training_rows(normalizer)
+        started = time.monotonic()
+        losses = train_autoencoder(self.model, rows, plan.epochs, plan.batch_size, plan.lr, plan.weight_decay,
+                                   seed=plan.seed)
+        seconds = round(time.monotonic() - started, 4)
+        if self.record_file is not None:
+            append_jsonl(self.record_file, {"round": plan.round_idx + 1, "device": self.device, "loss": losses[-1],
+                                            "epoch_losses": losses, "lr": plan.lr, "epochs": plan.epochs,
+                                            "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds})
+        return {"model": state_of(self.model), "n": self.n_train, "loss": losses[-1], "lr": plan.lr,
+                "train_seconds": seconds}
+
+    def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> dict[str, Any]:
+        """Score the held-out rows with the global model; the validation-error statistics to send."""
+        self.model.load_state_dict(model)
+        self.scores = score_device(self.model, Normalizer.from_dict(normalizer), self.split)
+        s = ErrorStats.of(self.scores.validation)
+        return {"count": s.count, "total": s.total, "total_sq": s.total_sq}
+
+    def report(self, global_threshold: float, device_thresholds: dict[str, float], window: int) -> dict[str, Any]:
+        """Count report of the rows scored by `validation_stats`, at the server's thresholds."""
+        if self.scores is None:
+            raise ValueError("a count report needs the validation phase first")
+        return client_report(self.scores, float(global_threshold), float(device_thresholds[self.device]), int(window))

@@ -1,0 +1,273 @@
+"""The round core: the server's side of a federated run, framework-free.
+
+Both run paths drive this one object: the MPI simulation and the gRPC deployment run the same
+server node (`trainer.nodes.ServerNode`) on different transports, and the node calls only this.
+It owns what a round is:
+
+- the round's hyperparameters (`RoundPlan`: lr from the one learning-rate schedule, epochs, batch
+  size, seed), sent to each client, which trains with exactly what it was sent;
+- the normaliser from the clients' merged feature statistics;
+- FedAvg of the clients' updates;
+- the per-round record (`rounds.jsonl`: lr, client losses and seconds, bytes, dropped clients,
+  evaluation) and its summary line;
+- which rounds evaluate (`is_eval_round`), thresholds from merged validation-error statistics,
+  metrics from the clients' count reports;
+- the checkpoint payload, and the final outputs (model.pt, metrics.json, curves.json, report).
+"""
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from data import nbaiot
+from evaluation.counts import combine_reports, curves_from_reports
+from evaluation.report import write_report
+from evaluation.scoring import thresholds_from_stats
+from federation.tracking import Tracker
+from fediot.config import FedIoTConfig
+from fediot.console import round_bar, say
+from fediot.errors import ConfigError
+from fediot.rundir import append_jsonl, write_json
+from model.autoencoder import AutoEncoder
+from model.detector import Detector, ErrorStats
+from model.normalization import FeatureStats, Normalizer
+
+# The metrics a round's evaluation records and prints, in this order.
+SUMMARY_KEYS = ("tpr", "fpr", "precision", "f1", "accuracy", "roc_auc", "pr_auc")
+SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
+
+
+def learning_rate_for_round(base_lr: float, decay: float, min_lr: float, round_idx: int) -> float:
+    """FedDetect-style cross-round schedule: base_lr * decay**round, floored at min_lr."""
+    return max(base_lr * decay ** round_idx, min_lr)
+
+
+def is_eval_round(round_idx: int, n_rounds: int, frequency: int) -> bool:
+    """Evaluate after every `frequency` rounds (1-based) and always after the last round."""
+    return (round_idx + 1) % frequency == 0 or round_idx == n_rounds - 1
+
+
+def fedavg(updates: list[tuple[int, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
+    """Sample-weighted average of state dicts: sum_i n_i * w_i / sum_i n_i."""
+    total = sum(n for n, _ in updates)
+    if total <= 0:
+        raise ValueError("FedAvg needs at least one update with a positive sample count")
+    keys = updates[0][1].keys()
+    return {k: sum(p[k].double() * (n / total) for n, p in updates).to(updates[0][1][k].dtype) for k in keys}
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a model's weights (what travels between server and clients)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server tells one client to do in one round; the client trains with exactly this."""
+
+    round_idx: int
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "RoundPlan":
+        """Rebuild a plan from a message, refusing anything that is not a plausible plan."""
+        if not isinstance(d, dict) or set(d) != {f for f in cls.__dataclass_fields__}:
+            raise ValueError(f"a round plan needs exactly the fields {sorted(cls.__dataclass_fields__)}")
+        ints = ("round_idx", "epochs", "batch_size", "seed")
+        if any(not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0 for k in ints) \
+                or d["epochs"] < 1 or d["batch_size"] < 1:
+            raise ValueError(f"a round plan needs non-negative integers {ints} (epochs and batch size >= 1)")
+        if any(not isinstance(d[k], (int, float)) or not 0 <= d[k] < float("inf") for k in ("lr", "weight_decay")) \
+                or d["lr"] <= 0:
+            raise ValueError("a round plan needs a finite lr > 0 and weight_decay >= 0")
+        return cls(**d)
+
+
+def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The deployment server's per-round checkpoint of a run directory (for --resume)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no checkpoint.pt there (is it a deployment server run directory?)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ConfigError(f"{path}: unreadable checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != SERVER_CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a FedIoT server checkpoint")
+    return payload
+
+
+def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer, threshold_k: float,
+                        global_threshold: float, device_thresholds: dict[str, float], meta: dict[str, Any],
+                        metrics_doc: dict[str, Any], curves: dict[str, Any]) -> None:
+    """End of a federated run: model.pt, metrics.json, curves.json, report.md, and the final lines."""
+    final = AutoEncoder(model.input_dim)
+    final.load_state_dict(copy.deepcopy(model.state_dict()))
+    Detector(final, normalizer, threshold_k, global_threshold, dict(device_thresholds), meta).save(run_dir / "model.pt")
+    write_json(run_dir / "metrics.json", metrics_doc)
+    write_json(run_dir / "curves.json", curves)
+    g = metrics_doc["global"]
+    say(f"final (global threshold {global_threshold:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
+        f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
+    d = g["modes"]["device"]
+    say(f"final (per-device thresholds): TPR {d['tpr']:.4f}  FPR {d['fpr']:.4f}  F1 {d['f1']:.4f}")
+    say(f"report: {write_report(run_dir)}")
+
+
+class RoundCore:
+    """Server-side state of a federated run: global model, normaliser, round counter, thresholds."""
+
+    def __init__(self, cfg: FedIoTConfig, run_dir: Path, data_info: dict[str, Any], kind: str) -> None:
+        self.cfg, self.run_dir, self.data_info, self.kind = cfg, run_dir, data_info, kind
+        self.n_rounds = cfg.train.comm_round
+        torch.manual_seed(cfg.common.random_seed)
+        self.model = AutoEncoder(nbaiot.N_FEATURES)
+        self.normalizer: Normalizer | None = None
+        self.normalization: dict[str, Any] | None = None  # what the normaliser was fitted on (metrics.json)
+        self.round = 0  # rounds completed
+        self.thresholds: dict[str, Any] | None = None
+        self.record: dict[str, Any] = {}  # the current round's line for rounds.jsonl
+        self.started = time.monotonic()
+        self.round_started = self.started
+        self.eval_started = self.started
+        self.tracker = Tracker(run_dir, cfg.tracking.tensorboard)
+
+    # -- state
+    def restore(self, checkpoint: dict[str, Any]) -> None:
+        """Continue from a checkpoint written by `checkpoint()`."""
+        self.model.load_state_dict(checkpoint["model"])
+        self.normalizer = Normalizer.from_dict(checkpoint["normalizer"])
+        self.normalization = checkpoint.get("normalization")
+        self.round = int(checkpoint["round_done"])
+        self.thresholds = checkpoint.get("thresholds")
+        self.record = checkpoint.get("pending_record") or {}
+
+    def checkpoint(self) -> dict[str, Any]:
+        """Everything needed to resume after the last completed round (plain types and tensors only)."""
+        return {"format": SERVER_CHECKPOINT_FORMAT, "round_done": self.round, "model": state_of(self.model),
+                "normalizer": self.normalizer.to_dict(), "normalization": self.normalization,
+                "thresholds": self.thresholds,
+                "pending_record": self.record or None,  # a round whose evaluation is still to come
+                "config": self.cfg.values}
+
+    @property
+    def done(self) -> bool:
+        return self.round >= self.n_rounds
+
+    @property
+    def evaluation_pending(self) -> bool:
+        """Resumed after a round whose evaluation had not finished, or after the last round."""
+        return self.done or bool(self.record)
+
+    # -- normalisation
+    def fit_normalizer(self, stats: dict[str, FeatureStats]) -> None:
+        """The global normaliser from the clients' merged training-row statistics (once per run)."""
+        if self.normalizer is not None:
+            return
+        m = self.cfg.model
+        merged = FeatureStats.merge(list(stats.values()))
+        self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization)
+        self.normalization = {"method": m.normalization, "transform": m.feature_transform,
+                              "fitted_on": "training benign rows of all clients (merged statistics)",
+                              "train_rows": merged.count, "clients": sorted(stats)}
+
+    # -- training
+    def plan(self, device: str) -> RoundPlan:
+        """This round's hyperparameters for one client (the only place the lr schedule is applied)."""
+        t = self.cfg.train
+        return RoundPlan(round_idx=self.round,
+                         lr=learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, self.round),
+                         epochs=t.epochs, batch_size=t.batch_size, weight_decay=t.weight_decay,
+                         seed=self.cfg.common.random_seed * 100003 + self.round * 101 + nbaiot.device_index(device))
+
+    def begin_round(self) -> dict[str, Any]:
+        """Open a round; returns what every client is sent besides its plan."""
+        self.round_started = time.monotonic()
+        self.record = {"round": self.round + 1, "data_source": self.data_info["source"],
+                       "lr": self.plan(self.cfg.devices[0]).lr}
+        return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
+
+    def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
+                     traffic: dict[str, int] | None = None) -> str:
+        """Aggregate the answers (device -> update), complete the round's record; the summary line."""
+        self.model.load_state_dict(fedavg([(int(u["n"]), u["model"]) for u in updates.values()]))
+        now = time.monotonic()
+        self.record.update({
+            "wall_time_s": round(now - self.round_started, 4),
+            "elapsed_s": round(now - self.started, 4),
+            "clients": sorted(updates),
+            "dropped": sorted(dropped),
+            "client_losses": {d: updates[d]["loss"] for d in sorted(updates)},
+            "client_train_seconds": {d: updates[d]["train_seconds"] for d in sorted(updates)},
+            **(traffic or {}),
+        })
+        self.round += 1
+        losses = self.record["client_losses"].values()
+        line = (f"{round_bar(self.round, self.n_rounds)}round {self.round}/{self.n_rounds}  clients {len(updates)}  "
+                f"mean loss {sum(losses) / len(losses):.5f}  ({self.record['wall_time_s']:.1f}s)")
+        if dropped:
+            line += f"  dropped: {', '.join(sorted(dropped))}"
+        return line
+
+    def evaluate_now(self) -> bool:
+        """Whether the round just completed is followed by an evaluation."""
+        return is_eval_round(self.round - 1, self.n_rounds, self.cfg.validation.frequency_of_the_test)
+
+    # -- evaluation (clients' counts only)
+    def begin_eval(self) -> dict[str, Any]:
+        """Open an evaluation; returns what every client is sent to score its held-out rows."""
+        self.eval_started = time.monotonic()
+        return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
+
+    def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> dict[str, Any]:
+        """Thresholds from the clients' validation-error statistics; returns what each client is sent."""
+        glob, per_device = thresholds_from_stats(val_stats, self.cfg.validation.threshold_k)
+        self.thresholds = {"global": glob, "device": per_device}
+        return {"global_threshold": glob, "device_thresholds": per_device, "window": self.cfg.validation.vote_window}
+
+    def finish_eval(self, reports: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
+        """Combine the clients' count reports into metrics; (summary line, metrics)."""
+        usable = [reports[d] for d in sorted(reports) if d in self.thresholds["device"]]
+        metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
+                                  self.cfg.validation.vote_window, "global")
+        g = metrics["global"]
+        self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in SUMMARY_KEYS},
+                               "device_threshold": {k: g["modes"]["device"][k] for k in SUMMARY_KEYS},
+                               "devices": sorted(metrics["devices"])}
+        self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
+        line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
+                f"F1 {g['f1']:.4f}  (per-device thresholds: TPR {g['modes']['device']['tpr']:.4f} "
+                f"FPR {g['modes']['device']['fpr']:.4f})")
+        metrics["curves"] = curves_from_reports(usable)
+        return line, metrics
+
+    # -- records and outputs
+    def write_record(self) -> None:
+        """Append the current round's record to rounds.jsonl (and TensorBoard); start a new one."""
+        if self.record.get("round"):
+            append_jsonl(self.run_dir / "rounds.jsonl", self.record)
+            self.tracker.log_round(self.record)
+        self.record = {}
+
+    def finish(self, metrics: dict[str, Any]) -> None:
+        """Final outputs of the run from the last evaluation's metrics."""
+        self.tracker.close()
+        curves = metrics.pop("curves")
+        write_final_outputs(
+            self.run_dir, self.model, self.normalizer, self.cfg.validation.threshold_k,
+            self.thresholds["global"], self.thresholds["device"],
+            {"kind": self.kind, "devices": sorted(metrics["devices"]), "rounds": self.n_rounds, "data": self.data_info},
+            {"data": self.data_info, "kind": self.kind, "normalization": self.normalization, **metrics}, curves)

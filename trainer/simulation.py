@@ -1,0 +1,114 @@
+"""The MPI simulation: rank 0 runs the server node, rank r the client of data_args.devices[r-1].
+
+    sh run_simulation.sh N [CONFIG]   ->   mpirun -np N+1 python main_fedml_iot.py --cf CONFIG
+
+The same server and client nodes as the gRPC deployment, on FedML's MPI transport: the simulation
+rehearses the real protocol (hello with feature statistics, plans, updates, count reports).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from fediot import config as config_mod
+from fediot.config import FedIoTConfig
+from fediot.console import say
+from fediot.errors import FedIoTError
+
+
+def _sleep_until_all_arrive(comm, poll_s: float = 0.2) -> None:
+    """A barrier that sleeps instead of spinning: ranks waiting for rank 0's data preparation (a
+    download, a synthetic generation) must not eat the cores it needs (MPI collectives busy-poll)."""
+    request = comm.Ibarrier()
+    while not request.Test():
+        time.sleep(poll_s)
+
+
+def _gather_ok(comm, ok: bool, payload: Any) -> list[Any]:
+    """All ranks exchange (ok, payload); any failure stops every rank with the failing messages."""
+    _sleep_until_all_arrive(comm)
+    results = comm.allgather((ok, payload))
+    errors = [p for o, p in results if not o]
+    if errors:
+        raise FedIoTError("\n".join(dict.fromkeys(str(e) for e in errors)))
+    return [p for _, p in results]
+
+
+def _prepare(cfg: FedIoTConfig, comm, rank: int, size: int, run_dir_file: str | None) -> tuple[Path, Path, dict[str, Any]]:
+    """Rank 0 prepares the data (generate / download) and creates the run directory; all ranks learn both."""
+    from data.sources import prepare_data
+    from fediot.rundir import create_run_dir, write_config
+
+    ok, payload = True, None
+    if rank == 0:
+        try:
+            data_root, data_info = prepare_data(cfg)  # before the run directory: no empty run on bad data
+            run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
+            write_config(run_dir, cfg.values)
+            if run_dir_file:
+                Path(run_dir_file).write_text(str(run_dir) + "\n")
+            say(f"FedIoT simulation: {size - 1} clients, {cfg.train.comm_round} rounds, "
+                f"data {data_info['source']}; run directory {run_dir}")
+            payload = (str(run_dir), str(data_root), data_info)
+        except FedIoTError as exc:
+            ok, payload = False, exc
+    run_dir_s, data_root_s, data_info = _gather_ok(comm, ok, payload)[0]
+    return Path(run_dir_s), Path(data_root_s), data_info
+
+
+def run_simulation(cf: str, run_dir_file: str | None) -> int:
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    rank, size = comm.Get_rank(), comm.Get_size()
+    cfg = config_mod.load(cf)  # every rank validates the same file, so every rank sees the same error
+    config_mod.check_world_size(cfg, size)
+    run_dir, data_root, data_info = _prepare(cfg, comm, rank, size, run_dir_file)
+
+    # each client loads its own device (errors from any rank stop all ranks with one message)
+    from data.sources import load_split
+    from federation.client import LocalClient
+
+    local = None
+    ok, payload = True, None
+    if rank > 0:
+        try:
+            local = LocalClient(load_split(cfg, data_root, cfg.devices[rank - 1]), cfg.model.feature_transform,
+                                run_dir / "clients" / f"{cfg.devices[rank - 1]}.jsonl")
+        except FedIoTError as exc:
+            ok, payload = False, exc
+    _gather_ok(comm, ok, payload)
+
+    import torch
+
+    from federation.core import RoundCore
+    from fediot.rundir import peak_rss_mb, write_json
+    from trainer.fedml_glue import fds_to_file, init_fedml
+
+    log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
+    args = init_fedml(cfg, log_file, [])
+    with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
+        from trainer.nodes import ClientNode, ClientRules, ServerNode
+        from trainer.transport import MpiTransport
+    torch.set_num_threads(cfg.device.torch_threads)  # N+1 processes share the cores
+    node_comm = comm.Dup()  # our nodes' messages never mix with anything else on COMM_WORLD
+
+    def transport() -> MpiTransport:
+        return MpiTransport(node_comm, rank, size)
+
+    with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's prints; our lines go to the console
+        if rank == 0:
+            node = ServerNode(args, RoundCore(cfg, run_dir, data_info, "federated"), list(range(1, size)), transport)
+        else:
+            node = ClientNode(args, local, rank, size - 1, ClientRules.of(cfg), transport)
+        node.run()
+    write_json(run_dir / "resources" / f"rank{rank}.json", {
+        "rank": rank, "role": "server" if rank == 0 else "client",
+        "device": cfg.devices[rank - 1] if rank > 0 else None, "peak_rss_mb": round(peak_rss_mb(), 1),
+        "bytes_sent": node.com_manager.bytes_sent, "bytes_received": node.com_manager.bytes_received})
+    if node.exit_code != 0:
+        raise FedIoTError(f"{node.error} (run directory {run_dir})")
+    if rank == 0:
+        say(f"outputs: metrics.json, rounds.jsonl, model.pt, config.yaml, logs/ in {run_dir}")
+    return 0
