@@ -1,7 +1,7 @@
 """Centralized and local-only baselines with the federated run's data, split, normalisation,
 threshold and metrics code; optional comparison with a federated run directory.
 
-    python baselines.py [--cf CONFIG] [--federated RUN_DIR]
+    python -m baselines [--cf CONFIG] [--federated RUN_DIR]
 """
 from __future__ import annotations
 

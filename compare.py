@@ -1,6 +1,6 @@
 """Compare several FedIoT run directories: one table and side-by-side figures.
 
-    python compare.py RUN_DIR [RUN_DIR ...] [--out DIR]
+    python -m compare RUN_DIR [RUN_DIR ...] [--out DIR]
 Each run directory may be a simulation, a deployment server run or a baselines run (which
 contributes its centralized and local-only results). Writes DIR/compare.md, DIR/compare.png and
 DIR/compare_rounds.png (when runs have rounds); the last line of output is DIR.

@@ -1,6 +1,6 @@
 """Detect attacks in live or recorded traffic with a trained FedIoT model.
 
-    python detect.py MODEL (--pcap FILE | --interface IFACE) [--device NAME] [--window 5] [--out alerts.jsonl]
+    python -m detect MODEL (--pcap FILE | --interface IFACE) [--device NAME] [--window 5] [--out alerts.jsonl]
 
 MODEL is a checkpoint (model.pt) or a run directory. Packets -> N-BaIoT features (traffic/afterimage.py)
 -> the checkpoint's normalisation and autoencoder -> per-packet score vs. threshold (the device's

@@ -1,8 +1,8 @@
 """FedIoT entry point: dispatch to the MPI simulation or to a deployment node.
 
-    sh run_simulation.sh N [CONFIG]          mpirun -np N+1 python main_fedml_iot.py --cf CONFIG
-    bash run_server.sh [CONFIG]              python main_fedml_iot.py --cf CONFIG --role server --rank 0
-    bash run_client.sh N [CONFIG]            python main_fedml_iot.py --cf CONFIG --role client --rank N
+    sh run_simulation.sh N [CONFIG]          mpirun -np N+1 python -m main_fedml_iot --cf CONFIG
+    bash run_server.sh [CONFIG]              python -m main_fedml_iot --cf CONFIG --role server --rank 0
+    bash run_client.sh N [CONFIG]            python -m main_fedml_iot --cf CONFIG --role client --rank N
 """
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ FED="${2:-}"
 if [ -n "$FED" ]; then case "$FED" in /*) ;; *) FED="$(pwd)/$FED" ;; esac; fi
 cd "$HERE"
 if [ -n "$FED" ]; then
-  exec "$PY" baselines.py --cf "$CONFIG" --federated "$FED"
+  exec "$PY" -m baselines --cf "$CONFIG" --federated "$FED"
 else
-  exec "$PY" baselines.py --cf "$CONFIG"
+  exec "$PY" -m baselines --cf "$CONFIG"
 fi

@@ -17,4 +17,4 @@ done
 . "$HERE/launcher_env.sh"
 set_config "$CONFIG"
 cd "$HERE"
-exec "$PY" main_fedml_iot.py --cf "$CONFIG" --role server --rank 0 "${RESUME[@]}"
+exec "$PY" -m main_fedml_iot --cf "$CONFIG" --role server --rank 0 "${RESUME[@]}"

@@ -42,7 +42,7 @@ awk '
 FILTER=$!
 cd "$HERE"
 # shellcheck disable=SC2086
-"$MPIRUN" $MPI_FLAGS -np "$((N + 1))" "$PY" main_fedml_iot.py --cf "$CONFIG" --run_dir_file "$RUN_DIR_FILE" 2> "$ERR_FIFO"
+"$MPIRUN" $MPI_FLAGS -np "$((N + 1))" "$PY" -m main_fedml_iot --cf "$CONFIG" --run_dir_file "$RUN_DIR_FILE" 2> "$ERR_FIFO"
 rc=$?
 wait "$FILTER"
 if [ "$rc" -eq 0 ] && [ -s "$RUN_DIR_FILE" ]; then

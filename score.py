@@ -1,7 +1,7 @@
 """Score rows with a trained FedIoT detector (checkpoint file or run directory), no FedML needed.
 
-    python score.py RUN_DIR_OR_MODEL --csv FILE.csv [--device NAME] [--out scores.csv]
-    python score.py RUN_DIR --reevaluate      # recompute metrics.json from the checkpoint and the run's config
+    python -m score RUN_DIR_OR_MODEL --csv FILE.csv [--device NAME] [--out scores.csv]
+    python -m score RUN_DIR --reevaluate      # recompute metrics.json from the checkpoint and the run's config
 
 The checkpoint carries its normalisation and thresholds, so it scores new rows on its own.
 """

@@ -1,6 +1,7 @@
 """Read N-BaIoT CSV files with strict validation, and split a device's rows for training/testing."""
 from __future__ import annotations
 
+import csv
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -32,10 +33,14 @@ def read_feature_csv(path: str | Path) -> np.ndarray:
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(p, low_memory=False, index_col=False)
     except pd.errors.ParserWarning:
-        raise DataError(f"{p}: a data row has more fields than the header; expected {nbaiot.N_FEATURES} per row") from None
+        raise DataError(_field_count_message(p) or f"{p}: a data row has more fields than the header; "
+                        f"expected {nbaiot.N_FEATURES} per row") from None
     except pd.errors.EmptyDataError:
         raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns") from None
     except pd.errors.ParserError as exc:
+        wrong_width = _field_count_message(p)
+        if wrong_width:
+            raise DataError(wrong_width) from None
         raise DataError(f"{p}: not a well-formed CSV ({str(exc).strip()}); expected {nbaiot.N_FEATURES} comma-separated columns per row") from None
     except UnicodeDecodeError:
         raise DataError(f"{p}: not a text CSV file") from None
@@ -57,9 +62,21 @@ def read_feature_csv(path: str | Path) -> np.ndarray:
     values = frame.to_numpy(dtype=np.float64)
     finite = np.isfinite(values)
     if not finite.all():
+        short_row = _field_count_message(p)  # a short row shows up as NaN in its last columns
+        if short_row:
+            raise DataError(short_row)
         r, c = map(int, np.argwhere(~finite)[0])
         raise DataError(f"{p}: line {r + 2}, column {nbaiot.COLUMNS[c]!r}: value {values[r, c]} (empty, NaN or Inf); expected a finite number")
     return values
+
+
+def _field_count_message(path: Path) -> str | None:
+    """'<file>: line 11 has 100 fields; expected 115' for the first row of the wrong width, if any."""
+    with open(path, newline="", encoding="utf-8", errors="replace") as fh:
+        for line_no, row in enumerate(csv.reader(fh), start=1):
+            if row and len(row) != nbaiot.N_FEATURES:
+                return f"{path}: line {line_no} has {len(row)} fields; expected {nbaiot.N_FEATURES}"
+    return None
 
 
 def evenly_spaced(rows: np.ndarray, limit: int | None) -> np.ndarray:

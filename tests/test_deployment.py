@@ -18,9 +18,15 @@ def read_rounds(run_dir: Path) -> list[dict]:
 
 
 def test_server_and_three_clients(tmp_path):
-    cfg = deploy_config(tmp_path)
+    # the clients' own config says lr 0.5 and no decay: only the server's plan decides what they train with
+    cfg = deploy_config(tmp_path, train_args={"learning_rate": 0.004, "lr_decay": 0.5})
+    client_cfg = deploy_config(tmp_path / "boards", train_args={"learning_rate": 0.5, "lr_decay": 1.0})
+    import yaml
+    raw = yaml.safe_load(client_cfg.read_text())
+    raw["comm_args"]["grpc_ipconfig_path"] = yaml.safe_load(cfg.read_text())["comm_args"]["grpc_ipconfig_path"]
+    client_cfg.write_text(yaml.safe_dump(raw))
     srv = server(cfg)
-    clients = [client(n, cfg) for n in (1, 2, 3)]
+    clients = [client(n, client_cfg) for n in (1, 2, 3)]
     try:
         assert srv.finish(240) == 0, srv.stdout + srv.stderr
         assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
@@ -44,6 +50,13 @@ def test_server_and_three_clients(tmp_path):
     cdir = run_dir_of(clients[0])
     assert (cdir / "Danmini_Doorbell.jsonl").is_file()
     assert "FedML" not in srv.stdout and "Traceback" not in srv.stderr
+    # the server owns the round's lr: every client trained with exactly the lr the server recorded
+    server_lr = {r["round"]: r["lr"] for r in rounds}
+    assert len(set(server_lr.values())) == 3  # the schedule decays, so a client recomputing it would show
+    for c, device in zip(clients, DEVICES):
+        trained = [json.loads(line) for line in (run_dir_of(c) / f"{device}.jsonl").read_text().splitlines()]
+        assert {t["round"]: t["lr"] for t in trained} == server_lr, device
+    assert server_lr == {1: 0.004, 2: 0.002, 3: 0.001}
 
 
 def test_client_killed_mid_run_then_rejoins(tmp_path):

@@ -30,7 +30,7 @@ def model_and_pcap(tmp_path_factory):
 def test_alerts_inside_attack_and_almost_none_outside(model_and_pcap):
     tmp, rel = model_and_pcap
     out = tmp / "alerts.jsonl"
-    proc = subprocess.run([sys.executable, "detect.py", str(tmp / "model.pt"), "--pcap", str(tmp / "capture.pcap"),
+    proc = subprocess.run([sys.executable, "-m", "detect", str(tmp / "model.pt"), "--pcap", str(tmp / "capture.pcap"),
                            "--device", DEVICE, "--window", "5", "--out", str(out)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
@@ -61,7 +61,7 @@ def test_reader_skips_non_ip_truncated_and_rejects_non_captures(tmp_path):
     assert total == len(frames) - 2
     assert skipped.non_ip == 1 and skipped.truncated == 1
     (tmp_path / "junk.pcap").write_bytes(b"this is not a capture at all")
-    proc = subprocess.run([sys.executable, "detect.py", str(tmp_path), "--pcap", str(tmp_path / "junk.pcap")],
+    proc = subprocess.run([sys.executable, "-m", "detect", str(tmp_path), "--pcap", str(tmp_path / "junk.pcap")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
 
@@ -89,7 +89,7 @@ def test_live_capture_on_loopback(model_and_pcap, tmp_path):
     import time
 
     tmp, _ = model_and_pcap
-    proc = subprocess.Popen([sys.executable, "detect.py", str(tmp / "model.pt"), "--interface", "lo",
+    proc = subprocess.Popen([sys.executable, "-m", "detect", str(tmp / "model.pt"), "--interface", "lo",
                              "--duration", "6", "--out", str(tmp_path / "live.jsonl")],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert "capturing on lo" in proc.stderr.readline()  # the socket is open

@@ -64,3 +64,24 @@ def test_local_baseline_process_on_real_rows(tmp_path):
     assert json.loads((run_dir / "centralized" / "metrics.json").read_text())["data"]["source"] == "nbaiot"
     assert (run_dir / "local" / "model-Danmini_Doorbell.pt").is_file()
     assert "warning:" in proc.stderr and "7 attack file(s) missing" in proc.stderr and "gafgyt_attacks/combo.csv" in proc.stderr
+
+
+def test_baselines_with_a_bad_row_leave_no_run_directory(tmp_path):
+    """A short row is named by line and width, and no half-made run directory is left behind."""
+    dev = tmp_path / "data" / "Danmini_Doorbell"
+    dev.mkdir(parents=True)
+    lines = (REAL_SAMPLE / "benign_traffic.csv").read_text().splitlines()
+    lines[10] = ",".join(lines[10].split(",")[:100])
+    (dev / "benign_traffic.csv").write_text("\n".join(lines) + "\n")
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "common_args": {"run_dir_root": str(tmp_path / "runs")},
+        "data_args": {"dataset": "nbaiot", "data_cache_dir": str(tmp_path / "data"),
+                      "devices": ["Danmini_Doorbell"], "download": False},
+    }))
+    proc = subprocess.run(["bash", str(REPO / "run_baselines.sh"), str(cfg)], capture_output=True, text=True,
+                          timeout=300, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    assert proc.returncode == 2
+    assert "benign_traffic.csv: line 11 has 100 fields; expected 115" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

@@ -79,7 +79,7 @@ def test_report_for_baselines_layout_includes_comparison(tmp_path):
 def test_compare_two_runs(tmp_path):
     a, b = fixture_run(tmp_path, 5), fixture_run(tmp_path, 6)
     out = tmp_path / "cmp"
-    proc = subprocess.run([sys.executable, "compare.py", str(a), str(b), "--out", str(out)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "compare", str(a), str(b), "--out", str(out)], cwd=REPO,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == str(out)
@@ -90,5 +90,5 @@ def test_compare_two_runs(tmp_path):
 
 
 def test_compare_rejects_non_run_dir(tmp_path):
-    proc = subprocess.run([sys.executable, "compare.py", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run([sys.executable, "-m", "compare", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no metrics.json" in proc.stderr

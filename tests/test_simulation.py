@@ -86,7 +86,7 @@ def test_score_cli_on_new_rows(finished_run, tmp_path):
     run_dir = Path(finished_run.stdout.strip().splitlines()[-1])
     data_dir = Path(json.loads((run_dir / "metrics.json").read_text())["data"]["path"])
     out = tmp_path / "scores.csv"
-    proc = subprocess.run([sys.executable, "score.py", str(run_dir), "--csv",
+    proc = subprocess.run([sys.executable, "-m", "score", str(run_dir), "--csv",
                            str(data_dir / "Ennio_Doorbell" / "gafgyt_attacks" / "udp.csv"), "--device", "Ennio_Doorbell",
                            "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -1,6 +1,6 @@
 """The MPI simulation: rank 0 runs the server node, rank r the client of data_args.devices[r-1].
 
-    sh run_simulation.sh N [CONFIG]   ->   mpirun -np N+1 python main_fedml_iot.py --cf CONFIG
+    sh run_simulation.sh N [CONFIG]   ->   mpirun -np N+1 python -m main_fedml_iot --cf CONFIG
 
 The same server and client nodes as the gRPC deployment, on FedML's MPI transport: the simulation
 rehearses the real protocol (hello with feature statistics, plans, updates, count reports).

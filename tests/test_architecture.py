@@ -1,0 +1,101 @@
+"""The import graph obeys doc/architecture.md's layer table (lower layers never import upper ones)."""
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+from tests.helpers import REPO
+
+PACKAGES = ("fediot", "data", "model", "traffic", "evaluation", "federation", "trainer", "deployment")
+COMMANDS = {"main_fedml_iot", "baselines", "score", "compare", "detect", "traffic.train_device", "traffic.compare_ranges"}
+ORCHESTRATION = ("federation", "trainer", "deployment", "main_fedml_iot")
+
+
+def layer_table() -> dict[str, set[str]]:
+    """group -> groups it may import, parsed from doc/architecture.md."""
+    rules: dict[str, set[str]] = {}
+    for line in (REPO / "doc" / "architecture.md").read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 3 and re.fullmatch(r"`[\w.]+`", cells[0]):
+            may = cells[2].split("(only")[0]  # "(only data.sources, ...)" narrows a rule; checked below
+            rules[cells[0].strip("`")] = set(re.findall(r"`([\w.]+)`", may))
+    return rules
+
+
+def project_modules() -> dict[str, Path]:
+    mods = {p.stem: p for p in REPO.glob("*.py")}
+    for pkg in PACKAGES:
+        for p in (REPO / pkg).rglob("*.py"):
+            name = ".".join(p.relative_to(REPO).with_suffix("").parts)
+            mods[name.removesuffix(".__init__")] = p
+    return mods
+
+
+def imports_of(path: Path, modules: set[str] = frozenset()) -> set[str]:
+    """Every module a file imports, at module level or inside functions (`from data import nbaiot`
+    counts as data.nbaiot when that is a module)."""
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for a in node.names:
+                sub = f"{node.module}.{a.name}"
+                out.add(sub if sub in modules else node.module)
+    return out
+
+
+def group_of(module: str) -> str | None:
+    if module in COMMANDS:
+        return "commands"
+    if module == "data.nbaiot" or module.startswith("data.nbaiot."):
+        return "data.nbaiot"
+    top = module.split(".")[0]
+    return top if top in PACKAGES else None
+
+
+def test_doc_table_covers_every_package():
+    assert set(layer_table()) == {*PACKAGES, "data.nbaiot", "commands"}
+
+
+def test_no_import_breaks_the_layers():
+    rules = layer_table()
+    mods = project_modules()
+    bad = []
+    for name, path in sorted(mods.items()):
+        group = group_of(name)
+        if group is None or group == "commands":
+            continue
+        allowed = rules[group] | {group}
+        for imported in imports_of(path, set(mods)):
+            target = group_of(imported)
+            if target is None or target == group:
+                continue
+            if target == "data.nbaiot" and "data" in allowed:
+                continue
+            if target not in allowed:
+                bad.append(f"{name} ({group}) imports {imported} ({target})")
+    assert not bad, "imports the layer table does not allow:\n" + "\n".join(bad)
+
+
+def test_traffic_only_through_the_data_registry():
+    mods = project_modules()
+    offenders = []
+    for name, path in mods.items():
+        targets = {i for i in imports_of(path, set(mods)) if i == "traffic" or i.startswith("traffic.")}
+        if not targets:
+            continue
+        if name.startswith("data.") and name != "data.sources":
+            offenders.append(name)
+        if name.startswith(ORCHESTRATION):
+            offenders.append(name)
+    assert not offenders, f"reach traffic/ outside data.sources: {offenders}"
+
+
+def test_the_checker_catches_an_upward_import(tmp_path):
+    """The test above would fail on a model module importing the round core."""
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from federation.core import RoundCore\n")
+    imported = imports_of(bad)
+    assert "federation.core" in imported and group_of("federation.core") not in layer_table()["model"]
