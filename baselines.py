@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from data.loader import DeviceSplit
+from data.sources import load_split, prepare_data
+from evaluation.curves import curves_from_scores
+from evaluation.metrics import METRIC_KEYS
+from evaluation.report import write_report
+from evaluation.scoring import DeviceScores, evaluate, score_device, thresholds
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError
-from evaluation.curves import curves_from_scores
-from evaluation.scoring import DeviceScores, evaluate, score_device, thresholds
-from data.sources import load_split, prepare_data
-from evaluation.report import write_report
 from fediot.rundir import create_run_dir, write_config, write_json
 from model.autoencoder import AutoEncoder
 from model.detector import Detector, train_autoencoder
@@ -125,7 +126,7 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
             raise FedIoTError(f"{fed_file}: cannot read the federated metrics ({exc})") from None
     comparison: dict[str, Any] = {"data_source": data_info["source"],
                                   "federated_run": str(fed_file.parent) if federated is not None else None}
-    comparison.update({name: {k: r["global"].get(k) for k in ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")}
+    comparison.update({name: {k: r["global"].get(k) for k in METRIC_KEYS}
                        for name, r in results.items()})
     write_json(run_dir / "comparison.json", comparison)
     say("")

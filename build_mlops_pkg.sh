@@ -18,7 +18,8 @@ trap 'rm -rf "$STAGE"' EXIT
 mkdir -p "$STAGE/src" "$STAGE/conf"
 cd "$HERE"
 # tracked sources only (never .venv, data caches, runs)
-git ls-files -- main_fedml_iot.py requirements.txt 'data/*.py' 'model/*.py' 'trainer/*.py' 'fediot/*.py' \
+git ls-files -- main_fedml_iot.py requirements.txt 'fediot/*.py' 'data/*.py' 'traffic/*.py' 'model/*.py' \
+  'evaluation/*.py' 'federation/*.py' 'trainer/*.py' 'deployment/*.py' \
   | while read -r f; do mkdir -p "$STAGE/src/$(dirname "$f")"; cp "$f" "$STAGE/src/$f"; done
 cp config/fedml_config.yaml "$STAGE/conf/fedml.yaml"
 cp config/grpc_ipconfig.csv "$STAGE/conf/grpc_ipconfig.csv"

@@ -17,8 +17,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from evaluation.metrics import METRIC_KEYS  # noqa: E402
+from evaluation.report import Result, _fmt, load_results, save_figure  # noqa: E402
 from fediot.console import say  # noqa: E402
-from evaluation.report import METRIC_KEYS, Result, _fmt, load_results, save_figure  # noqa: E402
 from fediot.rundir import create_run_dir, write_atomic  # noqa: E402
 
 

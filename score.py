@@ -17,11 +17,12 @@ import numpy as np
 import pandas as pd
 
 from data.loader import read_feature_csv
+from data.sources import load_split, prepare_data
+from evaluation.metrics import METRIC_KEYS
+from evaluation.scoring import evaluate, score_device
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError
-from evaluation.scoring import evaluate, score_device
-from data.sources import load_split, prepare_data
 from model.detector import Detector
 
 
@@ -53,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.reevaluate:
             m = reevaluate(args.model)
-            say(json.dumps({k: m["global"][k] for k in ("tpr", "fpr", "precision", "f1", "roc_auc")}))
+            say(json.dumps({k: m["global"][k] for k in METRIC_KEYS}))
             return 0
         if args.csv is None:
             raise FedIoTError("give --csv FILE to score, or --reevaluate")

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
+# The metrics every run records and reports, in this order (rounds.jsonl, tables, comparisons).
+METRIC_KEYS = ("tpr", "fpr", "precision", "f1", "accuracy", "roc_auc", "pr_auc")
+
 
 def _ratio(num: float, den: float) -> float | None:
     return float(num / den) if den else None

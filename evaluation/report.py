@@ -21,9 +21,8 @@ import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from data import nbaiot  # noqa: E402
+from evaluation.metrics import METRIC_KEYS  # noqa: E402
 from fediot.rundir import write_atomic  # noqa: E402
-
-METRIC_KEYS = ("tpr", "fpr", "precision", "f1", "roc_auc", "pr_auc")
 
 
 def save_figure(fig: plt.Figure, path: Path) -> bool:

@@ -27,6 +27,7 @@ from torch import nn
 
 from data import nbaiot
 from evaluation.counts import combine_reports, curves_from_reports
+from evaluation.metrics import METRIC_KEYS
 from evaluation.report import write_report
 from evaluation.scoring import thresholds_from_stats
 from federation.tracking import Tracker
@@ -38,8 +39,6 @@ from model.autoencoder import AutoEncoder
 from model.detector import Detector, ErrorStats
 from model.normalization import FeatureStats, Normalizer
 
-# The metrics a round's evaluation records and prints, in this order.
-SUMMARY_KEYS = ("tpr", "fpr", "precision", "f1", "accuracy", "roc_auc", "pr_auc")
 SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
 
 
@@ -185,19 +184,22 @@ class RoundCore:
                               "train_rows": merged.count, "clients": sorted(stats)}
 
     # -- training
-    def plan(self, device: str) -> RoundPlan:
-        """This round's hyperparameters for one client (the only place the lr schedule is applied)."""
+    def lr(self) -> float:
+        """This round's learning rate (the only place the lr schedule is applied)."""
         t = self.cfg.train
-        return RoundPlan(round_idx=self.round,
-                         lr=learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, self.round),
-                         epochs=t.epochs, batch_size=t.batch_size, weight_decay=t.weight_decay,
+        return learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, self.round)
+
+    def plan(self, device: str) -> RoundPlan:
+        """This round's hyperparameters for one client; the seed differs per device and round."""
+        t = self.cfg.train
+        return RoundPlan(round_idx=self.round, lr=self.lr(), epochs=t.epochs, batch_size=t.batch_size,
+                         weight_decay=t.weight_decay,
                          seed=self.cfg.common.random_seed * 100003 + self.round * 101 + nbaiot.device_index(device))
 
     def begin_round(self) -> dict[str, Any]:
         """Open a round; returns what every client is sent besides its plan."""
         self.round_started = time.monotonic()
-        self.record = {"round": self.round + 1, "data_source": self.data_info["source"],
-                       "lr": self.plan(self.cfg.devices[0]).lr}
+        self.record = {"round": self.round + 1, "data_source": self.data_info["source"], "lr": self.lr()}
         return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
 
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
@@ -244,8 +246,8 @@ class RoundCore:
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
                                   self.cfg.validation.vote_window, "global")
         g = metrics["global"]
-        self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in SUMMARY_KEYS},
-                               "device_threshold": {k: g["modes"]["device"][k] for k in SUMMARY_KEYS},
+        self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in METRIC_KEYS},
+                               "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},
                                "devices": sorted(metrics["devices"])}
         self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
         line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "

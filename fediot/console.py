@@ -11,7 +11,6 @@ import time
 from typing import IO
 
 
-
 def _dup(stream: IO[str]) -> IO[str]:
     """A private handle on the same file as `stream`, unaffected by later fd redirections."""
     try:

@@ -16,7 +16,8 @@ def test_packages_hold_code_and_config_only(tmp_path):
             names = zf.namelist()
         root = f"{kind}-package/fedml/"
         for needed in ("main_fedml_iot.py", "requirements.txt", "config/fedml.yaml", "config/grpc_ipconfig.csv",
-                       "data/nbaiot.py", "model/detector.py", "trainer/deployment.py", "fediot/config.py"):
+                       "data/nbaiot.py", "data/sources.py", "model/detector.py", "evaluation/counts.py",
+                       "federation/core.py", "trainer/nodes.py", "deployment/launch.py", "fediot/config.py"):
             assert root + needed in names, needed
         for name in names:
             assert not any(part in name for part in ("runs/", ".venv", "__pycache__", "synthetic_cache", "cache/nbaiot",
