@@ -72,7 +72,8 @@ def main() -> None:
     srv = server(cfg)
     clients = [client(n, cfg) for n in (1, 2, 3)]
     for proc in (srv, *clients):
-        proc.finish(600)
+        if proc.finish(600) != 0:
+            sys.exit(f"a deployment process failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     run_dir = Path(srv.lines[-1])
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     resources = {}

@@ -28,7 +28,6 @@ from torch import nn
 from data import nbaiot
 from evaluation.counts import combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS
-from evaluation.report import write_report
 from evaluation.scoring import thresholds_from_stats
 from federation.tracking import Tracker
 from fediot.config import FedIoTConfig
@@ -113,6 +112,8 @@ def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer,
                         global_threshold: float, device_thresholds: dict[str, float], meta: dict[str, Any],
                         metrics_doc: dict[str, Any], curves: dict[str, Any]) -> None:
     """End of a federated run: model.pt, metrics.json, curves.json, report.md, and the final lines."""
+    from evaluation.report import write_report  # matplotlib: only the server that finishes a run needs it
+
     final = AutoEncoder(model.input_dim)
     final.load_state_dict(copy.deepcopy(model.state_dict()))
     Detector(final, normalizer, threshold_k, global_threshold, dict(device_thresholds), meta).save(run_dir / "model.pt")
@@ -143,6 +144,8 @@ class RoundCore:
         self.round_started = self.started
         self.eval_started = self.started
         self.tracker = Tracker(run_dir, cfg.tracking.tensorboard)
+        self.metrics: dict[str, Any] | None = None  # of the last evaluation
+        self.curves: dict[str, Any] | None = None
 
     # -- state
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -240,8 +243,8 @@ class RoundCore:
         self.thresholds = {"global": glob, "device": per_device}
         return {"global_threshold": glob, "device_thresholds": per_device, "window": self.cfg.validation.vote_window}
 
-    def finish_eval(self, reports: dict[str, dict[str, Any]]) -> tuple[str, dict[str, Any]]:
-        """Combine the clients' count reports into metrics; (summary line, metrics)."""
+    def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
+        """Combine the clients' count reports into metrics (kept for `finish`); the summary line."""
         usable = [reports[d] for d in sorted(reports) if d in self.thresholds["device"]]
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
                                   self.cfg.validation.vote_window, "global")
@@ -253,8 +256,8 @@ class RoundCore:
         line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
                 f"F1 {g['f1']:.4f}  (per-device thresholds: TPR {g['modes']['device']['tpr']:.4f} "
                 f"FPR {g['modes']['device']['fpr']:.4f})")
-        metrics["curves"] = curves_from_reports(usable)
-        return line, metrics
+        self.metrics, self.curves = metrics, curves_from_reports(usable)
+        return line
 
     # -- records and outputs
     def write_record(self) -> None:
@@ -264,12 +267,12 @@ class RoundCore:
             self.tracker.log_round(self.record)
         self.record = {}
 
-    def finish(self, metrics: dict[str, Any]) -> None:
-        """Final outputs of the run from the last evaluation's metrics."""
+    def finish(self) -> None:
+        """Final outputs of the run from the last evaluation."""
         self.tracker.close()
-        curves = metrics.pop("curves")
+        metrics = self.metrics
         write_final_outputs(
             self.run_dir, self.model, self.normalizer, self.cfg.validation.threshold_k,
             self.thresholds["global"], self.thresholds["device"],
             {"kind": self.kind, "devices": sorted(metrics["devices"]), "rounds": self.n_rounds, "data": self.data_info},
-            {"data": self.data_info, "kind": self.kind, "normalization": self.normalization, **metrics}, curves)
+            {"data": self.data_info, "kind": self.kind, "normalization": self.normalization, **metrics}, self.curves)

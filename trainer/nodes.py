@@ -331,12 +331,11 @@ class ServerNode(_Node):
         self._open_phase("report", S2C_EVAL_COUNTS, lambda _r: sent)
 
     def finish_eval(self, answered: list[int]) -> None:
-        line, metrics = self.core.finish_eval({self.device_of(r): self.replies[r]["report"] for r in answered})
-        say(line)
+        say(self.core.finish_eval({self.device_of(r): self.replies[r]["report"] for r in answered}))
         self.core.write_record()
         self.save_checkpoint()
         if self.core.done:
-            self.core.finish(metrics)
+            self.core.finish()
             for rank in sorted(self.connected):
                 self.send(S2C_FINISH, rank)
             self.stop(0)

@@ -13,7 +13,7 @@ from typing import Any
 
 from fediot import config as config_mod
 from fediot.config import FedIoTConfig
-from fediot.console import say
+from fediot.console import error, say
 from fediot.errors import FedIoTError
 
 
@@ -108,7 +108,11 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
         "device": cfg.devices[rank - 1] if rank > 0 else None, "peak_rss_mb": round(peak_rss_mb(), 1),
         "bytes_sent": node.com_manager.bytes_sent, "bytes_received": node.com_manager.bytes_received})
     if node.exit_code != 0:
-        raise FedIoTError(f"{node.error} (run directory {run_dir})")
+        if rank == 0:
+            raise FedIoTError(f"{node.error} (run directory {run_dir})")
+        if node.exit_code != 3:  # 3: the server stopped the run, and rank 0 says why
+            error(f"client rank {rank} ({cfg.devices[rank - 1]}): {node.error}")
+        return node.exit_code
     if rank == 0:
         say(f"outputs: metrics.json, rounds.jsonl, model.pt, config.yaml, logs/ in {run_dir}")
     return 0
