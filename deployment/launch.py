@@ -14,8 +14,13 @@ from fediot.errors import ConfigError
 
 
 def check_port_free(ip: str, port: int, what: str) -> None:
-    """One clear error when our gRPC port is taken (gRPC itself would only log and fail later)."""
+    """One clear error when our gRPC port is taken (gRPC itself would only log and fail later).
+
+    SO_REUSEADDR as gRPC sets it: connections of a process that just exited (TIME_WAIT) must not
+    keep a restarted board off its port for a minute; a live listener still makes bind() fail.
+    """
     with socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((ip or "0.0.0.0", port))
         except OSError as exc:

@@ -197,3 +197,27 @@ def test_bad_deployment_config_is_one_clear_line(tmp_path, case):
     errors = [l for l in proc.err if l.startswith("error:")]
     assert len(errors) == 1 and expect in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+
+def test_port_check_ignores_time_wait_but_not_a_listener():
+    """A board restarted right after its process closed connections (TIME_WAIT on its port) may bind
+    again, as gRPC itself would; a live listener on the port is still one clear error."""
+    import pytest
+
+    from deployment.launch import check_port_free
+    from fediot.errors import ConfigError
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC's own server sockets
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    peer = socket.create_connection(("127.0.0.1", port))
+    accepted, _ = listener.accept()
+    accepted.close()  # this side closes first: TIME_WAIT on (127.0.0.1, port)
+    peer.close()
+    with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}"):
+        check_port_free("127.0.0.1", port, "test")  # the listener is still there
+    listener.close()
+    check_port_free("127.0.0.1", port, "test")  # only TIME_WAIT left: free for a restarted board
