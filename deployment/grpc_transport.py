@@ -1,4 +1,7 @@
-"""FedML's gRPC transport for the deployment, with three fixes, done by subclassing (site-packages untouched):
+"""FedML's gRPC transport for the deployment, with four fixes, done by subclassing (site-packages untouched):
+
+* no pickle: messages travel in FedIoT's wire format (`federation.wire`); bytes that do not decode
+  are rejected (logged, counted) and the receiver goes on (FedML 0.9.6 unpickles whatever arrives);
 
 * the receive loop blocks on its queue instead of spinning a core (FedML 0.9.6 polls qsize()
   in a tight loop: ~0.8 of a core while idle);
@@ -9,7 +12,6 @@
 """
 from __future__ import annotations
 
-import pickle
 import queue
 import threading
 
@@ -18,14 +20,18 @@ from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grp
 from fedml.core.distributed.communication.grpc.grpc_comm_manager import GRPCCommManager
 from fedml.core.distributed.communication.message import Message
 
-from trainer.transport import QUEUE_POLL_S, PeerUnreachable
+from federation.wire import WireError
+from trainer.transport import QUEUE_POLL_S, PeerUnreachable, Reject, from_wire, log_reject, to_wire
 
 
 class FedIoTGrpcTransport(GRPCCommManager):
     """GRPCCommManager with a blocking receive loop, bounded sends and local events."""
 
-    def __init__(self, grpc_ipconfig_path: str, client_rank: int, client_num: int, args, send_timeout_s: float) -> None:
+    def __init__(self, grpc_ipconfig_path: str, client_rank: int, client_num: int, args, send_timeout_s: float,
+                 max_bytes: int) -> None:
         self.send_timeout_s = send_timeout_s
+        self.max_bytes = max_bytes
+        self.reject: Reject = log_reject
         self.bytes_sent = 0
         self.bytes_received = 0
         self._send_lock = threading.Lock()
@@ -36,11 +42,7 @@ class FedIoTGrpcTransport(GRPCCommManager):
         return f"{m.ingress_ip or m.grpc_server_ip}:{m.grpc_server_port}"
 
     def send_message(self, msg: Message) -> None:
-        me = self.grpc_mappings[self.client_id]
-        msg.add_params(GRPCCommManager.MSG_ARG_KEY_SENDER_RANK, self.client_rank)
-        msg.add_params(GRPCCommManager.MSG_ARG_KEY_SENDER_IP, me.ingress_ip or me.grpc_server_ip)
-        msg.add_params(GRPCCommManager.MSG_ARG_KEY_SENDER_PORT, me.grpc_server_port)
-        payload = pickle.dumps(msg)
+        payload = to_wire(msg)
         url = self._peer_url(msg.get_receiver_id())
         request = grpc_comm_manager_pb2.CommRequest(client_id=self.client_id, message=payload)
         with self._send_lock, grpc.insecure_channel(url, options=self.opts) as channel:
@@ -54,7 +56,7 @@ class FedIoTGrpcTransport(GRPCCommManager):
 
     def post_local(self, msg: Message) -> None:
         """Queue a message for our own handlers (used for deadlines and ticks)."""
-        self.grpc_servicer.message_q.put(pickle.dumps(msg))
+        self.grpc_servicer.message_q.put(msg)
 
     def message_handling_subroutine(self) -> None:
         q = self.grpc_servicer.message_q
@@ -63,8 +65,15 @@ class FedIoTGrpcTransport(GRPCCommManager):
                 raw = q.get(timeout=QUEUE_POLL_S)
             except queue.Empty:
                 continue
-            self.bytes_received += len(raw)
-            msg = pickle.loads(raw)
+            if isinstance(raw, Message):  # a local event
+                msg = raw
+            else:
+                self.bytes_received += len(raw)
+                try:
+                    msg = from_wire(raw, self.max_bytes)
+                except WireError as exc:
+                    self.reject("a peer", str(exc))
+                    continue
             for observer in list(self._observers):
                 observer.receive_message(msg.get_type(), msg)
 

@@ -101,7 +101,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     torch.set_num_threads(cfg.device.torch_threads)
 
     def transport() -> FedIoTGrpcTransport:
-        return FedIoTGrpcTransport(str(ipconfig), rank, n_devices + 1, args, float(cfg.comm.send_timeout_s))
+        return FedIoTGrpcTransport(str(ipconfig), rank, n_devices + 1, args, float(cfg.comm.send_timeout_s),
+                                   int(cfg.comm.max_message_mb * 2**20))
 
     with fds_to_file(log_file, not cfg.tracking.fedml_console):
         if role == "server":

@@ -71,8 +71,8 @@ class LocalClient:
         s = ErrorStats.of(self.scores.validation)
         return {"count": s.count, "total": s.total, "total_sq": s.total_sq}
 
-    def report(self, global_threshold: float, device_thresholds: dict[str, float], window: int) -> dict[str, Any]:
+    def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
         """Count report of the rows scored by `validation_stats`, at the server's thresholds."""
         if self.scores is None:
             raise ValueError("a count report needs the validation phase first")
-        return client_report(self.scores, float(global_threshold), float(device_thresholds[self.device]), int(window))
+        return client_report(self.scores, float(global_threshold), float(device_threshold), int(window))

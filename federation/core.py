@@ -237,11 +237,15 @@ class RoundCore:
         self.eval_started = time.monotonic()
         return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
 
-    def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> dict[str, Any]:
-        """Thresholds from the clients' validation-error statistics; returns what each client is sent."""
+    def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
+        """Thresholds from the clients' validation-error statistics."""
         glob, per_device = thresholds_from_stats(val_stats, self.cfg.validation.threshold_k)
         self.thresholds = {"global": glob, "device": per_device}
-        return {"global_threshold": glob, "device_thresholds": per_device, "window": self.cfg.validation.vote_window}
+
+    def counts_request(self, device: str) -> dict[str, Any]:
+        """What one client is sent to count its rows: the global threshold and its own (no other device's)."""
+        return {"global_threshold": self.thresholds["global"], "device_threshold": self.thresholds["device"][device],
+                "window": self.cfg.validation.vote_window}
 
     def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
         """Combine the clients' count reports into metrics (kept for `finish`); the summary line."""
@@ -260,9 +264,13 @@ class RoundCore:
         return line
 
     # -- records and outputs
-    def write_record(self) -> None:
-        """Append the current round's record to rounds.jsonl (and TensorBoard); start a new one."""
+    def write_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None) -> None:
+        """Append the current round's record to rounds.jsonl (and TensorBoard), with the number of
+        messages rejected since the previous record (and the first few reasons); start a new one."""
         if self.record.get("round"):
+            self.record["rejected"] = rejected
+            if rejections:
+                self.record["rejections"] = rejections
             append_jsonl(self.run_dir / "rounds.jsonl", self.record)
             self.tracker.log_round(self.record)
         self.record = {}

@@ -135,6 +135,7 @@ class CommArgs:
     wait_for_clients_s: float = _key(600, 'deployment: how long the server waits for all clients before starting with those present', check=(lambda v: _is_num(v) and v >= 0, 'a number of seconds >= 0'))
     retry_interval_s: float = _key(2.0, 'deployment: pause between connection retries and status lines', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
     send_timeout_s: float = _key(20.0, 'deployment: a send not delivered within this counts as a dead peer', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    max_message_mb: float = _key(64, 'largest message accepted from a peer (MB); bigger ones are rejected unread', check=(lambda v: _is_num(v) and 0 < v <= 2000, 'a number of MB in (0, 2000]'))
     client_idle_timeout_s: float = _key(3600, 'deployment: a client gives up after this long without a message from the server', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
 
 

@@ -221,3 +221,60 @@ def test_port_check_ignores_time_wait_but_not_a_listener():
         check_port_free("127.0.0.1", port, "test")  # the listener is still there
     listener.close()
     check_port_free("127.0.0.1", port, "test")  # only TIME_WAIT left: free for a restarted board
+
+
+class _Canary:
+    """Unpickling this creates a file: proof that a peer's bytes ran code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _send_raw(port: int, payload: bytes) -> None:
+    import grpc
+    from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grpc_comm_manager_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel)
+        stub.sendMessage(grpc_comm_manager_pb2.CommRequest(client_id=1, message=payload), timeout=10)
+
+
+def test_pickled_canary_and_garbage_are_refused_and_the_run_goes_on(tmp_path):
+    """FedML 0.9.6 unpickles whatever reaches its gRPC port; ours decodes FedIoT's wire format only."""
+    import pickle
+
+    canary = tmp_path / "canary"
+    evil = pickle.dumps(_Canary(canary))
+    cfg = deploy_config(tmp_path)
+    ports = [int(line.split(",")[3]) for line in Path(yaml_load(cfg)["comm_args"]["grpc_ipconfig_path"]).read_text().splitlines()[1:]]
+    srv = server(cfg)
+    clients = []
+    try:
+        srv.wait_for("server listening")
+        for payload in (evil, b"\x00garbage", b"FIOT1\xff\xff\xff\xff"):
+            _send_raw(ports[0], payload)  # to the server
+        clients.append(client(1, cfg))
+        clients[0].wait_for("connecting to the server")
+        _send_raw(ports[1], evil)  # to a client
+        clients += [client(n, cfg) for n in (2, 3)]
+        assert srv.finish(240) == 0, srv.stdout + srv.stderr
+        assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
+    finally:
+        for p in (srv, *clients):
+            p.kill()
+    assert not canary.exists(), "a pickled payload ran code"
+    rounds = read_rounds(run_dir_of(srv))
+    assert rounds[0]["rejected"] == 3 and "bad magic" in rounds[0]["rejections"][0]["reason"]
+    assert sum(r["rejected"] for r in rounds) == 3
+    client_log = next((run_dir_of(clients[0]) / "logs").glob("fedml-rank*.log")).read_text()
+    assert "rejected: not a FedIoT message (bad magic)" in client_log
+    assert json.loads((run_dir_of(srv) / "metrics.json").read_text())["global"]["tpr"] > 0.9
+
+
+def yaml_load(path: Path) -> dict:
+    import yaml
+
+    return yaml.safe_load(path.read_text())

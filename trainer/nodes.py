@@ -9,20 +9,8 @@ minimum number of clients, clients that drop and rejoin, a send to a dead client
 the server, start in any order (bounded retries), a checkpoint after every round and resume, and
 evaluation from client-side counts only (no raw row ever reaches the server).
 
-Messages (C2S = client to server, S2C = server to client):
-
-| message | fields |
-|---|---|
-| C2S_HELLO | device, n_train, feature_stats |
-| S2C_WELCOME | round |
-| S2C_PING | (none): "say hello if you are there" |
-| S2C_TRAIN | round, model, normalizer, plan |
-| C2S_UPDATE | round, model, n, loss, lr, train_seconds |
-| S2C_EVAL_STATS | round, model, normalizer |
-| C2S_VAL_STATS | round, val_stats (count, total, total_sq) |
-| S2C_EVAL_COUNTS | round, global_threshold, device_thresholds, window |
-| C2S_REPORT | round, report (`evaluation.counts.client_report`) |
-| S2C_FINISH | error (optional) |
+Messages and what each may hold: `federation.protocol`; every message received is validated
+against it first, and a rejected one is logged, counted (`rejected` in rounds.jsonl) and dropped.
 
 Every handler runs on the transport's receive thread; timers only post local messages.
 """
@@ -43,26 +31,22 @@ from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
 from federation.client import LocalClient
 from federation.core import RoundCore, RoundPlan
+from federation.protocol import (
+    C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN,
+    S2C_WELCOME, Expectations, ProtocolError, validate,
+)
 from fediot.console import say
 from fediot.rundir import write_atomic_bytes
 from model.detector import ErrorStats
 from model.normalization import FeatureStats
-from trainer.transport import PeerUnreachable
+from trainer.transport import HEADER_KEYS, PeerUnreachable
 
 log = logging.getLogger("fediot.nodes")
 
-C2S_HELLO = "fediot_hello"
-S2C_WELCOME = "fediot_welcome"
-S2C_PING = "fediot_ping"
-S2C_TRAIN = "fediot_train"
-C2S_UPDATE = "fediot_update"
-S2C_EVAL_STATS = "fediot_eval_stats"
-C2S_VAL_STATS = "fediot_val_stats"
-S2C_EVAL_COUNTS = "fediot_eval_counts"
-C2S_REPORT = "fediot_report"
-S2C_FINISH = "fediot_finish"
 LOCAL_TICK = "fediot_tick"
 LOCAL_DEADLINE = "fediot_deadline"
+LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
+MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail keeps the first few
 
 STATUS_EVERY_S = 10.0
 
@@ -72,21 +56,41 @@ TransportFactory = Callable[[], BaseCommunicationManager]
 class _Node(FedMLCommManager):
     """FedML comm manager on one of our transports, with helpers for sends and timers."""
 
-    def __init__(self, args, rank: int, size: int, transport: TransportFactory) -> None:
+    def __init__(self, args, rank: int, size: int, transport: TransportFactory, expect: Expectations) -> None:
         self._make_transport = transport
+        self.expect = expect
         self.exit_code = 0
         self.error: str | None = None
+        self.rejections: list[dict[str, str]] = []
+        self.rejected_total = 0
         super().__init__(args, None, rank, size, "FEDIOT")
 
     def _init_manager(self) -> None:
         self.com_manager = self._make_transport()
+        self.com_manager.reject = self.reject
         self.com_manager.add_observer(self)
 
+    def reject(self, sender: str, reason: str) -> None:
+        """A message that is not what the protocol allows: log it, count it, go on."""
+        log.warning("message from %s rejected: %s", sender, reason)
+        self.rejected_total += 1
+        self.rejections.append({"from": sender, "reason": reason[:300]})
+
     def receive_message(self, msg_type, msg_params) -> None:
-        """Dispatch; a message type we do not handle is logged and dropped (FedML would raise)."""
+        """Dispatch a message after checking it against the protocol (FedML would raise on an unknown type)."""
         handler = self.message_handler_dict.get(msg_type)
+        if msg_type in LOCAL_TYPES:  # only ever posted by this process: the wire refuses these types
+            handler(msg_params)
+            return
+        sender = f"rank {msg_params.get_sender_id()}"
+        fields = {k: v for k, v in msg_params.get_params().items() if k not in HEADER_KEYS}
+        try:
+            validate(msg_type, fields, self.expect)
+        except ProtocolError as exc:
+            self.reject(sender, str(exc))
+            return
         if handler is None:
-            log.warning("message of unknown type %r from %s dropped", msg_type, msg_params.get_sender_id())
+            self.reject(sender, f"{msg_type} is not a message for rank {self.rank}")
             return
         handler(msg_params)
 
@@ -158,7 +162,7 @@ class ServerNode(_Node):
         self.last_status = ""
         self.last_status_at = 0.0
         self.bytes_mark = (0, 0)
-        super().__init__(args, 0, len(client_ranks) + 1, transport)
+        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(core.model, core.cfg.devices))
 
     # -- plumbing
     def register_message_receive_handlers(self) -> None:
@@ -313,7 +317,7 @@ class ServerNode(_Node):
         # when an evaluation follows, carried in the checkpoint until the evaluation completes.
         evaluate_now = self.core.evaluate_now()
         if not evaluate_now:
-            self.core.write_record()
+            self.write_record()
         self.save_checkpoint()
         say(line)
         if evaluate_now:
@@ -327,12 +331,12 @@ class ServerNode(_Node):
         self._open_phase("val", S2C_EVAL_STATS, lambda _r: common)
 
     def set_thresholds(self, answered: list[int]) -> None:
-        sent = self.core.set_thresholds({self.device_of(r): ErrorStats(**self.replies[r]["val_stats"]) for r in answered})
-        self._open_phase("report", S2C_EVAL_COUNTS, lambda _r: sent)
+        self.core.set_thresholds({self.device_of(r): ErrorStats(**self.replies[r]["val_stats"]) for r in answered})
+        self._open_phase("report", S2C_EVAL_COUNTS, lambda r: self.core.counts_request(self.device_of(r)))
 
     def finish_eval(self, answered: list[int]) -> None:
         say(self.core.finish_eval({self.device_of(r): self.replies[r]["report"] for r in answered}))
-        self.core.write_record()
+        self.write_record()
         self.save_checkpoint()
         if self.core.done:
             self.core.finish()
@@ -341,6 +345,11 @@ class ServerNode(_Node):
             self.stop(0)
         else:
             self.begin_round()
+
+    def write_record(self) -> None:
+        """The round's line, with the messages rejected since the last one."""
+        self.core.write_record(self.rejected_total, self.rejections[:MAX_REJECTIONS_KEPT])
+        self.rejections, self.rejected_total = [], 0
 
     def save_checkpoint(self) -> None:
         if not self.rules.checkpoint:
@@ -384,7 +393,7 @@ class ClientNode(_Node):
         self.welcomed = False
         self.first_try = time.monotonic()
         self.last_server_msg = time.monotonic()
-        super().__init__(args, rank, n_clients + 1, transport)
+        super().__init__(args, rank, n_clients + 1, transport, Expectations.of(local.model, [local.device]))
 
     def register_message_receive_handlers(self) -> None:
         for msg_type, handler in (
@@ -456,7 +465,7 @@ class ClientNode(_Node):
 
     def on_eval_counts(self, msg: Message) -> None:
         self._seen_server()
-        report = self.local.report(msg.get("global_threshold"), msg.get("device_thresholds"), msg.get("window"))
+        report = self.local.report(msg.get("global_threshold"), msg.get("device_threshold"), msg.get("window"))
         self.reply(C2S_REPORT, round=msg.get("round"), report=report)
 
     def on_finish(self, msg: Message) -> None:

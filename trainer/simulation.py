@@ -95,7 +95,7 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     node_comm = comm.Dup()  # our nodes' messages never mix with anything else on COMM_WORLD
 
     def transport() -> MpiTransport:
-        return MpiTransport(node_comm, rank, size)
+        return MpiTransport(node_comm, rank, size, int(cfg.comm.max_message_mb * 2**20))
 
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's prints; our lines go to the console
         if rank == 0:

@@ -7,41 +7,75 @@ A transport (FedML `BaseCommunicationManager`) used by `trainer.nodes` must also
 * accept local events (`post_local`: deadlines, ticks) into the same queue as network messages, so
   every handler runs on one thread;
 * block while idle instead of spinning a core;
-* count `bytes_sent` / `bytes_received` (recorded per round).
+* count `bytes_sent` / `bytes_received` (recorded per round);
+* put messages on the wire with `to_wire` and take them off with `from_wire` (FedIoT's own format,
+  `federation.wire`: no pickle), handing what cannot be decoded to `reject(sender, reason)`.
 
 `MpiTransport` does this on top of FedML's `MpiCommunicationManager` (its receive thread is kept);
 the gRPC one is `deployment.grpc_transport.FedIoTGrpcTransport`.
 """
 from __future__ import annotations
 
-import pickle
+import logging
 import queue
+from typing import Callable
 
 from fedml.core.distributed.communication.constants import CommunicationConstants
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
 
+from federation.protocol import SCHEMAS
+from federation.wire import WireError, decode, encode
+
 QUEUE_POLL_S = 0.5
+HEADER_KEYS = {Message.MSG_ARG_KEY_TYPE, Message.MSG_ARG_KEY_SENDER, Message.MSG_ARG_KEY_RECEIVER}
+
+log = logging.getLogger("fediot.transport")
 
 
 class PeerUnreachable(Exception):
     """A message could not be delivered to a peer."""
 
 
+def to_wire(msg: Message) -> bytes:
+    """A FedML message as FedIoT wire bytes (its own fields only; FedML's bookkeeping keys stay home)."""
+    fields = {k: v for k, v in msg.get_params().items() if k not in HEADER_KEYS}
+    return encode(msg.get_type(), msg.get_sender_id(), msg.get_receiver_id(), fields)
+
+
+def from_wire(raw: bytes, max_bytes: int) -> Message:
+    """Wire bytes as a FedML message; WireError when they are not a well-formed FedIoT message."""
+    msg_type, sender, receiver, fields = decode(raw, max_bytes)
+    if msg_type not in SCHEMAS:  # local events (ticks, deadlines) can never come from a peer
+        raise WireError(f"unknown message type {msg_type[:60]!r}")
+    msg = Message(msg_type, sender, receiver)
+    for k, v in fields.items():
+        if k in HEADER_KEYS:
+            raise WireError(f"field {k!r} is reserved")
+        msg.add_params(k, v)
+    return msg
+
+
+def log_reject(sender: str, reason: str) -> None:
+    log.warning("message from %s rejected: %s", sender, reason)
+
+
+Reject = Callable[[str, str], None]
+
+
 class MpiTransport(MpiCommunicationManager):
-    """FedML's MPI manager with a blocking receive loop, local events and byte counts.
+    """FedML's MPI manager with a blocking receive loop, local events, byte counts and FedIoT's
+    wire format (the same bytes as over gRPC, so the simulation rehearses the deployment)."""
 
-    Messages travel as pickled bytes between the ranks of one `mpirun` on one machine (or a
-    cluster the user controls): every rank is our own process, so nothing untrusted is unpickled.
-    """
-
-    def __init__(self, comm, rank: int, size: int) -> None:
+    def __init__(self, comm, rank: int, size: int, max_bytes: int) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.max_bytes = max_bytes
+        self.reject: Reject = log_reject
         super().__init__(comm, rank, size)
 
     def send_message(self, msg: Message) -> None:
-        payload = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        payload = to_wire(msg)
         try:
             self.comm.send(payload, dest=int(msg.get_receiver_id()))
         except Exception as exc:  # noqa: BLE001 - an MPI error surfaces as one kind of failure
@@ -60,9 +94,13 @@ class MpiTransport(MpiCommunicationManager):
                 item = self.q_receiver.get(timeout=QUEUE_POLL_S)
             except queue.Empty:
                 continue
-            if isinstance(item, bytes):
-                self.bytes_received += len(item)
-                item = pickle.loads(item)
+            if not isinstance(item, Message):  # from another rank: wire bytes
+                self.bytes_received += len(item) if isinstance(item, bytes) else 0
+                try:
+                    item = from_wire(item, self.max_bytes)
+                except WireError as exc:
+                    self.reject("another rank", str(exc))
+                    continue
             self.notify(item)
 
     def stop_receive_message(self) -> None:

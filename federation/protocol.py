@@ -1,0 +1,254 @@
+"""The messages of a federated run and what each may contain: every message is input.
+
+Both nodes check each message they receive against its type's schema before using it (field
+names, types, shapes against the global model, finiteness, ranges); `ProtocolError` names what was
+wrong, and the receiver logs it, counts it and goes on. What a well-formed lie can still do (a
+plausible but poisoned update, inflated statistics) is the robust-aggregation layer's business.
+
+| message | direction | fields |
+|---|---|---|
+| HELLO | client → server | device, n_train, feature_stats |
+| WELCOME | server → client | round |
+| PING | server → client | (none): "say hello if you are there" |
+| TRAIN | server → client | round, model, normalizer, plan |
+| UPDATE | client → server | round, model, n, loss, lr, train_seconds |
+| EVAL_STATS | server → client | round, model, normalizer |
+| VAL_STATS | client → server | round, val_stats (count, total, total_sq) |
+| EVAL_COUNTS | server → client | round, global_threshold, device_threshold (the receiver's own), window |
+| REPORT | client → server | round, report (`evaluation.counts.client_report`) |
+| FINISH | server → client | error (optional) |
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from evaluation.counts import HIST_EDGES
+from federation.core import RoundPlan
+
+C2S_HELLO = "fediot_hello"
+S2C_WELCOME = "fediot_welcome"
+S2C_PING = "fediot_ping"
+S2C_TRAIN = "fediot_train"
+C2S_UPDATE = "fediot_update"
+S2C_EVAL_STATS = "fediot_eval_stats"
+C2S_VAL_STATS = "fediot_val_stats"
+S2C_EVAL_COUNTS = "fediot_eval_counts"
+C2S_REPORT = "fediot_report"
+S2C_FINISH = "fediot_finish"
+
+MAX_ROWS = 10**9  # plausibility bound on any row count a peer reports
+MAX_SECONDS = 10**7
+N_HIST_BINS = len(HIST_EDGES) + 1
+
+
+class ProtocolError(ValueError):
+    """A message that does not match its type's schema."""
+
+
+@dataclass(frozen=True)
+class Expectations:
+    """What the receiver knows to check against: the global model's tensors, features, devices."""
+
+    model_shapes: dict[str, tuple[int, ...]]
+    n_features: int
+    devices: tuple[str, ...]
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, devices: list[str]) -> "Expectations":
+        return cls({k: tuple(v.shape) for k, v in model.state_dict().items()}, model.input_dim, tuple(devices))
+
+
+def _fail(what: str) -> None:
+    raise ProtocolError(what)
+
+
+def _int(v: Any, name: str, lo: int = 0, hi: int = MAX_ROWS) -> int:
+    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
+        _fail(f"{name} must be an integer in {lo}..{hi}")
+    return v
+
+
+def _num(v: Any, name: str, lo: float = 0.0, hi: float = math.inf) -> float:
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+        _fail(f"{name} must be a finite number in [{lo:g}, {hi:g}]")
+    return float(v)
+
+
+def _str(v: Any, name: str, max_len: int = 200) -> str:
+    if not isinstance(v, str) or len(v) > max_len:
+        _fail(f"{name} must be a string of at most {max_len} characters")
+    return v
+
+
+def _dict(v: Any, name: str, keys: set[str] | None = None) -> dict[str, Any]:
+    if not isinstance(v, dict):
+        _fail(f"{name} must be a mapping")
+    if keys is not None and set(v) != keys:
+        _fail(f"{name} must have exactly the keys {sorted(keys)}, not {sorted(map(str, v))[:10]}")
+    return v
+
+
+def _vector(v: Any, name: str, n: int, lo: float = -math.inf) -> None:
+    if not isinstance(v, list) or len(v) != n:
+        _fail(f"{name} must be a list of {n} numbers")
+    for x in v:
+        _num(x, name, lo)
+
+
+def _state(v: Any, exp: Expectations, name: str = "model") -> None:
+    state = _dict(v, name, set(exp.model_shapes))
+    for key, shape in exp.model_shapes.items():
+        t = state[key]
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32 or tuple(t.shape) != shape:
+            _fail(f"{name}[{key}] must be a float32 tensor of shape {shape}")
+        if not torch.isfinite(t).all():
+            _fail(f"{name}[{key}] holds NaN or Inf")
+
+
+def _normalizer(v: Any, exp: Expectations) -> None:
+    d = _dict(v, "normalizer", {"transform", "method", "offset", "scale"})
+    if d["transform"] not in ("log1p", "none") or d["method"] not in ("zscore", "minmax"):
+        _fail("normalizer transform/method unknown")
+    _vector(d["offset"], "normalizer.offset", exp.n_features)
+    _vector(d["scale"], "normalizer.scale", exp.n_features)
+    if min(d["scale"]) <= 0:
+        _fail("normalizer.scale must be > 0")
+
+
+def _round(p: dict[str, Any]) -> None:
+    _int(p["round"], "round", 0, 10**6)
+
+
+def _hello(p: dict[str, Any], exp: Expectations) -> None:
+    if _str(p["device"], "device") not in exp.devices:
+        _fail(f"device {p['device']!r} is not one of the configured devices")
+    _int(p["n_train"], "n_train", 1)
+    s = _dict(p["feature_stats"], "feature_stats", {"count", "total", "total_sq", "minimum", "maximum"})
+    _int(s["count"], "feature_stats.count", 1)
+    for key in ("total", "minimum", "maximum"):
+        _vector(s[key], f"feature_stats.{key}", exp.n_features)
+    _vector(s["total_sq"], "feature_stats.total_sq", exp.n_features, 0.0)
+
+
+def _update(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+    _state(p["model"], exp)
+    _int(p["n"], "n", 1)
+    _num(p["loss"], "loss")
+    _num(p["lr"], "lr")
+    _num(p["train_seconds"], "train_seconds", 0.0, MAX_SECONDS)
+
+
+def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+    s = _dict(p["val_stats"], "val_stats", {"count", "total", "total_sq"})
+    _int(s["count"], "val_stats.count", 1)
+    _num(s["total"], "val_stats.total")
+    _num(s["total_sq"], "val_stats.total_sq")
+
+
+def _counts(v: Any, name: str, keys: set[str]) -> None:
+    for k, x in _dict(v, name, keys).items():
+        _int(x, f"{name}.{k}")
+
+
+def _hist(v: Any, name: str) -> None:
+    for k, x in _dict(v, name).items():
+        if not k.isdigit() or int(k) >= N_HIST_BINS:
+            _fail(f"{name} has a bin {k!r} outside 0..{N_HIST_BINS - 1}")
+        _int(x, f"{name}[{k}]")
+
+
+def _report(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+    r = _dict(p["report"], "report", {"device", "missing_attacks", "validation", "modes", "hist"})
+    if _str(r["device"], "report.device") not in exp.devices:
+        _fail("report.device is not a configured device")
+    if not isinstance(r["missing_attacks"], list) or not all(isinstance(a, str) for a in r["missing_attacks"]):
+        _fail("report.missing_attacks must be a list of names")
+    val = _dict(r["validation"], "report.validation", {"n", "mse_mean", "mse_std"})
+    _int(val["n"], "report.validation.n", 1)
+    _num(val["mse_mean"], "report.validation.mse_mean")
+    _num(val["mse_std"], "report.validation.mse_std")
+    modes = _dict(r["modes"], "report.modes")
+    if not modes or not set(modes) <= {"global", "device"}:
+        _fail("report.modes must hold 'global' and/or 'device'")
+    for mode, m in modes.items():
+        m = _dict(m, f"report.modes.{mode}", {"threshold", "benign", "attacks", "window"})
+        _num(m["threshold"], f"report.modes.{mode}.threshold")
+        _counts(m["benign"], f"report.modes.{mode}.benign", {"fp", "tn"})
+        _counts(m["window"], f"report.modes.{mode}.window", {"tp", "fn", "fp", "tn"})
+        for attack, c in _dict(m["attacks"], f"report.modes.{mode}.attacks").items():
+            _counts(c, f"report.modes.{mode}.attacks.{attack}", {"tp", "fn"})
+    h = _dict(r["hist"], "report.hist", {"benign", "attacks"})
+    _hist(h["benign"], "report.hist.benign")
+    for attack, hist in _dict(h["attacks"], "report.hist.attacks").items():
+        _hist(hist, f"report.hist.attacks.{attack}")
+
+
+def _welcome(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+
+
+def _train(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+    _state(p["model"], exp)
+    _normalizer(p["normalizer"], exp)
+    try:
+        RoundPlan.from_dict(p["plan"])
+    except ValueError as exc:
+        _fail(str(exc))
+
+
+def _eval_stats(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+    _state(p["model"], exp)
+    _normalizer(p["normalizer"], exp)
+
+
+def _eval_counts(p: dict[str, Any], exp: Expectations) -> None:
+    _round(p)
+    _num(p["global_threshold"], "global_threshold")
+    _num(p["device_threshold"], "device_threshold")
+    if _int(p["window"], "window", 1, 10**6) % 2 == 0:
+        _fail("window must be odd")
+
+
+def _finish(p: dict[str, Any], exp: Expectations) -> None:
+    if p.get("error") is not None:
+        _str(p["error"], "error", 4000)
+
+
+# type -> (fields that must be there, fields that may be there, check)
+SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectations], None]]] = {
+    C2S_HELLO: ({"device", "n_train", "feature_stats"}, set(), _hello),
+    C2S_UPDATE: ({"round", "model", "n", "loss", "lr", "train_seconds"}, set(), _update),
+    C2S_VAL_STATS: ({"round", "val_stats"}, set(), _val_stats),
+    C2S_REPORT: ({"round", "report"}, set(), _report),
+    S2C_WELCOME: ({"round"}, set(), _welcome),
+    S2C_PING: (set(), set(), lambda p, e: None),
+    S2C_TRAIN: ({"round", "model", "normalizer", "plan"}, set(), _train),
+    S2C_EVAL_STATS: ({"round", "model", "normalizer"}, set(), _eval_stats),
+    S2C_EVAL_COUNTS: ({"round", "global_threshold", "device_threshold", "window"}, set(), _eval_counts),
+    S2C_FINISH: (set(), {"error"}, _finish),
+}
+
+
+def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
+    """Raise ProtocolError unless `fields` is exactly what a `msg_type` message may hold."""
+    if msg_type not in SCHEMAS:
+        _fail(f"unknown message type {msg_type!r}")
+    required, optional, check = SCHEMAS[msg_type]
+    present = set(fields)
+    if not required <= present or not present <= required | optional:
+        missing, extra = sorted(required - present), sorted(present - required - optional)
+        _fail(f"{msg_type}: " + "; ".join(x for x in (f"missing {missing}" if missing else "",
+                                                      f"unexpected {extra[:10]}" if extra else "") if x))
+    try:
+        check(fields, exp)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{msg_type}: {exc}") from None

@@ -1,0 +1,124 @@
+"""The wire format of every FedIoT message: no code-executing deserializer, ever.
+
+    b"FIOT1" | header length (4 bytes, little-endian) | JSON header | tensor bytes
+
+The JSON header holds the message type, sender, receiver and the fields. Plain values (None, bool,
+int, finite float, str, lists, dicts with string keys) are JSON; tensors are described in the
+header (`{"__tensor__": [dtype, shape, offset, nbytes]}`) and travel as raw little-endian bytes
+after it. Decoding parses JSON (NaN and Infinity refused) and copies tensor bytes into arrays of an
+allowed dtype; nothing in a message can make the receiver run code. Anything else is a `WireError`
+naming what was wrong.
+"""
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Any
+
+import numpy as np
+import torch
+
+MAGIC = b"FIOT1"
+_LEN = struct.Struct("<I")
+_DTYPES = {"float32": np.dtype("<f4"), "float64": np.dtype("<f8"), "int64": np.dtype("<i8")}
+_MAX_DEPTH = 8
+_MAX_DIMS = 4
+
+
+class WireError(ValueError):
+    """Bytes that are not a well-formed FedIoT message."""
+
+
+def encode(msg_type: str, sender: int, receiver: int, params: dict[str, Any]) -> bytes:
+    """Serialise one message (tensors as raw bytes, the rest as JSON)."""
+    blobs: list[bytes] = []
+    offset = 0
+
+    def plain(value: Any, depth: int) -> Any:
+        nonlocal offset
+        if depth > _MAX_DEPTH:
+            raise WireError("message nests deeper than allowed")
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            name = str(value.dtype)
+            if name not in _DTYPES:
+                raise WireError(f"tensor dtype {name} cannot be sent")
+            data = np.ascontiguousarray(value, dtype=_DTYPES[name]).tobytes()
+            ref = {"__tensor__": [name, list(value.shape), offset, len(data)]}
+            blobs.append(data)
+            offset += len(data)
+            return ref
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, str)):
+            return value
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                raise WireError("non-finite number in a message")
+            return value
+        if isinstance(value, (list, tuple)):
+            return [plain(v, depth + 1) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v, depth + 1) for k, v in value.items()}
+        raise WireError(f"a {type(value).__name__} cannot be sent")
+
+    header = json.dumps({"type": msg_type, "sender": int(sender), "receiver": int(receiver),
+                         "fields": {k: plain(v, 0) for k, v in params.items()}},
+                        allow_nan=False, separators=(",", ":")).encode()
+    return MAGIC + _LEN.pack(len(header)) + header + b"".join(blobs)
+
+
+def _refuse_constant(name: str) -> Any:
+    raise WireError(f"{name} in a message")
+
+
+def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
+    """(type, sender, receiver, fields) of a message; WireError on anything malformed."""
+    if not isinstance(data, (bytes, bytearray)):
+        raise WireError("not bytes")
+    if len(data) > max_bytes:
+        raise WireError(f"{len(data):,} bytes, over comm_args.max_message_mb ({max_bytes:,} bytes)")
+    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
+        raise WireError("not a FedIoT message (bad magic)")
+    start = len(MAGIC) + _LEN.size
+    (n_header,) = _LEN.unpack_from(data, len(MAGIC))
+    if start + n_header > len(data):
+        raise WireError("header longer than the message")
+    try:
+        header = json.loads(bytes(data[start:start + n_header]), parse_constant=_refuse_constant)
+    except WireError:
+        raise
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise WireError(f"header is not JSON ({exc})") from None
+    if not isinstance(header, dict) or set(header) != {"type", "sender", "receiver", "fields"}:
+        raise WireError("header needs exactly type, sender, receiver, fields")
+    msg_type, sender, receiver, fields = header["type"], header["sender"], header["receiver"], header["fields"]
+    if not isinstance(msg_type, str) or not isinstance(fields, dict):
+        raise WireError("type must be a string and fields a mapping")
+    if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1_000_000 for x in (sender, receiver)):
+        raise WireError("sender and receiver must be ranks (integers >= 0)")
+    body = memoryview(data)[start + n_header:]
+
+    def tensor(ref: Any) -> torch.Tensor:
+        if not (isinstance(ref, list) and len(ref) == 4 and ref[0] in _DTYPES and isinstance(ref[1], list)
+                and len(ref[1]) <= _MAX_DIMS and all(isinstance(d, int) and d >= 0 for d in ref[1])
+                and all(isinstance(x, int) and x >= 0 for x in ref[2:])):
+            raise WireError("malformed tensor reference")
+        dtype, shape, off, nbytes = _DTYPES[ref[0]], tuple(ref[1]), ref[2], ref[3]
+        if int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != nbytes or off + nbytes > len(body):
+            raise WireError("tensor size does not match its shape or the message")
+        array = np.frombuffer(body[off:off + nbytes], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
+        return torch.from_numpy(array)
+
+    def restore(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__tensor__"}:
+                return tensor(value["__tensor__"])
+            return {k: restore(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [restore(v) for v in value]
+        return value
+
+    return msg_type, sender, receiver, {k: restore(v) for k, v in fields.items()}
