@@ -36,6 +36,18 @@ def test_detector_on_real_rows_without_fedml():
     assert m["roc_auc"] > 0.99
 
 
+def run_baselines_on(tmp_path) -> subprocess.CompletedProcess:
+    """run_baselines.sh as a real process on the Danmini_Doorbell rows under tmp_path/data."""
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "common_args": {"run_dir_root": str(tmp_path / "runs")},
+        "data_args": {"dataset": "nbaiot", "data_cache_dir": str(tmp_path / "data"),
+                      "devices": ["Danmini_Doorbell"], "download": False},
+    }))
+    return subprocess.run(["bash", str(REPO / "run_baselines.sh"), str(cfg)], capture_output=True, text=True,
+                          timeout=600, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+
+
 def test_local_baseline_process_on_real_rows(tmp_path):
     """run_baselines.sh as a real process: local-only model keeps held-out benign FPR <= 0.02."""
     dev = tmp_path / "data" / "Danmini_Doorbell"
@@ -45,14 +57,7 @@ def test_local_baseline_process_on_real_rows(tmp_path):
     for attack, f in ATTACK_FILES.items():
         fam, _, kind = attack.partition("_")
         shutil.copy(REAL_SAMPLE / f, dev / f"{fam}_attacks" / f"{kind}.csv")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "common_args": {"run_dir_root": str(tmp_path / "runs")},
-        "data_args": {"dataset": "nbaiot", "data_cache_dir": str(tmp_path / "data"),
-                      "devices": ["Danmini_Doorbell"], "download": False},
-    }))
-    proc = subprocess.run(["bash", str(REPO / "run_baselines.sh"), str(cfg)], capture_output=True, text=True,
-                          timeout=600, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    proc = run_baselines_on(tmp_path)
     assert proc.returncode == 0, proc.stderr
     run_dir = REPO / proc.stdout.strip().splitlines()[-1]
     local = json.loads((run_dir / "local" / "metrics.json").read_text())
@@ -73,14 +78,7 @@ def test_baselines_with_a_bad_row_leave_no_run_directory(tmp_path):
     lines = (REAL_SAMPLE / "benign_traffic.csv").read_text().splitlines()
     lines[10] = ",".join(lines[10].split(",")[:100])
     (dev / "benign_traffic.csv").write_text("\n".join(lines) + "\n")
-    cfg = tmp_path / "cfg.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "common_args": {"run_dir_root": str(tmp_path / "runs")},
-        "data_args": {"dataset": "nbaiot", "data_cache_dir": str(tmp_path / "data"),
-                      "devices": ["Danmini_Doorbell"], "download": False},
-    }))
-    proc = subprocess.run(["bash", str(REPO / "run_baselines.sh"), str(cfg)], capture_output=True, text=True,
-                          timeout=300, env={"PYTHON": sys.executable, "PATH": "/usr/bin:/bin"})
+    proc = run_baselines_on(tmp_path)
     assert proc.returncode == 2
     assert "benign_traffic.csv: line 11 has 100 fields; expected 115" in proc.stderr
     assert "Traceback" not in proc.stderr
