@@ -252,3 +252,5 @@ def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
         check(fields, exp)
     except ProtocolError as exc:
         raise ProtocolError(f"{msg_type}: {exc}") from None
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a check must never crash the receiver
+        raise ProtocolError(f"{msg_type}: malformed ({type(exc).__name__}: {exc})") from None

@@ -90,6 +90,8 @@ def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
         header = json.loads(bytes(data[start:start + n_header]), parse_constant=_refuse_constant)
     except WireError:
         raise
+    except RecursionError:
+        raise WireError("header nests too deeply") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise WireError(f"header is not JSON ({exc})") from None
     if not isinstance(header, dict) or set(header) != {"type", "sender", "receiver", "fields"}:
@@ -103,7 +105,7 @@ def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
 
     def tensor(ref: Any) -> torch.Tensor:
         if not (isinstance(ref, list) and len(ref) == 4 and ref[0] in _DTYPES and isinstance(ref[1], list)
-                and len(ref[1]) <= _MAX_DIMS and all(isinstance(d, int) and d >= 0 for d in ref[1])
+                and len(ref[1]) <= _MAX_DIMS and all(isinstance(d, int) and 0 <= d < 2**31 for d in ref[1])
                 and all(isinstance(x, int) and x >= 0 for x in ref[2:])):
             raise WireError("malformed tensor reference")
         dtype, shape, off, nbytes = _DTYPES[ref[0]], tuple(ref[1]), ref[2], ref[3]
@@ -112,13 +114,18 @@ def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
         array = np.frombuffer(body[off:off + nbytes], dtype=dtype).reshape(shape).astype(dtype.newbyteorder("="))
         return torch.from_numpy(array)
 
-    def restore(value: Any) -> Any:
+    def restore(value: Any, depth: int = 0) -> Any:
+        if depth > _MAX_DEPTH:
+            raise WireError("message nests deeper than allowed")
         if isinstance(value, dict):
             if set(value) == {"__tensor__"}:
                 return tensor(value["__tensor__"])
-            return {k: restore(v) for k, v in value.items()}
+            return {k: restore(v, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
-            return [restore(v) for v in value]
+            return [restore(v, depth + 1) for v in value]
         return value
 
-    return msg_type, sender, receiver, {k: restore(v) for k, v in fields.items()}
+    try:
+        return msg_type, sender, receiver, {k: restore(v) for k, v in fields.items()}
+    except (ValueError, OverflowError, MemoryError) as exc:  # WireError is a ValueError too
+        raise exc if isinstance(exc, WireError) else WireError(f"malformed tensor ({exc})") from None

@@ -98,6 +98,13 @@ def test_crafted_headers_are_refused():
         from_wire(encode("fediot_deadline", 1, 0, {"phase_id": 3}), MB)
     with pytest.raises(WireError, match="non-finite"):
         encode("t", 1, 0, {"loss": math.inf})
+    with pytest.raises(WireError, match="too deeply|deeper"):
+        decode(raw('{"type":"t","sender":1,"receiver":0,"fields":{"x":' + "[" * 100_000 + "]" * 100_000 + "}}"), 4 * MB)
+    with pytest.raises(WireError, match="deeper"):
+        decode(raw('{"type":"t","sender":1,"receiver":0,"fields":{"x":' + "[" * 50 + "]" * 50 + "}}"), MB)
+    with pytest.raises(WireError):  # a shape whose element count overflows
+        decode(raw('{"type":"t","sender":1,"receiver":0,"fields":{"w":{"__tensor__":["int64",[2147483647,2147483647,'
+                   '2147483647,4],0,0]}}}'), MB)
 
 
 def test_validators_refuse_lies_about_shape_type_and_range(exchange):
