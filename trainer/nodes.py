@@ -271,6 +271,10 @@ class ServerNode(_Node):
         if msg.get_type() != expected_type or msg.get("round") != self.core.round or rank not in self.expected:
             log.info("late or unexpected %s from %d ignored", msg.get_type(), rank)
             return
+        if self.phase == "report" and msg.get("report")["device"] != self.device_of(rank):
+            self.reject(f"rank {rank}", f"report for {msg.get('report')['device']}, but rank {rank} holds "
+                                        f"{self.device_of(rank)}")
+            return
         self.replies[rank] = msg.get_params()
         if set(self.replies) == self.expected:
             self.close_phase()
