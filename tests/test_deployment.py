@@ -269,6 +269,7 @@ def test_pickled_canary_and_garbage_are_refused_and_the_run_goes_on(tmp_path):
     rounds = read_rounds(run_dir_of(srv))
     assert rounds[0]["rejected"] == 3 and "bad magic" in rounds[0]["rejections"][0]["reason"]
     assert sum(r["rejected"] for r in rounds) == 3
+    assert "warning: 3 message(s) rejected" in srv.stdout
     client_log = next((run_dir_of(clients[0]) / "logs").glob("fedml-rank*.log")).read_text()
     assert "rejected: not a FedIoT message (bad magic)" in client_log
     assert json.loads((run_dir_of(srv) / "metrics.json").read_text())["global"]["tpr"] > 0.9

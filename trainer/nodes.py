@@ -351,7 +351,11 @@ class ServerNode(_Node):
             self.begin_round()
 
     def write_record(self) -> None:
-        """The round's line, with the messages rejected since the last one."""
+        """The round's line, with the messages rejected since the last one (also said on the console)."""
+        if self.rejected_total:
+            first = self.rejections[0]
+            say(f"warning: {self.rejected_total} message(s) rejected since the last round record "
+                f"(first from {first['from']}: {first['reason'][:120]}); see rounds.jsonl and logs/")
         self.core.write_record(self.rejected_total, self.rejections[:MAX_REJECTIONS_KEPT])
         self.rejections, self.rejected_total = [], 0
 
