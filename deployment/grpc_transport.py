@@ -12,7 +12,6 @@
 """
 from __future__ import annotations
 
-import queue
 import threading
 
 import grpc
@@ -20,8 +19,7 @@ from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grp
 from fedml.core.distributed.communication.grpc.grpc_comm_manager import GRPCCommManager
 from fedml.core.distributed.communication.message import Message
 
-from federation.wire import WireError
-from trainer.transport import QUEUE_POLL_S, PeerUnreachable, Reject, from_wire, log_reject, to_wire
+from trainer.transport import PeerUnreachable, Reject, log_reject, receive_loop, to_wire
 
 
 class FedIoTGrpcTransport(GRPCCommManager):
@@ -59,23 +57,7 @@ class FedIoTGrpcTransport(GRPCCommManager):
         self.grpc_servicer.message_q.put(msg)
 
     def message_handling_subroutine(self) -> None:
-        q = self.grpc_servicer.message_q
-        while self.is_running:
-            try:
-                raw = q.get(timeout=QUEUE_POLL_S)
-            except queue.Empty:
-                continue
-            if isinstance(raw, Message):  # a local event
-                msg = raw
-            else:
-                self.bytes_received += len(raw)
-                try:
-                    msg = from_wire(raw, self.max_bytes)
-                except WireError as exc:
-                    self.reject("a peer", str(exc))
-                    continue
-            for observer in list(self._observers):
-                observer.receive_message(msg.get_type(), msg)
+        receive_loop(self.grpc_servicer.message_q, lambda: self.is_running, self, self.notify)
 
     def stop_receive_message(self) -> None:
         self.is_running = False

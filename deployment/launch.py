@@ -46,7 +46,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     from data.sources import load_split, prepare_data
     from deployment.ipconfig import load_ipconfig
     from federation.core import RoundCore, load_server_checkpoint
-    from fediot.rundir import create_run_dir, peak_rss_mb, repo_path, write_config, write_json
+    from fediot.rundir import create_run_dir, repo_path, write_config
 
     ipconfig = repo_path(cfg.comm.grpc_ipconfig_path)
     peers = load_ipconfig(ipconfig)
@@ -63,6 +63,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     if role == "server":
         data_info = {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
                      "note": "the server holds no data; clients report counts and statistics only"}
+        checkpoint = None
         if resume:
             run_dir = Path(resume).resolve()
             checkpoint = load_server_checkpoint(run_dir)
@@ -70,12 +71,12 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
             saved_rounds = checkpoint["config"].get("train_args", {}).get("comm_round")
             if saved_rounds != cfg.train.comm_round:
                 say(f"note: comm_round is now {cfg.train.comm_round} (was {saved_rounds})")
-            core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
-            core.restore(checkpoint)
         else:
             run_dir = create_run_dir(cfg.common.run_dir_root, "server", cfg.data.dataset)
             write_config(run_dir, cfg.values)
-            core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
+        core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
+        if checkpoint is not None:
+            core.restore(checkpoint)
         say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address}; "
             f"run directory {run_dir}")
     else:
@@ -97,22 +98,20 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
                       check_env=False)
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
         from deployment.grpc_transport import FedIoTGrpcTransport
-        from trainer.nodes import ClientNode, ClientRules, ServerNode
+        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node
     torch.set_num_threads(cfg.device.torch_threads)
 
     def transport() -> FedIoTGrpcTransport:
         return FedIoTGrpcTransport(str(ipconfig), rank, n_devices + 1, args, float(cfg.comm.send_timeout_s),
                                    int(cfg.comm.max_message_mb * 2**20))
 
-    with fds_to_file(log_file, not cfg.tracking.fedml_console):
+    def make_node() -> ServerNode | ClientNode:
         if role == "server":
-            node = ServerNode(args, core, list(range(1, n_devices + 1)), transport)
-        else:
-            node = ClientNode(args, local, rank, n_devices, ClientRules.of(cfg), transport)
-        node.run()
-    write_json(run_dir / "resources" / f"rank{rank}.json", {
-        "rank": rank, "role": role, "peak_rss_mb": round(peak_rss_mb(), 1),
-        "bytes_sent": node.com_manager.bytes_sent, "bytes_received": node.com_manager.bytes_received})
+            return ServerNode(args, core, list(range(1, n_devices + 1)), transport)
+        return ClientNode(args, local, rank, n_devices, ClientRules.of(cfg), transport)
+
+    node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
+                    {"rank": rank, "role": role})
     if node.exit_code != 0:
         error(f"{node.error} (run directory {run_dir})")
         return node.exit_code

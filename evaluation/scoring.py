@@ -19,6 +19,7 @@ import numpy as np
 from torch import nn
 
 from data.loader import DeviceSplit
+from evaluation.counts import client_report, combine_reports
 from model.detector import ErrorStats, reconstruction_errors
 from model.normalization import Normalizer
 
@@ -66,7 +67,5 @@ def evaluate(scores: list[DeviceScores], global_threshold: float | None, device_
     global_threshold=None (devices judged by different models, e.g. local-only baselines) leaves
     out the global mode, which then has no meaning.
     """
-    from evaluation.counts import client_report, combine_reports
-
     reports = [client_report(s, global_threshold, device_thresholds[s.device], window) for s in scores]
     return combine_reports(reports, global_threshold, device_thresholds, window, primary)

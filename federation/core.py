@@ -203,7 +203,7 @@ class RoundCore:
         """Open a round; returns what every client is sent besides its plan."""
         self.round_started = time.monotonic()
         self.record = {"round": self.round + 1, "data_source": self.data_info["source"], "lr": self.lr()}
-        return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
+        return self._global()
 
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
                      traffic: dict[str, int] | None = None) -> str:
@@ -235,6 +235,10 @@ class RoundCore:
     def begin_eval(self) -> dict[str, Any]:
         """Open an evaluation; returns what every client is sent to score its held-out rows."""
         self.eval_started = time.monotonic()
+        return self._global()
+
+    def _global(self) -> dict[str, Any]:
+        """The global weights and normaliser, as every client is sent them."""
         return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
 
     def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:

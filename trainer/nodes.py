@@ -21,6 +21,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -36,9 +37,10 @@ from federation.protocol import (
     S2C_WELCOME, Expectations, ProtocolError, validate,
 )
 from fediot.console import say
-from fediot.rundir import write_atomic_bytes
+from fediot.rundir import peak_rss_mb, write_atomic_bytes, write_json
 from model.detector import ErrorStats
 from model.normalization import FeatureStats
+from trainer.fedml_glue import fds_to_file
 from trainer.transport import HEADER_KEYS, PeerUnreachable
 
 log = logging.getLogger("fediot.nodes")
@@ -483,3 +485,15 @@ class ClientNode(_Node):
         else:
             self._say("run finished")
             self.stop(0)
+
+
+def run_node(make_node: Callable[[], _Node], fedml_console: bool, log_file: Path, resources_file: Path,
+             info: dict[str, Any]) -> _Node:
+    """Build and run a node with FedML's output kept in the run's log; record its peak RSS and bytes."""
+    with fds_to_file(log_file, not fedml_console):
+        node = make_node()
+        node.run()
+    write_json(resources_file, {**info, "peak_rss_mb": round(peak_rss_mb(), 1),
+                                "bytes_sent": node.com_manager.bytes_sent,
+                                "bytes_received": node.com_manager.bytes_received})
+    return node

@@ -83,13 +83,12 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     import torch
 
     from federation.core import RoundCore
-    from fediot.rundir import peak_rss_mb, write_json
     from trainer.fedml_glue import fds_to_file, init_fedml
 
     log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
     args = init_fedml(cfg, log_file, [])
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
-        from trainer.nodes import ClientNode, ClientRules, ServerNode
+        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node
         from trainer.transport import MpiTransport
     torch.set_num_threads(cfg.device.torch_threads)  # N+1 processes share the cores
     node_comm = comm.Dup()  # our nodes' messages never mix with anything else on COMM_WORLD
@@ -97,16 +96,14 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     def transport() -> MpiTransport:
         return MpiTransport(node_comm, rank, size, int(cfg.comm.max_message_mb * 2**20))
 
-    with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's prints; our lines go to the console
+    def make_node() -> ServerNode | ClientNode:
         if rank == 0:
-            node = ServerNode(args, RoundCore(cfg, run_dir, data_info, "federated"), list(range(1, size)), transport)
-        else:
-            node = ClientNode(args, local, rank, size - 1, ClientRules.of(cfg), transport)
-        node.run()
-    write_json(run_dir / "resources" / f"rank{rank}.json", {
-        "rank": rank, "role": "server" if rank == 0 else "client",
-        "device": cfg.devices[rank - 1] if rank > 0 else None, "peak_rss_mb": round(peak_rss_mb(), 1),
-        "bytes_sent": node.com_manager.bytes_sent, "bytes_received": node.com_manager.bytes_received})
+            return ServerNode(args, RoundCore(cfg, run_dir, data_info, "federated"), list(range(1, size)), transport)
+        return ClientNode(args, local, rank, size - 1, ClientRules.of(cfg), transport)
+
+    node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
+                    {"rank": rank, "role": "server" if rank == 0 else "client",
+                     "device": cfg.devices[rank - 1] if rank > 0 else None})
     if node.exit_code != 0:
         if rank == 0:
             raise FedIoTError(f"{node.error} (run directory {run_dir})")

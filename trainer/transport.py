@@ -63,6 +63,24 @@ def log_reject(sender: str, reason: str) -> None:
 Reject = Callable[[str, str], None]
 
 
+def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver: Callable[[Message], None]) -> None:
+    """The receive loop of both transports: block on the queue (no spinning); local events go straight
+    to `deliver`; wire bytes from a peer are counted, decoded, and rejected when malformed."""
+    while running():
+        try:
+            item = q.get(timeout=QUEUE_POLL_S)
+        except queue.Empty:
+            continue
+        if not isinstance(item, Message):
+            transport.bytes_received += len(item) if isinstance(item, (bytes, bytearray)) else 0
+            try:
+                item = from_wire(item, transport.max_bytes)
+            except WireError as exc:
+                transport.reject("a peer", str(exc))
+                continue
+        deliver(item)
+
+
 class MpiTransport(MpiCommunicationManager):
     """FedML's MPI manager with a blocking receive loop, local events, byte counts and FedIoT's
     wire format (the same bytes as over gRPC, so the simulation rehearses the deployment)."""
@@ -89,19 +107,7 @@ class MpiTransport(MpiCommunicationManager):
     def handle_receive_message(self) -> None:
         ready = Message(CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY, self.rank, self.rank)
         self.notify(ready)
-        while not self._stop_running:
-            try:
-                item = self.q_receiver.get(timeout=QUEUE_POLL_S)
-            except queue.Empty:
-                continue
-            if not isinstance(item, Message):  # from another rank: wire bytes
-                self.bytes_received += len(item) if isinstance(item, bytes) else 0
-                try:
-                    item = from_wire(item, self.max_bytes)
-                except WireError as exc:
-                    self.reject("another rank", str(exc))
-                    continue
-            self.notify(item)
+        receive_loop(self.q_receiver, lambda: not self._stop_running, self, self.notify)
 
     def stop_receive_message(self) -> None:
         self._stop_running = True
