@@ -124,7 +124,13 @@ def rank_of(cert_pem: bytes) -> int | None:
         names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
     except x509.ExtensionNotFound:
         return None
-    ranks = [int(m.group(1)) for m in map(_RANK_RE.match, names) if m]
+    return rank_in_names(names)
+
+
+def rank_in_names(names: list[str] | list[bytes]) -> int | None:
+    """The rank among a certificate's names (as gRPC's auth context lists them); None unless exactly one."""
+    texts = [n.decode("ascii", "replace") if isinstance(n, bytes) else n for n in names]
+    ranks = [int(m.group(1)) for m in map(_RANK_RE.match, texts) if m]
     return ranks[0] if len(ranks) == 1 else None
 
 

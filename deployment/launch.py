@@ -56,7 +56,15 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         raise ConfigError(f"{ipconfig}: no row for rank(s) {', '.join(map(str, missing))} "
                           f"(the server needs ranks 0..{n_devices}; a client needs 0 and its own rank)")
     me = peers[rank]
-    check_port_free(me.bind_ip, me.port, f"{ipconfig} rank {rank}")
+    wildcard = me.bind_ip in ("", "0.0.0.0", "::")
+    if wildcard and not cfg.comm.bind_all:
+        raise ConfigError(f"{ipconfig}: rank {rank} has grpc_server_ip {me.bind_ip or '(empty)'}; put the address this "
+                          f"node listens on (its LAN IP), or set comm_args.bind_all: true to listen on every interface")
+    bind_ip = ("::" if ":" in me.bind_ip else "0.0.0.0") if cfg.comm.bind_all else me.bind_ip
+    check_port_free(bind_ip, me.port, f"{ipconfig} rank {rank}")
+    from deployment.tls import resolve
+
+    tls = resolve(cfg, {r: peers[r] for r in needed}, rank)
 
     local = None
     core = None
@@ -77,8 +85,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
         if checkpoint is not None:
             core.restore(checkpoint)
-        say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address}; "
-            f"run directory {run_dir}")
+        say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address} "
+            f"({'mutual TLS, certificates in ' + str(tls.source) if tls else 'PLAINTEXT'}); run directory {run_dir}")
     else:
         from federation.client import LocalClient
 
@@ -102,8 +110,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     torch.set_num_threads(cfg.device.torch_threads)
 
     def transport() -> FedIoTGrpcTransport:
-        return FedIoTGrpcTransport(str(ipconfig), rank, n_devices + 1, args, float(cfg.comm.send_timeout_s),
-                                   int(cfg.comm.max_message_mb * 2**20))
+        return FedIoTGrpcTransport({r: peers[r] for r in needed}, rank, tls, cfg.comm.bind_all,
+                                   float(cfg.comm.send_timeout_s), int(cfg.comm.max_message_mb * 2**20))
 
     def make_node() -> ServerNode | ClientNode:
         if role == "server":

@@ -126,7 +126,7 @@ class DeviceArgs:
 
 @dataclass(frozen=True)
 class CommArgs:
-    """Transport and deployment timeouts."""
+    """Transport, mutual TLS and deployment timeouts."""
 
     backend: str = _key('MPI', 'MPI (simulation) or GRPC (LAN deployment)', choices=('MPI', 'GRPC'), fedml=True)
     is_mobile: int = _key(0, 'FedML: leave 0', fedml=True)
@@ -137,6 +137,10 @@ class CommArgs:
     send_timeout_s: float = _key(20.0, 'deployment: a send not delivered within this counts as a dead peer', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
     max_message_mb: float = _key(64, 'largest message accepted from a peer (MB); bigger ones are rejected unread', check=(lambda v: _is_num(v) and 0 < v <= 2000, 'a number of MB in (0, 2000]'))
     client_idle_timeout_s: float = _key(3600, 'deployment: a client gives up after this long without a message from the server', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    tls: bool = _key(True, 'deployment: mutual TLS between the server and the boards (false = plaintext and unauthenticated, warned at every start)', check=(lambda v: isinstance(v, bool), 'true or false'))
+    tls_dir: str | None = _key(None, 'deployment: certificates from make_certs.sh (ca.pem, server.pem/.key, client<r>.pem/.key; relative to the repo); null = loopback certificates made on first use in RUN_DIR_ROOT/loopback-certs (loopback ipconfig only)', check=(lambda v: v is None or (isinstance(v, str) and v != ''), 'null or a directory path'))
+    revoked_ranks: list[int] | None = _key(None, 'deployment: client ranks the server refuses although their certificates are valid (lost or compromised boards); null = none', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
+    bind_all: bool = _key(False, "deployment: listen on every interface instead of only the ipconfig's grpc_server_ip", check=(lambda v: isinstance(v, bool), 'true or false'))
 
 
 @dataclass(frozen=True)
@@ -253,6 +257,7 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
             f"{d['train_fraction'] + d['validation_fraction']}; expected < 1 (the rest is the benign test split)"
         )
     d["devices"] = _parse_devices(d["devices"], where)
+    values["comm_args"]["revoked_ranks"] = sorted(set(values["comm_args"]["revoked_ranks"] or []))
     _check_sizes(values, where)
     sections = {ATTRS[name]: cls(**values[name]) for name, cls in SECTIONS.items()}
     return FedIoTConfig(path=path, **sections)

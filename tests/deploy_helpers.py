@@ -112,3 +112,33 @@ def server(cfg: Path, *extra: str) -> Proc:
 
 def client(n: int, cfg: Path) -> Proc:
     return Proc(["bash", str(REPO / "run_client.sh"), str(n), str(cfg)])
+
+
+def send_raw(port: int, payload: bytes, certs: Path | None = None, stem: str | None = None,
+             receiver: int = 0, ca: Path | None = None) -> None:
+    """Send bytes to a node's gRPC port the way an attacker on the LAN could: plaintext (certs None),
+    TLS without a client certificate (stem None), or TLS as `stem` (e.g. "client2") from `certs`.
+    `ca` is the CA the sender trusts (default certs/ca.pem). Raises grpc.RpcError when refused."""
+    import grpc
+    from fedml.core.distributed.communication.grpc import (
+        grpc_comm_manager_pb2,
+        grpc_comm_manager_pb2_grpc,
+    )
+
+    url = f"127.0.0.1:{port}"
+    if certs is None:
+        channel = grpc.insecure_channel(url)
+    else:
+        key, chain = ((certs / f"{stem}.key").read_bytes(), (certs / f"{stem}.pem").read_bytes()) if stem else (None, None)
+        creds = grpc.ssl_channel_credentials(root_certificates=(ca or certs / "ca.pem").read_bytes(),
+                                             private_key=key, certificate_chain=chain)
+        channel = grpc.secure_channel(url, creds, options=[("grpc.ssl_target_name_override", f"fediot-rank-{receiver}")])
+    with channel:
+        stub = grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel)
+        stub.sendMessage(grpc_comm_manager_pb2.CommRequest(client_id=1, message=payload), timeout=10)
+
+
+def ipconfig_ports(cfg: Path) -> list[int]:
+    """Ports of ranks 0..N in a deploy_config's ipconfig CSV."""
+    ipconfig = Path(yaml.safe_load(cfg.read_text())["comm_args"]["grpc_ipconfig_path"])
+    return [int(line.split(",")[3]) for line in ipconfig.read_text().splitlines()[1:]]

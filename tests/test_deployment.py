@@ -24,7 +24,14 @@ def test_server_and_three_clients(tmp_path):
     import yaml
     raw = yaml.safe_load(client_cfg.read_text())
     raw["comm_args"]["grpc_ipconfig_path"] = yaml.safe_load(cfg.read_text())["comm_args"]["grpc_ipconfig_path"]
+    # boards have their own run directories, so both configs name one set of certificates (make_certs.sh's)
+    from deployment.certs import make_certs
+    make_certs(tmp_path / "certs", 3, [])
+    raw["comm_args"]["tls_dir"] = str(tmp_path / "certs")
     client_cfg.write_text(yaml.safe_dump(raw))
+    server_raw = yaml.safe_load(cfg.read_text())
+    server_raw["comm_args"]["tls_dir"] = str(tmp_path / "certs")
+    cfg.write_text(yaml.safe_dump(server_raw))
     srv = server(cfg)
     clients = [client(n, client_cfg) for n in (1, 2, 3)]
     try:
@@ -157,7 +164,8 @@ def test_client_gives_up_after_connect_timeout(tmp_path):
     assert "server unreachable for comm_args.connect_timeout_s = 2s" in c1.stderr
 
 
-@pytest.mark.parametrize("case", ["backend", "missing_csv", "bad_csv", "rank_missing", "n_range", "port_in_use"])
+@pytest.mark.parametrize("case", ["backend", "missing_csv", "bad_csv", "rank_missing", "n_range", "port_in_use",
+                                  "lan_without_certs", "wildcard_bind", "tls_dir_incomplete", "wrong_certificate"])
 def test_bad_deployment_config_is_one_clear_line(tmp_path, case):
     import yaml
     cfg = deploy_config(tmp_path)
@@ -186,8 +194,29 @@ def test_bad_deployment_config_is_one_clear_line(tmp_path, case):
         blocker.bind(("127.0.0.1", port))
         blocker.listen()
         expect = f"cannot listen on 127.0.0.1:{port}"
+    elif case == "lan_without_certs":  # a board on the LAN: never a silent fallback to plaintext
+        lines = ipconfig.read_text().splitlines()
+        lines[2] = lines[2].replace("127.0.0.1", "192.168.1.21")
+        ipconfig.write_text("\n".join(lines) + "\n")
+        expect = "comm_args.tls_dir is not set and the ipconfig has LAN addresses (192.168.1.21)"
+    elif case == "wildcard_bind":
+        ipconfig.write_text(ipconfig.read_text().replace("127.0.0.1", "0.0.0.0", 1))
+        expect = "rank 0 has grpc_server_ip 0.0.0.0; put the address this node listens on"
+    elif case == "tls_dir_incomplete":
+        from deployment.certs import make_certs
+        make_certs(tmp_path / "certs", 3, [])
+        (tmp_path / "certs" / "server.key").unlink()
+        raw["comm_args"]["tls_dir"] = str(tmp_path / "certs")
+        expect = f"comm_args.tls_dir: {tmp_path / 'certs' / 'server.key'} not found"
+    elif case == "wrong_certificate":  # a board given another board's files
+        from deployment.certs import make_certs
+        make_certs(tmp_path / "certs", 3, [])
+        for ext in ("pem", "key"):
+            (tmp_path / "certs" / f"client3.{ext}").write_bytes((tmp_path / "certs" / f"client2.{ext}").read_bytes())
+        raw["comm_args"]["tls_dir"] = str(tmp_path / "certs")
+        who, expect = "client3", "client3.pem names rank 2, but this node is rank 3"
     cfg.write_text(yaml.safe_dump(raw))
-    proc = server(cfg) if who == "server" else client(7, cfg)
+    proc = server(cfg) if who == "server" else client(int(who.removeprefix("client")), cfg)
     try:
         rc = proc.finish(60)
     finally:
@@ -221,61 +250,3 @@ def test_port_check_ignores_time_wait_but_not_a_listener():
         check_port_free("127.0.0.1", port, "test")  # the listener is still there
     listener.close()
     check_port_free("127.0.0.1", port, "test")  # only TIME_WAIT left: free for a restarted board
-
-
-class _Canary:
-    """Unpickling this creates a file: proof that a peer's bytes ran code."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def _send_raw(port: int, payload: bytes) -> None:
-    import grpc
-    from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grpc_comm_manager_pb2_grpc
-
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        stub = grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel)
-        stub.sendMessage(grpc_comm_manager_pb2.CommRequest(client_id=1, message=payload), timeout=10)
-
-
-def test_pickled_canary_and_garbage_are_refused_and_the_run_goes_on(tmp_path):
-    """FedML 0.9.6 unpickles whatever reaches its gRPC port; ours decodes FedIoT's wire format only."""
-    import pickle
-
-    canary = tmp_path / "canary"
-    evil = pickle.dumps(_Canary(canary))
-    cfg = deploy_config(tmp_path)
-    ports = [int(line.split(",")[3]) for line in Path(yaml_load(cfg)["comm_args"]["grpc_ipconfig_path"]).read_text().splitlines()[1:]]
-    srv = server(cfg)
-    clients = []
-    try:
-        srv.wait_for("server listening")
-        for payload in (evil, b"\x00garbage", b"FIOT1\xff\xff\xff\xff"):
-            _send_raw(ports[0], payload)  # to the server
-        clients.append(client(1, cfg))
-        clients[0].wait_for("connecting to the server")
-        _send_raw(ports[1], evil)  # to a client
-        clients += [client(n, cfg) for n in (2, 3)]
-        assert srv.finish(240) == 0, srv.stdout + srv.stderr
-        assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
-    finally:
-        for p in (srv, *clients):
-            p.kill()
-    assert not canary.exists(), "a pickled payload ran code"
-    rounds = read_rounds(run_dir_of(srv))
-    assert rounds[0]["rejected"] == 3 and "bad magic" in rounds[0]["rejections"][0]["reason"]
-    assert sum(r["rejected"] for r in rounds) == 3
-    assert "warning: 3 message(s) rejected" in srv.stdout
-    client_log = next((run_dir_of(clients[0]) / "logs").glob("fedml-rank*.log")).read_text()
-    assert "rejected: not a FedIoT message (bad magic)" in client_log
-    assert json.loads((run_dir_of(srv) / "metrics.json").read_text())["global"]["tpr"] > 0.9
-
-
-def yaml_load(path: Path) -> dict:
-    import yaml
-
-    return yaml.safe_load(path.read_text())

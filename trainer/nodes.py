@@ -41,7 +41,7 @@ from fediot.rundir import peak_rss_mb, write_atomic_bytes, write_json
 from model.detector import ErrorStats
 from model.normalization import FeatureStats
 from trainer.fedml_glue import fds_to_file
-from trainer.transport import HEADER_KEYS, PeerUnreachable
+from trainer.transport import HEADER_KEYS, PeerRefused, PeerUnreachable
 
 log = logging.getLogger("fediot.nodes")
 
@@ -58,9 +58,13 @@ TransportFactory = Callable[[], BaseCommunicationManager]
 class _Node(FedMLCommManager):
     """FedML comm manager on one of our transports, with helpers for sends and timers."""
 
-    def __init__(self, args, rank: int, size: int, transport: TransportFactory, expect: Expectations) -> None:
+    def __init__(self, args, rank: int, size: int, transport: TransportFactory, expect: Expectations,
+                 peer_ranks: set[int]) -> None:
         self._make_transport = transport
         self.expect = expect
+        self.peer_ranks = peer_ranks  # who may send to this node at all
+        self.last_send_error = ""
+        self.refused = False  # the last failed send was refused by the peer, not lost
         self.exit_code = 0
         self.error: str | None = None
         self.rejections: list[dict[str, str]] = []
@@ -85,6 +89,9 @@ class _Node(FedMLCommManager):
             handler(msg_params)
             return
         sender = f"rank {msg_params.get_sender_id()}"
+        if msg_params.get_sender_id() not in self.peer_ranks:
+            self.reject(sender, f"rank {msg_params.get_sender_id()} does not send to rank {self.rank}")
+            return
         fields = {k: v for k, v in msg_params.get_params().items() if k not in HEADER_KEYS}
         try:
             validate(msg_type, fields, self.expect)
@@ -109,6 +116,7 @@ class _Node(FedMLCommManager):
             return True
         except PeerUnreachable as exc:
             log.info("send %s to %d failed: %s", msg_type, receiver, exc)
+            self.last_send_error, self.refused = str(exc), isinstance(exc, PeerRefused)
             return False
 
     def post(self, msg_type: str, **params: Any) -> None:
@@ -164,7 +172,8 @@ class ServerNode(_Node):
         self.last_status = ""
         self.last_status_at = 0.0
         self.bytes_mark = (0, 0)
-        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(core.model, core.cfg.devices))
+        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(core.model, core.cfg.devices),
+                         set(client_ranks))
 
     # -- plumbing
     def register_message_receive_handlers(self) -> None:
@@ -403,7 +412,7 @@ class ClientNode(_Node):
         self.welcomed = False
         self.first_try = time.monotonic()
         self.last_server_msg = time.monotonic()
-        super().__init__(args, rank, n_clients + 1, transport, Expectations.of(local.model, [local.device]))
+        super().__init__(args, rank, n_clients + 1, transport, Expectations.of(local.model, [local.device]), {0})
 
     def register_message_receive_handlers(self) -> None:
         for msg_type, handler in (
@@ -429,13 +438,24 @@ class ClientNode(_Node):
         if not self.welcomed:
             if self.hello():
                 self.last_server_msg = now
-            elif now - self.first_try >= self.rules.connect_timeout_s:
-                self.stop(4, f"server unreachable for comm_args.connect_timeout_s = {self.rules.connect_timeout_s:g}s")
+            elif self.give_up(self.first_try + self.rules.connect_timeout_s):
                 return
         elif now - self.last_server_msg >= self.rules.idle_timeout_s:
             self.stop(4, f"no message from the server for comm_args.client_idle_timeout_s = {self.rules.idle_timeout_s:g}s")
             return
         self.post_after(self.rules.retry_interval_s, LOCAL_TICK)
+
+    def give_up(self, deadline: float) -> bool:
+        """After a failed send to the server: stop when it refused us or `deadline` has passed."""
+        if self.refused:
+            self.stop(5, f"the server refused this board: {self.last_send_error}")
+        elif time.monotonic() >= deadline:
+            self.stop(4, f"server unreachable for comm_args.connect_timeout_s = {self.rules.connect_timeout_s:g}s "
+                         f"(last error: {self.last_send_error or 'none'}; with TLS, check that this board's "
+                         f"certificate is from the server's CA and not expired)")
+        else:
+            return False
+        return True
 
     def _seen_server(self) -> None:
         self.last_server_msg = time.monotonic()
@@ -454,8 +474,7 @@ class ClientNode(_Node):
         """Send to the server, retrying while it is briefly unreachable (bounded)."""
         deadline = time.monotonic() + self.rules.connect_timeout_s
         while not self.send(msg_type, 0, **params):
-            if time.monotonic() >= deadline:
-                self.stop(4, f"server unreachable for comm_args.connect_timeout_s = {self.rules.connect_timeout_s:g}s")
+            if self.give_up(deadline):
                 return
             time.sleep(self.rules.retry_interval_s)
 

@@ -9,7 +9,11 @@ A transport (FedML `BaseCommunicationManager`) used by `trainer.nodes` must also
 * block while idle instead of spinning a core;
 * count `bytes_sent` / `bytes_received` (recorded per round);
 * put messages on the wire with `to_wire` and take them off with `from_wire` (FedIoT's own format,
-  `federation.wire`: no pickle), handing what cannot be decoded to `reject(sender, reason)`.
+  `federation.wire`: no pickle), handing what cannot be decoded to `reject(sender, reason)`;
+* when it knows who sent the bytes (the peer's TLS certificate), queue a `Delivery` with that rank:
+  a message whose header claims another sender is rejected (identity is the certificate, not the
+  message); a call refused before reading it (e.g. a revoked rank) is queued as a `Refused`, so
+  every rejection is counted on the receive thread.
 
 `MpiTransport` does this on top of FedML's `MpiCommunicationManager` (its receive thread is kept);
 the gRPC one is `deployment.grpc_transport.FedIoTGrpcTransport`.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import queue
+from dataclasses import dataclass
 from typing import Callable
 
 from fedml.core.distributed.communication.constants import CommunicationConstants
@@ -35,6 +40,10 @@ log = logging.getLogger("fediot.transport")
 
 class PeerUnreachable(Exception):
     """A message could not be delivered to a peer."""
+
+
+class PeerRefused(PeerUnreachable):
+    """The peer answered, and refused us (a revoked rank, or not the rank we claim to be)."""
 
 
 def to_wire(msg: Message) -> bytes:
@@ -63,22 +72,57 @@ def log_reject(sender: str, reason: str) -> None:
 Reject = Callable[[str, str], None]
 
 
+@dataclass(frozen=True)
+class Delivery:
+    """Bytes from a peer, with the rank its certificate proves (None without TLS) and its address."""
+
+    raw: bytes
+    peer_rank: int | None
+    peer: str
+
+
+@dataclass(frozen=True)
+class Refused:
+    """A call the transport refused before reading it (counted like any rejected message)."""
+
+    sender: str
+    reason: str
+
+
+def _sender(peer_rank: int | None, peer: str) -> str:
+    return f"rank {peer_rank} (certificate, {peer})" if peer_rank is not None else f"a peer ({peer})"
+
+
 def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver: Callable[[Message], None]) -> None:
     """The receive loop of both transports: block on the queue (no spinning); local events go straight
-    to `deliver`; wire bytes from a peer are counted, decoded, and rejected when malformed."""
+    to `deliver`; wire bytes from a peer are counted, decoded, checked against the sender's certificate
+    and our own rank, and rejected when anything is off."""
     while running():
         try:
             item = q.get(timeout=QUEUE_POLL_S)
         except queue.Empty:
             continue
-        if not isinstance(item, Message):
-            transport.bytes_received += len(item) if isinstance(item, (bytes, bytearray)) else 0
-            try:
-                item = from_wire(item, transport.max_bytes)
-            except WireError as exc:
-                transport.reject("a peer", str(exc))
-                continue
-        deliver(item)
+        if isinstance(item, Message):
+            deliver(item)
+            continue
+        if isinstance(item, Refused):
+            transport.reject(item.sender, item.reason)
+            continue
+        delivery = item if isinstance(item, Delivery) else Delivery(bytes(item), None, "MPI")
+        transport.bytes_received += len(delivery.raw)
+        sender = _sender(delivery.peer_rank, delivery.peer)
+        try:
+            msg = from_wire(delivery.raw, transport.max_bytes)
+        except WireError as exc:
+            transport.reject(sender, str(exc))
+            continue
+        if delivery.peer_rank is not None and msg.get_sender_id() != delivery.peer_rank:
+            transport.reject(sender, f"claims to be rank {msg.get_sender_id()} (rank spoofing)")
+            continue
+        if msg.get_receiver_id() != transport.rank:
+            transport.reject(sender, f"addressed to rank {msg.get_receiver_id()}, this is rank {transport.rank}")
+            continue
+        deliver(msg)
 
 
 class MpiTransport(MpiCommunicationManager):
