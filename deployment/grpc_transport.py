@@ -15,8 +15,9 @@ replaces the rest (site-packages untouched):
 * gRPC refuses messages over twice `comm_args.max_message_mb` before reading them; between one and
   two times the limit they are read, refused by the decoder, logged and counted;
 * the receive loop blocks on its queue instead of spinning a core (FedML's polls qsize() in a loop);
-* a failed send raises `PeerUnreachable` (`PeerRefused` when the peer refused us) after
-  `send_timeout_s` instead of an arbitrary grpc error that kills the process;
+* one channel per receiver, kept while sends succeed (one TLS handshake, not one per message) and
+  dropped on a failure; a failed send raises `PeerUnreachable` (`PeerRefused` when the peer refused
+  us) after `send_timeout_s` instead of an arbitrary grpc error that kills the process;
 * local events (deadlines, ticks) are posted into the same queue, so every handler runs on one thread.
 """
 from __future__ import annotations
@@ -103,6 +104,7 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         self.is_running = True
         self._observers: list[Observer] = []
         self._send_lock = threading.Lock()
+        self._stubs: dict[int, tuple[grpc.Channel, Any]] = {}  # one channel per receiver, kept while it works
         self.message_q: queue.Queue = queue.Queue()
         limit = 2 * max_bytes + ENVELOPE_SLACK_BYTES
         self.opts: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
@@ -140,11 +142,17 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         if receiver not in self.peers:
             raise PeerUnreachable(f"rank {receiver} is not in the ipconfig")
         request = grpc_comm_manager_pb2.CommRequest(client_id=self.rank, message=payload)
-        with self._send_lock, self._channel(receiver) as channel:
-            stub = grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel)
+        with self._send_lock:
+            if receiver not in self._stubs:
+                channel = self._channel(receiver)
+                self._stubs[receiver] = (channel, grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel))
+            channel, stub = self._stubs[receiver]
             try:
                 stub.sendMessage(request, timeout=self.send_timeout_s, wait_for_ready=False)
             except grpc.RpcError as exc:
+                # a fresh channel next time: no reconnect backoff inherited from a peer that restarted
+                channel.close()
+                del self._stubs[receiver]
                 code = exc.code() if hasattr(exc, "code") else None
                 detail = f"rank {receiver}: {code.name if code else 'ERROR'} {exc.details() if code else ''}".strip()
                 raise (PeerRefused if code in REFUSED_CODES else PeerUnreachable)(detail) from None
@@ -171,3 +179,7 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
     def stop_receive_message(self) -> None:
         self.is_running = False
         self.server.stop(grace=0.5)
+        with self._send_lock:
+            for channel, _stub in self._stubs.values():
+                channel.close()
+            self._stubs.clear()
