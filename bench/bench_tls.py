@@ -14,7 +14,6 @@ Goal (issue 9): TLS / plaintext <= 1.10 on round time and on bytes per round.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.deploy_helpers import client, deploy_config, free_ports, server
+from tests.deploy_helpers import client, deploy_config, free_ports, read_rounds, run_dir_of, server
 
 
 def ip_out_octets() -> int:
@@ -45,8 +44,7 @@ def one_run(tmp: Path, tls: bool, rounds: int) -> dict[str, float]:
         if proc.finish(900) != 0:
             sys.exit(f"a deployment process failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
     ip_bytes = ip_out_octets() - before
-    run_dir = Path(srv.lines[-1])
-    recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    recs = read_rounds(run_dir_of(srv))
     train_rounds = [r for r in recs if "eval" not in r]  # evaluation rounds also carry the count protocol
     return {"round_s": statistics.median(r["wall_time_s"] for r in train_rounds),
             "payload_per_round": statistics.median(r["bytes_sent"] + r["bytes_received"] for r in train_rounds),
@@ -68,7 +66,7 @@ def transport_sends(tls: bool, sends: int, tmp: Path) -> float:
     ports = free_ports(2)
     peers = {r: Peer(r, "127.0.0.1", ports[r], "") for r in (0, 1)}
     ids = {r: load_identity(tmp, r, []) if tls else None for r in (0, 1)}
-    nodes = {r: FedIoTGrpcTransport(peers, r, ids[r], False, 10.0, 64 * 2**20) for r in (0, 1)}
+    nodes = {r: FedIoTGrpcTransport(peers, r, ids[r], "127.0.0.1", 10.0, 64 * 2**20) for r in (0, 1)}
     weights = {k: v.clone() for k, v in AutoEncoder().state_dict().items()}
     times = []
     try:

@@ -11,7 +11,8 @@ replaces the rest (site-packages untouched):
   certificate names the receiver's rank, so neither a rogue server nor one board posing as another
   can take part;
 * no pickle: FedIoT's wire format (`federation.wire`), decoded and validated on the receive thread;
-* listens on the ipconfig's `grpc_server_ip` (every interface only with `comm_args.bind_all`);
+* listens on the address the launcher gives it: the ipconfig's `grpc_server_ip` (every interface
+  only with `comm_args.bind_all`);
 * gRPC refuses messages over twice `comm_args.max_message_mb` before reading them; between one and
   two times the limit they are read, refused by the decoder, logged and counted;
 * the receive loop blocks on its queue instead of spinning a core (FedML's polls qsize() in a loop);
@@ -29,14 +30,9 @@ from concurrent import futures
 from typing import Any
 
 import grpc
-from fedml.core.distributed.communication.base_com_manager import (
-    BaseCommunicationManager,
-)
+from fedml.core.distributed.communication.base_com_manager import BaseCommunicationManager
 from fedml.core.distributed.communication.constants import CommunicationConstants
-from fedml.core.distributed.communication.grpc import (
-    grpc_comm_manager_pb2,
-    grpc_comm_manager_pb2_grpc,
-)
+from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grpc_comm_manager_pb2_grpc
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.communication.observer import Observer
 
@@ -44,14 +40,7 @@ from deployment.certs import RANK_NAME, rank_in_names
 from deployment.ipconfig import Peer
 from deployment.tls import TlsIdentity
 from trainer.transport import (
-    Delivery,
-    PeerRefused,
-    PeerUnreachable,
-    Refused,
-    Reject,
-    log_reject,
-    receive_loop,
-    to_wire,
+    Delivery, PeerRefused, PeerUnreachable, Refused, Reject, log_reject, receive_loop, to_wire,
 )
 
 log = logging.getLogger("fediot.grpc")
@@ -91,7 +80,7 @@ class _Servicer(grpc_comm_manager_pb2_grpc.gRPCCommManagerServicer):
 class FedIoTGrpcTransport(BaseCommunicationManager):
     """One node's gRPC server (what peers send to it) and its sends to peers."""
 
-    def __init__(self, peers: dict[int, Peer], rank: int, tls: TlsIdentity | None, bind_all: bool,
+    def __init__(self, peers: dict[int, Peer], rank: int, tls: TlsIdentity | None, bind_ip: str,
                  send_timeout_s: float, max_bytes: int) -> None:
         self.peers = peers
         self.rank = rank
@@ -110,8 +99,7 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         self.opts: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
                                             ("grpc.max_receive_message_length", limit),
                                             ("grpc.enable_http_proxy", 0)]
-        me = peers[rank]
-        self.listen = host_port(("::" if ":" in me.bind_ip else "0.0.0.0") if bind_all else me.bind_ip, me.port)
+        self.listen = host_port(bind_ip, peers[rank].port)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(4, len(peers))), options=self.opts)
         grpc_comm_manager_pb2_grpc.add_gRPCCommManagerServicer_to_server(_Servicer(self.message_q, tls), self.server)
         if tls is None:
@@ -127,7 +115,7 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
 
     def _channel(self, receiver: int) -> grpc.Channel:
         peer = self.peers[receiver]
-        url = host_port(peer.ingress_ip or peer.bind_ip, peer.port)
+        url = host_port(peer.dial_ip, peer.port)
         if self.tls is None:
             return grpc.insecure_channel(url, options=self.opts)
         creds = grpc.ssl_channel_credentials(root_certificates=self.tls.ca, private_key=self.tls.key,

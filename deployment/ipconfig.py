@@ -19,9 +19,14 @@ class Peer:
     ingress_ip: str
 
     @property
+    def dial_ip(self) -> str:
+        """The IP others dial to reach this peer."""
+        return self.ingress_ip or self.bind_ip
+
+    @property
     def address(self) -> str:
         """Where others reach this peer."""
-        return f"{self.ingress_ip or self.bind_ip}:{self.port}"
+        return f"{self.dial_ip}:{self.port}"
 
 
 def load_ipconfig(path: str | Path) -> dict[int, Peer]:

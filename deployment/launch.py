@@ -110,7 +110,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     torch.set_num_threads(cfg.device.torch_threads)
 
     def transport() -> FedIoTGrpcTransport:
-        return FedIoTGrpcTransport({r: peers[r] for r in needed}, rank, tls, cfg.comm.bind_all,
+        return FedIoTGrpcTransport({r: peers[r] for r in needed}, rank, tls, bind_ip,
                                    float(cfg.comm.send_timeout_s), int(cfg.comm.max_message_mb * 2**20))
 
     def make_node() -> ServerNode | ClientNode:

@@ -30,7 +30,6 @@ PLAINTEXT_WARNING = ("warning: comm_args.tls is false: models, statistics and co
 class TlsIdentity:
     """What one node needs for mutual TLS: the CA it trusts and its own certificate and key (PEM)."""
 
-    rank: int
     ca: bytes
     cert: bytes
     key: bytes
@@ -46,7 +45,7 @@ def node_files(tls_dir: Path, rank: int) -> tuple[Path, Path]:
 def is_loopback(peer: Peer) -> bool:
     """Whether others reach this peer on the loopback interface only."""
     try:
-        return ipaddress.ip_address(peer.ingress_ip or peer.bind_ip).is_loopback
+        return ipaddress.ip_address(peer.dial_ip).is_loopback
     except ValueError:
         return False
 
@@ -86,7 +85,7 @@ def load_identity(tls_dir: Path, rank: int, revoked: list[int]) -> TlsIdentity:
     if not parsed.not_valid_before_utc <= now <= parsed.not_valid_after_utc:
         raise ConfigError(f"{cert_path} is valid from {parsed.not_valid_before_utc:%Y-%m-%d} to "
                           f"{parsed.not_valid_after_utc:%Y-%m-%d}, not now; make a new one with {make}")
-    return TlsIdentity(rank, ca, cert, key, frozenset(revoked), tls_dir)
+    return TlsIdentity(ca, cert, key, frozenset(revoked), tls_dir)
 
 
 def resolve(cfg, peers: dict[int, Peer], rank: int) -> TlsIdentity | None:
@@ -102,9 +101,9 @@ def resolve(cfg, peers: dict[int, Peer], rank: int) -> TlsIdentity | None:
     elif all(is_loopback(p) for p in peers.values()):
         tls_dir = _loopback_certs(repo_path(cfg.common.run_dir_root), len(cfg.devices))
     else:
-        lan = sorted({p.ingress_ip or p.bind_ip for p in peers.values() if not is_loopback(p)})
+        lan = sorted({p.dial_ip for p in peers.values() if not is_loopback(p)})
         raise ConfigError(f"comm_args.tls_dir is not set and the ipconfig has LAN addresses ({', '.join(lan)}): "
                           f"make certificates with bash make_certs.sh certs/lan {len(cfg.devices)} "
-                          f"{peers[0].ingress_ip or peers[0].bind_ip}, set comm_args.tls_dir: certs/lan and copy "
+                          f"{peers[0].dial_ip}, set comm_args.tls_dir: certs/lan and copy "
                           f"ca.pem + client<r>.pem/.key to board r (or comm_args.tls: false for plaintext)")
     return load_identity(tls_dir, rank, list(cfg.comm.revoked_ranks))

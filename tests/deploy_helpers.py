@@ -1,6 +1,7 @@
 """Start FedIoT deployment processes (server, clients) on 127.0.0.1 for tests and benchmarks."""
 from __future__ import annotations
 
+import json
 import os
 import queue
 import socket
@@ -11,6 +12,8 @@ import time
 from pathlib import Path
 
 import yaml
+
+from deployment.certs import RANK_NAME
 
 REPO = Path(__file__).resolve().parents[1]
 DEVICES = ["Danmini_Doorbell", "Ecobee_Thermostat", "Ennio_Doorbell"]
@@ -114,16 +117,22 @@ def client(n: int, cfg: Path) -> Proc:
     return Proc(["bash", str(REPO / "run_client.sh"), str(n), str(cfg)])
 
 
+def run_dir_of(proc: Proc) -> Path:
+    """A launcher's run directory: its last line of output."""
+    return Path(proc.lines[-1])
+
+
+def read_rounds(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+
+
 def send_raw(port: int, payload: bytes, certs: Path | None = None, stem: str | None = None,
              receiver: int = 0, ca: Path | None = None) -> None:
     """Send bytes to a node's gRPC port the way an attacker on the LAN could: plaintext (certs None),
     TLS without a client certificate (stem None), or TLS as `stem` (e.g. "client2") from `certs`.
     `ca` is the CA the sender trusts (default certs/ca.pem). Raises grpc.RpcError when refused."""
     import grpc
-    from fedml.core.distributed.communication.grpc import (
-        grpc_comm_manager_pb2,
-        grpc_comm_manager_pb2_grpc,
-    )
+    from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grpc_comm_manager_pb2_grpc
 
     url = f"127.0.0.1:{port}"
     if certs is None:
@@ -132,7 +141,7 @@ def send_raw(port: int, payload: bytes, certs: Path | None = None, stem: str | N
         key, chain = ((certs / f"{stem}.key").read_bytes(), (certs / f"{stem}.pem").read_bytes()) if stem else (None, None)
         creds = grpc.ssl_channel_credentials(root_certificates=(ca or certs / "ca.pem").read_bytes(),
                                              private_key=key, certificate_chain=chain)
-        channel = grpc.secure_channel(url, creds, options=[("grpc.ssl_target_name_override", f"fediot-rank-{receiver}")])
+        channel = grpc.secure_channel(url, creds, options=[("grpc.ssl_target_name_override", RANK_NAME.format(receiver))])
     with channel:
         stub = grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel)
         stub.sendMessage(grpc_comm_manager_pb2.CommRequest(client_id=1, message=payload), timeout=10)

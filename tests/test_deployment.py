@@ -6,15 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.deploy_helpers import DEVICES, client, deploy_config, server
-
-
-def run_dir_of(proc) -> Path:
-    return Path(proc.lines[-1])
-
-
-def read_rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+from tests.deploy_helpers import DEVICES, client, deploy_config, read_rounds, run_dir_of, server
 
 
 def test_server_and_three_clients(tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from deployment.certs import _load_ca, _make_node, make_certs
 from federation.protocol import C2S_HELLO, S2C_TRAIN
 from federation.wire import encode
-from tests.deploy_helpers import client, deploy_config, ipconfig_ports, send_raw, server
+from tests.deploy_helpers import client, deploy_config, ipconfig_ports, read_rounds, run_dir_of, send_raw, server
 
 
 class _Canary:
@@ -23,14 +23,6 @@ class _Canary:
 
     def __reduce__(self):
         return (open, (self.path, "w"))
-
-
-def run_dir_of(proc) -> Path:
-    return Path(proc.lines[-1])
-
-
-def read_rounds(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
 
 
 def fedml_log(run_dir: Path) -> str:
