@@ -75,11 +75,11 @@ def test_two_direction_covariance_and_pcc_by_hand(rows):
     assert rows[3, col(base + "mean")] == pytest.approx(mean_ba)
     assert rows[3, col(base + "std")] == pytest.approx(math.sqrt(var_ba))
     assert rows[3, col(base + "magnitude")] == pytest.approx(math.sqrt(mean_ba ** 2 + (250 / 1.5) ** 2))
-    assert rows[3, col(base + "radius")] == pytest.approx(math.sqrt(var_ba + std_ab ** 2))
+    assert rows[3, col(base + "radius")] == pytest.approx(math.sqrt(var_ba ** 2 + std_ab ** 4))
     assert rows[3, col(base + "covariance")] == pytest.approx(cov)
     assert rows[3, col(base + "pcc")] == pytest.approx(cov / (math.sqrt(var_ba) * std_ab))
     assert rows[3, col(base + "pcc")] == pytest.approx(-0.1953, abs=1e-3)
-    # HpHp uses the socket pair: same two flows here
+    # HpHp's streams are the two sockets: the same two flows here
     assert rows[3, col("HpHp_L1_covariance")] == pytest.approx(cov)
     # a direction never seen before has mean/var 0: packet 1 magnitude = its own mean
     assert rows[0, col("HH_L1_magnitude")] == pytest.approx(100)
@@ -101,3 +101,16 @@ def test_state_carries_across_batches(rows):
     first = ex.transform(batch(PACKETS[:2]))
     second = ex.transform(batch(PACKETS[2:]))
     assert np.allclose(np.vstack([first, second]), rows)
+
+
+def test_hphp_stream_is_the_source_socket():
+    """One socket sending to two hosts: its HpHp stream holds both, the IP pair's HH stream one."""
+    c = bytes([10, 0, 0, 3])
+    b = batch([(1000.0, 100, A, B), (1000.5, 100, A, c)])
+    rows = FeatureExtractor().transform(b)
+    assert rows[1, col("HH_L0.01_weight")] == pytest.approx(1.0)
+    assert rows[1, col("HpHp_L0.01_weight")] == pytest.approx(2 ** (-0.01 * 0.5) + 1)
+    assert rows[1, col("HpHp_L0.01_weight")] <= rows[1, col("H_L0.01_weight")]
+    # destination socket (10.0.0.3:80) never sent: magnitude = own mean, radius = own variance = 0
+    assert rows[1, col("HpHp_L0.01_magnitude")] == pytest.approx(100.0)
+    assert rows[1, col("HpHp_L0.01_radius")] == pytest.approx(rows[1, col("HpHp_L0.01_std")] ** 2)

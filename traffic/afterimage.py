@@ -11,9 +11,12 @@ Definitions used here (see doc/features.md for where they may differ from the or
   MI_dir: source MAC + source IP; H: source IP; HH: source IP -> destination IP (directional);
   HH_jit: same channel, x = time since the previous packet on it (for the first packet: the
   packet's timestamp itself, as in the original extractor, which is why real N-BaIoT rows show
-  ~1.5e9 there); HpHp: source IP:port -> destination IP:port (ports 0 for non-TCP/UDP).
-* 2-D statistics (HH, HpHp) for the packet's direction A and the reverse direction B:
-  weight, mean, std of A; magnitude = sqrt(mean_A^2 + mean_B^2); radius = sqrt(var_A + var_B);
+  ~1.5e9 there); HpHp: the source socket IP:port (ports 0 for non-TCP/UDP), its reverse B the
+  destination socket's own stream, covariance per unordered socket pair (real rows have
+  HpHp weight > HH weight, impossible for a stream inside the IP pair; doc/features.md).
+* 2-D statistics (HH, HpHp) for the packet's stream A and the reverse stream B:
+  weight, mean, std of A; magnitude = sqrt(mean_A^2 + mean_B^2); radius = sqrt(var_A^2 + var_B^2)
+  (real rows with B unseen have radius = std_A^2);
   covariance = CF3 / w3 where, per unordered pair, CF3 and w3 decay like the other sums and each
   packet adds res_A * last_res_B (res = x - mean of its direction after the update) and 1;
   pcc = covariance / (std_A * std_B) (0 when either std is 0). A reverse direction never seen has
@@ -28,6 +31,8 @@ from data import nbaiot
 from traffic.packets import PacketBatch
 
 LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
+# Bumped whenever a definition changes, so feature files cached by earlier code are not reused.
+FEATURES_VERSION = 2
 N_L = len(LAMBDAS)
 
 
@@ -92,7 +97,7 @@ def _two_d(out, row, col, S, a, b, P, pair, k, x, t, lambdas):
         out[row, base + 1] = ma
         out[row, base + 2] = sa
         out[row, base + 3] = np.sqrt(ma * ma + mb * mb)
-        out[row, base + 4] = np.sqrt(va + vb)
+        out[row, base + 4] = np.sqrt(va * va + vb * vb)
         out[row, base + 5] = cov
         out[row, base + 6] = cov / (sa * sb) if (sa > 0.0 and sb > 0.0) else 0.0
 
@@ -178,8 +183,8 @@ class FeatureExtractor:
             ids[n, 3] = hh((dip, sip))
             ids[n, 4] = phh((sip, dip) if fwd else (dip, sip))
             ids[n, 5] = 0 if fwd else 1
-            ids[n, 6] = hp((s_sock, d_sock))
-            ids[n, 7] = hp((d_sock, s_sock))
+            ids[n, 6] = hp(s_sock)
+            ids[n, 7] = hp(d_sock)
             sock_fwd = s_sock <= d_sock
             ids[n, 8] = php((s_sock, d_sock) if sock_fwd else (d_sock, s_sock))
             ids[n, 9] = 0 if sock_fwd else 1

@@ -19,7 +19,7 @@ import pandas as pd
 
 from data import nbaiot
 from fediot.console import say
-from traffic.afterimage import FeatureExtractor
+from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import PacketBatch, SkipCounts, parse_frame
 from traffic.simulator import EPOCH, TrafficSimulator
 
@@ -63,8 +63,8 @@ def write_device(root: Path, device: str, seed: int, benign_s: float, attack_s: 
 
 
 def ensure_packet_synthetic(root: str | Path, devices: list[str], seed: int, benign_s: float, attack_s: float) -> Path:
-    """Generate (once) packet-level synthetic data under root/packets-seed<s>-b<benign_s>-a<attack_s>/."""
-    out = Path(root) / f"packets-seed{seed}-b{benign_s:g}-a{attack_s:g}"
+    """Generate (once) packet-level synthetic data under root/packets-v<features>-seed<s>-b<benign_s>-a<attack_s>/."""
+    out = Path(root) / f"packets-v{FEATURES_VERSION}-seed{seed}-b{benign_s:g}-a{attack_s:g}"
     out.mkdir(parents=True, exist_ok=True)
     marker = out / MARKER_FILE
     if not marker.exists():
