@@ -20,10 +20,21 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=".venv/.requirements.sha256"
-want="$(sha256sum requirements.txt | cut -d' ' -f1)"
+want="$(sha256sum requirements.txt | cut -d' ' -f1)${FEDIOT_KEEP_TORCH:+-keep-torch}"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-  echo "installing requirements.txt into .venv (first time: several GB, mostly PyTorch)"
-  .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+  if [ -n "${FEDIOT_KEEP_TORCH:-}" ]; then
+    # Jetson: keep the torch/torchvision already in .venv (NVIDIA's JetPack wheels) instead of the pins.
+    if ! .venv/bin/python -c "import torch, torchvision" 2>/dev/null; then
+      echo "error: FEDIOT_KEEP_TORCH is set but .venv has no importable torch + torchvision; install NVIDIA's wheels into .venv first" >&2
+      exit 2
+    fi
+    echo "keeping .venv's torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'); installing the rest of requirements.txt"
+    grep -Ev '^(torch|torchvision)[=<> ;]' requirements.txt > .venv/.requirements-without-torch.txt
+    .venv/bin/pip install --disable-pip-version-check -q -r .venv/.requirements-without-torch.txt
+  else
+    echo "installing requirements.txt into .venv (first time: x86_64 several GB, mostly PyTorch; aarch64 about 1 GB, CPU-only torch)"
+    .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
+  fi
   echo "$want" > "$stamp"
 else
   echo ".venv is up to date with requirements.txt"

@@ -15,6 +15,7 @@ from torch import nn
 
 from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
+from model.lean import Layer, lean_path, threshold_for, write_lean
 from model.normalization import Normalizer
 
 CHECKPOINT_FORMAT = "fediot-detector-v1"
@@ -57,7 +58,8 @@ def reconstruction_errors(model: nn.Module, rows: np.ndarray) -> np.ndarray:
     out = np.empty(len(rows), dtype=np.float64)
     for start in range(0, len(rows), SCORE_BATCH_ROWS):
         x = torch.as_tensor(rows[start:start + SCORE_BATCH_ROWS], dtype=torch.float32)
-        out[start:start + len(x)] = ((model(x) - x) ** 2).mean(dim=1).double().numpy()
+        # squares summed in float64: the float32 forward pass is the only rounding, as in model/lean.py
+        out[start:start + len(x)] = ((model(x) - x).double() ** 2).mean(dim=1).numpy()
     return out
 
 
@@ -109,17 +111,32 @@ class Detector:
         return reconstruction_errors(self.model, self.normalizer(raw_rows))
 
     def threshold_for(self, device: str | None = None) -> float:
-        """The device's own threshold when known, else the global one."""
-        if device is not None and device in self.device_thresholds:
-            return self.device_thresholds[device]
-        return self.global_threshold
+        return threshold_for(self.global_threshold, self.device_thresholds, device)
 
     def predict(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
         """True where a row is flagged as an attack."""
         return self.score(raw_rows) > self.threshold_for(device)
 
+    def lean_layers(self) -> list[Layer]:
+        """The autoencoder as numpy layers, in order, each with the activation that follows it."""
+        layers: list[Layer] = []
+        for module in [*self.model.enc, *self.model.dec]:
+            if isinstance(module, nn.Linear):
+                layers.append(Layer(module.weight.detach().cpu().numpy().copy(),
+                                    module.bias.detach().cpu().numpy().copy(), "linear"))
+            elif isinstance(module, nn.Tanh) and layers:
+                layers[-1].activation = "tanh"
+            else:
+                raise TypeError(f"no numpy form for {type(module).__name__}")
+        return layers
+
+    def export_lean(self, path: str | Path) -> Path:
+        """Write the numpy detector (model.npz) that detect.py runs without torch."""
+        return write_lean(lean_path(path), self.lean_layers(), self.normalizer, self.threshold_k,
+                          self.global_threshold, dict(self.device_thresholds), self.meta)
+
     def save(self, path: str | Path) -> Path:
-        """Write the checkpoint atomically (temp file + rename)."""
+        """Write the checkpoint atomically (temp file + rename), and its numpy export beside it."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         payload = {
@@ -135,6 +152,7 @@ class Detector:
         buf = io.BytesIO()
         torch.save(payload, buf)
         write_atomic_bytes(p, buf.getvalue())
+        self.export_lean(p)
         return p
 
     @classmethod

@@ -19,7 +19,9 @@ MIN_SCALE = 1e-6
 def apply_transform(x: np.ndarray, transform: str) -> np.ndarray:
     """Element-wise transform applied before scaling: 'log1p' is sign(x)*log(1+|x|)."""
     if transform == "log1p":
-        return np.sign(x) * np.log1p(np.abs(x))
+        t = np.abs(x, dtype=np.float64)   # a new array, transformed in place: one pass per operation
+        np.log1p(t, out=t)
+        return np.copysign(t, x, out=t)
     if transform == "none":
         return np.asarray(x, dtype=np.float64)
     raise ValueError(f"unknown feature transform {transform!r}; expected log1p or none")
@@ -89,7 +91,12 @@ class Normalizer:
         return cls.from_stats(FeatureStats.of(rows, transform), transform, method)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
-        return ((apply_transform(rows, self.transform) - self.offset) / self.scale).astype(np.float32)
+        t = apply_transform(rows, self.transform)
+        if t is rows:
+            t = t.copy()
+        t -= self.offset
+        t /= self.scale
+        return t.astype(np.float32)
 
     def to_dict(self) -> dict[str, Any]:
         return {"transform": self.transform, "method": self.method,

@@ -114,3 +114,26 @@ def test_hphp_stream_is_the_source_socket():
     # destination socket (10.0.0.3:80) never sent: magnitude = own mean, radius = own variance = 0
     assert rows[1, col("HpHp_L0.01_magnitude")] == pytest.approx(100.0)
     assert rows[1, col("HpHp_L0.01_radius")] == pytest.approx(rows[1, col("HpHp_L0.01_std")] ** 2)
+
+
+def test_ipv4_and_ipv6_keys_agree_across_batchings_and_never_collide():
+    """Mixed batches (IPv6 -> per-packet keys) and IPv4-only batches (numpy keys) name the same streams."""
+    v4, v6_same_int = bytes([0, 0, 0, 7]), bytes(15) + bytes([7])   # ::7 has the int value of 0.0.0.7
+    packets = [(1000.0 + i, 100 + i, v4 if i % 3 else v6_same_int, B) for i in range(12)]
+    b = PacketBatch()
+    for t, size, src, dst in packets:
+        b.time.append(t)
+        b.size.append(size)
+        b.src_mac.append(A_MAC)
+        b.src_ip.append(src)
+        b.dst_ip.append(dst if len(src) == 4 else bytes(15) + bytes([2]))
+        b.src_port.append(1000)
+        b.dst_port.append(80)
+    whole = FeatureExtractor().transform(b)
+    ex = FeatureExtractor()
+    one_by_one = np.vstack([ex.transform(PacketBatch(*[[getattr(b, f)[i]] for f in
+                                                       ("time", "size", "src_mac", "src_ip", "dst_ip", "src_port", "dst_port")]))
+                            for i in range(len(b))])
+    assert np.array_equal(whole, one_by_one)
+    # 8 IPv4 packets and 4 IPv6 packets: the H stream of the last IPv4 packet has seen only the IPv4 ones
+    assert whole[11, col("H_L0.01_weight")] == pytest.approx(sum(2 ** (-0.01 * (11 - i)) for i in range(12) if i % 3))

@@ -125,25 +125,45 @@ def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, 
 
 
 class _Keys:
-    """Stream keys -> dense integer ids."""
+    """Stream keys (Python ints) -> dense integer ids, assigned on first sight."""
 
     def __init__(self) -> None:
-        self.ids: dict[object, int] = {}
+        self.ids: dict[int, int] = {}
 
-    def get(self, key: object) -> int:
+    def get(self, key: int) -> int:
         i = self.ids.get(key)
         if i is None:
             i = self.ids[key] = len(self.ids)
         return i
 
+    def map(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of an array of keys: one dict lookup per distinct key in the batch, not per packet."""
+        uniq, inverse = np.unique(keys, return_inverse=True)
+        get = self.get
+        return np.fromiter((get(k) for k in uniq.tolist()), dtype=np.int64, count=len(uniq))[inverse.reshape(-1)]
+
+
+# Addresses as ints: IPv4 as its 32-bit value, IPv6 above 2^128 so the two never collide.
+_IPV6_TAG = 1 << 128
+
+
+def _address_key(address: bytes) -> int:
+    return int.from_bytes(address, "big") + (_IPV6_TAG if len(address) == 16 else 0)
+
+
+def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Unordered pair keys of two id arrays, and each packet's direction in its pair (0: a is the lower id)."""
+    forward = a <= b
+    lo, hi = np.where(forward, a, b), np.where(forward, b, a)
+    return (lo << 32) | hi, np.where(forward, 0, 1)
+
 
 class FeatureExtractor:
     """Streaming extractor: feed packet batches in time order, get one 115-feature row per packet."""
 
-    def __init__(self, lambdas: np.ndarray = LAMBDAS, capacity: int = 1024) -> None:
+    def __init__(self, lambdas: np.ndarray = LAMBDAS) -> None:
         self.lambdas = np.asarray(lambdas, dtype=np.float64)
-        self.keys = {name: _Keys() for name in ("mi", "h", "hh", "pair_hh", "hp", "pair_hp")}
-        self.cap = {name: 0 for name in ("mi", "h", "hh", "hp", "pair_hh", "pair_hp")}
+        self.keys = {name: _Keys() for name in ("ip", "mac", "mi", "h", "hh", "pair_hh", "hp", "pair_hp")}
         n_l = len(self.lambdas)
         self.MI = np.zeros((4, 0, n_l))
         self.H = np.zeros((4, 0, n_l))
@@ -153,41 +173,65 @@ class FeatureExtractor:
         self.jit_last = np.zeros(0)
         self.PHH = np.zeros((5, 0, n_l))
         self.PHP = np.zeros((5, 0, n_l))
-        self._grow(capacity)
         self.packets = 0
 
-    def _grow(self, need: int) -> None:
-        def grow(arr: np.ndarray, axis: int) -> np.ndarray:
+    def _grow(self) -> None:
+        """Make room for every stream seen so far; each array grows with its own key count (a flood of new
+        sockets grows the HpHp arrays, not the per-host ones), doubling to keep copies rare."""
+        def grow(arr: np.ndarray, axis: int, need: int) -> np.ndarray:
             cur = arr.shape[axis]
             if cur >= need:
                 return arr
-            new = max(need, 2 * cur, 1024)
-            pad = [(0, 0)] * arr.ndim
-            pad[axis] = (0, new - cur)
-            return np.pad(arr, pad)
-        self.MI, self.H, self.HH, self.JIT, self.HP = (grow(a, 1) for a in (self.MI, self.H, self.HH, self.JIT, self.HP))
-        self.PHH, self.PHP = grow(self.PHH, 1), grow(self.PHP, 1)
-        self.jit_last = grow(self.jit_last, 0)
+            shape = list(arr.shape)
+            shape[axis] = max(need, 2 * cur, 1024)
+            new = np.zeros(shape)
+            new[(slice(None),) * axis + (slice(0, cur),)] = arr
+            return new
+        n = {name: len(k.ids) for name, k in self.keys.items()}
+        self.MI = grow(self.MI, 1, n["mi"])
+        self.H = grow(self.H, 1, n["h"])
+        self.HH = grow(self.HH, 1, n["hh"])
+        self.JIT = grow(self.JIT, 1, n["hh"])
+        self.jit_last = grow(self.jit_last, 0, n["hh"])
+        self.HP = grow(self.HP, 1, n["hp"])
+        self.PHH = grow(self.PHH, 1, n["pair_hh"])
+        self.PHP = grow(self.PHP, 1, n["pair_hp"])
+
+    def _addresses(self, addresses: list[bytes]) -> np.ndarray:
+        """Address ids; an all-IPv4 batch is mapped with numpy (the usual case on an IoT LAN)."""
+        joined = b"".join(addresses)
+        if len(joined) == 4 * len(addresses):
+            return self.keys["ip"].map(np.frombuffer(joined, dtype=">u4").astype(np.uint64))
+        get = self.keys["ip"].get
+        return np.fromiter((get(_address_key(a)) for a in addresses), dtype=np.int64, count=len(addresses))
 
     def _ids(self, b: PacketBatch) -> np.ndarray:
+        """Per packet, the ids of its streams (columns as _kernel reads them). Keys are ints built from
+        address ids, so a batch costs one dict lookup per distinct stream, not per packet."""
         k = self.keys
-        ids = np.empty((len(b), 10), dtype=np.int64)
-        mi, h, hh, phh, hp, php = (k[n].get for n in ("mi", "h", "hh", "pair_hh", "hp", "pair_hp"))
-        for n in range(len(b)):
-            smac, sip, dip, sp, dp = b.src_mac[n], b.src_ip[n], b.dst_ip[n], b.src_port[n], b.dst_port[n]
-            fwd = sip <= dip
-            s_sock, d_sock = (sip, sp), (dip, dp)
-            ids[n, 0] = mi((smac, sip))
-            ids[n, 1] = h(sip)
-            ids[n, 2] = hh((sip, dip))
-            ids[n, 3] = hh((dip, sip))
-            ids[n, 4] = phh((sip, dip) if fwd else (dip, sip))
-            ids[n, 5] = 0 if fwd else 1
-            ids[n, 6] = hp(s_sock)
-            ids[n, 7] = hp(d_sock)
-            sock_fwd = s_sock <= d_sock
-            ids[n, 8] = php((s_sock, d_sock) if sock_fwd else (d_sock, s_sock))
-            ids[n, 9] = 0 if sock_fwd else 1
+        n = len(b)
+        sip = self._addresses(b.src_ip).astype(np.uint64)
+        dip = self._addresses(b.dst_ip).astype(np.uint64)
+        macs = np.frombuffer(b"".join(b.src_mac), dtype=np.uint8).reshape(n, 6).astype(np.uint64)
+        mac = np.zeros(n, dtype=np.uint64)
+        for byte in range(6):
+            mac = (mac << np.uint64(8)) | macs[:, byte]
+        sport = np.asarray(b.src_port, dtype=np.uint64)
+        dport = np.asarray(b.dst_port, dtype=np.uint64)
+        s32, s16 = np.uint64(32), np.uint64(16)
+        ids = np.empty((n, 10), dtype=np.int64)
+        ids[:, 0] = k["mi"].map((k["mac"].map(mac).astype(np.uint64) << s32) | sip)
+        ids[:, 1] = k["h"].map(sip)
+        ids[:, 2] = k["hh"].map((sip << s32) | dip)
+        ids[:, 3] = k["hh"].map((dip << s32) | sip)
+        pair, direction = _pair(sip, dip)
+        ids[:, 4] = k["pair_hh"].map(pair)
+        ids[:, 5] = direction
+        ids[:, 6] = k["hp"].map((sip << s16) | sport)
+        ids[:, 7] = k["hp"].map((dip << s16) | dport)
+        pair, direction = _pair(ids[:, 6].astype(np.uint64), ids[:, 7].astype(np.uint64))
+        ids[:, 8] = k["pair_hp"].map(pair)
+        ids[:, 9] = direction
         return ids
 
     def transform(self, batch: PacketBatch) -> np.ndarray:
@@ -196,7 +240,7 @@ class FeatureExtractor:
         if len(batch) == 0:
             return out
         ids = self._ids(batch)
-        self._grow(max(len(v.ids) for v in self.keys.values()))
+        self._grow()
         _kernel(np.asarray(batch.time, dtype=np.float64), np.asarray(batch.size, dtype=np.float64), ids,
                 self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, out)
         self.packets += len(batch)

@@ -6,8 +6,10 @@ a file that is not a capture at all gives one clear error.
 from __future__ import annotations
 
 import socket
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
+from decimal import Decimal
 from typing import Iterator
 
 import dpkt
@@ -112,29 +114,85 @@ def _reader(fh):
     return dpkt.pcap.Reader(fh)
 
 
+# Classic pcap magic (as the first 4 bytes in the file) -> (byte order, nanosecond timestamps).
+_PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", False),
+               b"\x4d\x3c\xb2\xa1": ("<", True), b"\xa1\xb2\x3c\x4d": (">", True)}
+_READ_CHUNK = 1 << 22
+# No link layer frame is longer than this; a record header claiming more is corrupt.
+_MAX_FRAME = 1 << 18
+
+
+class _CutOff(Exception):
+    """The file ends inside a record, or a record header is corrupt."""
+
+
+def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, bytes]]:
+    """(timestamp, frame) of each record after the global header: big reads and struct, no per-record objects.
+
+    Timestamps are computed as dpkt computes them (seconds + fraction / 1e6, or / Decimal 1e9), so features
+    do not depend on which reader read the file.
+    """
+    record = struct.Struct(byte_order + "IIII")
+    buf, pos = b"", 0
+    while True:
+        if len(buf) - pos < 16:
+            buf, pos = buf[pos:] + fh.read(_READ_CHUNK), 0
+            if len(buf) == 0:
+                return
+            if len(buf) < 16:
+                raise _CutOff
+        sec, frac, caplen, _ = record.unpack_from(buf, pos)
+        if caplen > _MAX_FRAME:
+            raise _CutOff
+        end = pos + 16 + caplen
+        if end > len(buf):
+            more = fh.read(max(_READ_CHUNK, caplen))
+            if not more:
+                raise _CutOff
+            buf, pos = buf[pos:] + more, 0
+            continue
+        ts = float(sec + Decimal(frac) / _NANO) if nano else sec + frac / 1e6
+        yield ts, buf[pos + 16:end]
+        pos = end
+
+
+_NANO = Decimal("1E9")
+
+
 def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[PacketBatch, SkipCounts]]:
-    """Yield batches of parsed packets from a pcap or pcapng file (skip counts are cumulative)."""
+    """Yield batches of parsed packets from a pcap or pcapng file (skip counts are cumulative).
+
+    Classic pcap (the common case, and what tcpdump writes) is read by _pcap_records; pcapng and the
+    rare "modified pcap" go through dpkt.
+    """
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{p}: capture file not found")
     skipped = SkipCounts()
     with open(p, "rb") as fh:
-        try:
-            reader = _reader(fh)
-        except (ValueError, dpkt.UnpackError, dpkt.NeedData) as exc:
-            raise DataError(f"{p}: not a pcap or pcapng capture ({exc})") from None
-        if reader.datalink() != dpkt.pcap.DLT_EN10MB:
-            raise DataError(f"{p}: link type {reader.datalink()} not supported; expected Ethernet (DLT_EN10MB)")
+        head = fh.read(24)
+        fast = _PCAP_MAGIC.get(head[:4]) if len(head) == 24 else None
+        if fast is not None:
+            linktype = struct.unpack_from(fast[0] + "I", head, 20)[0]
+            records: Iterator[tuple[float, bytes]] = _pcap_records(fh, *fast)
+        else:
+            fh.seek(0)
+            try:
+                reader = _reader(fh)
+            except (ValueError, dpkt.UnpackError, dpkt.NeedData) as exc:
+                raise DataError(f"{p}: not a pcap or pcapng capture ({exc})") from None
+            linktype, records = reader.datalink(), iter(reader)
+        if linktype != dpkt.pcap.DLT_EN10MB:
+            raise DataError(f"{p}: link type {linktype} not supported; expected Ethernet (DLT_EN10MB)")
         batch = PacketBatch()
         try:
-            for ts, buf in reader:
+            for ts, buf in records:
                 parse_frame(float(ts), buf, len(buf), batch, skipped)
                 if len(batch) >= batch_size:
                     yield batch, skipped
                     batch = PacketBatch()
-        except (dpkt.NeedData, dpkt.UnpackError, ValueError) as exc:
+        except (_CutOff, dpkt.NeedData, dpkt.UnpackError, ValueError):
             skipped.malformed += 1  # a cut-off file: keep what was read
-            _ = exc
         yield batch, skipped
 
 

@@ -1,0 +1,146 @@
+"""The detector at run time with numpy only: no torch, no FedML, so it fits a small board.
+
+`Detector.save` writes `model.npz` beside `model.pt`: the autoencoder's layers as plain arrays, the
+normalisation and the thresholds. `LeanDetector` loads it with `allow_pickle=False` (an .npz cannot run
+code) and scores rows with the same arithmetic as the torch model (float32 matmuls, tanh), giving the
+same scores to ~1e-6 (tests/test_lean_detector.py). `python -m model.export MODEL` writes the .npz
+for a checkpoint saved before this existed.
+"""
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fediot.rundir import write_atomic_bytes
+from model.normalization import Normalizer
+
+LEAN_FORMAT = "fediot-detector-npz-v1"
+ACTIVATIONS = ("tanh", "linear")
+# Rows per forward pass: large enough for fast matmuls, small enough to keep memory flat.
+SCORE_BATCH_ROWS = 8192
+
+
+def lean_path(model: str | Path) -> Path:
+    """Where the numpy export of a checkpoint lives: model.pt -> model.npz; a run directory -> its model.npz."""
+    p = Path(model)
+    if p.is_dir():
+        return p / "model.npz"
+    return p if p.suffix == ".npz" else p.with_suffix(".npz")
+
+
+@dataclass
+class Layer:
+    """y = activation(x @ weight.T + bias); weight is (out, in) as in torch.nn.Linear."""
+
+    weight: np.ndarray
+    bias: np.ndarray
+    activation: str
+
+
+def write_lean(path: Path, layers: list[Layer], normalizer: Normalizer, threshold_k: float, global_threshold: float,
+               device_thresholds: dict[str, float], meta: dict[str, Any]) -> Path:
+    """Write the numpy export atomically (arrays + one JSON header, no pickles)."""
+    header = {"format": LEAN_FORMAT, "activations": [la.activation for la in layers],
+              "transform": normalizer.transform, "method": normalizer.method, "threshold_k": threshold_k,
+              "global_threshold": global_threshold, "device_thresholds": device_thresholds, "meta": meta}
+    arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header)),
+                                     "offset": np.asarray(normalizer.offset, dtype=np.float64),
+                                     "scale": np.asarray(normalizer.scale, dtype=np.float64)}
+    for i, la in enumerate(layers):
+        arrays[f"w{i}"] = np.asarray(la.weight, dtype=np.float32)
+        arrays[f"b{i}"] = np.asarray(la.bias, dtype=np.float32)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    write_atomic_bytes(path, buf.getvalue())
+    return path
+
+
+def threshold_for(global_threshold: float, device_thresholds: dict[str, float], device: str | None) -> float:
+    """The device's own threshold when known, else the global one."""
+    if device is not None and device in device_thresholds:
+        return device_thresholds[device]
+    return global_threshold
+
+
+def _check(ok: bool, path: Path, what: str) -> None:
+    if not ok:
+        raise ValueError(f"{path}: not a usable FedIoT numpy detector: {what}")
+
+
+@dataclass
+class LeanDetector:
+    """Normalisation + autoencoder layers + thresholds, scored with numpy."""
+
+    layers: list[Layer]
+    normalizer: Normalizer
+    threshold_k: float
+    global_threshold: float
+    device_thresholds: dict[str, float] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, model: str | Path) -> "LeanDetector":
+        """Load model.npz (given directly, as the sibling of model.pt, or in a run directory); validated."""
+        path = lean_path(model)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: numpy detector not found (write it with: python -m model.export {model})")
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                arrays = {k: z[k] for k in z.files}
+            header = json.loads(str(arrays.pop("header")))
+        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a FedIoT numpy detector ({exc})") from None
+        _check(isinstance(header, dict) and header.get("format") == LEAN_FORMAT, path, f"format is not {LEAN_FORMAT}")
+        acts = header.get("activations")
+        _check(isinstance(acts, list) and len(acts) > 0 and all(a in ACTIVATIONS for a in acts), path,
+               f"activations must be a list of {ACTIVATIONS}")
+        layers = []
+        for i, act in enumerate(acts):
+            w, b = arrays.get(f"w{i}"), arrays.get(f"b{i}")
+            _check(w is not None and b is not None and w.ndim == 2 and b.shape == (w.shape[0],), path,
+                   f"layer {i}: weight (out, in) and bias (out,) expected")
+            _check(i == 0 or w.shape[1] == layers[-1].weight.shape[0], path, f"layer {i}: input width does not "
+                   "match the previous layer's output")
+            _check(bool(np.isfinite(w).all() and np.isfinite(b).all()), path, f"layer {i}: non-finite values")
+            layers.append(Layer(w.astype(np.float32), b.astype(np.float32), act))
+        width = layers[0].weight.shape[1]
+        _check(layers[-1].weight.shape[0] == width, path, "output width differs from input width (not an autoencoder)")
+        offset, scale = arrays.get("offset"), arrays.get("scale")
+        _check(offset is not None and scale is not None and offset.shape == (width,) and scale.shape == (width,),
+               path, f"offset and scale of {width} features expected")
+        _check(bool(np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()), path,
+               "offset/scale must be finite with scale > 0")
+        thresholds = [header.get("global_threshold"), *dict(header.get("device_thresholds") or {}).values()]
+        _check(all(isinstance(t, (int, float)) and np.isfinite(t) for t in thresholds), path, "thresholds must be finite numbers")
+        normalizer = Normalizer(str(header.get("transform")), str(header.get("method")), offset, scale)
+        return cls(layers, normalizer, float(header.get("threshold_k", 0.0)), float(header["global_threshold"]),
+                   {str(k): float(v) for k, v in dict(header.get("device_thresholds") or {}).items()},
+                   dict(header.get("meta") or {}))
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.layers[0].weight.shape[1])
+
+    def score(self, raw_rows: np.ndarray) -> np.ndarray:
+        """Per-row reconstruction MSE of raw (un-normalised) rows, as model.detector.Detector.score."""
+        x_all = self.normalizer(np.asarray(raw_rows, dtype=np.float64))
+        out = np.empty(len(x_all), dtype=np.float64)
+        for start in range(0, len(x_all), SCORE_BATCH_ROWS):
+            x = x_all[start:start + SCORE_BATCH_ROWS]
+            h = x
+            for la in self.layers:
+                h = h @ la.weight.T
+                h += la.bias
+                if la.activation == "tanh":
+                    np.tanh(h, out=h)
+            d = (h - x).astype(np.float64)  # as model.detector.reconstruction_errors: float64 squares
+            out[start:start + len(x)] = np.mean(d * d, axis=1)
+        return out
+
+    def threshold_for(self, device: str | None = None) -> float:
+        return threshold_for(self.global_threshold, self.device_thresholds, device)

@@ -1,0 +1,152 @@
+"""The numpy detector (model/lean.py): same scores as torch on real rows, and detect.py running without torch."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from data.loader import read_feature_csv
+from model.autoencoder import AutoEncoder
+from model.detector import Detector, train_autoencoder
+from model.lean import LeanDetector
+from model.normalization import Normalizer
+from tests.helpers import REAL_SAMPLE, REPO
+from traffic.afterimage import FeatureExtractor
+from traffic.packets import read_capture
+from traffic.simulator import TrafficSimulator, write_pcap
+
+# Runs detect.main with torch and fedml made unimportable, then reports which heavy modules got loaded.
+NO_TORCH = """
+import importlib.abc, json, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("torch", "fedml", "torchvision"):
+            raise ImportError(f"{name} blocked by the test")
+sys.meta_path.insert(0, Block())
+import detect
+code = detect.main(sys.argv[1:])
+print(json.dumps({"code": code, "loaded": sorted(m for m in ("torch", "fedml", "pandas") if m in sys.modules)}))
+"""
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A detector trained on the first 180 real benign rows, saved as model.pt (+ model.npz)."""
+    tmp = tmp_path_factory.mktemp("lean")
+    benign = read_feature_csv(REAL_SAMPLE / "benign_traffic.csv")
+    norm = Normalizer.fit(benign[:180], "log1p", "zscore")
+    torch.manual_seed(0)
+    model = AutoEncoder(115)
+    train_autoencoder(model, norm(benign[:180]), epochs=20, batch_size=64, lr=0.003, seed=0)
+    det = Detector(model, norm, 3.0, 0.5, {"Danmini_Doorbell": 0.25})
+    det.save(tmp / "model.pt")
+    return tmp, det
+
+
+def test_same_scores_as_torch_on_real_rows(trained):
+    tmp, det = trained
+    assert (tmp / "model.npz").is_file()
+    lean = LeanDetector.load(tmp)
+    rows = np.vstack([read_feature_csv(f) for f in sorted(REAL_SAMPLE.glob("*.csv"))])
+    assert len(rows) == 4 * 299
+    torch_scores, lean_scores = det.score(rows), lean.score(rows)
+    assert np.abs(torch_scores - lean_scores).max() <= 1e-5
+    assert torch_scores.max() > 1.0          # attack rows with large scores are in the comparison
+    assert lean.threshold_for("Danmini_Doorbell") == 0.25 and lean.threshold_for(None) == 0.5
+    assert lean.threshold_for("unknown") == det.threshold_for("unknown") == 0.5
+
+
+def test_detect_runs_without_torch_and_flags_what_torch_flags(trained, tmp_path):
+    tmp, det = trained
+    packets = TrafficSimulator("Danmini_Doorbell", seed=5).capture(120, "gafgyt_udp", 60, 10)
+    write_pcap(tmp_path / "cap.pcap", packets)
+    out = tmp_path / "alerts.jsonl"
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(tmp), "--pcap", str(tmp_path / "cap.pcap"),
+                           "--out", str(out)], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    assert json.loads(lines[-1]) == {"code": 0, "loaded": []}
+    summary = json.loads(lines[-2])
+    ex = FeatureExtractor()
+    torch_flags = sum(int((det.score(ex.transform(b)) > det.threshold_for(None)).sum()) for b, _ in read_capture(tmp_path / "cap.pcap"))
+    assert summary["packets"] == len(packets)
+    assert summary["packet_alerts"] == torch_flags > 0
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sum(a["packet_alert"] for a in alerts) == torch_flags
+    assert set(alerts[0]) == {"time", "host", "device", "score", "threshold", "packet_alert", "window_alert"}
+
+
+def test_missing_export_is_made_once_or_explained(trained, tmp_path):
+    tmp, det = trained
+    det_dir = tmp_path / "old"
+    det_dir.mkdir()
+    (det_dir / "model.pt").write_bytes((tmp / "model.pt").read_bytes())   # a checkpoint without model.npz
+    write_pcap(tmp_path / "cap.pcap", TrafficSimulator("Danmini_Doorbell", seed=6).capture(20))
+    proc = subprocess.run([sys.executable, "-c", NO_TORCH, str(det_dir / "model.pt"), "--pcap", str(tmp_path / "cap.pcap")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert "error:" in proc.stderr and "python -m model.export" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["code"] == 2
+    proc = subprocess.run([sys.executable, "-m", "detect", str(det_dir / "model.pt"), "--pcap", str(tmp_path / "cap.pcap")],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "exporting" in proc.stderr and (det_dir / "model.npz").is_file()
+    (det_dir / "model.npz").unlink()
+    proc = subprocess.run([sys.executable, "-m", "model.export", str(det_dir)], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == str(det_dir / "model.npz")
+
+
+@pytest.mark.parametrize("damage", ["not_npz", "nan_weight", "wrong_width", "pickled_header"])
+def test_bad_exports_give_one_error_line(trained, tmp_path, damage):
+    tmp, _ = trained
+    path = tmp_path / "model.npz"
+    with np.load(tmp / "model.npz") as z:
+        arrays = {k: z[k] for k in z.files}
+    if damage == "not_npz":
+        path.write_bytes(b"this is not an npz file")
+    else:
+        if damage == "nan_weight":
+            arrays["w0"][0, 0] = np.nan
+        elif damage == "wrong_width":
+            arrays["w1"] = arrays["w1"][:, :-1]
+        else:
+            arrays["header"] = np.array([{"format": "x"}], dtype=object)
+        np.savez(path, **arrays)
+    with pytest.raises(ValueError, match="model.npz"):
+        LeanDetector.load(path)
+    proc = subprocess.run([sys.executable, "-m", "detect", str(path), "--pcap", str(tmp_path / "none.pcap")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.startswith("error:") and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("device,threshold,t,host,score,packet,window", [
+    (None, 2.5, 1500000000.1234567, bytes([10, 0, 0, 1]), 3.25, True, False),
+    ("Cam", float("inf"), 1.0, bytes(16), float("nan"), False, True),
+    ('x"y', 1e-9, 0.0, bytes([1, 2, 3, 4]), 1e300, True, True)])
+def test_alert_lines_are_what_json_dumps_writes(device, threshold, t, host, score, packet, window):
+    import ipaddress
+
+    from detect import AlertLines
+    expected = json.dumps({"time": round(t, 6), "host": str(ipaddress.ip_address(host)), "device": device, "score": score,
+                           "threshold": threshold, "packet_alert": packet, "window_alert": window}) + "\n"
+    assert AlertLines(device, threshold).line(t, host, score, packet, window) == expected
+
+
+def test_window_vote_matches_a_per_packet_deque():
+    import collections
+
+    from detect import WindowVote
+    rng = np.random.default_rng(0)
+    for window in (1, 2, 5, 7):
+        hosts = [bytes([int(rng.integers(0, 20))]) for _ in range(3000)]
+        flags = rng.random(3000) < 0.5
+        recent, expected = {}, []
+        for h, f in zip(hosts, flags):
+            q = recent.setdefault(h, collections.deque(maxlen=window))
+            q.append(bool(f))
+            expected.append(2 * sum(q) > len(q) if len(q) == window else False)
+        vote = WindowVote(window)
+        got = np.concatenate([vote.push(hosts[i:i + 333], flags[i:i + 333]) for i in range(0, 3000, 333)])
+        assert (got == np.array(expected)).all() and got.any()
