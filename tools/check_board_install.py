@@ -1,6 +1,7 @@
 """What `pip install -r requirements.txt` downloads on a board: total size and any CUDA / NVIDIA package.
 
     python tools/check_board_install.py [--machine aarch64] [--python-version 3.11] [--max-mb 600] [--keep DIR]
+                                        [--install-into DIR]
 
 Runs `pip download --platform manylinux..._<machine> --only-binary=:all:` for requirements.txt, as a board
 would resolve it. Needs the internet (PyPI); the product never runs it.
@@ -12,6 +13,8 @@ Two things plain `pip download --platform` gets wrong, handled here:
 * --platform needs wheels only; five dependencies of fedml are sdists of pure Python (GPUtil, paho-mqtt,
   pathtools, promise, wget). They are built here into py3-none-any wheels (valid on any machine) and
   offered to pip with --find-links.
+--install-into DIR then installs the downloaded files into DIR (`pip install --target`, no index) for that
+board: a site directory an aarch64 Python can use (bench/bench_board_emulated.py runs a client from it).
 Exit status: 0 when no CUDA/NVIDIA package is downloaded and the total is within --max-mb, else 1.
 """
 from __future__ import annotations
@@ -79,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requirements", type=Path, default=REPO / "requirements.txt")
     p.add_argument("--max-mb", type=float, default=600.0, help="goal for the total download (default %(default)s)")
     p.add_argument("--keep", type=Path, help="download into this directory and keep it (default: a temp dir)")
+    p.add_argument("--install-into", type=Path, help="then install the downloads into this directory for the board")
     a = p.parse_args(argv)
     if not a.requirements.is_file():
         print(f"error: {a.requirements}: requirements file not found", file=sys.stderr)
@@ -90,13 +94,13 @@ def main(argv: list[str] | None = None) -> int:
         run("building wheels of the pure-Python sdists " + ", ".join(PURE_PYTHON_SDISTS),
             [sys.executable, "-m", "pip", "wheel", "--disable-pip-version-check", "-q", "--no-deps", "-w", str(local),
              *PURE_PYTHON_SDISTS])
-        target = marker_environment(a.machine, a.python_version)
-        cmd = [sys.executable, "-c", _PIP_WITH_TARGET_MARKERS, json.dumps(target),
-               "download", "--disable-pip-version-check", "-q", "--only-binary=:all:", "--dest", str(dest),
-               "--python-version", a.python_version, "--implementation", "cp", "--find-links", str(local),
-               "-r", str(a.requirements)]
+        as_board = [sys.executable, "-c", _PIP_WITH_TARGET_MARKERS,
+                    json.dumps(marker_environment(a.machine, a.python_version))]
+        target_args = ["--disable-pip-version-check", "-q", "--only-binary=:all:", "--python-version", a.python_version,
+                       "--implementation", "cp", "-r", str(a.requirements)]
         for tag in platform_tags(a.machine):
-            cmd += ["--platform", tag]
+            target_args += ["--platform", tag]
+        cmd = [*as_board, "download", "--dest", str(dest), "--find-links", str(local), *target_args]
         run(f"downloading {a.requirements.name} as Linux {a.machine}, Python {a.python_version} resolves it "
             f"(this machine: {platform.machine()})", cmd)
         files = sorted(dest.iterdir(), key=lambda f: f.stat().st_size, reverse=True)
@@ -110,6 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"CUDA / NVIDIA packages: {', '.join(cuda) if cuda else 'none'}")
         ok = not cuda and total <= a.max_mb * 1e6
         print(f"{'OK' if ok else 'FAIL'}: goal no CUDA package and total <= {a.max_mb:g} MB")
+        if a.install_into:
+            run(f"installing into {a.install_into} for Linux {a.machine}",
+                [*as_board, "install", "--upgrade", "--no-index", "--find-links", str(dest), "--target",
+                 str(a.install_into), *target_args])
+            print(a.install_into)
         if a.keep:
             print(dest)
         return 0 if ok else 1
