@@ -23,6 +23,8 @@ import sys
 import time
 from pathlib import Path
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.deploy_helpers import REPO, Proc, deploy_config, read_rounds, run_dir_of, server  # noqa: E402
@@ -111,11 +113,13 @@ def main() -> None:
     run_dir = run_dir_of(srv)
     rounds = read_rounds(run_dir)
     print(f"{len(rounds)} rounds in {wall:.0f} s (server + 2 clients over gRPC/mTLS on 127.0.0.1); run {run_dir}")
-    print("| client | machine | peak RSS (MB) | round wall times (s) |\n|---|---|---|---|")
+    print(f"round wall times (s): {', '.join(str(round(r['wall_time_s'], 2)) for r in rounds)}")
+    devices = yaml.safe_load(cfg.read_text())["data_args"]["devices"]
+    print("| client | machine | peak RSS (MB) | training seconds per round |\n|---|---|---|---|")
     for proc, rank in ((native, 1), (emulated, 2)):
         res = json.loads((run_dir_of(proc) / "resources" / f"rank{rank}.json").read_text())
-        print(f"| {rank} | {res['machine']} | {res['peak_rss_mb']:,.0f} | "
-              f"{', '.join(str(round(r['wall_time_s'], 1)) for r in rounds)} |")
+        train = [r["client_train_seconds"][devices[rank - 1]] for r in rounds]
+        print(f"| {rank} | {res['machine']} | {res['peak_rss_mb']:,.0f} | {', '.join(f'{t:.3f}' for t in train)} |")
     m = json.loads((run_dir / "metrics.json").read_text())["global"]
     print(f"final global TPR {m['tpr']:.4f} FPR {m['fpr']:.4f}")
     print("\n| peak RSS (MB) after importing | x86_64 native | aarch64 emulated |\n|---|---|---|")
