@@ -24,6 +24,7 @@ from typing import IO, Iterable
 import numpy as np
 from numba import njit
 
+from data import nbaiot
 from fediot.errors import FedIoTError
 from model.lean import LeanDetector, lean_path
 from traffic.afterimage import FeatureExtractor
@@ -103,6 +104,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     extractor = FeatureExtractor()
     vote = WindowVote(window)
     lines = AlertLines(device, threshold)
+    extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
+    vote.push([], np.zeros(0, dtype=bool))
     packets = alerts = window_alerts = 0
     skipped = SkipCounts()
     started = time.perf_counter()
@@ -140,9 +143,12 @@ def load_detector(model: Path) -> LeanDetector:
                                   "model.npz beside it") from None
             print(f"exporting {lean_path(model)} (once) from the checkpoint", file=sys.stderr, flush=True)
             Detector.load(model).export_lean(model)
-        return LeanDetector.load(model)
+        detector = LeanDetector.load(model)
     except (FileNotFoundError, ValueError) as exc:
         raise FedIoTError(str(exc)) from None
+    if detector.input_dim != nbaiot.N_FEATURES:
+        raise FedIoTError(f"{model}: the model takes {detector.input_dim} features; packets give N-BaIoT's {nbaiot.N_FEATURES}")
+    return detector
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -160,3 +160,14 @@ def test_window_vote_matches_a_per_packet_deque():
         vote = WindowVote(window)
         got = np.concatenate([vote.push(hosts[i:i + 333], flags[i:i + 333]) for i in range(0, 3000, 333)])
         assert (got == np.array(expected)).all() and got.any()
+
+
+def test_a_model_of_another_width_is_refused_by_detect(tmp_path):
+    from model.lean import Layer, write_lean
+    rng = np.random.default_rng(0)
+    layers = [Layer(rng.normal(size=(4, 10)), np.zeros(4), "tanh"), Layer(rng.normal(size=(10, 4)), np.zeros(10), "linear")]
+    write_lean(tmp_path / "model.npz", layers, Normalizer("none", "zscore", np.zeros(10), np.ones(10)), 3.0, 1.0, {}, {})
+    assert LeanDetector.load(tmp_path).input_dim == 10
+    proc = subprocess.run([sys.executable, "-m", "detect", str(tmp_path), "--pcap", str(tmp_path / "x.pcap")],
+                          cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "takes 10 features" in proc.stderr and "Traceback" not in proc.stderr

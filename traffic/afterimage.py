@@ -234,6 +234,12 @@ class FeatureExtractor:
         ids[:, 9] = direction
         return ids
 
+    def warm_up(self) -> None:
+        """Load (or compile) the kernel now, on no packets, so the first batch does not pay for it."""
+        self._grow()
+        _kernel(np.zeros(0), np.zeros(0), np.zeros((0, 10), dtype=np.int64), self.lambdas, self.MI, self.H, self.HH,
+                self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, np.zeros((0, nbaiot.N_FEATURES)))
+
     def transform(self, batch: PacketBatch) -> np.ndarray:
         """Rows (len(batch) x 115) in N-BaIoT column order; state carries over to the next batch."""
         out = np.zeros((len(batch), nbaiot.N_FEATURES))
