@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from fediot.rundir import write_atomic_bytes
-from model.normalization import Normalizer
+from model.normalization import TRANSFORMS, Normalizer
 
 LEAN_FORMAT = "fediot-detector-npz-v1"
 ACTIVATIONS = ("tanh", "linear")
@@ -102,8 +102,8 @@ class LeanDetector:
         layers = []
         for i, act in enumerate(acts):
             w, b = arrays.get(f"w{i}"), arrays.get(f"b{i}")
-            _check(w is not None and b is not None and w.ndim == 2 and b.shape == (w.shape[0],), path,
-                   f"layer {i}: weight (out, in) and bias (out,) expected")
+            _check(w is not None and b is not None and w.dtype.kind in "fiu" and b.dtype.kind in "fiu" and w.ndim == 2
+                   and b.shape == (w.shape[0],), path, f"layer {i}: numeric weight (out, in) and bias (out,) expected")
             _check(i == 0 or w.shape[1] == layers[-1].weight.shape[0], path, f"layer {i}: input width does not "
                    "match the previous layer's output")
             _check(bool(np.isfinite(w).all() and np.isfinite(b).all()), path, f"layer {i}: non-finite values")
@@ -111,16 +111,21 @@ class LeanDetector:
         width = layers[0].weight.shape[1]
         _check(layers[-1].weight.shape[0] == width, path, "output width differs from input width (not an autoencoder)")
         offset, scale = arrays.get("offset"), arrays.get("scale")
-        _check(offset is not None and scale is not None and offset.shape == (width,) and scale.shape == (width,),
-               path, f"offset and scale of {width} features expected")
+        _check(offset is not None and scale is not None and offset.dtype.kind in "fiu" and scale.dtype.kind in "fiu"
+               and offset.shape == (width,) and scale.shape == (width,), path, f"numeric offset and scale of {width} "
+               "features expected")
         _check(bool(np.isfinite(offset).all() and np.isfinite(scale).all() and (scale > 0).all()), path,
                "offset/scale must be finite with scale > 0")
-        thresholds = [header.get("global_threshold"), *dict(header.get("device_thresholds") or {}).values()]
-        _check(all(isinstance(t, (int, float)) and np.isfinite(t) for t in thresholds), path, "thresholds must be finite numbers")
+        devices = header.get("device_thresholds") or {}
+        _check(isinstance(devices, dict), path, "device_thresholds must be a mapping of device to threshold")
+        numbers = [header.get("global_threshold"), header.get("threshold_k", 0.0), *devices.values()]
+        _check(all(isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) for t in numbers), path,
+               "thresholds and threshold_k must be finite numbers")
+        _check(header.get("transform") in TRANSFORMS, path, f"transform must be one of {TRANSFORMS}")
         normalizer = Normalizer(str(header.get("transform")), str(header.get("method")), offset, scale)
+        meta = header.get("meta") or {}
         return cls(layers, normalizer, float(header.get("threshold_k", 0.0)), float(header["global_threshold"]),
-                   {str(k): float(v) for k, v in dict(header.get("device_thresholds") or {}).items()},
-                   dict(header.get("meta") or {}))
+                   {str(k): float(v) for k, v in devices.items()}, meta if isinstance(meta, dict) else {})
 
     @property
     def input_dim(self) -> int:

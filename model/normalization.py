@@ -16,6 +16,9 @@ import numpy as np
 MIN_SCALE = 1e-6
 
 
+TRANSFORMS = ("log1p", "none")
+
+
 def apply_transform(x: np.ndarray, transform: str) -> np.ndarray:
     """Element-wise transform applied before scaling: 'log1p' is sign(x)*log(1+|x|)."""
     if transform == "log1p":
@@ -24,7 +27,7 @@ def apply_transform(x: np.ndarray, transform: str) -> np.ndarray:
         return np.copysign(t, x, out=t)
     if transform == "none":
         return np.asarray(x, dtype=np.float64)
-    raise ValueError(f"unknown feature transform {transform!r}; expected log1p or none")
+    raise ValueError(f"unknown feature transform {transform!r}; expected one of {TRANSFORMS}")
 
 
 @dataclass

@@ -80,7 +80,8 @@ def test_detect_runs_without_torch_and_flags_what_torch_flags(trained, tmp_path)
         report["third_party"]
     summary = json.loads(lines[-2])
     ex = FeatureExtractor()
-    torch_flags = sum(int((det.score(ex.transform(b)) > det.threshold_for(None)).sum()) for b, _ in read_capture(tmp_path / "cap.pcap"))
+    torch_flags = sum(int((det.score(ex.transform(b)) > det.threshold_for(None)).sum())
+                      for b, _ in read_capture(tmp_path / "cap.pcap"))
     assert summary["packets"] == len(packets)
     assert summary["packet_alerts"] == torch_flags > 0
     alerts = [json.loads(line) for line in out.read_text().splitlines()]
@@ -108,7 +109,8 @@ def test_missing_export_is_made_once_or_explained(trained, tmp_path):
     assert proc.returncode == 0 and proc.stdout.strip() == str(det_dir / "model.npz")
 
 
-@pytest.mark.parametrize("damage", ["not_npz", "nan_weight", "wrong_width", "pickled_header"])
+@pytest.mark.parametrize("damage", ["not_npz", "nan_weight", "wrong_width", "pickled_header", "text_weights",
+                                    "unknown_transform", "string_threshold"])
 def test_bad_exports_give_one_error_line(trained, tmp_path, damage):
     tmp, _ = trained
     path = tmp_path / "model.npz"
@@ -121,6 +123,12 @@ def test_bad_exports_give_one_error_line(trained, tmp_path, damage):
             arrays["w0"][0, 0] = np.nan
         elif damage == "wrong_width":
             arrays["w1"] = arrays["w1"][:, :-1]
+        elif damage == "text_weights":
+            arrays["w2"] = np.array([["a"] * arrays["w2"].shape[1]] * arrays["w2"].shape[0])
+        elif damage in ("unknown_transform", "string_threshold"):
+            header = json.loads(str(arrays["header"]))
+            header.update({"transform": "exp"} if damage == "unknown_transform" else {"global_threshold": "high"})
+            arrays["header"] = np.array(json.dumps(header))
         else:
             arrays["header"] = np.array([{"format": "x"}], dtype=object)
         np.savez(path, **arrays)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import socket
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 from decimal import Decimal
+from pathlib import Path
 from typing import Iterator
 
 import dpkt
@@ -120,6 +120,7 @@ _PCAP_MAGIC = {b"\xd4\xc3\xb2\xa1": ("<", False), b"\xa1\xb2\xc3\xd4": (">", Fal
 _READ_CHUNK = 1 << 22
 # No link layer frame is longer than this; a record header claiming more is corrupt.
 _MAX_FRAME = 1 << 18
+_NANO = Decimal("1E9")
 
 
 class _CutOff(Exception):
@@ -154,9 +155,6 @@ def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, byte
         ts = float(sec + Decimal(frac) / _NANO) if nano else sec + frac / 1e6
         yield ts, buf[pos + 16:end]
         pos = end
-
-
-_NANO = Decimal("1E9")
 
 
 def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[PacketBatch, SkipCounts]]:
