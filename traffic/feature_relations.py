@@ -26,6 +26,8 @@ RTOL = 1e-3
 MIN_STD = 1e-3
 # Any jitter this large is a Unix timestamp (seconds since 1970), not a gap between packets.
 TIMESTAMP_S = 1e8
+# Relations that need not hold on every row but show a definition where they do.
+OCCURRENCES = {"hh_below_host", "hphp_above_pair"}
 
 
 @dataclass
@@ -110,9 +112,6 @@ def check(rows: pd.DataFrame) -> list[Relation]:
                                      "Unix timestamp, i.e. measured from t = 0",
     }
     return [Relation(k, meaning[k], k not in OCCURRENCES, a, c) for k, (a, c) in out.items()]
-
-
-OCCURRENCES = {"hh_below_host", "hphp_above_pair"}
 
 
 def main(argv: list[str] | None = None) -> int:
