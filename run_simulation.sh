@@ -1,17 +1,30 @@
 #!/bin/sh
-# MPI simulation on one machine: N clients (one per configured device) + 1 server = N+1 ranks.
-#   sh run_simulation.sh N [CONFIG]      (default CONFIG: config_simulation/fedml_config.yaml)
+# MPI simulation: N clients (one per configured device) + 1 server = N+1 ranks, on this machine or,
+# with an Open MPI host file, on several (doc/simulation-cluster.md).
+#   sh run_simulation.sh N [CONFIG] [--hostfile FILE]      (default CONFIG: config_simulation/fedml_config.yaml;
+#                                                           FEDIOT_HOSTFILE=FILE works too)
 # The last line of output is the run directory.
 set -u
-usage="usage: sh run_simulation.sh N [CONFIG]   (N = number of clients, 1..9)"
-N="${1:-}"
+usage="usage: sh run_simulation.sh N [CONFIG] [--hostfile FILE]   (N = number of clients, 1..9)"
+HOSTFILE="${FEDIOT_HOSTFILE:-}"
+CONFIG_ARG=""
+N=""
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --hostfile) [ $# -ge 2 ] || { echo "error: --hostfile needs a file. $usage" >&2; exit 2; }; HOSTFILE="$2"; shift 2 ;;
+    --hostfile=*) HOSTFILE="${1#--hostfile=}"; shift ;;
+    -*) echo "error: unknown option $1. $usage" >&2; exit 2 ;;
+    *) if [ -z "$N" ]; then N="$1"; elif [ -z "$CONFIG_ARG" ]; then CONFIG_ARG="$1";
+       else echo "error: unexpected argument $1. $usage" >&2; exit 2; fi; shift ;;
+  esac
+done
 case "$N" in
   ''|*[!0-9]*) echo "error: N must be a number of clients (1..9). $usage" >&2; exit 2 ;;
 esac
 if [ "$N" -lt 1 ] || [ "$N" -gt 9 ]; then echo "error: N = $N; expected 1..9. $usage" >&2; exit 2; fi
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/launcher_env.sh"
-set_config "${2:-$HERE/config_simulation/fedml_config.yaml}"
+set_config "${CONFIG_ARG:-$HERE/config_simulation/fedml_config.yaml}"
 PYDIR="$(dirname "$PY")"
 if [ -x "$PYDIR/mpirun" ]; then MPIRUN="$PYDIR/mpirun"; else MPIRUN="$(command -v mpirun || true)"; fi
 if [ -z "$MPIRUN" ]; then echo "error: mpirun not found; install requirements.txt (it provides Open MPI from PyPI)" >&2; exit 2; fi
@@ -22,6 +35,17 @@ export OMPI_MCA_mpi_yield_when_idle=1
 if [ -t 1 ]; then export FEDIOT_TTY=1; else export FEDIOT_TTY=0; fi
 MPI_FLAGS="--oversubscribe"
 [ "$(id -u)" = "0" ] && MPI_FLAGS="$MPI_FLAGS --allow-run-as-root"
+if [ -n "$HOSTFILE" ]; then
+  case "$HOSTFILE" in /*) ;; *) HOSTFILE="$(pwd)/$HOSTFILE" ;; esac
+  if [ ! -f "$HOSTFILE" ]; then echo "error: host file $HOSTFILE not found. $usage" >&2; exit 2; fi
+  if ! grep -Eq '^[[:space:]]*[^#[:space:]]' "$HOSTFILE"; then
+    echo "error: host file $HOSTFILE lists no host (expected lines like: nodeA slots=4)" >&2; exit 2
+  fi
+  # every rank starts in the same directory with the same Python: the repository and its .venv must sit at
+  # the same path on every host; rank 0 (the server, first slot of the first host) writes the run directory
+  MPI_FLAGS="$MPI_FLAGS --hostfile $HOSTFILE"
+  echo "hosts from $HOSTFILE: $(grep -Ev '^[[:space:]]*(#|$)' "$HOSTFILE" | awk '{print $1}' | tr '\n' ' ')" >&2
+fi
 TMP="$(mktemp -d)"
 RUN_DIR_FILE="$TMP/run_dir"
 ERR_FIFO="$TMP/stderr"

@@ -167,3 +167,29 @@ def test_tensorboard_tracking_and_report(tmp_path):
     assert "SYNTHETIC DATA" in report
     for name in ("federated_training.png", "federated_roc.png", "federated_devices.png", "federated_attacks.png"):
         assert (run_dir / "figures" / name).stat().st_size > 10_000
+
+
+def test_host_file_run_on_localhost_slots(tmp_path):
+    """--hostfile reaches mpirun: a file listing this machine's slots runs; one naming an unknown host fails there."""
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# the cluster: this machine only\nlocalhost slots=4\n")
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), "3", str(sim_config(tmp_path)), "--hostfile", str(hosts)],
+                          capture_output=True, text=True, timeout=300, env=env, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert f"hosts from {hosts}: localhost" in proc.stderr
+    assert (Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").is_file()
+    unknown = tmp_path / "unknown-hosts"
+    unknown.write_text("fediot-no-such-host.invalid slots=4\n")
+    proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), "3", str(sim_config(tmp_path))], capture_output=True,
+                          text=True, timeout=120, env={**env, "FEDIOT_HOSTFILE": str(unknown)}, cwd=REPO)
+    assert proc.returncode != 0 and "fediot-no-such-host.invalid" in proc.stderr
+
+
+def test_host_file_errors_are_one_line(tmp_path):
+    (tmp_path / "empty").write_text("# nothing\n\n")
+    cases = ((["3", "--hostfile", str(tmp_path / "nope")], "host file"), (["3", "--hostfile"], "--hostfile needs a file"),
+             (["3", "--hostfile", str(tmp_path / "empty")], "lists no host"), (["3", "--bogus"], "unknown option"))
+    for args, message in cases:
+        proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), *args], capture_output=True, text=True, timeout=30)
+        assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
