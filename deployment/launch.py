@@ -95,7 +95,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         split = load_split(cfg, data_root, device)  # before the run directory: no empty run on bad data
         run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
         write_config(run_dir, cfg.values)
-        local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl")
+        local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank))
 
     import torch
 

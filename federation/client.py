@@ -24,10 +24,19 @@ from model.detector import ErrorStats, train_autoencoder
 from model.normalization import FeatureStats, Normalizer
 
 
+ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update")
+
+
 class LocalClient:
     """Holds one device's split; trains and evaluates the global model as the server asks."""
 
-    def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None) -> None:
+    def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
+                 attack: str = "none", attack_scale: float = 1.0) -> None:
+        """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
+        honest training, to study what a compromised board can do; 'none' for an honest client."""
+        if attack not in ATTACKS:
+            raise ValueError(f"unknown attack {attack!r}; expected one of {ATTACKS}")
+        self.attack, self.attack_scale = attack, attack_scale
         self.split = split
         self.device = split.device
         self.record_file = record_file
@@ -46,11 +55,27 @@ class LocalClient:
 
     def _training_rows(self, normalizer: dict[str, Any]) -> np.ndarray:
         if self._rows is None or self._rows[0] != normalizer:
-            self._rows = (normalizer, Normalizer.from_dict(normalizer)(self.split.train))
+            rows = self.split.train
+            if self.attack == "data_poisoning":  # the device's attack traffic, trained on as if it were benign
+                rows = np.vstack([rows, *self.split.attacks.values()])
+            self._rows = (normalizer, Normalizer.from_dict(normalizer)(rows))
         return self._rows[1]
+
+    def _tamper(self, global_state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """What a malicious client sends instead of its trained weights (model_scaling, random_update)."""
+        local = state_of(self.model)
+        if self.attack == "model_scaling":
+            return {k: g + self.attack_scale * (local[k] - g) for k, g in global_state.items()}
+        if self.attack == "random_update":
+            gen = torch.Generator().manual_seed(seed)
+            spread = {k: g.std() if g.numel() > 1 else g.abs() + 1e-3 for k, g in global_state.items()}
+            return {k: g + self.attack_scale * spread[k] * torch.randn(g.shape, generator=gen)
+                    for k, g in global_state.items()}
+        return local
 
     def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan) -> dict[str, Any]:
         """Local training of the global model with the server's plan; the update to send back."""
+        global_state = {k: v.detach().clone() for k, v in model.items()}
         self.model.load_state_dict(model)
         rows = self._training_rows(normalizer)
         started = time.monotonic()
@@ -61,7 +86,7 @@ class LocalClient:
             append_jsonl(self.record_file, {"round": plan.round_idx + 1, "device": self.device, "loss": losses[-1],
                                             "epoch_losses": losses, "lr": plan.lr, "epochs": plan.epochs,
                                             "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds})
-        return {"model": state_of(self.model), "n": self.n_train, "loss": losses[-1], "lr": plan.lr,
+        return {"model": self._tamper(global_state, plan.seed), "n": self.n_train, "loss": losses[-1], "lr": plan.lr,
                 "train_seconds": seconds}
 
     def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> dict[str, Any]:

@@ -29,6 +29,7 @@ from data import nbaiot
 from evaluation.counts import combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS
 from evaluation.scoring import thresholds_from_stats
+from federation.aggregation import aggregate
 from federation.tracking import Tracker
 from fediot.config import FedIoTConfig
 from fediot.console import round_bar, say
@@ -49,15 +50,6 @@ def learning_rate_for_round(base_lr: float, decay: float, min_lr: float, round_i
 def is_eval_round(round_idx: int, n_rounds: int, frequency: int) -> bool:
     """Evaluate after every `frequency` rounds (1-based) and always after the last round."""
     return (round_idx + 1) % frequency == 0 or round_idx == n_rounds - 1
-
-
-def fedavg(updates: list[tuple[int, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    """Sample-weighted average of state dicts: sum_i n_i * w_i / sum_i n_i."""
-    total = sum(n for n, _ in updates)
-    if total <= 0:
-        raise ValueError("FedAvg needs at least one update with a positive sample count")
-    keys = updates[0][1].keys()
-    return {k: sum(p[k].double() * (n / total) for n, p in updates).to(updates[0][1][k].dtype) for k in keys}
 
 
 def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -208,7 +200,10 @@ class RoundCore:
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
                      traffic: dict[str, int] | None = None) -> str:
         """Aggregate the answers (device -> update), complete the round's record; the summary line."""
-        self.model.load_state_dict(fedavg([(int(u["n"]), u["model"]) for u in updates.values()]))
+        t = self.cfg.train
+        new_state, screened = aggregate({d: (int(u["n"]), u["model"]) for d, u in updates.items()}, state_of(self.model),
+                                        t.aggregation, t.trim_fraction, t.byzantine_clients, t.screen_norm_factor)
+        self.model.load_state_dict(new_state)
         now = time.monotonic()
         self.record.update({
             "wall_time_s": round(now - self.round_started, 4),
@@ -217,6 +212,8 @@ class RoundCore:
             "dropped": sorted(dropped),
             "client_losses": {d: updates[d]["loss"] for d in sorted(updates)},
             "client_train_seconds": {d: updates[d]["train_seconds"] for d in sorted(updates)},
+            "aggregation": t.aggregation,
+            **({"screened_out": screened} if screened else {}),
             **(traffic or {}),
         })
         self.round += 1
@@ -225,6 +222,8 @@ class RoundCore:
                 f"mean loss {sum(losses) / len(losses):.5f}  ({self.record['wall_time_s']:.1f}s)")
         if dropped:
             line += f"  dropped: {', '.join(sorted(dropped))}"
+        for device, why in sorted(screened.items()):
+            line += f"\n  update of {device} left out: {why}"
         return line
 
     def evaluate_now(self) -> bool:

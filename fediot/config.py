@@ -101,6 +101,10 @@ class TrainArgs:
     weight_decay: float = _key(0.0, 'Adam weight decay', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     round_timeout_s: float = _key(300, 'deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
     min_clients_per_round: int = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept)', check=(lambda v: _is_int(v) and 1 <= v <= 9, 'an integer in 1..9'))
+    aggregation: str = _key('fedavg', "how the server combines model updates: fedavg, or a rule a minority of lying clients cannot steer: median, trimmed_mean, krum, multikrum, geo_median (federation/aggregation.py)", choices=('fedavg', 'median', 'trimmed_mean', 'krum', 'multikrum', 'geo_median'))
+    trim_fraction: float = _key(0.2, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
+    byzantine_clients: int = _key(1, 'krum / multikrum: how many clients may lie (f); needs clients >= 2f + 3', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
+    screen_norm_factor: float | None = _key(None, 'leave out an update farther from the global model than this x the median distance (null = no screening)', check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
     centralized_epochs: int | None = _key(30, 'baselines: epochs for the centralized and local-only models (null = comm_round * epochs)', check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
 
 
@@ -153,10 +157,19 @@ class TrackingArgs:
     tensorboard: bool = _key(False, 'write TensorBoard event files to RUN_DIR/tensorboard (local only)', check=(lambda v: isinstance(v, bool), 'true or false'))
     fedml_console: bool = _key(False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)", check=(lambda v: isinstance(v, bool), 'true or false'))
 
+@dataclass(frozen=True)
+class AttackArgs:
+    """Simulated malicious clients: what an attack does to a run, and what the aggregation rule stops."""
+
+    malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
+    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign), model_scaling (send the update boosted attack_scale times), random_update (send random weights)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update'))
+    attack_scale: float = _key(10.0, 'model_scaling: boost of the update; random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
+
+
 SECTIONS: dict[str, type] = {
     "common_args": CommonArgs, "environment_args": EnvironmentArgs, "data_args": DataArgs,
     "model_args": ModelArgs, "train_args": TrainArgs, "validation_args": ValidationArgs,
-    "device_args": DeviceArgs, "comm_args": CommArgs, "tracking_args": TrackingArgs,
+    "device_args": DeviceArgs, "comm_args": CommArgs, "tracking_args": TrackingArgs, "attack_args": AttackArgs,
 }
 # section name -> attribute of FedIoTConfig ("train_args" -> cfg.train)
 ATTRS: dict[str, str] = {name: name.removesuffix("_args") for name in SECTIONS}
@@ -181,6 +194,12 @@ class FedIoTConfig:
     device: DeviceArgs
     comm: CommArgs
     tracking: TrackingArgs
+    attack: AttackArgs
+
+    def attack_of(self, rank: int) -> tuple[str, float]:
+        """(attack, scale) that client `rank` carries out; ('none', ...) for an honest client."""
+        a = self.attack
+        return (a.attack, a.attack_scale) if rank in (a.malicious_ranks or []) else ("none", a.attack_scale)
 
     @property
     def devices(self) -> list[str]:
@@ -258,6 +277,7 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
         )
     d["devices"] = _parse_devices(d["devices"], where)
     values["comm_args"]["revoked_ranks"] = sorted(set(values["comm_args"]["revoked_ranks"] or []))
+    values["attack_args"]["malicious_ranks"] = sorted(set(values["attack_args"]["malicious_ranks"] or []))
     _check_sizes(values, where)
     sections = {ATTRS[name]: cls(**values[name]) for name, cls in SECTIONS.items()}
     return FedIoTConfig(path=path, **sections)
@@ -274,6 +294,13 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
         raise ConfigError(f"{where}: data_args.devices lists {n_devices} device(s) but train_args.client_num_in_total = "
                           f"{t['client_num_in_total']} and client_num_per_round = {t['client_num_per_round']}; "
                           f"set both to {n_devices} (one client per device)")
+    bad = [r for r in values["attack_args"]["malicious_ranks"] if r > n_devices]
+    if bad:
+        raise ConfigError(f"{where}: attack_args.malicious_ranks has rank(s) {bad}; client ranks are 1..{n_devices}")
+    if t["aggregation"] in ("krum", "multikrum") and n_devices < 2 * t["byzantine_clients"] + 3:
+        raise ConfigError(f"{where}: train_args.aggregation = {t['aggregation']} with byzantine_clients = "
+                          f"{t['byzantine_clients']} needs at least {2 * t['byzantine_clients'] + 3} clients; "
+                          f"there are {n_devices}")
     if t["min_clients_per_round"] > n_devices:
         raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > {n_devices} clients")
     training, backend = values["common_args"]["training_type"], values["comm_args"]["backend"]

@@ -193,3 +193,23 @@ def test_host_file_errors_are_one_line(tmp_path):
     for args, message in cases:
         proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
+
+
+def test_one_random_update_client_blinds_fedavg_but_not_the_median(tmp_path):
+    """attack_args: client 2 of 5 sends random weights (attack_scale 10 x each tensor's std). With FedAvg the
+    honest devices' detection collapses; with the coordinate-wise median it is intact."""
+    devices = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
+    results = {}
+    for rule in ("fedavg", "median"):
+        (tmp_path / rule).mkdir()
+        cfg = sim_config(tmp_path / rule, data_args__devices=devices, data_args__synthetic_benign_rows=800,
+                         train_args__client_num_in_total=5, train_args__client_num_per_round=5,
+                         train_args__comm_round=4, train_args__aggregation=rule,
+                         validation_args__frequency_of_the_test=4,
+                         attack_args__malicious_ranks=[2], attack_args__attack="random_update")
+        proc = run_sim("5", cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
+        results[rule] = {d: metrics["devices"][d]["tpr"] for d in devices if d != devices[1]}
+    assert max(results["fedavg"].values()) < 0.5, results
+    assert min(results["median"].values()) >= 0.98, results

@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from federation.aggregation import fedavg  # noqa: E402
 from model.autoencoder import AutoEncoder  # noqa: E402
 
 DEFENSES = ("krum", "multikrum", "wise_median", "trimmed_mean", "geo_median", "rfa", "norm_diff_clipping", "3sigma",
@@ -38,11 +39,6 @@ def updates(base: dict[str, torch.Tensor], order: str) -> list[tuple[float, dict
     honest = [(SAMPLES, noisy(0.01)) for _ in range(N_HONEST)]
     bad = [(SAMPLES, noisy(10.0)) for _ in range(N_MALICIOUS)]
     return {"first": bad + honest, "middle": honest[:3] + bad + honest[3:], "last": honest + bad}[order]
-
-
-def fedavg(updates_: list[tuple[float, dict[str, torch.Tensor]]]) -> dict[str, torch.Tensor]:
-    total = sum(n for n, _ in updates_)
-    return {k: sum(p[k] * (n / total) for n, p in updates_) for k in updates_[0][1]}
 
 
 def distance(state: dict[str, torch.Tensor], base: dict[str, torch.Tensor]) -> float:

@@ -75,7 +75,7 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     if rank > 0:
         try:
             local = LocalClient(load_split(cfg, data_root, cfg.devices[rank - 1]), cfg.model.feature_transform,
-                                run_dir / "clients" / f"{cfg.devices[rank - 1]}.jsonl")
+                                run_dir / "clients" / f"{cfg.devices[rank - 1]}.jsonl", *cfg.attack_of(rank))
         except FedIoTError as exc:
             ok, payload = False, exc
     _gather_ok(comm, ok, payload)

@@ -1,0 +1,93 @@
+"""Aggregation rules (federation/aggregation.py): what a minority of bad updates can do to each, checked against
+FedML's own Krum and coordinate-wise median where those work."""
+import copy
+import types
+
+import pytest
+import torch
+
+from federation.aggregation import RULES, aggregate, coordinate_median, fedavg, krum, screen
+from model.autoencoder import AutoEncoder
+
+
+def base_state():
+    torch.manual_seed(0)
+    return {k: v.detach().clone() for k, v in AutoEncoder(115).state_dict().items()}
+
+
+def distance(state, base):
+    return float(sum(((state[k].double() - base[k].double()) ** 2).sum() for k in base) ** 0.5)
+
+
+def make_updates(base, n_honest=7, n_bad=2, where="middle", seed=1):
+    gen = torch.Generator().manual_seed(seed)
+
+    def noisy(std):
+        return {k: v + std * torch.randn(v.shape, generator=gen) for k, v in base.items()}
+
+    honest = [(100, noisy(0.01)) for _ in range(n_honest)]
+    bad = [(100, noisy(10.0)) for _ in range(n_bad)]
+    return {"first": bad + honest, "middle": honest[:3] + bad + honest[3:], "last": honest + bad}[where]
+
+
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+@pytest.mark.parametrize("rule", [r for r in RULES if r != "fedavg"])
+def test_robust_rules_land_near_the_honest_centre_wherever_the_bad_updates_are(rule, where):
+    base = base_state()
+    updates = {f"c{i}": u for i, u in enumerate(make_updates(base, where=where))}
+    out, rejected = aggregate(updates, base, rule, trim_fraction=0.25, byzantine_clients=2, screen_norm_factor=None)
+    assert rejected == {}
+    assert distance(out, base) < 3.0, rule                     # honest noise alone is ~1
+    plain, _ = aggregate(updates, base, "fedavg", 0.25, 2, None)
+    assert distance(plain, base) > 100.0                        # and FedAvg is dragged far away
+
+
+def test_fedavg_is_sample_weighted_and_rules_keep_shapes_and_dtypes():
+    base = base_state()
+    a = {k: torch.zeros_like(v) for k, v in base.items()}
+    b = {k: torch.ones_like(v) for k, v in base.items()}
+    out = fedavg([(1, a), (3, b)])
+    assert all(torch.allclose(out[k], torch.full_like(v, 0.75)) for k, v in base.items())
+    for rule in RULES:
+        out, _ = aggregate({"a": (1, a), "b": (3, b), "c": (2, b)}, base, rule, 0.2, 0, None)
+        assert all(out[k].shape == v.shape and out[k].dtype == v.dtype for k, v in base.items())
+
+
+def test_even_count_median_is_the_mean_of_the_middle_pair():
+    s = [(1, {"w": torch.tensor([float(v)])}) for v in (1, 2, 10, 100)]
+    assert float(coordinate_median(s)["w"]) == 6.0
+
+
+def test_screening_leaves_out_far_updates_and_names_them():
+    base = base_state()
+    updates = {f"c{i}": u for i, u in enumerate(make_updates(base, where="first"))}
+    rejected = screen(updates, base, factor=10.0)
+    assert set(rejected) == {"c0", "c1"} and "median distance" in rejected["c0"]
+    out, rejected2 = aggregate(updates, base, "fedavg", 0.2, 1, 10.0)
+    assert rejected2 == rejected and distance(out, base) < 3.0
+    assert screen(updates, base, None) == {}
+
+
+def fedml_defender(name, f, m=1):
+    from fedml.core.security.fedml_defender import FedMLDefender
+    d = FedMLDefender.get_instance()
+    d.init(types.SimpleNamespace(enable_defense=True, defense_type=name, byzantine_client_num=f, krum_param_m=m))
+    return d
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_krum_picks_what_fedmls_krum_picks(m):
+    base = base_state()
+    ups = make_updates(base, where="middle", seed=3)
+    kept = fedml_defender("multikrum" if m > 1 else "krum", 2, m).defend_before_aggregation(copy.deepcopy(ups))
+    theirs = fedavg([(1, s) for _, s in kept])
+    ours = krum(ups, f=2, m=m)
+    assert max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in base) < 1e-6
+
+
+def test_median_equals_fedmls_wise_median_for_an_odd_count():
+    base = base_state()
+    ups = make_updates(base, where="last", seed=4)            # 9 updates
+    theirs = fedml_defender("wise_median", 2).defend_on_aggregation(copy.deepcopy(ups))
+    ours = coordinate_median(ups)
+    assert max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in base) < 1e-6
