@@ -49,10 +49,26 @@ def score_device(model: nn.Module, normalizer: Normalizer, split: DeviceSplit) -
                         {name: s(rows) for name, rows in split.attacks.items()}, list(split.missing_attacks))
 
 
-def thresholds_from_stats(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:
-    """Global threshold (mean + k*std of the merged validation errors) and each device's own."""
+def thresholds_from_stats(stats: dict[str, ErrorStats], k: float,
+                          exclude: frozenset[str] | set[str] = frozenset()) -> tuple[float, dict[str, float]]:
+    """Global threshold (mean + k*std of the merged validation errors of the devices not in `exclude`) and
+    each device's own."""
     per_device = {device: s.threshold(k) for device, s in stats.items()}
-    return ErrorStats.merge(list(stats.values())).threshold(k), per_device
+    pooled = [s for device, s in stats.items() if device not in exclude]
+    return ErrorStats.merge(pooled).threshold(k), per_device
+
+
+def threshold_outliers(per_device: dict[str, float], ratio: float | None) -> dict[str, str]:
+    """Devices whose own threshold is more than `ratio` times above or below the median device threshold:
+    left out of the global threshold, so one client's inflated (or deflated) validation statistics cannot
+    move every device's threshold. device -> reason."""
+    if ratio is None or len(per_device) < 3:
+        return {}
+    median = float(np.median(list(per_device.values())))
+    if median <= 0.0:
+        return {}
+    return {d: f"its threshold {t:.4g} is {t / median:.3g}x the median device threshold {median:.4g} (limit {ratio:g}x)"
+            for d, t in per_device.items() if t > ratio * median or t * ratio < median}
 
 
 def thresholds(scores: list[DeviceScores], k: float) -> tuple[float, dict[str, float]]:

@@ -24,7 +24,7 @@ from model.detector import ErrorStats, train_autoencoder
 from model.normalization import FeatureStats, Normalizer
 
 
-ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update")
+ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation")
 
 
 class LocalClient:
@@ -94,6 +94,8 @@ class LocalClient:
         self.model.load_state_dict(model)
         self.scores = score_device(self.model, Normalizer.from_dict(normalizer), self.split)
         s = ErrorStats.of(self.scores.validation)
+        if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
+            return {"count": s.count, "total": s.total * self.attack_scale, "total_sq": s.total_sq * self.attack_scale ** 2}
         return {"count": s.count, "total": s.total, "total_sq": s.total_sq}
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from torch import nn
 from data import nbaiot
 from evaluation.counts import combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS
-from evaluation.scoring import thresholds_from_stats
+from evaluation.scoring import threshold_outliers, thresholds_from_stats
 from federation.aggregation import aggregate
 from federation.tracking import Tracker
 from fediot.config import FedIoTConfig
@@ -100,6 +100,11 @@ def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
     return payload
 
 
+def f4(key: str, m: dict[str, Any]) -> str:
+    """A rate to 4 decimals; 'n/a' when undefined (e.g. precision when nothing was flagged)."""
+    return "n/a" if m.get(key) is None else f"{m[key]:.4f}"
+
+
 def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer, threshold_k: float,
                         global_threshold: float, device_thresholds: dict[str, float], meta: dict[str, Any],
                         metrics_doc: dict[str, Any], curves: dict[str, Any]) -> None:
@@ -112,10 +117,10 @@ def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer,
     write_json(run_dir / "metrics.json", metrics_doc)
     write_json(run_dir / "curves.json", curves)
     g = metrics_doc["global"]
-    say(f"final (global threshold {global_threshold:.5f}): TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
-        f"precision {g['precision']:.4f}  F1 {g['f1']:.4f}  ROC-AUC {g['roc_auc']:.4f}")
+    say(f"final (global threshold {global_threshold:.5f}): TPR {f4('tpr', g)}  FPR {f4('fpr', g)}  "
+        f"precision {f4('precision', g)}  F1 {f4('f1', g)}  ROC-AUC {f4('roc_auc', g)}")
     d = g["modes"]["device"]
-    say(f"final (per-device thresholds): TPR {d['tpr']:.4f}  FPR {d['fpr']:.4f}  F1 {d['f1']:.4f}")
+    say(f"final (per-device thresholds): TPR {f4('tpr', d)}  FPR {f4('fpr', d)}  F1 {f4('f1', d)}")
     say(f"report: {write_report(run_dir)}")
 
 
@@ -242,8 +247,17 @@ class RoundCore:
 
     def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
         """Thresholds from the clients' validation-error statistics."""
-        glob, per_device = thresholds_from_stats(val_stats, self.cfg.validation.threshold_k)
+        v = self.cfg.validation
+        _, per_device = thresholds_from_stats(val_stats, v.threshold_k)
+        excluded = threshold_outliers(per_device, v.threshold_outlier_ratio)
+        if len(excluded) == len(per_device):
+            excluded = {}
+        for device, why in sorted(excluded.items()):
+            say(f"global threshold leaves out {device}: {why}")
+        glob, per_device = thresholds_from_stats(val_stats, v.threshold_k, set(excluded))
         self.thresholds = {"global": glob, "device": per_device}
+        if excluded:
+            self.record["threshold_excluded"] = excluded
 
     def counts_request(self, device: str) -> dict[str, Any]:
         """What one client is sent to count its rows: the global threshold and its own (no other device's)."""
@@ -260,9 +274,9 @@ class RoundCore:
                                "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},
                                "devices": sorted(metrics["devices"])}
         self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
-        line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {g['tpr']:.4f}  FPR {g['fpr']:.4f}  "
-                f"F1 {g['f1']:.4f}  (per-device thresholds: TPR {g['modes']['device']['tpr']:.4f} "
-                f"FPR {g['modes']['device']['fpr']:.4f})")
+        d = g["modes"]["device"]
+        line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {f4('tpr', g)}  FPR {f4('fpr', g)}  "
+                f"F1 {f4('f1', g)}  (per-device thresholds: TPR {f4('tpr', d)} FPR {f4('fpr', d)})")
         self.metrics, self.curves = metrics, curves_from_reports(usable)
         return line
 

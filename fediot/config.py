@@ -114,6 +114,7 @@ class ValidationArgs:
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
+    threshold_outlier_ratio: float | None = _key(None, "leave a device out of the global threshold when its own threshold is more than this x above or below the median device's (a client lying about its validation errors); null = pool every device", check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 
@@ -162,7 +163,7 @@ class AttackArgs:
     """Simulated malicious clients: what an attack does to a run, and what the aggregation rule stops."""
 
     malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
-    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign), model_scaling (send the update boosted attack_scale times), random_update (send random weights)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update'))
+    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign), model_scaling (send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report validation errors attack_scale times larger)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update', 'stats_inflation'))
     attack_scale: float = _key(10.0, 'model_scaling: boost of the update; random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
 
 

@@ -213,3 +213,29 @@ def test_one_random_update_client_blinds_fedavg_but_not_the_median(tmp_path):
         results[rule] = {d: metrics["devices"][d]["tpr"] for d in devices if d != devices[1]}
     assert max(results["fedavg"].values()) < 0.5, results
     assert min(results["median"].values()) >= 0.98, results
+
+
+def test_inflated_validation_statistics_move_the_global_threshold_unless_outliers_are_left_out(tmp_path):
+    """attack_args stats_inflation: client 2 of 5 reports validation errors 100x larger. Pooled as sent, the global
+    threshold rises so far that honest devices' attacks pass (TPR 0); validation_args.threshold_outlier_ratio
+    leaves that client out of the global threshold, and detection is intact."""
+    devices = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
+    results = {}
+    for label, ratio in (("pooled", None), ("screened", 10.0)):
+        (tmp_path / label).mkdir()
+        cfg = sim_config(tmp_path / label, data_args__devices=devices, data_args__synthetic_benign_rows=800,
+                         train_args__client_num_in_total=5, train_args__client_num_per_round=5, train_args__comm_round=3,
+                         validation_args__frequency_of_the_test=3, validation_args__threshold_outlier_ratio=ratio,
+                         attack_args__malicious_ranks=[2], attack_args__attack="stats_inflation",
+                         attack_args__attack_scale=100.0)
+        proc = run_sim("5", cfg)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        run_dir = Path(proc.stdout.strip().splitlines()[-1])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        results[label] = {d: metrics["devices"][d]["tpr"] for d in devices if d != devices[1]}
+        if ratio:
+            assert "global threshold leaves out Ecobee_Thermostat" in proc.stdout
+            rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+            assert "Ecobee_Thermostat" in rounds[-1]["threshold_excluded"]
+    assert max(results["pooled"].values()) < 0.5, results
+    assert min(results["screened"].values()) >= 0.98, results
