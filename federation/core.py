@@ -100,7 +100,7 @@ def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
     return payload
 
 
-def f4(key: str, m: dict[str, Any]) -> str:
+def rate_text(key: str, m: dict[str, Any]) -> str:
     """A rate to 4 decimals; 'n/a' when undefined (e.g. precision when nothing was flagged)."""
     return "n/a" if m.get(key) is None else f"{m[key]:.4f}"
 
@@ -117,10 +117,10 @@ def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer,
     write_json(run_dir / "metrics.json", metrics_doc)
     write_json(run_dir / "curves.json", curves)
     g = metrics_doc["global"]
-    say(f"final (global threshold {global_threshold:.5f}): TPR {f4('tpr', g)}  FPR {f4('fpr', g)}  "
-        f"precision {f4('precision', g)}  F1 {f4('f1', g)}  ROC-AUC {f4('roc_auc', g)}")
+    say(f"final (global threshold {global_threshold:.5f}): TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
+        f"precision {rate_text('precision', g)}  F1 {rate_text('f1', g)}  ROC-AUC {rate_text('roc_auc', g)}")
     d = g["modes"]["device"]
-    say(f"final (per-device thresholds): TPR {f4('tpr', d)}  FPR {f4('fpr', d)}  F1 {f4('f1', d)}")
+    say(f"final (per-device thresholds): TPR {rate_text('tpr', d)}  FPR {rate_text('fpr', d)}  F1 {rate_text('f1', d)}")
     say(f"report: {write_report(run_dir)}")
 
 
@@ -275,8 +275,8 @@ class RoundCore:
                                "devices": sorted(metrics["devices"])}
         self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
         d = g["modes"]["device"]
-        line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {f4('tpr', g)}  FPR {f4('fpr', g)}  "
-                f"F1 {f4('f1', g)}  (per-device thresholds: TPR {f4('tpr', d)} FPR {f4('fpr', d)})")
+        line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
+                f"F1 {rate_text('f1', g)}  (per-device thresholds: TPR {rate_text('tpr', d)} FPR {rate_text('fpr', d)})")
         self.metrics, self.curves = metrics, curves_from_reports(usable)
         return line
 
