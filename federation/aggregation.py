@@ -104,7 +104,7 @@ def screen(updates: dict[str, tuple[int, State]], global_state: State, factor: f
         return {}
     g = _flat(global_state)
     dist = {c: float(torch.linalg.vector_norm(_flat(s) - g)) for c, (_, s) in updates.items()}
-    median = float(torch.tensor(sorted(dist.values()), dtype=torch.float64).median())
+    median = float(torch.tensor(list(dist.values()), dtype=torch.float64).median())
     if median <= 0.0:
         return {}
     return {c: f"update {d / median:.1f}x the median distance from the global model (limit {factor:g}x)"

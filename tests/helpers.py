@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import http.server
+import importlib.util
 import struct
 import threading
 import zlib
@@ -16,6 +17,14 @@ REPO = Path(__file__).resolve().parents[1]
 # A copy of ../shared/data/nbaiot-real-sample (real N-BaIoT rows, CC BY 4.0; see its README.md),
 # kept in the repository so the tests run the same on a fresh clone.
 REAL_SAMPLE = REPO / "tests" / "data" / "nbaiot-real-sample"
+
+
+def load_tool(name: str):
+    """A script of tools/ (not a package) as a module, for tests of its functions."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _rar_block(head_type: int, flags: int, body: bytes) -> bytes:

@@ -8,6 +8,10 @@ import torch
 
 from federation.aggregation import RULES, aggregate, coordinate_median, fedavg, krum, screen
 from model.autoencoder import AutoEncoder
+from tests.helpers import load_tool
+
+defenses_check = load_tool("check_fedml_defenses")
+distance = defenses_check.distance
 
 
 def base_state():
@@ -15,26 +19,11 @@ def base_state():
     return {k: v.detach().clone() for k, v in AutoEncoder(115).state_dict().items()}
 
 
-def distance(state, base):
-    return float(sum(((state[k].double() - base[k].double()) ** 2).sum() for k in base) ** 0.5)
-
-
-def make_updates(base, n_honest=7, n_bad=2, where="middle", seed=1):
-    gen = torch.Generator().manual_seed(seed)
-
-    def noisy(std):
-        return {k: v + std * torch.randn(v.shape, generator=gen) for k, v in base.items()}
-
-    honest = [(100, noisy(0.01)) for _ in range(n_honest)]
-    bad = [(100, noisy(10.0)) for _ in range(n_bad)]
-    return {"first": bad + honest, "middle": honest[:3] + bad + honest[3:], "last": honest + bad}[where]
-
-
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
 @pytest.mark.parametrize("rule", [r for r in RULES if r != "fedavg"])
 def test_robust_rules_land_near_the_honest_centre_wherever_the_bad_updates_are(rule, where):
     base = base_state()
-    updates = {f"c{i}": u for i, u in enumerate(make_updates(base, where=where))}
+    updates = {f"c{i}": u for i, u in enumerate(defenses_check.updates(base, where))}
     out, rejected = aggregate(updates, base, rule, trim_fraction=0.25, byzantine_clients=2, screen_norm_factor=None)
     assert rejected == {}
     assert distance(out, base) < 3.0, rule                     # honest noise alone is ~1
@@ -60,7 +49,7 @@ def test_even_count_median_is_the_mean_of_the_middle_pair():
 
 def test_screening_leaves_out_far_updates_and_names_them():
     base = base_state()
-    updates = {f"c{i}": u for i, u in enumerate(make_updates(base, where="first"))}
+    updates = {f"c{i}": u for i, u in enumerate(defenses_check.updates(base, "first"))}
     rejected = screen(updates, base, factor=10.0)
     assert set(rejected) == {"c0", "c1"} and "median distance" in rejected["c0"]
     out, rejected2 = aggregate(updates, base, "fedavg", 0.2, 1, 10.0)
@@ -78,7 +67,7 @@ def fedml_defender(name, f, m=1):
 @pytest.mark.parametrize("m", [1, 3])
 def test_krum_picks_what_fedmls_krum_picks(m):
     base = base_state()
-    ups = make_updates(base, where="middle", seed=3)
+    ups = defenses_check.updates(base, "middle", seed=3)
     kept = fedml_defender("multikrum" if m > 1 else "krum", 2, m).defend_before_aggregation(copy.deepcopy(ups))
     theirs = fedavg([(1, s) for _, s in kept])
     ours = krum(ups, f=2, m=m)
@@ -87,7 +76,7 @@ def test_krum_picks_what_fedmls_krum_picks(m):
 
 def test_median_equals_fedmls_wise_median_for_an_odd_count():
     base = base_state()
-    ups = make_updates(base, where="last", seed=4)            # 9 updates
+    ups = defenses_check.updates(base, "last", seed=4)            # 9 updates
     theirs = fedml_defender("wise_median", 2).defend_on_aggregation(copy.deepcopy(ups))
     ours = coordinate_median(ups)
     assert max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in base) < 1e-6

@@ -2,7 +2,6 @@
 
 The download itself (sizes, no CUDA package) needs PyPI: tools/check_board_install.py, measured in doc/deployment.md.
 """
-import importlib.util
 import subprocess
 import sys
 
@@ -10,11 +9,9 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.version import Version
 
-from tests.helpers import REPO
+from tests.helpers import REPO, load_tool
 
-spec = importlib.util.spec_from_file_location("check_board_install", REPO / "tools" / "check_board_install.py")
-check_board_install = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(check_board_install)
+check_board_install = load_tool("check_board_install")
 
 
 def pins_for(machine: str) -> dict[str, Version]:

@@ -30,8 +30,10 @@ ORDERS = ("first", "middle", "last")
 N_HONEST, N_MALICIOUS, SAMPLES = 7, 2, 100.0
 
 
-def updates(base: dict[str, torch.Tensor], order: str) -> list[tuple[float, dict[str, torch.Tensor]]]:
-    gen = torch.Generator().manual_seed(1)
+def updates(base: dict[str, torch.Tensor], order: str, seed: int = 1) -> list[tuple[float, dict[str, torch.Tensor]]]:
+    """N_HONEST updates near `base` and N_MALICIOUS far from it, the malicious ones first, in the middle or last
+    (also the fixture of tests/test_aggregation.py)."""
+    gen = torch.Generator().manual_seed(seed)
 
     def noisy(std: float) -> dict[str, torch.Tensor]:
         return {k: v + std * torch.randn(v.shape, generator=gen) for k, v in base.items()}
