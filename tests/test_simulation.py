@@ -195,22 +195,29 @@ def test_host_file_errors_are_one_line(tmp_path):
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
 
 
+ATTACK_DEVICES = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
+
+
+def run_with_client_2_malicious(tmp_path: Path, rounds: int, **over) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """A 5-client synthetic simulation whose client 2 (Ecobee_Thermostat) attacks as `over` says:
+    (process, run directory, global-threshold TPR of each honest device)."""
+    tmp_path.mkdir()
+    cfg = sim_config(tmp_path, data_args__devices=ATTACK_DEVICES, data_args__synthetic_benign_rows=800,
+                     train_args__client_num_in_total=5, train_args__client_num_per_round=5, train_args__comm_round=rounds,
+                     validation_args__frequency_of_the_test=rounds, attack_args__malicious_ranks=[2], **over)
+    proc = run_sim("5", cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    return proc, run_dir, {d: metrics["devices"][d]["tpr"] for d in ATTACK_DEVICES if d != ATTACK_DEVICES[1]}
+
+
 def test_one_random_update_client_blinds_fedavg_but_not_the_median(tmp_path):
     """attack_args: client 2 of 5 sends random weights (attack_scale 10 x each tensor's std). With FedAvg the
     honest devices' detection collapses; with the coordinate-wise median it is intact."""
-    devices = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
-    results = {}
-    for rule in ("fedavg", "median"):
-        (tmp_path / rule).mkdir()
-        cfg = sim_config(tmp_path / rule, data_args__devices=devices, data_args__synthetic_benign_rows=800,
-                         train_args__client_num_in_total=5, train_args__client_num_per_round=5,
-                         train_args__comm_round=4, train_args__aggregation=rule,
-                         validation_args__frequency_of_the_test=4,
-                         attack_args__malicious_ranks=[2], attack_args__attack="random_update")
-        proc = run_sim("5", cfg)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        metrics = json.loads((Path(proc.stdout.strip().splitlines()[-1]) / "metrics.json").read_text())
-        results[rule] = {d: metrics["devices"][d]["tpr"] for d in devices if d != devices[1]}
+    results = {rule: run_with_client_2_malicious(tmp_path / rule, 4, train_args__aggregation=rule,
+                                                 attack_args__attack="random_update")[2]
+               for rule in ("fedavg", "median")}
     assert max(results["fedavg"].values()) < 0.5, results
     assert min(results["median"].values()) >= 0.98, results
 
@@ -219,20 +226,11 @@ def test_inflated_validation_statistics_move_the_global_threshold_unless_outlier
     """attack_args stats_inflation: client 2 of 5 reports validation errors 100x larger. Pooled as sent, the global
     threshold rises so far that honest devices' attacks pass (TPR 0); validation_args.threshold_outlier_ratio
     leaves that client out of the global threshold, and detection is intact."""
-    devices = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
     results = {}
     for label, ratio in (("pooled", None), ("screened", 10.0)):
-        (tmp_path / label).mkdir()
-        cfg = sim_config(tmp_path / label, data_args__devices=devices, data_args__synthetic_benign_rows=800,
-                         train_args__client_num_in_total=5, train_args__client_num_per_round=5, train_args__comm_round=3,
-                         validation_args__frequency_of_the_test=3, validation_args__threshold_outlier_ratio=ratio,
-                         attack_args__malicious_ranks=[2], attack_args__attack="stats_inflation",
-                         attack_args__attack_scale=100.0)
-        proc = run_sim("5", cfg)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        run_dir = Path(proc.stdout.strip().splitlines()[-1])
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-        results[label] = {d: metrics["devices"][d]["tpr"] for d in devices if d != devices[1]}
+        proc, run_dir, results[label] = run_with_client_2_malicious(
+            tmp_path / label, 3, validation_args__threshold_outlier_ratio=ratio, attack_args__attack="stats_inflation",
+            attack_args__attack_scale=100.0)
         if ratio:
             assert "global threshold leaves out Ecobee_Thermostat" in proc.stdout
             rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
