@@ -14,6 +14,8 @@ geo_median/rfa follow the first update (tools/check_fedml_defenses.py, doc/fedml
 written here; tests check krum/multikrum and median against FedML's.
 Screening (`train_args.screen_norm_factor`): an update whose distance from the current global model
 is more than factor x the median distance is left out before any rule, and reported.
+Counts (`capped_counts`): a row count is the client's word; with `train_args.robust` no client weighs more
+than `count_ratio_limit` x the median client's count, in the update weights and in the statistics merges.
 """
 from __future__ import annotations
 
@@ -96,6 +98,15 @@ def geometric_median(updates: list[tuple[int, State]]) -> State:
             break
         z = z_new
     return _unflat(z, updates[0][1])
+
+
+def capped_counts(counts: dict[str, int], ratio: float | None) -> tuple[dict[str, int], dict[str, str]]:
+    """Counts limited to `ratio` x the median count (None = as sent), and the clients whose count was cut (why)."""
+    if ratio is None or not counts:
+        return dict(counts), {}
+    cap = max(1, int(ratio * float(torch.tensor([float(n) for n in counts.values()], dtype=torch.float64).median())))
+    cut = {c: f"its row count {n} is above {ratio:g}x the median count; weighed as {cap}" for c, n in counts.items() if n > cap}
+    return {c: min(n, cap) for c, n in counts.items()}, cut
 
 
 def screen(updates: dict[str, tuple[int, State]], global_state: State, factor: float | None) -> dict[str, str]:

@@ -15,7 +15,7 @@ import torch
 
 from data import nbaiot
 from data.loader import DeviceSplit
-from evaluation.counts import client_report
+from evaluation.counts import client_report, held_out_counts
 from evaluation.scoring import DeviceScores, score_device
 from federation.core import RoundPlan, state_of
 from fediot.rundir import append_jsonl
@@ -24,7 +24,8 @@ from model.detector import ErrorStats, train_autoencoder
 from model.normalization import FeatureStats, Normalizer
 
 
-ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation")
+ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies")
+POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
 
 
 class LocalClient:
@@ -50,19 +51,27 @@ class LocalClient:
         return len(self.split.train)
 
     def hello(self) -> dict[str, Any]:
-        """What the server learns when the client joins: device, row count, feature statistics."""
-        return {"device": self.device, "n_train": self.n_train, "feature_stats": self.stats.to_dict()}
+        """What the server learns when the client joins: device, row counts, feature statistics."""
+        s = self.split
+        stats = self.stats
+        if self.attack == "stats_inflation":  # statistics of rows attack_scale times larger than its own
+            f = self.attack_scale
+            stats = FeatureStats(stats.count, stats.total * f, stats.total_sq * f * f, stats.minimum * f, stats.maximum * f)
+        return {"device": self.device, "n_train": self.n_train, "feature_stats": stats.to_dict(),
+                "held_out": held_out_counts(validation=len(s.validation), test=len(s.test),
+                                            attacks={name: len(rows) for name, rows in s.attacks.items()})}
 
     def _training_rows(self, normalizer: dict[str, Any]) -> np.ndarray:
         if self._rows is None or self._rows[0] != normalizer:
             rows = self.split.train
-            if self.attack == "data_poisoning":  # the device's attack traffic, trained on as if it were benign
+            if self.attack in POISONING_ATTACKS:  # the device's attack traffic, trained on as if it were benign
                 rows = np.vstack([rows, *self.split.attacks.values()])
             self._rows = (normalizer, Normalizer.from_dict(normalizer)(rows))
         return self._rows[1]
 
     def _tamper(self, global_state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-        """What a malicious client sends instead of its trained weights (model_scaling, random_update)."""
+        """What a malicious client sends instead of its trained weights: model_scaling sends its poisoned model's
+        update boosted attack_scale times (model replacement: scale ~ clients / share), random_update noise."""
         local = state_of(self.model)
         if self.attack == "model_scaling":
             return {k: g + self.attack_scale * (local[k] - g) for k, g in global_state.items()}
@@ -86,7 +95,9 @@ class LocalClient:
             append_jsonl(self.record_file, {"round": plan.round_idx + 1, "device": self.device, "loss": losses[-1],
                                             "epoch_losses": losses, "lr": plan.lr, "epochs": plan.epochs,
                                             "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds})
-        return {"model": self._tamper(global_state, plan.seed), "n": self.n_train, "loss": losses[-1], "lr": plan.lr,
+        # a data poisoner also claims attack_scale times the rows it trained on: the row count is its word
+        n = int(len(rows) * self.attack_scale) if self.attack == "data_poisoning" else self.n_train
+        return {"model": self._tamper(global_state, plan.seed), "n": n, "loss": losses[-1], "lr": plan.lr,
                 "train_seconds": seconds}
 
     def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> dict[str, Any]:
@@ -102,4 +113,19 @@ class LocalClient:
         """Count report of the rows scored by `validation_stats`, at the server's thresholds."""
         if self.scores is None:
             raise ValueError("a count report needs the validation phase first")
-        return client_report(self.scores, float(global_threshold), float(device_threshold), int(window))
+        report = client_report(self.scores, float(global_threshold), float(device_threshold), int(window))
+        if self.attack == "eval_lies":
+            fabricate_counts(report, self.attack_scale)
+        return report
+
+
+def fabricate_counts(report: dict[str, Any], scale: float) -> None:
+    """eval_lies: every attack row caught, no benign row flagged, attack_scale times the benign rows it holds
+    (a board that hides its own infection and flatters the federation's numbers)."""
+    for m in report["modes"].values():
+        n_benign = int((m["benign"]["fp"] + m["benign"]["tn"]) * scale)
+        m["benign"] = {"fp": 0, "tn": n_benign}
+        for a in m["attacks"].values():
+            a["tp"], a["fn"] = a["tp"] + a["fn"], 0
+        w = m["window"]
+        m["window"] = {"tp": w["tp"] + w["fn"], "fn": 0, "fp": 0, "tn": int((w["fp"] + w["tn"]) * scale)}

@@ -7,7 +7,10 @@ It owns what a round is:
 - the round's hyperparameters (`RoundPlan`: lr from the one learning-rate schedule, epochs, batch
   size, seed), sent to each client, which trains with exactly what it was sent;
 - the normaliser from the clients' merged feature statistics;
-- FedAvg of the clients' updates;
+- the aggregation of the clients' updates (FedAvg or a robust rule, `federation.aggregation`);
+- what a lying client's numbers may do (`cfg.defenses`): capped row counts, a trimmed merge of feature
+  statistics, screened updates, threshold outliers left out, count reports checked against what the
+  client announced and against its own histograms (README: "Lying clients");
 - the per-round record (`rounds.jsonl`: lr, client losses and seconds, bytes, dropped clients,
   evaluation) and its summary line;
 - which rounds evaluate (`is_eval_round`), thresholds from merged validation-error statistics,
@@ -26,10 +29,10 @@ import torch
 from torch import nn
 
 from data import nbaiot
-from evaluation.counts import combine_reports, curves_from_reports
+from evaluation.counts import combine_reports, curves_from_reports, report_problems
 from evaluation.metrics import METRIC_KEYS
 from evaluation.scoring import threshold_outliers, thresholds_from_stats
-from federation.aggregation import aggregate
+from federation.aggregation import aggregate, capped_counts
 from federation.tracking import Tracker
 from fediot.config import FedIoTConfig
 from fediot.console import round_bar, say
@@ -143,6 +146,20 @@ class RoundCore:
         self.tracker = Tracker(run_dir, cfg.tracking.tensorboard)
         self.metrics: dict[str, Any] | None = None  # of the last evaluation
         self.curves: dict[str, Any] | None = None
+        self.defenses = cfg.defenses
+        self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
+        self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
+
+    def client_joined(self, device: str, n_train: int, held_out: dict[str, Any]) -> None:
+        """What a client announced when it (re)joined: the counts its later messages must agree with."""
+        self.announced[device] = {"n_train": n_train, "held_out": held_out}
+
+    def _capped(self, counts: dict[str, int], what: str) -> dict[str, int]:
+        """Row counts as weights: capped at count_ratio_limit x the median when robust (cuts are said)."""
+        capped, cut = capped_counts(counts, self.defenses.count_ratio_limit)
+        for device, why in sorted(cut.items()):
+            say(f"{what}: {device}: {why}")
+        return capped
 
     # -- state
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -176,11 +193,23 @@ class RoundCore:
         """The global normaliser from the clients' merged training-row statistics (once per run)."""
         if self.normalizer is not None:
             return
-        m = self.cfg.model
-        merged = FeatureStats.merge(list(stats.values()))
-        self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization)
-        self.normalization = {"method": m.normalization, "transform": m.feature_transform,
-                              "fitted_on": "training benign rows of all clients (merged statistics)",
+        m, d = self.cfg.model, self.defenses
+        if d.robust:
+            counts = self._capped({c: s.count for c, s in stats.items()}, "feature statistics")
+            parts = [stats[c].with_count(counts[c]) for c in sorted(stats)]
+            merged = FeatureStats.merge(parts)
+            trimmed = Normalizer.from_stats(FeatureStats.trimmed_merge(parts, d.byzantine_clients),
+                                            m.feature_transform, m.normalization)
+            self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization).bounded_by(
+                trimmed, d.scale_ratio_limit)
+            how = (f"training benign rows of all clients (merged statistics, counts capped; each feature's scale and "
+                   f"offset bounded by {d.scale_ratio_limit:g}x a merge without the "
+                   f"{min(d.byzantine_clients, (len(parts) - 1) // 2)} client(s) farthest from the median client)")
+        else:
+            merged = FeatureStats.merge(list(stats.values()))
+            self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization)
+            how = "training benign rows of all clients (merged statistics)"
+        self.normalization = {"method": m.normalization, "transform": m.feature_transform, "fitted_on": how,
                               "train_rows": merged.count, "clients": sorted(stats)}
 
     # -- training
@@ -205,9 +234,13 @@ class RoundCore:
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
                      traffic: dict[str, int] | None = None) -> str:
         """Aggregate the answers (device -> update), complete the round's record; the summary line."""
-        t = self.cfg.train
-        new_state, screened = aggregate({d: (int(u["n"]), u["model"]) for d, u in updates.items()}, state_of(self.model),
-                                        t.aggregation, t.trim_fraction, t.byzantine_clients, t.screen_norm_factor)
+        d = self.defenses
+        counts = {c: int(u["n"]) for c, u in updates.items()}
+        if d.robust:  # a client weighs at most the rows it announced, capped against the others
+            counts = self._capped({c: min(n, self.announced.get(c, {}).get("n_train", n)) for c, n in counts.items()},
+                                  f"round {self.round + 1} weights")
+        new_state, screened = aggregate({c: (counts[c], u["model"]) for c, u in updates.items()}, state_of(self.model),
+                                        d.aggregation, d.trim_fraction, d.byzantine_clients, d.screen_norm_factor)
         self.model.load_state_dict(new_state)
         now = time.monotonic()
         self.record.update({
@@ -217,7 +250,7 @@ class RoundCore:
             "dropped": sorted(dropped),
             "client_losses": {d: updates[d]["loss"] for d in sorted(updates)},
             "client_train_seconds": {d: updates[d]["train_seconds"] for d in sorted(updates)},
-            "aggregation": t.aggregation,
+            "aggregation": d.aggregation,
             **({"screened_out": screened} if screened else {}),
             **(traffic or {}),
         })
@@ -247,14 +280,25 @@ class RoundCore:
 
     def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
         """Thresholds from the clients' validation-error statistics."""
-        v = self.cfg.validation
-        _, per_device = thresholds_from_stats(val_stats, v.threshold_k)
-        excluded = threshold_outliers(per_device, v.threshold_outlier_ratio)
+        k, d = self.cfg.validation.threshold_k, self.defenses
+        self.val_counts = {c: s.count for c, s in val_stats.items()}
+        excluded: dict[str, str] = {}
+        if d.robust:
+            for c, s in val_stats.items():
+                announced = self.announced.get(c, {}).get("held_out", {}).get("validation")
+                if announced is not None and s.count != announced:
+                    excluded[c] = f"its validation statistics count {s.count} rows, it announced {announced}"
+            counts = self._capped({c: s.count for c, s in val_stats.items()}, "validation statistics")
+            val_stats = {c: ErrorStats(counts[c], s.total * counts[c] / s.count, s.total_sq * counts[c] / s.count)
+                         for c, s in val_stats.items()}
+        _, per_device = thresholds_from_stats(val_stats, k)
+        excluded.update(threshold_outliers({c: t for c, t in per_device.items() if c not in excluded},
+                                           d.threshold_outlier_ratio))
         if len(excluded) == len(per_device):
             excluded = {}
         for device, why in sorted(excluded.items()):
             say(f"global threshold leaves out {device}: {why}")
-        glob, per_device = thresholds_from_stats(val_stats, v.threshold_k, set(excluded))
+        glob, per_device = thresholds_from_stats(val_stats, k, set(excluded))
         self.thresholds = {"global": glob, "device": per_device}
         if excluded:
             self.record["threshold_excluded"] = excluded
@@ -267,6 +311,8 @@ class RoundCore:
     def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
         """Combine the clients' count reports into metrics (kept for `finish`); the summary line."""
         usable = [reports[d] for d in sorted(reports) if d in self.thresholds["device"]]
+        if self.defenses.robust:
+            usable = self._consistent(usable)
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
                                   self.cfg.validation.vote_window, "global")
         g = metrics["global"]
@@ -279,6 +325,25 @@ class RoundCore:
                 f"F1 {rate_text('f1', g)}  (per-device thresholds: TPR {rate_text('tpr', d)} FPR {rate_text('fpr', d)})")
         self.metrics, self.curves = metrics, curves_from_reports(usable)
         return line
+
+    def _consistent(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The reports that can be true (`report_problems`); the others are said, recorded and left out."""
+        kept, rejected = [], {}
+        for r in reports:
+            device = r["device"]
+            announced = self.announced.get(device)
+            problems = ["it never announced its held-out rows"] if announced is None else report_problems(
+                r, announced["held_out"], self.val_counts.get(device),
+                {"global": self.thresholds["global"], "device": self.thresholds["device"][device]},
+                self.cfg.validation.vote_window)
+            if problems:
+                rejected[device] = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+                say(f"count report of {device} left out: {rejected[device]}")
+            else:
+                kept.append(r)
+        if rejected:
+            self.record["reports_rejected"] = rejected
+        return kept
 
     # -- records and outputs
     def write_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None) -> None:

@@ -7,7 +7,7 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 
 | message | direction | fields |
 |---|---|---|
-| HELLO | client → server | device, n_train, feature_stats |
+| HELLO | client → server | device, n_train, feature_stats, held_out (validation, test, attacks: rows each) |
 | WELCOME | server → client | round |
 | PING | server → client | (none): "say hello if you are there" |
 | TRAIN | server → client | round, model, normalizer, plan |
@@ -128,10 +128,17 @@ def _hello(p: dict[str, Any], exp: Expectations) -> None:
         _fail(f"device {p['device']!r} is not one of the configured devices")
     _int(p["n_train"], "n_train", 1)
     s = _dict(p["feature_stats"], "feature_stats", {"count", "total", "total_sq", "minimum", "maximum"})
-    _int(s["count"], "feature_stats.count", 1)
+    if _int(s["count"], "feature_stats.count", 1) != p["n_train"]:
+        _fail("feature_stats.count must equal n_train")
     for key in ("total", "minimum", "maximum"):
         _vector(s[key], f"feature_stats.{key}", exp.n_features)
     _vector(s["total_sq"], "feature_stats.total_sq", exp.n_features, 0.0)
+    h = _dict(p["held_out"], "held_out", {"validation", "test", "attacks"})
+    _int(h["validation"], "held_out.validation", 1)
+    _int(h["test"], "held_out.test")
+    for name, n in _dict(h["attacks"], "held_out.attacks").items():
+        _str(name, "held_out.attacks name")
+        _int(n, f"held_out.attacks.{name}")
 
 
 def _update(p: dict[str, Any], exp: Expectations) -> None:
@@ -225,7 +232,7 @@ def _finish(p: dict[str, Any], exp: Expectations) -> None:
 
 # type -> (fields that must be there, fields that may be there, check)
 SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectations], None]]] = {
-    C2S_HELLO: ({"device", "n_train", "feature_stats"}, set(), _hello),
+    C2S_HELLO: ({"device", "n_train", "feature_stats", "held_out"}, set(), _hello),
     C2S_UPDATE: ({"round", "model", "n", "loss", "lr", "train_seconds"}, set(), _update),
     C2S_VAL_STATS: ({"round", "val_stats"}, set(), _val_stats),
     C2S_REPORT: ({"round", "report"}, set(), _report),

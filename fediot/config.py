@@ -101,10 +101,13 @@ class TrainArgs:
     weight_decay: float = _key(0.0, 'Adam weight decay', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     round_timeout_s: float = _key(300, 'deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
     min_clients_per_round: int = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept)', check=(lambda v: _is_int(v) and 1 <= v <= 9, 'an integer in 1..9'))
-    aggregation: str = _key('fedavg', "how the server combines model updates: fedavg, or a rule a minority of lying clients cannot steer: median, trimmed_mean, krum, multikrum, geo_median (federation/aggregation.py)", choices=('fedavg', 'median', 'trimmed_mean', 'krum', 'multikrum', 'geo_median'))
-    trim_fraction: float = _key(0.2, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
-    byzantine_clients: int = _key(1, 'krum / multikrum: how many clients may lie (f); needs clients >= 2f + 3', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
-    screen_norm_factor: float | None = _key(None, 'leave out an update farther from the global model than this x the median distance (null = no screening)', check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
+    robust: bool = _key(True, "the server defends against lying clients: aggregation 'auto' is a robust rule, far updates are screened out, feature and validation statistics are merged robustly, row counts capped, inconsistent count reports rejected (README: lying clients). false: plain FedAvg and plain merging of whatever clients send", check=(lambda v: isinstance(v, bool), 'true or false'))
+    aggregation: str = _key('auto', "how the server combines model updates: auto (ROBUST_AGGREGATION when robust, else fedavg), fedavg, or a rule a minority of lying clients cannot steer: median, trimmed_mean, krum, multikrum, geo_median (federation/aggregation.py)", choices=('auto', 'fedavg', 'median', 'trimmed_mean', 'krum', 'multikrum', 'geo_median'))
+    trim_fraction: float = _key(0.25, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
+    byzantine_clients: int = _key(2, 'how many lying clients the robust rules are sized for (f): krum / multikrum (needs clients >= 2f + 3) and the trimmed merge of feature statistics (at most (clients - 1) // 2 left out per feature)', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
+    screen_norm_factor: float | None = _key(5.0, 'robust: leave out an update farther from the global model than this x the median distance (null = no screening)', check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
+    scale_ratio_limit: float = _key(10.0, "robust: each feature's normalisation scale stays within 1/this..this x the scale of a merge without the byzantine_clients clients farthest from the median client (offset within this many of its scales): how far made-up feature statistics can stretch a feature", check=(lambda v: _is_num(v) and v >= 1, 'a number >= 1'))
+    count_ratio_limit: float | None = _key(10.0, "robust: a client's row count (its weight in FedAvg-like rules and statistics merges) counts at most this x the median client's (null = as sent)", check=(lambda v: v is None or (_is_num(v) and v >= 1), 'null or a number >= 1'))
     centralized_epochs: int | None = _key(30, 'baselines: epochs for the centralized and local-only models (null = comm_round * epochs)', check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
 
 
@@ -114,7 +117,7 @@ class ValidationArgs:
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
-    threshold_outlier_ratio: float | None = _key(None, "leave a device out of the global threshold when its own threshold is more than this x above or below the median device's (a client lying about its validation errors); null = pool every device", check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
+    threshold_outlier_ratio: float | None = _key(10.0, "robust: leave a device out of the global threshold when its own threshold is more than this x above or below the median device's (a client lying about its validation errors); null = pool every device", check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 
@@ -163,8 +166,8 @@ class AttackArgs:
     """Simulated malicious clients: what an attack does to a run, and what the aggregation rule stops."""
 
     malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
-    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign), model_scaling (send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report validation errors attack_scale times larger)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update', 'stats_inflation'))
-    attack_scale: float = _key(10.0, 'model_scaling: boost of the update; random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
+    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update', 'stats_inflation', 'eval_lies'))
+    attack_scale: float = _key(10.0, 'strength of the attack (see attack); random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
 
 
 SECTIONS: dict[str, type] = {
@@ -174,6 +177,23 @@ SECTIONS: dict[str, type] = {
 }
 # section name -> attribute of FedIoTConfig ("train_args" -> cfg.train)
 ATTRS: dict[str, str] = {name: name.removesuffix("_args") for name in SECTIONS}
+
+ROBUST_AGGREGATION = "median"  # what aggregation 'auto' means with robust: true (chosen by bench/robustness_study.py)
+
+
+@dataclass(frozen=True)
+class Defenses:
+    """The server's defenses against lying clients in effect for a run (from train_args/validation_args)."""
+
+    robust: bool  # also: trimmed merge of feature statistics, report consistency checks
+    aggregation: str
+    trim_fraction: float
+    byzantine_clients: int
+    screen_norm_factor: float | None
+    scale_ratio_limit: float
+    count_ratio_limit: float | None
+    threshold_outlier_ratio: float | None
+
 
 # section -> key -> (default, meaning): the documented table (README "Configuration").
 DEFAULTS: dict[str, dict[str, tuple[Any, str]]] = {
@@ -196,6 +216,16 @@ class FedIoTConfig:
     comm: CommArgs
     tracking: TrackingArgs
     attack: AttackArgs
+
+    @property
+    def defenses(self) -> "Defenses":
+        """What the server actually applies (train_args.robust switches all of it off at once)."""
+        t, robust = self.train, self.train.robust
+        rule = t.aggregation if t.aggregation != "auto" else (ROBUST_AGGREGATION if robust else "fedavg")
+        return Defenses(robust, rule, t.trim_fraction, t.byzantine_clients,
+                        t.screen_norm_factor if robust else None, t.scale_ratio_limit,
+                        t.count_ratio_limit if robust else None,
+                        self.validation.threshold_outlier_ratio if robust else None)
 
     def attack_of(self, rank: int) -> tuple[str, float]:
         """(attack, scale) that client `rank` carries out; ('none', ...) for an honest client."""

@@ -57,6 +57,40 @@ class FeatureStats:
             np.max([p.maximum for p in parts], axis=0),
         )
 
+    def with_count(self, count: int) -> "FeatureStats":
+        """The same per-feature mean, mean square, min and max, weighed as `count` rows (a capped count)."""
+        f = count / self.count
+        return FeatureStats(count, self.total * f, self.total_sq * f, self.minimum.copy(), self.maximum.copy())
+
+    @classmethod
+    def trimmed_merge(cls, parts: list["FeatureStats"], trim: int) -> "FeatureStats":
+        """Per feature, the exact merge of all parts but the `trim` whose mean and spread lie farthest from the
+        median part's, so `trim` parts that report made-up statistics cannot move the result far.
+
+        Farness of part i on feature j: |mean_ij - median_j(mean)| / s_j + |log(std_ij / median_j(std))|, with
+        s_j the median std (at least MIN_SCALE). The result is scaled to the full count (per feature, the kept
+        parts' mean and mean square), so it is a FeatureStats like `merge`'s. trim is capped at (n - 1) // 2.
+        """
+        trim = min(trim, (len(parts) - 1) // 2)
+        if trim <= 0:
+            return cls.merge(parts)
+        n = np.array([p.count for p in parts], dtype=np.float64)[:, None]
+        mean = np.stack([p.total for p in parts]) / n
+        std = np.sqrt(np.maximum(np.stack([p.total_sq for p in parts]) / n - mean ** 2, 0.0)) + MIN_SCALE
+        median_std = np.median(std, axis=0)
+        with np.errstate(all="ignore"):  # absurd reported values give inf/nan: the farthest of all
+            farness = np.abs(mean - np.median(mean, axis=0)) / median_std + np.abs(np.log(std / median_std))
+        farness = np.nan_to_num(farness, nan=np.inf)
+        keep = np.ones_like(farness, dtype=bool)
+        np.put_along_axis(keep, np.argsort(-farness, axis=0, kind="stable")[:trim], False, axis=0)
+        kept_n = (keep * n).sum(axis=0)
+        total = int(n.sum())
+        return cls(total,
+                   np.where(keep, np.stack([p.total for p in parts]), 0.0).sum(axis=0) / kept_n * total,
+                   np.where(keep, np.stack([p.total_sq for p in parts]), 0.0).sum(axis=0) / kept_n * total,
+                   np.where(keep, np.stack([p.minimum for p in parts]), np.inf).min(axis=0),
+                   np.where(keep, np.stack([p.maximum for p in parts]), -np.inf).max(axis=0))
+
     def to_dict(self) -> dict[str, Any]:
         return {"count": self.count, "total": self.total.tolist(), "total_sq": self.total_sq.tolist(),
                 "minimum": self.minimum.tolist(), "maximum": self.maximum.tolist()}
@@ -92,6 +126,16 @@ class Normalizer:
     @classmethod
     def fit(cls, rows: np.ndarray, transform: str, method: str) -> "Normalizer":
         return cls.from_stats(FeatureStats.of(rows, transform), transform, method)
+
+    def bounded_by(self, robust: "Normalizer", ratio: float) -> "Normalizer":
+        """This normaliser with each feature's scale kept within [1/ratio, ratio] x `robust`'s and its offset within
+        ratio x robust's scale of robust's offset: `robust` (from a trimmed merge) says where the honest majority
+        is, so a few made-up statistics can stretch or shift a feature only that far. Honest heterogeneous
+        clients spread the exact merge wider than the trimmed one; ratio must leave room for that."""
+        scale = np.clip(self.scale, robust.scale / ratio, ratio * robust.scale)
+        reach = ratio * robust.scale
+        offset = np.clip(self.offset, robust.offset - reach, robust.offset + reach)
+        return Normalizer(self.transform, self.method, offset, scale)
 
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         t = apply_transform(rows, self.transform)

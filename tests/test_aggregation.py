@@ -80,3 +80,13 @@ def test_median_equals_fedmls_wise_median_for_an_odd_count():
     theirs = fedml_defender("wise_median", 2).defend_on_aggregation(copy.deepcopy(ups))
     ours = coordinate_median(ups)
     assert max(float((ours[k].double() - theirs[k].double()).abs().max()) for k in base) < 1e-6
+
+
+def test_counts_are_capped_against_the_median_and_the_cut_is_named():
+    from federation.aggregation import capped_counts
+
+    counts = {"a": 100, "b": 120, "c": 90, "liar": 10**9}
+    capped, cut = capped_counts(counts, 10.0)
+    assert capped == {"a": 100, "b": 120, "c": 90, "liar": 1000} and set(cut) == {"liar"}
+    assert "weighed as 1000" in cut["liar"]
+    assert capped_counts(counts, None) == (counts, {})

@@ -66,3 +66,48 @@ def test_histogram_auc_by_hand():
     a[15], a[30] = 1, 1
     assert auc_from_histograms(b, a)["roc_auc"] == pytest.approx(0.75)
     assert sum(histogram(np.array([1e-9, 1.0, 1.0, 1e9])).values()) == 4
+
+
+def _announced(s: DeviceScores) -> dict:
+    from evaluation.counts import held_out_counts
+    return held_out_counts(s)
+
+
+def test_an_honest_report_has_no_problems_and_fabricated_counts_do():
+    """report_problems: what the server checks a count report against (announced rows, its own validation
+    statistics, the thresholds it sent, the client's own histograms); eval_lies' fabrication fails it."""
+    from evaluation.counts import report_problems
+    from federation.client import fabricate_counts
+
+    s = make_scores(6, "A")
+    sent = {"global": 0.3, "device": 0.25}
+    honest = client_report(s, sent["global"], sent["device"], 5)
+    assert report_problems(honest, _announced(s), len(s.validation), sent, 5) == []
+    lie = client_report(s, sent["global"], sent["device"], 5)
+    fabricate_counts(lie, 10.0)
+    problems = report_problems(lie, _announced(s), len(s.validation), sent, 5)
+    assert any("benign fp + tn is 1500, expected 150" in p for p in problems), problems
+    # a subtler lie: same totals, fewer attack rows flagged than its own histogram puts above the threshold
+    subtle = client_report(s, sent["global"], sent["device"], 5)
+    a = subtle["modes"]["global"]["attacks"]["mirai_udp"]
+    a["tp"], a["fn"] = a["tp"] - 5, a["fn"] + 5
+    assert any("mirai_udp rows flagged; its histogram allows" in p for p in report_problems(
+        subtle, _announced(s), len(s.validation), sent, 5))
+    # counts at another threshold than the one it was sent; validation rows other than its statistics said
+    assert any("it was sent" in p for p in report_problems(honest, _announced(s), len(s.validation),
+                                                           {"global": 0.5, "device": 0.25}, 5))
+    assert any("against its validation statistics" in p for p in report_problems(
+        honest, _announced(s), len(s.validation) + 1, sent, 5))
+
+
+def test_flag_bounds_bracket_the_true_count_at_any_threshold():
+    from evaluation.counts import _flag_bounds
+
+    rng = np.random.default_rng(7)
+    scores = rng.lognormal(-1, 2, 5000)
+    h = histogram(scores)
+    for thr in (*rng.lognormal(-1, 2, 50), HIST_EDGES[2000], 0.0):
+        lo, hi = _flag_bounds(h, float(thr))
+        assert lo <= int((scores > thr).sum()) <= hi
+        lo_s, hi_s = _flag_bounds({str(k): v for k, v in h.items()}, float(thr))  # keys as they come off the wire
+        assert (lo_s, hi_s) == (lo, hi)

@@ -24,7 +24,21 @@ def test_defaults_filled():
     assert cfg.values["train_args"]["learning_rate"] == 0.003
 
 
+def test_robust_switch_decides_the_defenses_in_effect():
+    robust = config.validate({}).defenses
+    assert robust.robust and robust.aggregation == config.ROBUST_AGGREGATION
+    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0 and robust.threshold_outlier_ratio == 10.0
+    plain = config.validate({"train_args": {"robust": False}}).defenses
+    assert (plain.robust, plain.aggregation, plain.screen_norm_factor, plain.count_ratio_limit,
+            plain.threshold_outlier_ratio) == (False, "fedavg", None, None, None)
+    # a rule named explicitly is what runs, robust or not
+    assert config.validate({"train_args": {"robust": False, "aggregation": "median"}}).defenses.aggregation == "median"
+    assert config.validate({"train_args": {"aggregation": "fedavg"}}).defenses.aggregation == "fedavg"
+
+
 @pytest.mark.parametrize("raw, message", [
+    ({"train_args": {"robust": "yes"}}, r"train_args\.robust = 'yes'; expected true or false"),
+    ({"attack_args": {"attack": "eval_lie"}}, r"attack_args\.attack = 'eval_lie'; expected one of"),
     ({"data_args": {"datset": "nbaiot"}}, r"unknown key data_args\.datset \(did you mean data_args\.dataset\?\)"),
     ({"dta_args": {}}, r"unknown section 'dta_args' \(did you mean 'data_args'\?\)"),
     ({"data_args": {"dataset": "kdd"}}, r"data_args\.dataset = 'kdd'; expected one of nbaiot, synthetic"),

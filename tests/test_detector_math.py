@@ -92,3 +92,39 @@ def test_detector_checkpoint_roundtrip(tmp_path):
     path.write_bytes(b"junk")
     with pytest.raises(Exception):
         Detector.load(path)
+
+
+def _honest_parts(n: int = 9) -> list[FeatureStats]:
+    rng = np.random.default_rng(3)
+    return [FeatureStats.of(rng.normal(rng.uniform(-2, 2, 115), rng.uniform(0.5, 2, 115), (200 + 10 * i, 115)), "none")
+            for i in range(n)]
+
+
+def test_trimmed_merge_ignores_made_up_statistics_and_bounded_normaliser_limits_their_reach():
+    honest = _honest_parts()
+    truth = Normalizer.from_stats(FeatureStats.merge(honest), "none", "zscore")
+    liars = [FeatureStats(p.count, p.total * 100, p.total_sq * 100 ** 2, p.minimum * 100, p.maximum * 100)
+             for p in honest[:2]]
+    parts = liars + honest[2:]
+    plain = Normalizer.from_stats(FeatureStats.merge(parts), "none", "zscore")
+    assert np.median(plain.scale / truth.scale) > 20  # pooled as sent: every feature squashed ~30x
+    trimmed = Normalizer.from_stats(FeatureStats.trimmed_merge(parts, 2), "none", "zscore")
+    assert np.abs(trimmed.scale / truth.scale - 1).max() < 0.5  # the liars are the farthest on every feature
+    bounded = plain.bounded_by(trimmed, 3.0)
+    assert (bounded.scale <= 3.0 * trimmed.scale + 1e-12).all() and (bounded.scale < plain.scale).all()
+    # with honest clients only and room for their spread, bounding changes nothing
+    honest_trimmed = Normalizer.from_stats(FeatureStats.trimmed_merge(honest, 2), "none", "zscore")
+    same = truth.bounded_by(honest_trimmed, 10.0)
+    assert np.array_equal(same.scale, truth.scale) and np.array_equal(same.offset, truth.offset)
+    # absurd values (inf after squaring) count as farthest, not as NaN that sorts last
+    absurd = [FeatureStats(1, np.full(115, 1e300), np.full(115, 1e300), np.zeros(115), np.ones(115)), *honest[1:]]
+    assert np.isfinite(FeatureStats.trimmed_merge(absurd, 1).total).all()
+
+
+def test_with_count_keeps_the_mean_and_trim_is_capped_for_few_parts():
+    p = _honest_parts(1)[0]
+    q = p.with_count(50)
+    assert q.count == 50 and np.allclose(q.total / 50, p.total / p.count) and np.allclose(q.total_sq / 50, p.total_sq / p.count)
+    two = _honest_parts(2)
+    m = FeatureStats.trimmed_merge(two, 2)  # (2 - 1) // 2 = 0 left out: the exact merge
+    assert np.array_equal(m.total, FeatureStats.merge(two).total)

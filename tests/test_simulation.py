@@ -212,28 +212,45 @@ def run_with_client_2_malicious(tmp_path: Path, rounds: int, **over) -> tuple[su
     return proc, run_dir, {d: metrics["devices"][d]["tpr"] for d in ATTACK_DEVICES if d != ATTACK_DEVICES[1]}
 
 
-def test_one_random_update_client_blinds_fedavg_but_not_the_median(tmp_path):
-    """attack_args: client 2 of 5 sends random weights (attack_scale 10 x each tensor's std). With FedAvg the
-    honest devices' detection collapses; with the coordinate-wise median it is intact."""
-    results = {rule: run_with_client_2_malicious(tmp_path / rule, 4, train_args__aggregation=rule,
-                                                 attack_args__attack="random_update")[2]
-               for rule in ("fedavg", "median")}
-    assert max(results["fedavg"].values()) < 0.5, results
-    assert min(results["median"].values()) >= 0.98, results
-
-
-def test_inflated_validation_statistics_move_the_global_threshold_unless_outliers_are_left_out(tmp_path):
-    """attack_args stats_inflation: client 2 of 5 reports validation errors 100x larger. Pooled as sent, the global
-    threshold rises so far that honest devices' attacks pass (TPR 0); validation_args.threshold_outlier_ratio
-    leaves that client out of the global threshold, and detection is intact."""
-    results = {}
-    for label, ratio in (("pooled", None), ("screened", 10.0)):
+@pytest.mark.parametrize("attack,scale", [("random_update", 10.0), ("stats_inflation", 100.0)])
+def test_one_lying_client_blinds_plain_fedavg_but_not_the_robust_defaults(tmp_path, attack, scale):
+    """attack_args: client 2 of 5 sends random weights (10 x each tensor's std), or reports feature and validation
+    statistics of rows 100x larger. With train_args.robust: false (plain FedAvg, statistics pooled as sent) the
+    honest devices' detection collapses; with the defaults (robust) it is intact, and the defense says why."""
+    results, outputs = {}, {}
+    for label, robust in (("plain", False), ("robust", True)):
         proc, run_dir, results[label] = run_with_client_2_malicious(
-            tmp_path / label, 3, validation_args__threshold_outlier_ratio=ratio, attack_args__attack="stats_inflation",
-            attack_args__attack_scale=100.0)
-        if ratio:
-            assert "global threshold leaves out Ecobee_Thermostat" in proc.stdout
-            rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+            tmp_path / label, 3, train_args__robust=robust, attack_args__attack=attack, attack_args__attack_scale=scale)
+        outputs[label] = proc.stdout
+        rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+        if robust and attack == "random_update":
+            assert all("Ecobee_Thermostat" in r["screened_out"] for r in rounds), rounds
+            assert "update of Ecobee_Thermostat left out" in proc.stdout
+        if robust and attack == "stats_inflation":
             assert "Ecobee_Thermostat" in rounds[-1]["threshold_excluded"]
-    assert max(results["pooled"].values()) < 0.5, results
-    assert min(results["screened"].values()) >= 0.98, results
+            assert "global threshold leaves out Ecobee_Thermostat" in proc.stdout
+        if not robust:
+            assert all(r["aggregation"] == "fedavg" and "screened_out" not in r for r in rounds)
+    assert max(results["plain"].values()) < 0.5, results
+    assert min(results["robust"].values()) >= 0.98, results
+
+
+def test_fabricated_counts_are_left_out_of_the_metrics(tmp_path):
+    """attack_args eval_lies: client 2 reports every attack row caught, no false alarm and 10x its benign rows.
+    Robust (default): its report contradicts the rows it announced and its own histograms, so it is left out,
+    said and recorded; the metrics are the honest devices'. Plain: the lie is counted (global FPR diluted)."""
+    proc, run_dir, _ = run_with_client_2_malicious(tmp_path / "robust", 2, attack_args__attack="eval_lies")
+    assert "count report of Ecobee_Thermostat left out: global: benign fp + tn is" in proc.stdout
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert "Ecobee_Thermostat" in rounds[-1]["reports_rejected"]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert "Ecobee_Thermostat" not in metrics["devices"]
+    honest_benign = sum(metrics["devices"][d]["modes"]["global"]["fp"] + metrics["devices"][d]["modes"]["global"]["tn"]
+                        for d in metrics["devices"])
+    assert metrics["global"]["n_benign_test"] == honest_benign
+    _, plain_dir, _ = run_with_client_2_malicious(tmp_path / "plain", 2, attack_args__attack="eval_lies",
+                                                  train_args__robust=False)
+    plain = json.loads((plain_dir / "metrics.json").read_text())
+    lied = plain["devices"]["Ecobee_Thermostat"]
+    assert lied["fpr"] == 0.0 and lied["tpr"] == 1.0
+    assert lied["n_benign_test"] == 10 * metrics["devices"]["Danmini_Doorbell"]["n_benign_test"]  # same rows each

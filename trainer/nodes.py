@@ -239,6 +239,7 @@ class ServerNode(_Node):
                 f"{self.device_of(rank)}; ignored")
             return
         self.connected[rank] = info
+        self.core.client_joined(info["device"], info["n_train"], msg.get("held_out"))
         self.send(S2C_WELCOME, rank, round=self.core.round)
         if self.phase == "waiting":
             self._status(force=True)
