@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -225,10 +226,22 @@ class RoundCore:
                          weight_decay=t.weight_decay,
                          seed=self.cfg.common.random_seed * 100003 + self.round * 101 + nbaiot.device_index(device))
 
+    def sample(self) -> list[str]:
+        """The clients that train this round: all of them, or `client_num_per_round` chosen by FedML's rule
+        (`FedMLAggregator.client_sampling`: np.random.seed(round index), choice without replacement), so a
+        run samples the same clients round by round as FedML would, and a resumed run as the original."""
+        devices, per_round = self.cfg.devices, self.cfg.train.client_num_per_round
+        if per_round >= len(devices):
+            return list(devices)
+        picked = np.random.RandomState(self.round).choice(range(len(devices)), per_round, replace=False)
+        return [devices[i] for i in sorted(int(i) for i in picked)]
+
     def begin_round(self) -> dict[str, Any]:
         """Open a round; returns what every client is sent besides its plan."""
         self.round_started = time.monotonic()
         self.record = {"round": self.round + 1, "data_source": self.data_info["source"], "lr": self.lr()}
+        if self.cfg.train.client_num_per_round < len(self.cfg.devices):
+            self.record["sampled"] = self.sample()
         return self._global()
 
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],

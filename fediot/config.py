@@ -90,7 +90,7 @@ class TrainArgs:
     federated_optimizer: str = _key('FedAvg', 'FedML aggregation algorithm (FedAvg)', choices=('FedAvg',), fedml=True)
     client_id_list: str = _key('[]', 'FedML: leave as is', fedml=True)
     client_num_in_total: int = _key(None, 'number of clients (null = number of configured devices; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
-    client_num_per_round: int = _key(None, 'clients per round (null = client_num_in_total; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
+    client_num_per_round: int = _key(None, "clients that train in each round (null = client_num_in_total): fewer are a seeded sample per round, FedML's rule (np.random.seed(round) + choice without replacement), recorded as 'sampled' in rounds.jsonl; every client is evaluated", check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
     comm_round: int = _key(20, 'federated rounds', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'), fedml=True)
     epochs: int = _key(5, 'local epochs per round', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     batch_size: int = _key(64, 'mini-batch size', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
@@ -315,25 +315,28 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
 
 
 def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
-    """Clients, devices and per-round minimums must fit together (one client per device)."""
+    """Clients, devices, clients per round and per-round minimums must fit together (one client per device)."""
     n_devices = len(values["data_args"]["devices"])
     t = values["train_args"]
     for key in ("client_num_in_total", "client_num_per_round"):
         if t[key] is None:
             t[key] = n_devices
-    if t["client_num_in_total"] != n_devices or t["client_num_per_round"] != n_devices:
+    if t["client_num_in_total"] != n_devices:
         raise ConfigError(f"{where}: data_args.devices lists {n_devices} device(s) but train_args.client_num_in_total = "
-                          f"{t['client_num_in_total']} and client_num_per_round = {t['client_num_per_round']}; "
-                          f"set both to {n_devices} (one client per device)")
+                          f"{t['client_num_in_total']}; set it to {n_devices} (one client per device) or leave it out")
+    if t["client_num_per_round"] > n_devices:
+        raise ConfigError(f"{where}: train_args.client_num_per_round = {t['client_num_per_round']} > "
+                          f"{n_devices} clients (client_num_in_total)")
+    if t["min_clients_per_round"] > t["client_num_per_round"]:
+        raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > "
+                          f"{t['client_num_per_round']} clients per round (client_num_per_round)")
     bad = [r for r in values["attack_args"]["malicious_ranks"] if r > n_devices]
     if bad:
         raise ConfigError(f"{where}: attack_args.malicious_ranks has rank(s) {bad}; client ranks are 1..{n_devices}")
-    if t["aggregation"] in ("krum", "multikrum") and n_devices < 2 * t["byzantine_clients"] + 3:
+    if t["aggregation"] in ("krum", "multikrum") and t["client_num_per_round"] < 2 * t["byzantine_clients"] + 3:
         raise ConfigError(f"{where}: train_args.aggregation = {t['aggregation']} with byzantine_clients = "
-                          f"{t['byzantine_clients']} needs at least {2 * t['byzantine_clients'] + 3} clients; "
-                          f"there are {n_devices}")
-    if t["min_clients_per_round"] > n_devices:
-        raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > {n_devices} clients")
+                          f"{t['byzantine_clients']} needs at least {2 * t['byzantine_clients'] + 3} clients per round; "
+                          f"client_num_per_round is {t['client_num_per_round']}")
     training, backend = values["common_args"]["training_type"], values["comm_args"]["backend"]
     if training == "simulation" and backend != "MPI":
         raise ConfigError(f"{where}: comm_args.backend = {backend!r}; a simulation (common_args.training_type: "

@@ -51,7 +51,10 @@ def test_robust_switch_decides_the_defenses_in_effect():
     ({"data_args": {"devices": ["Ecobee_Thermostat", "Ennio_Doorbell"]}, "train_args": {"client_num_in_total": 9}},
      r"data_args\.devices lists 2 device\(s\) but train_args\.client_num_in_total = 9"),
     ({"train_args": {"min_clients_per_round": 2, "client_num_in_total": 1, "client_num_per_round": 1},
-      "data_args": {"devices": ["Ecobee_Thermostat"]}}, r"train_args\.min_clients_per_round = 2 > 1 clients"),
+      "data_args": {"devices": ["Ecobee_Thermostat"]}}, r"train_args\.min_clients_per_round = 2 > 1 clients per round"),
+    ({"data_args": {"devices": ["Ecobee_Thermostat", "Ennio_Doorbell"]}, "train_args": {"client_num_per_round": 3}},
+     r"train_args\.client_num_per_round = 3 > 2 clients"),
+    ({"train_args": {"client_num_per_round": 5, "aggregation": "krum"}}, r"needs at least 7 clients per round"),
     ({"common_args": {"training_type": "cross_silo"}}, r"comm_args\.backend = 'MPI'; a deployment uses GRPC"),
     ({"comm_args": {"backend": "GRPC"}}, r"a simulation \(common_args\.training_type: simulation\) runs on MPI"),
 ])

@@ -254,3 +254,24 @@ def test_fabricated_counts_are_left_out_of_the_metrics(tmp_path):
     lied = plain["devices"]["Ecobee_Thermostat"]
     assert lied["fpr"] == 0.0 and lied["tpr"] == 1.0
     assert lied["n_benign_test"] == 10 * metrics["devices"]["Danmini_Doorbell"]["n_benign_test"]  # same rows each
+
+
+def test_client_sampling_follows_fedmls_rule_and_everyone_is_evaluated(tmp_path):
+    """train_args.client_num_per_round 2 of 5: each round trains the seeded sample FedML's aggregator would
+    pick (recorded as 'sampled'; the others are not dropped, just not asked); evaluation covers all 5."""
+    from fedml.cross_silo.server.fedml_aggregator import FedMLAggregator
+
+    cfg = sim_config(tmp_path, data_args__devices=ATTACK_DEVICES, train_args__client_num_in_total=5,
+                     train_args__client_num_per_round=2, train_args__comm_round=3, validation_args__frequency_of_the_test=3)
+    proc = run_sim("5", cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    for r in rounds:
+        fedml_pick = FedMLAggregator.client_sampling(None, r["round"] - 1, 5, 2)
+        assert r["sampled"] == [ATTACK_DEVICES[i] for i in sorted(fedml_pick)]
+        assert r["clients"] == r["sampled"] and r["dropped"] == [], r
+    assert len({tuple(r["sampled"]) for r in rounds}) > 1  # the sample changes from round to round
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(metrics["devices"]) == sorted(ATTACK_DEVICES)
+    assert "round 1/3  clients 2" in proc.stdout

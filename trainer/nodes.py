@@ -150,7 +150,7 @@ class ServerRules:
     @classmethod
     def of(cls, cfg) -> "ServerRules":
         if cfg.is_simulation:  # MPI ranks cannot drop silently: a crashed rank aborts the job
-            return cls(None, len(cfg.devices), float("inf"), cfg.comm.retry_interval_s, False, False)
+            return cls(None, cfg.train.client_num_per_round, float("inf"), cfg.comm.retry_interval_s, False, False)
         return cls(float(cfg.train.round_timeout_s), cfg.train.min_clients_per_round, float(cfg.comm.wait_for_clients_s),
                    float(cfg.comm.retry_interval_s), True, True)
 
@@ -168,6 +168,7 @@ class ServerNode(_Node):
         self.phase = "waiting"
         self.phase_id = 0  # increases with every phase, so stale deadlines are ignored
         self.expected: set[int] = set()
+        self.asked: set[int] = set()  # the ranks the open phase is for (connected or not)
         self.replies: dict[int, dict[str, Any]] = {}
         self.started = time.monotonic()
         self.last_status = ""
@@ -261,13 +262,16 @@ class ServerNode(_Node):
         else:
             self.begin_round()
 
-    def _open_phase(self, phase: str, msg_type: str, params: Callable[[int], dict[str, Any]]) -> None:
-        """Send `msg_type` (with params(rank)) to every connected client and wait for their answers."""
+    def _open_phase(self, phase: str, msg_type: str, params: Callable[[int], dict[str, Any]],
+                    ranks: set[int] | None = None) -> None:
+        """Send `msg_type` (with params(rank)) to every connected client (of `ranks`, if given: this round's
+        sample) and wait for their answers."""
         self.phase = phase
         self.phase_id += 1
         self.replies = {}
         self.expected = set()
-        for rank in sorted(self.connected):
+        self.asked = set(self.connected) if ranks is None else set(ranks)
+        for rank in sorted(r for r in self.connected if r in self.asked):
             if self.send(msg_type, rank, round=self.core.round, **params(rank)):
                 self.expected.add(rank)
             else:
@@ -302,7 +306,7 @@ class ServerNode(_Node):
 
     def close_phase(self) -> None:
         answered = sorted(self.replies)
-        dropped = sorted(set(self.connected) - set(answered))
+        dropped = sorted(self.asked - set(answered))
         phase = self.phase
         self.phase = "busy"
         if len(answered) < self.rules.min_clients:
@@ -321,8 +325,9 @@ class ServerNode(_Node):
     # -- training
     def begin_round(self) -> None:
         common = self.core.begin_round()
-        self._open_phase("train", S2C_TRAIN,
-                         lambda r: {**common, "plan": self.core.plan(self.device_of(r)).to_dict()})
+        sampled = set(self.core.sample())
+        self._open_phase("train", S2C_TRAIN, lambda r: {**common, "plan": self.core.plan(self.device_of(r)).to_dict()},
+                         {r for r in self.client_ranks if self.device_of(r) in sampled})
 
     def finish_round(self, answered: list[int], dropped: list[int]) -> None:
         sent, received = self.com_manager.bytes_sent, self.com_manager.bytes_received
