@@ -1,11 +1,12 @@
 #!/bin/sh
-# MPI simulation: N clients (one per configured device) + 1 server = N+1 ranks, on this machine or,
-# with an Open MPI host file, on several (doc/simulation-cluster.md).
+# MPI simulation: 1 server + N worker ranks, on this machine or, with an Open MPI host file, on several
+# (doc/simulation-cluster.md). N = train_args.client_num_per_round (each worker trains the client it is
+# assigned that round; 9 with the defaults: one per device) or N = client_num_in_total (one rank per client).
 #   sh run_simulation.sh N [CONFIG] [--hostfile FILE]      (default CONFIG: config_simulation/fedml_config.yaml;
 #                                                           FEDIOT_HOSTFILE=FILE works too)
 # The last line of output is the run directory.
 set -u
-usage="usage: sh run_simulation.sh N [CONFIG] [--hostfile FILE]   (N = number of clients, 1..9)"
+usage="usage: sh run_simulation.sh N [CONFIG] [--hostfile FILE]   (N = worker ranks: clients per round, 1..64)"
 HOSTFILE="${FEDIOT_HOSTFILE:-}"
 CONFIG_ARG=""
 N=""
@@ -19,9 +20,9 @@ while [ $# -gt 0 ]; do
   esac
 done
 case "$N" in
-  ''|*[!0-9]*) echo "error: N must be a number of clients (1..9). $usage" >&2; exit 2 ;;
+  ''|*[!0-9]*) echo "error: N must be a number of worker ranks (1..64). $usage" >&2; exit 2 ;;
 esac
-if [ "$N" -lt 1 ] || [ "$N" -gt 9 ]; then echo "error: N = $N; expected 1..9. $usage" >&2; exit 2; fi
+if [ "$N" -lt 1 ] || [ "$N" -gt 64 ]; then echo "error: N = $N; expected 1..64. $usage" >&2; exit 2; fi
 HERE="$(cd "$(dirname "$0")" && pwd)"
 . "$HERE/launcher_env.sh"
 set_config "${CONFIG_ARG:-$HERE/config_simulation/fedml_config.yaml}"

@@ -88,7 +88,8 @@ def run_cell(base: dict[str, Any], attack: str, malicious: int, robust: bool, ou
         "device_thresholds": {"tpr": g["modes"]["device"]["tpr"], "fpr": g["modes"]["device"]["fpr"]},
         "honest": honest_rows(metrics, [d for d in devices if d not in malicious_devices]),
         "defenses": {"screened_out": sum(len(r.get("screened_out", {})) for r in rounds),
-                     "threshold_excluded": sum(len(r.get("threshold_excluded", {})) for r in rounds),
+                     "threshold_clipped": sum(len(r.get("threshold_clipped", {})) + len(r.get("threshold_excluded", {}))
+                                              for r in rounds),
                      "reports_rejected": sum(len(r.get("reports_rejected", {})) for r in rounds)},
     }
 
@@ -99,21 +100,21 @@ def f3(x: float | None) -> str:
 
 def write_table(results: dict[str, Any], attacks: list[str], malicious: list[int], out: Path) -> Path:
     lines = ["| attack | malicious of 9 | defenses | global TPR | global FPR | honest devices TPR / FPR | "
-             "lowest honest device TPR | left out (updates / thresholds / reports) |", "|---|---|---|---|---|---|---|---|"]
-    for attack in attacks:
-        for m in malicious:
-            for robust in (True, False):
-                r = results.get(cell_key(attack if m else "none", m, robust))
-                if r is None:
-                    continue
-                name = attack if m else "none"
-                if "failed" in r:
-                    lines.append(f"| {name} | {m} | {'on' if robust else 'off'} | failed | | | | |")
-                    continue
-                h, d = r["honest"], r["defenses"]
-                lines.append(f"| {name} | {m} | {'on' if robust else 'off'} | {f3(r['global']['tpr'])} | "
-                             f"{f3(r['global']['fpr'])} | {f3(h['tpr'])} / {f3(h['fpr'])} | {f3(h['min_device_tpr'])} | "
-                             f"{d['screened_out']} / {d['threshold_excluded']} / {d['reports_rejected']} |")
+             "lowest honest device TPR | defenses fired (updates out / thresholds bounded / reports out) |", "|---|---|---|---|---|---|---|---|"]
+    cells = [("none", 0)] if 0 in malicious else []
+    cells += [(attack, m) for attack in attacks for m in malicious if m > 0]
+    for name, m in cells:
+        for robust in (True, False):
+            r = results.get(cell_key(name, m, robust))
+            if r is None:
+                continue
+            if "failed" in r:
+                lines.append(f"| {name} | {m} | {'on' if robust else 'off'} | failed | | | | |")
+                continue
+            h, d = r["honest"], r["defenses"]
+            lines.append(f"| {name} | {m} | {'on' if robust else 'off'} | {f3(r['global']['tpr'])} | "
+                         f"{f3(r['global']['fpr'])} | {f3(h['tpr'])} / {f3(h['fpr'])} | {f3(h['min_device_tpr'])} | "
+                         f"{d['screened_out']} / {d['threshold_clipped']} / {d['reports_rejected']} |")
     path = out / "table.md"
     path.write_text("\n".join(lines) + "\n")
     return path

@@ -116,7 +116,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     def make_node() -> ServerNode | ClientNode:
         if role == "server":
             return ServerNode(args, core, list(range(1, n_devices + 1)), transport)
-        return ClientNode(args, local, rank, n_devices, ClientRules.of(cfg), transport)
+        return ClientNode(args, {device: local}, rank, n_devices, ClientRules.of(cfg), transport)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
                     {"rank": rank, "role": role})

@@ -9,7 +9,7 @@ resolution). Simulation, deployment, baselines and re-evaluation all report thro
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -187,8 +187,10 @@ def _entry(reports: list[dict[str, Any]], mode: str) -> dict[str, Any]:
 
 
 def combine_reports(reports: list[dict[str, Any]], global_threshold: float | None,
-                    device_thresholds: dict[str, float], window: int, primary: str = "global") -> dict[str, Any]:
-    """metrics.json's 'global' and 'devices' parts from client reports.
+                    device_thresholds: dict[str, float], window: int, primary: str = "global",
+                    device_of: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """metrics.json's 'global' and 'devices' parts from client reports (with `device_of` and several clients per
+    device: 'clients' per client and 'devices' per device; the 'device' mode keeps each client's own threshold).
 
     Each entry carries its threshold modes under `modes` ('global': one threshold from merged
     validation statistics; 'device': each device's own threshold); its top-level keys repeat the
@@ -213,6 +215,18 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float | Non
         e["missing_attacks"] = r["missing_attacks"]
         e["validation"] = r["validation"]
         result["devices"][r["device"]] = e
+    if device_of is not None and any(device_of(r["device"]) != r["device"] for r in reports):
+        result["clients"] = result["devices"]  # several clients per device: both levels
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in reports:
+            groups.setdefault(device_of(r["device"]), []).append(r)
+        result["devices"] = {}
+        for device, group in groups.items():
+            e = entry(group)
+            e["clients"] = [r["device"] for r in group]
+            e["missing_attacks"] = group[0]["missing_attacks"]
+            e["validation"] = {"n": sum(r["validation"]["n"] for r in group)}
+            result["devices"][device] = e
     return result
 
 

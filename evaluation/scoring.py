@@ -2,7 +2,8 @@
 
 - one normalisation for every row (the detector's, fitted on training benign rows only);
 - thresholds from held-out benign *validation* rows: a global one from merged error statistics
-  and one per device (`thresholds_from_stats`, the one threshold rule of every run path);
+  and one per device (`thresholds_from_stats`, the one threshold rule of every run path; a server
+  defending against lying clients bounds each device's share first, `clip_threshold_outliers`);
 - FPR on benign *test* rows never trained on, TPR per attack file; both threshold modes, plus
   N-BaIoT's majority-vote window variant.
 
@@ -49,26 +50,33 @@ def score_device(model: nn.Module, normalizer: Normalizer, split: DeviceSplit) -
                         {name: s(rows) for name, rows in split.attacks.items()}, list(split.missing_attacks))
 
 
-def thresholds_from_stats(stats: dict[str, ErrorStats], k: float,
-                          exclude: frozenset[str] | set[str] = frozenset()) -> tuple[float, dict[str, float]]:
-    """Global threshold (mean + k*std of the merged validation errors of the devices not in `exclude`) and
-    each device's own."""
+def thresholds_from_stats(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:
+    """Global threshold (mean + k*std of the merged validation errors) and each device's own."""
     per_device = {device: s.threshold(k) for device, s in stats.items()}
-    pooled = [s for device, s in stats.items() if device not in exclude]
-    return ErrorStats.merge(pooled).threshold(k), per_device
+    return ErrorStats.merge(list(stats.values())).threshold(k), per_device
 
 
-def threshold_outliers(per_device: dict[str, float], ratio: float | None) -> dict[str, str]:
-    """Devices whose own threshold is more than `ratio` times above or below the median device threshold:
-    left out of the global threshold, so one client's inflated (or deflated) validation statistics cannot
-    move every device's threshold. device -> reason."""
-    if ratio is None or len(per_device) < 3:
-        return {}
-    median = float(np.median(list(per_device.values())))
+def clip_threshold_outliers(stats: dict[str, ErrorStats], k: float,
+                            ratio: float | None) -> tuple[dict[str, ErrorStats], dict[str, str]]:
+    """Validation statistics for the global threshold with bounded influence: a device whose own threshold is
+    more than `ratio` times above (or below) the median device's counts as if its errors were scaled to that
+    limit. So a client lying about its validation errors moves the global threshold only as far as a device at
+    the limit would, while an honest device that is merely different still counts (leaving it out would set
+    the global threshold below its normal errors). Returns the statistics to pool and device -> what was done."""
+    if ratio is None or len(stats) < 3:
+        return dict(stats), {}
+    own = {d: s.threshold(k) for d, s in stats.items()}
+    median = float(np.median(list(own.values())))
     if median <= 0.0:
-        return {}
-    return {d: f"its threshold {t:.4g} is {t / median:.3g}x the median device threshold {median:.4g} (limit {ratio:g}x)"
-            for d, t in per_device.items() if t > ratio * median or t * ratio < median}
+        return dict(stats), {}
+    out, clipped = dict(stats), {}
+    for d, t in own.items():
+        limit = ratio * median if t > ratio * median else (median / ratio if t * ratio < median else None)
+        if limit is not None and t > 0:
+            out[d] = stats[d].scaled(limit / t)
+            clipped[d] = (f"its threshold {t:.4g} is {t / median:.3g}x the median device threshold {median:.4g}; "
+                          f"counted at the {ratio:g}x limit")
+    return out, clipped
 
 
 def thresholds(scores: list[DeviceScores], k: float) -> tuple[float, dict[str, float]]:

@@ -32,10 +32,10 @@ from torch import nn
 from data import nbaiot
 from evaluation.counts import combine_reports, curves_from_reports, report_problems
 from evaluation.metrics import METRIC_KEYS
-from evaluation.scoring import threshold_outliers, thresholds_from_stats
+from evaluation.scoring import clip_threshold_outliers, thresholds_from_stats
 from federation.aggregation import aggregate, capped_counts
 from federation.tracking import Tracker
-from fediot.config import FedIoTConfig
+from fediot.config import FedIoTConfig, client_part, device_of_client
 from fediot.console import round_bar, say
 from fediot.errors import ConfigError
 from fediot.rundir import append_jsonl, write_json
@@ -219,33 +219,34 @@ class RoundCore:
         t = self.cfg.train
         return learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, self.round)
 
-    def plan(self, device: str) -> RoundPlan:
-        """This round's hyperparameters for one client; the seed differs per device and round."""
+    def plan(self, client: str) -> RoundPlan:
+        """This round's hyperparameters for one client; the seed differs per client and round."""
         t = self.cfg.train
+        client_index = nbaiot.device_index(device_of_client(client)) + len(nbaiot.DEVICES) * client_part(client)
         return RoundPlan(round_idx=self.round, lr=self.lr(), epochs=t.epochs, batch_size=t.batch_size,
                          weight_decay=t.weight_decay,
-                         seed=self.cfg.common.random_seed * 100003 + self.round * 101 + nbaiot.device_index(device))
+                         seed=self.cfg.common.random_seed * 100003 + self.round * 101 + client_index)
 
     def sample(self) -> list[str]:
         """The clients that train this round: all of them, or `client_num_per_round` chosen by FedML's rule
         (`FedMLAggregator.client_sampling`: np.random.seed(round index), choice without replacement), so a
         run samples the same clients round by round as FedML would, and a resumed run as the original."""
-        devices, per_round = self.cfg.devices, self.cfg.train.client_num_per_round
-        if per_round >= len(devices):
-            return list(devices)
-        picked = np.random.RandomState(self.round).choice(range(len(devices)), per_round, replace=False)
-        return [devices[i] for i in sorted(int(i) for i in picked)]
+        clients, per_round = self.cfg.clients, self.cfg.train.client_num_per_round
+        if per_round >= len(clients):
+            return list(clients)
+        picked = np.random.RandomState(self.round).choice(range(len(clients)), per_round, replace=False)
+        return [clients[i] for i in sorted(int(i) for i in picked)]
 
     def begin_round(self) -> dict[str, Any]:
         """Open a round; returns what every client is sent besides its plan."""
         self.round_started = time.monotonic()
         self.record = {"round": self.round + 1, "data_source": self.data_info["source"], "lr": self.lr()}
-        if self.cfg.train.client_num_per_round < len(self.cfg.devices):
+        if self.cfg.train.client_num_per_round < len(self.cfg.clients):
             self.record["sampled"] = self.sample()
         return self._global()
 
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
-                     traffic: dict[str, int] | None = None) -> str:
+                     traffic: dict[str, Any] | None = None) -> str:
         """Aggregate the answers (device -> update), complete the round's record; the summary line."""
         d = self.defenses
         counts = {c: int(u["n"]) for c, u in updates.items()}
@@ -302,19 +303,22 @@ class RoundCore:
                 if announced is not None and s.count != announced:
                     excluded[c] = f"its validation statistics count {s.count} rows, it announced {announced}"
             counts = self._capped({c: s.count for c, s in val_stats.items()}, "validation statistics")
-            val_stats = {c: ErrorStats(counts[c], s.total * counts[c] / s.count, s.total_sq * counts[c] / s.count)
-                         for c, s in val_stats.items()}
-        _, per_device = thresholds_from_stats(val_stats, k)
-        excluded.update(threshold_outliers({c: t for c, t in per_device.items() if c not in excluded},
-                                           d.threshold_outlier_ratio))
-        if len(excluded) == len(per_device):
-            excluded = {}
+            val_stats = {c: s.scaled(1.0, counts[c]) for c, s in val_stats.items()}
+        _, per_device = thresholds_from_stats(val_stats, k)  # each device's own, from what it reported
+        pooled, clipped = clip_threshold_outliers({c: s for c, s in val_stats.items() if c not in excluded}, k,
+                                                  d.threshold_outlier_ratio)
+        if not pooled:  # nobody's validation statistics agree with what they announced: pool them as sent
+            pooled, excluded = dict(val_stats), {}
         for device, why in sorted(excluded.items()):
             say(f"global threshold leaves out {device}: {why}")
-        glob, per_device = thresholds_from_stats(val_stats, k, set(excluded))
+        for device, why in sorted(clipped.items()):
+            say(f"global threshold: {device}: {why}")
+        glob, _ = thresholds_from_stats(pooled, k)
         self.thresholds = {"global": glob, "device": per_device}
         if excluded:
             self.record["threshold_excluded"] = excluded
+        if clipped:
+            self.record["threshold_clipped"] = clipped
 
     def counts_request(self, device: str) -> dict[str, Any]:
         """What one client is sent to count its rows: the global threshold and its own (no other device's)."""
@@ -327,14 +331,14 @@ class RoundCore:
         if self.defenses.robust:
             usable = self._consistent(usable)
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
-                                  self.cfg.validation.vote_window, "global")
+                                  self.cfg.validation.vote_window, "global", device_of_client)
         g = metrics["global"]
         self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in METRIC_KEYS},
                                "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},
                                "devices": sorted(metrics["devices"])}
         self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
         d = g["modes"]["device"]
-        line = (f"evaluation after round {self.round}: {len(usable)} device(s)  TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
+        line = (f"evaluation after round {self.round}: {len(usable)} {'device' if len(usable) == len(metrics['devices']) else 'client'}(s)  TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
                 f"F1 {rate_text('f1', g)}  (per-device thresholds: TPR {rate_text('tpr', d)} FPR {rate_text('fpr', d)})")
         self.metrics, self.curves = metrics, curves_from_reports(usable)
         return line

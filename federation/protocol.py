@@ -7,15 +7,19 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 
 | message | direction | fields |
 |---|---|---|
-| HELLO | client → server | device, n_train, feature_stats, held_out (validation, test, attacks: rows each) |
+| HELLO | client → server | device (the client's name), n_train, feature_stats, held_out (validation, test, attacks: rows each) |
 | WELCOME | server → client | round |
 | PING | server → client | (none): "say hello if you are there" |
-| TRAIN | server → client | round, model, normalizer, plan |
-| UPDATE | client → server | round, model, n, loss, lr, train_seconds |
-| EVAL_STATS | server → client | round, model, normalizer |
-| VAL_STATS | client → server | round, val_stats (count, total, total_sq) |
-| EVAL_COUNTS | server → client | round, global_threshold, device_threshold (the receiver's own), window |
-| REPORT | client → server | round, report (`evaluation.counts.client_report`) |
+| TRAIN | server → client | round, client, model, normalizer, plan |
+| UPDATE | client → server | round, client, model, n, loss, lr, train_seconds |
+| EVAL_STATS | server → client | round, client, model, normalizer |
+| VAL_STATS | client → server | round, client, val_stats (count, total, total_sq) |
+| EVAL_COUNTS | server → client | round, client, global_threshold, device_threshold (that client's own), window |
+| REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
+
+`client` names which client a message is about: a board is one client (its device); a simulation
+worker rank trains whichever client it is assigned and answers for it. The server accepts an answer
+only for a client it asked that rank about.
 | FINISH | server → client | error (optional) |
 """
 from __future__ import annotations
@@ -51,7 +55,7 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Expectations:
-    """What the receiver knows to check against: the global model's tensors, features, devices."""
+    """What the receiver knows to check against: the global model's tensors, features, client names."""
 
     model_shapes: dict[str, tuple[int, ...]]
     n_features: int
@@ -123,6 +127,11 @@ def _round(p: dict[str, Any]) -> None:
     _int(p["round"], "round", 0, 10**6)
 
 
+def _client(p: dict[str, Any], exp: Expectations) -> None:
+    if _str(p["client"], "client") not in exp.devices:
+        _fail(f"client {p['client']!r} is not one of the configured clients")
+
+
 def _hello(p: dict[str, Any], exp: Expectations) -> None:
     if _str(p["device"], "device") not in exp.devices:
         _fail(f"device {p['device']!r} is not one of the configured devices")
@@ -143,6 +152,7 @@ def _hello(p: dict[str, Any], exp: Expectations) -> None:
 
 def _update(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
+    _client(p, exp)
     _state(p["model"], exp)
     _int(p["n"], "n", 1)
     _num(p["loss"], "loss")
@@ -152,6 +162,7 @@ def _update(p: dict[str, Any], exp: Expectations) -> None:
 
 def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
+    _client(p, exp)
     s = _dict(p["val_stats"], "val_stats", {"count", "total", "total_sq"})
     _int(s["count"], "val_stats.count", 1)
     _num(s["total"], "val_stats.total")
@@ -203,6 +214,7 @@ def _welcome(p: dict[str, Any], exp: Expectations) -> None:
 
 def _train(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
+    _client(p, exp)
     _state(p["model"], exp)
     _normalizer(p["normalizer"], exp)
     try:
@@ -213,12 +225,14 @@ def _train(p: dict[str, Any], exp: Expectations) -> None:
 
 def _eval_stats(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
+    _client(p, exp)
     _state(p["model"], exp)
     _normalizer(p["normalizer"], exp)
 
 
 def _eval_counts(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
+    _client(p, exp)
     _num(p["global_threshold"], "global_threshold")
     _num(p["device_threshold"], "device_threshold")
     if _int(p["window"], "window", 1, 10**6) % 2 == 0:
@@ -233,14 +247,14 @@ def _finish(p: dict[str, Any], exp: Expectations) -> None:
 # type -> (fields that must be there, fields that may be there, check)
 SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectations], None]]] = {
     C2S_HELLO: ({"device", "n_train", "feature_stats", "held_out"}, set(), _hello),
-    C2S_UPDATE: ({"round", "model", "n", "loss", "lr", "train_seconds"}, set(), _update),
-    C2S_VAL_STATS: ({"round", "val_stats"}, set(), _val_stats),
+    C2S_UPDATE: ({"round", "client", "model", "n", "loss", "lr", "train_seconds"}, set(), _update),
+    C2S_VAL_STATS: ({"round", "client", "val_stats"}, set(), _val_stats),
     C2S_REPORT: ({"round", "report"}, set(), _report),
     S2C_WELCOME: ({"round"}, set(), _welcome),
     S2C_PING: (set(), set(), lambda p, e: None),
-    S2C_TRAIN: ({"round", "model", "normalizer", "plan"}, set(), _train),
-    S2C_EVAL_STATS: ({"round", "model", "normalizer"}, set(), _eval_stats),
-    S2C_EVAL_COUNTS: ({"round", "global_threshold", "device_threshold", "window"}, set(), _eval_counts),
+    S2C_TRAIN: ({"round", "client", "model", "normalizer", "plan"}, set(), _train),
+    S2C_EVAL_STATS: ({"round", "client", "model", "normalizer"}, set(), _eval_stats),
+    S2C_EVAL_COUNTS: ({"round", "client", "global_threshold", "device_threshold", "window"}, set(), _eval_counts),
     S2C_FINISH: (set(), {"error"}, _finish),
 }
 

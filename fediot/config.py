@@ -29,6 +29,26 @@ def _is_num(v: Any) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
+MAX_CLIENTS = 100_000  # clients (devices x clients_per_device); a simulation's ranks are limited by memory instead
+PARTITIONS = ("contiguous", "dirichlet")
+CLIENT_SEPARATOR = "#"
+
+
+def client_name(device: str, part: int, clients_per_device: int) -> str:
+    """'Device' when a device is one client, else 'Device#part' (part 1-based)."""
+    return device if clients_per_device == 1 else f"{device}{CLIENT_SEPARATOR}{part}"
+
+
+def device_of_client(client: str) -> str:
+    """The device a client name belongs to."""
+    return client.split(CLIENT_SEPARATOR, 1)[0]
+
+
+def client_part(client: str) -> int:
+    """0-based index of a client among its device's clients (0 for a device that is one client)."""
+    return int(client.split(CLIENT_SEPARATOR, 1)[1]) - 1 if CLIENT_SEPARATOR in client else 0
+
+
 def _key(default: Any, doc: str, choices: tuple[Any, ...] | None = None,
          check: tuple[Callable[[Any], bool], str] | None = None, fedml: bool = False) -> Any:
     """A config field: default, meaning, allowed values or check, and whether FedML reads it."""
@@ -60,7 +80,10 @@ class DataArgs:
 
     dataset: str = _key('nbaiot', 'nbaiot (real data) or synthetic (N-BaIoT-shaped generated data)', choices=('nbaiot', 'synthetic'), fedml=True)
     data_cache_dir: str = _key('data/cache/nbaiot', 'per-device N-BaIoT layout lives here (relative to repo)')
-    devices: list[str] = _key('all', "'all' or a list of device names (UCI names); client rank r gets devices[r-1]")
+    devices: list[str] = _key('all', "'all' or a list of device names (UCI names); with one client per device, client rank r gets devices[r-1]")
+    clients_per_device: int = _key(1, "clients made from each device's rows (households): its training, validation, test and attack rows cut into this many consecutive slices, client names 'Device#i' (data/partition.py); simulation only", check=(lambda v: _is_int(v) and 1 <= v <= MAX_CLIENTS, f'an integer in 1..{MAX_CLIENTS}'))
+    partition: str = _key('contiguous', 'how a device is cut into clients: contiguous (equal time slices) or dirichlet (slice sizes drawn from Dirichlet(partition_alpha), seeded)', choices=PARTITIONS)
+    partition_alpha: float = _key(0.5, 'dirichlet: concentration (smaller = more uneven clients)', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
     train_fraction: float = _key(0.6, "first fraction of each device's benign rows (chronological) used for training", check=(lambda v: _is_num(v) and 0 < v < 1, 'a number in (0, 1)'))
     validation_fraction: float = _key(0.2, 'next fraction: held-out benign rows that set the threshold', check=(lambda v: _is_num(v) and 0 < v < 1, 'a number in (0, 1)'))
     max_benign_rows: int | None = _key(None, 'use at most this many benign rows per device (null = all)', check=(lambda v: v is None or (_is_int(v) and v >= 10), 'null or an integer >= 10'))
@@ -89,8 +112,8 @@ class TrainArgs:
 
     federated_optimizer: str = _key('FedAvg', 'FedML aggregation algorithm (FedAvg)', choices=('FedAvg',), fedml=True)
     client_id_list: str = _key('[]', 'FedML: leave as is', fedml=True)
-    client_num_in_total: int = _key(None, 'number of clients (null = number of configured devices; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
-    client_num_per_round: int = _key(None, "clients that train in each round (null = client_num_in_total): fewer are a seeded sample per round, FedML's rule (np.random.seed(round) + choice without replacement), recorded as 'sampled' in rounds.jsonl; every client is evaluated", check=(lambda v: v is None or (_is_int(v) and 1 <= v <= 9), 'null or an integer in 1..9'), fedml=True)
+    client_num_in_total: int = _key(None, 'number of clients (null = devices x clients_per_device; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_CLIENTS), f'null or an integer in 1..{MAX_CLIENTS}'), fedml=True)
+    client_num_per_round: int = _key(None, "clients that train in each round (null = client_num_in_total): fewer are a seeded sample per round, FedML's rule (np.random.seed(round) + choice without replacement), recorded as 'sampled' in rounds.jsonl; every client is evaluated. A simulation runs this many worker ranks (or one per client)", check=(lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_CLIENTS), f'null or an integer in 1..{MAX_CLIENTS}'), fedml=True)
     comm_round: int = _key(20, 'federated rounds', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'), fedml=True)
     epochs: int = _key(5, 'local epochs per round', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     batch_size: int = _key(64, 'mini-batch size', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
@@ -100,7 +123,7 @@ class TrainArgs:
     min_learning_rate: float = _key(0.0001, 'floor of the cross-round learning-rate schedule', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     weight_decay: float = _key(0.0, 'Adam weight decay', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     round_timeout_s: float = _key(300, 'deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
-    min_clients_per_round: int = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept)', check=(lambda v: _is_int(v) and 1 <= v <= 9, 'an integer in 1..9'))
+    min_clients_per_round: int = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept)', check=(lambda v: _is_int(v) and 1 <= v <= MAX_CLIENTS, f'an integer in 1..{MAX_CLIENTS}'))
     robust: bool = _key(True, "the server defends against lying clients: aggregation 'auto' is a robust rule, far updates are screened out, feature and validation statistics are merged robustly, row counts capped, inconsistent count reports rejected (README: lying clients). false: plain FedAvg and plain merging of whatever clients send", check=(lambda v: isinstance(v, bool), 'true or false'))
     aggregation: str = _key('auto', "how the server combines model updates: auto (ROBUST_AGGREGATION when robust, else fedavg), fedavg, or a rule a minority of lying clients cannot steer: median, trimmed_mean, krum, multikrum, geo_median (federation/aggregation.py)", choices=('auto', 'fedavg', 'median', 'trimmed_mean', 'krum', 'multikrum', 'geo_median'))
     trim_fraction: float = _key(0.25, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
@@ -117,7 +140,7 @@ class ValidationArgs:
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
-    threshold_outlier_ratio: float | None = _key(10.0, "robust: leave a device out of the global threshold when its own threshold is more than this x above or below the median device's (a client lying about its validation errors); null = pool every device", check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
+    threshold_outlier_ratio: float | None = _key(10.0, "robust: a device whose own threshold is more than this x above or below the median device's counts in the global threshold as if its errors were at that limit (a client lying about its validation errors moves the global threshold only that far; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 
@@ -237,6 +260,12 @@ class FedIoTConfig:
         return list(self.data.devices)
 
     @property
+    def clients(self) -> list[str]:
+        """Client names in rank order: each device's clients_per_device clients, device by device."""
+        k = self.data.clients_per_device
+        return [client_name(d, i, k) for d in self.data.devices for i in range(1, k + 1)]
+
+    @property
     def values(self) -> dict[str, dict[str, Any]]:
         """Nested plain dict (section -> key -> value), as written to a run's config.yaml."""
         return {name: dataclasses.asdict(getattr(self, ATTRS[name])) for name in SECTIONS}
@@ -317,22 +346,28 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
 def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
     """Clients, devices, clients per round and per-round minimums must fit together (one client per device)."""
     n_devices = len(values["data_args"]["devices"])
+    per_device = values["data_args"]["clients_per_device"]
+    n_clients = n_devices * per_device
     t = values["train_args"]
     for key in ("client_num_in_total", "client_num_per_round"):
         if t[key] is None:
-            t[key] = n_devices
-    if t["client_num_in_total"] != n_devices:
-        raise ConfigError(f"{where}: data_args.devices lists {n_devices} device(s) but train_args.client_num_in_total = "
-                          f"{t['client_num_in_total']}; set it to {n_devices} (one client per device) or leave it out")
-    if t["client_num_per_round"] > n_devices:
+            t[key] = n_clients
+    if t["client_num_in_total"] != n_clients:
+        raise ConfigError(f"{where}: data_args.devices lists {n_devices} device(s) x clients_per_device {per_device} = "
+                          f"{n_clients} client(s) but train_args.client_num_in_total = {t['client_num_in_total']}; "
+                          f"set it to {n_clients} or leave it out")
+    if t["client_num_per_round"] > n_clients:
         raise ConfigError(f"{where}: train_args.client_num_per_round = {t['client_num_per_round']} > "
-                          f"{n_devices} clients (client_num_in_total)")
+                          f"{n_clients} clients (client_num_in_total)")
+    if per_device > 1 and values["common_args"]["training_type"] != "simulation":
+        raise ConfigError(f"{where}: data_args.clients_per_device = {per_device}: a deployment has one client per "
+                          f"board (device); clients_per_device is for simulations")
     if t["min_clients_per_round"] > t["client_num_per_round"]:
         raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > "
                           f"{t['client_num_per_round']} clients per round (client_num_per_round)")
-    bad = [r for r in values["attack_args"]["malicious_ranks"] if r > n_devices]
+    bad = [r for r in values["attack_args"]["malicious_ranks"] if r > n_clients]
     if bad:
-        raise ConfigError(f"{where}: attack_args.malicious_ranks has rank(s) {bad}; client ranks are 1..{n_devices}")
+        raise ConfigError(f"{where}: attack_args.malicious_ranks has rank(s) {bad}; clients are 1..{n_clients}")
     if t["aggregation"] in ("krum", "multikrum") and t["client_num_per_round"] < 2 * t["byzantine_clients"] + 3:
         raise ConfigError(f"{where}: train_args.aggregation = {t['aggregation']} with byzantine_clients = "
                           f"{t['byzantine_clients']} needs at least {2 * t['byzantine_clients'] + 3} clients per round; "
@@ -347,16 +382,20 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
 
 
 def check_world_size(cfg: FedIoTConfig, world_size: int) -> None:
-    """An MPI simulation of N clients needs N+1 ranks (1 server + one rank per configured device)."""
-    n_clients = world_size - 1
-    if n_clients < 1:
+    """An MPI simulation runs 1 server + N worker ranks, N = client_num_per_round (each worker trains the client
+    it is assigned that round) or N = client_num_in_total (one rank per client, as with one client per device)."""
+    workers = world_size - 1
+    if workers < 1:
         raise ConfigError(f"MPI world size is {world_size}; a simulation needs 1 server + N clients (use run_simulation.sh N)")
     if not cfg.is_simulation:
         raise ConfigError(f"{_where(cfg.path)}: the simulation needs common_args.training_type: simulation and comm_args.backend: MPI")
-    if len(cfg.devices) != n_clients:
-        raise ConfigError(f"{_where(cfg.path)}: {n_clients} client process(es) were started but data_args.devices lists "
-                          f"{len(cfg.devices)} device(s) (train_args.client_num_in_total is {cfg.train.client_num_in_total}). "
-                          f"Start as many clients as the config has, or list {n_clients} device(s).")
+    t = cfg.train
+    if workers not in (t.client_num_per_round, t.client_num_in_total):
+        start = (f"{t.client_num_in_total} (one per client)" if t.client_num_per_round == t.client_num_in_total else
+                 f"{t.client_num_per_round} (workers) or {t.client_num_in_total} (one per client)")
+        raise ConfigError(f"{_where(cfg.path)}: {workers} client process(es) were started but the config has "
+                          f"{t.client_num_in_total} client(s) ({len(cfg.devices)} device(s) x clients_per_device "
+                          f"{cfg.data.clients_per_device}), {t.client_num_per_round} per round. Start {start}.")
 
 
 def _parse_devices(devices: Any, where: str) -> list[str]:

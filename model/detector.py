@@ -80,6 +80,11 @@ class ErrorStats:
     def merge(cls, parts: list["ErrorStats"]) -> "ErrorStats":
         return cls(sum(p.count for p in parts), sum(p.total for p in parts), sum(p.total_sq for p in parts))
 
+    def scaled(self, factor: float, count: int | None = None) -> "ErrorStats":
+        """The statistics of these errors times `factor` (mean and std scale alike), weighed as `count` rows."""
+        n = self.count if count is None else count
+        return ErrorStats(n, self.total * factor * n / self.count, self.total_sq * factor * factor * n / self.count)
+
     @property
     def mean(self) -> float:
         return self.total / self.count

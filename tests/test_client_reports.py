@@ -111,3 +111,23 @@ def test_flag_bounds_bracket_the_true_count_at_any_threshold():
         assert lo <= int((scores > thr).sum()) <= hi
         lo_s, hi_s = _flag_bounds({str(k): v for k, v in h.items()}, float(thr))  # keys as they come off the wire
         assert (lo_s, hi_s) == (lo, hi)
+
+
+def test_a_liars_share_of_the_global_threshold_is_bounded_but_different_honest_devices_still_count():
+    from evaluation.scoring import clip_threshold_outliers, thresholds_from_stats
+    from model.detector import ErrorStats
+
+    rng = np.random.default_rng(9)
+    honest = {f"d{i}": ErrorStats.of(rng.lognormal(np.log(0.05 * (i + 1)), 0.4, 300)) for i in range(6)}
+    clean, _ = thresholds_from_stats(honest, 3.0)
+    kept, clipped = clip_threshold_outliers(honest, 3.0, 10.0)
+    assert clipped == {} and kept == honest  # 6x spread between honest devices: nothing touched
+    liar = dict(honest, liar=honest["d2"].scaled(1000.0))
+    plain, own = thresholds_from_stats(liar, 3.0)
+    bounded, _ = thresholds_from_stats(clip_threshold_outliers(liar, 3.0, 10.0)[0], 3.0)
+    # pooled as sent one liar moves the global threshold ~360x; bounded, as far as a device at 10x the median can
+    # (mean + 3 std of the pooled errors spreads with it: ~5x here, with 6 devices and a 1,000x lie)
+    assert plain > 300 * clean and bounded < 6 * clean
+    assert own["liar"] == pytest.approx(1000 * own["d2"])  # its own threshold stays its own
+    low = dict(honest, liar=honest["d2"].scaled(1e-6))
+    assert set(clip_threshold_outliers(low, 3.0, 10.0)[1]) == {"liar"}

@@ -49,7 +49,10 @@ def test_robust_switch_decides_the_defenses_in_effect():
     ({"train_args": {"comm_round": "ten"}}, r"train_args\.comm_round = 'ten'"),
     ({"comm_args": {"backend": "sp"}}, r"comm_args\.backend = 'sp'"),
     ({"data_args": {"devices": ["Ecobee_Thermostat", "Ennio_Doorbell"]}, "train_args": {"client_num_in_total": 9}},
-     r"data_args\.devices lists 2 device\(s\) but train_args\.client_num_in_total = 9"),
+     r"data_args\.devices lists 2 device\(s\) x clients_per_device 1 = 2 client\(s\) but train_args\.client_num_in_total = 9"),
+    ({"data_args": {"clients_per_device": 2}, "common_args": {"training_type": "cross_silo"}, "comm_args": {"backend": "GRPC"}},
+     r"a deployment has one client per board"),
+    ({"data_args": {"partition": "random"}}, r"data_args\.partition = 'random'; expected one of contiguous, dirichlet"),
     ({"train_args": {"min_clients_per_round": 2, "client_num_in_total": 1, "client_num_per_round": 1},
       "data_args": {"devices": ["Ecobee_Thermostat"]}}, r"train_args\.min_clients_per_round = 2 > 1 clients per round"),
     ({"data_args": {"devices": ["Ecobee_Thermostat", "Ennio_Doorbell"]}, "train_args": {"client_num_per_round": 3}},
@@ -95,5 +98,5 @@ def test_fedml_gets_only_the_keys_it_reads():
 def test_world_size_check_names_what_differs():
     cfg = config.load(REPO / "config_simulation" / "fedml_config.yaml")
     config.check_world_size(cfg, 10)
-    with pytest.raises(ConfigError, match=r"4 client process\(es\) were started but data_args\.devices lists 9"):
+    with pytest.raises(ConfigError, match=r"4 client process\(es\) were started but the config has 9 client\(s\) \(9 device\(s\) x clients_per_device 1\), 9 per round\. Start 9 \(one per client\)"):
         config.check_world_size(cfg, 5)

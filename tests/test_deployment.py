@@ -247,7 +247,7 @@ def test_port_check_ignores_time_wait_but_not_a_listener():
 def test_lying_boards_do_not_blind_the_honest_ones(tmp_path):
     """issue 10 in the gRPC deployment: 5 boards, board 2 compromised to report inflated feature and validation
     statistics (stats_inflation x100: pooled as sent, that blinds the global threshold in simulation), board 4 to send a poisoned update boosted 10x (model_scaling). The server
-    runs the defaults (robust): it leaves the boosted update out of every round and the inflated device out of
+    runs the defaults (robust): it leaves the boosted update out of every round and bounds the inflated device's share of
     the global threshold, says so, and the honest boards' attacks are still caught."""
     import yaml
 
@@ -273,9 +273,9 @@ def test_lying_boards_do_not_blind_the_honest_ones(tmp_path):
     rounds = read_rounds(run_dir)
     assert all("Philips_B120N10_Baby_Monitor" in r["screened_out"] for r in rounds), rounds
     assert all(r["aggregation"] == "median" for r in rounds)
-    assert all("Ecobee_Thermostat" in r["threshold_excluded"] for r in rounds if "eval" in r)
+    assert all("Ecobee_Thermostat" in r["threshold_clipped"] for r in rounds if "eval" in r)
     assert "update of Philips_B120N10_Baby_Monitor left out" in srv.stdout
-    assert "global threshold leaves out Ecobee_Thermostat" in srv.stdout
+    assert "global threshold: Ecobee_Thermostat: its threshold" in srv.stdout
     m = json.loads((run_dir / "metrics.json").read_text())
     honest = [d for d in devices if d not in ("Ecobee_Thermostat", "Philips_B120N10_Baby_Monitor")]
     assert min(m["devices"][d]["modes"]["global"]["tpr"] for d in honest) >= 0.98, m["devices"]

@@ -98,7 +98,7 @@ def test_client_count_mismatch_is_one_clear_error(tmp_path):
     proc = run_sim("2", sim_config(tmp_path))
     assert proc.returncode != 0
     assert "error: config" in proc.stderr and "2 client process(es) were started" in proc.stderr
-    assert "data_args.devices lists 3 device(s)" in proc.stderr
+    assert "the config has 3 client(s) (3 device(s) x clients_per_device 1), 3 per round. Start 3 (one per client)" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -111,7 +111,7 @@ def test_bad_config_key_is_one_clear_error(tmp_path):
 
 
 def test_launcher_argument_errors(tmp_path):
-    for args, message in ((["x"], "N must be a number"), (["12"], "expected 1..9"),
+    for args, message in ((["x"], "N must be a number"), (["65"], "expected 1..64"),
                           (["3", str(tmp_path / "nope.yaml")], "not found")):
         proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and message in proc.stderr
@@ -212,23 +212,23 @@ def run_with_client_2_malicious(tmp_path: Path, rounds: int, **over) -> tuple[su
     return proc, run_dir, {d: metrics["devices"][d]["tpr"] for d in ATTACK_DEVICES if d != ATTACK_DEVICES[1]}
 
 
-@pytest.mark.parametrize("attack,scale", [("random_update", 10.0), ("stats_inflation", 100.0)])
-def test_one_lying_client_blinds_plain_fedavg_but_not_the_robust_defaults(tmp_path, attack, scale):
+@pytest.mark.parametrize("attack,scale,n_rounds", [("random_update", 10.0, 4), ("stats_inflation", 100.0, 3)])
+def test_one_lying_client_blinds_plain_fedavg_but_not_the_robust_defaults(tmp_path, attack, scale, n_rounds):
     """attack_args: client 2 of 5 sends random weights (10 x each tensor's std), or reports feature and validation
     statistics of rows 100x larger. With train_args.robust: false (plain FedAvg, statistics pooled as sent) the
     honest devices' detection collapses; with the defaults (robust) it is intact, and the defense says why."""
     results, outputs = {}, {}
     for label, robust in (("plain", False), ("robust", True)):
         proc, run_dir, results[label] = run_with_client_2_malicious(
-            tmp_path / label, 3, train_args__robust=robust, attack_args__attack=attack, attack_args__attack_scale=scale)
+            tmp_path / label, n_rounds, train_args__robust=robust, attack_args__attack=attack, attack_args__attack_scale=scale)
         outputs[label] = proc.stdout
         rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
         if robust and attack == "random_update":
             assert all("Ecobee_Thermostat" in r["screened_out"] for r in rounds), rounds
             assert "update of Ecobee_Thermostat left out" in proc.stdout
         if robust and attack == "stats_inflation":
-            assert "Ecobee_Thermostat" in rounds[-1]["threshold_excluded"]
-            assert "global threshold leaves out Ecobee_Thermostat" in proc.stdout
+            assert "Ecobee_Thermostat" in rounds[-1]["threshold_clipped"]
+            assert "global threshold: Ecobee_Thermostat: its threshold" in proc.stdout
         if not robust:
             assert all(r["aggregation"] == "fedavg" and "screened_out" not in r for r in rounds)
     assert max(results["plain"].values()) < 0.5, results
@@ -275,3 +275,32 @@ def test_client_sampling_follows_fedmls_rule_and_everyone_is_evaluated(tmp_path)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert sorted(metrics["devices"]) == sorted(ATTACK_DEVICES)
     assert "round 1/3  clients 2" in proc.stdout
+
+
+def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
+    """data_args.clients_per_device 10 on 3 devices = 30 clients; client_num_per_round 3 and
+    `run_simulation.sh 3`: 3 worker ranks, each round FedML's seeded sample of 3 spread over the 3 workers
+    (a worker trains whichever client it is assigned, loading its rows); every client evaluated;
+    metrics per client and per device (a device's counts are its clients' sums)."""
+    from fedml.cross_silo.server.fedml_aggregator import FedMLAggregator
+
+    cfg = sim_config(tmp_path, data_args__clients_per_device=10, train_args__client_num_in_total=None,
+                     train_args__client_num_per_round=3, train_args__comm_round=3, validation_args__frequency_of_the_test=3)
+    proc = run_sim("3", cfg)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "FedIoT simulation: 30 clients on 3 worker ranks" in proc.stdout
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    clients = [f"{d}#{i}" for d in DEVICES for i in range(1, 11)]
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    for r in rounds:
+        assert r["sampled"] == [clients[i] for i in sorted(FedMLAggregator.client_sampling(None, r["round"] - 1, 30, 3))]
+        assert r["clients"] == r["sampled"] and sorted(r["workers"].values()) == [1, 2, 3], r
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert sorted(m["clients"]) == sorted(clients) and sorted(m["devices"]) == sorted(DEVICES)
+    for d in DEVICES:
+        mine = [m["clients"][c] for c in clients if c.startswith(d + "#")]
+        assert m["devices"][d]["n_benign_test"] == sum(c["n_benign_test"] for c in mine) == 120
+        assert m["devices"][d]["modes"]["global"]["fp"] == sum(c["modes"]["global"]["fp"] for c in mine)
+    assert m["global"]["tpr"] > 0.9
+    resources = [json.loads((run_dir / "resources" / f"rank{r}.json").read_text()) for r in (1, 2, 3)]
+    assert [x["device"] for x in resources] == ["10 clients"] * 3

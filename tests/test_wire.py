@@ -43,10 +43,10 @@ def exchange():
     report = client.report(1.0, 0.9, 5)
     return {
         C2S_HELLO: client.hello(),
-        S2C_TRAIN: {"round": 0, "model": state_of(model), "normalizer": normalizer, "plan": plan.to_dict()},
-        C2S_UPDATE: {"round": 0, **update},
-        C2S_VAL_STATS: {"round": 0, "val_stats": val},
-        S2C_EVAL_COUNTS: {"round": 0, "global_threshold": 1.0, "device_threshold": 0.9, "window": 5},
+        S2C_TRAIN: {"round": 0, "client": DEVICE, "model": state_of(model), "normalizer": normalizer, "plan": plan.to_dict()},
+        C2S_UPDATE: {"round": 0, "client": DEVICE, **update},
+        C2S_VAL_STATS: {"round": 0, "client": DEVICE, "val_stats": val},
+        S2C_EVAL_COUNTS: {"round": 0, "client": DEVICE, "global_threshold": 1.0, "device_threshold": 0.9, "window": 5},
         C2S_REPORT: {"round": 0, "report": report},
     }, Expectations.of(model, [DEVICE])
 
@@ -126,6 +126,7 @@ def test_validators_refuse_lies_about_shape_type_and_range(exchange):
     bad(C2S_UPDATE, lambda f: f.__setitem__("n", 10**12), "n must be an integer")
     bad(C2S_UPDATE, lambda f: f.pop("loss"), "missing")
     bad(C2S_UPDATE, lambda f: f.__setitem__("shell", "rm -rf /"), "unexpected")
+    bad(C2S_UPDATE, lambda f: f.__setitem__("client", "Ecobee_Thermostat#7"), "not one of the configured clients")
     bad(C2S_HELLO, lambda f: f.__setitem__("device", "Not_A_Device"), "not one of the configured")
     bad(C2S_HELLO, lambda f: f["feature_stats"]["total"].pop(), "list of 115")
     bad(C2S_HELLO, lambda f: f["feature_stats"].update(count=f["n_train"] + 1), "feature_stats.count must equal n_train")

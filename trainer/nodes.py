@@ -157,24 +157,33 @@ class ServerRules:
 
 # ------------------------------------------------------------------------------------------ server
 class ServerNode(_Node):
-    """Waits for clients, runs rounds (with a deadline in deployments), evaluates, writes outputs."""
+    """Waits for clients, runs rounds (with a deadline in deployments), evaluates, writes outputs.
+
+    Clients are names (`cfg.clients`); ranks are processes. Client i's home is worker rank
+    client_ranks[i % workers]: it says hello for it and evaluates it. A board is one client on its own
+    rank. With `pooled` workers (a simulation with fewer workers than clients) a round's sampled clients
+    are spread over the workers, each training the client it is assigned (home first)."""
 
     def __init__(self, args, core: RoundCore, client_ranks: list[int], transport: TransportFactory) -> None:
         self.core = core
         self.rules = ServerRules.of(core.cfg)
         self.client_ranks = client_ranks
-        self.devices = core.cfg.devices
-        self.connected: dict[int, dict[str, Any]] = {}
+        self.clients = core.cfg.clients
+        self.home = {c: client_ranks[i % len(client_ranks)] for i, c in enumerate(self.clients)}
+        self.pooled = core.cfg.is_simulation and len(client_ranks) < len(self.clients)
+        self.connected: dict[int, set[str]] = {}  # rank -> the clients it said hello for
+        self.joined: dict[str, dict[str, Any]] = {}  # client -> n_train, feature statistics (its hello)
         self.phase = "waiting"
         self.phase_id = 0  # increases with every phase, so stale deadlines are ignored
-        self.expected: set[int] = set()
-        self.asked: set[int] = set()  # the ranks the open phase is for (connected or not)
-        self.replies: dict[int, dict[str, Any]] = {}
+        self.assigned: dict[str, int] = {}  # client -> the rank asked about it in the open phase
+        self.asked: set[str] = set()  # the clients the open phase is for (sent or not)
+        self.expected: set[str] = set()
+        self.replies: dict[str, dict[str, Any]] = {}
         self.started = time.monotonic()
         self.last_status = ""
         self.last_status_at = 0.0
         self.bytes_mark = (0, 0)
-        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(core.model, core.cfg.devices),
+        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(core.model, self.clients),
                          set(client_ranks))
 
     # -- plumbing
@@ -187,20 +196,23 @@ class ServerNode(_Node):
         ):
             self.register_message_receive_handler(msg_type, handler)
 
-    def device_of(self, rank: int) -> str:
-        return self.devices[rank - 1]
+    def names(self, clients: list[str] | set[str], limit: int = 12) -> str:
+        """Client names for a console line, in config order (the first few, then how many more)."""
+        order = {c: i for i, c in enumerate(self.clients)}
+        c = sorted(clients, key=lambda x: (order.get(x.split(" (")[0], len(order)), x))
+        return ", ".join(c[:limit]) + (f" and {len(c) - limit} more" if len(c) > limit else "")
 
     def on_ready(self, _msg: Message) -> None:
         if self.rules.announce:
             say(f"server listening; waiting for {len(self.client_ranks)} client(s): "
-                + ", ".join(f"{r}={self.device_of(r)}" for r in self.client_ranks))
+                + ", ".join(f"{r}={c}" for c, r in self.home.items()))
         self.post(LOCAL_TICK)
 
     def _status(self, force: bool = False) -> None:
         if not self.rules.announce:
             return
-        names = [f"{r}:{self.device_of(r)}" for r in sorted(self.connected)]
-        line = f"waiting for clients: {len(self.connected)}/{len(self.client_ranks)} connected" + \
+        names = [f"{self.home[c]}:{c}" for c in sorted(self.joined, key=self.home.get)]
+        line = f"waiting for clients: {len(self.joined)}/{len(self.clients)} connected" + \
                (f" ({', '.join(names)})" if names else "")
         now = time.monotonic()
         if force or line != self.last_status or now - self.last_status_at >= STATUS_EVERY_S:
@@ -215,14 +227,14 @@ class ServerNode(_Node):
                 self.send(S2C_PING, r)
         self._status()
         waited = time.monotonic() - self.started
-        if len(self.connected) == len(self.client_ranks):
+        if len(self.joined) == len(self.clients):
             self.start_training()
         elif waited >= self.rules.wait_for_clients_s:
-            if len(self.connected) >= self.rules.min_clients:
-                say(f"waited {waited:.0f}s (comm_args.wait_for_clients_s); starting with {len(self.connected)} client(s)")
+            if len(self.joined) >= self.rules.min_clients:
+                say(f"waited {waited:.0f}s (comm_args.wait_for_clients_s); starting with {len(self.joined)} client(s)")
                 self.start_training()
             else:
-                self.fail(f"only {len(self.connected)} of {len(self.client_ranks)} client(s) connected within "
+                self.fail(f"only {len(self.joined)} of {len(self.clients)} client(s) connected within "
                           f"comm_args.wait_for_clients_s = {self.rules.wait_for_clients_s:g}s; "
                           f"train_args.min_clients_per_round = {self.rules.min_clients}")
         else:
@@ -233,50 +245,60 @@ class ServerNode(_Node):
         if rank not in self.client_ranks:
             log.info("hello from unexpected rank %d ignored", rank)
             return
-        info = {"device": msg.get("device"), "n_train": int(msg.get("n_train")),
-                "stats": FeatureStats.from_dict(msg.get("feature_stats"))}
-        if info["device"] != self.device_of(rank):
-            say(f"warning: client rank {rank} says it holds {info['device']}, the config maps rank {rank} to "
-                f"{self.device_of(rank)}; ignored")
+        name = msg.get("device")
+        if self.home.get(name) != rank:
+            homes = sorted(c for c, r in self.home.items() if r == rank)
+            say(f"warning: client rank {rank} says it holds {name}, the config maps rank {rank} to "
+                f"{self.names(homes)}; ignored")
             return
-        self.connected[rank] = info
-        self.core.client_joined(info["device"], info["n_train"], msg.get("held_out"))
+        self.joined[name] = {"n_train": int(msg.get("n_train")), "stats": FeatureStats.from_dict(msg.get("feature_stats"))}
+        self.connected.setdefault(rank, set()).add(name)
+        self.core.client_joined(name, int(msg.get("n_train")), msg.get("held_out"))
         self.send(S2C_WELCOME, rank, round=self.core.round)
         if self.phase == "waiting":
-            self._status(force=True)
-            if len(self.connected) == len(self.client_ranks):
+            self._status(force=len(self.joined) == len(self.clients) or self.rules.announce)
+            if len(self.joined) == len(self.clients):
                 self.start_training()
         elif self.rules.announce:  # training has started: a new or restarted board joins at the next round
-            say(f"client {rank} ({info['device']}) (re)joined; it takes part from the next round")
+            say(f"client {rank} ({name}) (re)joined; it takes part from the next round")
 
     # -- phases
     def start_training(self) -> None:
-        self.core.fit_normalizer({self.device_of(r): c["stats"] for r, c in self.connected.items()})
-        say("clients: " + ", ".join(f"{self.device_of(r)} ({c['n_train']} training rows)"
-                                    for r, c in sorted(self.connected.items())))
+        self.core.fit_normalizer({c: info["stats"] for c, info in self.joined.items()})
+        say(f"clients: {len(self.joined)}: " + self.names(
+            [f"{c} ({info['n_train']} training rows)" for c, info in self.joined.items()], 9)
+            + (f" on {len(self.client_ranks)} worker ranks" if self.pooled else ""))
         if self.rules.announce:
-            say(f"starting: {len(self.connected)} client(s), rounds {self.core.round + 1}..{self.core.n_rounds}, "
+            say(f"starting: {len(self.joined)} client(s), rounds {self.core.round + 1}..{self.core.n_rounds}, "
                 f"round deadline {self.rules.round_timeout_s:g}s, at least {self.rules.min_clients} client(s) per round")
         if self.core.evaluation_pending:  # resumed before an evaluation finished: do it first
             self.begin_eval()
         else:
             self.begin_round()
 
-    def _open_phase(self, phase: str, msg_type: str, params: Callable[[int], dict[str, Any]],
-                    ranks: set[int] | None = None) -> None:
-        """Send `msg_type` (with params(rank)) to every connected client (of `ranks`, if given: this round's
-        sample) and wait for their answers."""
+    def _reachable(self, clients: list[str]) -> list[str]:
+        """The clients whose home rank is connected (and that said hello)."""
+        return [c for c in clients if c in self.joined and self.home[c] in self.connected]
+
+    def _open_phase(self, phase: str, msg_type: str, assignments: dict[str, int],
+                    params: Callable[[str], dict[str, Any]], asked: list[str]) -> None:
+        """Send `msg_type` about each client (with params(client)) to the rank it is assigned to and wait for
+        the answers; `asked` are the clients this phase is for (those not assigned count as dropped)."""
         self.phase = phase
         self.phase_id += 1
         self.replies = {}
         self.expected = set()
-        self.asked = set(self.connected) if ranks is None else set(ranks)
-        for rank in sorted(r for r in self.connected if r in self.asked):
-            if self.send(msg_type, rank, round=self.core.round, **params(rank)):
-                self.expected.add(rank)
+        self.assigned = dict(assignments)
+        self.asked = set(asked)
+        for client, rank in sorted(assignments.items(), key=lambda cr: (cr[1], cr[0])):
+            if rank not in self.connected:
+                continue
+            if self.send(msg_type, rank, round=self.core.round, client=client, **params(client)):
+                self.expected.add(client)
             else:
-                say(f"client {rank} ({self.device_of(rank)}) unreachable; dropped until it reconnects")
-                self.connected.pop(rank, None)
+                say(f"client {rank} ({self.names(self.connected[rank])}) unreachable; dropped until it reconnects")
+                for c in self.connected.pop(rank):
+                    self.joined.pop(c, None)
         if not self.expected:
             self.post(LOCAL_DEADLINE, phase_id=self.phase_id)
         elif self.rules.round_timeout_s is not None:
@@ -285,14 +307,14 @@ class ServerNode(_Node):
     def on_reply(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
         expected_type = {"train": C2S_UPDATE, "val": C2S_VAL_STATS, "report": C2S_REPORT}.get(self.phase)
-        if msg.get_type() != expected_type or msg.get("round") != self.core.round or rank not in self.expected:
+        client = msg.get("report")["device"] if msg.get_type() == C2S_REPORT else msg.get("client")
+        if msg.get_type() != expected_type or msg.get("round") != self.core.round or client not in self.expected:
             log.info("late or unexpected %s from %d ignored", msg.get_type(), rank)
             return
-        if self.phase == "report" and msg.get("report")["device"] != self.device_of(rank):
-            self.reject(f"rank {rank}", f"report for {msg.get('report')['device']}, but rank {rank} holds "
-                                        f"{self.device_of(rank)}")
+        if self.assigned.get(client) != rank:
+            self.reject(f"rank {rank}", f"{msg.get_type()} about {client}, which rank {rank} was not asked about")
             return
-        self.replies[rank] = msg.get_params()
+        self.replies[client] = msg.get_params()
         if set(self.replies) == self.expected:
             self.close_phase()
 
@@ -301,7 +323,7 @@ class ServerNode(_Node):
             missing = sorted(self.expected - set(self.replies))
             if missing:
                 say(f"round {self.core.round + 1}: deadline ({self.rules.round_timeout_s:g}s) passed without "
-                    + ", ".join(f"{r}:{self.device_of(r)}" for r in missing))
+                    + ", ".join(f"{self.assigned[c]}:{c}" for c in missing))
             self.close_phase()
 
     def close_phase(self) -> None:
@@ -312,7 +334,7 @@ class ServerNode(_Node):
         if len(answered) < self.rules.min_clients:
             self.fail(f"round {self.core.round + 1} ({phase}): {len(answered)} client(s) answered, "
                       f"train_args.min_clients_per_round = {self.rules.min_clients}; dropped: "
-                      f"{', '.join(self.device_of(r) for r in dropped) or 'none'}. "
+                      f"{self.names(dropped) or 'none'}. "
                       f"The checkpoint of the last completed round is kept in {self.core.run_dir}")
             return
         if phase == "train":
@@ -323,18 +345,35 @@ class ServerNode(_Node):
             self.finish_eval(answered)
 
     # -- training
+    def assign(self, clients: list[str]) -> dict[str, int]:
+        """Which rank trains each of this round's clients: its home rank, or (pooled workers) a free worker."""
+        if not self.pooled:
+            return {c: self.home[c] for c in clients}
+        free = [r for r in self.client_ranks if r in self.connected]
+        out: dict[str, int] = {}
+        for c in clients:
+            if self.home[c] in free:
+                out[c] = self.home[c]
+                free.remove(self.home[c])
+        for c in clients:
+            if c not in out and free:
+                out[c] = free.pop(0)
+        return out
+
     def begin_round(self) -> None:
         common = self.core.begin_round()
-        sampled = set(self.core.sample())
-        self._open_phase("train", S2C_TRAIN, lambda r: {**common, "plan": self.core.plan(self.device_of(r)).to_dict()},
-                         {r for r in self.client_ranks if self.device_of(r) in sampled})
+        sampled = self.core.sample()
+        ready = [c for c in sampled if c in self.joined] if self.pooled else self._reachable(sampled)
+        self._open_phase("train", S2C_TRAIN, self.assign(ready),
+                         lambda c: {**common, "plan": self.core.plan(c).to_dict()}, sampled)
 
-    def finish_round(self, answered: list[int], dropped: list[int]) -> None:
+    def finish_round(self, answered: list[str], dropped: list[str]) -> None:
         sent, received = self.com_manager.bytes_sent, self.com_manager.bytes_received
-        traffic = {"bytes_sent": sent - self.bytes_mark[0], "bytes_received": received - self.bytes_mark[1]}
+        traffic: dict[str, Any] = {"bytes_sent": sent - self.bytes_mark[0], "bytes_received": received - self.bytes_mark[1]}
+        if self.pooled:  # which worker rank trained which client
+            traffic["workers"] = {c: self.assigned[c] for c in answered}
         self.bytes_mark = (sent, received)
-        line = self.core.finish_round({self.device_of(r): self.replies[r] for r in answered},
-                                      [self.device_of(r) for r in dropped], traffic)
+        line = self.core.finish_round({c: self.replies[c] for c in answered}, dropped, traffic)
         # The round's record is on disk before the checkpoint says the round is done: written now, or,
         # when an evaluation follows, carried in the checkpoint until the evaluation completes.
         evaluate_now = self.core.evaluate_now()
@@ -350,14 +389,16 @@ class ServerNode(_Node):
     # -- evaluation (counts only)
     def begin_eval(self) -> None:
         common = self.core.begin_eval()
-        self._open_phase("val", S2C_EVAL_STATS, lambda _r: common)
+        clients = self._reachable(self.clients)
+        self._open_phase("val", S2C_EVAL_STATS, {c: self.home[c] for c in clients}, lambda _c: common, clients)
 
-    def set_thresholds(self, answered: list[int]) -> None:
-        self.core.set_thresholds({self.device_of(r): ErrorStats(**self.replies[r]["val_stats"]) for r in answered})
-        self._open_phase("report", S2C_EVAL_COUNTS, lambda r: self.core.counts_request(self.device_of(r)))
+    def set_thresholds(self, answered: list[str]) -> None:
+        self.core.set_thresholds({c: ErrorStats(**self.replies[c]["val_stats"]) for c in answered})
+        self._open_phase("report", S2C_EVAL_COUNTS, {c: self.home[c] for c in answered},
+                         self.core.counts_request, answered)
 
-    def finish_eval(self, answered: list[int]) -> None:
-        say(self.core.finish_eval({self.device_of(r): self.replies[r]["report"] for r in answered}))
+    def finish_eval(self, answered: list[str]) -> None:
+        say(self.core.finish_eval({c: self.replies[c]["report"] for c in answered}))
         self.write_record()
         self.save_checkpoint()
         if self.core.done:
@@ -409,17 +450,24 @@ class ClientRules:
 
 
 class ClientNode(_Node):
-    """One client: holds one device's rows, trains when asked, reports counts, never sends rows."""
+    """A client process: a board holding its one device's rows, or a simulation worker holding its home
+    clients' rows (and loading any other client it is asked to train). Trains when asked, reports counts,
+    never sends rows."""
 
-    def __init__(self, args, local: LocalClient, rank: int, n_clients: int, rules: ClientRules,
-                 transport: TransportFactory) -> None:
-        self.local = local
-        self.device = local.device
+    def __init__(self, args, home: dict[str, LocalClient], rank: int, n_ranks: int, rules: ClientRules,
+                 transport: TransportFactory, clients: list[str] | None = None,
+                 load: Callable[[str], LocalClient] | None = None) -> None:
+        """home: the clients this rank says hello for and evaluates; clients/load: every client name it may be
+        asked to train and how to get one that is not at home (simulation workers only)."""
+        self.home = home
+        self.load = load
+        self.label = next(iter(home)) if len(home) == 1 else f"{len(home)} clients"
         self.rules = rules
         self.welcomed = False
         self.first_try = time.monotonic()
         self.last_server_msg = time.monotonic()
-        super().__init__(args, rank, n_clients + 1, transport, Expectations.of(local.model, [local.device]), {0})
+        model = next(iter(home.values())).model
+        super().__init__(args, rank, n_ranks + 1, transport, Expectations.of(model, clients or list(home)), {0})
 
     def register_message_receive_handlers(self) -> None:
         for msg_type, handler in (
@@ -431,13 +479,21 @@ class ClientNode(_Node):
 
     def _say(self, line: str) -> None:
         if self.rules.announce:
-            say(f"client {self.rank} ({self.device}): {line}")
+            say(f"client {self.rank} ({self.label}): {line}")
+
+    def local(self, client: str) -> LocalClient:
+        """The client a message is about: at home, or loaded for this round (a worker trains any client)."""
+        if client in self.home:
+            return self.home[client]
+        if self.load is None:
+            raise ProtocolError(f"{client} is not held by rank {self.rank}")
+        return self.load(client)
 
     def hello(self) -> bool:
-        return self.send(C2S_HELLO, 0, **self.local.hello())
+        return all([self.send(C2S_HELLO, 0, **local.hello()) for local in self.home.values()])
 
     def on_ready(self, _msg: Message) -> None:
-        self._say(f"{self.local.n_train} training rows; connecting to the server")
+        self._say(f"{sum(c.n_train for c in self.home.values())} training rows; connecting to the server")
         self.post(LOCAL_TICK)
 
     def on_tick(self, _msg: Message) -> None:
@@ -489,19 +545,22 @@ class ClientNode(_Node):
         self._seen_server()
         self.welcomed = True
         plan = RoundPlan.from_dict(msg.get("plan"))
-        update = self.local.train(msg.get("model"), msg.get("normalizer"), plan)
+        client = msg.get("client")
+        update = self.local(client).train(msg.get("model"), msg.get("normalizer"), plan)
         self._say(f"round {plan.round_idx + 1}: trained {update['n']} rows at lr {plan.lr:.6g}, "
                   f"loss {update['loss']:.5f} ({update['train_seconds']:.1f}s)")
-        self.reply(C2S_UPDATE, round=plan.round_idx, **update)
+        self.reply(C2S_UPDATE, round=plan.round_idx, client=client, **update)
 
     def on_eval_stats(self, msg: Message) -> None:
         self._seen_server()
-        self.reply(C2S_VAL_STATS, round=msg.get("round"),
-                   val_stats=self.local.validation_stats(msg.get("model"), msg.get("normalizer")))
+        client = msg.get("client")
+        self.reply(C2S_VAL_STATS, round=msg.get("round"), client=client,
+                   val_stats=self.local(client).validation_stats(msg.get("model"), msg.get("normalizer")))
 
     def on_eval_counts(self, msg: Message) -> None:
         self._seen_server()
-        report = self.local.report(msg.get("global_threshold"), msg.get("device_threshold"), msg.get("window"))
+        report = self.local(msg.get("client")).report(msg.get("global_threshold"), msg.get("device_threshold"),
+                                                      msg.get("window"))
         self.reply(C2S_REPORT, round=msg.get("round"), report=report)
 
     def on_finish(self, msg: Message) -> None:

@@ -1,9 +1,15 @@
-"""The MPI simulation: rank 0 runs the server node, rank r the client of data_args.devices[r-1].
+"""The MPI simulation: rank 0 runs the server node, ranks 1..N the clients.
 
     sh run_simulation.sh N [CONFIG]   ->   mpirun -np N+1 python -m main_fedml_iot --cf CONFIG
 
 The same server and client nodes as the gRPC deployment, on FedML's MPI transport: the simulation
 rehearses the real protocol (hello with feature statistics, plans, updates, count reports).
+Clients are `cfg.clients` (devices x clients_per_device, data/partition.py). Client i's home is rank
+1 + i % N: that rank holds its rows, says hello for it and evaluates it. With N = one rank per client
+(the default: one per device) that is all; with N = client_num_per_round < clients, each worker also
+trains whichever sampled client the server assigns it, loading that client's rows for the round
+(`ClientLoader`, one device's split cached at a time), so a worker's memory grows with its share of
+the rows, not with the number of clients.
 """
 from __future__ import annotations
 
@@ -48,13 +54,47 @@ def _prepare(cfg: FedIoTConfig, comm, rank: int, size: int, run_dir_file: str | 
             write_config(run_dir, cfg.values)
             if run_dir_file:
                 Path(run_dir_file).write_text(str(run_dir) + "\n")
-            say(f"FedIoT simulation: {size - 1} clients, {cfg.train.comm_round} rounds, "
+            on = "" if size - 1 == len(cfg.clients) else f" on {size - 1} worker ranks"
+            say(f"FedIoT simulation: {len(cfg.clients)} clients{on}, {cfg.train.comm_round} rounds, "
                 f"data {data_info['source']}; run directory {run_dir}")
             payload = (str(run_dir), str(data_root), data_info)
         except FedIoTError as exc:
             ok, payload = False, exc
     run_dir_s, data_root_s, data_info = _gather_ok(comm, ok, payload)[0]
     return Path(run_dir_s), Path(data_root_s), data_info
+
+
+class ClientLoader:
+    """A client's LocalClient from the data: its device's split cut as configured (the last device's parts
+    are kept, so consecutive clients of one device load it once)."""
+
+    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path) -> None:
+        self.cfg, self.data_root, self.run_dir = cfg, data_root, run_dir
+        self.index = {c: i for i, c in enumerate(cfg.clients)}
+        self._parts: tuple[str, dict[str, Any]] | None = None
+
+    def split(self, client: str):
+        from data.partition import partition_split
+        from data.sources import load_split
+
+        device = config_mod.device_of_client(client)
+        if self._parts is None or self._parts[0] != device:
+            d = self.cfg.data
+            parts = partition_split(load_split(self.cfg, self.data_root, device), d.clients_per_device, d.partition,
+                                    d.partition_alpha, self.cfg.common.random_seed)
+            self._parts = (device, {p.device: p for p in parts})
+        return self._parts[1][client]
+
+    def __call__(self, client: str):
+        from federation.client import LocalClient
+
+        return LocalClient(self.split(client), self.cfg.model.feature_transform,
+                           self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1))
+
+
+def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
+    """The clients whose home is worker `rank` (1-based): client i lives at rank 1 + i % workers."""
+    return [c for i, c in enumerate(cfg.clients) if i % workers == rank - 1]
 
 
 def run_simulation(cf: str, run_dir_file: str | None) -> int:
@@ -66,19 +106,18 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     config_mod.check_world_size(cfg, size)
     run_dir, data_root, data_info = _prepare(cfg, comm, rank, size, run_dir_file)
 
-    # each client loads its own device (errors from any rank stop all ranks with one message)
-    from data.sources import load_split
-    from federation.client import LocalClient
-
-    local = None
+    # each worker loads its home clients' rows (errors from any rank stop all ranks with one message)
+    workers = size - 1
+    loader = ClientLoader(cfg, data_root, run_dir)
+    home: dict[str, Any] = {}
     ok, payload = True, None
     if rank > 0:
         try:
-            local = LocalClient(load_split(cfg, data_root, cfg.devices[rank - 1]), cfg.model.feature_transform,
-                                run_dir / "clients" / f"{cfg.devices[rank - 1]}.jsonl", *cfg.attack_of(rank))
+            home = {c: loader(c) for c in home_clients(cfg, rank, workers)}
         except FedIoTError as exc:
             ok, payload = False, exc
     _gather_ok(comm, ok, payload)
+    pooled = workers < len(cfg.clients)
 
     import torch
 
@@ -99,16 +138,17 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     def make_node() -> ServerNode | ClientNode:
         if rank == 0:
             return ServerNode(args, RoundCore(cfg, run_dir, data_info, "federated"), list(range(1, size)), transport)
-        return ClientNode(args, local, rank, size - 1, ClientRules.of(cfg), transport)
+        return ClientNode(args, home, rank, workers, ClientRules.of(cfg), transport, cfg.clients,
+                          loader if pooled else None)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
                     {"rank": rank, "role": "server" if rank == 0 else "client",
-                     "device": cfg.devices[rank - 1] if rank > 0 else None})
+                     "device": ", ".join(home) if 0 < len(home) <= 3 else (f"{len(home)} clients" if home else None)})
     if node.exit_code != 0:
         if rank == 0:
             raise FedIoTError(f"{node.error} (run directory {run_dir})")
         if node.exit_code != 3:  # 3: the server stopped the run, and rank 0 says why
-            error(f"client rank {rank} ({cfg.devices[rank - 1]}): {node.error}")
+            error(f"client rank {rank} ({', '.join(list(home)[:3])}): {node.error}")
         return node.exit_code
     if rank == 0:
         say(f"outputs: metrics.json, rounds.jsonl, model.pt, config.yaml, logs/ in {run_dir}")
