@@ -56,26 +56,34 @@ def thresholds_from_stats(stats: dict[str, ErrorStats], k: float) -> tuple[float
     return ErrorStats.merge(list(stats.values())).threshold(k), per_device
 
 
+MIN_BAND_RATIO = 2.0  # the band of plausible thresholds is at least this factor either side of the median
+
+
 def clip_threshold_outliers(stats: dict[str, ErrorStats], k: float,
-                            ratio: float | None) -> tuple[dict[str, ErrorStats], dict[str, str]]:
-    """Validation statistics for the global threshold with bounded influence: a device whose own threshold is
-    more than `ratio` times above (or below) the median device's counts as if its errors were scaled to that
-    limit. So a client lying about its validation errors moves the global threshold only as far as a device at
-    the limit would, while an honest device that is merely different still counts (leaving it out would set
-    the global threshold below its normal errors). Returns the statistics to pool and device -> what was done."""
-    if ratio is None or len(stats) < 3:
+                            mads: float | None) -> tuple[dict[str, ErrorStats], dict[str, str]]:
+    """Validation statistics for the global threshold with bounded influence. The band of plausible device
+    thresholds is the median device's x/÷ exp(mads x MAD of the log thresholds) (at least MIN_BAND_RATIO): it
+    follows how different the devices of this federation really are, and a minority cannot move the median or
+    the MAD far. A device outside the band counts as if its errors were scaled to the band's edge, so a client
+    lying about its validation errors moves the global threshold only as far as a device at the edge would,
+    while an honest device that is merely different still counts (leaving it out would set the global
+    threshold below its normal errors). Returns the statistics to pool and device -> what was done."""
+    if mads is None or len(stats) < 3:
         return dict(stats), {}
     own = {d: s.threshold(k) for d, s in stats.items()}
-    median = float(np.median(list(own.values())))
-    if median <= 0.0:
+    if min(own.values()) <= 0.0:
         return dict(stats), {}
+    logs = {d: float(np.log(t)) for d, t in own.items()}
+    centre = float(np.median(list(logs.values())))
+    mad = float(np.median([abs(v - centre) for v in logs.values()]))
+    half = max(mads * mad, float(np.log(MIN_BAND_RATIO)))
     out, clipped = dict(stats), {}
-    for d, t in own.items():
-        limit = ratio * median if t > ratio * median else (median / ratio if t * ratio < median else None)
-        if limit is not None and t > 0:
-            out[d] = stats[d].scaled(limit / t)
-            clipped[d] = (f"its threshold {t:.4g} is {t / median:.3g}x the median device threshold {median:.4g}; "
-                          f"counted at the {ratio:g}x limit")
+    for d, v in logs.items():
+        if abs(v - centre) > half:
+            edge = centre + (half if v > centre else -half)
+            out[d] = stats[d].scaled(float(np.exp(edge - v)))
+            clipped[d] = (f"its threshold {own[d]:.4g} is {np.exp(v - centre):.3g}x the median device threshold "
+                          f"{np.exp(centre):.4g}, outside the band of x/÷ {np.exp(half):.3g}; counted at its edge")
     return out, clipped
 
 

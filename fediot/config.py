@@ -140,7 +140,7 @@ class ValidationArgs:
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
-    threshold_outlier_ratio: float | None = _key(10.0, "robust: a device whose own threshold is more than this x above or below the median device's counts in the global threshold as if its errors were at that limit (a client lying about its validation errors moves the global threshold only that far; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
+    threshold_outlier_mads: float | None = _key(3.0, "robust: a device whose own threshold lies outside the median device's x/÷ exp(this x the MAD of the devices' log thresholds) (at least x/÷ 2) counts in the global threshold as if its errors were at the band's edge (a client lying about its validation errors moves the global threshold only that far; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 0), 'null or a number > 0'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 
@@ -215,7 +215,7 @@ class Defenses:
     screen_norm_factor: float | None
     scale_ratio_limit: float
     count_ratio_limit: float | None
-    threshold_outlier_ratio: float | None
+    threshold_outlier_mads: float | None
 
 
 # section -> key -> (default, meaning): the documented table (README "Configuration").
@@ -248,7 +248,7 @@ class FedIoTConfig:
         return Defenses(robust, rule, t.trim_fraction, t.byzantine_clients,
                         t.screen_norm_factor if robust else None, t.scale_ratio_limit,
                         t.count_ratio_limit if robust else None,
-                        self.validation.threshold_outlier_ratio if robust else None)
+                        self.validation.threshold_outlier_mads if robust else None)
 
     def attack_of(self, rank: int) -> tuple[str, float]:
         """(attack, scale) that client `rank` carries out; ('none', ...) for an honest client."""

@@ -27,10 +27,10 @@ def test_defaults_filled():
 def test_robust_switch_decides_the_defenses_in_effect():
     robust = config.validate({}).defenses
     assert robust.robust and robust.aggregation == config.ROBUST_AGGREGATION
-    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0 and robust.threshold_outlier_ratio == 10.0
+    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0 and robust.threshold_outlier_mads == 3.0
     plain = config.validate({"train_args": {"robust": False}}).defenses
     assert (plain.robust, plain.aggregation, plain.screen_norm_factor, plain.count_ratio_limit,
-            plain.threshold_outlier_ratio) == (False, "fedavg", None, None, None)
+            plain.threshold_outlier_mads) == (False, "fedavg", None, None, None)
     # a rule named explicitly is what runs, robust or not
     assert config.validate({"train_args": {"robust": False, "aggregation": "median"}}).defenses.aggregation == "median"
     assert config.validate({"train_args": {"aggregation": "fedavg"}}).defenses.aggregation == "fedavg"

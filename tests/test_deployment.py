@@ -252,7 +252,8 @@ def test_lying_boards_do_not_blind_the_honest_ones(tmp_path):
     import yaml
 
     devices = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
-    common = {"data_args": {"devices": devices}, "train_args": {"client_num_in_total": 5, "client_num_per_round": 5}}
+    common = {"data_args": {"devices": devices, "synthetic_benign_rows": 800},
+              "train_args": {"client_num_in_total": 5, "client_num_per_round": 5, "comm_round": 4, "epochs": 3}}
     cfg = deploy_config(tmp_path, n_clients=5, **common)
     raw = yaml.safe_load(cfg.read_text())
     board_cfg = {}
