@@ -64,10 +64,11 @@ def clip_threshold_outliers(stats: dict[str, ErrorStats], k: float,
     """Validation statistics for the global threshold with bounded influence. The band of plausible device
     thresholds is the median device's x/÷ exp(mads x MAD of the log thresholds) (at least MIN_BAND_RATIO): it
     follows how different the devices of this federation really are, and a minority cannot move the median or
-    the MAD far. A device outside the band counts as if its errors were scaled to the band's edge, so a client
-    lying about its validation errors moves the global threshold only as far as a device at the edge would,
-    while an honest device that is merely different still counts (leaving it out would set the global
-    threshold below its normal errors). Returns the statistics to pool and device -> what was done."""
+    the MAD far. A device outside the band counts as if its errors were scaled to the nearest threshold of a
+    device inside it, so a client lying about its validation errors counts like the most extreme plausible
+    device (and one that stays inside the band moves the global threshold at most to its edge), while an
+    honest device that is merely different still counts (leaving it out would set the global threshold below
+    its normal errors). Returns the statistics to pool and device -> what was done."""
     if mads is None or len(stats) < 3:
         return dict(stats), {}
     own = {d: s.threshold(k) for d, s in stats.items()}
@@ -77,13 +78,15 @@ def clip_threshold_outliers(stats: dict[str, ErrorStats], k: float,
     centre = float(np.median(list(logs.values())))
     mad = float(np.median([abs(v - centre) for v in logs.values()]))
     half = max(mads * mad, float(np.log(MIN_BAND_RATIO)))
+    inside = [v for v in logs.values() if abs(v - centre) <= half]
     out, clipped = dict(stats), {}
     for d, v in logs.items():
         if abs(v - centre) > half:
-            edge = centre + (half if v > centre else -half)
+            edge = max(inside) if v > centre else min(inside)
             out[d] = stats[d].scaled(float(np.exp(edge - v)))
             clipped[d] = (f"its threshold {own[d]:.4g} is {np.exp(v - centre):.3g}x the median device threshold "
-                          f"{np.exp(centre):.4g}, outside the band of x/÷ {np.exp(half):.3g}; counted at its edge")
+                          f"{np.exp(centre):.4g}, outside the band of x/÷ {np.exp(half):.3g}; counted at "
+                          f"{np.exp(edge):.4g}, the nearest device inside it")
     return out, clipped
 
 
