@@ -32,9 +32,10 @@ class LocalClient:
     """Holds one device's split; trains and evaluates the global model as the server asks."""
 
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
-                 attack: str = "none", attack_scale: float = 1.0) -> None:
+                 attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None) -> None:
         """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
-        honest training, to study what a compromised board can do; 'none' for an honest client."""
+        honest training, to study what a compromised board can do; 'none' for an honest client. model: the
+        autoencoder to load the global weights into (a worker's clients share one; each call loads them)."""
         if attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}; expected one of {ATTACKS}")
         self.attack, self.attack_scale = attack, attack_scale
@@ -42,7 +43,7 @@ class LocalClient:
         self.device = split.device
         self.record_file = record_file
         self.stats = FeatureStats.of(split.train, feature_transform)
-        self.model = AutoEncoder(nbaiot.N_FEATURES)
+        self.model = model if model is not None else AutoEncoder(nbaiot.N_FEATURES)
         self._rows: tuple[dict[str, Any], np.ndarray] | None = None  # (normaliser, normalised training rows)
         self.scores: DeviceScores | None = None
 

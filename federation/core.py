@@ -9,7 +9,7 @@ It owns what a round is:
 - the normaliser from the clients' merged feature statistics;
 - the aggregation of the clients' updates (FedAvg or a robust rule, `federation.aggregation`);
 - what a lying client's numbers may do (`cfg.defenses`): capped row counts, a trimmed merge of feature
-  statistics, screened updates, threshold outliers left out, count reports checked against what the
+  statistics, screened updates, a bounded share of the global threshold, count reports checked against what the
   client announced and against its own histograms (README: "Lying clients");
 - the per-round record (`rounds.jsonl`: lr, client losses and seconds, bytes, dropped clients,
   evaluation) and its summary line;

@@ -129,7 +129,7 @@ class TrainArgs:
     trim_fraction: float = _key(0.25, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
     byzantine_clients: int = _key(2, 'how many lying clients the robust rules are sized for (f): krum / multikrum (needs clients >= 2f + 3) and the trimmed merge of feature statistics (at most (clients - 1) // 2 left out per feature)', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
     screen_norm_factor: float | None = _key(5.0, 'robust: leave out an update farther from the global model than this x the median distance (null = no screening)', check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
-    scale_ratio_limit: float = _key(10.0, "robust: each feature's normalisation scale stays within 1/this..this x the scale of a merge without the byzantine_clients clients farthest from the median client (offset within this many of its scales): how far made-up feature statistics can stretch a feature", check=(lambda v: _is_num(v) and v >= 1, 'a number >= 1'))
+    scale_ratio_limit: float = _key(4.0, "robust: each feature's normalisation scale stays within 1/this..this x the scale of a merge without the byzantine_clients clients farthest from the median client (offset within this many of its scales): how far made-up feature statistics can stretch a feature", check=(lambda v: _is_num(v) and v >= 1, 'a number >= 1'))
     count_ratio_limit: float | None = _key(10.0, "robust: a client's row count (its weight in FedAvg-like rules and statistics merges) counts at most this x the median client's (null = as sent)", check=(lambda v: v is None or (_is_num(v) and v >= 1), 'null or a number >= 1'))
     centralized_epochs: int | None = _key(30, 'baselines: epochs for the centralized and local-only models (null = comm_round * epochs)', check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
 
@@ -140,7 +140,7 @@ class ValidationArgs:
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
-    threshold_outlier_mads: float | None = _key(3.0, "robust: a device whose own threshold lies outside the median device's x/÷ exp(this x the MAD of the devices' log thresholds) (at least x/÷ 2) counts in the global threshold as if its threshold were the nearest one inside the band (a client lying about its validation errors counts like the most extreme plausible device; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 0), 'null or a number > 0'))
+    threshold_outlier_mads: float | None = _key(2.0, "robust: a device whose own threshold lies outside the median device's x/÷ exp(this x the MAD of the devices' log thresholds) (at least x/÷ 2) counts in the global threshold as if its threshold were the nearest one inside the band (a client lying about its validation errors counts like the most extreme plausible device; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 0), 'null or a number > 0'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 

@@ -72,6 +72,7 @@ class ClientLoader:
         self.cfg, self.data_root, self.run_dir = cfg, data_root, run_dir
         self.index = {c: i for i, c in enumerate(cfg.clients)}
         self._parts: tuple[str, dict[str, Any]] | None = None
+        self._model: Any = None  # one autoencoder for all of this worker's clients (each use loads the weights)
 
     def split(self, client: str):
         from data.partition import partition_split
@@ -86,10 +87,15 @@ class ClientLoader:
         return self._parts[1][client]
 
     def __call__(self, client: str):
+        from data import nbaiot
         from federation.client import LocalClient
+        from model.autoencoder import AutoEncoder
 
+        if self._model is None:
+            self._model = AutoEncoder(nbaiot.N_FEATURES)
         return LocalClient(self.split(client), self.cfg.model.feature_transform,
-                           self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1))
+                           self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
+                           model=self._model)
 
 
 def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
