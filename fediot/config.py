@@ -140,7 +140,7 @@ class ValidationArgs:
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
-    threshold_outlier_mads: float | None = _key(2.0, "robust: a device whose own threshold lies outside the median device's x/÷ exp(this x the MAD of the devices' log thresholds) (at least x/÷ 2) counts in the global threshold as if its threshold were the nearest one inside the band (a client lying about its validation errors counts like the most extreme plausible device; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 0), 'null or a number > 0'))
+    threshold_outlier_mads: float | None = _key(3.0, "robust: a device whose own threshold lies outside the median device's x/÷ exp(this x the MAD of the devices' log thresholds) (at least x/÷ 2) counts in the global threshold as if its threshold were the nearest one inside the band (a client lying about its validation errors counts like the most extreme plausible device; each device keeps its own threshold); null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 0), 'null or a number > 0'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 

@@ -27,7 +27,7 @@ def test_defaults_filled():
 def test_robust_switch_decides_the_defenses_in_effect():
     robust = config.validate({}).defenses
     assert robust.robust and robust.aggregation == config.ROBUST_AGGREGATION
-    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0 and robust.threshold_outlier_mads == 2.0
+    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0 and robust.threshold_outlier_mads == 3.0
     plain = config.validate({"train_args": {"robust": False}}).defenses
     assert (plain.robust, plain.aggregation, plain.screen_norm_factor, plain.count_ratio_limit,
             plain.threshold_outlier_mads) == (False, "fedavg", None, None, None)
