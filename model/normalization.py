@@ -75,10 +75,10 @@ class FeatureStats:
         if trim <= 0:
             return cls.merge(parts)
         n = np.array([p.count for p in parts], dtype=np.float64)[:, None]
-        mean = np.stack([p.total for p in parts]) / n
-        std = np.sqrt(np.maximum(np.stack([p.total_sq for p in parts]) / n - mean ** 2, 0.0)) + MIN_SCALE
-        median_std = np.median(std, axis=0)
         with np.errstate(all="ignore"):  # absurd reported values give inf/nan: the farthest of all
+            mean = np.stack([p.total for p in parts]) / n
+            std = np.sqrt(np.maximum(np.stack([p.total_sq for p in parts]) / n - mean ** 2, 0.0)) + MIN_SCALE
+            median_std = np.median(std, axis=0)
             farness = np.abs(mean - np.median(mean, axis=0)) / median_std + np.abs(np.log(std / median_std))
         farness = np.nan_to_num(farness, nan=np.inf)
         keep = np.ones_like(farness, dtype=bool)

@@ -196,10 +196,11 @@ class ServerNode(_Node):
         ):
             self.register_message_receive_handler(msg_type, handler)
 
-    def names(self, clients: list[str] | set[str], limit: int = 12) -> str:
-        """Client names for a console line, in config order (the first few, then how many more)."""
+    def names(self, clients: list[str] | set[str], limit: int = 12, label: Callable[[str], str] = str) -> str:
+        """Client names (as `label` writes them) for a console line, in config order: the first few, then how
+        many more."""
         order = {c: i for i, c in enumerate(self.clients)}
-        c = sorted(clients, key=lambda x: (order.get(x.split(" (")[0], len(order)), x))
+        c = [label(x) for x in sorted(clients, key=lambda x: (order.get(x, len(order)), x))]
         return ", ".join(c[:limit]) + (f" and {len(c) - limit} more" if len(c) > limit else "")
 
     def on_ready(self, _msg: Message) -> None:
@@ -256,7 +257,7 @@ class ServerNode(_Node):
         self.core.client_joined(name, int(msg.get("n_train")), msg.get("held_out"))
         self.send(S2C_WELCOME, rank, round=self.core.round)
         if self.phase == "waiting":
-            self._status(force=len(self.joined) == len(self.clients) or self.rules.announce)
+            self._status(force=True)
             if len(self.joined) == len(self.clients):
                 self.start_training()
         elif self.rules.announce:  # training has started: a new or restarted board joins at the next round
@@ -265,8 +266,8 @@ class ServerNode(_Node):
     # -- phases
     def start_training(self) -> None:
         self.core.fit_normalizer({c: info["stats"] for c, info in self.joined.items()})
-        say(f"clients: {len(self.joined)}: " + self.names(
-            [f"{c} ({info['n_train']} training rows)" for c, info in self.joined.items()], 9)
+        say(f"clients: {len(self.joined)}: "
+            + self.names(self.joined, 9, lambda c: f"{c} ({self.joined[c]['n_train']} training rows)")
             + (f" on {len(self.client_ranks)} worker ranks" if self.pooled else ""))
         if self.rules.announce:
             say(f"starting: {len(self.joined)} client(s), rounds {self.core.round + 1}..{self.core.n_rounds}, "
