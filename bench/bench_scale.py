@@ -18,47 +18,24 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import yaml
 
+from procmem import PeakPss
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def pss_mb(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
-
-
-def run_pids(marker: str) -> list[int]:
-    """Processes whose command line names this run's config file (the server and the workers)."""
-    pids = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                if marker in (d / "cmdline").read_bytes().decode(errors="replace"):
-                    pids.append(int(d.name))
-            except OSError:
-                continue
-    return pids
-
-
-class PssSampler(threading.Thread):
-    def __init__(self, marker: str) -> None:
-        super().__init__(daemon=True)
-        self.marker, self.peak, self.running = marker, 0.0, True
-
-    def run(self) -> None:
-        while self.running:
-            self.peak = max(self.peak, sum(pss_mb(p) for p in run_pids(self.marker) if p != os.getpid()))
-            time.sleep(0.5)
+def slowest_worker_training(record: dict) -> float:
+    """The round's longest training time of one worker: a worker that trains several of its clients in a round
+    trains them one after the other (`workers` maps client -> rank; absent when every rank is one client)."""
+    per_rank: dict = {}
+    for client, seconds in record["client_train_seconds"].items():
+        rank = record.get("workers", {}).get(client, client)
+        per_rank[rank] = per_rank.get(rank, 0.0) + seconds
+    return max(per_rank.values())
 
 
 def run_one(per_device: int, workers: int, rounds: int, tmp: Path) -> dict:
@@ -68,19 +45,19 @@ def run_one(per_device: int, workers: int, rounds: int, tmp: Path) -> dict:
     cfg["train_args"].update(client_num_in_total=None, client_num_per_round=workers, comm_round=rounds)
     path = tmp / f"scale-{per_device}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    sampler = PssSampler(str(path))
-    sampler.start()
     start = time.perf_counter()
-    proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHON": sys.executable})
+    proc = subprocess.Popen(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHON": sys.executable})
+    sampler = PeakPss(proc.pid)
+    sampler.start()
+    stdout, stderr = proc.communicate()
     total = time.perf_counter() - start
-    sampler.running = False
-    sampler.join()
+    sampler.stop()
     if proc.returncode != 0:
-        sys.exit(f"simulation with clients_per_device {per_device} failed:\n{proc.stderr[-3000:]}")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+        sys.exit(f"simulation with clients_per_device {per_device} failed:\n{stderr[-3000:]}")
+    run_dir = Path(stdout.strip().splitlines()[-1])
     recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
-    ratios = [r["wall_time_s"] / max(r["client_train_seconds"].values()) for r in recs[1:] if "eval" not in r]
+    ratios = [r["wall_time_s"] / slowest_worker_training(r) for r in recs[1:] if "eval" not in r]
     g = json.loads((run_dir / "metrics.json").read_text())["global"]
     return {"clients": 9 * per_device, "workers": workers, "rounds": rounds, "total_s": round(total, 1),
             "peak_pss_mb": round(sampler.peak), "median_round_ratio": round(statistics.median(ratios), 2),

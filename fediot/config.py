@@ -382,20 +382,20 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
 
 
 def check_world_size(cfg: FedIoTConfig, world_size: int) -> None:
-    """An MPI simulation runs 1 server + N worker ranks, N = client_num_per_round (each worker trains the client
-    it is assigned that round) or N = client_num_in_total (one rank per client, as with one client per device)."""
+    """An MPI simulation runs 1 server + N worker ranks, 1 <= N <= client_num_in_total: client i lives at worker
+    1 + i % N, which trains it whenever it is sampled (N = client_num_in_total: one rank per client; fewer: a
+    worker trains its sampled clients one after the other, e.g. N = the machine's cores)."""
     workers = world_size - 1
     if workers < 1:
         raise ConfigError(f"MPI world size is {world_size}; a simulation needs 1 server + N clients (use run_simulation.sh N)")
     if not cfg.is_simulation:
         raise ConfigError(f"{_where(cfg.path)}: the simulation needs common_args.training_type: simulation and comm_args.backend: MPI")
     t = cfg.train
-    if workers not in (t.client_num_per_round, t.client_num_in_total):
-        start = (f"{t.client_num_in_total} (one per client)" if t.client_num_per_round == t.client_num_in_total else
-                 f"{t.client_num_per_round} (workers) or {t.client_num_in_total} (one per client)")
+    if workers > t.client_num_in_total:
         raise ConfigError(f"{_where(cfg.path)}: {workers} client process(es) were started but the config has "
                           f"{t.client_num_in_total} client(s) ({len(cfg.devices)} device(s) x clients_per_device "
-                          f"{cfg.data.clients_per_device}), {t.client_num_per_round} per round. Start {start}.")
+                          f"{cfg.data.clients_per_device}). Start at most {t.client_num_in_total} (one per client); "
+                          f"{t.client_num_per_round} (clients per round) or the machine's cores are good choices.")
 
 
 def _parse_devices(devices: Any, where: str) -> list[str]:

@@ -95,10 +95,10 @@ def test_score_cli_on_new_rows(finished_run, tmp_path):
 
 
 def test_client_count_mismatch_is_one_clear_error(tmp_path):
-    proc = run_sim("2", sim_config(tmp_path))
+    proc = run_sim("4", sim_config(tmp_path))
     assert proc.returncode != 0
-    assert "error: config" in proc.stderr and "2 client process(es) were started" in proc.stderr
-    assert "the config has 3 client(s) (3 device(s) x clients_per_device 1), 3 per round. Start 3 (one per client)" in proc.stderr
+    assert "error: config" in proc.stderr and "4 client process(es) were started" in proc.stderr
+    assert "the config has 3 client(s) (3 device(s) x clients_per_device 1). Start at most 3 (one per client)" in proc.stderr
     assert "Traceback" not in proc.stderr
 
 
@@ -278,14 +278,15 @@ def test_client_sampling_follows_fedmls_rule_and_everyone_is_evaluated(tmp_path)
 
 
 def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
-    """data_args.clients_per_device 10 on 3 devices = 30 clients; client_num_per_round 3 and
-    `run_simulation.sh 3`: 3 worker ranks, each round FedML's seeded sample of 3 spread over the 3 workers
-    (a worker trains whichever client it is assigned, loading its rows); every client evaluated;
-    metrics per client and per device (a device's counts are its clients' sums)."""
+    """data_args.clients_per_device 10 on 3 devices = 30 clients; client_num_per_round 4 and
+    `run_simulation.sh 3`: 3 worker ranks, each holding 10 clients; each round FedML's seeded sample of 4, each
+    client trained by the worker that holds it (client i at rank 1 + i % 3; a worker with two sampled clients
+    trains both); every client evaluated; metrics per client and per device (a device's counts are its
+    clients' sums)."""
     from fedml.cross_silo.server.fedml_aggregator import FedMLAggregator
 
     cfg = sim_config(tmp_path, data_args__clients_per_device=10, train_args__client_num_in_total=None,
-                     train_args__client_num_per_round=3, train_args__comm_round=3, validation_args__frequency_of_the_test=3)
+                     train_args__client_num_per_round=4, train_args__comm_round=3, validation_args__frequency_of_the_test=3)
     proc = run_sim("3", cfg)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FedIoT simulation: 30 clients on 3 worker ranks" in proc.stdout
@@ -293,8 +294,9 @@ def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
     clients = [f"{d}#{i}" for d in DEVICES for i in range(1, 11)]
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     for r in rounds:
-        assert r["sampled"] == [clients[i] for i in sorted(FedMLAggregator.client_sampling(None, r["round"] - 1, 30, 3))]
-        assert r["clients"] == r["sampled"] and sorted(r["workers"].values()) == [1, 2, 3], r
+        assert r["sampled"] == [clients[i] for i in sorted(FedMLAggregator.client_sampling(None, r["round"] - 1, 30, 4))]
+        assert r["clients"] == sorted(r["sampled"]), r
+        assert r["workers"] == {c: 1 + clients.index(c) % 3 for c in r["sampled"]}, r
     m = json.loads((run_dir / "metrics.json").read_text())
     assert sorted(m["clients"]) == sorted(clients) and sorted(m["devices"]) == sorted(DEVICES)
     for d in DEVICES:

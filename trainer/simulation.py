@@ -5,11 +5,10 @@
 The same server and client nodes as the gRPC deployment, on FedML's MPI transport: the simulation
 rehearses the real protocol (hello with feature statistics, plans, updates, count reports).
 Clients are `cfg.clients` (devices x clients_per_device, data/partition.py). Client i's home is rank
-1 + i % N: that rank holds its rows, says hello for it and evaluates it. With N = one rank per client
-(the default: one per device) that is all; with N = client_num_per_round < clients, each worker also
-trains whichever sampled client the server assigns it, loading that client's rows for the round
-(`ClientLoader`, one device's split cached at a time), so a worker's memory grows with its share of
-the rows, not with the number of clients.
+1 + i % N: that rank loads its rows once (`ClientLoader`), says hello for it, trains it whenever it is
+sampled and evaluates it. With N = one rank per client (the default: one per device) a rank is a
+client; with N = client_num_per_round < clients a worker holds about clients / N of them, so its memory
+follows its share of the rows, not the number of clients (its clients share one autoencoder).
 """
 from __future__ import annotations
 
@@ -65,13 +64,15 @@ def _prepare(cfg: FedIoTConfig, comm, rank: int, size: int, run_dir_file: str | 
 
 
 class ClientLoader:
-    """A client's LocalClient from the data: its device's split cut as configured (the last device's parts
-    are kept, so consecutive clients of one device load it once)."""
+    """A client's LocalClient from the data: its device's split cut as configured. The last device's parts are
+    kept, so a worker's home clients, consecutive in config order, load each device once; `keep_devices` keeps
+    every device's parts (for a process asked about clients in any order: bench/flower_app.py's Ray actors)."""
 
-    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path) -> None:
+    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path, keep_devices: bool = False) -> None:
         self.cfg, self.data_root, self.run_dir = cfg, data_root, run_dir
         self.index = {c: i for i, c in enumerate(cfg.clients)}
-        self._parts: tuple[str, dict[str, Any]] | None = None
+        self.keep_devices = keep_devices
+        self._parts: dict[str, dict[str, Any]] = {}  # device -> client -> its part of the device's split
         self._model: Any = None  # one autoencoder for all of this worker's clients (each use loads the weights)
 
     def split(self, client: str):
@@ -79,12 +80,14 @@ class ClientLoader:
         from data.sources import load_split
 
         device = config_mod.device_of_client(client)
-        if self._parts is None or self._parts[0] != device:
+        if device not in self._parts:
+            if not self.keep_devices:
+                self._parts.clear()
             d = self.cfg.data
             parts = partition_split(load_split(self.cfg, self.data_root, device), d.clients_per_device, d.partition,
                                     d.partition_alpha, self.cfg.common.random_seed)
-            self._parts = (device, {p.device: p for p in parts})
-        return self._parts[1][client]
+            self._parts[device] = {p.device: p for p in parts}
+        return self._parts[device][client]
 
     def __call__(self, client: str):
         from data import nbaiot
@@ -123,7 +126,6 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
         except FedIoTError as exc:
             ok, payload = False, exc
     _gather_ok(comm, ok, payload)
-    pooled = workers < len(cfg.clients)
 
     import torch
 
@@ -144,8 +146,7 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     def make_node() -> ServerNode | ClientNode:
         if rank == 0:
             return ServerNode(args, RoundCore(cfg, run_dir, data_info, "federated"), list(range(1, size)), transport)
-        return ClientNode(args, home, rank, workers, ClientRules.of(cfg), transport, cfg.clients,
-                          loader if pooled else None)
+        return ClientNode(args, home, rank, workers, ClientRules.of(cfg), transport)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
                     {"rank": rank, "role": "server" if rank == 0 else "client",

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import queue
+import time
 from dataclasses import dataclass
 from typing import Callable
 
@@ -33,6 +34,8 @@ from federation.protocol import SCHEMAS
 from federation.wire import WireError, decode, encode
 
 QUEUE_POLL_S = 0.5
+PRUNE_MIN = 64  # completed sends are dropped from the in-flight list when it reaches this size (or twice its last)
+FLUSH_TIMEOUT_S = 30.0  # how long a stopping MPI rank waits for its last sends to be received
 HEADER_KEYS = {Message.MSG_ARG_KEY_TYPE, Message.MSG_ARG_KEY_SENDER, Message.MSG_ARG_KEY_RECEIVER}
 
 log = logging.getLogger("fediot.transport")
@@ -134,15 +137,31 @@ class MpiTransport(MpiCommunicationManager):
         self.bytes_received = 0
         self.max_bytes = max_bytes
         self.reject: Reject = log_reject
+        self._in_flight: list = []  # isend requests not yet known to be completed (they own their buffers)
+        self._prune_at = PRUNE_MIN
         super().__init__(comm, rank, size)
 
     def send_message(self, msg: Message) -> None:
+        """Non-blocking send: a message larger than MPI's eager limit (a model) is a rendezvous, and a blocking
+        send waits until the receiver's thread polls for it; with more ranks than cores that wait is a
+        scheduling slot per message (measured: ~9 ms a TRAIN message, 10 of them in a row per round)."""
         payload = to_wire(msg)
         try:
-            self.comm.send(payload, dest=int(msg.get_receiver_id()))
+            if len(self._in_flight) >= self._prune_at:  # amortised: an evaluation sends 1,000s at once
+                self._in_flight = [r for r in self._in_flight if not r.Test()]
+                self._prune_at = max(PRUNE_MIN, 2 * len(self._in_flight))
+            self._in_flight.append(self.comm.isend(payload, dest=int(msg.get_receiver_id())))
         except Exception as exc:  # noqa: BLE001 - an MPI error surfaces as one kind of failure
             raise PeerUnreachable(f"rank {msg.get_receiver_id()}: {exc}") from None
         self.bytes_sent += len(payload)
+
+    def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
+        """Wait (sleeping, bounded) until the messages sent so far have been taken by their receivers."""
+        deadline = time.monotonic() + timeout_s
+        while self._in_flight and time.monotonic() < deadline:
+            self._in_flight = [r for r in self._in_flight if not r.Test()]
+            if self._in_flight:
+                time.sleep(0.005)
 
     def post_local(self, msg: Message) -> None:
         """Queue a message for our own handlers (used for deadlines and ticks)."""
@@ -154,6 +173,7 @@ class MpiTransport(MpiCommunicationManager):
         receive_loop(self.q_receiver, lambda: not self._stop_running, self, self.notify)
 
     def stop_receive_message(self) -> None:
+        self.flush()  # the last messages (FINISH, a last reply) reach their peers before this rank leaves
         self._stop_running = True
         for thread in (self._server_receive_thread, self._client_receive_thread):
             if thread is not None:

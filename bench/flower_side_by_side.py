@@ -1,0 +1,126 @@
+"""FedIoT's MPI simulation beside the same federated run on Flower's simulation engine, in one run of this script.
+
+    .venv/bin/python bench/flower_side_by_side.py [--per-device 1 11 111] [--rounds 50] [--per-round 10]
+                                                  [--actors 2] [--out DIR]
+    (Flower's side needs its own venv: python3 -m venv .venv-flower &&
+     .venv-flower/bin/pip install -r bench/requirements-flower.txt)
+
+For each clients_per_device k (9k clients: 9 devices split, synthetic data), both sides get one config:
+client_num_per_round = min(per-round, 9k) sampled by FedML's seeded rule, `rounds` rounds, one evaluation of
+every client after the last round. FedIoT: `sh run_simulation.sh W` with W = clients per round worker ranks.
+Flower: bench/flower_app.py, the same RoundCore and LocalClient as Flower ServerApp/ClientApp, one virtual
+SuperNode per client, `--actors` Ray actors (one CPU each). Same seeds, plans and aggregation, so the two
+sides train the same model: their final global thresholds are compared as a check that the work is the same.
+The runs alternate (FedIoT, Flower) per client count, so machine noise hits both alike.
+
+Reported per side: median round wall time (training rounds after the first), total wall time of the command
+(start-up, data, hello, rounds, evaluation, outputs), peak summed PSS of its process tree (bench/procmem.py),
+final global TPR/FPR; and FedIoT / Flower ratios. Writes results.json and table.md in --out.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+from procmem import PeakPss
+
+REPO = Path(__file__).resolve().parents[1]
+FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
+
+
+def write_config(tmp: Path, per_device: int, per_round: int, rounds: int) -> Path:
+    cfg = yaml.safe_load((REPO / "config_simulation" / "fedml_config_synthetic.yaml").read_text())
+    cfg["common_args"]["run_dir_root"] = str(tmp / "runs")
+    cfg["data_args"]["clients_per_device"] = per_device
+    cfg["train_args"].update(client_num_in_total=None, client_num_per_round=min(per_round, 9 * per_device),
+                             comm_round=rounds)
+    cfg["validation_args"]["frequency_of_the_test"] = rounds
+    path = tmp / f"clients-{9 * per_device}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict:
+    """Run one side; its run directory (last stdout line), wall time and peak summed PSS."""
+    start = time.perf_counter()
+    with log.open("w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
+        sampler = PeakPss(proc.pid)
+        sampler.start()
+        stdout, _ = proc.communicate()
+    total = time.perf_counter() - start
+    sampler.stop()
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
+    run_dir = Path(stdout.strip().splitlines()[-1])
+    recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    train_rounds = [r["wall_time_s"] for r in recs[1:] if "eval" not in r] or [r["wall_time_s"] for r in recs]
+    g = json.loads((run_dir / "metrics.json").read_text())["global"]
+    return {"total_s": round(total, 1), "median_round_s": round(statistics.median(train_rounds), 4),
+            "peak_pss_mb": round(sampler.peak), "processes_at_peak": sampler.peak_processes,
+            "tpr": g["tpr"], "fpr": g["fpr"], "threshold": g["threshold"], "run_dir": str(run_dir)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--per-device", type=int, nargs="+", default=[1, 11, 111], help="clients per device (x 9 clients)")
+    p.add_argument("--rounds", type=int, default=50)
+    p.add_argument("--per-round", type=int, default=10)
+    p.add_argument("--actors", type=int, default=2, help="Flower: Ray actors (one CPU each; this machine: 2 cores)")
+    p.add_argument("--flower-python", default=str(FLOWER_PYTHON))
+    p.add_argument("--out", default=None, help="directory for results.json and table.md (default: a temporary one)")
+    a = p.parse_args()
+    if not Path(a.flower_python).exists():
+        sys.exit(f"{a.flower_python} not found: python3 -m venv .venv-flower && "
+                 ".venv-flower/bin/pip install -r bench/requirements-flower.txt")
+    tmp = Path(tempfile.mkdtemp(prefix="fediot-flower-"))
+    out = Path(a.out) if a.out else tmp
+    out.mkdir(parents=True, exist_ok=True)
+    flwr_version = subprocess.run([a.flower_python, "-c", "import flwr; print(flwr.__version__)"],
+                                  capture_output=True, text=True).stdout.strip()
+    rows = []
+    for k in a.per_device:
+        cfg = write_config(tmp, k, a.per_round, a.rounds)
+        workers = min(a.per_round, 9 * k)
+        print(f"{9 * k} clients, {workers} per round, {a.rounds} rounds ...", file=sys.stderr, flush=True)
+        ours = measure(["sh", str(REPO / "run_simulation.sh"), str(workers), str(cfg)],
+                       {**os.environ, "PYTHON": sys.executable}, tmp / f"fediot-{9 * k}.log")
+        print(f"  FedIoT (MPI, {workers} workers): {ours}", file=sys.stderr, flush=True)
+        flower = measure([a.flower_python, str(REPO / "bench" / "flower_app.py"), str(cfg), "--actors", str(a.actors)],
+                         dict(os.environ), tmp / f"flower-{9 * k}.log")
+        print(f"  Flower {flwr_version} ({a.actors} Ray actors): {flower}", file=sys.stderr, flush=True)
+        rows.append({"clients": 9 * k, "per_round": workers, "rounds": a.rounds, "fediot_workers": workers,
+                     "flower_actors": a.actors, "flower_version": flwr_version, "fediot": ours, "flower": flower,
+                     "same_model": abs(ours["threshold"] - flower["threshold"]) <= 1e-9 * max(1.0, ours["threshold"])})
+        (out / "results.json").write_text(json.dumps(rows, indent=1))
+    lines = ["| clients | per round | side | median round (s) | total (s) | peak summed PSS (MB) | processes | "
+             "global TPR | global FPR |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        for side, label in (("fediot", f"FedIoT MPI, {r['fediot_workers']} workers"),
+                            ("flower", f"Flower {r['flower_version']}, {r['flower_actors']} actors")):
+            m = r[side]
+            lines.append(f"| {r['clients']} | {r['per_round']} | {label} | {m['median_round_s']} | {m['total_s']} | "
+                         f"{m['peak_pss_mb']:,} | {m['processes_at_peak']} | {m['tpr']:.4f} | {m['fpr']:.4f} |")
+    lines += ["", "| clients | FedIoT / Flower: round time | total time | peak memory | same model (threshold) |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        o, f = r["fediot"], r["flower"]
+        lines.append(f"| {r['clients']} | {o['median_round_s'] / f['median_round_s']:.2f} | "
+                     f"{o['total_s'] / f['total_s']:.2f} | {o['peak_pss_mb'] / f['peak_pss_mb']:.2f} | "
+                     f"{'yes' if r['same_model'] else 'NO'} |")
+    (out / "table.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(out)
+
+
+if __name__ == "__main__":
+    main()
