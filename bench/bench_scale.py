@@ -1,13 +1,14 @@
 """Many clients on few processes: the MPI simulation with clients_per_device x 9 devices, N worker ranks.
 
-    .venv/bin/python bench/bench_scale.py [--per-device 2 112] [--workers 10] [--rounds 50]
+    .venv/bin/python bench/bench_scale.py [--per-device 2 112] [--workers 10 2] [--per-round 10] [--rounds 50]
 
-For each clients_per_device value, one `sh run_simulation.sh WORKERS` with client_num_per_round = WORKERS
-(a seeded sample each round) on synthetic data, side by side in one run of this script. Reports peak summed
-PSS of all the run's processes (sampled from /proc every 0.5 s), the median over rounds 2.. of round wall
-time / the slowest worker's training time in that round, total time, and the final global TPR/FPR.
-Goals (issue 11): 1,000+ clients finish; peak summed PSS <= 8 GB; median ratio <= 1.5; TPR >= 0.99,
-FPR <= 0.02; memory with many clients within 10 % of memory with few at the same worker count.
+For each worker count and clients_per_device value, one `sh run_simulation.sh WORKERS` with
+client_num_per_round = --per-round (a seeded sample each round) on synthetic data, all in one run of this
+script. Reports peak summed PSS of the run's process tree (bench/procmem.py), the median over rounds 2.. of
+round wall time / the slowest worker's training time in that round (a worker trains its sampled clients one
+after the other: their sum), total time, and the final global TPR/FPR. Goals (issue 11): 1,000+ clients
+finish; peak summed PSS <= 8 GB; median ratio <= 1.5; TPR >= 0.99, FPR <= 0.02; memory with many clients
+within 10 % of memory with few at the same worker count.
 """
 from __future__ import annotations
 
@@ -15,15 +16,13 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from procmem import PeakPss
+from procmem import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,29 +37,23 @@ def slowest_worker_training(record: dict) -> float:
     return max(per_rank.values())
 
 
-def run_one(per_device: int, workers: int, rounds: int, tmp: Path) -> dict:
+def run_one(per_device: int, workers: int, per_round: int, rounds: int, tmp: Path) -> dict:
     cfg = yaml.safe_load((REPO / "config_simulation" / "fedml_config_synthetic.yaml").read_text())
     cfg["common_args"]["run_dir_root"] = str(tmp / "runs")
     cfg["data_args"]["clients_per_device"] = per_device
-    cfg["train_args"].update(client_num_in_total=None, client_num_per_round=workers, comm_round=rounds)
-    path = tmp / f"scale-{per_device}.yaml"
+    cfg["train_args"].update(client_num_in_total=None, client_num_per_round=per_round, comm_round=rounds)
+    path = tmp / f"scale-{per_device}-{workers}.yaml"
     path.write_text(yaml.safe_dump(cfg))
-    start = time.perf_counter()
-    proc = subprocess.Popen(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHON": sys.executable})
-    sampler = PeakPss(proc.pid)
-    sampler.start()
-    stdout, stderr = proc.communicate()
-    total = time.perf_counter() - start
-    sampler.stop()
-    if proc.returncode != 0:
-        sys.exit(f"simulation with clients_per_device {per_device} failed:\n{stderr[-3000:]}")
-    run_dir = Path(stdout.strip().splitlines()[-1])
+    m = run_measured(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)],
+                     {**os.environ, "PYTHON": sys.executable})
+    if m.returncode != 0:
+        sys.exit(f"simulation with clients_per_device {per_device} failed:\n{m.stderr[-3000:]}")
+    run_dir = Path(m.stdout.strip().splitlines()[-1])
     recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     ratios = [r["wall_time_s"] / slowest_worker_training(r) for r in recs[1:] if "eval" not in r]
     g = json.loads((run_dir / "metrics.json").read_text())["global"]
-    return {"clients": 9 * per_device, "workers": workers, "rounds": rounds, "total_s": round(total, 1),
-            "peak_pss_mb": round(sampler.peak), "median_round_ratio": round(statistics.median(ratios), 2),
+    return {"clients": 9 * per_device, "workers": workers, "rounds": rounds, "total_s": round(m.seconds, 1),
+            "peak_pss_mb": round(m.peak_pss_mb), "median_round_ratio": round(statistics.median(ratios), 2),
             "median_round_s": round(statistics.median(r["wall_time_s"] for r in recs[1:]), 3),
             "tpr": g["tpr"], "fpr": g["fpr"], "run_dir": str(run_dir)}
 
@@ -68,20 +61,24 @@ def run_one(per_device: int, workers: int, rounds: int, tmp: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--per-device", type=int, nargs="+", default=[2, 112])
-    p.add_argument("--workers", type=int, default=10)
+    p.add_argument("--workers", type=int, nargs="+", default=[10, 2], help="worker ranks (10: one per sampled "
+                   "client, the issue's setting; 2: this machine's cores)")
+    p.add_argument("--per-round", type=int, default=10, help="client_num_per_round")
     p.add_argument("--rounds", type=int, default=50)
     a = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="fediot-scale-"))
-    rows = [run_one(k, a.workers, a.rounds, tmp) for k in a.per_device]
+    rows = [run_one(k, w, a.per_round, a.rounds, tmp) for w in a.workers for k in a.per_device]
     print("| clients | worker ranks | rounds | total (s) | peak summed PSS (MB) | median round (s) | "
           "median round / slowest training (rounds without evaluation) | global TPR | global FPR |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['clients']} | {r['workers']} | {r['rounds']} | {r['total_s']} | {r['peak_pss_mb']:,} | "
               f"{r['median_round_s']} | {r['median_round_ratio']} | {r['tpr']:.4f} | {r['fpr']:.4f} |")
-    if len(rows) > 1:
-        print(f"memory, {rows[-1]['clients']} vs {rows[0]['clients']} clients: "
-              f"{rows[-1]['peak_pss_mb'] / rows[0]['peak_pss_mb']:.3f}x (goal <= 1.10)")
+    for w in a.workers:
+        same = [r for r in rows if r["workers"] == w]
+        if len(same) > 1:
+            print(f"memory with {w} workers, {same[-1]['clients']} vs {same[0]['clients']} clients: "
+                  f"{same[-1]['peak_pss_mb'] / same[0]['peak_pss_mb']:.3f}x (goal <= 1.10)")
     print(json.dumps(rows, indent=1))
 
 

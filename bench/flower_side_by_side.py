@@ -7,11 +7,12 @@
 
 For each clients_per_device k (9k clients: 9 devices split, synthetic data), both sides get one config:
 client_num_per_round = min(per-round, 9k) sampled by FedML's seeded rule, `rounds` rounds, one evaluation of
-every client after the last round. FedIoT: `sh run_simulation.sh W` with W = clients per round worker ranks.
+every client after the last round. FedIoT: `sh run_simulation.sh W` for each W in --fediot-workers ("round" = clients
+per round, the issue's setting; 2 = this machine's cores, as many processes as Flower's actors).
 Flower: bench/flower_app.py, the same RoundCore and LocalClient as Flower ServerApp/ClientApp, one virtual
 SuperNode per client, `--actors` Ray actors (one CPU each). Same seeds, plans and aggregation, so the two
 sides train the same model: their final global thresholds are compared as a check that the work is the same.
-The runs alternate (FedIoT, Flower) per client count, so machine noise hits both alike.
+The runs follow each other per client count (FedIoT, then Flower), so machine noise hits both alike.
 
 Reported per side: median round wall time (training rounds after the first), total wall time of the command
 (start-up, data, hello, rounds, evaluation, outputs), peak summed PSS of its process tree (bench/procmem.py),
@@ -26,12 +27,11 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import yaml
 
-from procmem import PeakPss
+from procmem import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
@@ -51,22 +51,16 @@ def write_config(tmp: Path, per_device: int, per_round: int, rounds: int) -> Pat
 
 def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict:
     """Run one side; its run directory (last stdout line), wall time and peak summed PSS."""
-    start = time.perf_counter()
-    with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, env=env, cwd=REPO)
-        sampler = PeakPss(proc.pid)
-        sampler.start()
-        stdout, _ = proc.communicate()
-    total = time.perf_counter() - start
-    sampler.stop()
-    if proc.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed (exit {proc.returncode}); see {log}:\n{log.read_text()[-3000:]}")
-    run_dir = Path(stdout.strip().splitlines()[-1])
+    m = run_measured(cmd, env, REPO)
+    log.write_text(m.stderr)
+    if m.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed (exit {m.returncode}); see {log}:\n{m.stderr[-3000:]}")
+    run_dir = Path(m.stdout.strip().splitlines()[-1])
     recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     train_rounds = [r["wall_time_s"] for r in recs[1:] if "eval" not in r] or [r["wall_time_s"] for r in recs]
     g = json.loads((run_dir / "metrics.json").read_text())["global"]
-    return {"total_s": round(total, 1), "median_round_s": round(statistics.median(train_rounds), 4),
-            "peak_pss_mb": round(sampler.peak), "processes_at_peak": sampler.peak_processes,
+    return {"total_s": round(m.seconds, 1), "median_round_s": round(statistics.median(train_rounds), 4),
+            "peak_pss_mb": round(m.peak_pss_mb), "processes_at_peak": m.peak_processes,
             "tpr": g["tpr"], "fpr": g["fpr"], "threshold": g["threshold"], "run_dir": str(run_dir)}
 
 
@@ -76,6 +70,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--per-round", type=int, default=10)
     p.add_argument("--actors", type=int, default=2, help="Flower: Ray actors (one CPU each; this machine: 2 cores)")
+    p.add_argument("--fediot-workers", nargs="+", default=["round", "2"],
+                   help="FedIoT worker ranks per run: 'round' (= clients per round) and/or numbers")
     p.add_argument("--flower-python", default=str(FLOWER_PYTHON))
     p.add_argument("--out", default=None, help="directory for results.json and table.md (default: a temporary one)")
     a = p.parse_args()
@@ -90,33 +86,35 @@ def main() -> None:
     rows = []
     for k in a.per_device:
         cfg = write_config(tmp, k, a.per_round, a.rounds)
-        workers = min(a.per_round, 9 * k)
-        print(f"{9 * k} clients, {workers} per round, {a.rounds} rounds ...", file=sys.stderr, flush=True)
-        ours = measure(["sh", str(REPO / "run_simulation.sh"), str(workers), str(cfg)],
-                       {**os.environ, "PYTHON": sys.executable}, tmp / f"fediot-{9 * k}.log")
-        print(f"  FedIoT (MPI, {workers} workers): {ours}", file=sys.stderr, flush=True)
-        flower = measure([a.flower_python, str(REPO / "bench" / "flower_app.py"), str(cfg), "--actors", str(a.actors)],
-                         dict(os.environ), tmp / f"flower-{9 * k}.log")
-        print(f"  Flower {flwr_version} ({a.actors} Ray actors): {flower}", file=sys.stderr, flush=True)
-        rows.append({"clients": 9 * k, "per_round": workers, "rounds": a.rounds, "fediot_workers": workers,
-                     "flower_actors": a.actors, "flower_version": flwr_version, "fediot": ours, "flower": flower,
-                     "same_model": abs(ours["threshold"] - flower["threshold"]) <= 1e-9 * max(1.0, ours["threshold"])})
+        per_round = min(a.per_round, 9 * k)
+        print(f"{9 * k} clients, {per_round} per round, {a.rounds} rounds ...", file=sys.stderr, flush=True)
+        row = {"clients": 9 * k, "per_round": per_round, "rounds": a.rounds, "runs": []}
+        for w in dict.fromkeys(min(per_round if w == "round" else int(w), 9 * k) for w in a.fediot_workers):
+            m = measure(["sh", str(REPO / "run_simulation.sh"), str(w), str(cfg)],
+                        {**os.environ, "PYTHON": sys.executable}, tmp / f"fediot-{9 * k}-{w}.log")
+            row["runs"].append({"side": "fediot", "label": f"FedIoT MPI, {w} worker ranks", **m})
+            print(f"  {row['runs'][-1]}", file=sys.stderr, flush=True)
+        m = measure([a.flower_python, str(REPO / "bench" / "flower_app.py"), str(cfg), "--actors", str(a.actors)],
+                    dict(os.environ), tmp / f"flower-{9 * k}.log")
+        row["runs"].append({"side": "flower", "label": f"Flower {flwr_version}, {a.actors} Ray actors", **m})
+        print(f"  {row['runs'][-1]}", file=sys.stderr, flush=True)
+        rows.append(row)
         (out / "results.json").write_text(json.dumps(rows, indent=1))
-    lines = ["| clients | per round | side | median round (s) | total (s) | peak summed PSS (MB) | processes | "
+    lines = ["| clients | per round | run | median round (s) | total (s) | peak summed PSS (MB) | processes | "
              "global TPR | global FPR |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        for side, label in (("fediot", f"FedIoT MPI, {r['fediot_workers']} workers"),
-                            ("flower", f"Flower {r['flower_version']}, {r['flower_actors']} actors")):
-            m = r[side]
-            lines.append(f"| {r['clients']} | {r['per_round']} | {label} | {m['median_round_s']} | {m['total_s']} | "
+        for m in r["runs"]:
+            lines.append(f"| {r['clients']} | {r['per_round']} | {m['label']} | {m['median_round_s']} | {m['total_s']} | "
                          f"{m['peak_pss_mb']:,} | {m['processes_at_peak']} | {m['tpr']:.4f} | {m['fpr']:.4f} |")
-    lines += ["", "| clients | FedIoT / Flower: round time | total time | peak memory | same model (threshold) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "| clients | FedIoT run | FedIoT / Flower: round time | total time | peak memory | same model |",
+              "|---|---|---|---|---|---|"]
     for r in rows:
-        o, f = r["fediot"], r["flower"]
-        lines.append(f"| {r['clients']} | {o['median_round_s'] / f['median_round_s']:.2f} | "
-                     f"{o['total_s'] / f['total_s']:.2f} | {o['peak_pss_mb'] / f['peak_pss_mb']:.2f} | "
-                     f"{'yes' if r['same_model'] else 'NO'} |")
+        f = next(m for m in r["runs"] if m["side"] == "flower")
+        for o in (m for m in r["runs"] if m["side"] == "fediot"):
+            same = abs(o["threshold"] - f["threshold"]) <= 1e-9 * max(1.0, f["threshold"])
+            lines.append(f"| {r['clients']} | {o['label']} | {o['median_round_s'] / f['median_round_s']:.2f} | "
+                         f"{o['total_s'] / f['total_s']:.2f} | {o['peak_pss_mb'] / f['peak_pss_mb']:.2f} | "
+                         f"{'yes (same threshold)' if same else 'NO'} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(out)

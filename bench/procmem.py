@@ -3,8 +3,10 @@ Ray's raylet, GCS and actors under a Flower driver), sampled from /proc. PSS spl
 libraries, copy-on-write data) between the processes that map them, so the sum is what the run costs."""
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 SAMPLE_INTERVAL_S = 0.5
@@ -58,3 +60,27 @@ class PeakPss(threading.Thread):
         self._stop_event.set()
         self.join()
         return self.peak
+
+
+@dataclass
+class Measured:
+    """A finished command: exit code, output, wall time, and the peak summed PSS of its process tree."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    peak_pss_mb: float
+    peak_processes: int
+
+
+def run_measured(cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> Measured:
+    """Run `cmd` to the end while sampling its process tree's summed PSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    sampler = PeakPss(proc.pid)
+    sampler.start()
+    stdout, stderr = proc.communicate()
+    seconds = time.perf_counter() - start
+    sampler.stop()
+    return Measured(proc.returncode, stdout, stderr, seconds, sampler.peak, sampler.peak_processes)

@@ -306,7 +306,7 @@ class RoundCore:
             val_stats = {c: s.scaled(1.0, counts[c]) for c, s in val_stats.items()}
         _, per_device = thresholds_from_stats(val_stats, k)  # each device's own, from what it reported
         pooled, clipped = clip_threshold_outliers({c: s for c, s in val_stats.items() if c not in excluded}, k,
-                                                  d.threshold_outlier_mads)
+                                                  d.threshold_outlier_mads, d.byzantine_clients)
         if not pooled:  # nobody's validation statistics agree with what they announced: pool them as sent
             pooled, excluded = dict(val_stats), {}
         for device, why in sorted(excluded.items()):

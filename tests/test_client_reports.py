@@ -130,3 +130,9 @@ def test_a_liars_share_of_the_global_threshold_is_bounded_but_different_honest_d
     assert own["liar"] == pytest.approx(1000 * own["d2"])  # its own threshold stays its own
     low = dict(honest, liar=honest["d2"].scaled(1e-6))
     assert set(clip_threshold_outliers(low, 3.0, 3.0)[1]) == {"liar"}
+    # sized for `limit` liars: the farthest ones are bounded, a crowd beyond them counts as sent
+    two = dict(honest, liar=honest["d2"].scaled(1000.0), other=honest["d3"].scaled(300.0),
+               third=honest["d1"].scaled(200.0))
+    pooled, clipped = clip_threshold_outliers(two, 3.0, 3.0, limit=2)
+    assert set(clipped) == {"liar", "other"} and pooled["third"] == two["third"]
+    assert "3 outside, at most 2 bounded" in clipped["liar"]
