@@ -21,6 +21,7 @@ import logging
 import platform
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -54,6 +55,10 @@ MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail kee
 STATUS_EVERY_S = 10.0
 
 TransportFactory = Callable[[], BaseCommunicationManager]
+# Messages about one rank's clients in flight at once in a phase (one being answered, one queued behind it):
+# a worker holding ~100 clients is not sent 100 models at once (measured with 1,008 clients on 10 workers:
+# every evaluation put 1,008 x 150 KB in flight, +10 % peak memory over 18 clients).
+SEND_WINDOW = 2
 
 
 class _Node(FedMLCommManager):
@@ -179,6 +184,8 @@ class ServerNode(_Node):
         self.asked: set[str] = set()  # the clients the open phase is for (sent or not)
         self.expected: set[str] = set()
         self.replies: dict[str, dict[str, Any]] = {}
+        self.backlog: dict[int, deque[str]] = {}  # rank -> clients of the open phase not yet sent to it
+        self.phase_message: tuple[str, Callable[[str], dict[str, Any]]] | None = None  # (type, params) of the phase
         self.started = time.monotonic()
         self.last_status = ""
         self.last_status_at = 0.0
@@ -284,39 +291,60 @@ class ServerNode(_Node):
     def _open_phase(self, phase: str, msg_type: str, assignments: dict[str, int],
                     params: Callable[[str], dict[str, Any]], asked: list[str]) -> None:
         """Send `msg_type` about each client (with params(client)) to the rank it is assigned to and wait for
-        the answers; `asked` are the clients this phase is for (those not assigned count as dropped)."""
+        the answers; `asked` are the clients this phase is for (those not assigned count as dropped). A rank
+        gets at most SEND_WINDOW of these messages at a time, the next one with each answer."""
         self.phase = phase
         self.phase_id += 1
         self.replies = {}
         self.expected = set()
         self.assigned = dict(assignments)
         self.asked = set(asked)
+        self.phase_message = (msg_type, params)
+        self.backlog = {}
         for client, rank in sorted(assignments.items(), key=lambda cr: (cr[1], cr[0])):
-            if rank not in self.connected:
-                continue
-            if self.send(msg_type, rank, round=self.core.round, client=client, **params(client)):
+            if rank in self.connected:
+                self.backlog.setdefault(rank, deque()).append(client)
                 self.expected.add(client)
-            else:
-                say(f"client {rank} ({self.names(self.connected[rank])}) unreachable; dropped until it reconnects")
-                for c in self.connected.pop(rank):
-                    self.joined.pop(c, None)
+        for rank in list(self.backlog):
+            for _ in range(SEND_WINDOW):
+                self._send_next(rank)
         if not self.expected:
             self.post(LOCAL_DEADLINE, phase_id=self.phase_id)
         elif self.rules.round_timeout_s is not None:
             self.post_after(self.rules.round_timeout_s, LOCAL_DEADLINE, phase_id=self.phase_id)
 
+    def _send_next(self, rank: int) -> None:
+        """Send the open phase's next message for `rank`, if one waits; an unreachable rank's clients are
+        dropped from the phase (and from the federation until it says hello again)."""
+        waiting = self.backlog.get(rank)
+        if not waiting:
+            return
+        client = waiting.popleft()
+        msg_type, params = self.phase_message
+        if self.send(msg_type, rank, round=self.core.round, client=client, **params(client)):
+            return
+        say(f"client {rank} ({self.names(self.connected.get(rank, set()))}) unreachable; dropped until it reconnects")
+        self.expected -= {client, *self.backlog.pop(rank)}
+        for c in self.connected.pop(rank, set()):
+            self.joined.pop(c, None)
+
+    def _phase_answered(self) -> bool:
+        return len(self.replies) == len(self.expected)  # replies only ever hold expected clients
+
     def on_reply(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
         expected_type = {"train": C2S_UPDATE, "val": C2S_VAL_STATS, "report": C2S_REPORT}.get(self.phase)
         client = msg.get("report")["device"] if msg.get_type() == C2S_REPORT else msg.get("client")
-        if msg.get_type() != expected_type or msg.get("round") != self.core.round or client not in self.expected:
+        if (msg.get_type() != expected_type or msg.get("round") != self.core.round or client not in self.expected
+                or client in self.replies):
             log.info("late or unexpected %s from %d ignored", msg.get_type(), rank)
             return
         if self.assigned.get(client) != rank:
             self.reject(f"rank {rank}", f"{msg.get_type()} about {client}, which rank {rank} was not asked about")
             return
         self.replies[client] = msg.get_params()
-        if set(self.replies) == self.expected:
+        self._send_next(rank)
+        if self._phase_answered():
             self.close_phase()
 
     def on_deadline(self, msg: Message) -> None:
