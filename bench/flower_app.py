@@ -125,7 +125,7 @@ server_app = ServerApp()
 class FlowerRun:
     """RoundCore driven through Flower's Grid: ask a set of clients, get their (checked) answers."""
 
-    def __init__(self, grid: Grid, core, run_dir: Path) -> None:
+    def __init__(self, grid: Grid, core) -> None:
         self.grid, self.core, self.cfg = grid, core, core.cfg
         self.max_bytes = int(self.cfg.comm.max_message_mb * 2**20)
         self.expect = protocol.Expectations.of(core.model, self.cfg.clients)
@@ -208,7 +208,7 @@ def server_main(grid: Grid, context: Context) -> None:
     cfg = config_mod.load(os.environ[ENV_CONFIG])
     run_dir = Path(os.environ[ENV_RUN_DIR])
     data_info = json.loads((run_dir / "flower_data_info.json").read_text())
-    FlowerRun(grid, RoundCore(cfg, run_dir, data_info, "federated"), run_dir).run()
+    FlowerRun(grid, RoundCore(cfg, run_dir, data_info, "federated")).run()
 
 
 def main() -> None:

@@ -7,7 +7,7 @@ rehearses the real protocol (hello with feature statistics, plans, updates, coun
 Clients are `cfg.clients` (devices x clients_per_device, data/partition.py). Client i's home is rank
 1 + i % N: that rank loads its rows once (`ClientLoader`), says hello for it, trains it whenever it is
 sampled and evaluates it. With N = one rank per client (the default: one per device) a rank is a
-client; with N = client_num_per_round < clients a worker holds about clients / N of them, so its memory
+client; with fewer ranks than clients a worker holds about clients / N of them, so its memory
 follows its share of the rows, not the number of clients (its clients share one autoencoder).
 """
 from __future__ import annotations

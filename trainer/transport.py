@@ -147,7 +147,7 @@ class MpiTransport(MpiCommunicationManager):
         scheduling slot per message (measured: ~9 ms a TRAIN message, 10 of them in a row per round)."""
         payload = to_wire(msg)
         try:
-            if len(self._in_flight) >= self._prune_at:  # amortised: an evaluation sends 1,000s at once
+            if len(self._in_flight) >= self._prune_at:  # amortised: testing every request is linear in the list
                 self._in_flight = [r for r in self._in_flight if not r.Test()]
                 self._prune_at = max(PRUNE_MIN, 2 * len(self._in_flight))
             self._in_flight.append(self.comm.isend(payload, dest=int(msg.get_receiver_id())))
