@@ -20,11 +20,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from procmem import run_measured
-
-REPO = Path(__file__).resolve().parents[1]
+from simruns import REPO, finished_run, synthetic_config
 
 
 def slowest_worker_training(record: dict) -> float:
@@ -38,20 +35,11 @@ def slowest_worker_training(record: dict) -> float:
 
 
 def run_one(per_device: int, workers: int, per_round: int, rounds: int, tmp: Path) -> dict:
-    cfg = yaml.safe_load((REPO / "config_simulation" / "fedml_config_synthetic.yaml").read_text())
-    cfg["common_args"]["run_dir_root"] = str(tmp / "runs")
-    cfg["data_args"]["clients_per_device"] = per_device
-    cfg["train_args"].update(client_num_in_total=None, client_num_per_round=per_round, comm_round=rounds)
-    path = tmp / f"scale-{per_device}-{workers}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
+    path = synthetic_config(tmp / f"scale-{per_device}-{workers}.yaml", tmp / "runs", per_device, per_round, rounds)
     m = run_measured(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)],
                      {**os.environ, "PYTHON": sys.executable})
-    if m.returncode != 0:
-        sys.exit(f"simulation with clients_per_device {per_device} failed:\n{m.stderr[-3000:]}")
-    run_dir = Path(m.stdout.strip().splitlines()[-1])
-    recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    run_dir, recs, g = finished_run(m, f"simulation with clients_per_device {per_device}")
     ratios = [r["wall_time_s"] / slowest_worker_training(r) for r in recs[1:] if "eval" not in r]
-    g = json.loads((run_dir / "metrics.json").read_text())["global"]
     return {"clients": 9 * per_device, "workers": workers, "rounds": rounds, "total_s": round(m.seconds, 1),
             "peak_pss_mb": round(m.peak_pss_mb), "median_round_ratio": round(statistics.median(ratios), 2),
             "median_round_s": round(statistics.median(r["wall_time_s"] for r in recs[1:]), 3),

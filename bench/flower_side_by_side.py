@@ -29,36 +29,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import yaml
-
 from procmem import run_measured
+from simruns import REPO, finished_run, synthetic_config
 
-REPO = Path(__file__).resolve().parents[1]
 FLOWER_PYTHON = REPO / ".venv-flower" / "bin" / "python"
-
-
-def write_config(tmp: Path, per_device: int, per_round: int, rounds: int) -> Path:
-    cfg = yaml.safe_load((REPO / "config_simulation" / "fedml_config_synthetic.yaml").read_text())
-    cfg["common_args"]["run_dir_root"] = str(tmp / "runs")
-    cfg["data_args"]["clients_per_device"] = per_device
-    cfg["train_args"].update(client_num_in_total=None, client_num_per_round=min(per_round, 9 * per_device),
-                             comm_round=rounds)
-    cfg["validation_args"]["frequency_of_the_test"] = rounds
-    path = tmp / f"clients-{9 * per_device}.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
 
 
 def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict:
     """Run one side; its run directory (last stdout line), wall time and peak summed PSS."""
     m = run_measured(cmd, env, REPO)
     log.write_text(m.stderr)
-    if m.returncode != 0:
-        sys.exit(f"{' '.join(cmd)} failed (exit {m.returncode}); see {log}:\n{m.stderr[-3000:]}")
-    run_dir = Path(m.stdout.strip().splitlines()[-1])
-    recs = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    run_dir, recs, g = finished_run(m, f"{' '.join(cmd)} (log: {log})")
     train_rounds = [r["wall_time_s"] for r in recs[1:] if "eval" not in r] or [r["wall_time_s"] for r in recs]
-    g = json.loads((run_dir / "metrics.json").read_text())["global"]
     return {"total_s": round(m.seconds, 1), "median_round_s": round(statistics.median(train_rounds), 4),
             "peak_pss_mb": round(m.peak_pss_mb), "processes_at_peak": m.peak_processes,
             "tpr": g["tpr"], "fpr": g["fpr"], "threshold": g["threshold"], "run_dir": str(run_dir)}
@@ -85,7 +67,8 @@ def main() -> None:
                                   capture_output=True, text=True).stdout.strip()
     rows = []
     for k in a.per_device:
-        cfg = write_config(tmp, k, a.per_round, a.rounds)
+        cfg = synthetic_config(tmp / f"clients-{9 * k}.yaml", tmp / "runs", k, a.per_round, a.rounds,
+                               evaluate_every=a.rounds)
         per_round = min(a.per_round, 9 * k)
         print(f"{9 * k} clients, {per_round} per round, {a.rounds} rounds ...", file=sys.stderr, flush=True)
         row = {"clients": 9 * k, "per_round": per_round, "rounds": a.rounds, "runs": []}

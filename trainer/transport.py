@@ -36,6 +36,7 @@ from federation.wire import WireError, decode, encode
 QUEUE_POLL_S = 0.5
 PRUNE_MIN = 64  # completed sends are dropped from the in-flight list when it reaches this size (or twice its last)
 FLUSH_TIMEOUT_S = 30.0  # how long a stopping MPI rank waits for its last sends to be received
+FLUSH_POLL_S = 0.005
 HEADER_KEYS = {Message.MSG_ARG_KEY_TYPE, Message.MSG_ARG_KEY_SENDER, Message.MSG_ARG_KEY_RECEIVER}
 
 log = logging.getLogger("fediot.transport")
@@ -148,20 +149,23 @@ class MpiTransport(MpiCommunicationManager):
         payload = to_wire(msg)
         try:
             if len(self._in_flight) >= self._prune_at:  # amortised: testing every request is linear in the list
-                self._in_flight = [r for r in self._in_flight if not r.Test()]
+                self._drop_completed()
                 self._prune_at = max(PRUNE_MIN, 2 * len(self._in_flight))
             self._in_flight.append(self.comm.isend(payload, dest=int(msg.get_receiver_id())))
         except Exception as exc:  # noqa: BLE001 - an MPI error surfaces as one kind of failure
             raise PeerUnreachable(f"rank {msg.get_receiver_id()}: {exc}") from None
         self.bytes_sent += len(payload)
 
+    def _drop_completed(self) -> None:
+        self._in_flight = [r for r in self._in_flight if not r.Test()]
+
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Wait (sleeping, bounded) until the messages sent so far have been taken by their receivers."""
         deadline = time.monotonic() + timeout_s
         while self._in_flight and time.monotonic() < deadline:
-            self._in_flight = [r for r in self._in_flight if not r.Test()]
+            self._drop_completed()
             if self._in_flight:
-                time.sleep(0.005)
+                time.sleep(FLUSH_POLL_S)
 
     def post_local(self, msg: Message) -> None:
         """Queue a message for our own handlers (used for deadlines and ticks)."""
