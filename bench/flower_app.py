@@ -87,8 +87,8 @@ def train(msg: Message, context: Context) -> Message:
 
     local = _local(context)
     _, f = _fields(msg, _actor["max_bytes"])
-    plan = RoundPlan.from_dict(f["plan"])
-    return _reply(msg, protocol.C2S_UPDATE, round=plan.round_idx, client=f["client"],
+    plan = RoundPlan.from_dict(f["clients"][local.device]["plan"])  # a node is one client
+    return _reply(msg, protocol.C2S_UPDATE, round=plan.round_idx, client=local.device,
                   **local.train(f["model"], f["normalizer"], plan))
 
 
@@ -101,7 +101,7 @@ def validation(msg: Message, context: Context) -> Message:
     arrays = {"validation": s.validation, "test": s.test, **{f"attack:{k}": v for k, v in s.attacks.items()}}
     context.state["scores"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     context.state["scores_meta"] = ConfigRecord({"missing": list(s.missing_attacks) or [""]})
-    return _reply(msg, protocol.C2S_VAL_STATS, round=f["round"], client=f["client"], val_stats=val_stats)
+    return _reply(msg, protocol.C2S_VAL_STATS, round=f["round"], client=local.device, val_stats=val_stats)
 
 
 @client_app.evaluate("report")
@@ -115,7 +115,8 @@ def report(msg: Message, context: Context) -> Message:
                                 {k.split(":", 1)[1]: v for k, v in arrays.items()},
                                 [m for m in context.state["scores_meta"]["missing"] if m])
     return _reply(msg, protocol.C2S_REPORT, round=f["round"],
-                  report=local.report(f["global_threshold"], f["device_threshold"], f["window"]))
+                  report=local.report(f["global_threshold"], f["clients"][local.device]["device_threshold"],
+                                      f["window"]))
 
 
 # ------------------------------------------------------------------------------------------------ server
@@ -178,20 +179,21 @@ class FlowerRun:
             common = core.begin_round()
             sampled = [c for c in core.sample() if c in self.node_of]
             updates = self.ask("train", protocol.S2C_TRAIN,
-                               {self.node_of[c]: {**common, "round": core.round, "client": c,
-                                                  "plan": core.plan(c).to_dict()} for c in sampled},
+                               {self.node_of[c]: {**common, "round": core.round,
+                                                  "clients": {c: {"plan": core.plan(c).to_dict()}}} for c in sampled},
                                protocol.C2S_UPDATE, core.round)
             answered = {f["client"]: f for n, f in updates.items() if f["client"] == name_of[n]}
             say(core.finish_round(answered, sorted(set(sampled) - set(answered))))
             if core.evaluate_now():
                 common = core.begin_eval()
                 val = self.ask("evaluate.val", protocol.S2C_EVAL_STATS,
-                               {n: {**common, "round": core.round, "client": c} for c, n in self.node_of.items()},
+                               {n: {**common, "round": core.round, "clients": {c: {}}} for c, n in self.node_of.items()},
                                protocol.C2S_VAL_STATS, core.round)
                 core.set_thresholds({name_of[n]: ErrorStats(**f["val_stats"]) for n, f in val.items()})
                 counted = [name_of[n] for n in val]
+                common, own = core.counts_request()
                 reports = self.ask("evaluate.report", protocol.S2C_EVAL_COUNTS,
-                                   {self.node_of[c]: {**core.counts_request(c), "round": core.round, "client": c}
+                                   {self.node_of[c]: {**common, "round": core.round, "clients": {c: own(c)}}
                                     for c in counted}, protocol.C2S_REPORT, core.round)
                 say(core.finish_eval({name_of[n]: f["report"] for n, f in reports.items()}))
             core.write_record(self.rejected)

@@ -26,6 +26,7 @@ from model.normalization import FeatureStats, Normalizer
 
 ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies")
 POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
+TAMPERING_ATTACKS = ("model_scaling", "random_update")  # send something computed from the global weights
 
 
 class LocalClient:
@@ -85,7 +86,8 @@ class LocalClient:
 
     def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan) -> dict[str, Any]:
         """Local training of the global model with the server's plan; the update to send back."""
-        global_state = {k: v.detach().clone() for k, v in model.items()}
+        # the global weights, kept for _tamper (an honest client only reads `model`: load_state_dict copies it)
+        global_state = {k: v.detach().clone() for k, v in model.items()} if self.attack in TAMPERING_ATTACKS else model
         self.model.load_state_dict(model)
         rows = self._training_rows(normalizer)
         started = time.monotonic()

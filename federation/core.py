@@ -23,7 +23,7 @@ import copy
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -320,10 +320,11 @@ class RoundCore:
         if clipped:
             self.record["threshold_clipped"] = clipped
 
-    def counts_request(self, device: str) -> dict[str, Any]:
-        """What one client is sent to count its rows: the global threshold and its own (no other device's)."""
-        return {"global_threshold": self.thresholds["global"], "device_threshold": self.thresholds["device"][device],
-                "window": self.cfg.validation.vote_window}
+    def counts_request(self) -> tuple[dict[str, Any], Callable[[str], dict[str, Any]]]:
+        """What clients are sent to count their rows: (the same for all: the global threshold and the vote
+        window, client -> its own threshold); a client learns no other device's threshold."""
+        return ({"global_threshold": self.thresholds["global"], "window": self.cfg.validation.vote_window},
+                lambda client: {"device_threshold": self.thresholds["device"][client]})
 
     def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
         """Combine the clients' count reports into metrics (kept for `finish`); the summary line."""

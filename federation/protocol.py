@@ -10,17 +10,19 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 | HELLO | client → server | device (the client's name), n_train, feature_stats, held_out (validation, test, attacks: rows each) |
 | WELCOME | server → client | round |
 | PING | server → client | (none): "say hello if you are there" |
-| TRAIN | server → client | round, client, model, normalizer, plan |
+| TRAIN | server → client | round, model, normalizer, clients: {client: {plan}} |
 | UPDATE | client → server | round, client, model, n, loss, lr, train_seconds |
-| EVAL_STATS | server → client | round, client, model, normalizer |
+| EVAL_STATS | server → client | round, model, normalizer, clients: {client: {}} |
 | VAL_STATS | client → server | round, client, val_stats (count, total, total_sq) |
-| EVAL_COUNTS | server → client | round, client, global_threshold, device_threshold (that client's own), window |
+| EVAL_COUNTS | server → client | round, global_threshold, window, clients: {client: {device_threshold (that client's own)}} |
 | REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
-
-`client` names which client a message is about: a board is one client (its device); a simulation
-worker rank trains whichever client it is assigned and answers for it. The server accepts an answer
-only for a client it asked that rank about.
 | FINISH | server → client | error (optional) |
+
+A server message is about one or more clients of the receiving rank (`clients`, with what differs per client):
+a board is one client (its device); a simulation worker rank holds several and gets one message per phase for
+all of its clients in that phase (one copy of the model per rank, not one per client), and answers with one
+message per client, each as soon as it is done. The server accepts an answer only for a client it asked that
+rank about.
 """
 from __future__ import annotations
 
@@ -59,11 +61,11 @@ class Expectations:
 
     model_shapes: dict[str, tuple[int, ...]]
     n_features: int
-    devices: tuple[str, ...]
+    devices: frozenset[str]  # the client names the receiver may hear about (membership checks only)
 
     @classmethod
     def of(cls, model: torch.nn.Module, devices: list[str]) -> "Expectations":
-        return cls({k: tuple(v.shape) for k, v in model.state_dict().items()}, model.input_dim, tuple(devices))
+        return cls({k: tuple(v.shape) for k, v in model.state_dict().items()}, model.input_dim, frozenset(devices))
 
 
 def _fail(what: str) -> None:
@@ -212,29 +214,42 @@ def _welcome(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
 
 
+def _addressed(p: dict[str, Any], exp: Expectations, keys: set[str]) -> dict[str, dict[str, Any]]:
+    """The clients a server message is about: 1..(the receiver's clients) of them, no other, each with exactly
+    `keys` (its own fields)."""
+    clients = _dict(p["clients"], "clients")
+    if not 1 <= len(clients) <= len(exp.devices):
+        _fail(f"clients must name 1..{len(exp.devices)} clients, not {len(clients)}")
+    for name, fields in clients.items():
+        if name not in exp.devices:
+            _fail(f"client {name[:200]!r} is not one of the configured clients")
+        _dict(fields, f"clients[{name}]", keys)
+    return clients
+
+
 def _train(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
-    _client(p, exp)
     _state(p["model"], exp)
     _normalizer(p["normalizer"], exp)
-    try:
-        RoundPlan.from_dict(p["plan"])
-    except ValueError as exc:
-        _fail(str(exc))
+    for name, fields in _addressed(p, exp, {"plan"}).items():
+        try:
+            RoundPlan.from_dict(fields["plan"])
+        except ValueError as exc:
+            _fail(f"clients[{name}].plan: {exc}")
 
 
 def _eval_stats(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
-    _client(p, exp)
+    _addressed(p, exp, set())
     _state(p["model"], exp)
     _normalizer(p["normalizer"], exp)
 
 
 def _eval_counts(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
-    _client(p, exp)
+    for name, fields in _addressed(p, exp, {"device_threshold"}).items():
+        _num(fields["device_threshold"], f"clients[{name}].device_threshold")
     _num(p["global_threshold"], "global_threshold")
-    _num(p["device_threshold"], "device_threshold")
     if _int(p["window"], "window", 1, 10**6) % 2 == 0:
         _fail("window must be odd")
 
@@ -252,9 +267,9 @@ SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectati
     C2S_REPORT: ({"round", "report"}, set(), _report),
     S2C_WELCOME: ({"round"}, set(), _welcome),
     S2C_PING: (set(), set(), lambda p, e: None),
-    S2C_TRAIN: ({"round", "client", "model", "normalizer", "plan"}, set(), _train),
-    S2C_EVAL_STATS: ({"round", "client", "model", "normalizer"}, set(), _eval_stats),
-    S2C_EVAL_COUNTS: ({"round", "client", "global_threshold", "device_threshold", "window"}, set(), _eval_counts),
+    S2C_TRAIN: ({"round", "clients", "model", "normalizer"}, set(), _train),
+    S2C_EVAL_STATS: ({"round", "clients", "model", "normalizer"}, set(), _eval_stats),
+    S2C_EVAL_COUNTS: ({"round", "clients", "global_threshold", "window"}, set(), _eval_counts),
     S2C_FINISH: (set(), {"error"}, _finish),
 }
 

@@ -59,14 +59,19 @@ def encode(msg_type: str, sender: int, receiver: int, params: dict[str, Any]) ->
                 raise WireError("non-finite number in a message")
             return value
         if isinstance(value, (list, tuple)):
+            if all(type(v) is float or type(v) is int for v in value):  # a vector (bool is not int here): no
+                return list(value)  # call per number; json.dumps(allow_nan=False) below refuses NaN and Inf in it
             return [plain(v, depth + 1) for v in value]
         if isinstance(value, dict):
             return {str(k): plain(v, depth + 1) for k, v in value.items()}
         raise WireError(f"a {type(value).__name__} cannot be sent")
 
-    header = json.dumps({"type": msg_type, "sender": int(sender), "receiver": int(receiver),
-                         "fields": {k: plain(v, 0) for k, v in params.items()}},
-                        allow_nan=False, separators=(",", ":")).encode()
+    try:
+        header = json.dumps({"type": msg_type, "sender": int(sender), "receiver": int(receiver),
+                             "fields": {k: plain(v, 0) for k, v in params.items()}},
+                            allow_nan=False, separators=(",", ":")).encode()
+    except ValueError as exc:  # WireError is one too
+        raise exc if isinstance(exc, WireError) else WireError("non-finite number in a message") from None
     return MAGIC + _LEN.pack(len(header)) + header + b"".join(blobs)
 
 
@@ -122,6 +127,8 @@ def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
                 return tensor(value["__tensor__"])
             return {k: restore(v, depth + 1) for k, v in value.items()}
         if isinstance(value, list):
+            if not any(isinstance(v, (dict, list)) for v in value):  # numbers or strings: nothing to restore
+                return value
             return [restore(v, depth + 1) for v in value]
         return value
 

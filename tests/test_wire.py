@@ -43,10 +43,12 @@ def exchange():
     report = client.report(1.0, 0.9, 5)
     return {
         C2S_HELLO: client.hello(),
-        S2C_TRAIN: {"round": 0, "client": DEVICE, "model": state_of(model), "normalizer": normalizer, "plan": plan.to_dict()},
+        S2C_TRAIN: {"round": 0, "clients": {DEVICE: {"plan": plan.to_dict()}}, "model": state_of(model),
+                    "normalizer": normalizer},
         C2S_UPDATE: {"round": 0, "client": DEVICE, **update},
         C2S_VAL_STATS: {"round": 0, "client": DEVICE, "val_stats": val},
-        S2C_EVAL_COUNTS: {"round": 0, "client": DEVICE, "global_threshold": 1.0, "device_threshold": 0.9, "window": 5},
+        S2C_EVAL_COUNTS: {"round": 0, "clients": {DEVICE: {"device_threshold": 0.9}}, "global_threshold": 1.0,
+                          "window": 5},
         C2S_REPORT: {"round": 0, "report": report},
     }, Expectations.of(model, [DEVICE])
 
@@ -135,8 +137,16 @@ def test_validators_refuse_lies_about_shape_type_and_range(exchange):
     bad(C2S_VAL_STATS, lambda f: f["val_stats"].__setitem__("count", 0), "count")
     bad(C2S_REPORT, lambda f: f["report"]["modes"]["global"]["benign"].__setitem__("fp", -1), "fp")
     bad(C2S_REPORT, lambda f: f["report"]["hist"]["benign"].__setitem__("999999", 1), "outside")
-    bad(S2C_TRAIN, lambda f: f["plan"].__setitem__("lr", -1.0), "lr")
+    bad(S2C_TRAIN, lambda f: f["clients"][DEVICE]["plan"].__setitem__("lr", -1.0), "lr")
     bad(S2C_TRAIN, lambda f: f["normalizer"]["scale"].__setitem__(0, 0.0), "scale")
     bad(S2C_EVAL_COUNTS, lambda f: f.__setitem__("window", 4), "odd")
+    # a server message names 1..(the receiver's clients) of the receiver's own clients, each with exactly its fields
+    bad(S2C_TRAIN, lambda f: f["clients"].__setitem__("Ecobee_Thermostat", f["clients"][DEVICE]), "clients must name 1..1")
+    bad(S2C_TRAIN, lambda f: f.__setitem__("clients", {"Ecobee_Thermostat": f["clients"][DEVICE]}),
+        "not one of the configured clients")
+    bad(S2C_TRAIN, lambda f: f.__setitem__("clients", {}), "clients must name 1..1")
+    bad(S2C_TRAIN, lambda f: f["clients"][DEVICE].__setitem__("extra", 1), "exactly the keys")
+    bad(S2C_EVAL_COUNTS, lambda f: f["clients"][DEVICE].__setitem__("device_threshold", -1.0), "device_threshold")
+    bad(S2C_EVAL_COUNTS, lambda f: f.__setitem__("clients", [DEVICE]), "clients must be a mapping")
     with pytest.raises(ProtocolError, match="unknown message type"):
         validate("fediot_tick", {}, exp)

@@ -15,13 +15,14 @@ A transport (FedML `BaseCommunicationManager`) used by `trainer.nodes` must also
   message); a call refused before reading it (e.g. a revoked rank) is queued as a `Refused`, so
   every rejection is counted on the receive thread.
 
-`MpiTransport` does this on top of FedML's `MpiCommunicationManager` (its receive thread is kept);
-the gRPC one is `deployment.grpc_transport.FedIoTGrpcTransport`.
+`MpiTransport` does this on top of FedML's `MpiCommunicationManager`, with its own receive thread (raw
+bytes, never mpi4py's pickle layer); the gRPC one is `deployment.grpc_transport.FedIoTGrpcTransport`.
 """
 from __future__ import annotations
 
 import logging
 import queue
+import threading
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -34,6 +35,7 @@ from federation.protocol import SCHEMAS
 from federation.wire import WireError, decode, encode
 
 QUEUE_POLL_S = 0.5
+MPI_POLL_S = 0.001  # how long an idle MPI receive thread sleeps between probes (~3 % of a core per rank)
 PRUNE_MIN = 64  # completed sends are dropped from the in-flight list when it reaches this size (or twice its last)
 FLUSH_TIMEOUT_S = 30.0  # how long a stopping MPI rank waits for its last sends to be received
 FLUSH_POLL_S = 0.005
@@ -78,7 +80,8 @@ Reject = Callable[[str, str], None]
 
 @dataclass(frozen=True)
 class Delivery:
-    """Bytes from a peer, with the rank its certificate proves (None without TLS) and its address."""
+    """Bytes from a peer, with the rank its certificate proves (None without TLS), or MPI's source rank, and its
+    address ("MPI" for MPI)."""
 
     raw: bytes
     peer_rank: int | None
@@ -94,13 +97,15 @@ class Refused:
 
 
 def _sender(peer_rank: int | None, peer: str) -> str:
-    return f"rank {peer_rank} (certificate, {peer})" if peer_rank is not None else f"a peer ({peer})"
+    if peer_rank is None:
+        return f"a peer ({peer})"
+    return f"rank {peer_rank} (MPI)" if peer == "MPI" else f"rank {peer_rank} (certificate, {peer})"
 
 
 def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver: Callable[[Message], None]) -> None:
     """The receive loop of both transports: block on the queue (no spinning); local events go straight
-    to `deliver`; wire bytes from a peer are counted, decoded, checked against the sender's certificate
-    and our own rank, and rejected when anything is off."""
+    to `deliver`; wire bytes from a peer are counted, decoded, checked against the rank that sent them (its
+    certificate, or MPI's source rank) and our own rank, and rejected when anything is off."""
     while running():
         try:
             item = q.get(timeout=QUEUE_POLL_S)
@@ -112,7 +117,7 @@ def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver
         if isinstance(item, Refused):
             transport.reject(item.sender, item.reason)
             continue
-        delivery = item if isinstance(item, Delivery) else Delivery(bytes(item), None, "MPI")
+        delivery: Delivery = item
         transport.bytes_received += len(delivery.raw)
         sender = _sender(delivery.peer_rank, delivery.peer)
         try:
@@ -129,35 +134,83 @@ def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver
         deliver(msg)
 
 
+class MpiReceiveThread(threading.Thread):
+    """Takes messages off MPI as raw bytes and queues them, with the rank MPI says sent them.
+
+    FedML's MPIReceiveThread receives with mpi4py's `comm.recv`, which unpickles (with a host file the simulation's
+    messages cross a network), and probes once per 1 ms sleep; measured with a 150 KB message sent by a rank that
+    is training: Open MPI's progress engine needs a second pass to see a message that arrived during the sleep, so
+    one probe saw it 1.8 ms after the send, two probes per wake-up 0.75 ms (the same sleeps, the same CPU)."""
+
+    def __init__(self, comm, q: queue.Queue, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.comm, self.q = comm, q
+        self._stop_event = threading.Event()
+
+    def run(self) -> None:
+        from mpi4py import MPI
+
+        status = MPI.Status()
+        while not self._stop_event.is_set():
+            if not (self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status) or
+                    self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)):
+                time.sleep(MPI_POLL_S)
+                continue
+            buf = bytearray(status.Get_count(MPI.BYTE))  # an oversized message is refused by the receive loop (decode)
+            self.comm.Recv([buf, MPI.BYTE], source=status.Get_source(), tag=status.Get_tag())
+            self.q.put(Delivery(bytes(buf), status.Get_source(), "MPI"))
+
+    def stop(self) -> None:
+        self._stop_event.set()
+
+
 class MpiTransport(MpiCommunicationManager):
-    """FedML's MPI manager with a blocking receive loop, local events, byte counts and FedIoT's
-    wire format (the same bytes as over gRPC, so the simulation rehearses the deployment)."""
+    """FedML's MPI manager with our receive thread, a blocking receive loop, local events, byte counts and
+    FedIoT's wire format (the same bytes as over gRPC, so the simulation rehearses the deployment); the sender of
+    a message is the rank MPI delivered it from, whatever its header says."""
 
     def __init__(self, comm, rank: int, size: int, max_bytes: int) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
         self.max_bytes = max_bytes
         self.reject: Reject = log_reject
-        self._in_flight: list = []  # isend requests not yet known to be completed (they own their buffers)
+        self._in_flight: list = []  # (Isend request, its buffer) not yet known to be completed
         self._prune_at = PRUNE_MIN
         super().__init__(comm, rank, size)
 
+    def _start_receiving(self, name: str) -> tuple[queue.Queue, queue.Queue, MpiReceiveThread]:
+        received: queue.Queue = queue.Queue()
+        thread = MpiReceiveThread(self.comm, received, name)
+        thread.start()
+        return queue.Queue(), received, thread
+
+    def init_server_communication(self):  # called by FedML's __init__ (rank 0)
+        send_q, receive_q, self._server_receive_thread = self._start_receiving("ServerReceiveThread")
+        return send_q, receive_q
+
+    def init_client_communication(self):  # called by FedML's __init__ (worker ranks)
+        send_q, receive_q, self._client_receive_thread = self._start_receiving("ClientReceiveThread")
+        return send_q, receive_q
+
     def send_message(self, msg: Message) -> None:
-        """Non-blocking send: a message larger than MPI's eager limit (a model) is a rendezvous, and a blocking
-        send waits until the receiver's thread polls for it; with more ranks than cores that wait is a
-        scheduling slot per message (measured: ~9 ms a TRAIN message, 10 of them in a row per round)."""
+        """Non-blocking send of the wire bytes: a message larger than MPI's eager limit (a model) is a rendezvous,
+        and a blocking send waits until the receiver's thread polls for it; with more ranks than cores that wait is
+        a scheduling slot per message (measured: ~9 ms a TRAIN message, 10 of them in a row per round)."""
+        from mpi4py import MPI
+
         payload = to_wire(msg)
         try:
             if len(self._in_flight) >= self._prune_at:  # amortised: testing every request is linear in the list
                 self._drop_completed()
                 self._prune_at = max(PRUNE_MIN, 2 * len(self._in_flight))
-            self._in_flight.append(self.comm.isend(payload, dest=int(msg.get_receiver_id())))
+            request = self.comm.Isend([payload, MPI.BYTE], dest=int(msg.get_receiver_id()))
+            self._in_flight.append((request, payload))  # the buffer lives until the send completes
         except Exception as exc:  # noqa: BLE001 - an MPI error surfaces as one kind of failure
             raise PeerUnreachable(f"rank {msg.get_receiver_id()}: {exc}") from None
         self.bytes_sent += len(payload)
 
     def _drop_completed(self) -> None:
-        self._in_flight = [r for r in self._in_flight if not r.Test()]
+        self._in_flight = [(r, buf) for r, buf in self._in_flight if not r.Test()]
 
     def flush(self, timeout_s: float = FLUSH_TIMEOUT_S) -> None:
         """Wait (sleeping, bounded) until the messages sent so far have been taken by their receivers."""
