@@ -6,7 +6,9 @@ import types
 import pytest
 import torch
 
-from federation.aggregation import RULES, aggregate, coordinate_median, fedavg, krum, screen
+from federation.aggregation import (
+    MEDIAN_NETWORK_MAX, RULES, aggregate, coordinate_median, fedavg, krum, merge_exchange_network, screen,
+)
 from model.autoencoder import AutoEncoder
 from tests.helpers import load_tool
 
@@ -90,3 +92,23 @@ def test_counts_are_capped_against_the_median_and_the_cut_is_named():
     assert capped == {"a": 100, "b": 120, "c": 90, "liar": 1000} and set(cut) == {"liar"}
     assert "weighed as 1000" in cut["liar"]
     assert capped_counts(counts, None) == (counts, {})
+
+
+def test_median_network_sorts_every_input_and_matches_torch_for_any_count():
+    """The sorting network (up to MEDIAN_NETWORK_MAX updates) and the sort beyond it give torch's median."""
+    import itertools
+
+    for n in range(1, 9):  # 0/1 principle: a comparator network sorts everything iff it sorts every 0/1 input
+        for bits in itertools.product((0, 1), repeat=n):
+            v = list(bits)
+            for i, j in merge_exchange_network(n):
+                v[i], v[j] = min(v[i], v[j]), max(v[i], v[j])
+            assert v == sorted(bits), (n, bits)
+    gen = torch.Generator().manual_seed(3)
+    for n in (1, 2, 3, 9, 10, 17, MEDIAN_NETWORK_MAX, MEDIAN_NETWORK_MAX + 1, 50):
+        ups = [(1, {"w": torch.randn(7, 5, generator=gen).round(decimals=1), "b": torch.randn(5, generator=gen)})
+               for _ in range(n)]  # rounded: ties
+        ours = coordinate_median(ups)
+        for k in ("w", "b"):
+            want = torch.quantile(torch.stack([u[k].double() for _, u in ups]), 0.5, dim=0).float()
+            assert torch.equal(ours[k], want), (n, k)
