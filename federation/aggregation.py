@@ -43,8 +43,8 @@ def fedavg(updates: list[tuple[int, State]]) -> State:
     return {k: sum(p[k].double() * (n / total) for n, p in updates).to(updates[0][1][k].dtype) for k in keys}
 
 
-def _flat(state: State, dtype: type = np.float64) -> np.ndarray:
-    return _stack([(0, state)], dtype)[0]
+def _flat(state: State) -> np.ndarray:
+    return _stack([(0, state)])[0]
 
 
 def _unflat(vector: torch.Tensor | np.ndarray, like: State) -> State:

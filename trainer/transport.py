@@ -10,9 +10,9 @@ A transport (FedML `BaseCommunicationManager`) used by `trainer.nodes` must also
 * count `bytes_sent` / `bytes_received` (recorded per round);
 * put messages on the wire with `to_wire` and take them off with `from_wire` (FedIoT's own format,
   `federation.wire`: no pickle), handing what cannot be decoded to `reject(sender, reason)`;
-* when it knows who sent the bytes (the peer's TLS certificate), queue a `Delivery` with that rank:
-  a message whose header claims another sender is rejected (identity is the certificate, not the
-  message); a call refused before reading it (e.g. a revoked rank) is queued as a `Refused`, so
+* when it knows who sent the bytes (the peer's TLS certificate, MPI's source rank), queue a `Delivery` with
+  that rank: a message whose header claims another sender is rejected (identity is the certificate or the
+  MPI source, not the message); a call refused before reading it (e.g. a revoked rank) is queued as a `Refused`, so
   every rejection is counted on the receive thread.
 
 `MpiTransport` does this on top of FedML's `MpiCommunicationManager`, with its own receive thread (raw
@@ -151,14 +151,18 @@ class MpiReceiveThread(threading.Thread):
         from mpi4py import MPI
 
         status = MPI.Status()
-        while not self._stop_event.is_set():
-            if not (self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status) or
-                    self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)):
-                time.sleep(MPI_POLL_S)
-                continue
-            buf = bytearray(status.Get_count(MPI.BYTE))  # an oversized message is refused by the receive loop (decode)
-            self.comm.Recv([buf, MPI.BYTE], source=status.Get_source(), tag=status.Get_tag())
-            self.q.put(Delivery(bytes(buf), status.Get_source(), "MPI"))
+        try:
+            while not self._stop_event.is_set():
+                if not (self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status) or
+                        self.comm.Iprobe(MPI.ANY_SOURCE, MPI.ANY_TAG, status)):
+                    time.sleep(MPI_POLL_S)
+                    continue
+                buf = bytearray(status.Get_count(MPI.BYTE))  # oversized: refused by the receive loop (decode)
+                self.comm.Recv([buf, MPI.BYTE], source=status.Get_source(), tag=status.Get_tag())
+                self.q.put(Delivery(bytes(buf), status.Get_source(), "MPI"))
+        except Exception:  # an MPI failure: say it (mpirun ends the job when a rank fails) rather than hang silently
+            log.exception("MPI receive thread failed")
+            raise
 
     def stop(self) -> None:
         self._stop_event.set()
