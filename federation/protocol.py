@@ -223,7 +223,7 @@ def _addressed(p: dict[str, Any], exp: Expectations, keys: set[str]) -> dict[str
     for name, fields in clients.items():
         if name not in exp.devices:
             _fail(f"client {name[:200]!r} is not one of the configured clients")
-        _dict(fields, f"clients[{name}]", keys)
+        _dict(fields, f"clients[{name}]", keys)  # a configured name: short
     return clients
 
 
