@@ -177,7 +177,7 @@ class FlowerRun:
         name_of = {n: c for c, n in self.node_of.items()}
         while not core.done:
             common = core.begin_round()
-            sampled = [c for c in core.sample() if c in self.node_of]
+            sampled = [c for c in core.sampled if c in self.node_of]
             updates = self.ask("train", protocol.S2C_TRAIN,
                                {self.node_of[c]: {**common, "round": core.round,
                                                   "clients": {c: {"plan": core.plan(c).to_dict()}}} for c in sampled},

@@ -141,6 +141,7 @@ class RoundCore:
         self.round = 0  # rounds completed
         self.thresholds: dict[str, Any] | None = None
         self.record: dict[str, Any] = {}  # the current round's line for rounds.jsonl
+        self.sampled: list[str] = []  # the clients that train in the open round (`sample()`, drawn once per round)
         self.started = time.monotonic()
         self.round_started = self.started
         self.eval_started = self.started
@@ -238,11 +239,12 @@ class RoundCore:
         return [clients[i] for i in sorted(int(i) for i in picked)]
 
     def begin_round(self) -> dict[str, Any]:
-        """Open a round; returns what every client is sent besides its plan."""
+        """Open a round (its clients in `sampled`); returns what every client is sent besides its plan."""
         self.round_started = time.monotonic()
         self.record = {"round": self.round + 1, "data_source": self.data_info["source"], "lr": self.lr()}
+        self.sampled = self.sample()
         if self.cfg.train.client_num_per_round < len(self.cfg.clients):
-            self.record["sampled"] = self.sample()
+            self.record["sampled"] = self.sampled
         return self._global()
 
     def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],

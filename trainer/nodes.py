@@ -370,7 +370,7 @@ class ServerNode(_Node):
 
     def begin_round(self) -> None:
         common = self.core.begin_round()
-        sampled = self.core.sample()
+        sampled = self.core.sampled
         self._open_phase("train", S2C_TRAIN, self.assign(self._reachable(sampled)), common,
                          lambda c: {"plan": self.core.plan(c).to_dict()}, sampled)
 
