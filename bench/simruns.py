@@ -14,10 +14,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def synthetic_config(path: Path, runs_root: Path, per_device: int, per_round: int, rounds: int,
-                     evaluate_every: int | None = None) -> Path:
+                     evaluate_every: int | None = None, settings: dict[str, dict] | None = None) -> Path:
     """config_simulation/fedml_config_synthetic.yaml with 9 x per_device clients, per_round sampled each round
-    (at most all of them), `rounds` rounds and evaluation every `evaluate_every` rounds (None: as configured)."""
+    (at most all of them), `rounds` rounds, evaluation every `evaluate_every` rounds (None: as configured) and
+    `settings` ({section: {key: value}}, e.g. another random_seed) on top."""
     cfg = yaml.safe_load((REPO / "config_simulation" / "fedml_config_synthetic.yaml").read_text())
+    for section, values in (settings or {}).items():
+        cfg.setdefault(section, {}).update(values)
     cfg["common_args"]["run_dir_root"] = str(runs_root)
     cfg["data_args"]["clients_per_device"] = per_device
     cfg["train_args"].update(client_num_in_total=None, client_num_per_round=min(per_round, 9 * per_device),

@@ -1,0 +1,119 @@
+"""RoundCore's evaluated model (tail averaging of the last model_average_rounds global models) and its
+checkpoint: what is evaluated and saved, what a resumed run continues from, and the defaults."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from data import nbaiot
+from federation.core import RoundCore, learning_rate_for_round, state_of
+from fediot.config import SAMPLED_AVERAGE_ROUNDS, validate
+from fediot.errors import ConfigError
+from model.autoencoder import AutoEncoder
+from model.normalization import Normalizer
+
+DEVICES = ["Danmini_Doorbell", "Ecobee_Thermostat", "Ennio_Doorbell"]
+
+
+def config(per_device: int = 2, per_round: int | None = 2, average: int | None = 3):
+    return validate({
+        "common_args": {"training_type": "simulation", "random_seed": 0},
+        "data_args": {"dataset": "synthetic", "devices": DEVICES, "clients_per_device": per_device},
+        "train_args": {"client_num_in_total": None, "client_num_per_round": per_round, "comm_round": 6,
+                       "model_average_rounds": average, "robust": False, "aggregation": "fedavg"},
+        "comm_args": {"backend": "MPI"},
+    })
+
+
+def core_for(cfg, tmp_path: Path) -> RoundCore:
+    core = RoundCore(cfg, tmp_path, {"source": "synthetic"}, "federated")
+    rows = torch.randn(50, nbaiot.N_FEATURES).double().numpy()
+    core.normalizer = Normalizer.fit(rows, "log1p", "zscore")
+    return core
+
+
+def random_state(seed: int) -> dict[str, torch.Tensor]:
+    torch.manual_seed(seed)
+    return state_of(AutoEncoder(nbaiot.N_FEATURES))
+
+
+def train_round(core: RoundCore, seed: int) -> dict[str, torch.Tensor]:
+    """One round in which the only answer is `random_state(seed)`: with FedAvg that is the new global model."""
+    core.begin_round()
+    state = random_state(seed)
+    core.finish_round({core.sampled[0]: {"n": 10, "model": state, "loss": 0.1, "train_seconds": 0.01}}, [])
+    return state
+
+
+def mean_of(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {k: sum(s[k] for s in states) / len(states) for k in states[0]}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert set(a) == set(b)
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_evaluated_model_is_the_mean_of_the_last_rounds(tmp_path):
+    core = core_for(config(average=3), tmp_path)
+    globals_ = [train_round(core, seed) for seed in range(5)]
+    sent = core.begin_eval()
+    assert_same(sent["model"], mean_of(globals_[-3:]))
+    assert core.record["eval_model_rounds"] == [3, 5]
+    assert_same(state_of(core.model), globals_[-1])  # clients keep training from the latest global model
+    assert_same(core.begin_round()["model"], globals_[-1])
+
+
+def test_early_evaluation_averages_the_rounds_so_far(tmp_path):
+    core = core_for(config(average=3), tmp_path)
+    globals_ = [train_round(core, seed) for seed in range(2)]
+    assert_same(core.begin_eval()["model"], mean_of(globals_))
+    assert core.averaged_rounds() == [1, 2]
+
+
+def test_one_round_window_is_the_latest_model(tmp_path):
+    core = core_for(config(average=1), tmp_path)
+    globals_ = [train_round(core, seed) for seed in range(3)]
+    assert_same(core.begin_eval()["model"], globals_[-1])
+    assert "eval_model_rounds" not in core.record
+
+
+def test_resume_continues_the_same_average(tmp_path):
+    cfg = config(average=3)
+    core = core_for(cfg, tmp_path)
+    globals_ = [train_round(core, seed) for seed in range(4)]
+    saved = core.checkpoint()
+    resumed = RoundCore(cfg, tmp_path, {"source": "synthetic"}, "federated")
+    resumed.restore(saved)
+    globals_.append(train_round(resumed, 4))
+    assert_same(resumed.begin_eval()["model"], mean_of(globals_[-3:]))
+
+
+def test_checkpoint_with_foreign_recent_models_is_refused(tmp_path):
+    core = core_for(config(average=3), tmp_path)
+    train_round(core, 0)
+    saved = core.checkpoint()
+    saved["recent"] = [{"enc.0.weight": torch.zeros(3, 3)}]
+    with pytest.raises(ConfigError, match="recent global models"):
+        RoundCore(config(average=3), tmp_path, {"source": "synthetic"}, "federated").restore(saved)
+    saved["recent"] = [{k: torch.full_like(v, float("nan")) for k, v in state_of(core.model).items()}]
+    with pytest.raises(ConfigError, match="recent global models"):
+        RoundCore(config(average=3), tmp_path, {"source": "synthetic"}, "federated").restore(saved)
+
+
+def test_default_window_averages_only_when_clients_are_sampled():
+    assert config(per_round=2, average=None).train.model_average_rounds == SAMPLED_AVERAGE_ROUNDS
+    assert config(per_round=None, average=None).train.model_average_rounds == 1  # everyone trains every round
+    assert config(per_round=None, average=4).train.model_average_rounds == 4
+    with pytest.raises(ConfigError, match="model_average_rounds"):
+        config(average=0)
+
+
+def test_learning_rate_decays_per_pass_over_the_clients(tmp_path):
+    every = core_for(config(per_device=1, per_round=None), tmp_path)
+    sampled = core_for(config(per_device=2, per_round=2), tmp_path)  # 2 of 6 clients: a pass is 3 rounds
+    t = every.cfg.train
+    every.round = sampled.round = 6
+    assert every.lr() == learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, 6)
+    assert sampled.lr() == pytest.approx(learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, 2))
