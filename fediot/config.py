@@ -32,8 +32,8 @@ def _is_num(v: Any) -> bool:
 
 MAX_CLIENTS = 100_000  # clients (devices x clients_per_device); a simulation's ranks are limited by memory instead
 PARTITIONS = ("contiguous", "dirichlet")
-# model_average_rounds when clients are sampled: ~100 client trainings averaged at 10 per round, so each of 9
-# devices is in the mean about 10 times over (measured: README "Many clients")
+# model_average_rounds (null) when a pass over the clients takes more than this many rounds: the mean of the last
+# 10 global models then holds ~10 x client_num_per_round client trainings (measured: README "Many clients")
 SAMPLED_AVERAGE_ROUNDS = 10
 CLIENT_SEPARATOR = "#"
 
@@ -124,7 +124,7 @@ class TrainArgs:
     client_optimizer: str = _key('adam', 'local optimizer (adam)', choices=('adam',))
     learning_rate: float = _key(0.003, 'learning rate in round 0', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
     lr_decay: float = _key(0.9, 'cross-round schedule: lr = max(learning_rate * lr_decay**passes, min_learning_rate), passes = rounds done x client_num_per_round / client_num_in_total (the round index when every client trains every round)', check=(lambda v: _is_num(v) and 0 < v <= 1, 'a number in (0, 1]'))
-    model_average_rounds: int | None = _key(None, "the model that is evaluated and saved is the mean of the global models after the last this many rounds (tail averaging: with a sample of clients per round the latest model leans towards whoever trained last); clients keep training from the latest. null = 10 (SAMPLED_AVERAGE_ROUNDS) when client_num_per_round < client_num_in_total, else 1 (the latest model: when every client trains every round there is no sample to even out)", check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
+    model_average_rounds: int | None = _key(None, "the model that is evaluated and saved is the mean of the global models after the last this many rounds of the second half of the run (tail averaging: when few of many clients train per round, the latest model leans towards whoever trained last); clients keep training from the latest. 1 = the latest model. null = 10 (SAMPLED_AVERAGE_ROUNDS) when client_num_per_round x 10 < client_num_in_total (a pass over the clients takes more than 10 rounds), else 1: when the rounds of the window already cover every client, the mean only lags behind a model that is still learning (measured: README 'Many clients')", check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
     min_learning_rate: float = _key(0.0001, 'floor of the cross-round learning-rate schedule', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     weight_decay: float = _key(0.0, 'Adam weight decay', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     round_timeout_s: float = _key(300, 'deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
@@ -367,7 +367,8 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
                           f"{n_clients} client(s) but train_args.client_num_in_total = {t['client_num_in_total']}; "
                           f"set it to {n_clients} or leave it out")
     if t["model_average_rounds"] is None:
-        t["model_average_rounds"] = SAMPLED_AVERAGE_ROUNDS if t["client_num_per_round"] < n_clients else 1
+        t["model_average_rounds"] = (SAMPLED_AVERAGE_ROUNDS if t["client_num_per_round"] * SAMPLED_AVERAGE_ROUNDS
+                                     < n_clients else 1)
     if t["client_num_per_round"] > n_clients:
         raise ConfigError(f"{where}: train_args.client_num_per_round = {t['client_num_per_round']} > "
                           f"{n_clients} clients (client_num_in_total)")

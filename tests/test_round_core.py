@@ -15,11 +15,11 @@ from model.normalization import Normalizer
 DEVICES = ["Danmini_Doorbell", "Ecobee_Thermostat", "Ennio_Doorbell"]
 
 
-def config(per_device: int = 2, per_round: int | None = 2, average: int | None = 3):
+def config(per_device: int = 2, per_round: int | None = 2, average: int | None = 3, rounds: int = 20):
     return validate({
         "common_args": {"training_type": "simulation", "random_seed": 0},
         "data_args": {"dataset": "synthetic", "devices": DEVICES, "clients_per_device": per_device},
-        "train_args": {"client_num_in_total": None, "client_num_per_round": per_round, "comm_round": 6,
+        "train_args": {"client_num_in_total": None, "client_num_per_round": per_round, "comm_round": rounds,
                        "model_average_rounds": average, "robust": False, "aggregation": "fedavg"},
         "comm_args": {"backend": "MPI"},
     })
@@ -57,19 +57,23 @@ def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
 
 def test_evaluated_model_is_the_mean_of_the_last_rounds(tmp_path):
     core = core_for(config(average=3), tmp_path)
-    globals_ = [train_round(core, seed) for seed in range(5)]
+    globals_ = [train_round(core, seed) for seed in range(15)]
     sent = core.begin_eval()
     assert_same(sent["model"], mean_of(globals_[-3:]))
-    assert core.record["eval_model_rounds"] == [3, 5]
+    assert core.record["eval_model_rounds"] == [13, 15]
     assert_same(state_of(core.model), globals_[-1])  # clients keep training from the latest global model
     assert_same(core.begin_round()["model"], globals_[-1])
 
 
-def test_early_evaluation_averages_the_rounds_so_far(tmp_path):
+def test_no_mean_in_the_first_half_of_the_run(tmp_path):
+    """Rounds 1..10 of 20: the latest model; round 12: the mean of rounds 11 and 12 only."""
     core = core_for(config(average=3), tmp_path)
-    globals_ = [train_round(core, seed) for seed in range(2)]
-    assert_same(core.begin_eval()["model"], mean_of(globals_))
-    assert core.averaged_rounds() == [1, 2]
+    globals_ = [train_round(core, seed) for seed in range(10)]
+    assert_same(core.begin_eval()["model"], globals_[-1])
+    assert "eval_model_rounds" not in core.record
+    globals_ += [train_round(core, seed) for seed in range(10, 12)]
+    assert_same(core.begin_eval()["model"], mean_of(globals_[10:12]))
+    assert core.averaged_rounds() == [11, 12]
 
 
 def test_one_round_window_is_the_latest_model(tmp_path):
@@ -82,11 +86,11 @@ def test_one_round_window_is_the_latest_model(tmp_path):
 def test_resume_continues_the_same_average(tmp_path):
     cfg = config(average=3)
     core = core_for(cfg, tmp_path)
-    globals_ = [train_round(core, seed) for seed in range(4)]
+    globals_ = [train_round(core, seed) for seed in range(14)]
     saved = core.checkpoint()
     resumed = RoundCore(cfg, tmp_path, {"source": "synthetic"}, "federated")
     resumed.restore(saved)
-    globals_.append(train_round(resumed, 4))
+    globals_.append(train_round(resumed, 14))
     assert_same(resumed.begin_eval()["model"], mean_of(globals_[-3:]))
 
 
@@ -102,8 +106,11 @@ def test_checkpoint_with_foreign_recent_models_is_refused(tmp_path):
         RoundCore(config(average=3), tmp_path, {"source": "synthetic"}, "federated").restore(saved)
 
 
-def test_default_window_averages_only_when_clients_are_sampled():
-    assert config(per_round=2, average=None).train.model_average_rounds == SAMPLED_AVERAGE_ROUNDS
+def test_default_window_averages_only_when_a_pass_takes_many_rounds():
+    # 2 of 120 clients per round: a pass over the clients takes 60 rounds
+    assert config(per_device=40, per_round=2, average=None).train.model_average_rounds == SAMPLED_AVERAGE_ROUNDS
+    # 2 of 6 clients per round: 10 rounds cover every client several times; the mean would only lag
+    assert config(per_device=2, per_round=2, average=None).train.model_average_rounds == 1
     assert config(per_round=None, average=None).train.model_average_rounds == 1  # everyone trains every round
     assert config(per_round=None, average=4).train.model_average_rounds == 4
     with pytest.raises(ConfigError, match="model_average_rounds"):

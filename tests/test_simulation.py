@@ -289,7 +289,8 @@ def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
     from fedml.cross_silo.server.fedml_aggregator import FedMLAggregator
 
     cfg = sim_config(tmp_path, data_args__clients_per_device=10, train_args__client_num_in_total=None,
-                     train_args__client_num_per_round=4, train_args__comm_round=3, validation_args__frequency_of_the_test=3)
+                     train_args__client_num_per_round=4, train_args__comm_round=3, validation_args__frequency_of_the_test=3,
+                     train_args__model_average_rounds=10)
     proc = run_sim("3", cfg)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "FedIoT simulation: 30 clients on 3 worker ranks" in proc.stdout
@@ -307,8 +308,8 @@ def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
         assert m["devices"][d]["n_benign_test"] == sum(c["n_benign_test"] for c in mine) == 120
         assert m["devices"][d]["modes"]["global"]["fp"] == sum(c["modes"]["global"]["fp"] for c in mine)
     assert m["global"]["tpr"] > 0.9
-    # sampled clients: the evaluated and saved model is the mean of the global models of the rounds so far
-    assert rounds[-1]["eval_model_rounds"] == [1, 3] and m["model"]["average_of_rounds"] == [1, 3]
+    # the evaluated and saved model: the mean of the global models after rounds 2..3 (the second half)
+    assert rounds[-1]["eval_model_rounds"] == [2, 3] and m["model"]["average_of_rounds"] == [2, 3]
     assert [r["lr"] for r in rounds] == pytest.approx([0.003 * 0.9 ** (i * 4 / 30) for i in range(3)])
     resources = [json.loads((run_dir / "resources" / f"rank{r}.json").read_text()) for r in (1, 2, 3)]
     assert [x["device"] for x in resources] == ["10 clients"] * 3
