@@ -47,12 +47,9 @@ from model.normalization import FeatureStats, Normalizer
 SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
 
 
-def learning_rate_for_round(base_lr: float, decay: float, min_lr: float, passes: float) -> float:
-    """FedDetect-style cross-round schedule: base_lr * decay**passes, floored at min_lr. `passes` counts passes
-    over the federation's clients (round index x sampled fraction), so the rate decays with how much of the data
-    has been trained on: with every client in every round it is the round index; with 10 of 1,000 clients per
-    round, decaying per round would reach min_lr before most clients had trained once."""
-    return max(base_lr * decay ** passes, min_lr)
+def learning_rate_for_round(base_lr: float, decay: float, min_lr: float, round_idx: int) -> float:
+    """FedDetect-style cross-round schedule: base_lr * decay**round, floored at min_lr."""
+    return max(base_lr * decay ** round_idx, min_lr)
 
 
 def is_eval_round(round_idx: int, n_rounds: int, frequency: int) -> bool:
@@ -236,11 +233,9 @@ class RoundCore:
 
     # -- training
     def lr(self) -> float:
-        """This round's learning rate (the only place the lr schedule is applied): decayed per pass over the
-        clients, i.e. per round when every client trains in every round."""
+        """This round's learning rate (the only place the lr schedule is applied)."""
         t = self.cfg.train
-        passes = self.round * t.client_num_per_round / len(self.cfg.clients)
-        return learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, passes)
+        return learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, self.round)
 
     def plan(self, client: str) -> RoundPlan:
         """This round's hyperparameters for one client; the seed differs per client and round."""

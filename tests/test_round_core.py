@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from data import nbaiot
-from federation.core import RoundCore, learning_rate_for_round, state_of
+from federation.core import RoundCore, state_of
 from fediot.config import SAMPLED_AVERAGE_ROUNDS, validate
 from fediot.errors import ConfigError
 from model.autoencoder import AutoEncoder
@@ -115,12 +115,3 @@ def test_default_window_averages_only_when_a_pass_takes_many_rounds():
     assert config(per_round=None, average=4).train.model_average_rounds == 4
     with pytest.raises(ConfigError, match="model_average_rounds"):
         config(average=0)
-
-
-def test_learning_rate_decays_per_pass_over_the_clients(tmp_path):
-    every = core_for(config(per_device=1, per_round=None), tmp_path)
-    sampled = core_for(config(per_device=2, per_round=2), tmp_path)  # 2 of 6 clients: a pass is 3 rounds
-    t = every.cfg.train
-    every.round = sampled.round = 6
-    assert every.lr() == learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, 6)
-    assert sampled.lr() == pytest.approx(learning_rate_for_round(t.learning_rate, t.lr_decay, t.min_learning_rate, 2))

@@ -141,9 +141,8 @@ def test_nine_client_synthetic_simulation_meets_targets(tmp_path):
     rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     assert len(rounds) == 20 and all(r["data_source"] == "synthetic" for r in rounds)
     assert [r["round"] for r in rounds if "eval" in r] == [5, 10, 15, 20]
-    # every client trains every round: the latest global model is evaluated and saved, lr decays per round
+    # every client trains every round: the latest global model is evaluated and saved
     assert not any("eval_model_rounds" in r for r in rounds) and m["model"]["average_of_rounds"] == [20, 20]
-    assert [r["lr"] for r in rounds[:3]] == pytest.approx([0.003, 0.0027, 0.00243])
     assert len(list((run_dir / "resources").glob("rank*.json"))) == 10
 
 
@@ -310,6 +309,5 @@ def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
     assert m["global"]["tpr"] > 0.9
     # the evaluated and saved model: the mean of the global models after rounds 2..3 (the second half)
     assert rounds[-1]["eval_model_rounds"] == [2, 3] and m["model"]["average_of_rounds"] == [2, 3]
-    assert [r["lr"] for r in rounds] == pytest.approx([0.003 * 0.9 ** (i * 4 / 30) for i in range(3)])
     resources = [json.loads((run_dir / "resources" / f"rank{r}.json").read_text()) for r in (1, 2, 3)]
     assert [x["device"] for x in resources] == ["10 clients"] * 3
