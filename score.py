@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data.loader import read_feature_csv
+from data.partition import partition_split
 from data.sources import load_split, prepare_data
 from evaluation.metrics import METRIC_KEYS
 from evaluation.scoring import evaluate, score_device
@@ -34,13 +35,17 @@ def load_detector(path: Path) -> Detector:
 
 
 def reevaluate(run_dir: Path) -> dict[str, Any]:
-    """metrics ('global', 'devices') of the run's checkpoint on the data its config describes."""
+    """metrics ('global', 'devices', and 'clients' when devices were split) of the run's checkpoint on the data
+    its config describes, each client's rows cut as the run cut them (`data_args.clients_per_device`)."""
     detector = load_detector(run_dir)
     cfg = config_mod.load(run_dir / "config.yaml")
     root, _ = prepare_data(cfg)
-    scores = [score_device(detector.model, detector.normalizer, load_split(cfg, root, d)) for d in cfg.devices]
+    d = cfg.data
+    splits = [part for device in cfg.devices for part in partition_split(
+        load_split(cfg, root, device), d.clients_per_device, d.partition, d.partition_alpha, cfg.common.random_seed)]
+    scores = [score_device(detector.model, detector.normalizer, split) for split in splits]
     return evaluate(scores, detector.global_threshold, detector.device_thresholds,
-                    cfg.validation.vote_window, "global")
+                    cfg.validation.vote_window, "global", config_mod.device_of_client)
 
 
 def main(argv: list[str] | None = None) -> int:

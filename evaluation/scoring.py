@@ -14,7 +14,7 @@ numbers of a baseline, a re-evaluation, a simulation and a deployment come from 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from torch import nn
@@ -103,11 +103,11 @@ def thresholds(scores: list[DeviceScores], k: float) -> tuple[float, dict[str, f
 
 
 def evaluate(scores: list[DeviceScores], global_threshold: float | None, device_thresholds: dict[str, float],
-             window: int, primary: str = "global") -> dict[str, Any]:
+             window: int, primary: str = "global", device_of: Callable[[str], str] | None = None) -> dict[str, Any]:
     """metrics.json's 'global' and 'devices' parts, through the client-report protocol.
 
     global_threshold=None (devices judged by different models, e.g. local-only baselines) leaves
-    out the global mode, which then has no meaning.
+    out the global mode, which then has no meaning. `device_of` (client -> device) as in `combine_reports`.
     """
     reports = [client_report(s, global_threshold, device_thresholds[s.device], window) for s in scores]
-    return combine_reports(reports, global_threshold, device_thresholds, window, primary)
+    return combine_reports(reports, global_threshold, device_thresholds, window, primary, device_of)

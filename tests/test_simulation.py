@@ -309,5 +309,13 @@ def test_thirty_clients_on_three_workers_with_sampling(tmp_path):
     assert m["global"]["tpr"] > 0.9
     # the evaluated and saved model: the mean of the global models after rounds 2..3 (the second half)
     assert rounds[-1]["eval_model_rounds"] == [2, 3] and m["model"]["average_of_rounds"] == [2, 3]
+    # model.pt is that model: `score --reevaluate` (each client's rows cut as the run cut them) gives the same counts
+    sys.path.insert(0, str(REPO))
+    from score import reevaluate
+    again = reevaluate(run_dir)
+    for key in ("tp", "fp", "tn", "fn"):
+        assert again["global"][key] == m["global"][key], key
+    assert {c: again["clients"][c]["modes"]["device"]["fp"] for c in clients} == \
+        {c: m["clients"][c]["modes"]["device"]["fp"] for c in clients}
     resources = [json.loads((run_dir / "resources" / f"rank{r}.json").read_text()) for r in (1, 2, 3)]
     assert [x["device"] for x in resources] == ["10 clients"] * 3
