@@ -17,8 +17,7 @@ import numpy as np
 import pandas as pd
 
 from data.loader import read_feature_csv
-from data.partition import partition_split
-from data.sources import load_split, prepare_data
+from data.sources import load_client_splits, prepare_data
 from evaluation.metrics import METRIC_KEYS
 from evaluation.scoring import evaluate, score_device
 from fediot import config as config_mod
@@ -40,9 +39,7 @@ def reevaluate(run_dir: Path) -> dict[str, Any]:
     detector = load_detector(run_dir)
     cfg = config_mod.load(run_dir / "config.yaml")
     root, _ = prepare_data(cfg)
-    d = cfg.data
-    splits = [part for device in cfg.devices for part in partition_split(
-        load_split(cfg, root, device), d.clients_per_device, d.partition, d.partition_alpha, cfg.common.random_seed)]
+    splits = [part for device in cfg.devices for part in load_client_splits(cfg, root, device)]
     scores = [score_device(detector.model, detector.normalizer, split) for split in splits]
     return evaluate(scores, detector.global_threshold, detector.device_thresholds,
                     cfg.validation.vote_window, "global", config_mod.device_of_client)

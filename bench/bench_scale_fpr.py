@@ -16,14 +16,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import yaml
 
-from simruns import REPO, synthetic_config
+from procmem import run_measured
+from simruns import REPO, finished_run, synthetic_config
 
 
 def parse_setting(text: str) -> tuple[str, str, object]:
@@ -44,13 +44,10 @@ def run_one(per_device: int, per_round: int, rounds: int, workers: int, seed: in
     label = setting or "defaults"
     path = synthetic_config(tmp / f"fpr-{seed}-{abs(hash(label))}.yaml", tmp / "runs", per_device, per_round, rounds,
                             settings=settings)
-    proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)], capture_output=True,
-                          text=True, env={**os.environ, "PYTHON": sys.executable})
-    if proc.returncode != 0:
-        sys.exit(f"seed {seed}, {label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-    run_dir = Path(proc.stdout.strip().splitlines()[-1])
-    m = json.loads((run_dir / "metrics.json").read_text())
-    records = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    run = run_measured(["sh", str(REPO / "run_simulation.sh"), str(workers), str(path)],
+                       {**os.environ, "PYTHON": sys.executable})
+    run_dir, records, _ = finished_run(run, f"seed {seed}, {label}")
+    m = json.loads((run_dir / "metrics.json").read_text())  # per-device FPRs besides the global ones
     evals = [r["eval"]["global_threshold"]["fpr"] for r in records if "eval" in r]
     worst = max(m["devices"].items(), key=lambda kv: kv[1]["fpr"])
     row = {"setting": label, "seed": seed, "tpr": m["global"]["tpr"], "fpr": m["global"]["fpr"],

@@ -9,7 +9,7 @@ what they are. `data_args.dataset` (+ `data_args.synthetic_generator` for synthe
 | `synthetic-rows`    | `data/synthetic.py`: N-BaIoT-shaped rows from per-device profiles        |
 | `synthetic-packets` | `traffic/`: simulated packets through the AfterImage feature extractor   |
 
-Orchestration code calls `prepare_data` and `load_split` only; the packet pipeline is reached
+Orchestration code calls `prepare_data` and `load_split` (or `load_client_splits`) only; the packet pipeline is reached
 through this registry, never imported by the run paths.
 """
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from data import nbaiot, synthetic
 from data.loader import DeviceSplit, load_device, split_device
+from data.partition import partition_split
 from fediot.config import FedIoTConfig
 from fediot.errors import DataError
 from fediot.rundir import repo_path
@@ -111,3 +112,11 @@ def load_split(cfg: FedIoTConfig, root: Path, device: str) -> DeviceSplit:
     d = cfg.data
     data = load_device(root, device, d.max_benign_rows, d.attack_test_rows)
     return split_device(data, d.train_fraction, d.validation_fraction)
+
+
+def load_client_splits(cfg: FedIoTConfig, root: Path, device: str) -> list[DeviceSplit]:
+    """One device's split cut into its clients (`data_args.clients_per_device`, `partition`, seeded): the one
+    place that decides a client's rows, for the simulation's workers and `score --reevaluate` alike."""
+    d = cfg.data
+    return partition_split(load_split(cfg, root, device), d.clients_per_device, d.partition, d.partition_alpha,
+                           cfg.common.random_seed)

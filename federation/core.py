@@ -311,7 +311,7 @@ class RoundCore:
         self.evaluated = self.evaluated_state()
         if len(self.recent) > 1:
             self.record["eval_model_rounds"] = self.averaged_rounds()
-        return {"model": self.evaluated, "normalizer": self.normalizer.to_dict()}
+        return self._global(self.evaluated)
 
     def averaged_rounds(self) -> list[int]:
         """The first and last round (1-based) whose global models `evaluated_state()` averages."""
@@ -329,9 +329,9 @@ class RoundCore:
             return state_of(self.model)
         return {k: torch.stack([s[k] for s in self.recent]).mean(0) for k in self.recent[0]}
 
-    def _global(self) -> dict[str, Any]:
-        """The global weights and normaliser, as every client is sent them."""
-        return {"model": state_of(self.model), "normalizer": self.normalizer.to_dict()}
+    def _global(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+        """The global weights (or `state`, the evaluated model) and normaliser, as every client is sent them."""
+        return {"model": state_of(self.model) if state is None else state, "normalizer": self.normalizer.to_dict()}
 
     def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
         """Thresholds from the clients' validation-error statistics."""

@@ -76,17 +76,13 @@ class ClientLoader:
         self._model: Any = None  # one autoencoder for all of this worker's clients (each use loads the weights)
 
     def split(self, client: str):
-        from data.partition import partition_split
-        from data.sources import load_split
+        from data.sources import load_client_splits
 
         device = config_mod.device_of_client(client)
         if device not in self._parts:
             if not self.keep_devices:
                 self._parts.clear()
-            d = self.cfg.data
-            parts = partition_split(load_split(self.cfg, self.data_root, device), d.clients_per_device, d.partition,
-                                    d.partition_alpha, self.cfg.common.random_seed)
-            self._parts[device] = {p.device: p for p in parts}
+            self._parts[device] = {p.device: p for p in load_client_splits(self.cfg, self.data_root, device)}
         return self._parts[device][client]
 
     def __call__(self, client: str):
