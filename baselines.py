@@ -21,7 +21,8 @@ from data.sources import load_split, prepare_data
 from evaluation.curves import curves_from_scores
 from evaluation.metrics import METRIC_KEYS
 from evaluation.report import write_report
-from evaluation.scoring import DeviceScores, evaluate, score_device, thresholds
+from evaluation.scores import DeviceScores, score_device
+from evaluation.scoring import evaluate, thresholds
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError

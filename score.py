@@ -19,7 +19,8 @@ import pandas as pd
 from data.loader import read_feature_csv
 from data.sources import load_client_splits, prepare_data
 from evaluation.metrics import METRIC_KEYS
-from evaluation.scoring import evaluate, score_device
+from evaluation.scores import score_device
+from evaluation.scoring import evaluate
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError

@@ -59,7 +59,7 @@ def transport_sends(tls: bool, sends: int, tmp: Path) -> float:
     from deployment.grpc_transport import FedIoTGrpcTransport
     from deployment.ipconfig import Peer
     from deployment.tls import load_identity
-    from federation.protocol import C2S_UPDATE
+    from federation.messages import C2S_UPDATE
     from model.autoencoder import AutoEncoder
 
     make_certs(tmp, 1, [])

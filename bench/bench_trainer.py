@@ -43,7 +43,8 @@ def client_round(raw: np.ndarray, epochs: int, batch: int, lr: float) -> float:
     """What a client does for one round (normalised rows cached, the plan it was sent, train)."""
     from data.loader import DeviceSplit
     from federation.client import LocalClient
-    from federation.core import RoundPlan, state_of
+    from federation.messages import RoundPlan
+    from model.autoencoder import state_of
 
     split = DeviceSplit("Danmini_Doorbell", raw, raw[:10], raw[:10], {}, [])
     client = LocalClient(split, "log1p")

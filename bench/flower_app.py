@@ -2,11 +2,12 @@
 
     .venv-flower/bin/python bench/flower_app.py CONFIG [--actors N]     (venv: bench/requirements-flower.txt)
 
-The same config, data, partition, autoencoder, round core (`federation.core.RoundCore`: sampling, plans,
-aggregation with the defenses, thresholds, metrics) and client (`federation.client.LocalClient`) as
-`sh run_simulation.sh`, with the same message bytes (`federation.wire`, checked by `federation.protocol` on the
-server). Only the process model and the transport are Flower's: a ServerApp drives RoundCore through Flower's
-Grid, every client is a virtual SuperNode (node_config partition-id -> `cfg.clients[partition-id]`), and Ray
+The same config, data, partition, autoencoder, round driver and state (`federation.driver.run_federation` over
+`federation.state.RoundState`: sampling, plans, aggregation with the defenses, thresholds, metrics) and client
+answers (`federation.client.answers`) as `sh run_simulation.sh`, with the same message bytes (`federation.wire`,
+checked by `federation.messages` on both sides). Only the process model and the transport are Flower's: a
+ServerApp runs the driver on `FlowerGrid` (an adapter of Flower's Grid to the driver's `ask`), every client is a
+virtual SuperNode (node_config partition-id -> `cfg.clients[partition-id]`), and Ray
 actors (N, one CPU each) run the ClientApp for whichever node a message is for. As Flower's own examples do,
 each actor keeps the data it has loaded (here: the clients' LocalClients) for later messages; what a client
 must remember between the two evaluation messages (its scored rows) goes in Flower's per-node `context.state`.
@@ -33,7 +34,7 @@ from flwr.simulation import run_simulation  # noqa: E402
 
 from fediot import config as config_mod  # noqa: E402
 from fediot.console import say  # noqa: E402
-from federation import protocol  # noqa: E402
+from federation import messages  # noqa: E402
 from federation.wire import decode, encode  # noqa: E402
 
 ENV_CONFIG, ENV_DATA_ROOT, ENV_RUN_DIR = "FEDIOT_FLOWER_CONFIG", "FEDIOT_FLOWER_DATA_ROOT", "FEDIOT_FLOWER_RUN_DIR"
@@ -59,7 +60,7 @@ def _local(context: Context):
     if not _actor:
         import torch
 
-        from trainer.simulation import ClientLoader
+        from federation.client import ClientLoader
 
         cfg = config_mod.load(os.environ[ENV_CONFIG])
         torch.set_num_threads(cfg.device.torch_threads)
@@ -72,145 +73,154 @@ def _local(context: Context):
     return _actor["clients"][name]
 
 
-def _reply(msg: Message, msg_type: str, **fields: Any) -> Message:
+def _reply(msg: Message, msg_type: str, fields: dict[str, Any]) -> Message:
     return Message(_content(encode(msg_type, CLIENT, SERVER, fields)), reply_to=msg)
 
 
-@client_app.query("hello")
-def hello(msg: Message, context: Context) -> Message:
-    return _reply(msg, protocol.C2S_HELLO, **_local(context).hello())
-
-
-@client_app.train()
-def train(msg: Message, context: Context) -> Message:
-    from federation.core import RoundPlan
+def _answer(msg: Message, context: Context) -> Message:
+    """The node's client answers the request in `msg` as every FedIoT client does (`federation.client.answers`)."""
+    from federation.client import answers
 
     local = _local(context)
-    _, f = _fields(msg, _actor["max_bytes"])
-    plan = RoundPlan.from_dict(f["clients"][local.device]["plan"])  # a node is one client
-    return _reply(msg, protocol.C2S_UPDATE, round=plan.round_idx, client=local.device,
-                  **local.train(f["model"], f["normalizer"], plan))
+    msg_type, f = _fields(msg, _actor["max_bytes"])
+    messages.validate(msg_type, f, messages.Expectations.of(local.model, [local.device]))
+    if msg_type == messages.S2C_EVAL_COUNTS:  # its scored rows come from the node's state: it may be another actor
+        _restore_scores(local, context)
+    (answer_type, answer), = answers({local.device: local}, msg_type, f)  # a node is one client
+    if msg_type == messages.S2C_EVAL_STATS:  # the count report may run on another actor
+        _keep_scores(local, context)
+    return _reply(msg, answer_type, answer.to_fields())
 
 
-@client_app.evaluate("val")
-def validation(msg: Message, context: Context) -> Message:
-    local = _local(context)
-    _, f = _fields(msg, _actor["max_bytes"])
-    val_stats = local.validation_stats(f["model"], f["normalizer"])
-    s = local.scores  # kept in the node's state: the count report may run on another actor
+def _keep_scores(local, context: Context) -> None:
+    s = local.scores
     arrays = {"validation": s.validation, "test": s.test, **{f"attack:{k}": v for k, v in s.attacks.items()}}
     context.state["scores"] = ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
     context.state["scores_meta"] = ConfigRecord({"missing": list(s.missing_attacks) or [""]})
-    return _reply(msg, protocol.C2S_VAL_STATS, round=f["round"], client=local.device, val_stats=val_stats)
 
 
-@client_app.evaluate("report")
-def report(msg: Message, context: Context) -> Message:
-    from evaluation.scoring import DeviceScores
+def _restore_scores(local, context: Context) -> None:
+    from evaluation.scores import DeviceScores
 
-    local = _local(context)
-    _, f = _fields(msg, _actor["max_bytes"])
     arrays = {k: v.numpy() for k, v in context.state["scores"].items()}
     local.scores = DeviceScores(local.device, arrays.pop("validation"), arrays.pop("test"),
                                 {k.split(":", 1)[1]: v for k, v in arrays.items()},
                                 [m for m in context.state["scores_meta"]["missing"] if m])
-    return _reply(msg, protocol.C2S_REPORT, round=f["round"],
-                  report=local.report(f["global_threshold"], f["clients"][local.device]["device_threshold"],
-                                      f["window"]))
+
+
+@client_app.query("hello")
+def hello(msg: Message, context: Context) -> Message:
+    return _reply(msg, messages.C2S_HELLO, _local(context).hello().to_fields())
+
+
+@client_app.train()
+def train(msg: Message, context: Context) -> Message:
+    return _answer(msg, context)
+
+
+@client_app.evaluate("val")
+def validation(msg: Message, context: Context) -> Message:
+    return _answer(msg, context)
+
+
+@client_app.evaluate("report")
+def report(msg: Message, context: Context) -> Message:
+    return _answer(msg, context)
 
 
 # ------------------------------------------------------------------------------------------------ server
 server_app = ServerApp()
 
 
-class FlowerRun:
-    """RoundCore driven through Flower's Grid: ask a set of clients, get their (checked) answers."""
+FLOWER_TYPE = {messages.S2C_TRAIN: "train", messages.S2C_EVAL_STATS: "evaluate.val",
+               messages.S2C_EVAL_COUNTS: "evaluate.report"}
 
-    def __init__(self, grid: Grid, core) -> None:
-        self.grid, self.core, self.cfg = grid, core, core.cfg
-        self.max_bytes = int(self.cfg.comm.max_message_mb * 2**20)
-        self.expect = protocol.Expectations.of(core.model, self.cfg.clients)
+
+class FlowerGrid:
+    """The driver's grid on Flower's: one Flower message per client (a node is one client), its answer checked like
+    a server node checks one (a malformed or unexpected answer is counted and left out)."""
+
+    def __init__(self, grid: Grid, cfg) -> None:
+        from federation.messages import Expectations
+        from model.autoencoder import AutoEncoder
+        from data import nbaiot
+
+        self.grid, self.cfg = grid, cfg
+        self.max_bytes = int(cfg.comm.max_message_mb * 2**20)
+        self.expect = Expectations.of(AutoEncoder(nbaiot.N_FEATURES), cfg.clients)
         self.node_of: dict[str, int] = {}
-        self.rejected = 0
+        self.joined: dict[str, Any] = {}
+        self.rejected: list[dict[str, str]] = []
 
-    def ask(self, flower_type: str, msg_type: str, nodes: dict[int, dict[str, Any]], answer: str,
-            round_idx: int) -> dict[int, dict[str, Any]]:
-        """Send `msg_type` with fields to each node; the nodes' answers of type `answer`, checked like the MPI
-        server checks them (a malformed or unexpected answer is counted and left out)."""
+    def _send(self, flower_type: str, msg_type: str, nodes: dict[int, dict[str, Any]], answer: str,
+              group: int) -> dict[int, Any]:
         out = [Message(_content(encode(msg_type, SERVER, CLIENT, fields)), dst_node_id=node, message_type=flower_type,
-                       group_id=str(round_idx)) for node, fields in nodes.items()]
-        answers: dict[int, dict[str, Any]] = {}
+                       group_id=str(group)) for node, fields in nodes.items()]
+        got: dict[int, Any] = {}
         for reply in self.grid.send_and_receive(out):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 say(f"flower: node {node}: {reply.error.reason}")
                 continue
             try:
-                got, fields = _fields(reply, self.max_bytes)
-                if got != answer:
-                    raise protocol.ProtocolError(f"{got} where {answer} was expected")
-                protocol.validate(got, fields, self.expect)
+                answer_type, fields = _fields(reply, self.max_bytes)
+                if answer_type != answer:
+                    raise messages.ProtocolError(f"{answer_type} where {answer} was expected")
+                got[node] = messages.typed(answer_type, fields, self.expect)
             except ValueError as exc:  # WireError and ProtocolError are ValueErrors
-                self.rejected += 1
+                self.rejected.append({"from": f"node {node}", "reason": str(exc)[:300]})
                 say(f"flower: answer of node {node} rejected: {exc}")
-                continue
-            answers[node] = fields
-        return answers
+        return got
 
-    def run(self) -> None:
-        from model.detector import ErrorStats
-        from model.normalization import FeatureStats
-
-        core, cfg = self.core, self.cfg
+    def join(self) -> dict[str, Any]:
         deadline = time.monotonic() + 600
-        while len(list(self.grid.get_node_ids())) < len(cfg.clients) and time.monotonic() < deadline:
+        while len(list(self.grid.get_node_ids())) < len(self.cfg.clients) and time.monotonic() < deadline:
             time.sleep(0.1)
-        nodes = sorted(self.grid.get_node_ids())
-        hellos = self.ask("query.hello", protocol.C2S_HELLO, {n: {} for n in nodes}, protocol.C2S_HELLO, 0)
-        stats = {}
+        hellos = self._send("query.hello", messages.C2S_HELLO, {n: {} for n in sorted(self.grid.get_node_ids())},
+                            messages.C2S_HELLO, 0)
         for node, h in hellos.items():
-            self.node_of[h["device"]] = node
-            core.client_joined(h["device"], int(h["n_train"]), h["held_out"])
-            stats[h["device"]] = FeatureStats.from_dict(h["feature_stats"])
-        core.fit_normalizer(stats)
-        say(f"clients: {len(stats)} (Flower SuperNodes)")
-        name_of = {n: c for c, n in self.node_of.items()}
-        while not core.done:
-            common = core.begin_round()
-            sampled = [c for c in core.sampled if c in self.node_of]
-            updates = self.ask("train", protocol.S2C_TRAIN,
-                               {self.node_of[c]: {**common, "round": core.round,
-                                                  "clients": {c: {"plan": core.plan(c).to_dict()}}} for c in sampled},
-                               protocol.C2S_UPDATE, core.round)
-            answered = {f["client"]: f for n, f in updates.items() if f["client"] == name_of[n]}
-            say(core.finish_round(answered, sorted(set(sampled) - set(answered))))
-            if core.evaluate_now():
-                common = core.begin_eval()
-                val = self.ask("evaluate.val", protocol.S2C_EVAL_STATS,
-                               {n: {**common, "round": core.round, "clients": {c: {}}} for c, n in self.node_of.items()},
-                               protocol.C2S_VAL_STATS, core.round)
-                core.set_thresholds({name_of[n]: ErrorStats(**f["val_stats"]) for n, f in val.items()})
-                counted = [name_of[n] for n in val]
-                common, own = core.counts_request()
-                reports = self.ask("evaluate.report", protocol.S2C_EVAL_COUNTS,
-                                   {self.node_of[c]: {**common, "round": core.round, "clients": {c: own(c)}}
-                                    for c in counted}, protocol.C2S_REPORT, core.round)
-                say(core.finish_eval({name_of[n]: f["report"] for n, f in reports.items()}))
-            core.write_record(self.rejected)
-            self.rejected = 0
-        core.finish()
+            self.node_of[h.device] = node
+            self.joined[h.device] = h
+        return dict(self.joined)
+
+    def hellos(self) -> dict[str, Any]:
+        return dict(self.joined)
+
+    def ask(self, kind: str, own: dict[str, dict[str, Any]], common: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        asked = {c: self.node_of[c] for c in own if c in self.node_of}
+        got = self._send(FLOWER_TYPE[kind], kind, {n: {**common, "clients": {c: own[c]}} for c, n in asked.items()},
+                         messages.ANSWER_TO[kind], int(common["round"]))
+        name_of = {n: c for c, n in asked.items()}
+        answers = {name_of[n]: a for n, a in got.items() if a.client == name_of[n]}
+        return answers, sorted(set(own) - set(answers))
+
+    def traffic(self) -> dict[str, Any]:
+        return {}
+
+    def take_rejections(self) -> tuple[int, list[dict[str, str]]]:
+        out, self.rejected = self.rejected, []
+        return len(out), out[:20]
+
+    def where(self) -> str:
+        return " (Flower SuperNodes)"
+
+    def finish(self, error: str | None = None) -> None:
+        """Flower ends the run when the ServerApp returns."""
 
 
 @server_app.main()
 def server_main(grid: Grid, context: Context) -> None:
     import json
 
-    from federation.core import RoundCore
+    from federation.driver import quorum, run_federation
+    from federation.outputs import RunOutputs
+    from federation.state import RoundState
 
     cfg = config_mod.load(os.environ[ENV_CONFIG])
     run_dir = Path(os.environ[ENV_RUN_DIR])
     data_info = json.loads((run_dir / "flower_data_info.json").read_text())
-    FlowerRun(grid, RoundCore(cfg, run_dir, data_info, "federated")).run()
+    run_federation(RoundState(cfg, data_info, "federated"), FlowerGrid(grid, cfg),
+                   RunOutputs(run_dir, cfg.tracking.tensorboard, checkpoint=False), quorum(cfg))
 
 
 def main() -> None:

@@ -45,7 +45,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         raise ConfigError(f"{where}: comm_args.grpc_ipconfig_path is not set (CSV eid,rank,grpc_server_ip,grpc_server_port,ingress_ip)")
     from data.sources import load_split, prepare_data
     from deployment.ipconfig import load_ipconfig
-    from federation.core import RoundCore, load_server_checkpoint
+    from federation.outputs import load_server_checkpoint
     from fediot.rundir import create_run_dir, repo_path, write_config
 
     ipconfig = repo_path(cfg.comm.grpc_ipconfig_path)
@@ -67,11 +67,10 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     tls = resolve(cfg, {r: peers[r] for r in needed}, rank)
 
     local = None
-    core = None
+    checkpoint = None
     if role == "server":
         data_info = {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
                      "note": "the server holds no data; clients report counts and statistics only"}
-        checkpoint = None
         if resume:
             run_dir = Path(resume).resolve()
             checkpoint = load_server_checkpoint(run_dir)
@@ -82,9 +81,6 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         else:
             run_dir = create_run_dir(cfg.common.run_dir_root, "server", cfg.data.dataset)
             write_config(run_dir, cfg.values)
-        core = RoundCore(cfg, run_dir, data_info, "federated-deployment")
-        if checkpoint is not None:
-            core.restore(checkpoint)
         say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address} "
             f"({'mutual TLS, certificates in ' + str(tls.source) if tls else 'PLAINTEXT'}); run directory {run_dir}")
     else:
@@ -106,7 +102,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
                       check_env=False)
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
         from deployment.grpc_transport import FedIoTGrpcTransport
-        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node
+        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node, server_node
     torch.set_num_threads(cfg.device.torch_threads)
 
     def transport() -> FedIoTGrpcTransport:
@@ -115,7 +111,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
 
     def make_node() -> ServerNode | ClientNode:
         if role == "server":
-            return ServerNode(args, core, list(range(1, n_devices + 1)), transport)
+            return server_node(args, cfg, run_dir, data_info, "federated-deployment", list(range(1, n_devices + 1)),
+                               transport, checkpoint)
         return ClientNode(args, {device: local}, rank, n_devices, ClientRules.of(cfg), transport)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",

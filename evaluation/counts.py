@@ -9,14 +9,12 @@ resolution). Simulation, deployment, baselines and re-evaluation all report thro
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 
 from evaluation.metrics import majority_vote, rates
-
-if TYPE_CHECKING:
-    from evaluation.scoring import DeviceScores
+from evaluation.scores import DeviceScores
 
 # Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins).
 HIST_EDGES = np.logspace(-8, 8, 4097)
@@ -71,66 +69,6 @@ def held_out_counts(s: "DeviceScores | None" = None, validation: int = 0, test: 
         validation, test = len(s.validation), len(s.test)
         attacks = {name: len(sc) for name, sc in s.attacks.items()}
     return {"validation": int(validation), "test": int(test), "attacks": dict(attacks or {})}
-
-
-def _window_decisions(n_rows: int, window: int) -> int:
-    """How many majority-vote decisions `majority_vote` makes over n_rows rows."""
-    return 0 if n_rows == 0 else max(n_rows - window + 1, 1)
-
-
-def _flag_bounds(h: dict[Any, int], threshold: float) -> tuple[int, int]:
-    """Fewest and most rows of a score histogram that can lie above `threshold` (the bin holding it is unsure)."""
-    tbin = int(np.searchsorted(HIST_EDGES, threshold, side="right"))
-    sure = sum(c for b, c in h.items() if int(b) > tbin)
-    return sure, sure + int(h.get(tbin, h.get(str(tbin), 0)))
-
-
-def report_problems(r: dict[str, Any], announced: dict[str, Any], validation_count: int | None,
-                    thresholds: dict[str, float], window: int) -> list[str]:
-    """Why a client's count report cannot be true: counts that differ from the held-out rows it announced
-    when it joined or from its own validation statistics, thresholds other than those it was sent, flag
-    counts its own score histograms rule out. Empty for an honest report. (A client that fabricates its
-    scores consistently still passes: it can lie about its own device only, which its row then shows.)"""
-    problems: list[str] = []
-
-    def expect(what: str, got: int, want: int) -> None:
-        if got != want:
-            problems.append(f"{what} is {got}, expected {want}")
-
-    n_val, n_test, n_attacks = announced["validation"], announced["test"], announced["attacks"]
-    expect("validation rows", r["validation"]["n"], n_val)
-    if validation_count is not None:
-        expect("validation rows (against its validation statistics)", r["validation"]["n"], validation_count)
-    if set(r["hist"]["attacks"]) != set(n_attacks):
-        problems.append(f"attack files {sorted(r['hist']['attacks'])}, announced {sorted(n_attacks)}")
-        return problems
-    expect("benign test rows in the histogram", sum(r["hist"]["benign"].values()), n_test)
-    for name, n in n_attacks.items():
-        expect(f"{name} rows in the histogram", sum(r["hist"]["attacks"][name].values()), n)
-    if set(r["modes"]) != set(thresholds):
-        problems.append(f"threshold modes {sorted(r['modes'])}, expected {sorted(thresholds)}")
-        return problems
-    for mode, m in r["modes"].items():
-        if not np.isclose(m["threshold"], thresholds[mode], rtol=1e-12, atol=0.0):
-            problems.append(f"{mode} threshold {m['threshold']:.6g}, it was sent {thresholds[mode]:.6g}")
-        if set(m["attacks"]) != set(n_attacks):
-            problems.append(f"{mode}: attack files {sorted(m['attacks'])}, announced {sorted(n_attacks)}")
-            continue
-        expect(f"{mode}: benign fp + tn", m["benign"]["fp"] + m["benign"]["tn"], n_test)
-        lo, hi = _flag_bounds(r["hist"]["benign"], thresholds[mode])
-        if not lo <= m["benign"]["fp"] <= hi:
-            problems.append(f"{mode}: {m['benign']['fp']} benign rows flagged; its histogram allows {lo}..{hi}")
-        for name, n in n_attacks.items():
-            a = m["attacks"][name]
-            expect(f"{mode}: {name} tp + fn", a["tp"] + a["fn"], n)
-            lo, hi = _flag_bounds(r["hist"]["attacks"][name], thresholds[mode])
-            if not lo <= a["tp"] <= hi:
-                problems.append(f"{mode}: {a['tp']} {name} rows flagged; its histogram allows {lo}..{hi}")
-        w = m["window"]
-        expect(f"{mode}: window fp + tn", w["fp"] + w["tn"], _window_decisions(n_test, window))
-        expect(f"{mode}: window tp + fn", w["tp"] + w["fn"],
-               sum(_window_decisions(n, window) for n in n_attacks.values()))
-    return problems
 
 
 def _dense(h: dict[Any, int]) -> np.ndarray:

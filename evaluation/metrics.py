@@ -1,6 +1,8 @@
 """Detection metrics from counts: rates, N-BaIoT majority-vote windows (AUCs: `evaluation.counts`)."""
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 # The metrics every run records and reports, in this order (rounds.jsonl, tables, comparisons).
@@ -33,3 +35,8 @@ def majority_vote(flags: np.ndarray, window: int) -> np.ndarray:
     csum = np.concatenate([[0], np.cumsum(f)])
     votes = csum[w:] - csum[:-w]
     return votes * 2 > w
+
+
+def rate_text(key: str, m: dict[str, Any]) -> str:
+    """A rate to 4 decimals; 'n/a' when undefined (e.g. precision when nothing was flagged)."""
+    return "n/a" if m.get(key) is None else f"{m[key]:.4f}"

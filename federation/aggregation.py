@@ -14,8 +14,7 @@ geo_median/rfa follow the first update (tools/check_fedml_defenses.py, doc/fedml
 written here; tests check krum/multikrum and median against FedML's.
 Screening (`train_args.screen_norm_factor`): an update whose distance from the current global model
 is more than factor x the median distance is left out before any rule, and reported.
-Counts (`capped_counts`): a row count is the client's word; with `train_args.robust` no client weighs more
-than `count_ratio_limit` x the median client's count, in the update weights and in the statistics merges.
+Screening and count caps are robustness rules: `federation.defenses`.
 """
 from __future__ import annotations
 
@@ -43,8 +42,8 @@ def fedavg(updates: list[tuple[int, State]]) -> State:
     return {k: sum(p[k].double() * (n / total) for n, p in updates).to(updates[0][1][k].dtype) for k in keys}
 
 
-def _flat(state: State) -> np.ndarray:
-    return _stack([(0, state)])[0]
+def flat(state: State) -> np.ndarray:
+    return stack([(0, state)])[0]
 
 
 def _unflat(vector: torch.Tensor | np.ndarray, like: State) -> State:
@@ -56,7 +55,7 @@ def _unflat(vector: torch.Tensor | np.ndarray, like: State) -> State:
     return out
 
 
-def _stack(updates: list[tuple[int, State]], dtype: type = np.float64) -> np.ndarray:
+def stack(updates: list[tuple[int, State]], dtype: type = np.float64) -> np.ndarray:
     """Clients x parameters, filled into one preallocated array (a tensor-by-tensor torch.cat + stack took 3.4 ms
     for 10 clients x 36,876 weights, this 0.3 ms: it runs every round on the server's critical path)."""
     like = updates[0][1]
@@ -87,12 +86,12 @@ def merge_exchange_network(n: int) -> tuple[tuple[int, int], ...]:
 
 def coordinate_median(updates: list[tuple[int, State]]) -> State:
     """Per coordinate, the median of the clients' values (mean of the two middle ones for an even count), the
-    same values as torch.quantile(x, 0.5, dim=0) in float64. The weights arrive as float32 (`federation.protocol`
+    same values as torch.quantile(x, 0.5, dim=0) in float64. The weights arrive as float32 (`federation.messages`
     admits nothing else) and are ordered as float32 (the same order as float64); only the middle pair is averaged
     in float64. Up to MEDIAN_NETWORK_MAX updates the order comes from a sorting network of elementwise
     min/max over whole rows (it runs on every round's critical path: 10 clients x 36,876 weights took 9.4 ms
     with the float64 stack and partial sort before, 0.6 ms for the network)."""
-    x = _stack(updates, np.result_type(*(v.detach().cpu().numpy().dtype for v in updates[0][1].values())))
+    x = stack(updates, np.result_type(*(v.detach().cpu().numpy().dtype for v in updates[0][1].values())))
     n = len(x)
     if n <= MEDIAN_NETWORK_MAX:
         for i, j in merge_exchange_network(n):
@@ -106,7 +105,7 @@ def coordinate_median(updates: list[tuple[int, State]]) -> State:
 
 def trimmed_mean(updates: list[tuple[int, State]], trim_fraction: float) -> State:
     """Per coordinate, the mean after dropping the floor(trim_fraction * n) largest and smallest values."""
-    x, _ = torch.sort(torch.from_numpy(_stack(updates)), dim=0)
+    x, _ = torch.sort(torch.from_numpy(stack(updates)), dim=0)
     cut = int(trim_fraction * len(x))
     return _unflat(x[cut:len(x) - cut].mean(dim=0), updates[0][1])
 
@@ -122,14 +121,14 @@ def krum_scores(x: torch.Tensor, f: int) -> torch.Tensor:
 
 def krum(updates: list[tuple[int, State]], f: int, m: int = 1) -> State:
     """The mean of the m updates with the lowest Krum score (m = 1: Krum; m > 1: multi-Krum)."""
-    x = torch.from_numpy(_stack(updates))
+    x = torch.from_numpy(stack(updates))
     best = torch.argsort(krum_scores(x, f))[:max(1, min(m, len(x)))]
     return _unflat(x[best].mean(dim=0), updates[0][1])
 
 
 def geometric_median(updates: list[tuple[int, State]]) -> State:
     """Sample-weighted geometric median of the whole weight vectors (Weiszfeld's iterations)."""
-    x = torch.from_numpy(_stack(updates))
+    x = torch.from_numpy(stack(updates))
     w = torch.tensor([float(n) for n, _ in updates], dtype=torch.float64)
     z = (w[:, None] * x).sum(dim=0) / w.sum()
     for _ in range(GEO_MEDIAN_ITERATIONS):
@@ -143,33 +142,12 @@ def geometric_median(updates: list[tuple[int, State]]) -> State:
     return _unflat(z, updates[0][1])
 
 
-def capped_counts(counts: dict[str, int], ratio: float | None) -> tuple[dict[str, int], dict[str, str]]:
-    """Counts limited to `ratio` x the median count (None = as sent), and the clients whose count was cut (why)."""
-    if ratio is None or not counts:
-        return dict(counts), {}
-    cap = max(1, int(ratio * float(torch.tensor([float(n) for n in counts.values()], dtype=torch.float64).median())))
-    cut = {c: f"its row count {n} is above {ratio:g}x the median count; weighed as {cap}" for c, n in counts.items() if n > cap}
-    return {c: min(n, cap) for c, n in counts.items()}, cut
-
-
-def screen(updates: dict[str, tuple[int, State]], global_state: State, factor: float | None) -> dict[str, str]:
-    """Clients whose update lies more than factor x the median distance from the global model: client -> reason."""
-    if factor is None or len(updates) < 3:
-        return {}
-    clients = list(updates)
-    gaps = _stack([updates[c] for c in clients])
-    gaps -= _flat(global_state)  # in place: a second fresh 3 MB array costs more in page faults than the arithmetic
-    dist = dict(zip(clients, np.sqrt(np.einsum("ij,ij->i", gaps, gaps)).tolist()))  # np.linalg.norm(axis=1): 10x slower
-    median = float(torch.tensor(list(dist.values()), dtype=torch.float64).median())
-    if median <= 0.0:
-        return {}
-    return {c: f"update {d / median:.1f}x the median distance from the global model (limit {factor:g}x)"
-            for c, d in dist.items() if d > factor * median}
-
-
 def aggregate(updates: dict[str, tuple[int, State]], global_state: State, rule: str, trim_fraction: float,
               byzantine_clients: int, screen_norm_factor: float | None) -> tuple[State, dict[str, str]]:
-    """The new global weights from the clients' (samples, weights), and the clients left out (with why)."""
+    """The new global weights from the clients' (samples, weights), and the clients left out (with why): screening
+    first (`federation.defenses.screen`), then the rule over the rest."""
+    from federation.defenses import screen  # defenses builds on this module's flattening
+
     rejected = screen(updates, global_state, screen_norm_factor)
     kept = [updates[c] for c in sorted(updates) if c not in rejected]
     if not kept:

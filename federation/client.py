@@ -1,25 +1,31 @@
 """One client's side of a federated run, framework-free: its device's rows, its model, its answers.
 
-The client node of both run paths (`trainer.nodes.ClientNode`, on MPI or gRPC) calls only this.
-It never sends a row: only feature statistics (hello), weights and losses (train), validation-error
-statistics and count reports (evaluation). It trains with the plan the server sent, nothing else.
+Every client process (`trainer.nodes.ClientNode` on MPI or gRPC, the in-process grid, Flower's ClientApp) answers
+the server's requests through `answers`. A client never sends a row: only feature statistics (hello), weights and
+losses (train), validation-error statistics and count reports (evaluation), as the typed messages of
+`federation.messages`. It trains with the plan the server sent, nothing else.
 """
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
 
 from data import nbaiot
 from data.loader import DeviceSplit
+from data.sources import load_client_splits
 from evaluation.counts import client_report, held_out_counts
-from evaluation.scoring import DeviceScores, score_device
-from federation.core import RoundPlan, state_of
+from evaluation.scores import DeviceScores, score_device
+from federation.messages import (
+    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report, RoundPlan, Update,
+    ValStats,
+)
+from fediot.config import FedIoTConfig, device_of_client
 from fediot.rundir import append_jsonl
-from model.autoencoder import AutoEncoder
+from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats, train_autoencoder
 from model.normalization import FeatureStats, Normalizer
 
@@ -52,16 +58,16 @@ class LocalClient:
     def n_train(self) -> int:
         return len(self.split.train)
 
-    def hello(self) -> dict[str, Any]:
+    def hello(self) -> Hello:
         """What the server learns when the client joins: device, row counts, feature statistics."""
         s = self.split
         stats = self.stats
         if self.attack == "stats_inflation":  # statistics of rows attack_scale times larger than its own
             f = self.attack_scale
             stats = FeatureStats(stats.count, stats.total * f, stats.total_sq * f * f, stats.minimum * f, stats.maximum * f)
-        return {"device": self.device, "n_train": self.n_train, "feature_stats": stats.to_dict(),
-                "held_out": held_out_counts(validation=len(s.validation), test=len(s.test),
-                                            attacks={name: len(rows) for name, rows in s.attacks.items()})}
+        return Hello(self.device, self.n_train, stats,
+                     held_out_counts(validation=len(s.validation), test=len(s.test),
+                                     attacks={name: len(rows) for name, rows in s.attacks.items()}))
 
     def _training_rows(self, normalizer: dict[str, Any]) -> np.ndarray:
         if self._rows is None or self._rows[0] != normalizer:
@@ -84,7 +90,7 @@ class LocalClient:
                     for k, g in global_state.items()}
         return local
 
-    def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan) -> dict[str, Any]:
+    def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan) -> Update:
         """Local training of the global model with the server's plan; the update to send back."""
         # the global weights, kept for _tamper (an honest client only reads `model`: load_state_dict copies it)
         global_state = {k: v.detach().clone() for k, v in model.items()} if self.attack in TAMPERING_ATTACKS else model
@@ -100,17 +106,17 @@ class LocalClient:
                                             "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds})
         # a data poisoner also claims attack_scale times the rows it trained on: the row count is its word
         n = int(len(rows) * self.attack_scale) if self.attack == "data_poisoning" else self.n_train
-        return {"model": self._tamper(global_state, plan.seed), "n": n, "loss": losses[-1], "lr": plan.lr,
-                "train_seconds": seconds}
+        return Update(plan.round_idx, self.device, self._tamper(global_state, plan.seed), n, losses[-1], plan.lr,
+                      seconds)
 
-    def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> dict[str, Any]:
+    def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> ErrorStats:
         """Score the held-out rows with the global model; the validation-error statistics to send."""
         self.model.load_state_dict(model)
         self.scores = score_device(self.model, Normalizer.from_dict(normalizer), self.split)
         s = ErrorStats.of(self.scores.validation)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
-            return {"count": s.count, "total": s.total * self.attack_scale, "total_sq": s.total_sq * self.attack_scale ** 2}
-        return {"count": s.count, "total": s.total, "total_sq": s.total_sq}
+            return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
+        return s
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
         """Count report of the rows scored by `validation_stats`, at the server's thresholds."""
@@ -120,6 +126,57 @@ class LocalClient:
         if self.attack == "eval_lies":
             fabricate_counts(report, self.attack_scale)
         return report
+
+
+class ClientLoader:
+    """A client's LocalClient from the data: its device's split cut as configured. The last device's parts are
+    kept, so a worker's home clients, consecutive in config order, load each device once; `keep_devices` keeps
+    every device's parts (for a process asked about clients in any order: bench/flower_app.py's Ray actors)."""
+
+    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path, keep_devices: bool = False) -> None:
+        self.cfg, self.data_root, self.run_dir = cfg, data_root, run_dir
+        self.index = {c: i for i, c in enumerate(cfg.clients)}
+        self.keep_devices = keep_devices
+        self._parts: dict[str, dict[str, DeviceSplit]] = {}  # device -> client -> its part of the device's split
+        self._model: AutoEncoder | None = None  # one autoencoder for all of this worker's clients (each use loads the weights)
+
+    def split(self, client: str) -> DeviceSplit:
+        device = device_of_client(client)
+        if device not in self._parts:
+            if not self.keep_devices:
+                self._parts.clear()
+            self._parts[device] = {p.device: p for p in load_client_splits(self.cfg, self.data_root, device)}
+        return self._parts[device][client]
+
+    def __call__(self, client: str) -> LocalClient:
+        if self._model is None:
+            self._model = AutoEncoder(nbaiot.N_FEATURES)
+        return LocalClient(self.split(client), self.cfg.model.feature_transform,
+                           self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
+                           model=self._model)
+
+
+def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
+    """The clients whose home is worker `rank` (1-based): client i lives at rank 1 + i % workers."""
+    return [c for i, c in enumerate(cfg.clients) if i % workers == rank - 1]
+
+
+def answers(home: dict[str, LocalClient], msg_type: str, fields: dict[str, Any]) -> Iterator[tuple[str, Any]]:
+    """What a client process answers to a (validated) server request about its `home` clients: one typed message per
+    client named, each yielded as soon as it is ready (the server checks it while the next one is computed)."""
+    if msg_type == S2C_TRAIN:
+        for client, own in fields["clients"].items():
+            yield C2S_UPDATE, home[client].train(fields["model"], fields["normalizer"], RoundPlan.from_dict(own["plan"]))
+    elif msg_type == S2C_EVAL_STATS:
+        for client in fields["clients"]:
+            yield C2S_VAL_STATS, ValStats(fields["round"], client,
+                                          home[client].validation_stats(fields["model"], fields["normalizer"]))
+    elif msg_type == S2C_EVAL_COUNTS:
+        for client, own in fields["clients"].items():
+            yield C2S_REPORT, Report(fields["round"], home[client].report(fields["global_threshold"],
+                                                                          own["device_threshold"], fields["window"]))
+    else:
+        raise ValueError(f"{msg_type} is not a request a client answers")
 
 
 def fabricate_counts(report: dict[str, Any], scale: float) -> None:

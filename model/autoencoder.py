@@ -38,3 +38,8 @@ class AutoEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.dec(self.enc(x))
+
+
+def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
+    """A detached CPU copy of a model's weights (what travels between server and clients)."""
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}

@@ -96,6 +96,6 @@ def test_traffic_only_through_the_data_registry():
 def test_the_checker_catches_an_upward_import(tmp_path):
     """The test above would fail on a model module importing the round core."""
     bad = tmp_path / "bad.py"
-    bad.write_text("def f():\n    from federation.core import RoundCore\n")
+    bad.write_text("def f():\n    from federation.state import RoundState\n")
     imported = imports_of(bad)
-    assert "federation.core" in imported and group_of("federation.core") not in layer_table()["model"]
+    assert "federation.state" in imported and group_of("federation.state") not in layer_table()["model"]

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-from evaluation.scoring import DeviceScores, evaluate, thresholds
+from evaluation.scores import DeviceScores
+from evaluation.scoring import evaluate, thresholds
 from evaluation.counts import auc_from_histograms, client_report, combine_reports, histogram, HIST_EDGES
 
 

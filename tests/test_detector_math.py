@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.autoencoder import AutoEncoder, hidden_sizes
-from federation.core import learning_rate_for_round
+from federation.state import learning_rate_for_round
 from model.detector import Detector, ErrorStats, reconstruction_errors, train_autoencoder
 from model.normalization import FeatureStats, Normalizer, apply_transform
 

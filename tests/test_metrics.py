@@ -1,7 +1,8 @@
 import numpy as np
 import pytest
 
-from evaluation.scoring import DeviceScores, evaluate
+from evaluation.scores import DeviceScores
+from evaluation.scoring import evaluate
 from evaluation.metrics import majority_vote, rates
 
 

@@ -17,7 +17,7 @@ def test_packages_hold_code_and_config_only(tmp_path):
         root = f"{kind}-package/fedml/"
         for needed in ("main_fedml_iot.py", "requirements.txt", "config/fedml.yaml", "config/grpc_ipconfig.csv",
                        "data/nbaiot.py", "data/sources.py", "model/detector.py", "evaluation/counts.py",
-                       "federation/core.py", "trainer/nodes.py", "deployment/launch.py", "fediot/config.py"):
+                       "federation/state.py", "federation/driver.py", "trainer/nodes.py", "deployment/launch.py", "fediot/config.py"):
             assert root + needed in names, needed
         for name in names:
             assert not any(part in name for part in ("runs/", ".venv", "__pycache__", "synthetic_cache", "cache/nbaiot",

@@ -8,7 +8,8 @@ import torch
 import yaml
 
 from data.loader import DeviceData, read_feature_csv, split_device
-from evaluation.scoring import evaluate, score_device, thresholds
+from evaluation.scores import score_device
+from evaluation.scoring import evaluate, thresholds
 from model.autoencoder import AutoEncoder
 from model.detector import train_autoencoder
 from model.normalization import Normalizer

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image
 
 from evaluation.curves import curves_from_scores
-from evaluation.scoring import DeviceScores, evaluate, thresholds
+from evaluation.scores import DeviceScores
+from evaluation.scoring import evaluate, thresholds
 from evaluation.report import write_report
 from fediot.rundir import append_jsonl, write_json
 from tests.helpers import REPO

@@ -10,7 +10,7 @@ import grpc
 import pytest
 
 from deployment.certs import _load_ca, _make_node, make_certs
-from federation.protocol import C2S_HELLO, S2C_TRAIN
+from federation.messages import C2S_HELLO, S2C_TRAIN
 from federation.wire import encode
 from tests.deploy_helpers import client, deploy_config, ipconfig_ports, read_rounds, run_dir_of, send_raw, server
 

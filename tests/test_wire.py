@@ -9,8 +9,9 @@ import torch
 
 from data.loader import DeviceSplit
 from federation.client import LocalClient
-from federation.core import RoundPlan, state_of
-from federation.protocol import (
+from federation.messages import RoundPlan
+from model.autoencoder import state_of
+from federation.messages import (
     C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_TRAIN, Expectations, ProtocolError, validate,
 )
 from federation.wire import MAGIC, WireError, decode, encode

@@ -3,25 +3,25 @@
 One protocol for both run paths: `sh run_simulation.sh N` runs these nodes on MPI ranks
 (`trainer.transport.MpiTransport`), `run_server.sh` / `run_client.sh` on gRPC
 (`deployment.grpc_transport.FedIoTGrpcTransport`). The nodes are thin: the server asks
-`federation.core.RoundCore` what to send and how to combine answers; the client asks
-`federation.client.LocalClient`. What FedML 0.9.6 lacks is added here: a round deadline and a
+the round order is `federation.driver.run_federation`, for which the server node is a grid
+(`ask` one phase, get the answers); the client node answers with `federation.client.answers`. What FedML 0.9.6 lacks is added here: a round deadline and a
 minimum number of clients, clients that drop and rejoin, a send to a dead client that never kills
 the server, start in any order (bounded retries), a checkpoint after every round and resume, and
 evaluation from client-side counts only (no raw row ever reaches the server).
 
-Messages and what each may hold: `federation.protocol`; every message received is validated
+Messages and what each may hold: `federation.messages`; every message received is validated
 against it first, and a rejected one is logged, counted (`rejected` in rounds.jsonl) and dropped.
 
-Every handler runs on the transport's receive thread; timers only post local messages.
+Every handler runs on the transport's receive thread; timers and the server's driver thread only post local
+messages.
 """
 from __future__ import annotations
 
-import io
 import logging
 import platform
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -31,16 +31,16 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
-from federation.client import LocalClient
-from federation.core import RoundCore, RoundPlan
-from federation.protocol import (
-    C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN,
-    S2C_WELCOME, Expectations, ProtocolError, validate,
+from federation.client import LocalClient, answers
+from federation.driver import RoundFailed, quorum, run_federation
+from federation.outputs import RunOutputs
+from federation.state import RoundState
+from federation.messages import (
+    ANSWER_TO, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING,
+    S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError, answer_client, validate,
 )
 from fediot.console import say
-from fediot.rundir import peak_rss_mb, write_atomic_bytes, write_json
-from model.detector import ErrorStats
-from model.normalization import FeatureStats
+from fediot.rundir import peak_rss_mb, write_json
 from trainer.fedml_glue import fds_to_file
 from trainer.transport import HEADER_KEYS, PeerRefused, PeerUnreachable
 
@@ -48,7 +48,9 @@ log = logging.getLogger("fediot.nodes")
 
 LOCAL_TICK = "fediot_tick"
 LOCAL_DEADLINE = "fediot_deadline"
-LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
+LOCAL_ASK = "fediot_ask"  # the driver thread's request, posted to the receive thread
+LOCAL_FINISH = "fediot_end"  # the driver thread's end of the run
+LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
 MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail keeps the first few
 
 STATUS_EVERY_S = 10.0
@@ -70,6 +72,7 @@ class _Node(FedMLCommManager):
         self.error: str | None = None
         self.rejections: list[dict[str, str]] = []
         self.rejected_total = 0
+        self.rejections_lock = threading.Lock()  # the server's driver thread takes them
         super().__init__(args, None, rank, size, "FEDIOT")
 
     def _init_manager(self) -> None:
@@ -80,8 +83,9 @@ class _Node(FedMLCommManager):
     def reject(self, sender: str, reason: str) -> None:
         """A message that is not what the protocol allows: log it, count it, go on."""
         log.warning("message from %s rejected: %s", sender, reason)
-        self.rejected_total += 1
-        self.rejections.append({"from": sender, "reason": reason[:300]})
+        with self.rejections_lock:
+            self.rejected_total += 1
+            self.rejections.append({"from": sender, "reason": reason[:300]})
 
     def receive_message(self, msg_type, msg_params) -> None:
         """Dispatch a message after checking it against the protocol (FedML would raise on an unknown type)."""
@@ -150,64 +154,87 @@ class ServerRules:
     @classmethod
     def of(cls, cfg) -> "ServerRules":
         if cfg.is_simulation:  # MPI ranks cannot drop silently: a crashed rank aborts the job
-            return cls(None, cfg.train.client_num_per_round, float("inf"), cfg.comm.retry_interval_s, False, False)
-        return cls(float(cfg.train.round_timeout_s), cfg.train.min_clients_per_round, float(cfg.comm.wait_for_clients_s),
+            return cls(None, quorum(cfg), float("inf"), cfg.comm.retry_interval_s, False, False)
+        return cls(float(cfg.train.round_timeout_s), quorum(cfg), float(cfg.comm.wait_for_clients_s),
                    float(cfg.comm.retry_interval_s), True, True)
 
 
 # ------------------------------------------------------------------------------------------ server
 class ServerNode(_Node):
-    """Waits for clients, runs rounds (with a deadline in deployments), evaluates, writes outputs.
+    """The server's side of the wire: a `federation.driver.Grid` on FedML's communication manager.
+
+    It carries messages and applies the waiting policies (how long to wait for clients and answers, pings, rejoin,
+    unreachable ranks); the round order is `federation.driver.run_federation`, which runs on its own thread (started
+    when the transport is ready) and calls `join`/`ask`. Every handler still runs on the transport's receive
+    thread: `ask` posts the request there and waits for the phase to close (all answers, or the deadline).
 
     Clients are names (`cfg.clients`); ranks are processes. Client i's home is worker rank
-    client_ranks[i % workers]: it says hello for it and evaluates it. A board is one client on its own
-    rank. With `pooled` workers (a simulation with fewer workers than clients) a worker holds and trains
-    several clients: each round, the sampled clients that live there."""
+    client_ranks[i % workers]: it says hello for it, trains it when it is sampled and evaluates it. A board is one
+    client on its own rank."""
 
-    def __init__(self, args, core: RoundCore, client_ranks: list[int], transport: TransportFactory) -> None:
-        self.core = core
-        self.rules = ServerRules.of(core.cfg)
+    def __init__(self, args, cfg, expect_model: torch.nn.Module, client_ranks: list[int], transport: TransportFactory,
+                 drive: Callable[["ServerNode"], None]) -> None:
+        """drive: the run, given this node as its grid (`run_federation` with the state and outputs bound)."""
+        self.cfg = cfg
+        self.rules = ServerRules.of(cfg)
         self.client_ranks = client_ranks
-        self.clients = core.cfg.clients
+        self.clients = cfg.clients
         self.home = {c: client_ranks[i % len(client_ranks)] for i, c in enumerate(self.clients)}
-        self.pooled = core.cfg.is_simulation and len(client_ranks) < len(self.clients)
+        self.pooled = cfg.is_simulation and len(client_ranks) < len(self.clients)
+        self.drive = drive
         self.connected: dict[int, set[str]] = {}  # rank -> the clients it said hello for
-        self.joined: dict[str, dict[str, Any]] = {}  # client -> n_train, feature statistics (its hello)
+        self.joined: dict[str, Hello] = {}  # client -> its latest hello
+        self.joined_lock = threading.Lock()  # `joined` is read by the driver thread
         self.phase = "waiting"
         self.phase_id = 0  # increases with every phase, so stale deadlines are ignored
+        self.request: _Request | None = None  # the open phase's request
         self.assigned: dict[str, int] = {}  # client -> the rank asked about it in the open phase
-        self.asked: set[str] = set()  # the clients the open phase is for (sent or not)
         self.expected: set[str] = set()
-        self.replies: dict[str, dict[str, Any]] = {}
+        self.replies: dict[str, Any] = {}
+        self.start_ready = threading.Event()  # the join is complete
         self.started = time.monotonic()
         self.last_status = ""
         self.last_status_at = 0.0
         self.bytes_mark = (0, 0)
-        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(core.model, self.clients),
+        self.last_workers: dict[str, int] = {}
+        self.round = 0  # of the open request (for console lines)
+        super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(expect_model, self.clients),
                          set(client_ranks))
 
     # -- plumbing
     def register_message_receive_handlers(self) -> None:
         for msg_type, handler in (
             (CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY, self.on_ready),
-            (LOCAL_TICK, self.on_tick), (LOCAL_DEADLINE, self.on_deadline),
+            (LOCAL_TICK, self.on_tick), (LOCAL_DEADLINE, self.on_deadline), (LOCAL_ASK, self.on_ask),
+            (LOCAL_FINISH, self.on_finish),
             (C2S_HELLO, self.on_hello), (C2S_UPDATE, self.on_reply), (C2S_VAL_STATS, self.on_reply),
             (C2S_REPORT, self.on_reply),
         ):
             self.register_message_receive_handler(msg_type, handler)
 
-    def names(self, clients: list[str] | set[str], limit: int = 12, label: Callable[[str], str] = str) -> str:
-        """Client names (as `label` writes them) for a console line, in config order: the first few, then how
-        many more."""
+    def names(self, clients: list[str] | set[str], limit: int = 12) -> str:
+        """Client names for a console line, in config order: the first few, then how many more."""
         order = {c: i for i, c in enumerate(self.clients)}
-        c = [label(x) for x in sorted(clients, key=lambda x: (order.get(x, len(order)), x))]
+        c = sorted(clients, key=lambda x: (order.get(x, len(order)), x))
         return ", ".join(c[:limit]) + (f" and {len(c) - limit} more" if len(c) > limit else "")
 
     def on_ready(self, _msg: Message) -> None:
         if self.rules.announce:
             say(f"server listening; waiting for {len(self.client_ranks)} client(s): "
                 + ", ".join(f"{r}={c}" for c, r in self.home.items()))
+        threading.Thread(target=self._drive, name="fediot-driver", daemon=True).start()
         self.post(LOCAL_TICK)
+
+    def _drive(self) -> None:
+        """The driver thread: the run, then FINISH to the clients; an unexpected error stops the node with it."""
+        try:
+            self.drive(self)
+        except RoundFailed as exc:
+            self.post(LOCAL_FINISH, error=str(exc), exit_code=3)
+        except Exception as exc:  # noqa: BLE001 - a bug must stop this node with a message, not hang it
+            log.exception("the run stopped")
+            self.post(LOCAL_FINISH, error=f"unexpected failure: {type(exc).__name__}: {exc} (traceback in logs/)",
+                      exit_code=1)
 
     def _status(self, force: bool = False) -> None:
         if not self.rules.announce:
@@ -235,73 +262,97 @@ class ServerNode(_Node):
                 say(f"waited {waited:.0f}s (comm_args.wait_for_clients_s); starting with {len(self.joined)} client(s)")
                 self.start_training()
             else:
-                self.fail(f"only {len(self.joined)} of {len(self.clients)} client(s) connected within "
-                          f"comm_args.wait_for_clients_s = {self.rules.wait_for_clients_s:g}s; "
-                          f"train_args.min_clients_per_round = {self.rules.min_clients}")
+                self.close(3, f"only {len(self.joined)} of {len(self.clients)} client(s) connected within "
+                              f"comm_args.wait_for_clients_s = {self.rules.wait_for_clients_s:g}s; "
+                              f"train_args.min_clients_per_round = {self.rules.min_clients}")
         else:
             self.post_after(self.rules.retry_interval_s, LOCAL_TICK)
 
     def on_hello(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
-        if rank not in self.client_ranks:
-            log.info("hello from unexpected rank %d ignored", rank)
-            return
-        name = msg.get("device")
-        if self.home.get(name) != rank:
+        hello = Hello.of(msg.get_params())
+        if self.home.get(hello.device) != rank:
             homes = sorted(c for c, r in self.home.items() if r == rank)
-            say(f"warning: client rank {rank} says it holds {name}, the config maps rank {rank} to "
+            say(f"warning: client rank {rank} says it holds {hello.device}, the config maps rank {rank} to "
                 f"{self.names(homes)}; ignored")
             return
-        self.joined[name] = {"n_train": int(msg.get("n_train")), "stats": FeatureStats.from_dict(msg.get("feature_stats"))}
-        self.connected.setdefault(rank, set()).add(name)
-        self.core.client_joined(name, int(msg.get("n_train")), msg.get("held_out"))
-        self.send(S2C_WELCOME, rank, round=self.core.round)
+        with self.joined_lock:
+            self.joined[hello.device] = hello
+        self.connected.setdefault(rank, set()).add(hello.device)
+        self.send(S2C_WELCOME, rank, round=self.round)
         if self.phase == "waiting":
             self._status(force=True)
             if len(self.joined) == len(self.clients):
                 self.start_training()
-        elif self.rules.announce:  # training has started: a new or restarted board joins at the next round
-            say(f"client {rank} ({name}) (re)joined; it takes part from the next round")
+        elif self.rules.announce:  # training has started: a new or restarted board joins at the next request
+            say(f"client {rank} ({hello.device}) (re)joined; it takes part from the next round")
 
-    # -- phases
     def start_training(self) -> None:
-        self.core.fit_normalizer({c: info["stats"] for c, info in self.joined.items()})
-        say(f"clients: {len(self.joined)}: "
-            + self.names(self.joined, 9, lambda c: f"{c} ({self.joined[c]['n_train']} training rows)")
-            + (f" on {len(self.client_ranks)} worker ranks" if self.pooled else ""))
+        self.phase = "busy"
         if self.rules.announce:
-            say(f"starting: {len(self.joined)} client(s), rounds {self.core.round + 1}..{self.core.n_rounds}, "
-                f"round deadline {self.rules.round_timeout_s:g}s, at least {self.rules.min_clients} client(s) per round")
-        if self.core.evaluation_pending:  # resumed before an evaluation finished: do it first
-            self.begin_eval()
-        else:
-            self.begin_round()
+            say(f"starting: {len(self.joined)} client(s), round deadline {self.rules.round_timeout_s:g}s, "
+                f"at least {self.rules.min_clients} client(s) per round")
+        self.start_ready.set()
 
-    def _reachable(self, clients: list[str]) -> list[str]:
-        """The clients whose home rank is connected (and that said hello)."""
-        return [c for c in clients if c in self.joined and self.home[c] in self.connected]
+    # -- the Grid (called on the driver thread)
+    def join(self) -> dict[str, Hello]:
+        self.start_ready.wait()
+        return self.hellos()
 
-    def _open_phase(self, phase: str, msg_type: str, assignments: dict[str, int], common: dict[str, Any],
-                    own: Callable[[str], dict[str, Any]], asked: list[str]) -> None:
-        """Send one `msg_type` message to each rank with clients in `assignments` (client -> rank): the `common`
-        fields once, and `clients` = {client: own(client)} for what differs per client; then wait for one answer
-        per client. `asked` are the clients this phase is for (those not sent count as dropped). One message per
-        rank, not per client: a worker holding many clients gets one copy of the model (measured at 1,008 clients:
-        per-client messages cost the server an encode, the worker a decode and check, and the pair a hand-off
-        each, ~40 % of a round of 16-row clients)."""
-        self.phase = phase
+    def hellos(self) -> dict[str, Hello]:
+        with self.joined_lock:
+            return dict(self.joined)
+
+    def ask(self, kind: str, own: dict[str, dict[str, Any]], common: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+        request = _Request(kind, own, common)
+        self.post(LOCAL_ASK, request=request)
+        request.done.wait()
+        return request.answers, request.dropped
+
+    def traffic(self) -> dict[str, Any]:
+        sent, received = self.com_manager.bytes_sent, self.com_manager.bytes_received
+        out: dict[str, Any] = {"bytes_sent": sent - self.bytes_mark[0], "bytes_received": received - self.bytes_mark[1]}
+        if self.pooled:  # which worker rank trained which client
+            out["workers"] = dict(self.last_workers)
+        self.bytes_mark = (sent, received)
+        return out
+
+    def take_rejections(self) -> tuple[int, list[dict[str, str]]]:
+        with self.rejections_lock:
+            out = (self.rejected_total, self.rejections[:MAX_REJECTIONS_KEPT])
+            self.rejections, self.rejected_total = [], 0
+        return out
+
+    def where(self) -> str:
+        return f" on {len(self.client_ranks)} worker ranks" if self.pooled else ""
+
+    def finish(self, error: str | None = None) -> None:
+        self.post(LOCAL_FINISH, error=error, exit_code=3 if error else 0)
+
+    # -- phases (receive thread)
+    def on_ask(self, msg: Message) -> None:
+        """Open a phase: one message per rank with clients in the request (the `common` fields once, `clients` =
+        {client: its own fields}), then wait for one answer per client. One message per rank, not per client: a
+        worker holding many clients gets one copy of the model (measured at 1,008 clients: per-client messages cost
+        the server an encode, the worker a decode and check, and the pair a hand-off each, ~40 % of a round of
+        16-row clients). A client that is not connected is not sent anything and counts as dropped."""
+        request: _Request = msg.get("request")
+        self.request = request
+        self.round = int(request.common["round"])
         self.phase_id += 1
+        self.phase = request.kind
         self.replies = {}
-        self.assigned = dict(assignments)
-        self.asked = set(asked)
+        reachable = [c for c in request.own if c in self.joined and self.home[c] in self.connected]
+        self.assigned = {c: self.home[c] for c in reachable}
         by_rank: dict[int, list[str]] = {}
-        for client, rank in sorted(assignments.items(), key=lambda cr: (cr[1], cr[0])):
-            if rank in self.connected:
-                by_rank.setdefault(rank, []).append(client)
+        for client, rank in sorted(self.assigned.items(), key=lambda cr: (cr[1], cr[0])):
+            by_rank.setdefault(rank, []).append(client)
         self.expected = {c for clients in by_rank.values() for c in clients}
         for rank, clients in sorted(by_rank.items(), key=lambda rc: -len(rc[1])):  # the longest work starts first
-            if not self.send(msg_type, rank, round=self.core.round, clients={c: own(c) for c in clients}, **common):
+            if not self.send(request.kind, rank, clients={c: request.own[c] for c in clients}, **request.common):
                 self._unreachable(rank)
+        if request.kind == S2C_TRAIN and self.pooled:
+            self.last_workers = dict(self.assigned)
         if not self.expected:
             self.post(LOCAL_DEADLINE, phase_id=self.phase_id)
         elif self.rules.round_timeout_s is not None:
@@ -312,130 +363,65 @@ class ServerNode(_Node):
         says hello again)."""
         say(f"client {rank} ({self.names(self.connected.get(rank, set()))}) unreachable; dropped until it reconnects")
         self.expected -= {c for c, r in self.assigned.items() if r == rank}
-        for c in self.connected.pop(rank, set()):
-            self.joined.pop(c, None)
-
-    def _phase_answered(self) -> bool:
-        return len(self.replies) == len(self.expected)  # replies only ever hold expected clients
+        with self.joined_lock:
+            for c in self.connected.pop(rank, set()):
+                self.joined.pop(c, None)
 
     def on_reply(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
-        expected_type = {"train": C2S_UPDATE, "val": C2S_VAL_STATS, "report": C2S_REPORT}.get(self.phase)
-        client = msg.get("report")["device"] if msg.get_type() == C2S_REPORT else msg.get("client")
-        if (msg.get_type() != expected_type or msg.get("round") != self.core.round or client not in self.expected
-                or client in self.replies):
+        fields = msg.get_params()
+        client = answer_client(msg.get_type(), fields)
+        if (self.request is None or msg.get_type() != ANSWER_TO[self.request.kind] or fields["round"] != self.round
+                or client not in self.expected or client in self.replies):
             log.info("late or unexpected %s from %d ignored", msg.get_type(), rank)
             return
         if self.assigned.get(client) != rank:
             self.reject(f"rank {rank}", f"{msg.get_type()} about {client}, which rank {rank} was not asked about")
             return
-        self.replies[client] = msg.get_params()
-        if self._phase_answered():
+        self.replies[client] = TYPED[msg.get_type()].of(fields)
+        if len(self.replies) == len(self.expected):  # replies only ever hold expected clients
             self.close_phase()
 
     def on_deadline(self, msg: Message) -> None:
-        if msg.get("phase_id") == self.phase_id and self.phase in ("train", "val", "report"):
+        if msg.get("phase_id") == self.phase_id and self.request is not None:
             missing = sorted(self.expected - set(self.replies))
             if missing:
-                say(f"round {self.core.round + 1}: deadline ({self.rules.round_timeout_s:g}s) passed without "
+                say(f"round {self.round + 1}: deadline ({self.rules.round_timeout_s:g}s) passed without "
                     + ", ".join(f"{self.assigned[c]}:{c}" for c in missing))
             self.close_phase()
 
     def close_phase(self) -> None:
-        answered = sorted(self.replies)
-        dropped = sorted(self.asked - set(answered))
-        phase = self.phase
+        request, self.request = self.request, None
         self.phase = "busy"
-        if len(answered) < self.rules.min_clients:
-            self.fail(f"round {self.core.round + 1} ({phase}): {len(answered)} client(s) answered, "
-                      f"train_args.min_clients_per_round = {self.rules.min_clients}; dropped: "
-                      f"{self.names(dropped) or 'none'}. "
-                      f"The checkpoint of the last completed round is kept in {self.core.run_dir}")
-            return
-        if phase == "train":
-            self.finish_round(answered, dropped)
-        elif phase == "val":
-            self.set_thresholds(answered)
-        elif phase == "report":
-            self.finish_eval(answered)
+        request.answers = dict(self.replies)
+        request.dropped = sorted(set(request.own) - set(self.replies))
+        request.done.set()
 
-    # -- training
-    def assign(self, clients: list[str]) -> dict[str, int]:
-        """Which rank trains each of this round's clients: the rank that holds its rows (its home). A pooled
-        worker trains all of its home clients sampled this round, one after the other: measured, loading another
-        client's rows for a round costs far more than training it (load_split 0.35 s vs 0.02-0.2 s of training
-        at 1,008 synthetic clients; worse with real N-BaIoT attack files), and the workers share the machine's
-        cores anyway."""
-        return {c: self.home[c] for c in clients}
+    def on_finish(self, msg: Message) -> None:
+        self.close(msg.get("exit_code"), msg.get("error"))
 
-    def begin_round(self) -> None:
-        common = self.core.begin_round()
-        sampled = self.core.sampled
-        self._open_phase("train", S2C_TRAIN, self.assign(self._reachable(sampled)), common,
-                         lambda c: {"plan": self.core.plan(c).to_dict()}, sampled)
-
-    def finish_round(self, answered: list[str], dropped: list[str]) -> None:
-        sent, received = self.com_manager.bytes_sent, self.com_manager.bytes_received
-        traffic: dict[str, Any] = {"bytes_sent": sent - self.bytes_mark[0], "bytes_received": received - self.bytes_mark[1]}
-        if self.pooled:  # which worker rank trained which client
-            traffic["workers"] = {c: self.assigned[c] for c in answered}
-        self.bytes_mark = (sent, received)
-        line = self.core.finish_round({c: self.replies[c] for c in answered}, dropped, traffic)
-        # The round's record is on disk before the checkpoint says the round is done: written now, or,
-        # when an evaluation follows, carried in the checkpoint until the evaluation completes.
-        evaluate_now = self.core.evaluate_now()
-        if not evaluate_now:
-            self.write_record()
-        self.save_checkpoint()
-        say(line)
-        if evaluate_now:
-            self.begin_eval()
-        else:
-            self.begin_round()
-
-    # -- evaluation (counts only)
-    def begin_eval(self) -> None:
-        common = self.core.begin_eval()
-        clients = self._reachable(self.clients)
-        self._open_phase("val", S2C_EVAL_STATS, {c: self.home[c] for c in clients}, common, lambda _c: {}, clients)
-
-    def set_thresholds(self, answered: list[str]) -> None:
-        self.core.set_thresholds({c: ErrorStats(**self.replies[c]["val_stats"]) for c in answered})
-        common, own = self.core.counts_request()
-        self._open_phase("report", S2C_EVAL_COUNTS, {c: self.home[c] for c in answered}, common, own, answered)
-
-    def finish_eval(self, answered: list[str]) -> None:
-        say(self.core.finish_eval({c: self.replies[c]["report"] for c in answered}))
-        self.write_record()
-        self.save_checkpoint()
-        if self.core.done:
-            self.core.finish()
-            for rank in sorted(self.connected):
-                self.send(S2C_FINISH, rank)
-            self.stop(0)
-        else:
-            self.begin_round()
-
-    def write_record(self) -> None:
-        """The round's line, with the messages rejected since the last one (also said on the console)."""
-        if self.rejected_total:
-            first = self.rejections[0]
-            say(f"warning: {self.rejected_total} message(s) rejected since the last round record "
-                f"(first from {first['from']}: {first['reason'][:120]}); see rounds.jsonl and logs/")
-        self.core.write_record(self.rejected_total, self.rejections[:MAX_REJECTIONS_KEPT])
-        self.rejections, self.rejected_total = [], 0
-
-    def save_checkpoint(self) -> None:
-        if not self.rules.checkpoint:
-            return
-        buf = io.BytesIO()
-        torch.save(self.core.checkpoint(), buf)
-        write_atomic_bytes(self.core.run_dir / "checkpoint.pt", buf.getvalue())
-
-    def fail(self, message: str) -> None:
+    def close(self, exit_code: int, error: str | None) -> None:
+        """FINISH to every connected rank (with the error that stopped the run), then stop."""
         for rank in sorted(self.connected):
-            self.send(S2C_FINISH, rank, error=message)
-        self.stop(3, message)
+            if error:
+                self.send(S2C_FINISH, rank, error=error)
+            else:
+                self.send(S2C_FINISH, rank)
+        self.stop(exit_code, error)
+        if not self.start_ready.is_set():  # the join failed: release the driver thread (it is a daemon)
+            self.start_ready.set()
+
+
+@dataclass
+class _Request:
+    """One `ask`: filled in on the receive thread, read by the driver thread after `done`."""
+
+    kind: str
+    own: dict[str, dict[str, Any]]
+    common: dict[str, Any]
+    answers: dict[str, Any] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
 
 
 # ------------------------------------------------------------------------------------------ client
@@ -476,8 +462,8 @@ class ClientNode(_Node):
     def register_message_receive_handlers(self) -> None:
         for msg_type, handler in (
             (CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY, self.on_ready), (LOCAL_TICK, self.on_tick),
-            (S2C_PING, self.on_ping), (S2C_WELCOME, self.on_welcome), (S2C_TRAIN, self.on_train),
-            (S2C_EVAL_STATS, self.on_eval_stats), (S2C_EVAL_COUNTS, self.on_eval_counts), (S2C_FINISH, self.on_finish),
+            (S2C_PING, self.on_ping), (S2C_WELCOME, self.on_welcome), (S2C_TRAIN, self.on_request),
+            (S2C_EVAL_STATS, self.on_request), (S2C_EVAL_COUNTS, self.on_request), (S2C_FINISH, self.on_finish),
         ):
             self.register_message_receive_handler(msg_type, handler)
 
@@ -486,7 +472,7 @@ class ClientNode(_Node):
             say(f"client {self.rank} ({self.label}): {line}")
 
     def hello(self) -> bool:
-        return all([self.send(C2S_HELLO, 0, **local.hello()) for local in self.home.values()])
+        return all([self.send(C2S_HELLO, 0, **local.hello().to_fields()) for local in self.home.values()])
 
     def on_ready(self, _msg: Message) -> None:
         self._say(f"{sum(c.n_train for c in self.home.values())} training rows; connecting to the server")
@@ -537,29 +523,16 @@ class ClientNode(_Node):
                 return
             time.sleep(self.rules.retry_interval_s)
 
-    def on_train(self, msg: Message) -> None:
-        """Train each client the message names, one after the other; each update goes back as soon as it is ready
-        (the server checks it while this rank trains the next)."""
+    def on_request(self, msg: Message) -> None:
+        """Answer a server request about this rank's clients (`federation.client.answers`), one message per client as
+        soon as it is ready (the server checks it while this rank computes the next)."""
         self._seen_server()
         self.welcomed = True
-        for client, own in msg.get("clients").items():
-            plan = RoundPlan.from_dict(own["plan"])
-            update = self.home[client].train(msg.get("model"), msg.get("normalizer"), plan)
-            self._say(f"round {plan.round_idx + 1}: trained {update['n']} rows at lr {plan.lr:.6g}, "
-                      f"loss {update['loss']:.5f} ({update['train_seconds']:.1f}s)")
-            self.reply(C2S_UPDATE, round=plan.round_idx, client=client, **update)
-
-    def on_eval_stats(self, msg: Message) -> None:
-        self._seen_server()
-        for client in msg.get("clients"):
-            self.reply(C2S_VAL_STATS, round=msg.get("round"), client=client,
-                       val_stats=self.home[client].validation_stats(msg.get("model"), msg.get("normalizer")))
-
-    def on_eval_counts(self, msg: Message) -> None:
-        self._seen_server()
-        for client, own in msg.get("clients").items():
-            report = self.home[client].report(msg.get("global_threshold"), own["device_threshold"], msg.get("window"))
-            self.reply(C2S_REPORT, round=msg.get("round"), report=report)
+        for msg_type, answer in answers(self.home, msg.get_type(), msg.get_params()):
+            if msg_type == C2S_UPDATE:
+                self._say(f"round {answer.round + 1}: trained {answer.n} rows at lr {answer.lr:.6g}, "
+                          f"loss {answer.loss:.5f} ({answer.train_seconds:.1f}s)")
+            self.reply(msg_type, **answer.to_fields())
 
     def on_finish(self, msg: Message) -> None:
         error = msg.get("error")
@@ -568,6 +541,19 @@ class ClientNode(_Node):
         else:
             self._say("run finished")
             self.stop(0)
+
+
+def server_node(args, cfg, run_dir: Path, data_info: dict[str, Any], kind: str, client_ranks: list[int],
+                transport: TransportFactory, checkpoint: dict[str, Any] | None = None) -> ServerNode:
+    """The server of a run: a new round state (or one restored from `checkpoint`), its outputs in `run_dir`, and the
+    driver on this node as its grid."""
+    state = RoundState(cfg, data_info, kind)
+    if checkpoint is not None:
+        state.restore(checkpoint)
+    rules = ServerRules.of(cfg)
+    out = RunOutputs(run_dir, cfg.tracking.tensorboard, rules.checkpoint)
+    return ServerNode(args, cfg, state.model, client_ranks, transport,
+                      lambda grid: run_federation(state, grid, out, rules.min_clients))
 
 
 def run_node(make_node: Callable[[], _Node], fedml_console: bool, log_file: Path, resources_file: Path,

@@ -63,45 +63,6 @@ def _prepare(cfg: FedIoTConfig, comm, rank: int, size: int, run_dir_file: str | 
     return Path(run_dir_s), Path(data_root_s), data_info
 
 
-class ClientLoader:
-    """A client's LocalClient from the data: its device's split cut as configured. The last device's parts are
-    kept, so a worker's home clients, consecutive in config order, load each device once; `keep_devices` keeps
-    every device's parts (for a process asked about clients in any order: bench/flower_app.py's Ray actors)."""
-
-    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path, keep_devices: bool = False) -> None:
-        self.cfg, self.data_root, self.run_dir = cfg, data_root, run_dir
-        self.index = {c: i for i, c in enumerate(cfg.clients)}
-        self.keep_devices = keep_devices
-        self._parts: dict[str, dict[str, Any]] = {}  # device -> client -> its part of the device's split
-        self._model: Any = None  # one autoencoder for all of this worker's clients (each use loads the weights)
-
-    def split(self, client: str):
-        from data.sources import load_client_splits
-
-        device = config_mod.device_of_client(client)
-        if device not in self._parts:
-            if not self.keep_devices:
-                self._parts.clear()
-            self._parts[device] = {p.device: p for p in load_client_splits(self.cfg, self.data_root, device)}
-        return self._parts[device][client]
-
-    def __call__(self, client: str):
-        from data import nbaiot
-        from federation.client import LocalClient
-        from model.autoencoder import AutoEncoder
-
-        if self._model is None:
-            self._model = AutoEncoder(nbaiot.N_FEATURES)
-        return LocalClient(self.split(client), self.cfg.model.feature_transform,
-                           self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                           model=self._model)
-
-
-def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
-    """The clients whose home is worker `rank` (1-based): client i lives at rank 1 + i % workers."""
-    return [c for i, c in enumerate(cfg.clients) if i % workers == rank - 1]
-
-
 def run_simulation(cf: str, run_dir_file: str | None) -> int:
     from mpi4py import MPI
 
@@ -110,6 +71,8 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     cfg = config_mod.load(cf)  # every rank validates the same file, so every rank sees the same error
     config_mod.check_world_size(cfg, size)
     run_dir, data_root, data_info = _prepare(cfg, comm, rank, size, run_dir_file)
+
+    from federation.client import ClientLoader, home_clients
 
     # each worker loads its home clients' rows (errors from any rank stop all ranks with one message)
     workers = size - 1
@@ -125,13 +88,12 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
 
     import torch
 
-    from federation.core import RoundCore
     from trainer.fedml_glue import fds_to_file, init_fedml
 
     log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
     args = init_fedml(cfg, log_file, [])
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
-        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node
+        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node, server_node
         from trainer.transport import MpiTransport
     torch.set_num_threads(cfg.device.torch_threads)  # N+1 processes share the cores
     node_comm = comm.Dup()  # our nodes' messages never mix with anything else on COMM_WORLD
@@ -141,7 +103,7 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
 
     def make_node() -> ServerNode | ClientNode:
         if rank == 0:
-            return ServerNode(args, RoundCore(cfg, run_dir, data_info, "federated"), list(range(1, size)), transport)
+            return server_node(args, cfg, run_dir, data_info, "federated", list(range(1, size)), transport)
         return ClientNode(args, home, rank, workers, ClientRules.of(cfg), transport)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",

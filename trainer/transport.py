@@ -31,7 +31,7 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
 
-from federation.protocol import SCHEMAS
+from federation.messages import SCHEMAS
 from federation.wire import WireError, decode, encode
 
 QUEUE_POLL_S = 0.5

@@ -1,47 +1,40 @@
-"""The round core: the server's side of a federated run, framework-free.
+"""The round state: the server's side of a federated run as pure rules (no console, no files, no transport).
 
-Both run paths drive this one object: the MPI simulation and the gRPC deployment run the same
-server node (`trainer.nodes.ServerNode`) on different transports, and the node calls only this.
-It owns what a round is:
+`federation.driver.run_federation` is the one place that says in which order these are applied; every run path
+(MPI simulation, gRPC deployment, the in-process grid, the Flower adapter) runs that driver. The state owns:
 
-- the round's hyperparameters (`RoundPlan`: lr from the one learning-rate schedule, epochs, batch
-  size, seed), sent to each client, which trains with exactly what it was sent;
+- the round's hyperparameters (`RoundPlan`: lr from the one learning-rate schedule, epochs, batch size, seed),
+  sent to each client, which trains with exactly what it was sent; which clients train (`sample`);
 - the normaliser from the clients' merged feature statistics;
 - the aggregation of the clients' updates (FedAvg or a robust rule, `federation.aggregation`);
-- what a lying client's numbers may do (`cfg.defenses`): capped row counts, a trimmed merge of feature
-  statistics, screened updates, a bounded share of the global threshold, count reports checked against what the
-  client announced and against its own histograms (README: "Lying clients");
-- the per-round record (`rounds.jsonl`: lr, client losses and seconds, bytes, dropped clients,
-  evaluation) and its summary line;
-- which rounds evaluate (`is_eval_round`), thresholds from merged validation-error statistics,
-  metrics from the clients' count reports;
-- the checkpoint payload, and the final outputs (model.pt, metrics.json, curves.json, report).
+- what a lying client's numbers may do (`cfg.defenses`, the rules in `federation.defenses`);
+- the per-round record (a dict for rounds.jsonl: lr, client losses and seconds, dropped clients, evaluation)
+  and its summary line (returned, not printed); notices about what the defenses did (`take_notices`);
+- which rounds evaluate (`is_eval_round`), the evaluated model (tail average, `evaluated_state`), thresholds
+  from merged validation-error statistics, metrics from the clients' count reports;
+- the checkpoint payload and what the final outputs hold (written by `federation.outputs`).
 """
 from __future__ import annotations
 
-import copy
 import time
 from collections import deque
-from dataclasses import asdict, dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from data import nbaiot
-from evaluation.counts import combine_reports, curves_from_reports, report_problems
-from evaluation.metrics import METRIC_KEYS
-from evaluation.scoring import clip_threshold_outliers, thresholds_from_stats
-from federation.aggregation import aggregate, capped_counts
-from federation.tracking import Tracker
+from evaluation.counts import combine_reports, curves_from_reports
+from evaluation.metrics import METRIC_KEYS, rate_text
+from evaluation.scoring import thresholds_from_stats
+from federation import defenses
+from federation.aggregation import aggregate
+from federation.messages import Hello, RoundPlan, Update
 from fediot.config import FedIoTConfig, client_part, device_of_client
-from fediot.console import round_bar, say
+from fediot.console import round_bar
 from fediot.errors import ConfigError
-from fediot.rundir import append_jsonl, write_json
-from model.autoencoder import AutoEncoder
-from model.detector import Detector, ErrorStats
+from model.autoencoder import AutoEncoder, state_of
+from model.detector import ErrorStats
 from model.normalization import FeatureStats, Normalizer
 
 SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
@@ -57,83 +50,11 @@ def is_eval_round(round_idx: int, n_rounds: int, frequency: int) -> bool:
     return (round_idx + 1) % frequency == 0 or round_idx == n_rounds - 1
 
 
-def state_of(model: nn.Module) -> dict[str, torch.Tensor]:
-    """A detached CPU copy of a model's weights (what travels between server and clients)."""
-    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-
-
-@dataclass(frozen=True)
-class RoundPlan:
-    """What the server tells one client to do in one round; the client trains with exactly this."""
-
-    round_idx: int
-    lr: float
-    epochs: int
-    batch_size: int
-    weight_decay: float
-    seed: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Any) -> "RoundPlan":
-        """Rebuild a plan from a message, refusing anything that is not a plausible plan."""
-        if not isinstance(d, dict) or set(d) != {f for f in cls.__dataclass_fields__}:
-            raise ValueError(f"a round plan needs exactly the fields {sorted(cls.__dataclass_fields__)}")
-        ints = ("round_idx", "epochs", "batch_size", "seed")
-        if any(not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0 for k in ints) \
-                or d["epochs"] < 1 or d["batch_size"] < 1:
-            raise ValueError(f"a round plan needs non-negative integers {ints} (epochs and batch size >= 1)")
-        if any(not isinstance(d[k], (int, float)) or not 0 <= d[k] < float("inf") for k in ("lr", "weight_decay")) \
-                or d["lr"] <= 0:
-            raise ValueError("a round plan needs a finite lr > 0 and weight_decay >= 0")
-        return cls(**d)
-
-
-def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
-    """The deployment server's per-round checkpoint of a run directory (for --resume)."""
-    path = run_dir / "checkpoint.pt"
-    if not path.is_file():
-        raise ConfigError(f"--resume {run_dir}: no checkpoint.pt there (is it a deployment server run directory?)")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
-        raise ConfigError(f"{path}: unreadable checkpoint ({exc})") from None
-    if not isinstance(payload, dict) or payload.get("format") != SERVER_CHECKPOINT_FORMAT:
-        raise ConfigError(f"{path}: not a FedIoT server checkpoint")
-    return payload
-
-
-def rate_text(key: str, m: dict[str, Any]) -> str:
-    """A rate to 4 decimals; 'n/a' when undefined (e.g. precision when nothing was flagged)."""
-    return "n/a" if m.get(key) is None else f"{m[key]:.4f}"
-
-
-def write_final_outputs(run_dir: Path, model: nn.Module, normalizer: Normalizer, threshold_k: float,
-                        global_threshold: float, device_thresholds: dict[str, float], meta: dict[str, Any],
-                        metrics_doc: dict[str, Any], curves: dict[str, Any]) -> None:
-    """End of a federated run: model.pt, metrics.json, curves.json, report.md, and the final lines."""
-    from evaluation.report import write_report  # matplotlib: only the server that finishes a run needs it
-
-    final = AutoEncoder(model.input_dim)
-    final.load_state_dict(copy.deepcopy(model.state_dict()))
-    Detector(final, normalizer, threshold_k, global_threshold, dict(device_thresholds), meta).save(run_dir / "model.pt")
-    write_json(run_dir / "metrics.json", metrics_doc)
-    write_json(run_dir / "curves.json", curves)
-    g = metrics_doc["global"]
-    say(f"final (global threshold {global_threshold:.5f}): TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
-        f"precision {rate_text('precision', g)}  F1 {rate_text('f1', g)}  ROC-AUC {rate_text('roc_auc', g)}")
-    d = g["modes"]["device"]
-    say(f"final (per-device thresholds): TPR {rate_text('tpr', d)}  FPR {rate_text('fpr', d)}  F1 {rate_text('f1', d)}")
-    say(f"report: {write_report(run_dir)}")
-
-
-class RoundCore:
+class RoundState:
     """Server-side state of a federated run: global model, normaliser, round counter, thresholds."""
 
-    def __init__(self, cfg: FedIoTConfig, run_dir: Path, data_info: dict[str, Any], kind: str) -> None:
-        self.cfg, self.run_dir, self.data_info, self.kind = cfg, run_dir, data_info, kind
+    def __init__(self, cfg: FedIoTConfig, data_info: dict[str, Any], kind: str) -> None:
+        self.cfg, self.data_info, self.kind = cfg, data_info, kind
         self.n_rounds = cfg.train.comm_round
         torch.manual_seed(cfg.common.random_seed)
         self.model = AutoEncoder(nbaiot.N_FEATURES)
@@ -149,22 +70,29 @@ class RoundCore:
         self.started = time.monotonic()
         self.round_started = self.started
         self.eval_started = self.started
-        self.tracker = Tracker(run_dir, cfg.tracking.tensorboard)
+        self.notices: list[str] = []  # what the defenses did, for the console (`take_notices`)
         self.metrics: dict[str, Any] | None = None  # of the last evaluation
         self.curves: dict[str, Any] | None = None
         self.defenses = cfg.defenses
         self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
         self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
 
-    def client_joined(self, device: str, n_train: int, held_out: dict[str, Any]) -> None:
+    def client_joined(self, hello: Hello) -> None:
         """What a client announced when it (re)joined: the counts its later messages must agree with."""
-        self.announced[device] = {"n_train": n_train, "held_out": held_out}
+        self.announced[hello.device] = {"n_train": hello.n_train, "held_out": hello.held_out}
+
+    def take_notices(self) -> list[str]:
+        """The notices since the last call (count cuts, left-out statistics and reports), oldest first."""
+        notices, self.notices = self.notices, []
+        return notices
+
+    def _notice(self, what: str, cut: dict[str, str]) -> None:
+        self.notices.extend(f"{what}: {client}: {why}" for client, why in sorted(cut.items()))
 
     def _capped(self, counts: dict[str, int], what: str) -> dict[str, int]:
-        """Row counts as weights: capped at count_ratio_limit x the median when robust (cuts are said)."""
-        capped, cut = capped_counts(counts, self.defenses.count_ratio_limit)
-        for device, why in sorted(cut.items()):
-            say(f"{what}: {device}: {why}")
+        """Row counts as weights: capped at count_ratio_limit x the median when robust (cuts are noticed)."""
+        capped, cut = defenses.capped_counts(counts, self.defenses.count_ratio_limit)
+        self._notice(what, cut)
         return capped
 
     # -- state
@@ -214,16 +142,10 @@ class RoundCore:
             return
         m, d = self.cfg.model, self.defenses
         if d.robust:
-            counts = self._capped({c: s.count for c, s in stats.items()}, "feature statistics")
-            parts = [stats[c].with_count(counts[c]) for c in sorted(stats)]
-            merged = FeatureStats.merge(parts)
-            trimmed = Normalizer.from_stats(FeatureStats.trimmed_merge(parts, d.byzantine_clients),
-                                            m.feature_transform, m.normalization)
-            self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization).bounded_by(
-                trimmed, d.scale_ratio_limit)
-            how = (f"training benign rows of all clients (merged statistics, counts capped; each feature's scale and "
-                   f"offset bounded by {d.scale_ratio_limit:g}x a merge without the "
-                   f"{min(d.byzantine_clients, (len(parts) - 1) // 2)} client(s) farthest from the median client)")
+            self.normalizer, merged, how, cut = defenses.robust_normalizer(
+                stats, d.count_ratio_limit, d.byzantine_clients, d.scale_ratio_limit, m.feature_transform,
+                m.normalization)
+            self._notice("feature statistics", cut)
         else:
             merged = FeatureStats.merge(list(stats.values()))
             self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization)
@@ -264,15 +186,19 @@ class RoundCore:
             self.record["sampled"] = self.sampled
         return self._global()
 
-    def finish_round(self, updates: dict[str, dict[str, Any]], dropped: list[str],
+    def plans(self) -> dict[str, dict[str, Any]]:
+        """What differs per sampled client in this round's TRAIN request: its plan."""
+        return {c: {"plan": self.plan(c).to_dict()} for c in self.sampled}
+
+    def finish_round(self, updates: dict[str, Update], dropped: list[str],
                      traffic: dict[str, Any] | None = None) -> str:
-        """Aggregate the answers (device -> update), complete the round's record; the summary line."""
+        """Aggregate the answers (client -> update), complete the round's record; the summary line."""
         d = self.defenses
-        counts = {c: int(u["n"]) for c, u in updates.items()}
+        counts = {c: u.n for c, u in updates.items()}
         if d.robust:  # a client weighs at most the rows it announced, capped against the others
             counts = self._capped({c: min(n, self.announced.get(c, {}).get("n_train", n)) for c, n in counts.items()},
                                   f"round {self.round + 1} weights")
-        new_state, screened = aggregate({c: (counts[c], u["model"]) for c, u in updates.items()}, state_of(self.model),
+        new_state, screened = aggregate({c: (counts[c], u.model) for c, u in updates.items()}, state_of(self.model),
                                         d.aggregation, d.trim_fraction, d.byzantine_clients, d.screen_norm_factor)
         self.model.load_state_dict(new_state)
         if self.round <= self.n_rounds // 2:  # rounds 1..n/2: no mean (`evaluated_state`)
@@ -284,8 +210,8 @@ class RoundCore:
             "elapsed_s": round(now - self.started, 4),
             "clients": sorted(updates),
             "dropped": sorted(dropped),
-            "client_losses": {d: updates[d]["loss"] for d in sorted(updates)},
-            "client_train_seconds": {d: updates[d]["train_seconds"] for d in sorted(updates)},
+            "client_losses": {d: updates[d].loss for d in sorted(updates)},
+            "client_train_seconds": {d: updates[d].train_seconds for d in sorted(updates)},
             "aggregation": d.aggregation,
             **({"screened_out": screened} if screened else {}),
             **(traffic or {}),
@@ -330,8 +256,10 @@ class RoundCore:
         return {k: torch.stack([s[k] for s in self.recent]).mean(0) for k in self.recent[0]}
 
     def _global(self, state: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
-        """The global weights (or `state`, the evaluated model) and normaliser, as every client is sent them."""
-        return {"model": state_of(self.model) if state is None else state, "normalizer": self.normalizer.to_dict()}
+        """The round, the global weights (or `state`, the evaluated model) and normaliser, as every client is sent
+        them."""
+        return {"round": self.round, "model": state_of(self.model) if state is None else state,
+                "normalizer": self.normalizer.to_dict()}
 
     def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
         """Thresholds from the clients' validation-error statistics."""
@@ -339,21 +267,17 @@ class RoundCore:
         self.val_counts = {c: s.count for c, s in val_stats.items()}
         excluded: dict[str, str] = {}
         if d.robust:
-            for c, s in val_stats.items():
-                announced = self.announced.get(c, {}).get("held_out", {}).get("validation")
-                if announced is not None and s.count != announced:
-                    excluded[c] = f"its validation statistics count {s.count} rows, it announced {announced}"
+            excluded = defenses.validation_count_mismatches(
+                val_stats, {c: self.announced.get(c, {}).get("held_out", {}).get("validation") for c in val_stats})
             counts = self._capped({c: s.count for c, s in val_stats.items()}, "validation statistics")
             val_stats = {c: s.scaled(1.0, counts[c]) for c, s in val_stats.items()}
         _, per_device = thresholds_from_stats(val_stats, k)  # each device's own, from what it reported
-        pooled, clipped = clip_threshold_outliers({c: s for c, s in val_stats.items() if c not in excluded}, k,
+        pooled, clipped = defenses.threshold_band({c: s for c, s in val_stats.items() if c not in excluded}, k,
                                                   d.threshold_outlier_mads, d.byzantine_clients)
         if not pooled:  # nobody's validation statistics agree with what they announced: pool them as sent
             pooled, excluded = dict(val_stats), {}
-        for device, why in sorted(excluded.items()):
-            say(f"global threshold leaves out {device}: {why}")
-        for device, why in sorted(clipped.items()):
-            say(f"global threshold: {device}: {why}")
+        self.notices.extend(f"global threshold leaves out {device}: {why}" for device, why in sorted(excluded.items()))
+        self._notice("global threshold", clipped)
         glob, _ = thresholds_from_stats(pooled, k)
         self.thresholds = {"global": glob, "device": per_device}
         if excluded:
@@ -361,11 +285,12 @@ class RoundCore:
         if clipped:
             self.record["threshold_clipped"] = clipped
 
-    def counts_request(self) -> tuple[dict[str, Any], Callable[[str], dict[str, Any]]]:
-        """What clients are sent to count their rows: (the same for all: the global threshold and the vote
-        window, client -> its own threshold); a client learns no other device's threshold."""
-        return ({"global_threshold": self.thresholds["global"], "window": self.cfg.validation.vote_window},
-                lambda client: {"device_threshold": self.thresholds["device"][client]})
+    def counts_request(self, clients: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """What `clients` are sent to count their rows: (the same for all: the round, the global threshold and the
+        vote window; client -> its own threshold); a client learns no other device's threshold."""
+        return ({"round": self.round, "global_threshold": self.thresholds["global"],
+                 "window": self.cfg.validation.vote_window},
+                {c: {"device_threshold": self.thresholds["device"][c]} for c in clients})
 
     def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
         """Combine the clients' count reports into metrics (kept for `finish`); the summary line."""
@@ -391,41 +316,44 @@ class RoundCore:
         for r in reports:
             device = r["device"]
             announced = self.announced.get(device)
-            problems = ["it never announced its held-out rows"] if announced is None else report_problems(
+            problems = ["it never announced its held-out rows"] if announced is None else defenses.report_problems(
                 r, announced["held_out"], self.val_counts.get(device),
                 {"global": self.thresholds["global"], "device": self.thresholds["device"][device]},
                 self.cfg.validation.vote_window)
             if problems:
                 rejected[device] = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-                say(f"count report of {device} left out: {rejected[device]}")
+                self.notices.append(f"count report of {device} left out: {rejected[device]}")
             else:
                 kept.append(r)
         if rejected:
             self.record["reports_rejected"] = rejected
         return kept
 
-    # -- records and outputs
-    def write_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None) -> None:
-        """Append the current round's record to rounds.jsonl (and TensorBoard), with the number of
-        messages rejected since the previous record (and the first few reasons); start a new one."""
-        if self.record.get("round"):
-            self.record["rejected"] = rejected
-            if rejections:
-                self.record["rejections"] = rejections
-            append_jsonl(self.run_dir / "rounds.jsonl", self.record)
-            self.tracker.log_round(self.record)
-        self.record = {}
+    # -- records and what the outputs hold
+    def close_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None) -> dict[str, Any]:
+        """The current round's record for rounds.jsonl, with the number of messages rejected since the previous
+        record (and the first few reasons); empty when no round is open. A new record starts."""
+        record, self.record = self.record, {}
+        if not record.get("round"):
+            return {}
+        record["rejected"] = rejected
+        if rejections:
+            record["rejections"] = rejections
+        return record
 
-    def finish(self) -> None:
-        """Final outputs of the run from the last evaluation."""
-        self.tracker.close()
-        metrics = self.metrics
+    def final_model(self) -> AutoEncoder:
+        """The evaluated (and saved) model of the run."""
         final = AutoEncoder(nbaiot.N_FEATURES)
         final.load_state_dict(self.evaluated if self.evaluated is not None else self.evaluated_state())
-        write_final_outputs(
-            self.run_dir, final, self.normalizer, self.cfg.validation.threshold_k,
-            self.thresholds["global"], self.thresholds["device"],
-            {"kind": self.kind, "devices": sorted(metrics["devices"]), "rounds": self.n_rounds, "data": self.data_info},
-            {"data": self.data_info, "kind": self.kind, "normalization": self.normalization,
-             "model": {"average_of_rounds": self.averaged_rounds(), "rule": "mean of the global models after these "
-                       "rounds (train_args.model_average_rounds)"}, **metrics}, self.curves)
+        return final
+
+    def final_meta(self) -> dict[str, Any]:
+        """The detector's metadata in model.pt."""
+        return {"kind": self.kind, "devices": sorted(self.metrics["devices"]), "rounds": self.n_rounds,
+                "data": self.data_info}
+
+    def final_metrics(self) -> dict[str, Any]:
+        """metrics.json of the run, from the last evaluation."""
+        return {"data": self.data_info, "kind": self.kind, "normalization": self.normalization,
+                "model": {"average_of_rounds": self.averaged_rounds(), "rule": "mean of the global models after these "
+                          "rounds (train_args.model_average_rounds)"}, **self.metrics}

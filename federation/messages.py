@@ -1,8 +1,11 @@
-"""The messages of a federated run and what each may contain: every message is input.
+"""The messages of a federated run, defined once: their types, fields, validators and typed forms.
 
-Both nodes check each message they receive against its type's schema before using it (field
-names, types, shapes against the global model, finiteness, ranges); `ProtocolError` names what was
-wrong, and the receiver logs it, counts it and goes on. What a well-formed lie can still do (a
+Every message is input. A receiver checks it against its type's schema (`validate`) before using it: field
+names, types, shapes against the global model, finiteness, ranges; `ProtocolError` names what was wrong, and the
+receiver logs it, counts it and goes on. The typed forms (`Hello`, `Update`, `ValStats`, `Report`, `RoundPlan`)
+are what the client builds (`to_fields`) and what the server and the defenses read (`of`, after `validate`).
+
+What a well-formed lie can still do (a
 plausible but poisoned update, inflated statistics) is the robust-aggregation layer's business.
 
 | message | direction | fields |
@@ -26,14 +29,16 @@ rank about.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 
 from evaluation.counts import HIST_EDGES
-from federation.core import RoundPlan
+from fediot.checks import InputError, fail as _fail, integer as _int, mapping as _dict, number as _num
+from fediot.checks import string as _str, vector as _vector
+from model.detector import ErrorStats
+from model.normalization import FeatureStats
 
 C2S_HELLO = "fediot_hello"
 S2C_WELCOME = "fediot_welcome"
@@ -46,13 +51,11 @@ S2C_EVAL_COUNTS = "fediot_eval_counts"
 C2S_REPORT = "fediot_report"
 S2C_FINISH = "fediot_finish"
 
-MAX_ROWS = 10**9  # plausibility bound on any row count a peer reports
 MAX_SECONDS = 10**7
 N_HIST_BINS = len(HIST_EDGES) + 1
 
 
-class ProtocolError(ValueError):
-    """A message that does not match its type's schema."""
+ProtocolError = InputError  # a message that does not match its type's schema
 
 
 @dataclass(frozen=True)
@@ -66,43 +69,6 @@ class Expectations:
     @classmethod
     def of(cls, model: torch.nn.Module, devices: list[str]) -> "Expectations":
         return cls({k: tuple(v.shape) for k, v in model.state_dict().items()}, model.input_dim, frozenset(devices))
-
-
-def _fail(what: str) -> None:
-    raise ProtocolError(what)
-
-
-def _int(v: Any, name: str, lo: int = 0, hi: int = MAX_ROWS) -> int:
-    if not isinstance(v, int) or isinstance(v, bool) or not lo <= v <= hi:
-        _fail(f"{name} must be an integer in {lo}..{hi}")
-    return v
-
-
-def _num(v: Any, name: str, lo: float = 0.0, hi: float = math.inf) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
-        _fail(f"{name} must be a finite number in [{lo:g}, {hi:g}]")
-    return float(v)
-
-
-def _str(v: Any, name: str, max_len: int = 200) -> str:
-    if not isinstance(v, str) or len(v) > max_len:
-        _fail(f"{name} must be a string of at most {max_len} characters")
-    return v
-
-
-def _dict(v: Any, name: str, keys: set[str] | None = None) -> dict[str, Any]:
-    if not isinstance(v, dict):
-        _fail(f"{name} must be a mapping")
-    if keys is not None and set(v) != keys:
-        _fail(f"{name} must have exactly the keys {sorted(keys)}, not {sorted(map(str, v))[:10]}")
-    return v
-
-
-def _vector(v: Any, name: str, n: int, lo: float = -math.inf) -> None:
-    if not isinstance(v, list) or len(v) != n:
-        _fail(f"{name} must be a list of {n} numbers")
-    for x in v:
-        _num(x, name, lo)
 
 
 def _state(v: Any, exp: Expectations, name: str = "model") -> None:
@@ -234,7 +200,7 @@ def _train(p: dict[str, Any], exp: Expectations) -> None:
     for name, fields in _addressed(p, exp, {"plan"}).items():
         try:
             RoundPlan.from_dict(fields["plan"])
-        except ValueError as exc:
+        except InputError as exc:
             _fail(f"clients[{name}].plan: {exc}")
 
 
@@ -290,3 +256,125 @@ def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
         raise ProtocolError(f"{msg_type}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a check must never crash the receiver
         raise ProtocolError(f"{msg_type}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+# ------------------------------------------------------------------------------------------ typed forms
+@dataclass(frozen=True)
+class RoundPlan:
+    """What the server tells one client to do in one round; the client trains with exactly this."""
+
+    round_idx: int
+    lr: float
+    epochs: int
+    batch_size: int
+    weight_decay: float
+    seed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Any) -> "RoundPlan":
+        """Rebuild a plan from a message, refusing anything that is not a plausible plan (`InputError`)."""
+        if not isinstance(d, dict) or set(d) != {f for f in cls.__dataclass_fields__}:
+            _fail(f"a round plan needs exactly the fields {sorted(cls.__dataclass_fields__)}")
+        ints = ("round_idx", "epochs", "batch_size", "seed")
+        if any(not isinstance(d[k], int) or isinstance(d[k], bool) or d[k] < 0 for k in ints) \
+                or d["epochs"] < 1 or d["batch_size"] < 1:
+            _fail(f"a round plan needs non-negative integers {ints} (epochs and batch size >= 1)")
+        if any(not isinstance(d[k], (int, float)) or isinstance(d[k], bool) or not 0 <= d[k] < float("inf")
+               for k in ("lr", "weight_decay")) or d["lr"] <= 0:
+            _fail("a round plan needs a finite lr > 0 and weight_decay >= 0")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class Hello:
+    """HELLO: a client (re)joins with what it holds: training rows and their statistics, held-out row counts."""
+
+    device: str
+    n_train: int
+    feature_stats: FeatureStats
+    held_out: dict[str, Any]  # validation, test: rows; attacks: {file: rows}
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"device": self.device, "n_train": self.n_train, "feature_stats": self.feature_stats.to_dict(),
+                "held_out": self.held_out}
+
+    @classmethod
+    def of(cls, f: dict[str, Any]) -> "Hello":
+        return cls(f["device"], int(f["n_train"]), FeatureStats.from_dict(f["feature_stats"]), f["held_out"])
+
+
+@dataclass(frozen=True)
+class Update:
+    """UPDATE: one client's trained weights for one round, the rows it claims and what training cost."""
+
+    round: int
+    client: str
+    model: dict[str, torch.Tensor]
+    n: int
+    loss: float
+    lr: float
+    train_seconds: float
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"round": self.round, "client": self.client, "model": self.model, "n": self.n, "loss": self.loss,
+                "lr": self.lr, "train_seconds": self.train_seconds}
+
+    @classmethod
+    def of(cls, f: dict[str, Any]) -> "Update":
+        return cls(f["round"], f["client"], f["model"], int(f["n"]), float(f["loss"]), float(f["lr"]),
+                   float(f["train_seconds"]))
+
+
+@dataclass(frozen=True)
+class ValStats:
+    """VAL_STATS: statistics of one client's validation errors under the evaluated model."""
+
+    round: int
+    client: str
+    stats: ErrorStats
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"round": self.round, "client": self.client,
+                "val_stats": {"count": self.stats.count, "total": self.stats.total, "total_sq": self.stats.total_sq}}
+
+    @classmethod
+    def of(cls, f: dict[str, Any]) -> "ValStats":
+        return cls(f["round"], f["client"], ErrorStats(**f["val_stats"]))
+
+
+@dataclass(frozen=True)
+class Report:
+    """REPORT: one client's count report (`evaluation.counts.client_report`; `report["device"]` is the client)."""
+
+    round: int
+    report: dict[str, Any]
+
+    @property
+    def client(self) -> str:
+        return self.report["device"]
+
+    def to_fields(self) -> dict[str, Any]:
+        return {"round": self.round, "report": self.report}
+
+    @classmethod
+    def of(cls, f: dict[str, Any]) -> "Report":
+        return cls(f["round"], f["report"])
+
+
+# the answer each server request waits for, and its typed form
+ANSWER_TO = {S2C_TRAIN: C2S_UPDATE, S2C_EVAL_STATS: C2S_VAL_STATS, S2C_EVAL_COUNTS: C2S_REPORT}
+TYPED: dict[str, Any] = {C2S_HELLO: Hello, C2S_UPDATE: Update, C2S_VAL_STATS: ValStats, C2S_REPORT: Report}
+
+
+def answer_client(msg_type: str, fields: dict[str, Any]) -> str:
+    """The client an answer is about (a validated UPDATE, VAL_STATS or REPORT)."""
+    return fields["report"]["device"] if msg_type == C2S_REPORT else fields["client"]
+
+
+def typed(msg_type: str, fields: dict[str, Any], exp: Expectations) -> Any:
+    """A received client message, validated (`ProtocolError` otherwise) and in its typed form."""
+    validate(msg_type, fields, exp)
+    return TYPED[msg_type].of(fields)

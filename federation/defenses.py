@@ -1,0 +1,176 @@
+"""The robustness rules: what a lying client's numbers may do, each a pure function (no console, no files).
+
+A client's row counts, feature statistics, update, validation statistics and count report are its word. With
+`defenses_args.robust` (README: "Lying clients") the round state applies these rules, each of which returns what it
+kept and, per client, why it cut or left something out:
+
+* `capped_counts`: no client weighs more than `count_ratio_limit` x the median client's count (update weights and
+  statistics merges);
+* `robust_normalizer`: the merged feature statistics, each feature's scale and offset bounded by a trimmed merge
+  without the `byzantine_clients` clients farthest from the median client;
+* `screen`: an update farther from the global model than `screen_norm_factor` x the median distance is left out
+  before the aggregation rule (`federation.aggregation`);
+* `validation_count_mismatches`: validation statistics over another number of rows than the client announced;
+* `threshold_band`: a device whose threshold lies outside the band of plausible thresholds counts at its edge in
+  the global threshold;
+* `report_problems`: a count report that cannot be true (announced rows, thresholds sent, its own histograms).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from evaluation.counts import HIST_EDGES
+from federation.aggregation import State, flat, stack
+from model.detector import ErrorStats
+from model.normalization import FeatureStats, Normalizer
+
+
+def capped_counts(counts: dict[str, int], ratio: float | None) -> tuple[dict[str, int], dict[str, str]]:
+    """Counts limited to `ratio` x the median count (None = as sent), and the clients whose count was cut (why)."""
+    if ratio is None or not counts:
+        return dict(counts), {}
+    cap = max(1, int(ratio * float(torch.tensor([float(n) for n in counts.values()], dtype=torch.float64).median())))
+    cut = {c: f"its row count {n} is above {ratio:g}x the median count; weighed as {cap}" for c, n in counts.items() if n > cap}
+    return {c: min(n, cap) for c, n in counts.items()}, cut
+
+
+def screen(updates: dict[str, tuple[int, State]], global_state: State, factor: float | None) -> dict[str, str]:
+    """Clients whose update lies more than factor x the median distance from the global model: client -> reason."""
+    if factor is None or len(updates) < 3:
+        return {}
+    clients = list(updates)
+    gaps = stack([updates[c] for c in clients])
+    gaps -= flat(global_state)  # in place: a second fresh 3 MB array costs more in page faults than the arithmetic
+    dist = dict(zip(clients, np.sqrt(np.einsum("ij,ij->i", gaps, gaps)).tolist()))  # np.linalg.norm(axis=1): 10x slower
+    median = float(torch.tensor(list(dist.values()), dtype=torch.float64).median())
+    if median <= 0.0:
+        return {}
+    return {c: f"update {d / median:.1f}x the median distance from the global model (limit {factor:g}x)"
+            for c, d in dist.items() if d > factor * median}
+
+
+def robust_normalizer(stats: dict[str, FeatureStats], counts_ratio: float | None, byzantine: int,
+                      scale_ratio_limit: float, transform: str, method: str
+                      ) -> tuple[Normalizer, FeatureStats, str, dict[str, str]]:
+    """The normaliser from clients' feature statistics, counts capped and each feature's scale and offset bounded by
+    `scale_ratio_limit` x a merge without the `byzantine` clients farthest from the median client. Returns the
+    normaliser, the (capped) merged statistics, how it was fitted (metrics.json) and the count cuts."""
+    counts, cut = capped_counts({c: s.count for c, s in stats.items()}, counts_ratio)
+    parts = [stats[c].with_count(counts[c]) for c in sorted(stats)]
+    merged = FeatureStats.merge(parts)
+    trimmed = Normalizer.from_stats(FeatureStats.trimmed_merge(parts, byzantine), transform, method)
+    normalizer = Normalizer.from_stats(merged, transform, method).bounded_by(trimmed, scale_ratio_limit)
+    how = (f"training benign rows of all clients (merged statistics, counts capped; each feature's scale and "
+           f"offset bounded by {scale_ratio_limit:g}x a merge without the "
+           f"{min(byzantine, (len(parts) - 1) // 2)} client(s) farthest from the median client)")
+    return normalizer, merged, how, cut
+
+
+def validation_count_mismatches(stats: dict[str, ErrorStats], announced: dict[str, int | None]) -> dict[str, str]:
+    """Clients whose validation statistics count other rows than they announced when they joined: client -> why."""
+    return {c: f"its validation statistics count {s.count} rows, it announced {announced[c]}"
+            for c, s in stats.items() if announced.get(c) is not None and s.count != announced[c]}
+
+
+MIN_BAND_RATIO = 2.0  # the band of plausible thresholds is at least this factor either side of the median
+
+
+def threshold_band(stats: dict[str, ErrorStats], k: float, mads: float | None,
+                            limit: int | None = None) -> tuple[dict[str, ErrorStats], dict[str, str]]:
+    """Validation statistics for the global threshold with bounded influence. The band of plausible device
+    thresholds is the median device's x/÷ exp(mads x MAD of the log thresholds) (at least MIN_BAND_RATIO): it
+    follows how different the devices of this federation really are, and a minority cannot move the median or
+    the MAD far. A device outside the band counts as if its errors were scaled to the nearest threshold of a
+    device inside it, so a client lying about its validation errors counts like the most extreme plausible
+    device (and one that stays inside the band moves the global threshold at most to its edge), while an
+    honest device that is merely different still counts (leaving it out would set the global threshold below
+    its normal errors). At most `limit` devices are bounded (the defenses' byzantine_clients), the farthest
+    first: when many clients sit outside the band together (measured: 82 of the 112 honest clients of one
+    poorly fit device among 1,008), they are the federation's spread, and bounding them all would set the
+    global threshold below that device's normal errors (its FPR 0.34). Returns the statistics to pool and
+    device -> what was done."""
+    if mads is None or len(stats) < 3:
+        return dict(stats), {}
+    own = {d: s.threshold(k) for d, s in stats.items()}
+    if min(own.values()) <= 0.0:
+        return dict(stats), {}
+    logs = {d: float(np.log(t)) for d, t in own.items()}
+    centre = float(np.median(list(logs.values())))
+    mad = float(np.median([abs(v - centre) for v in logs.values()]))
+    half = max(mads * mad, float(np.log(MIN_BAND_RATIO)))
+    inside = [v for v in logs.values() if abs(v - centre) <= half]
+    outside = sorted((d for d, v in logs.items() if abs(v - centre) > half), key=lambda d: -abs(logs[d] - centre))
+    bounded = outside if limit is None else outside[:limit]
+    note = f"; {len(outside)} outside, at most {limit} bounded" if len(bounded) < len(outside) else ""
+    out, clipped = dict(stats), {}
+    for d in bounded:
+        v = logs[d]
+        edge = max(inside) if v > centre else min(inside)
+        out[d] = stats[d].scaled(float(np.exp(edge - v)))
+        clipped[d] = (f"its threshold {own[d]:.4g} is {np.exp(v - centre):.3g}x the median device threshold "
+                      f"{np.exp(centre):.4g}, outside the band of x/÷ {np.exp(half):.3g}; counted at "
+                      f"{np.exp(edge):.4g}, the nearest device inside it{note}")
+    return out, clipped
+
+
+def window_decisions(n_rows: int, window: int) -> int:
+    """How many majority-vote decisions `majority_vote` makes over n_rows rows."""
+    return 0 if n_rows == 0 else max(n_rows - window + 1, 1)
+
+
+def flag_bounds(h: dict[Any, int], threshold: float) -> tuple[int, int]:
+    """Fewest and most rows of a score histogram that can lie above `threshold` (the bin holding it is unsure)."""
+    tbin = int(np.searchsorted(HIST_EDGES, threshold, side="right"))
+    sure = sum(c for b, c in h.items() if int(b) > tbin)
+    return sure, sure + int(h.get(tbin, h.get(str(tbin), 0)))
+
+
+def report_problems(r: dict[str, Any], announced: dict[str, Any], validation_count: int | None,
+                    thresholds: dict[str, float], window: int) -> list[str]:
+    """Why a client's count report cannot be true: counts that differ from the held-out rows it announced
+    when it joined or from its own validation statistics, thresholds other than those it was sent, flag
+    counts its own score histograms rule out. Empty for an honest report. (A client that fabricates its
+    scores consistently still passes: it can lie about its own device only, which its row then shows.)"""
+    problems: list[str] = []
+
+    def expect(what: str, got: int, want: int) -> None:
+        if got != want:
+            problems.append(f"{what} is {got}, expected {want}")
+
+    n_val, n_test, n_attacks = announced["validation"], announced["test"], announced["attacks"]
+    expect("validation rows", r["validation"]["n"], n_val)
+    if validation_count is not None:
+        expect("validation rows (against its validation statistics)", r["validation"]["n"], validation_count)
+    if set(r["hist"]["attacks"]) != set(n_attacks):
+        problems.append(f"attack files {sorted(r['hist']['attacks'])}, announced {sorted(n_attacks)}")
+        return problems
+    expect("benign test rows in the histogram", sum(r["hist"]["benign"].values()), n_test)
+    for name, n in n_attacks.items():
+        expect(f"{name} rows in the histogram", sum(r["hist"]["attacks"][name].values()), n)
+    if set(r["modes"]) != set(thresholds):
+        problems.append(f"threshold modes {sorted(r['modes'])}, expected {sorted(thresholds)}")
+        return problems
+    for mode, m in r["modes"].items():
+        if not np.isclose(m["threshold"], thresholds[mode], rtol=1e-12, atol=0.0):
+            problems.append(f"{mode} threshold {m['threshold']:.6g}, it was sent {thresholds[mode]:.6g}")
+        if set(m["attacks"]) != set(n_attacks):
+            problems.append(f"{mode}: attack files {sorted(m['attacks'])}, announced {sorted(n_attacks)}")
+            continue
+        expect(f"{mode}: benign fp + tn", m["benign"]["fp"] + m["benign"]["tn"], n_test)
+        lo, hi = flag_bounds(r["hist"]["benign"], thresholds[mode])
+        if not lo <= m["benign"]["fp"] <= hi:
+            problems.append(f"{mode}: {m['benign']['fp']} benign rows flagged; its histogram allows {lo}..{hi}")
+        for name, n in n_attacks.items():
+            a = m["attacks"][name]
+            expect(f"{mode}: {name} tp + fn", a["tp"] + a["fn"], n)
+            lo, hi = flag_bounds(r["hist"]["attacks"][name], thresholds[mode])
+            if not lo <= a["tp"] <= hi:
+                problems.append(f"{mode}: {a['tp']} {name} rows flagged; its histogram allows {lo}..{hi}")
+        w = m["window"]
+        expect(f"{mode}: window fp + tn", w["fp"] + w["tn"], window_decisions(n_test, window))
+        expect(f"{mode}: window tp + fn", w["tp"] + w["fn"],
+               sum(window_decisions(n, window) for n in n_attacks.values()))
+    return problems

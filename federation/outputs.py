@@ -1,0 +1,95 @@
+"""What a federated run leaves behind and shows: console lines, rounds.jsonl, TensorBoard, the checkpoint, the
+final outputs (model.pt, metrics.json, curves.json, report.md). The round state (`federation.state`) decides what
+these hold; this module only writes and says them, so the state stays free of I/O and the driver
+(`federation.driver`) stays one readable function.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from evaluation.metrics import rate_text
+from federation.state import SERVER_CHECKPOINT_FORMAT, RoundState
+from federation.tracking import Tracker
+from fediot.console import say
+from fediot.errors import ConfigError
+from fediot.rundir import append_jsonl, write_atomic_bytes, write_json
+from model.detector import Detector
+
+
+def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
+    """The deployment server's per-round checkpoint of a run directory (for --resume)."""
+    path = run_dir / "checkpoint.pt"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no checkpoint.pt there (is it a deployment server run directory?)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise ConfigError(f"{path}: unreadable checkpoint ({exc})") from None
+    if not isinstance(payload, dict) or payload.get("format") != SERVER_CHECKPOINT_FORMAT:
+        raise ConfigError(f"{path}: not a FedIoT server checkpoint")
+    return payload
+
+
+class RunOutputs:
+    """The run directory's files and the server's console lines."""
+
+    def __init__(self, run_dir: Path, tensorboard: bool, checkpoint: bool, console: bool = True) -> None:
+        """checkpoint: write checkpoint.pt after every round (deployments, for --resume); console: say lines (off
+        for tests that only read the files)."""
+        self.run_dir = run_dir
+        self.tracker = Tracker(run_dir, tensorboard)
+        self.checkpointing = checkpoint
+        self.console = console
+
+    def say(self, line: str) -> None:
+        if self.console:
+            say(line)
+
+    def record(self, record: dict[str, Any]) -> None:
+        """A round's line in rounds.jsonl (and TensorBoard); a warning when messages were rejected since the last."""
+        if not record:
+            return
+        if record.get("rejected"):
+            first = record["rejections"][0]
+            self.say(f"warning: {record['rejected']} message(s) rejected since the last round record "
+                     f"(first from {first['from']}: {first['reason'][:120]}); see rounds.jsonl and logs/")
+        append_jsonl(self.run_dir / "rounds.jsonl", record)
+        self.tracker.log_round(record)
+
+    def checkpoint(self, payload: dict[str, Any]) -> None:
+        """checkpoint.pt, atomically (a crash mid-write leaves the previous round's)."""
+        if not self.checkpointing:
+            return
+        buf = io.BytesIO()
+        torch.save(payload, buf)
+        write_atomic_bytes(self.run_dir / "checkpoint.pt", buf.getvalue())
+
+    def failure(self, message: str) -> str:
+        """A run that stops early: what the user can still use."""
+        if self.checkpointing:
+            return f"{message}. The checkpoint of the last completed round is kept in {self.run_dir}"
+        return message
+
+    def finish(self, state: RoundState) -> None:
+        """End of a federated run: model.pt, metrics.json, curves.json, report.md, and the final lines."""
+        from evaluation.report import write_report  # matplotlib: only the server that finishes a run needs it
+
+        self.tracker.close()
+        g_thr = state.thresholds["global"]
+        Detector(state.final_model(), state.normalizer, state.cfg.validation.threshold_k, g_thr,
+                 dict(state.thresholds["device"]), state.final_meta()).save(self.run_dir / "model.pt")
+        metrics = state.final_metrics()
+        write_json(self.run_dir / "metrics.json", metrics)
+        write_json(self.run_dir / "curves.json", state.curves)
+        g = metrics["global"]
+        self.say(f"final (global threshold {g_thr:.5f}): TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
+                 f"precision {rate_text('precision', g)}  F1 {rate_text('f1', g)}  ROC-AUC {rate_text('roc_auc', g)}")
+        d = g["modes"]["device"]
+        self.say(f"final (per-device thresholds): TPR {rate_text('tpr', d)}  FPR {rate_text('fpr', d)}  "
+                 f"F1 {rate_text('f1', d)}")
+        report = write_report(self.run_dir)
+        self.say(f"report: {report}")
