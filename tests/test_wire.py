@@ -9,11 +9,11 @@ import torch
 
 from data.loader import DeviceSplit
 from federation.client import LocalClient
-from federation.messages import RoundPlan
-from model.autoencoder import state_of
 from federation.messages import (
-    C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_TRAIN, Expectations, ProtocolError, validate,
+    C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_TRAIN, Expectations, ProtocolError, Report,
+    RoundPlan, ValStats, validate,
 )
+from model.autoencoder import state_of
 from federation.wire import MAGIC, WireError, decode, encode
 from model.autoencoder import AutoEncoder
 from model.normalization import Normalizer
@@ -43,14 +43,14 @@ def exchange():
     val = client.validation_stats(state_of(model), normalizer)
     report = client.report(1.0, 0.9, 5)
     return {
-        C2S_HELLO: client.hello(),
+        C2S_HELLO: client.hello().to_fields(),
         S2C_TRAIN: {"round": 0, "clients": {DEVICE: {"plan": plan.to_dict()}}, "model": state_of(model),
                     "normalizer": normalizer},
-        C2S_UPDATE: {"round": 0, "client": DEVICE, **update},
-        C2S_VAL_STATS: {"round": 0, "client": DEVICE, "val_stats": val},
+        C2S_UPDATE: update.to_fields(),
+        C2S_VAL_STATS: ValStats(0, DEVICE, val).to_fields(),
         S2C_EVAL_COUNTS: {"round": 0, "clients": {DEVICE: {"device_threshold": 0.9}}, "global_threshold": 1.0,
                           "window": 5},
-        C2S_REPORT: {"round": 0, "report": report},
+        C2S_REPORT: Report(0, report).to_fields(),
     }, Expectations.of(model, [DEVICE])
 
 

@@ -1,4 +1,4 @@
-"""RoundCore's evaluated model (tail averaging of the last model_average_rounds global models) and its
+"""RoundState's evaluated model (tail averaging of the last model_average_rounds global models) and its
 checkpoint: what is evaluated and saved, what a resumed run continues from, and the defaults."""
 from pathlib import Path
 
@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from data import nbaiot
-from federation.core import RoundCore, state_of
+from federation.messages import Update
+from federation.state import RoundState
 from fediot.config import SAMPLED_AVERAGE_ROUNDS, validate
 from fediot.errors import ConfigError
-from model.autoencoder import AutoEncoder
+from model.autoencoder import AutoEncoder, state_of
 from model.normalization import Normalizer
 
 DEVICES = ["Danmini_Doorbell", "Ecobee_Thermostat", "Ennio_Doorbell"]
@@ -25,8 +26,8 @@ def config(per_device: int = 2, per_round: int | None = 2, average: int | None =
     })
 
 
-def core_for(cfg, tmp_path: Path) -> RoundCore:
-    core = RoundCore(cfg, tmp_path, {"source": "synthetic"}, "federated")
+def core_for(cfg, tmp_path: Path) -> RoundState:
+    core = RoundState(cfg, {"source": "synthetic"}, "federated")
     rows = torch.randn(50, nbaiot.N_FEATURES).double().numpy()
     core.normalizer = Normalizer.fit(rows, "log1p", "zscore")
     return core
@@ -37,11 +38,12 @@ def random_state(seed: int) -> dict[str, torch.Tensor]:
     return state_of(AutoEncoder(nbaiot.N_FEATURES))
 
 
-def train_round(core: RoundCore, seed: int) -> dict[str, torch.Tensor]:
+def train_round(core: RoundState, seed: int) -> dict[str, torch.Tensor]:
     """One round in which the only answer is `random_state(seed)`: with FedAvg that is the new global model."""
     core.begin_round()
     state = random_state(seed)
-    core.finish_round({core.sampled[0]: {"n": 10, "model": state, "loss": 0.1, "train_seconds": 0.01}}, [])
+    client = core.sampled[0]
+    core.finish_round({client: Update(core.round, client, state, 10, 0.1, 0.001, 0.01)}, [])
     return state
 
 
@@ -88,7 +90,7 @@ def test_resume_continues_the_same_average(tmp_path):
     core = core_for(cfg, tmp_path)
     globals_ = [train_round(core, seed) for seed in range(14)]
     saved = core.checkpoint()
-    resumed = RoundCore(cfg, tmp_path, {"source": "synthetic"}, "federated")
+    resumed = RoundState(cfg, {"source": "synthetic"}, "federated")
     resumed.restore(saved)
     globals_.append(train_round(resumed, 14))
     assert_same(resumed.begin_eval()["model"], mean_of(globals_[-3:]))
@@ -100,10 +102,10 @@ def test_checkpoint_with_foreign_recent_models_is_refused(tmp_path):
     saved = core.checkpoint()
     saved["recent"] = [{"enc.0.weight": torch.zeros(3, 3)}]
     with pytest.raises(ConfigError, match="recent global models"):
-        RoundCore(config(average=3), tmp_path, {"source": "synthetic"}, "federated").restore(saved)
+        RoundState(config(average=3), {"source": "synthetic"}, "federated").restore(saved)
     saved["recent"] = [{k: torch.full_like(v, float("nan")) for k, v in state_of(core.model).items()}]
     with pytest.raises(ConfigError, match="recent global models"):
-        RoundCore(config(average=3), tmp_path, {"source": "synthetic"}, "federated").restore(saved)
+        RoundState(config(average=3), {"source": "synthetic"}, "federated").restore(saved)
 
 
 def test_default_window_averages_only_when_a_pass_takes_many_rounds():

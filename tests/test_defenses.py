@@ -1,0 +1,126 @@
+"""The robustness rules (federation/defenses.py), each on its own: what a lying client's numbers may do."""
+import numpy as np
+import pytest
+import torch
+
+from evaluation.counts import HIST_EDGES, client_report, held_out_counts, histogram
+from evaluation.scoring import thresholds_from_stats
+from federation.aggregation import aggregate
+from federation.client import fabricate_counts
+from federation.defenses import (
+    capped_counts, flag_bounds, report_problems, robust_normalizer, screen, threshold_band, validation_count_mismatches,
+)
+from model.detector import ErrorStats
+from model.normalization import FeatureStats, Normalizer
+from tests.helpers import load_tool
+from tests.test_client_reports import make_scores
+
+defenses_check = load_tool("check_fedml_defenses")
+distance = defenses_check.distance
+
+
+def base_state():
+    torch.manual_seed(0)
+    from model.autoencoder import AutoEncoder, state_of
+    return state_of(AutoEncoder(115))
+
+
+def test_screening_leaves_out_far_updates_and_names_them():
+    base = base_state()
+    updates = {f"c{i}": u for i, u in enumerate(defenses_check.updates(base, "first"))}
+    rejected = screen(updates, base, factor=10.0)
+    assert set(rejected) == {"c0", "c1"} and "median distance" in rejected["c0"]
+    out, rejected2 = aggregate(updates, base, "fedavg", 0.2, 1, 10.0)  # the aggregation screens first
+    assert rejected2 == rejected and distance(out, base) < 3.0
+    assert screen(updates, base, None) == {}
+
+
+def test_counts_are_capped_against_the_median_and_the_cut_is_named():
+    counts = {"a": 100, "b": 120, "c": 90, "liar": 10**9}
+    capped, cut = capped_counts(counts, 10.0)
+    assert capped == {"a": 100, "b": 120, "c": 90, "liar": 1000} and set(cut) == {"liar"}
+    assert "weighed as 1000" in cut["liar"]
+    assert capped_counts(counts, None) == (counts, {})
+
+
+def _announced(s):
+    return held_out_counts(s)
+
+
+def test_an_honest_report_has_no_problems_and_fabricated_counts_do():
+    """report_problems: what the server checks a count report against (announced rows, its own validation
+    statistics, the thresholds it sent, the client's own histograms); eval_lies' fabrication fails it."""
+
+    s = make_scores(6, "A")
+    sent = {"global": 0.3, "device": 0.25}
+    honest = client_report(s, sent["global"], sent["device"], 5)
+    assert report_problems(honest, _announced(s), len(s.validation), sent, 5) == []
+    lie = client_report(s, sent["global"], sent["device"], 5)
+    fabricate_counts(lie, 10.0)
+    problems = report_problems(lie, _announced(s), len(s.validation), sent, 5)
+    assert any("benign fp + tn is 1500, expected 150" in p for p in problems), problems
+    # a subtler lie: same totals, fewer attack rows flagged than its own histogram puts above the threshold
+    subtle = client_report(s, sent["global"], sent["device"], 5)
+    a = subtle["modes"]["global"]["attacks"]["mirai_udp"]
+    a["tp"], a["fn"] = a["tp"] - 5, a["fn"] + 5
+    assert any("mirai_udp rows flagged; its histogram allows" in p for p in report_problems(
+        subtle, _announced(s), len(s.validation), sent, 5))
+    # counts at another threshold than the one it was sent; validation rows other than its statistics said
+    assert any("it was sent" in p for p in report_problems(honest, _announced(s), len(s.validation),
+                                                           {"global": 0.5, "device": 0.25}, 5))
+    assert any("against its validation statistics" in p for p in report_problems(
+        honest, _announced(s), len(s.validation) + 1, sent, 5))
+
+
+def testflag_bounds_bracket_the_true_count_at_any_threshold():
+    rng = np.random.default_rng(7)
+    scores = rng.lognormal(-1, 2, 5000)
+    h = histogram(scores)
+    for thr in (*rng.lognormal(-1, 2, 50), HIST_EDGES[2000], 0.0):
+        lo, hi = flag_bounds(h, float(thr))
+        assert lo <= int((scores > thr).sum()) <= hi
+        lo_s, hi_s = flag_bounds({str(k): v for k, v in h.items()}, float(thr))  # keys as they come off the wire
+        assert (lo_s, hi_s) == (lo, hi)
+
+
+def test_a_liars_share_of_the_global_threshold_is_bounded_but_different_honest_devices_still_count():
+    rng = np.random.default_rng(9)
+    honest = {f"d{i}": ErrorStats.of(rng.lognormal(np.log(0.05 * (i + 1)), 0.4, 300)) for i in range(6)}
+    clean, _ = thresholds_from_stats(honest, 3.0)
+    kept, clipped = threshold_band(honest, 3.0, 3.0)
+    assert clipped == {} and kept == honest  # 6x spread between honest devices: within 3 MADs, nothing touched
+    liar = dict(honest, liar=honest["d2"].scaled(1000.0))
+    plain, own = thresholds_from_stats(liar, 3.0)
+    bounded, _ = thresholds_from_stats(threshold_band(liar, 3.0, 3.0)[0], 3.0)
+    # pooled as sent one liar moves the global threshold ~360x; bounded, as far as a device at the band's edge
+    assert plain > 300 * clean and bounded < 2 * clean
+    assert own["liar"] == pytest.approx(1000 * own["d2"])  # its own threshold stays its own
+    low = dict(honest, liar=honest["d2"].scaled(1e-6))
+    assert set(threshold_band(low, 3.0, 3.0)[1]) == {"liar"}
+    # sized for `limit` liars: the farthest ones are bounded, a crowd beyond them counts as sent
+    two = dict(honest, liar=honest["d2"].scaled(1000.0), other=honest["d3"].scaled(300.0),
+               third=honest["d1"].scaled(200.0))
+    pooled, clipped = threshold_band(two, 3.0, 3.0, limit=2)
+    assert set(clipped) == {"liar", "other"} and pooled["third"] == two["third"]
+    assert "3 outside, at most 2 bounded" in clipped["liar"]
+
+
+def test_robust_normalizer_bounds_a_clients_made_up_statistics_and_leaves_honest_ones_alone():
+    rng = np.random.default_rng(3)
+    honest = {f"c{i}": FeatureStats.of(rng.lognormal(1 + 0.1 * i, 0.5, (400, 115)), "log1p") for i in range(5)}
+    plain = Normalizer.from_stats(FeatureStats.merge(list(honest.values())), "log1p", "zscore")
+    robust, merged, how, cut = robust_normalizer(honest, 10.0, 1, 3.0, "log1p", "zscore")
+    assert cut == {} and merged.count == 2000 and "bounded by 3x" in how
+    assert np.allclose(robust.scale, plain.scale) and np.allclose(robust.offset, plain.offset)
+    s = honest["c0"]
+    liar = dict(honest, liar=FeatureStats(10**6, s.total * 1e4, s.total_sq * 1e8, s.minimum * 100, s.maximum * 100))
+    inflated = Normalizer.from_stats(FeatureStats.merge(list(liar.values())), "log1p", "zscore")
+    bounded, _, _, cut = robust_normalizer(liar, 10.0, 1, 3.0, "log1p", "zscore")
+    assert set(cut) == {"liar"}  # its row count weighs as 10x the median client's
+    assert np.all(bounded.scale <= 3.0 * plain.scale + 1e-12) and np.any(inflated.scale > 3.0 * plain.scale)
+
+
+def test_validation_statistics_over_other_rows_than_announced_are_named():
+    stats = {"a": ErrorStats(100, 1.0, 0.1), "b": ErrorStats(5000, 1.0, 0.1), "c": ErrorStats(7, 1.0, 0.1)}
+    out = validation_count_mismatches(stats, {"a": 100, "b": 100, "c": None})
+    assert set(out) == {"b"} and "count 5000 rows, it announced 100" in out["b"]
