@@ -9,7 +9,7 @@ For each clients_per_device k (9k clients: 9 devices split, synthetic data), bot
 client_num_per_round = min(per-round, 9k) sampled by FedML's seeded rule, `rounds` rounds, one evaluation of
 every client after the last round. FedIoT: `sh run_simulation.sh W` for each W in --fediot-workers ("round" = clients
 per round, the issue's setting; 2 = this machine's cores, as many processes as Flower's actors).
-Flower: bench/flower_app.py, the same RoundCore and LocalClient as Flower ServerApp/ClientApp, one virtual
+Flower: bench/flower_app.py, the same round driver (on a FlowerGrid) and client answers as Flower ServerApp/ClientApp, one virtual
 SuperNode per client, `--actors` Ray actors (one CPU each). Same seeds, plans and aggregation, so the two
 sides train the same model: their final global thresholds are compared as a check that the work is the same.
 The runs follow each other per client count (FedIoT, then Flower), so machine noise hits both alike.

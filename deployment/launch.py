@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 from fediot import config as config_mod
 from fediot.console import error, say
@@ -26,6 +27,12 @@ def check_port_free(ip: str, port: int, what: str) -> None:
         except OSError as exc:
             raise ConfigError(f"{what}: cannot listen on {ip}:{port} ({exc.strerror}); is another server or client "
                               f"running, or is the port in the ipconfig CSV wrong?") from None
+
+
+def server_data_info(cfg) -> dict[str, Any]:
+    """What a deployment's outputs say about its data: the server holds none."""
+    return {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
+            "note": "the server holds no data; clients report counts and statistics only"}
 
 
 def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | None) -> int:
@@ -69,8 +76,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     local = None
     checkpoint = None
     if role == "server":
-        data_info = {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
-                     "note": "the server holds no data; clients report counts and statistics only"}
+        data_info = server_data_info(cfg)
         if resume:
             run_dir = Path(resume).resolve()
             checkpoint = load_server_checkpoint(run_dir)

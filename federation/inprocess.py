@@ -136,14 +136,14 @@ class InProcessGrid:
         return out
 
     def where(self) -> str:
-        return " (in process)"
+        return ""
 
     def finish(self, error: str | None = None) -> None:
         self.finished = error or ""
 
 
 def run_in_process(cfg: FedIoTConfig, run_dir: Path, data_root: Path, data_info: dict[str, Any],
-                   kind: str = "federated", faults: Faults | None = None, console: bool = False,
+                   kind: str = "federated", faults: Faults | None = None, console: Callable[[str], None] | None = None,
                    checkpoint: dict[str, Any] | None = None) -> tuple[RoundState, InProcessGrid]:
     """A whole federated run of `cfg` in this process: the same driver, state, outputs and clients as
     `sh run_simulation.sh` (deployment configs: with checkpoints and their quorum), on an `InProcessGrid`."""

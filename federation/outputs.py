@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -37,17 +37,18 @@ def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
 class RunOutputs:
     """The run directory's files and the server's console lines."""
 
-    def __init__(self, run_dir: Path, tensorboard: bool, checkpoint: bool, console: bool = True) -> None:
-        """checkpoint: write checkpoint.pt after every round (deployments, for --resume); console: say lines (off
-        for tests that only read the files)."""
+    def __init__(self, run_dir: Path, tensorboard: bool, checkpoint: bool,
+                 console: Callable[[str], None] | None = say) -> None:
+        """checkpoint: write checkpoint.pt after every round (deployments, for --resume); console: where lines go
+        (None: nowhere)."""
         self.run_dir = run_dir
         self.tracker = Tracker(run_dir, tensorboard)
         self.checkpointing = checkpoint
         self.console = console
 
     def say(self, line: str) -> None:
-        if self.console:
-            say(line)
+        if self.console is not None:
+            self.console(line)
 
     def record(self, record: dict[str, Any]) -> None:
         """A round's line in rounds.jsonl (and TensorBoard); a warning when messages were rejected since the last."""

@@ -1,4 +1,8 @@
-"""Real deployment as real processes on 127.0.0.1: run_server.sh + run_client.sh over gRPC."""
+"""Real deployment as real processes on 127.0.0.1: run_server.sh + run_client.sh over gRPC.
+
+What is about processes lives here (launchers, ports, TLS, start order, timeouts, a board killed and restarted, a
+server killed and resumed, exit codes); the round rules (dropout, quorum, rejoin, resume, attacks vs defenses) run on
+the in-process grid (tests/test_rounds.py)."""
 import json
 import signal
 import socket
@@ -7,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.deploy_helpers import DEVICES, client, deploy_config, read_rounds, run_dir_of, server
+from tests.rounds import assert_same_metrics, golden
 
 
 def test_server_and_three_clients(tmp_path):
@@ -37,6 +42,7 @@ def test_server_and_three_clients(tmp_path):
     assert sorted(m["devices"]) == sorted(DEVICES)
     assert m["data"]["source"] == "synthetic"
     assert m["global"]["tpr"] > 0.9 and m["global"]["roc_auc"] > 0.9
+    assert_same_metrics(m, golden("deployment-3-boards.metrics.json"))  # what this run gave before the driver
     rounds = read_rounds(run_dir)
     assert [r["round"] for r in rounds] == [1, 2, 3]
     assert [r["round"] for r in rounds if "eval" in r] == [2, 3]
@@ -140,8 +146,13 @@ def test_client_started_before_server(tmp_path):
     try:
         c1.wait_for("connecting to the server")
         import time
-        time.sleep(3)  # the client retries meanwhile
-        assert c1.p.poll() is None
+        import yaml
+        runs = Path(yaml.safe_load(cfg.read_text())["common_args"]["run_dir_root"])
+        deadline = time.monotonic() + 60  # until the board's log shows a hello that found no server
+        while not any("send fediot_hello to 0 failed" in f.read_text() for f in runs.glob("*client1*/logs/*.log")):
+            assert time.monotonic() < deadline and c1.p.poll() is None, c1.stderr
+            time.sleep(0.1)
+        assert c1.p.poll() is None  # it keeps retrying
         srv = server(cfg)
         assert srv.finish(120) == 0, srv.stderr
         assert c1.finish(60) == 0
@@ -242,42 +253,3 @@ def test_port_check_ignores_time_wait_but_not_a_listener():
         check_port_free("127.0.0.1", port, "test")  # the listener is still there
     listener.close()
     check_port_free("127.0.0.1", port, "test")  # only TIME_WAIT left: free for a restarted board
-
-
-def test_lying_boards_do_not_blind_the_honest_ones(tmp_path):
-    """issue 10 in the gRPC deployment: 5 boards, board 2 compromised to report inflated feature and validation
-    statistics (stats_inflation x100: pooled as sent, that blinds the global threshold in simulation), board 4 to send a poisoned update boosted 10x (model_scaling). The server
-    runs the defaults (robust): it leaves the boosted update out of every round and bounds the inflated device's share of
-    the global threshold, says so, and the honest boards' attacks are still caught."""
-    import yaml
-
-    devices = [*DEVICES, "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera"]
-    common = {"data_args": {"devices": devices, "synthetic_benign_rows": 800},
-              "train_args": {"client_num_in_total": 5, "client_num_per_round": 5, "comm_round": 4, "epochs": 3}}
-    cfg = deploy_config(tmp_path, n_clients=5, **common)
-    raw = yaml.safe_load(cfg.read_text())
-    board_cfg = {}
-    for rank, attack, scale in ((2, "stats_inflation", 100.0), (4, "model_scaling", 10.0)):  # a compromised board
-        raw_board = json.loads(json.dumps(raw))                                                # runs its own config
-        raw_board["attack_args"] = {"malicious_ranks": [rank], "attack": attack, "attack_scale": scale}
-        board_cfg[rank] = tmp_path / f"board{rank}.yaml"
-        board_cfg[rank].write_text(yaml.safe_dump(raw_board))
-    srv = server(cfg)
-    clients = [client(n, board_cfg.get(n, cfg)) for n in range(1, 6)]
-    try:
-        assert srv.finish(300) == 0, srv.stdout + srv.stderr
-        assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
-    finally:
-        for p in (srv, *clients):
-            p.kill()
-    run_dir = run_dir_of(srv)
-    rounds = read_rounds(run_dir)
-    assert all("Philips_B120N10_Baby_Monitor" in r["screened_out"] for r in rounds), rounds
-    assert all(r["aggregation"] == "median" for r in rounds)
-    assert all("Ecobee_Thermostat" in r["threshold_clipped"] for r in rounds if "eval" in r)
-    assert "update of Philips_B120N10_Baby_Monitor left out" in srv.stdout
-    assert "global threshold: Ecobee_Thermostat: its threshold" in srv.stdout
-    m = json.loads((run_dir / "metrics.json").read_text())
-    honest = [d for d in devices if d not in ("Ecobee_Thermostat", "Philips_B120N10_Baby_Monitor")]
-    assert min(m["devices"][d]["modes"]["global"]["tpr"] for d in honest) >= 0.98, m["devices"]
-    assert max(m["devices"][d]["modes"]["global"]["fpr"] for d in honest) <= 0.05, m["devices"]

@@ -28,3 +28,23 @@ def test_architecture_doc_names_real_modules():
     files = {"model.pt", "model.npz", "metrics.json", "report.md", "rounds.jsonl", "curves.json"}  # run-directory files
     missing = [c for c in sorted(cited - files) if not (REPO / (c.replace(".", "/") + ".py")).is_file()]
     assert not missing, missing
+
+
+def test_every_config_key_named_in_the_docs_exists():
+    """A `section.key` in README.md or doc/*.md that is not a config key (renamed, retired, misspelt) fails here."""
+    import re
+
+    keys = {f"{s}.{k}" for s, section in DEFAULTS.items() for k in section}
+    pages = [REPO / "README.md", *sorted((REPO / "doc").glob("*.md"))]
+    named = {(page.name, m) for page in pages for m in re.findall(r"\b([a-z]+_args\.[a-z_0-9]+)", page.read_text())}
+    unknown = sorted(f"{page}: {key}" for page, key in named if key not in keys)
+    assert not unknown, "not config keys:\n" + "\n".join(unknown)
+
+
+def test_the_docs_key_check_catches_a_retired_key(tmp_path):
+    import re
+
+    keys = {f"{s}.{k}" for s, section in DEFAULTS.items() for k in section}
+    text = "with `train_args.threshold_outlier_ratio` a device ... and `train_args.robust`"
+    assert [m for m in re.findall(r"\b([a-z]+_args\.[a-z_0-9]+)", text) if m not in keys] == \
+        ["train_args.threshold_outlier_ratio"]
