@@ -13,8 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 
 from data.loader import DeviceSplit
 from data.sources import load_split, prepare_data
@@ -22,14 +20,12 @@ from evaluation.curves import curves_from_scores
 from evaluation.metrics import METRIC_KEYS
 from evaluation.report import write_report
 from evaluation.scores import DeviceScores, score_device
-from evaluation.scoring import evaluate, thresholds
+from evaluation.scoring import evaluate
 from fediot import config as config_mod
 from fediot.console import say
 from fediot.errors import FedIoTError
 from fediot.rundir import create_run_dir, write_config, write_json
-from model.autoencoder import AutoEncoder
-from model.detector import Detector, train_autoencoder
-from model.normalization import FeatureStats, Normalizer
+from model.detector import Detector
 
 DEFAULT_CONFIG = "config_simulation/fedml_config.yaml"
 
@@ -45,14 +41,8 @@ def baseline_epochs(cfg: config_mod.FedIoTConfig) -> int:
 
 
 def train_detector(cfg: config_mod.FedIoTConfig, splits: list[DeviceSplit], label: str) -> tuple[Detector, list[DeviceScores], list[float]]:
-    """Fit normalisation on the splits' training rows, train one autoencoder, set thresholds."""
+    """One detector of the splits' devices (`Detector.fit`), and its scores of their held-out rows."""
     m, t, v = cfg.model, cfg.train, cfg.validation
-    seed = cfg.common.random_seed
-    stats = FeatureStats.merge([FeatureStats.of(s.train, m.feature_transform) for s in splits])
-    normalizer = Normalizer.from_stats(stats, m.feature_transform, m.normalization)
-    torch.manual_seed(seed)
-    model = AutoEncoder(splits[0].train.shape[1])
-    rows = normalizer(np.concatenate([s.train for s in splits]))
     epochs = baseline_epochs(cfg)
     started = time.monotonic()
 
@@ -60,12 +50,12 @@ def train_detector(cfg: config_mod.FedIoTConfig, splits: list[DeviceSplit], labe
         if epoch == epochs - 1 or (epoch + 1) % max(1, epochs // 5) == 0:
             say(f"  [{label}] epoch {epoch + 1}/{epochs}  loss {loss:.5f}  ({time.monotonic() - started:.1f}s)")
 
-    losses = train_autoencoder(model, rows, epochs, t.batch_size, t.learning_rate, t.weight_decay, seed, on_epoch)
-    scores = [score_device(model, normalizer, s) for s in splits]
-    glob, per_dev = thresholds(scores, v.threshold_k)
-    det = Detector(model, normalizer, v.threshold_k, glob, per_dev,
-                   {"kind": label, "devices": [s.device for s in splits]})
-    return det, scores, losses
+    det, losses = Detector.fit({s.device: s.train for s in splits}, {s.device: s.validation for s in splits},
+                               transform=m.feature_transform, normalization=m.normalization, epochs=epochs,
+                               batch_size=t.batch_size, lr=t.learning_rate, weight_decay=t.weight_decay,
+                               seed=cfg.common.random_seed, k=v.threshold_k,
+                               meta={"kind": label, "devices": [s.device for s in splits]}, on_epoch=on_epoch)
+    return det, [score_device(det.model, det.normalizer, s) for s in splits], losses
 
 
 def _summary_line(name: str, g: dict[str, Any]) -> str:

@@ -18,13 +18,12 @@ from typing import Any, Callable
 
 from evaluation.counts import client_report, combine_reports
 from evaluation.scores import DeviceScores
-from model.detector import ErrorStats
+from model.detector import ErrorStats, thresholds_of
 
 
 def thresholds_from_stats(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:
     """Global threshold (mean + k*std of the merged validation errors) and each device's own."""
-    per_device = {device: s.threshold(k) for device, s in stats.items()}
-    return ErrorStats.merge(list(stats.values())).threshold(k), per_device
+    return thresholds_of(stats, k)
 
 
 def thresholds(scores: list[DeviceScores], k: float) -> tuple[float, dict[str, float]]:

@@ -16,7 +16,7 @@ from torch import nn
 from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
 from model.lean import Layer, lean_path, threshold_for, write_lean
-from model.normalization import Normalizer
+from model.normalization import FeatureStats, Normalizer
 
 CHECKPOINT_FORMAT = "fediot-detector-v1"
 SCORE_BATCH_ROWS = 8192
@@ -100,9 +100,18 @@ class ErrorStats:
         return self.mean + k * self.std
 
 
+def thresholds_of(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:
+    """The one threshold rule: global = mean + k*std of every device's validation errors merged; each device's own
+    from its own (`evaluation.scoring.thresholds_from_stats` and `Detector.fit` both use this)."""
+    return ErrorStats.merge(list(stats.values())).threshold(k), {d: s.threshold(k) for d, s in stats.items()}
+
+
 @dataclass
 class Detector:
-    """A trained detector: normalisation + autoencoder + thresholds. Scores raw 115-column rows."""
+    """A trained detector: normalisation + autoencoder + thresholds. Scores raw 115-column rows.
+
+    `fit` (train on benign rows, threshold on held-out benign rows), `score` (per-row reconstruction error, PyOD's
+    decision_function), `threshold_for` (PyOD's threshold_), `predict`."""
 
     model: AutoEncoder
     normalizer: Normalizer
@@ -110,6 +119,25 @@ class Detector:
     global_threshold: float
     device_thresholds: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def fit(cls, train: dict[str, np.ndarray], validation: dict[str, np.ndarray], *, transform: str,
+            normalization: str, epochs: int, batch_size: int, lr: float, weight_decay: float = 0.0, seed: int = 0,
+            k: float = 3.0, meta: dict[str, Any] | None = None,
+            on_epoch: Callable[[int, float], None] | None = None) -> tuple["Detector", list[float]]:
+        """A detector of the devices' benign traffic: normalisation fitted on the training rows only (merged
+        per-device statistics, equal to pooling the rows), one autoencoder trained on all of them, thresholds from
+        the held-out validation rows (`thresholds_of`). Returns it and the loss of each epoch. The baselines and
+        `traffic.train_device` fit through here."""
+        stats = FeatureStats.merge([FeatureStats.of(rows, transform) for rows in train.values()])
+        normalizer = Normalizer.from_stats(stats, transform, normalization)
+        torch.manual_seed(seed)
+        model = AutoEncoder(next(iter(train.values())).shape[1])
+        losses = train_autoencoder(model, normalizer(np.concatenate(list(train.values()))), epochs, batch_size, lr,
+                                   weight_decay, seed, on_epoch)
+        glob, per_device = thresholds_of(
+            {d: ErrorStats.of(reconstruction_errors(model, normalizer(rows))) for d, rows in validation.items()}, k)
+        return cls(model, normalizer, k, glob, per_device, dict(meta or {})), losses
 
     def score(self, raw_rows: np.ndarray) -> np.ndarray:
         """Per-row reconstruction MSE of raw (un-normalised) rows."""

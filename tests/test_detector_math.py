@@ -128,3 +128,30 @@ def test_with_count_keeps_the_mean_and_trim_is_capped_for_few_parts():
     two = _honest_parts(2)
     m = FeatureStats.trimmed_merge(two, 2)  # (2 - 1) // 2 = 0 left out: the exact merge
     assert np.array_equal(m.total, FeatureStats.merge(two).total)
+
+
+def test_detector_fit_learns_from_training_rows_and_thresholds_on_validation_rows():
+    """Detector.fit: the normalisation is the pooled training rows' (validation rows never touch it), the thresholds
+    are the one rule (`thresholds_of`) over the validation rows' errors, and it flags what it never saw."""
+    import numpy as np
+
+    from model.detector import Detector, ErrorStats, reconstruction_errors, thresholds_of
+    from model.normalization import Normalizer
+    from tests.helpers import device_rows
+
+    train = {"Danmini_Doorbell": device_rows("Danmini_Doorbell", 300, 1),
+             "Ecobee_Thermostat": device_rows("Ecobee_Thermostat", 300, 2)}
+    val = {"Danmini_Doorbell": device_rows("Danmini_Doorbell", 100, 3),
+           "Ecobee_Thermostat": device_rows("Ecobee_Thermostat", 100, 4)}
+    kw = dict(transform="log1p", normalization="zscore", epochs=3, batch_size=64, lr=0.003, seed=0, k=3.0)
+    det, losses = Detector.fit(train, val, **kw)
+    assert len(losses) == 3
+    pooled = Normalizer.fit(np.concatenate(list(train.values())), "log1p", "zscore")
+    assert np.allclose(det.normalizer.offset, pooled.offset) and np.allclose(det.normalizer.scale, pooled.scale)
+    stats = {d: ErrorStats.of(reconstruction_errors(det.model, det.normalizer(rows))) for d, rows in val.items()}
+    glob, own = thresholds_of(stats, 3.0)
+    assert det.global_threshold == glob and det.device_thresholds == own
+    other, _ = Detector.fit(train, {d: v * 3 for d, v in val.items()}, **kw)  # other validation rows: same scaling
+    assert np.array_equal(other.normalizer.scale, det.normalizer.scale)
+    attack = device_rows("Danmini_Doorbell", 100, 5, attack="mirai_udp")
+    assert det.predict(attack, "Danmini_Doorbell").mean() > det.predict(val["Danmini_Doorbell"], "Danmini_Doorbell").mean()

@@ -11,13 +11,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from data import nbaiot
 from fediot.console import say
-from model.autoencoder import AutoEncoder
-from model.detector import Detector, ErrorStats, reconstruction_errors, train_autoencoder
-from model.normalization import Normalizer
+from model.detector import Detector
 from traffic.dataset import features_of
 from traffic.simulator import TrafficSimulator
 
@@ -28,14 +25,10 @@ def train_device_detector(device: str, seconds: float = 1800, epochs: int = 10, 
     _, rows = features_of(TrafficSimulator(device, seed=seed).capture(seconds))
     n = len(rows)
     train, val, test = rows[: int(0.6 * n)], rows[int(0.6 * n): int(0.8 * n)], rows[int(0.8 * n):]
-    norm = Normalizer.fit(train, "log1p", "zscore")
-    torch.manual_seed(seed)
-    model = AutoEncoder(nbaiot.N_FEATURES)
-    train_autoencoder(model, norm(train), epochs=epochs, batch_size=64, lr=0.003, seed=seed)
-    thr = ErrorStats.of(reconstruction_errors(model, norm(val))).threshold(k)
-    fpr = float(np.mean(reconstruction_errors(model, norm(test)) > thr))
     meta = {"kind": "single-device (simulated packets)", "devices": [device], "seconds": seconds, "seed": seed}
-    return Detector(model, norm, k, thr, {device: thr}, meta), fpr
+    det, _ = Detector.fit({device: train}, {device: val}, transform="log1p", normalization="zscore", epochs=epochs,
+                          batch_size=64, lr=0.003, seed=seed, k=k, meta=meta)
+    return det, float(np.mean(det.score(test) > det.threshold_for(device)))
 
 
 def main(argv: list[str] | None = None) -> int:
