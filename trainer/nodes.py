@@ -191,7 +191,8 @@ class ServerNode(_Node):
         self.assigned: dict[str, int] = {}  # client -> the rank asked about it in the open phase
         self.expected: set[str] = set()
         self.replies: dict[str, Any] = {}
-        self.start_ready = threading.Event()  # the join is complete
+        self.start_ready = threading.Event()  # the join is complete (or failed: `closed`)
+        self.closed = False
         self.started = time.monotonic()
         self.last_status = ""
         self.last_status_at = 0.0
@@ -229,8 +230,8 @@ class ServerNode(_Node):
         """The driver thread: the run, then FINISH to the clients; an unexpected error stops the node with it."""
         try:
             self.drive(self)
-        except RoundFailed as exc:
-            self.post(LOCAL_FINISH, error=str(exc), exit_code=3)
+        except RoundFailed:
+            pass  # the driver has told the clients (`finish` with the error): the node stops with exit code 3
         except Exception as exc:  # noqa: BLE001 - a bug must stop this node with a message, not hang it
             log.exception("the run stopped")
             self.post(LOCAL_FINISH, error=f"unexpected failure: {type(exc).__name__}: {exc} (traceback in logs/)",
@@ -297,6 +298,8 @@ class ServerNode(_Node):
     # -- the Grid (called on the driver thread)
     def join(self) -> dict[str, Hello]:
         self.start_ready.wait()
+        if self.closed:  # the wait for clients failed; the node has said why
+            raise RoundFailed(self.error or "the server stopped before the run started")
         return self.hellos()
 
     def hellos(self) -> dict[str, Hello]:
@@ -401,14 +404,17 @@ class ServerNode(_Node):
         self.close(msg.get("exit_code"), msg.get("error"))
 
     def close(self, exit_code: int, error: str | None) -> None:
-        """FINISH to every connected rank (with the error that stopped the run), then stop."""
+        """FINISH to every connected rank (with the error that stopped the run), then stop; once."""
+        if self.closed:
+            return
         for rank in sorted(self.connected):
             if error:
                 self.send(S2C_FINISH, rank, error=error)
             else:
                 self.send(S2C_FINISH, rank)
+        self.closed = True
         self.stop(exit_code, error)
-        if not self.start_ready.is_set():  # the join failed: release the driver thread (it is a daemon)
+        if not self.start_ready.is_set():  # the join failed: release the driver thread
             self.start_ready.set()
 
 
