@@ -20,6 +20,7 @@ from federation.messages import S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hell
 from federation.outputs import RunOutputs
 from federation.state import RoundState
 from fediot.config import FedIoTConfig
+from fediot.console import names_line
 
 
 def quorum(cfg: FedIoTConfig) -> int:
@@ -68,7 +69,7 @@ def run_federation(state: RoundState, grid: Grid, out: RunOutputs, min_clients: 
             state.client_joined(hello)
         state.fit_normalizer({c: h.feature_stats for c, h in hellos.items()})
         _notices(state, out)
-        out.say(f"clients: {len(hellos)}: " + _names(state, list(hellos), 9,
+        out.say(f"clients: {len(hellos)}: " + names_line(list(hellos), state.cfg.clients, 9,
                                                      lambda c: f"{c} ({hellos[c].n_train} training rows)")
                 + grid.where())
         if state.evaluation_pending:  # resumed before an evaluation finished: it comes first
@@ -117,18 +118,10 @@ def _ask(grid: Grid, kind: str, own: dict[str, dict[str, Any]], common: dict[str
     if len(answers) < min_clients:
         raise RoundFailed(f"round {state.round + 1} ({phase}): {len(answers)} client(s) answered, "
                           f"train_args.min_clients_per_round = {min_clients}; dropped: "
-                          f"{_names(state, dropped) or 'none'}")
+                          f"{names_line(dropped, state.cfg.clients) or 'none'}")
     return answers, dropped
 
 
 def _notices(state: RoundState, out: RunOutputs) -> None:
     for line in state.take_notices():
         out.say(line)
-
-
-def _names(state: RoundState, clients: list[str], limit: int = 12, label=str) -> str:
-    """Client names (as `label` writes them) for a console line, in config order: the first few, then how many
-    more."""
-    order = {c: i for i, c in enumerate(state.cfg.clients)}
-    c = [label(x) for x in sorted(clients, key=lambda x: (order.get(x, len(order)), x))]
-    return ", ".join(c[:limit]) + (f" and {len(c) - limit} more" if len(c) > limit else "")

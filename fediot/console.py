@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO
+from typing import IO, Callable
 
 
 def _dup(stream: IO[str]) -> IO[str]:
@@ -39,6 +39,15 @@ def say(message: str) -> None:
     out = _out()
     out.write(message + "\n")
     out.flush()
+
+
+def names_line(names: list[str] | set[str], order: list[str], limit: int = 12,
+               label: Callable[[str], str] = str) -> str:
+    """Names for a console line, in `order` (others last): the first `limit` (as `label` writes them), then how many
+    more."""
+    index = {n: i for i, n in enumerate(order)}
+    shown = [label(n) for n in sorted(names, key=lambda n: (index.get(n, len(index)), n))]
+    return ", ".join(shown[:limit]) + (f" and {len(shown) - limit} more" if len(shown) > limit else "")
 
 
 def round_bar(done: int, total: int, width: int = 20) -> str:

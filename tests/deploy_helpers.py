@@ -32,23 +32,18 @@ def free_ports(n: int) -> list[int]:
 
 
 def deploy_config(tmp: Path, n_clients: int = 3, **sections) -> Path:
-    """A loopback deployment config with fresh ports; `sections` override keys per section."""
+    """A loopback deployment config (`tests.rounds.deploy_values`) with fresh ports; `sections` override keys per
+    section."""
+    from tests.rounds import deploy_values
+
     tmp.mkdir(parents=True, exist_ok=True)
     ports = free_ports(n_clients + 1)
     ipconfig = tmp / "ipconfig.csv"
     ipconfig.write_text("eid,rank,grpc_server_ip,grpc_server_port,ingress_ip\n"
                         + "".join(f"{r},{r},127.0.0.1,{p},\n" for r, p in enumerate(ports)))
-    cfg = {
-        "common_args": {"training_type": "cross_silo", "random_seed": 0, "run_dir_root": str(tmp / "runs"),
-                        "run_id": "test"},
-        "data_args": {"dataset": "synthetic", "devices": DEVICES[:n_clients], "synthetic_benign_rows": 400,
-                      "synthetic_attack_rows": 60, "attack_test_rows": 60},
-        "train_args": {"client_num_in_total": n_clients, "client_num_per_round": n_clients, "comm_round": 3,
-                       "epochs": 1, "round_timeout_s": 20, "min_clients_per_round": 1},
-        "validation_args": {"frequency_of_the_test": 2},
-        "comm_args": {"backend": "GRPC", "grpc_ipconfig_path": str(ipconfig), "connect_timeout_s": 60,
-                      "wait_for_clients_s": 60, "retry_interval_s": 0.3, "send_timeout_s": 5},
-    }
+    cfg = deploy_values(tmp, n_clients)
+    cfg["comm_args"].update({"grpc_ipconfig_path": str(ipconfig), "connect_timeout_s": 60, "wait_for_clients_s": 60,
+                             "retry_interval_s": 0.3, "send_timeout_s": 5})
     for section, keys in sections.items():
         cfg.setdefault(section, {}).update(keys)
     path = tmp / "deploy.yaml"

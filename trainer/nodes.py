@@ -39,7 +39,7 @@ from federation.messages import (
     ANSWER_TO, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING,
     S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError, answer_client, validate,
 )
-from fediot.console import say
+from fediot.console import names_line, say
 from fediot.rundir import peak_rss_mb, write_json
 from trainer.fedml_glue import fds_to_file
 from trainer.transport import HEADER_KEYS, PeerRefused, PeerUnreachable
@@ -213,11 +213,8 @@ class ServerNode(_Node):
         ):
             self.register_message_receive_handler(msg_type, handler)
 
-    def names(self, clients: list[str] | set[str], limit: int = 12) -> str:
-        """Client names for a console line, in config order: the first few, then how many more."""
-        order = {c: i for i, c in enumerate(self.clients)}
-        c = sorted(clients, key=lambda x: (order.get(x, len(order)), x))
-        return ", ".join(c[:limit]) + (f" and {len(c) - limit} more" if len(c) > limit else "")
+    def names(self, clients: list[str] | set[str]) -> str:
+        return names_line(clients, self.clients)
 
     def on_ready(self, _msg: Message) -> None:
         if self.rules.announce:
