@@ -65,15 +65,15 @@ def test_server_and_three_clients(tmp_path):
 
 
 def test_client_killed_mid_run_then_rejoins(tmp_path):
-    # rounds of ~0.5 s: long enough for the killed board to come back before the run ends
-    cfg = deploy_config(tmp_path, train_args={"comm_round": 40, "round_timeout_s": 30, "min_clients_per_round": 2,
-                                              "epochs": 20},
-                        validation_args={"frequency_of_the_test": 20},
+    # 30 rounds of ~0.3-0.7 s: long enough for the killed board to come back (~10 s) before the run ends
+    cfg = deploy_config(tmp_path, train_args={"comm_round": 30, "round_timeout_s": 30, "min_clients_per_round": 2,
+                                              "epochs": 10},
+                        validation_args={"frequency_of_the_test": 15},
                         data_args={"synthetic_benign_rows": 3000})
     srv = server(cfg)
     clients = {n: client(n, cfg) for n in (1, 2, 3)}
     try:
-        srv.wait_for("round 2/40")
+        srv.wait_for("round 2/30")
         clients[3].p.send_signal(signal.SIGKILL)  # no goodbye
         clients[3].p.wait()
         clients[3] = client(3, cfg)  # the board comes back
@@ -86,31 +86,12 @@ def test_client_killed_mid_run_then_rejoins(tmp_path):
             p.kill()
     run_dir = run_dir_of(srv)
     rounds = read_rounds(run_dir)
-    assert [r["round"] for r in rounds] == list(range(1, 41))  # every round done
+    assert [r["round"] for r in rounds] == list(range(1, 31))  # every round done
     dropped_rounds = [r["round"] for r in rounds if "Ennio_Doorbell" in r["dropped"]]
     assert dropped_rounds, "the killed client is recorded as dropped"
     assert any("Ennio_Doorbell" in r["clients"] for r in rounds if r["round"] > max(dropped_rounds))  # rejoined
     assert "(re)joined" in srv.stdout
     assert (run_dir / "metrics.json").is_file() and (run_dir / "model.pt").is_file()
-
-
-def test_too_few_clients_stops_with_checkpoint(tmp_path):
-    cfg = deploy_config(tmp_path, n_clients=2, train_args={"comm_round": 50, "round_timeout_s": 3,
-                                                           "min_clients_per_round": 2})
-    srv = server(cfg)
-    c1, c2 = client(1, cfg), client(2, cfg)
-    try:
-        srv.wait_for("round 2/50")
-        c2.p.send_signal(signal.SIGKILL)
-        rc = srv.finish(120)
-        assert c1.finish(60) != 0  # told that the run stopped
-    finally:
-        for p in (srv, c1, c2):
-            p.kill()
-    assert rc == 3
-    assert "train_args.min_clients_per_round = 2" in srv.stderr and "checkpoint" in srv.stderr
-    run_dir = Path(srv.stderr.split("(run directory ")[-1].split(")")[0])
-    assert (run_dir / "checkpoint.pt").is_file()
 
 
 def test_server_killed_and_resumed(tmp_path):
