@@ -35,7 +35,7 @@ from flwr.simulation import run_simulation  # noqa: E402
 from fediot import config as config_mod  # noqa: E402
 from fediot.console import say  # noqa: E402
 from federation import messages  # noqa: E402
-from federation.wire import decode, encode  # noqa: E402
+from federation.wire import encode  # noqa: E402
 
 ENV_CONFIG, ENV_DATA_ROOT, ENV_RUN_DIR = "FEDIOT_FLOWER_CONFIG", "FEDIOT_FLOWER_DATA_ROOT", "FEDIOT_FLOWER_RUN_DIR"
 SERVER, CLIENT = 0, 1  # sender/receiver numbers in the wire header (Flower routes by node id, not by these)
@@ -46,7 +46,7 @@ def _content(raw: bytes) -> RecordDict:
 
 
 def _fields(msg: Message, max_bytes: int) -> tuple[str, dict[str, Any]]:
-    msg_type, _, _, fields = decode(msg.content["fediot"]["wire"], max_bytes)
+    msg_type, _, _, fields = messages.decode_message(msg.content["fediot"]["wire"], max_bytes)
     return msg_type, fields
 
 

@@ -24,7 +24,6 @@ replaces the rest (site-packages untouched):
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 from concurrent import futures
 from typing import Any
@@ -40,7 +39,7 @@ from deployment.certs import RANK_NAME, rank_in_names
 from deployment.ipconfig import Peer
 from deployment.tls import TlsIdentity
 from trainer.transport import (
-    Delivery, PeerRefused, PeerUnreachable, Refused, Reject, log_reject, receive_loop, to_wire,
+    Delivery, Inbox, PeerRefused, PeerUnreachable, Refused, Reject, inbox_bytes, log_reject, receive_loop, to_wire,
 )
 
 log = logging.getLogger("fediot.grpc")
@@ -56,7 +55,7 @@ def host_port(ip: str, port: int) -> str:
 class _Servicer(grpc_comm_manager_pb2_grpc.gRPCCommManagerServicer):
     """Queues what peers send, with the rank their certificate proves; refuses revoked ranks."""
 
-    def __init__(self, q: queue.Queue, tls: TlsIdentity | None) -> None:
+    def __init__(self, q: Inbox, tls: TlsIdentity | None) -> None:
         self.q = q
         self.tls = tls
 
@@ -73,7 +72,9 @@ class _Servicer(grpc_comm_manager_pb2_grpc.gRPCCommManagerServicer):
             if refusal is not None:
                 self.q.put(Refused(*refusal))
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal[1])
-        self.q.put(Delivery(bytes(request.message), rank, peer))
+        if not self.q.put(Delivery(bytes(request.message), rank, peer)):  # over its share of the inbox: the
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,       # sender may retry once this node caught up
+                          "too many of your messages are waiting to be handled")
         return grpc_comm_manager_pb2.CommResponse()
 
 
@@ -94,13 +95,17 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         self._observers: list[Observer] = []
         self._send_lock = threading.Lock()
         self._stubs: dict[int, tuple[grpc.Channel, Any]] = {}  # one channel per receiver, kept while it works
-        self.message_q: queue.Queue = queue.Queue()
+        self.peer_ranks: set[int] | None = None  # who may send to this node (set by its node)
+        self.message_q = Inbox(inbox_bytes(max_bytes))
         limit = 2 * max_bytes + ENVELOPE_SLACK_BYTES
         self.opts: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
                                             ("grpc.max_receive_message_length", limit),
                                             ("grpc.enable_http_proxy", 0)]
         self.listen = host_port(bind_ip, peers[rank].port)
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(4, len(peers))), options=self.opts)
+        # at most one call per peer being read at a time (an honest node sends one message at a time and waits for
+        # it to be taken): a peer with many connections cannot hold every worker, nor that much memory at once
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(4, len(peers))), options=self.opts,
+                                  maximum_concurrent_rpcs=len(peers) + 1)
         grpc_comm_manager_pb2_grpc.add_gRPCCommManagerServicer_to_server(_Servicer(self.message_q, tls), self.server)
         if tls is None:
             bound = self.server.add_insecure_port(self.listen)

@@ -30,7 +30,9 @@ from model.detector import ErrorStats, train_autoencoder
 from model.normalization import FeatureStats, Normalizer
 
 
-ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies")
+ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
+           "val_overflow")
+OVERFLOW = 1e308  # stats_overflow's total and total_sq of the first feature (issue 22: two such boards crashed a run)
 POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
 TAMPERING_ATTACKS = ("model_scaling", "random_update")  # send something computed from the global weights
 
@@ -65,6 +67,10 @@ class LocalClient:
         if self.attack == "stats_inflation":  # statistics of rows attack_scale times larger than its own
             f = self.attack_scale
             stats = FeatureStats(stats.count, stats.total * f, stats.total_sq * f * f, stats.minimum * f, stats.maximum * f)
+        if self.attack == "stats_overflow":  # finite numbers whose sums overflow when merged with one more such client
+            total, total_sq = stats.total.copy(), stats.total_sq.copy()
+            total[0] = total_sq[0] = OVERFLOW
+            stats = FeatureStats(stats.count, total, total_sq, stats.minimum, stats.maximum)
         return Hello(self.device, self.n_train, stats,
                      held_out_counts(validation=len(s.validation), test=len(s.test),
                                      attacks={name: len(rows) for name, rows in s.attacks.items()}))
@@ -116,6 +122,8 @@ class LocalClient:
         s = ErrorStats.of(self.scores.validation)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
             return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
+        if self.attack == "val_overflow":  # finite, and the square of their mean overflows a float
+            return ErrorStats(s.count, 1e200, 1e300)
         return s
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:

@@ -24,9 +24,10 @@ from fediot.console import names_line
 
 
 def quorum(cfg: FedIoTConfig) -> int:
-    """How many clients must answer every request: a simulation waits for every sampled client (an MPI rank cannot
-    drop silently), a deployment for `train_args.min_clients_per_round`."""
-    return cfg.train.client_num_per_round if cfg.is_simulation else cfg.train.min_clients_per_round
+    """How many clients must answer every request: in a deployment `train_args.min_clients_per_round`; in a
+    simulation one (its ranks cannot drop silently: every client answers unless its answer is refused, and a refused
+    answer must not stop the honest clients' run)."""
+    return 1 if cfg.is_simulation else cfg.train.min_clients_per_round
 
 
 class RoundFailed(Exception):

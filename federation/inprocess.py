@@ -19,11 +19,11 @@ from pathlib import Path
 from federation.client import ClientLoader, LocalClient, answers
 from federation.driver import quorum, run_federation
 from federation.messages import (
-    ANSWER_TO, C2S_HELLO, Expectations, Hello, ProtocolError, answer_client, typed, validate,
+    ANSWER_TO, C2S_HELLO, Expectations, Hello, ProtocolError, answer_client, decode_message, typed, validate,
 )
 from federation.outputs import RunOutputs
 from federation.state import RoundState
-from federation.wire import WireError, decode, encode
+from federation.wire import WireError, encode
 from fediot.config import FedIoTConfig
 
 SERVER_RANK = 0
@@ -68,7 +68,7 @@ class InProcessGrid:
         try:
             raw = encode(msg_type, self.rank[client], SERVER_RANK, fields)
             self.bytes_received += len(raw)
-            got_type, _, _, got = decode(raw, self.max_bytes)
+            got_type, _, _, got = decode_message(raw, self.max_bytes)
             return typed(got_type, got, self.server_expect)
         except (WireError, ProtocolError) as exc:
             self._reject(sender, str(exc))
@@ -77,7 +77,7 @@ class InProcessGrid:
     def _to_client(self, client: str, msg_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         raw = encode(msg_type, SERVER_RANK, self.rank[client], fields)
         self.bytes_sent += len(raw)
-        _, _, _, got = decode(raw, self.max_bytes)
+        _, _, _, got = decode_message(raw, self.max_bytes)
         validate(msg_type, got, self.client_expect[client])
         return got
 

@@ -29,13 +29,17 @@ rank about.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import torch
 
+from data.nbaiot import N_FEATURES
 from evaluation.counts import HIST_EDGES
+from federation.wire import decode
 from fediot.checks import InputError, fail as _fail, integer as _int, mapping as _dict, number as _num
+from fediot.checks import MAX_VALUE, error_stats as check_error_stats, feature_stats as check_feature_stats
 from fediot.checks import string as _str, vector as _vector
 from model.detector import ErrorStats
 from model.normalization import FeatureStats
@@ -52,6 +56,10 @@ C2S_REPORT = "fediot_report"
 S2C_FINISH = "fediot_finish"
 
 MAX_SECONDS = 10**7
+# A header carries no tensor bytes: at most one count report (a 4,098-bin histogram per attack file, ~0.5 MB) or one
+# request naming every client of a rank (~0.2 MB at 1,008 clients). Anything larger is refused before parsing.
+MAX_HEADER_BYTES = 4 * 2**20
+MODEL_CARRYING = {S2C_TRAIN, S2C_EVAL_STATS, C2S_UPDATE}
 N_HIST_BINS = len(HIST_EDGES) + 1
 
 
@@ -110,6 +118,7 @@ def _hello(p: dict[str, Any], exp: Expectations) -> None:
     for key in ("total", "minimum", "maximum"):
         _vector(s[key], f"feature_stats.{key}", exp.n_features)
     _vector(s["total_sq"], "feature_stats.total_sq", exp.n_features, 0.0)
+    check_feature_stats(s["count"], s["total"], s["total_sq"], s["minimum"], s["maximum"], "feature_stats")
     h = _dict(p["held_out"], "held_out", {"validation", "test", "attacks"})
     _int(h["validation"], "held_out.validation", 1)
     _int(h["test"], "held_out.test")
@@ -123,7 +132,7 @@ def _update(p: dict[str, Any], exp: Expectations) -> None:
     _client(p, exp)
     _state(p["model"], exp)
     _int(p["n"], "n", 1)
-    _num(p["loss"], "loss")
+    _num(p["loss"], "loss", 0.0, MAX_VALUE)
     _num(p["lr"], "lr")
     _num(p["train_seconds"], "train_seconds", 0.0, MAX_SECONDS)
 
@@ -135,6 +144,7 @@ def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
     _int(s["count"], "val_stats.count", 1)
     _num(s["total"], "val_stats.total")
     _num(s["total_sq"], "val_stats.total_sq")
+    check_error_stats(s["count"], s["total"], s["total_sq"], "val_stats")
 
 
 def _counts(v: Any, name: str, keys: set[str]) -> None:
@@ -158,8 +168,8 @@ def _report(p: dict[str, Any], exp: Expectations) -> None:
         _fail("report.missing_attacks must be a list of names")
     val = _dict(r["validation"], "report.validation", {"n", "mse_mean", "mse_std"})
     _int(val["n"], "report.validation.n", 1)
-    _num(val["mse_mean"], "report.validation.mse_mean")
-    _num(val["mse_std"], "report.validation.mse_std")
+    _num(val["mse_mean"], "report.validation.mse_mean", 0.0, MAX_VALUE)
+    _num(val["mse_std"], "report.validation.mse_std", 0.0, MAX_VALUE)
     modes = _dict(r["modes"], "report.modes")
     if not modes or not set(modes) <= {"global", "device"}:
         _fail("report.modes must hold 'global' and/or 'device'")
@@ -238,6 +248,27 @@ SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectati
     S2C_EVAL_COUNTS: ({"round", "clients", "global_threshold", "window"}, set(), _eval_counts),
     S2C_FINISH: (set(), {"error"}, _finish),
 }
+
+
+def tensors_allowed(msg_type: str) -> int | None:
+    """How many tensors a message of this type may carry (the model's, for the types that carry it; none for the
+    others); None for a type that is not a message."""
+    if msg_type not in SCHEMAS:
+        return None
+    return _model_tensors() if msg_type in MODEL_CARRYING else 0
+
+
+@functools.lru_cache(maxsize=1)
+def _model_tensors() -> int:
+    from model.autoencoder import AutoEncoder
+
+    return len(AutoEncoder(N_FEATURES).state_dict())
+
+
+def decode_message(raw: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
+    """Wire bytes as (type, sender, receiver, fields) within every limit a message has (size, header, tensors per
+    type); `WireError` otherwise. Every receiver decodes through here."""
+    return decode(raw, max_bytes, MAX_HEADER_BYTES, tensors_allowed)
 
 
 def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:

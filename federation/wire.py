@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 import struct
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -75,12 +75,40 @@ def encode(msg_type: str, sender: int, receiver: int, params: dict[str, Any]) ->
     return MAGIC + _LEN.pack(len(header)) + header + b"".join(blobs)
 
 
+def _count_tensors(value: Any, limit: int, depth: int = 0) -> int:
+    """Tensor references in a parsed header, counting stops past `limit` (so a header of a million is cheap)."""
+    if depth > _MAX_DEPTH:
+        raise WireError("message nests deeper than allowed")
+    if isinstance(value, dict):
+        if "__tensor__" in value:
+            return 1
+        n = 0
+        for v in value.values():
+            if isinstance(v, (dict, list)):
+                n += _count_tensors(v, limit - n, depth + 1)
+                if n > limit:
+                    break
+        return n
+    if isinstance(value, list):
+        n = 0
+        for v in value:
+            if isinstance(v, (dict, list)):
+                n += _count_tensors(v, limit - n, depth + 1)
+                if n > limit:
+                    break
+        return n
+    return 0
+
+
 def _refuse_constant(name: str) -> Any:
     raise WireError(f"{name} in a message")
 
 
-def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
-    """(type, sender, receiver, fields) of a message; WireError on anything malformed."""
+def decode(data: bytes, max_bytes: int, max_header_bytes: int | None = None,
+           tensors_allowed: Callable[[str], int | None] | None = None) -> tuple[str, int, int, dict[str, Any]]:
+    """(type, sender, receiver, fields) of a message; WireError on anything malformed. The expensive steps come last
+    and are bounded first: a header over `max_header_bytes` is refused before it is parsed, and a message of a type
+    `tensors_allowed` does not know (None), or with more tensors than it allows that type, before any tensor is made."""
     if not isinstance(data, (bytes, bytearray)):
         raise WireError("not bytes")
     if len(data) > max_bytes:
@@ -91,6 +119,8 @@ def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
     (n_header,) = _LEN.unpack_from(data, len(MAGIC))
     if start + n_header > len(data):
         raise WireError("header longer than the message")
+    if max_header_bytes is not None and n_header > max_header_bytes:
+        raise WireError(f"header of {n_header:,} bytes, over the {max_header_bytes:,} a message header may have")
     try:
         header = json.loads(bytes(data[start:start + n_header]), parse_constant=_refuse_constant)
     except WireError:
@@ -107,6 +137,13 @@ def decode(data: bytes, max_bytes: int) -> tuple[str, int, int, dict[str, Any]]:
     if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 1_000_000 for x in (sender, receiver)):
         raise WireError("sender and receiver must be ranks (integers >= 0)")
     body = memoryview(data)[start + n_header:]
+    if tensors_allowed is not None:
+        allowed = tensors_allowed(msg_type)
+        if allowed is None:
+            raise WireError(f"unknown message type {msg_type[:60]!r}")
+        found = _count_tensors(fields, allowed)
+        if found > allowed:
+            raise WireError(f"more than {allowed} tensor(s) in a {msg_type} message")
 
     def tensor(ref: Any) -> torch.Tensor:
         if not (isinstance(ref, list) and len(ref) == 4 and ref[0] in _DTYPES and isinstance(ref[1], list)

@@ -78,7 +78,9 @@ class ErrorStats:
 
     @classmethod
     def merge(cls, parts: list["ErrorStats"]) -> "ErrorStats":
-        return cls(sum(p.count for p in parts), sum(p.total for p in parts), sum(p.total_sq for p in parts))
+        """The statistics of all parts' rows (sums in float64)."""
+        return cls(sum(p.count for p in parts), float(np.sum([p.total for p in parts], dtype=np.float64)),
+                   float(np.sum([p.total_sq for p in parts], dtype=np.float64)))
 
     def scaled(self, factor: float, count: int | None = None) -> "ErrorStats":
         """The statistics of these errors times `factor` (mean and std scale alike), weighed as `count` rows."""
@@ -91,13 +93,20 @@ class ErrorStats:
 
     @property
     def std(self) -> float:
-        """Population standard deviation."""
-        return float(np.sqrt(max(self.total_sq / self.count - self.mean ** 2, 0.0)))
+        """Population standard deviation (float64: never an OverflowError, at worst inf, which `threshold` refuses)."""
+        mean = np.float64(self.total) / self.count
+        with np.errstate(over="ignore", invalid="ignore"):
+            return float(np.sqrt(max(np.float64(self.total_sq) / self.count - mean * mean, 0.0)))
 
     def threshold(self, k: float) -> float:
+        """mean + k * std; ValueError when there are no rows or the result is not a finite number."""
         if self.count == 0:
             raise ValueError("no validation errors to set a threshold from")
-        return self.mean + k * self.std
+        with np.errstate(over="ignore", invalid="ignore"):
+            value = float(np.float64(self.mean) + np.float64(k) * np.float64(self.std))
+        if not np.isfinite(value):
+            raise ValueError(f"the threshold of {self.count} validation errors is not finite")
+        return value
 
 
 def thresholds_of(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:

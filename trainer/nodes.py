@@ -78,6 +78,7 @@ class _Node(FedMLCommManager):
     def _init_manager(self) -> None:
         self.com_manager = self._make_transport()
         self.com_manager.reject = self.reject
+        self.com_manager.peer_ranks = self.peer_ranks  # bytes from any other rank are refused before decoding
         self.com_manager.add_observer(self)
 
     def reject(self, sender: str, reason: str) -> None:
@@ -102,11 +103,19 @@ class _Node(FedMLCommManager):
             validate(msg_type, fields, self.expect)
         except ProtocolError as exc:
             self.reject(sender, str(exc))
+            self.invalid(msg_type, fields, int(msg_params.get_sender_id()))
             return
         if handler is None:
             self.reject(sender, f"{msg_type} is not a message for rank {self.rank}")
             return
-        handler(msg_params)
+        try:
+            handler(msg_params)
+        except Exception as exc:  # noqa: BLE001 - no message may stop this node: log it with its sender, count it
+            log.exception("handling %s from %s failed", msg_type, sender)
+            self.reject(sender, f"{msg_type}: handling it failed ({type(exc).__name__}: {exc})")
+
+    def invalid(self, msg_type: str, fields: dict[str, Any], rank: int) -> None:
+        """A message from `rank` that its type's validator refused (already rejected and counted)."""
 
     def message(self, msg_type: str, receiver: int, **params: Any) -> Message:
         m = Message(msg_type, self.rank, receiver)
@@ -191,6 +200,8 @@ class ServerNode(_Node):
         self.assigned: dict[str, int] = {}  # client -> the rank asked about it in the open phase
         self.expected: set[str] = set()
         self.replies: dict[str, Any] = {}
+        self.failed: set[str] = set()
+        self.refused_hello: set[str] = set()  # clients whose hello was refused (the join does not wait for them)
         self.start_ready = threading.Event()  # the join is complete (or failed: `closed`)
         self.closed = False
         self.started = time.monotonic()
@@ -253,7 +264,7 @@ class ServerNode(_Node):
                 self.send(S2C_PING, r)
         self._status()
         waited = time.monotonic() - self.started
-        if len(self.joined) == len(self.clients):
+        if self._all_heard() and self.joined:
             self.start_training()
         elif waited >= self.rules.wait_for_clients_s:
             if len(self.joined) >= self.rules.min_clients:
@@ -276,17 +287,24 @@ class ServerNode(_Node):
             return
         with self.joined_lock:
             self.joined[hello.device] = hello
+        self.refused_hello.discard(hello.device)
         self.connected.setdefault(rank, set()).add(hello.device)
         self.send(S2C_WELCOME, rank, round=self.round)
         if self.phase == "waiting":
             self._status(force=True)
-            if len(self.joined) == len(self.clients):
+            if self._all_heard():
                 self.start_training()
         elif self.rules.announce:  # training has started: a new or restarted board joins at the next request
             say(f"client {rank} ({hello.device}) (re)joined; it takes part from the next round")
 
     def start_training(self) -> None:
+        if not self.joined:
+            self.close(3, f"no client's hello was accepted (refused: {self.names(self.refused_hello)}; see logs/)")
+            return
         self.phase = "busy"
+        for device in sorted(self.refused_hello - set(self.joined)):
+            say(f"warning: the hello of {device} (rank {self.home[device]}) was refused (see rounds.jsonl and logs/); "
+                f"starting without it")
         if self.rules.announce:
             say(f"starting: {len(self.joined)} client(s), round deadline {self.rules.round_timeout_s:g}s, "
                 f"at least {self.rules.min_clients} client(s) per round")
@@ -342,6 +360,7 @@ class ServerNode(_Node):
         self.phase_id += 1
         self.phase = request.kind
         self.replies = {}
+        self.failed: set[str] = set()  # clients whose answer was refused in this phase
         reachable = [c for c in request.own if c in self.joined and self.home[c] in self.connected]
         self.assigned = {c: self.home[c] for c in reachable}
         by_rank: dict[int, list[str]] = {}
@@ -367,20 +386,46 @@ class ServerNode(_Node):
             for c in self.connected.pop(rank, set()):
                 self.joined.pop(c, None)
 
+    def invalid(self, msg_type: str, fields: dict[str, Any], rank: int) -> None:
+        """A refused answer about a client this rank was asked about counts as that client's answer-that-failed: the
+        phase does not wait for it (a simulation has no deadline), and the client is dropped from the phase. A refused
+        hello about one of the rank's clients: the join does not wait for that client (it may say hello again)."""
+        if msg_type == C2S_HELLO:
+            device = fields.get("device")
+            if isinstance(device, str) and self.home.get(device) == rank and device not in self.joined:
+                self.refused_hello.add(device)
+                if self.phase == "waiting" and self._all_heard():
+                    self.start_training()
+            return
+        if self.request is None or msg_type != ANSWER_TO[self.request.kind]:
+            return
+        report = fields.get("report")
+        claimed = report.get("device") if isinstance(report, dict) else fields.get("client")
+        if isinstance(claimed, str) and self.assigned.get(claimed) == rank and claimed not in self.replies:
+            self.failed.add(claimed)
+            self._maybe_close()
+
+    def _all_heard(self) -> bool:
+        """Every client has said hello, or said one that was refused."""
+        return len(self.joined) + len(self.refused_hello - set(self.joined)) >= len(self.clients)
+
+    def _maybe_close(self) -> None:
+        if len(self.replies) + len(self.failed & self.expected) >= len(self.expected):
+            self.close_phase()
+
     def on_reply(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
         fields = msg.get_params()
         client = answer_client(msg.get_type(), fields)
         if (self.request is None or msg.get_type() != ANSWER_TO[self.request.kind] or fields["round"] != self.round
-                or client not in self.expected or client in self.replies):
+                or client not in self.expected or client in self.replies or client in self.failed):
             log.info("late or unexpected %s from %d ignored", msg.get_type(), rank)
             return
         if self.assigned.get(client) != rank:
             self.reject(f"rank {rank}", f"{msg.get_type()} about {client}, which rank {rank} was not asked about")
             return
         self.replies[client] = TYPED[msg.get_type()].of(fields)
-        if len(self.replies) == len(self.expected):  # replies only ever hold expected clients
-            self.close_phase()
+        self._maybe_close()  # replies only ever hold expected clients
 
     def on_deadline(self, msg: Message) -> None:
         if msg.get("phase_id") == self.phase_id and self.request is not None:

@@ -24,15 +24,16 @@ import logging
 import queue
 import threading
 import time
+from collections import defaultdict, deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 from fedml.core.distributed.communication.constants import CommunicationConstants
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
 
-from federation.messages import SCHEMAS
-from federation.wire import WireError, decode, encode
+from federation.messages import decode_message
+from federation.wire import WireError, encode
 
 QUEUE_POLL_S = 0.5
 MPI_POLL_S = 0.001  # how long an idle MPI receive thread sleeps between probes (~3 % of a core per rank)
@@ -40,6 +41,12 @@ PRUNE_MIN = 64  # completed sends are dropped from the in-flight list when it re
 FLUSH_TIMEOUT_S = 30.0  # how long a stopping MPI rank waits for its last sends to be received
 FLUSH_POLL_S = 0.005
 HEADER_KEYS = {Message.MSG_ARG_KEY_TYPE, Message.MSG_ARG_KEY_SENDER, Message.MSG_ARG_KEY_RECEIVER}
+INBOX_MESSAGES_PER_PEER = 2  # a peer's bytes waiting to be handled: at most this many messages of the size limit
+
+
+def inbox_bytes(max_bytes: int) -> int:
+    """How many bytes of one peer's messages may wait in a node's inbox."""
+    return INBOX_MESSAGES_PER_PEER * max_bytes
 
 log = logging.getLogger("fediot.transport")
 
@@ -59,10 +66,10 @@ def to_wire(msg: Message) -> bytes:
 
 
 def from_wire(raw: bytes, max_bytes: int) -> Message:
-    """Wire bytes as a FedML message; WireError when they are not a well-formed FedIoT message."""
-    msg_type, sender, receiver, fields = decode(raw, max_bytes)
-    if msg_type not in SCHEMAS:  # local events (ticks, deadlines) can never come from a peer
-        raise WireError(f"unknown message type {msg_type[:60]!r}")
+    """Wire bytes as a FedML message; WireError when they are not a well-formed FedIoT message. Local events (ticks,
+    deadlines) can never come from a peer: an unknown type is refused before any tensor is read, as is a message
+    with more tensors than its type carries."""
+    msg_type, sender, receiver, fields = decode_message(raw, max_bytes)
     msg = Message(msg_type, sender, receiver)
     for k, v in fields.items():
         if k in HEADER_KEYS:
@@ -96,16 +103,72 @@ class Refused:
     reason: str
 
 
+class Inbox:
+    """A node's receive queue. Its own events (ticks, deadlines, the driver's requests) go first and are never
+    bounded or queued behind peer traffic; what peers send is bounded per peer (bytes waiting to be handled), so
+    one peer can neither fill this node's memory nor push the others' messages far back. A message over its
+    peer's bound is refused (`put` returns False) and counted: the receive loop gets one `Refused` per peer with
+    how many were refused since the last one."""
+
+    def __init__(self, per_peer_bytes: int) -> None:
+        self.per_peer_bytes = per_peer_bytes
+        self._local: deque = deque()
+        self._peers: deque = deque()
+        self._queued: dict[Any, int] = defaultdict(int)  # peer -> bytes waiting
+        self._refused: dict[Any, tuple[str, int]] = {}  # peer -> (sender, messages refused since the last report)
+        self._ready = threading.Condition()
+
+    @staticmethod
+    def _peer(d: Delivery) -> Any:
+        return d.peer_rank if d.peer_rank is not None else d.peer
+
+    def put(self, item: Any) -> bool:
+        """Queue an item; False when it is a peer's message over that peer's bound (refused, counted)."""
+        with self._ready:
+            if isinstance(item, Delivery):
+                key = self._peer(item)
+                if self._queued[key] + len(item.raw) > self.per_peer_bytes:
+                    sender, n = self._refused.get(key, (_sender(item.peer_rank, item.peer), 0))
+                    self._refused[key] = (sender, n + 1)
+                    self._ready.notify()
+                    return False
+                self._queued[key] += len(item.raw)
+                self._peers.append(item)
+            else:
+                self._local.append(item)
+            self._ready.notify()
+            return True
+
+    def get(self, timeout: float) -> Any:
+        """The next item: own events first, then refusal reports, then peer messages in arrival order."""
+        with self._ready:
+            if not (self._local or self._refused or self._peers):
+                self._ready.wait(timeout)
+            if self._local:
+                return self._local.popleft()
+            if self._refused:
+                key, (sender, n) = next(iter(self._refused.items()))
+                del self._refused[key]
+                return Refused(sender, f"{n} message(s) refused: more than {self.per_peer_bytes:,} bytes of its "
+                                       f"messages were waiting to be handled")
+            if self._peers:
+                item = self._peers.popleft()
+                self._queued[self._peer(item)] -= len(item.raw)
+                return item
+            raise queue.Empty
+
+
 def _sender(peer_rank: int | None, peer: str) -> str:
     if peer_rank is None:
         return f"a peer ({peer})"
     return f"rank {peer_rank} (MPI)" if peer == "MPI" else f"rank {peer_rank} (certificate, {peer})"
 
 
-def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver: Callable[[Message], None]) -> None:
-    """The receive loop of both transports: block on the queue (no spinning); local events go straight
-    to `deliver`; wire bytes from a peer are counted, decoded, checked against the rank that sent them (its
-    certificate, or MPI's source rank) and our own rank, and rejected when anything is off."""
+def receive_loop(q: Inbox, running: Callable[[], bool], transport, deliver: Callable[[Message], None]) -> None:
+    """The receive loop of both transports: block on the inbox (no spinning); local events go straight
+    to `deliver`; wire bytes from a peer are counted, checked against who may send to this node (before any
+    decoding), decoded within the header and tensor limits of their type, checked against the rank that sent them
+    (its certificate, or MPI's source rank) and our own rank, and rejected when anything is off."""
     while running():
         try:
             item = q.get(timeout=QUEUE_POLL_S)
@@ -120,6 +183,10 @@ def receive_loop(q: queue.Queue, running: Callable[[], bool], transport, deliver
         delivery: Delivery = item
         transport.bytes_received += len(delivery.raw)
         sender = _sender(delivery.peer_rank, delivery.peer)
+        allowed = getattr(transport, "peer_ranks", None)
+        if delivery.peer_rank is not None and allowed is not None and delivery.peer_rank not in allowed:
+            transport.reject(sender, f"rank {delivery.peer_rank} does not send to rank {transport.rank} (not decoded)")
+            continue
         try:
             msg = from_wire(delivery.raw, transport.max_bytes)
         except WireError as exc:
@@ -142,7 +209,7 @@ class MpiReceiveThread(threading.Thread):
     is training: Open MPI's progress engine needs a second pass to see a message that arrived during the sleep, so
     one probe saw it 1.8 ms after the send, two probes per wake-up 0.75 ms (the same sleeps, the same CPU)."""
 
-    def __init__(self, comm, q: queue.Queue, name: str) -> None:
+    def __init__(self, comm, q: Inbox, name: str) -> None:
         super().__init__(name=name, daemon=True)
         self.comm, self.q = comm, q
         self._stop_event = threading.Event()
@@ -177,13 +244,14 @@ class MpiTransport(MpiCommunicationManager):
         self.bytes_sent = 0
         self.bytes_received = 0
         self.max_bytes = max_bytes
+        self.peer_ranks: set[int] | None = None  # who may send to this rank (set by its node)
         self.reject: Reject = log_reject
         self._in_flight: list = []  # (Isend request, its buffer) not yet known to be completed
         self._prune_at = PRUNE_MIN
         super().__init__(comm, rank, size)
 
-    def _start_receiving(self, name: str) -> tuple[queue.Queue, queue.Queue, MpiReceiveThread]:
-        received: queue.Queue = queue.Queue()
+    def _start_receiving(self, name: str) -> tuple[queue.Queue, Inbox, MpiReceiveThread]:
+        received = Inbox(inbox_bytes(self.max_bytes))
         thread = MpiReceiveThread(self.comm, received, name)
         thread.start()
         return queue.Queue(), received, thread
