@@ -72,9 +72,9 @@ class _Servicer(grpc_comm_manager_pb2_grpc.gRPCCommManagerServicer):
             if refusal is not None:
                 self.q.put(Refused(*refusal))
                 context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal[1])
-        if not self.q.put(Delivery(bytes(request.message), rank, peer)):  # over its share of the inbox: the
-            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,       # sender may retry once this node caught up
-                          "too many of your messages are waiting to be handled")
+        if not self.q.put(Delivery(bytes(request.message), rank, peer)):  # refused before it waits in memory:
+            context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,       # not a message, or too many of its messages
+                          "refused: not a FedIoT message within the limits, or too many of yours are waiting")
         return grpc_comm_manager_pb2.CommResponse()
 
 
@@ -96,16 +96,17 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         self._send_lock = threading.Lock()
         self._stubs: dict[int, tuple[grpc.Channel, Any]] = {}  # one channel per receiver, kept while it works
         self.peer_ranks: set[int] | None = None  # who may send to this node (set by its node)
-        self.message_q = Inbox(inbox_bytes(max_bytes))
+        self.message_q = Inbox(inbox_bytes(max_bytes), max_bytes)
         limit = 2 * max_bytes + ENVELOPE_SLACK_BYTES
         self.opts: list[tuple[str, Any]] = [("grpc.max_send_message_length", limit),
                                             ("grpc.max_receive_message_length", limit),
                                             ("grpc.enable_http_proxy", 0)]
         self.listen = host_port(bind_ip, peers[rank].port)
-        # at most one call per peer being read at a time (an honest node sends one message at a time and waits for
-        # it to be taken): a peer with many connections cannot hold every worker, nor that much memory at once
+        # as many calls in progress as there are peers that may send here (an honest node sends one message at a
+        # time and waits for it to be taken): gRPC refuses more before reading them, so a peer flooding on many
+        # connections holds at most that many messages' memory (measured: bench/bench_flood.py)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=max(4, len(peers))), options=self.opts,
-                                  maximum_concurrent_rpcs=len(peers) + 1)
+                                  maximum_concurrent_rpcs=max(2, len(peers) - 1))
         grpc_comm_manager_pb2_grpc.add_gRPCCommManagerServicer_to_server(_Servicer(self.message_q, tls), self.server)
         if tls is None:
             bound = self.server.add_insecure_port(self.listen)

@@ -75,6 +75,21 @@ def encode(msg_type: str, sender: int, receiver: int, params: dict[str, Any]) ->
     return MAGIC + _LEN.pack(len(header)) + header + b"".join(blobs)
 
 
+def precheck(data: bytes, max_bytes: int, max_header_bytes: int) -> str | None:
+    """Why these bytes cannot be a message, from their first bytes and length alone (None: they may be): the check a
+    receive thread makes before a message is queued, so a refused one never waits in memory."""
+    if len(data) > max_bytes:
+        return f"{len(data):,} bytes, over comm_args.max_message_mb ({max_bytes:,} bytes)"
+    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
+        return "not a FedIoT message (bad magic)"
+    (n_header,) = _LEN.unpack_from(data, len(MAGIC))
+    if len(MAGIC) + _LEN.size + n_header > len(data):
+        return "header longer than the message"
+    if n_header > max_header_bytes:
+        return f"header of {n_header:,} bytes, over the {max_header_bytes:,} a message header may have"
+    return None
+
+
 def _count_tensors(value: Any, limit: int, depth: int = 0) -> int:
     """Tensor references in a parsed header, counting stops past `limit` (so a header of a million is cheap)."""
     if depth > _MAX_DEPTH:
@@ -111,16 +126,11 @@ def decode(data: bytes, max_bytes: int, max_header_bytes: int | None = None,
     `tensors_allowed` does not know (None), or with more tensors than it allows that type, before any tensor is made."""
     if not isinstance(data, (bytes, bytearray)):
         raise WireError("not bytes")
-    if len(data) > max_bytes:
-        raise WireError(f"{len(data):,} bytes, over comm_args.max_message_mb ({max_bytes:,} bytes)")
-    if len(data) < len(MAGIC) + _LEN.size or not data.startswith(MAGIC):
-        raise WireError("not a FedIoT message (bad magic)")
+    why = precheck(data, max_bytes, len(data) if max_header_bytes is None else max_header_bytes)
+    if why is not None:
+        raise WireError(why)
     start = len(MAGIC) + _LEN.size
     (n_header,) = _LEN.unpack_from(data, len(MAGIC))
-    if start + n_header > len(data):
-        raise WireError("header longer than the message")
-    if max_header_bytes is not None and n_header > max_header_bytes:
-        raise WireError(f"header of {n_header:,} bytes, over the {max_header_bytes:,} a message header may have")
     try:
         header = json.loads(bytes(data[start:start + n_header]), parse_constant=_refuse_constant)
     except WireError:

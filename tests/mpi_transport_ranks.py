@@ -33,7 +33,7 @@ if rank == 1:
     transport.flush()
 else:
     delivered, rejected = [], []
-    transport.reject = lambda sender, reason: rejected.append([sender, reason])
+    transport.reject = lambda sender, reason, count=1: rejected.extend([[sender, reason]] * count)
     deadline = time.monotonic() + 60
     receive_loop(transport.q_receiver, lambda: len(delivered) + len(rejected) < 4 and time.monotonic() < deadline,
                  transport, lambda m: delivered.append([m.get_type(), m.get_sender_id(), m.get("round")]))

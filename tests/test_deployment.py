@@ -234,37 +234,3 @@ def test_port_check_ignores_time_wait_but_not_a_listener():
         check_port_free("127.0.0.1", port, "test")  # the listener is still there
     listener.close()
     check_port_free("127.0.0.1", port, "test")  # only TIME_WAIT left: free for a restarted board
-
-
-def test_boards_with_overflowing_statistics_neither_crash_nor_stall_the_server(tmp_path):
-    """Issue 22, reproductions 1 and 2 with real processes: board 2 sends feature statistics whose sums overflow
-    (stats_overflow), board 3 validation statistics whose square overflows (val_overflow; it crashed the server at
-    every evaluation). The server refuses both, names the boards, does not wait for a refused answer (the round
-    deadline is 120 s; every evaluation here takes far less), and finishes the run."""
-    import yaml
-
-    cfg = deploy_config(tmp_path, train_args={"round_timeout_s": 120, "min_clients_per_round": 1})
-    raw = yaml.safe_load(cfg.read_text())
-    board_cfg = {}
-    for rank, attack in ((2, "stats_overflow"), (3, "val_overflow")):
-        raw_board = json.loads(json.dumps(raw))
-        raw_board["attack_args"] = {"malicious_ranks": [rank], "attack": attack}
-        board_cfg[rank] = tmp_path / f"board{rank}.yaml"
-        board_cfg[rank].write_text(yaml.safe_dump(raw_board))
-    srv = server(cfg)
-    clients = [client(n, board_cfg.get(n, cfg)) for n in (1, 2, 3)]
-    try:
-        assert srv.finish(240) == 0, srv.stdout + srv.stderr
-    finally:
-        for p in (srv, *clients):
-            p.kill()
-    run_dir = run_dir_of(srv)
-    rounds = read_rounds(run_dir)
-    assert [r["round"] for r in rounds] == [1, 2, 3]
-    assert all(r["eval_seconds"] < 60 for r in rounds if "eval" in r)
-    reasons = [x for r in rounds for x in r.get("rejections", [])]
-    assert any(x["from"].startswith("rank 2") and "feature_stats: feature 0" in x["reason"] for x in reasons)
-    assert any(x["from"].startswith("rank 3") and "val_stats" in x["reason"] for x in reasons)
-    assert "the hello of Ecobee_Thermostat (rank 2) was refused" in srv.stdout
-    m = json.loads((run_dir / "metrics.json").read_text())
-    assert sorted(m["devices"]) == ["Danmini_Doorbell"] and m["global"]["tpr"] > 0.9

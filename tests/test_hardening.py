@@ -120,17 +120,29 @@ def test_the_inbox_bounds_each_peer_and_serves_own_events_first():
 
     from trainer.transport import Delivery, Inbox, Refused
 
-    box = Inbox(per_peer_bytes=1000)
-    assert box.put(Delivery(b"x" * 600, 1, "MPI")) and box.put(Delivery(b"y" * 600, 2, "MPI"))
-    assert not box.put(Delivery(b"z" * 600, 1, "MPI"))  # rank 1 has 600 bytes waiting: 1,200 > 1,000
-    assert not box.put(Delivery(b"z" * 600, 1, "MPI"))
+    def msg(fill: bytes, size: int) -> bytes:
+        return MAGIC + (2).to_bytes(4, "little") + b"{}" + fill * (size - 11)
+
+    box = Inbox(per_peer_bytes=1000, max_bytes=10**6)
+    x, y, z = msg(b"x", 600), msg(b"y", 600), msg(b"z", 600)
+    assert box.put(Delivery(x, 1, "MPI")) and box.put(Delivery(y, 2, "MPI"))
+    assert not box.put(Delivery(z, 1, "MPI"))  # rank 1 has 600 bytes waiting: 1,200 > 1,000
+    assert not box.put(Delivery(b"garbage", 2, "MPI"))  # not a message: refused before it is queued
+    for _ in range(Inbox.REFUSALS_LISTED + 5):
+        box.put(Delivery(b"garbage", 3, "MPI"))
     tick = Message("fediot_tick", 0, 0)
     box.put(tick)
     assert box.get(0.1) is tick  # own events first, whatever waits
-    refused = box.get(0.1)
-    assert isinstance(refused, Refused) and refused.sender == "rank 1 (MPI)" and refused.reason.startswith("2 message")
-    assert box.get(0.1).raw == b"x" * 600 and box.get(0.1).raw == b"y" * 600
-    assert box.put(Delivery(b"z" * 900, 1, "MPI"))  # handled: room again
-    assert box.get(0.1).raw == b"z" * 900
+    first, second = box.get(0.1), box.get(0.1)
+    assert isinstance(first, Refused) and first.sender == "rank 1 (MPI)" and "bytes of its messages" in first.reason
+    assert second.sender == "rank 2 (MPI)" and "bad magic" in second.reason
+    listed = [box.get(0.1) for _ in range(Inbox.REFUSALS_LISTED)]
+    assert all(r.sender == "rank 3 (MPI)" and r.count == 1 for r in listed)
+    rest = box.get(0.1)
+    assert rest.count == 5 and "bad magic" in rest.reason  # a flood of refusals is counted, not listed
+    assert box.get(0.1).raw == x and box.get(0.1).raw == y
+    big = msg(b"z", 900)
+    assert box.put(Delivery(big, 1, "MPI"))  # handled: room again
+    assert box.get(0.1).raw == big
     with pytest.raises(queue.Empty):
         box.get(0.01)

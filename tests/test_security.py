@@ -152,3 +152,28 @@ def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp
     assert "claims to be rank 0 (rank spoofing)" in client_log
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["global"]["tpr"] > 0.9 and sorted(m["devices"]) == ["Danmini_Doorbell", "Ecobee_Thermostat"]
+
+
+def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
+    """Issue 22's reproductions 1-3 with real processes, in one deployment (bench/bench_flood.py --overflow): board 2
+    sends feature statistics whose sums overflow, board 3 validation statistics whose square overflows (this crashed
+    the server at every evaluation) while its certificate also floods the server with decoding bombs at the limits.
+    The server refuses them all and names the boards, never waits for a refused answer (the round deadline is 120 s),
+    its RSS grows by at most 300 MB, and every round completes with the boards that train (1 and 3)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_flood.py"), "--messages", "6", "--threads", "2",
+                           "--rounds", "15", "--overflow", "--out", str(tmp_path)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
+    assert r["run_finished"] and set(r["clients_per_round"]) == {2} and r["rounds"] == list(range(1, 16))
+    assert sum(r["outcomes"].values()) == 6 and r["rss_growth_mb"] <= 300
+    assert all(s < 60 for s in r["eval_seconds"]) and r["devices_evaluated"] == ["Danmini_Doorbell"]  # 3: refused
+    reasons = r["rejections"]
+    assert any(x["from"].startswith("rank 2") and "feature_stats: feature 0" in x["reason"] for x in reasons)
+    assert any(x["from"].startswith("rank 3") and "val_stats" in x["reason"] for x in reasons)
+    assert r["server_said_refused_hello"]

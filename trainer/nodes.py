@@ -81,12 +81,14 @@ class _Node(FedMLCommManager):
         self.com_manager.peer_ranks = self.peer_ranks  # bytes from any other rank are refused before decoding
         self.com_manager.add_observer(self)
 
-    def reject(self, sender: str, reason: str) -> None:
-        """A message that is not what the protocol allows: log it, count it, go on."""
-        log.warning("message from %s rejected: %s", sender, reason)
+    def reject(self, sender: str, reason: str, count: int = 1) -> None:
+        """Messages that are not what the protocol allows: log them, count them, go on (the first few reasons are
+        kept for the round's record; the count is exact)."""
+        log.warning("%s from %s rejected: %s", "message" if count == 1 else f"{count} messages", sender, reason)
         with self.rejections_lock:
-            self.rejected_total += 1
-            self.rejections.append({"from": sender, "reason": reason[:300]})
+            self.rejected_total += count
+            if len(self.rejections) < MAX_REJECTIONS_KEPT:
+                self.rejections.append({"from": sender, "reason": reason[:300]})
 
     def receive_message(self, msg_type, msg_params) -> None:
         """Dispatch a message after checking it against the protocol (FedML would raise on an unknown type)."""

@@ -32,8 +32,8 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.communication.mpi.com_manager import MpiCommunicationManager
 
-from federation.messages import decode_message
-from federation.wire import WireError, encode
+from federation.messages import MAX_HEADER_BYTES, decode_message
+from federation.wire import WireError, encode, precheck
 
 QUEUE_POLL_S = 0.5
 MPI_POLL_S = 0.001  # how long an idle MPI receive thread sleeps between probes (~3 % of a core per rank)
@@ -41,7 +41,8 @@ PRUNE_MIN = 64  # completed sends are dropped from the in-flight list when it re
 FLUSH_TIMEOUT_S = 30.0  # how long a stopping MPI rank waits for its last sends to be received
 FLUSH_POLL_S = 0.005
 HEADER_KEYS = {Message.MSG_ARG_KEY_TYPE, Message.MSG_ARG_KEY_SENDER, Message.MSG_ARG_KEY_RECEIVER}
-INBOX_MESSAGES_PER_PEER = 2  # a peer's bytes waiting to be handled: at most this many messages of the size limit
+INBOX_MESSAGES_PER_PEER = 1  # a peer's bytes waiting to be handled: at most one message of the size limit (an
+# honest board sends one message at a time; a simulation worker's answers are each far smaller)
 
 
 def inbox_bytes(max_bytes: int) -> int:
@@ -78,11 +79,11 @@ def from_wire(raw: bytes, max_bytes: int) -> Message:
     return msg
 
 
-def log_reject(sender: str, reason: str) -> None:
-    log.warning("message from %s rejected: %s", sender, reason)
+def log_reject(sender: str, reason: str, count: int = 1) -> None:
+    log.warning("%s from %s rejected: %s", "message" if count == 1 else f"{count} messages", sender, reason)
 
 
-Reject = Callable[[str, str], None]
+Reject = Callable[..., None]  # (sender, reason, count=1)
 
 
 @dataclass(frozen=True)
@@ -97,25 +98,33 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Refused:
-    """A call the transport refused before reading it (counted like any rejected message)."""
+    """Calls the transport refused before queueing them (counted like any rejected message)."""
 
     sender: str
     reason: str
+    count: int = 1
+    key: Any = None  # the peer, for the inbox's own bookkeeping
 
 
 class Inbox:
     """A node's receive queue. Its own events (ticks, deadlines, the driver's requests) go first and are never
-    bounded or queued behind peer traffic; what peers send is bounded per peer (bytes waiting to be handled), so
-    one peer can neither fill this node's memory nor push the others' messages far back. A message over its
-    peer's bound is refused (`put` returns False) and counted: the receive loop gets one `Refused` per peer with
-    how many were refused since the last one."""
+    bounded or queued behind peer traffic; what peers send is checked from its length and first bytes
+    (`wire.precheck`) and bounded per peer (bytes waiting to be handled) before it is queued, so a refused message
+    never waits in memory, and one peer can neither fill this node's memory nor push the others' messages far back.
+    Refusals reach the receive loop as `Refused` items (to be logged and counted there): the first
+    `REFUSALS_LISTED` of a peer one by one, the rest as one count."""
 
-    def __init__(self, per_peer_bytes: int) -> None:
+    REFUSALS_LISTED = 20
+
+    def __init__(self, per_peer_bytes: int, max_bytes: int) -> None:
         self.per_peer_bytes = per_peer_bytes
+        self.max_bytes = max_bytes
         self._local: deque = deque()
         self._peers: deque = deque()
         self._queued: dict[Any, int] = defaultdict(int)  # peer -> bytes waiting
-        self._refused: dict[Any, tuple[str, int]] = {}  # peer -> (sender, messages refused since the last report)
+        self._refusals: deque[Refused] = deque()
+        self._listed: dict[Any, int] = defaultdict(int)  # peer -> refusals waiting in `_refusals`
+        self._unlisted: dict[Any, Refused] = {}  # peer -> the count of its refusals beyond those
         self._ready = threading.Condition()
 
     @staticmethod
@@ -123,14 +132,15 @@ class Inbox:
         return d.peer_rank if d.peer_rank is not None else d.peer
 
     def put(self, item: Any) -> bool:
-        """Queue an item; False when it is a peer's message over that peer's bound (refused, counted)."""
+        """Queue an item; False when it is a peer's message that is refused (and counted) here."""
         with self._ready:
             if isinstance(item, Delivery):
                 key = self._peer(item)
-                if self._queued[key] + len(item.raw) > self.per_peer_bytes:
-                    sender, n = self._refused.get(key, (_sender(item.peer_rank, item.peer), 0))
-                    self._refused[key] = (sender, n + 1)
-                    self._ready.notify()
+                why = precheck(item.raw, self.max_bytes, MAX_HEADER_BYTES)
+                if why is None and self._queued[key] + len(item.raw) > self.per_peer_bytes:
+                    why = f"more than {self.per_peer_bytes:,} bytes of its messages were waiting to be handled"
+                if why is not None:
+                    self._refuse(key, _sender(item.peer_rank, item.peer), why)
                     return False
                 self._queued[key] += len(item.raw)
                 self._peers.append(item)
@@ -139,18 +149,29 @@ class Inbox:
             self._ready.notify()
             return True
 
+    def _refuse(self, key: Any, sender: str, why: str) -> None:
+        if self._listed[key] < self.REFUSALS_LISTED:
+            self._listed[key] += 1
+            self._refusals.append(Refused(sender, why, key=key))
+        else:
+            more = self._unlisted.get(key)
+            self._unlisted[key] = Refused(sender, f"refused (the last: {why})", 1 + (more.count if more else 0), key)
+        self._ready.notify()
+
     def get(self, timeout: float) -> Any:
-        """The next item: own events first, then refusal reports, then peer messages in arrival order."""
+        """The next item: own events first, then refusals, then peer messages in arrival order."""
         with self._ready:
-            if not (self._local or self._refused or self._peers):
+            if not (self._local or self._refusals or self._unlisted or self._peers):
                 self._ready.wait(timeout)
             if self._local:
                 return self._local.popleft()
-            if self._refused:
-                key, (sender, n) = next(iter(self._refused.items()))
-                del self._refused[key]
-                return Refused(sender, f"{n} message(s) refused: more than {self.per_peer_bytes:,} bytes of its "
-                                       f"messages were waiting to be handled")
+            if self._refusals:
+                refused = self._refusals.popleft()
+                self._listed[refused.key] -= 1
+                return refused
+            if self._unlisted:
+                key = next(iter(self._unlisted))
+                return self._unlisted.pop(key)
             if self._peers:
                 item = self._peers.popleft()
                 self._queued[self._peer(item)] -= len(item.raw)
@@ -178,7 +199,7 @@ def receive_loop(q: Inbox, running: Callable[[], bool], transport, deliver: Call
             deliver(item)
             continue
         if isinstance(item, Refused):
-            transport.reject(item.sender, item.reason)
+            transport.reject(item.sender, item.reason, item.count)
             continue
         delivery: Delivery = item
         transport.bytes_received += len(delivery.raw)
@@ -251,7 +272,7 @@ class MpiTransport(MpiCommunicationManager):
         super().__init__(comm, rank, size)
 
     def _start_receiving(self, name: str) -> tuple[queue.Queue, Inbox, MpiReceiveThread]:
-        received = Inbox(inbox_bytes(self.max_bytes))
+        received = Inbox(inbox_bytes(self.max_bytes), self.max_bytes)
         thread = MpiReceiveThread(self.comm, received, name)
         thread.start()
         return queue.Queue(), received, thread

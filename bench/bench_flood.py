@@ -1,0 +1,158 @@
+"""A certified board floods the server with decoding bombs while the federation runs (issue 22, reproduction 3).
+
+    .venv/bin/python bench/bench_flood.py [--messages 40] [--threads 4] [--rounds 60]
+
+A loopback deployment (mutual TLS, 3 boards, synthetic data) whose board 3 is compromised: besides taking part
+honestly, its certificate sends `--messages` decoding bombs on `--threads` threads once the server is training: the
+strongest that stays inside the limits — a message just under comm_args.max_message_mb whose header is just under
+the header limit and holds nothing but empty tensor entries (~90,000; issue 22's had 1.9 M in a 63 MiB header, which
+the limits now refuse unread). Each must be parsed before its tensor count can be refused. Measured side by side in one run:
+the server's RSS idle (waiting for boards) and its peak during the flood (sampled every 0.1 s from /proc), how the
+bombs were answered (refused by the size-bounded decoder, RESOURCE_EXHAUSTED by the inbox or gRPC), the gap between
+the server's round lines during the flood vs before it, and whether every round completed with all 3 boards.
+With --overflow, boards 2 and 3 also lie in their numbers (attack_args stats_overflow and val_overflow: issue 22's
+reproductions 1 and 2): board 2's hello is refused, board 3's validation statistics at every evaluation.
+Prints a JSON summary; exit status 1 when the run did not finish, a round missed an honest board, or the RSS grew
+more than 300 MB.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import yaml  # noqa: E402
+
+from tests.deploy_helpers import client, deploy_config, ipconfig_ports, read_rounds, run_dir_of, send_raw, server  # noqa: E402
+
+RSS_GROWTH_LIMIT_MB = 300
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def bomb(max_bytes: int) -> bytes:
+    """A header of empty tensor entries just under the header limit, padded to just under the message limit."""
+    from federation.messages import MAX_HEADER_BYTES
+    from federation.wire import MAGIC
+
+    entry = b'"t%07d":{"__tensor__":["float32",[0],0,0]}'
+    start, end = b'{"type":"fediot_update","sender":3,"receiver":0,"fields":{', b"}}"
+    n = (MAX_HEADER_BYTES - len(start) - len(end)) // (len(entry % 0) + 1)
+    header = start + b",".join(entry % i for i in range(n)) + end
+    message = MAGIC + len(header).to_bytes(4, "little") + header
+    return message + bytes(max(0, max_bytes - 1 - len(message)))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--messages", type=int, default=40)
+    p.add_argument("--threads", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=60, help="enough that the run outlasts the flood")
+    p.add_argument("--overflow", action="store_true", help="boards 2 and 3 also send overflowing statistics")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    import tempfile
+
+    from deployment.certs import make_certs
+
+    tmp = Path(a.out or tempfile.mkdtemp(prefix="fediot-flood-"))
+    certs = tmp / "certs"
+    make_certs(certs, 3, [])
+    training = {1, 3} if a.overflow else {1, 2, 3}  # a board whose hello was refused does not train
+    cfg = deploy_config(tmp, train_args={"comm_round": a.rounds, "epochs": 5, "round_timeout_s": 120,
+                                         "min_clients_per_round": 1 if a.overflow else 3},
+                        data_args={"synthetic_benign_rows": 2000}, validation_args={"frequency_of_the_test": a.rounds})
+    raw = yaml.safe_load(cfg.read_text())
+    raw["comm_args"]["tls_dir"] = str(certs)
+    cfg.write_text(yaml.safe_dump(raw))
+    board_cfg = {}
+    if a.overflow:  # each compromised board runs its own config (the server's says nothing of attacks)
+        for rank, attack in ((2, "stats_overflow"), (3, "val_overflow")):
+            board_cfg[rank] = tmp / f"board{rank}.yaml"
+            board_cfg[rank].write_text(yaml.safe_dump({**raw, "attack_args": {"malicious_ranks": [rank],
+                                                                               "attack": attack}}))
+    port = ipconfig_ports(cfg)[0]
+    from fediot.config import load
+
+    payload = bomb(int(load(str(cfg)).comm.max_message_mb * 2**20))
+    srv = server(cfg)
+    samples: list[tuple[float, float]] = []
+    boards: list = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            try:
+                samples.append((time.monotonic(), rss_mb(srv.p.pid)))
+            except OSError:
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=sample, daemon=True).start()
+    outcomes: dict[str, int] = {}
+    try:
+        srv.wait_for("waiting for clients: 0/3")
+        time.sleep(2.0)  # idle: listening, nothing connected
+        idle = max(r for _, r in samples[-10:])
+        boards += [client(n, board_cfg.get(n, cfg)) for n in (1, 2, 3)]
+        srv.wait_for("round 2/")
+        flood_start = time.monotonic()
+
+        def one(_i: int) -> str:
+            try:
+                send_raw(port, payload, certs, "client3")
+                return "taken (refused by the decoder)"
+            except Exception as exc:  # noqa: BLE001 - grpc.RpcError: the status is the outcome
+                code = exc.code().name if hasattr(exc, "code") else type(exc).__name__
+                details = exc.details() if hasattr(exc, "details") else str(exc)
+                return f"{code}: {details[:70]}"
+
+        with ThreadPoolExecutor(a.threads) as pool:
+            for outcome in pool.map(one, range(a.messages)):
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        flood_end = time.monotonic()
+        finished = srv.finish(600) == 0
+        for n, b in zip((1, 2, 3), boards):
+            if n in training:
+                b.finish(60)
+    finally:
+        stop.set()
+        for proc in (srv, *boards):
+            proc.kill()
+    run_dir = run_dir_of(srv) if finished else None
+    rounds = read_rounds(run_dir) if run_dir else []
+    peak = max((r for t, r in samples if flood_start <= t <= flood_end + 1.0), default=0.0)
+    result = {
+        "messages": a.messages, "threads": a.threads, "bomb_mib": round(len(payload) / 2**20, 1),
+        "server_rss_idle_mb": round(idle, 1), "server_rss_peak_during_flood_mb": round(peak, 1),
+        "rss_growth_mb": round(peak - idle, 1), "flood_seconds": round(flood_end - flood_start, 1),
+        "outcomes": outcomes, "run_finished": finished,
+        "rounds": [r["round"] for r in rounds], "clients_per_round": [len(r["clients"]) for r in rounds],
+        "rejected_total": sum(r.get("rejected", 0) for r in rounds),
+        "rejections": [x for r in rounds for x in r.get("rejections", [])][:20],
+        "eval_seconds": [r["eval_seconds"] for r in rounds if "eval" in r],
+        "devices_evaluated": sorted(json.loads((run_dir / "metrics.json").read_text())["devices"]) if run_dir else [],
+        "server_said_refused_hello": "was refused" in srv.stdout,
+        "round_wall_time_s": [r["wall_time_s"] for r in rounds],
+    }
+    print(json.dumps(result, indent=1))
+    print(tmp)
+    ok = finished and result["rss_growth_mb"] <= RSS_GROWTH_LIMIT_MB and all(
+        n == len(training) for n in result["clients_per_round"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
