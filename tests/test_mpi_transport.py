@@ -23,6 +23,7 @@ def test_mpi_transport_delivers_by_source_rank_and_never_unpickles(tmp_path):
     assert result["delivered"] == [["fediot_welcome", 1, 4]]
     reasons = [reason for _, reason in result["rejected"]]
     assert len(reasons) == 3 and all(sender == "rank 1 (MPI)" for sender, _ in result["rejected"])
-    assert "claims to be rank 2 (rank spoofing)" in reasons[0]
-    assert "bad magic" in reasons[1] and not canary.exists()
-    assert "max_message_mb" in reasons[2]
+    # the two that cannot be messages are refused before they are queued, the spoofed one once it is decoded
+    assert sum("bad magic" in r for r in reasons) == 1 and not canary.exists()
+    assert sum("max_message_mb" in r for r in reasons) == 1
+    assert sum("claims to be rank 2 (rank spoofing)" in r for r in reasons) == 1

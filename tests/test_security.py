@@ -54,7 +54,8 @@ def _attacked_run(tmp: Path, tls: bool) -> tuple[Path, Path]:
         else:
             as_board = {}
         for payload in (evil, b"\x00garbage", b"FIOT1" + bytes(1_500_000)):  # the last: over max_message_mb
-            send_raw(ports[0], payload, **as_board)
+            # read, refused before it is queued (never unpickled, never decoded), counted; the sender is told
+            assert _refused(ports[0], payload, **as_board) == grpc.StatusCode.RESOURCE_EXHAUSTED
         # far over the limit: gRPC refuses it before reading (at most 2 x max_message_mb is read)
         assert _refused(ports[0], bytes(3 * 2**20), **as_board) == grpc.StatusCode.RESOURCE_EXHAUSTED
         clients.append(client(1, cfg))
@@ -62,9 +63,9 @@ def _attacked_run(tmp: Path, tls: bool) -> tuple[Path, Path]:
         if tls:
             assert _refused(ports[1], evil) == grpc.StatusCode.UNAVAILABLE
             assert _refused(ports[1], evil, certs, receiver=1) == grpc.StatusCode.UNAVAILABLE
-            send_raw(ports[1], evil, certs, "client2", receiver=1)
+            assert _refused(ports[1], evil, certs, "client2", receiver=1) == grpc.StatusCode.RESOURCE_EXHAUSTED
         else:
-            send_raw(ports[1], evil)
+            assert _refused(ports[1], evil) == grpc.StatusCode.RESOURCE_EXHAUSTED
         clients += [client(n, cfg) for n in (2, 3)]
         assert srv.finish(240) == 0, srv.stdout + srv.stderr
         assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
@@ -80,7 +81,7 @@ def test_pickled_canary_over_every_channel_then_same_metrics_with_and_without_tl
     rounds = read_rounds(tls_dir)
     assert sum(r["rejected"] for r in rounds) == rounds[0]["rejected"] == 3
     reasons = [r["reason"] for r in rounds[0]["rejections"]]
-    assert "bad magic" in reasons[0] and "over comm_args.max_message_mb" in reasons[2]
+    assert sum("bad magic" in r for r in reasons) == 2 and sum("over comm_args.max_message_mb" in r for r in reasons) == 1
     assert all(r["from"].startswith("rank 1 (certificate") for r in rounds[0]["rejections"])
     log = fedml_log(tls_dir)
     assert "Handshake failed" in log  # gRPC's own line for the callers without a good certificate
@@ -130,7 +131,8 @@ def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp
         assert _refused(ports[0], hello_as_1, foreign, "client1") == grpc.StatusCode.UNAVAILABLE
         clients[0].wait_for("connecting to the server")
         train_as_server = encode(S2C_TRAIN, 0, 1, {"round": 0})
-        send_raw(ports[1], train_as_server, certs, "client2", receiver=1)  # a board posing as the server
+        send_raw(ports[1], train_as_server, certs, "client2", receiver=1)  # a board posing as the server (taken:
+        # only then does its board know who sent it)
         assert _refused(ports[1], train_as_server, foreign, "server", receiver=1, ca=certs / "ca.pem") \
             == grpc.StatusCode.UNAVAILABLE  # a rogue server's certificate
         assert clients[2].finish(60) == 5
@@ -149,7 +151,7 @@ def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp
     log = fedml_log(run_dir)
     assert "certificate has expired" in log
     client_log = fedml_log(run_dir_of(clients[0]))
-    assert "claims to be rank 0 (rank spoofing)" in client_log
+    assert "rank 2 does not send to rank 1 (not decoded)" in client_log  # refused before decoding
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["global"]["tpr"] > 0.9 and sorted(m["devices"]) == ["Danmini_Doorbell", "Ecobee_Thermostat"]
 
