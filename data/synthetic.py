@@ -166,9 +166,15 @@ def write_device(root: Path, device: str, seed: int, benign_rows: int, attack_ro
             rel = nbaiot.attack_relpath(attack)
             (tmp / rel.parent).mkdir(exist_ok=True)
             _write_csv(tmp / rel, generate_rows(_ATTACK_PROFILES[attack], attack_rows, rng))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+        complete = target / nbaiot.BENIGN_FILE
+        if not complete.exists():  # another process may have written the same (deterministic) files meanwhile:
+            if target.exists():    # theirs stay, whoever reads them keeps reading; an incomplete one is replaced
+                shutil.rmtree(target)
+            try:
+                os.replace(tmp, target)
+            except OSError:
+                if not complete.exists():
+                    raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -200,16 +200,31 @@ def test_bad_deployment_config_is_one_clear_line(tmp_path, case):
         raw["comm_args"]["tls_dir"] = str(tmp_path / "certs")
         who, expect = "client3", "client3.pem names rank 2, but this node is rank 3"
     cfg.write_text(yaml.safe_dump(raw))
-    proc = server(cfg) if who == "server" else client(int(who.removeprefix("client")), cfg)
-    try:
-        rc = proc.finish(60)
+    from deployment.launch import run_deployment
+    from fediot.errors import FedIoTError
+
+    try:  # the checks run in this process (each is one FedIoTError); the launcher's one-line output: below
+        with pytest.raises(FedIoTError) as failed:
+            run_deployment(str(cfg), "server" if who == "server" else "client",
+                           0 if who == "server" else int(who.removeprefix("client")), None)
     finally:
         if blocker:
             blocker.close()
-    assert rc == 2, proc.stderr
-    errors = [l for l in proc.err if l.startswith("error:")]
-    assert len(errors) == 1 and expect in errors[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+    assert expect in str(failed.value) and "\n" not in str(failed.value)
+
+
+def test_a_bad_deployment_config_is_one_error_line_from_the_launcher(tmp_path):
+    """What run_server.sh / run_client.sh print for a bad config: exit 2, one `error:` line, no traceback."""
+    import yaml
+    cfg = deploy_config(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["comm_args"]["backend"] = "MQTT_S3"
+    cfg.write_text(yaml.safe_dump(raw))
+    for proc in (server(cfg), client(7, cfg)):
+        assert proc.finish(60) == 2, proc.stderr
+        errors = [line for line in proc.err if line.startswith("error:")]
+        assert len(errors) == 1 and "comm_args.backend = 'MQTT_S3'" in errors[0], proc.stderr
+        assert "Traceback" not in proc.stderr
 
 
 

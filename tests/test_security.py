@@ -35,9 +35,10 @@ def _refused(*args, **kwargs) -> grpc.StatusCode:
     return info.value.code()
 
 
-def _attacked_run(tmp: Path, tls: bool) -> tuple[Path, Path]:
+def _attacked_run(tmp: Path, tls: bool) -> tuple[Path, Path, list[str]]:
     """A 3-client run whose server and client 1 receive a pickled canary (and garbage, and an
-    oversized message) over every channel an attacker has; returns (server run dir, client 1 run dir)."""
+    oversized message) over every channel an attacker has; returns (server run dir, client 1 run dir, the console
+    lines of both)."""
     canary = tmp / "canary"
     evil = pickle.dumps(_Canary(canary))
     cfg = deploy_config(tmp, comm_args={"max_message_mb": 1, "tls": tls})
@@ -73,11 +74,12 @@ def _attacked_run(tmp: Path, tls: bool) -> tuple[Path, Path]:
         for p in (srv, *clients):
             p.kill()
     assert not canary.exists(), "a pickled payload ran code"
-    return run_dir_of(srv), run_dir_of(clients[0])
+    return run_dir_of(srv), run_dir_of(clients[0]), srv.lines + clients[0].lines
 
 
 def test_pickled_canary_over_every_channel_then_same_metrics_with_and_without_tls(tmp_path):
-    tls_dir, tls_client = _attacked_run(tmp_path / "tls", tls=True)
+    tls_dir, tls_client, said = _attacked_run(tmp_path / "tls", tls=True)
+    assert not any("comm_args.tls is false" in line for line in said)
     rounds = read_rounds(tls_dir)
     assert sum(r["rejected"] for r in rounds) == rounds[0]["rejected"] == 3
     reasons = [r["reason"] for r in rounds[0]["rejections"]]
@@ -87,7 +89,9 @@ def test_pickled_canary_over_every_channel_then_same_metrics_with_and_without_tl
     assert "Handshake failed" in log  # gRPC's own line for the callers without a good certificate
     assert "rejected: not a FedIoT message (bad magic)" in fedml_log(tls_client)
 
-    plain_dir, plain_client = _attacked_run(tmp_path / "plain", tls=False)
+    plain_dir, plain_client, said = _attacked_run(tmp_path / "plain", tls=False)
+    # plaintext is warned on every start, by the server and by each board
+    assert sum(line.startswith("warning: comm_args.tls is false") for line in said) == 2
     rounds = read_rounds(plain_dir)
     assert rounds[0]["rejected"] == 3 and rounds[0]["rejections"][0]["from"].startswith("a peer (ipv4:127.0.0.1")
     assert "rejected: not a FedIoT message (bad magic)" in fedml_log(plain_client)
@@ -95,13 +99,6 @@ def test_pickled_canary_over_every_channel_then_same_metrics_with_and_without_tl
     tls_m, plain_m = (json.loads((d / "metrics.json").read_text()) for d in (tls_dir, plain_dir))
     assert tls_m["global"]["tpr"] > 0.9
     assert tls_m["global"] == plain_m["global"] and tls_m["devices"] == plain_m["devices"]
-
-
-def test_plaintext_is_warned_on_every_start(tmp_path):
-    cfg = deploy_config(tmp_path, comm_args={"tls": False, "connect_timeout_s": 1})
-    proc = client(1, cfg)
-    assert proc.finish(60) == 4
-    assert any(line.startswith("warning: comm_args.tls is false") for line in proc.lines)
 
 
 def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp_path):
@@ -168,11 +165,11 @@ def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     from tests.helpers import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_flood.py"), "--messages", "6", "--threads", "2",
-                           "--rounds", "15", "--overflow", "--out", str(tmp_path)], capture_output=True, text=True,
+                           "--rounds", "10", "--overflow", "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
-    assert r["run_finished"] and set(r["clients_per_round"]) == {2} and r["rounds"] == list(range(1, 16))
+    assert r["run_finished"] and set(r["clients_per_round"]) == {2} and r["rounds"] == list(range(1, 11))
     assert sum(r["outcomes"].values()) == 6 and r["rss_growth_mb"] <= 300
     assert all(s < 60 for s in r["eval_seconds"]) and r["devices_evaluated"] == ["Danmini_Doorbell"]  # 3: refused
     reasons = r["rejections"]
