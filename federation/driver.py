@@ -114,8 +114,11 @@ def _evaluate(state: RoundState, grid: Grid, out: RunOutputs, min_clients: int) 
 
 def _ask(grid: Grid, kind: str, own: dict[str, dict[str, Any]], common: dict[str, Any], min_clients: int,
          state: RoundState, phase: str) -> tuple[dict[str, Any], list[str]]:
-    """`grid.ask`, and the one quorum rule: fewer than `min_clients` answers stop the run."""
+    """`grid.ask`, and the one quorum rule: fewer than `min_clients` answers stop the run. Answers are handed on in
+    client-name order, whatever order they arrived in: sums of floats (statistics, thresholds) must not depend on
+    which board answered first."""
     answers, dropped = grid.ask(kind, own, common)
+    answers = dict(sorted(answers.items()))
     if len(answers) < min_clients:
         raise RoundFailed(f"round {state.round + 1} ({phase}): {len(answers)} client(s) answered, "
                           f"train_args.min_clients_per_round = {min_clients}; dropped: "

@@ -78,9 +78,8 @@ class ErrorStats:
 
     @classmethod
     def merge(cls, parts: list["ErrorStats"]) -> "ErrorStats":
-        """The statistics of all parts' rows (sums in float64)."""
-        return cls(sum(p.count for p in parts), float(np.sum([p.total for p in parts], dtype=np.float64)),
-                   float(np.sum([p.total_sq for p in parts], dtype=np.float64)))
+        """The statistics of all parts' rows (float sums: an overflow is inf, which `threshold` refuses)."""
+        return cls(sum(p.count for p in parts), sum(float(p.total) for p in parts), sum(float(p.total_sq) for p in parts))
 
     def scaled(self, factor: float, count: int | None = None) -> "ErrorStats":
         """The statistics of these errors times `factor` (mean and std scale alike), weighed as `count` rows."""
