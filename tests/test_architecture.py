@@ -100,7 +100,7 @@ def test_traffic_only_through_the_data_registry():
 
 
 def test_the_checker_catches_an_upward_import(tmp_path):
-    """The test above would fail on a model module importing the round core."""
+    """The test above would fail on a model module importing the round state."""
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from federation.state import RoundState\n")
     imported = imports_of(bad)
