@@ -33,9 +33,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     .venv/bin/pip install --disable-pip-version-check -q -r .venv/.requirements-without-torch.txt
   else
     echo "installing requirements.txt into .venv (first time: x86_64 several GB, mostly PyTorch; aarch64 about 1 GB, CPU-only torch)"
-    # --no-compile: byte-compiling every module of torch and its CUDA packages at install costs ~40 s here; Python
-    # compiles what is imported on first use instead
-    .venv/bin/pip install --disable-pip-version-check -q --no-compile -r requirements.txt
+    .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
   fi
   echo "$want" > "$stamp"
 else
