@@ -146,3 +146,28 @@ def ipconfig_ports(cfg: Path) -> list[int]:
     """Ports of ranks 0..N in a deploy_config's ipconfig CSV."""
     ipconfig = Path(yaml.safe_load(cfg.read_text())["comm_args"]["grpc_ipconfig_path"])
     return [int(line.split(",")[3]) for line in ipconfig.read_text().splitlines()[1:]]
+
+
+class Canary:
+    """Unpickling this creates a file: proof that a peer's bytes ran code."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def fedml_log(run_dir: Path) -> str:
+    """The FedML log of a run directory (FedML's own lines go there, not to the console)."""
+    return next((run_dir / "logs").glob("fedml-rank*.log")).read_text()
+
+
+def refused(*args, **kwargs):
+    """`send_raw` that must be refused: the gRPC status code it was refused with."""
+    import grpc
+    import pytest
+
+    with pytest.raises(grpc.RpcError) as info:
+        send_raw(*args, **kwargs)
+    return info.value.code()

@@ -4,17 +4,22 @@ What is about processes lives here (launchers, ports, TLS, start order, timeouts
 server killed and resumed, exit codes); the round rules (dropout, quorum, rejoin, resume, attacks vs defenses) run on
 the in-process grid (tests/test_rounds.py)."""
 import json
+import pickle
 import signal
 import socket
+import time
 from pathlib import Path
 
+import grpc
 import pytest
 
-from tests.deploy_helpers import DEVICES, client, deploy_config, read_rounds, run_dir_of, server
+from tests.deploy_helpers import (
+    DEVICES, Canary, client, deploy_config, fedml_log, ipconfig_ports, read_rounds, refused, run_dir_of, server,
+)
 from tests.rounds import assert_same_metrics, golden
 
 
-def test_server_and_three_clients(tmp_path):
+def test_server_and_three_clients_one_started_before_the_server(tmp_path):
     # the clients' own config says lr 0.5 and no decay: only the server's plan decides what they train with
     cfg = deploy_config(tmp_path, train_args={"learning_rate": 0.004, "lr_decay": 0.5})
     client_cfg = deploy_config(tmp_path / "boards", train_args={"learning_rate": 0.5, "lr_decay": 1.0})
@@ -29,14 +34,25 @@ def test_server_and_three_clients(tmp_path):
     server_raw = yaml.safe_load(cfg.read_text())
     server_raw["comm_args"]["tls_dir"] = str(tmp_path / "certs")
     cfg.write_text(yaml.safe_dump(server_raw))
-    srv = server(cfg)
-    clients = [client(n, client_cfg) for n in (1, 2, 3)]
+    # board 1 starts before the server: it keeps retrying its hello until the server is there
+    clients = [client(1, client_cfg)]
+    srv = None
     try:
+        clients[0].wait_for("connecting to the server")
+        runs = Path(raw["common_args"]["run_dir_root"])
+        deadline = time.monotonic() + 60  # until the board's log shows a hello that found no server
+        while not any("send fediot_hello to 0 failed" in f.read_text() for f in runs.glob("*client1*/logs/*.log")):
+            assert time.monotonic() < deadline and clients[0].p.poll() is None, clients[0].stderr
+            time.sleep(0.1)
+        assert clients[0].p.poll() is None
+        srv = server(cfg)
+        clients += [client(n, client_cfg) for n in (2, 3)]
         assert srv.finish(240) == 0, srv.stdout + srv.stderr
         assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
     finally:
         for p in (srv, *clients):
-            p.kill()
+            if p is not None:
+                p.kill()
     run_dir = run_dir_of(srv)  # the run directory is the server's last line
     m = json.loads((run_dir / "metrics.json").read_text())
     assert sorted(m["devices"]) == sorted(DEVICES)
@@ -94,12 +110,24 @@ def test_client_killed_mid_run_then_rejoins(tmp_path):
     assert (run_dir / "metrics.json").is_file() and (run_dir / "model.pt").is_file()
 
 
-def test_server_killed_and_resumed(tmp_path):
-    cfg = deploy_config(tmp_path, train_args={"comm_round": 10, "epochs": 1},
+def test_server_killed_and_resumed_in_plaintext_mode(tmp_path):
+    """The server killed (SIGKILL) and resumed from its checkpoint; in plaintext mode (comm_args.tls false), which is
+    warned on every start and still refuses what is not a FedIoT message before decoding it."""
+    canary = tmp_path / "canary"
+    evil = pickle.dumps(Canary(canary))
+    cfg = deploy_config(tmp_path, train_args={"comm_round": 10, "epochs": 1}, comm_args={"tls": False},
                         data_args={"synthetic_benign_rows": 3000}, validation_args={"frequency_of_the_test": 10})
+    ports = ipconfig_ports(cfg)
+    import fedml.core.distributed.communication.grpc.grpc_comm_manager_pb2  # noqa: F401 - send_raw's, imported now
     srv = server(cfg)
-    clients = [client(n, cfg) for n in (1, 2, 3)]
-    try:
+    clients = [client(1, cfg)]
+    try:  # the server waits for all 3 boards: nothing starts before the attacks
+        srv.wait_for("server listening")
+        for payload in (evil, b"\x00garbage"):
+            assert refused(ports[0], payload) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        clients[0].wait_for("connecting to the server")
+        assert refused(ports[1], evil) == grpc.StatusCode.RESOURCE_EXHAUSTED
+        clients += [client(n, cfg) for n in (2, 3)]
         srv.wait_for("round 3/10")
         run_dir = Path(srv.wait_for("run directory").split("run directory ")[-1])
         srv.p.send_signal(signal.SIGKILL)
@@ -119,26 +147,13 @@ def test_server_killed_and_resumed(tmp_path):
     assert sorted(set(numbers)) == list(range(1, 11))  # no completed round lost
     assert numbers[-1] == 10 and (run_dir / "metrics.json").is_file()
     assert run_dir_of(srv2) == run_dir
-
-
-def test_client_started_before_server(tmp_path):
-    cfg = deploy_config(tmp_path, n_clients=1, train_args={"comm_round": 2})
-    c1 = client(1, cfg)
-    try:
-        c1.wait_for("connecting to the server")
-        import time
-        import yaml
-        runs = Path(yaml.safe_load(cfg.read_text())["common_args"]["run_dir_root"])
-        deadline = time.monotonic() + 60  # until the board's log shows a hello that found no server
-        while not any("send fediot_hello to 0 failed" in f.read_text() for f in runs.glob("*client1*/logs/*.log")):
-            assert time.monotonic() < deadline and c1.p.poll() is None, c1.stderr
-            time.sleep(0.1)
-        assert c1.p.poll() is None  # it keeps retrying
-        srv = server(cfg)
-        assert srv.finish(120) == 0, srv.stderr
-        assert c1.finish(60) == 0
-    finally:
-        c1.kill()
+    assert not canary.exists(), "a pickled payload ran code"
+    # plaintext is warned on every start, by the server (twice: started and resumed) and by each board
+    said = srv.lines + srv2.lines + [line for c in clients for line in c.lines]
+    assert sum(line.startswith("warning: comm_args.tls is false") for line in said) == 5
+    refusals = [r for record in rounds for r in record.get("rejections", [])]
+    assert sum("bad magic" in r["reason"] and r["from"].startswith("a peer (ipv4:127.0.0.1") for r in refusals) == 2
+    assert "rejected: not a FedIoT message (bad magic)" in fedml_log(run_dir_of(clients[0]))
 
 
 def test_client_gives_up_after_connect_timeout(tmp_path):

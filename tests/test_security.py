@@ -1,107 +1,31 @@
 """An attacker on the LAN, as real processes on 127.0.0.1: pickled payloads, no or foreign certificates,
-expired and revoked certificates, rank spoofing, oversized messages. Nothing runs code, every refusal
-is logged (and counted when it reaches FedIoT), and the run goes on."""
+expired and revoked certificates, rank spoofing, oversized messages, hostile boards with valid certificates.
+Nothing runs code, every refusal is logged (and counted when it reaches FedIoT), and the run goes on."""
 import datetime as dt
 import json
 import pickle
-from pathlib import Path
 
 import grpc
-import pytest
+import yaml
 
 from deployment.certs import _load_ca, _make_node, make_certs
+from federation.inprocess import Faults
 from federation.messages import C2S_HELLO, S2C_TRAIN
 from federation.wire import encode
-from tests.deploy_helpers import client, deploy_config, ipconfig_ports, read_rounds, run_dir_of, send_raw, server
+from tests.deploy_helpers import (
+    Canary, client, deploy_config, fedml_log, ipconfig_ports, read_rounds, refused, run_dir_of, send_raw, server,
+)
+from tests.rounds import assert_same_metrics, metrics_of, run
 
 
-class _Canary:
-    """Unpickling this creates a file: proof that a peer's bytes ran code."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = str(path)
-
-    def __reduce__(self):
-        return (open, (self.path, "w"))
-
-
-def fedml_log(run_dir: Path) -> str:
-    return next((run_dir / "logs").glob("fedml-rank*.log")).read_text()
-
-
-def _refused(*args, **kwargs) -> grpc.StatusCode:
-    with pytest.raises(grpc.RpcError) as info:
-        send_raw(*args, **kwargs)
-    return info.value.code()
-
-
-def _attacked_run(tmp: Path, tls: bool) -> tuple[Path, Path, list[str]]:
-    """A 3-client run whose server and client 1 receive a pickled canary (and garbage, and an
-    oversized message) over every channel an attacker has; returns (server run dir, client 1 run dir, the console
-    lines of both)."""
-    canary = tmp / "canary"
-    evil = pickle.dumps(_Canary(canary))
-    cfg = deploy_config(tmp, comm_args={"max_message_mb": 1, "tls": tls})
-    ports = ipconfig_ports(cfg)
-    certs = tmp / "runs" / "loopback-certs"
-    srv = server(cfg)
-    clients = []
-    try:
-        srv.wait_for("server listening")
-        if tls:
-            assert _refused(ports[0], evil) == grpc.StatusCode.UNAVAILABLE  # (a) plaintext to a TLS port
-            assert _refused(ports[0], evil, certs) == grpc.StatusCode.UNAVAILABLE  # (b) TLS, no client certificate
-            as_board = {"certs": certs, "stem": "client1"}  # (c) TLS with a valid board certificate
-        else:
-            as_board = {}
-        for payload in (evil, b"\x00garbage", b"FIOT1" + bytes(1_500_000)):  # the last: over max_message_mb
-            # read, refused before it is queued (never unpickled, never decoded), counted; the sender is told
-            assert _refused(ports[0], payload, **as_board) == grpc.StatusCode.RESOURCE_EXHAUSTED
-        # far over the limit: gRPC refuses it before reading (at most 2 x max_message_mb is read)
-        assert _refused(ports[0], bytes(3 * 2**20), **as_board) == grpc.StatusCode.RESOURCE_EXHAUSTED
-        clients.append(client(1, cfg))
-        clients[0].wait_for("connecting to the server")
-        if tls:
-            assert _refused(ports[1], evil) == grpc.StatusCode.UNAVAILABLE
-            assert _refused(ports[1], evil, certs, receiver=1) == grpc.StatusCode.UNAVAILABLE
-            assert _refused(ports[1], evil, certs, "client2", receiver=1) == grpc.StatusCode.RESOURCE_EXHAUSTED
-        else:
-            assert _refused(ports[1], evil) == grpc.StatusCode.RESOURCE_EXHAUSTED
-        clients += [client(n, cfg) for n in (2, 3)]
-        assert srv.finish(240) == 0, srv.stdout + srv.stderr
-        assert all(c.finish(60) == 0 for c in clients), [c.stderr for c in clients]
-    finally:
-        for p in (srv, *clients):
-            p.kill()
-    assert not canary.exists(), "a pickled payload ran code"
-    return run_dir_of(srv), run_dir_of(clients[0]), srv.lines + clients[0].lines
-
-
-def test_pickled_canary_over_every_channel_then_same_metrics_with_and_without_tls(tmp_path):
-    tls_dir, tls_client, said = _attacked_run(tmp_path / "tls", tls=True)
-    assert not any("comm_args.tls is false" in line for line in said)
-    rounds = read_rounds(tls_dir)
-    assert sum(r["rejected"] for r in rounds) == rounds[0]["rejected"] == 3
-    reasons = [r["reason"] for r in rounds[0]["rejections"]]
-    assert sum("bad magic" in r for r in reasons) == 2 and sum("over comm_args.max_message_mb" in r for r in reasons) == 1
-    assert all(r["from"].startswith("rank 1 (certificate") for r in rounds[0]["rejections"])
-    log = fedml_log(tls_dir)
-    assert "Handshake failed" in log  # gRPC's own line for the callers without a good certificate
-    assert "rejected: not a FedIoT message (bad magic)" in fedml_log(tls_client)
-
-    plain_dir, plain_client, said = _attacked_run(tmp_path / "plain", tls=False)
-    # plaintext is warned on every start, by the server and by each board
-    assert sum(line.startswith("warning: comm_args.tls is false") for line in said) == 2
-    rounds = read_rounds(plain_dir)
-    assert rounds[0]["rejected"] == 3 and rounds[0]["rejections"][0]["from"].startswith("a peer (ipv4:127.0.0.1")
-    assert "rejected: not a FedIoT message (bad magic)" in fedml_log(plain_client)
-    # identical data and seed: TLS changes who may talk, not what is learned
-    tls_m, plain_m = (json.loads((d / "metrics.json").read_text()) for d in (tls_dir, plain_dir))
-    assert tls_m["global"]["tpr"] > 0.9
-    assert tls_m["global"] == plain_m["global"] and tls_m["devices"] == plain_m["devices"]
-
-
-def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp_path):
+def test_an_attacker_on_the_lan_is_refused_and_the_run_learns_what_it_would_have(tmp_path):
+    """One TLS deployment, every channel an attacker on the LAN has: pickled canaries, garbage and oversized messages
+    (with no, a foreign or a valid board certificate), an expired certificate, a revoked board, rank spoofing, a
+    rogue server, a board posing as the server. Nothing runs code, every refusal is logged (and counted when it
+    reaches FedIoT), and the two boards that may take part learn exactly what the in-process grid learns for them
+    (TLS changes who may talk, not what is learned). Plaintext mode: tests/test_deployment.py's resumed run."""
+    canary = tmp_path / "canary"
+    evil = pickle.dumps(Canary(canary))
     certs, foreign = tmp_path / "certs", tmp_path / "foreign"
     make_certs(certs, 3, [])
     make_certs(foreign, 3, [])  # another CA: a rogue board or a rogue server
@@ -111,26 +35,38 @@ def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp
     _make_node(expired, "client1", 1, [], ca, ca_key, days=1,
                not_before=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=10))
     (expired / "ca.pem").write_bytes((certs / "ca.pem").read_bytes())
-    cfg = deploy_config(tmp_path, comm_args={"tls_dir": str(certs), "revoked_ranks": [3], "wait_for_clients_s": 20},
-                        train_args={"comm_round": 2})
+    cfg = deploy_config(tmp_path, comm_args={"tls_dir": str(certs), "revoked_ranks": [3], "wait_for_clients_s": 20,
+                                             "max_message_mb": 1})
     ports = ipconfig_ports(cfg)
     hello_as_1 = encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10})
     srv = server(cfg)
-    clients = [client(n, cfg) for n in (1, 2, 3)]
+    clients = []
     try:
         srv.wait_for("server listening")
+        assert refused(ports[0], evil) == grpc.StatusCode.UNAVAILABLE  # plaintext to a TLS port
+        assert refused(ports[0], evil, certs) == grpc.StatusCode.UNAVAILABLE  # TLS, no client certificate
+        for payload in (evil, b"\x00garbage", b"FIOT1" + bytes(1_500_000)):  # the last: over max_message_mb
+            # with a valid board certificate: read, refused before it is queued (never unpickled, never decoded),
+            # counted; the sender is told
+            assert refused(ports[0], payload, certs, "client1") == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # far over the limit: gRPC refuses it before reading (at most 2 x max_message_mb is read)
+        assert refused(ports[0], bytes(3 * 2**20), certs, "client1") == grpc.StatusCode.RESOURCE_EXHAUSTED
         send_raw(ports[0], hello_as_1, certs, "client2")  # client 2's certificate, claiming rank 1
-        assert _refused(ports[0], hello_as_1, foreign, "client1", ca=certs / "ca.pem") == grpc.StatusCode.UNAVAILABLE
-        assert _refused(ports[0], hello_as_1, expired, "client1") == grpc.StatusCode.UNAVAILABLE
+        assert refused(ports[0], hello_as_1, foreign, "client1", ca=certs / "ca.pem") == grpc.StatusCode.UNAVAILABLE
+        assert refused(ports[0], hello_as_1, expired, "client1") == grpc.StatusCode.UNAVAILABLE
         hello_as_3 = encode(C2S_HELLO, 3, 0, {"device": "Ennio_Doorbell", "n_train": 10})
-        assert _refused(ports[0], hello_as_3, certs, "client3") == grpc.StatusCode.PERMISSION_DENIED  # revoked
+        assert refused(ports[0], hello_as_3, certs, "client3") == grpc.StatusCode.PERMISSION_DENIED  # revoked
         # a board trusts only its own CA's server: a rogue server is refused at the handshake
-        assert _refused(ports[0], hello_as_1, foreign, "client1") == grpc.StatusCode.UNAVAILABLE
+        assert refused(ports[0], hello_as_1, foreign, "client1") == grpc.StatusCode.UNAVAILABLE
+        clients = [client(n, cfg) for n in (1, 2, 3)]
         clients[0].wait_for("connecting to the server")
+        assert refused(ports[1], evil) == grpc.StatusCode.UNAVAILABLE
+        assert refused(ports[1], evil, certs, receiver=1) == grpc.StatusCode.UNAVAILABLE
+        assert refused(ports[1], evil, certs, "client2", receiver=1) == grpc.StatusCode.RESOURCE_EXHAUSTED
         train_as_server = encode(S2C_TRAIN, 0, 1, {"round": 0})
         send_raw(ports[1], train_as_server, certs, "client2", receiver=1)  # a board posing as the server (taken:
         # only then does its board know who sent it)
-        assert _refused(ports[1], train_as_server, foreign, "server", receiver=1, ca=certs / "ca.pem") \
+        assert refused(ports[1], train_as_server, foreign, "server", receiver=1, ca=certs / "ca.pem") \
             == grpc.StatusCode.UNAVAILABLE  # a rogue server's certificate
         assert clients[2].finish(60) == 5
         assert "the server refused this board" in clients[2].stderr and "revoked" in clients[2].stderr
@@ -139,18 +75,30 @@ def test_spoofed_foreign_expired_and_revoked_are_refused_and_the_run_goes_on(tmp
     finally:
         for p in (srv, *clients):
             p.kill()
+    assert not canary.exists(), "a pickled payload ran code"
+    assert not any("comm_args.tls is false" in line for line in srv.lines + clients[0].lines)
     run_dir = run_dir_of(srv)
     rounds = read_rounds(run_dir)
-    reasons = [r["reason"] for r in rounds[0]["rejections"]]
+    assert sum(r["rejected"] for r in rounds) == rounds[0]["rejected"]  # all of it before the first round closed
+    rejections = rounds[0]["rejections"]
+    by_board_1 = [r["reason"] for r in rejections if r["from"].startswith("rank 1 (certificate")]
+    assert sum("bad magic" in r for r in by_board_1) == 2 and sum("over comm_args.max_message_mb" in r for r in by_board_1) == 1
+    reasons = [r["reason"] for r in rejections]
     assert "claims to be rank 1 (rank spoofing)" in reasons
     assert sum("rank 3 is revoked" in r for r in reasons) >= 2  # ours, then the real client 3's hello
     assert rounds[0]["clients"] == ["Danmini_Doorbell", "Ecobee_Thermostat"]
     log = fedml_log(run_dir)
+    assert "Handshake failed" in log  # gRPC's own line for the callers without a good certificate
     assert "certificate has expired" in log
     client_log = fedml_log(run_dir_of(clients[0]))
+    assert "rejected: not a FedIoT message (bad magic)" in client_log
     assert "rank 2 does not send to rank 1 (not decoded)" in client_log  # refused before decoding
     m = json.loads((run_dir / "metrics.json").read_text())
     assert m["global"]["tpr"] > 0.9 and sorted(m["devices"]) == ["Danmini_Doorbell", "Ecobee_Thermostat"]
+    values = yaml.safe_load(cfg.read_text())
+    values["common_args"]["run_dir_root"] = str(tmp_path / "in-process")
+    _, _, in_process = run(values, Faults(absent_until={"Ennio_Doorbell": 10**6}))
+    assert_same_metrics(m, metrics_of(in_process))
 
 
 def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
