@@ -24,8 +24,14 @@ git ls-files -- main_fedml_iot.py requirements.txt 'fediot/*.py' 'data/*.py' 'tr
 cp config/fedml_config.yaml "$STAGE/conf/fedml.yaml"
 cp config/grpc_ipconfig.csv "$STAGE/conf/grpc_ipconfig.csv"
 mkdir -p "$DEST"
+# both packages at once (each `fedml build` spends most of its time importing fedml)
 for type in client server; do
   "$FEDML" build -t "$type" -sf "$STAGE/src" -ep main_fedml_iot.py -cf "$STAGE/conf" -df "$DEST" \
-    >"$STAGE/build-$type.log" 2>&1 || { cat "$STAGE/build-$type.log" >&2; echo "error: fedml build -t $type failed" >&2; exit 1; }
+    >"$STAGE/build-$type.log" 2>&1 &
+  eval "pid_$type=$!"
+done
+for type in client server; do
+  eval "pid=\$pid_$type"
+  wait "$pid" || { cat "$STAGE/build-$type.log" >&2; echo "error: fedml build -t $type failed" >&2; exit 1; }
 done
 ls "$DEST"/dist-packages/*.zip

@@ -1,0 +1,173 @@
+"""Which threshold should each device detect with? Threshold rules side by side on a grid of runs, no attacker.
+
+    .venv/bin/python bench/threshold_grid.py [--rounds 5 10 20] [--seeds 0 1 2] [--per-device 1 2]
+        [--robust on off] [--out DIR]
+
+One in-process run (`federation.inprocess`, the driver and clients of `sh run_simulation.sh`) per seed x clients per
+device x robust on/off, of config_simulation/fedml_config_synthetic.yaml with `comm_round` = the longest run length
+and an evaluation after each run length asked for. Every client trains every round, so the model after round r
+(model_average_rounds 1, the lr schedule indexed by round) is the model a run of r rounds evaluates and saves: one
+run gives every run length. At each of those evaluations the clients' per-row errors (validation, benign test,
+attack files: what their count reports are computed from) are kept, and every rule below is applied to them:
+
+* `server`: the thresholds the server set in that run (`global` mode; robust rules as configured);
+* `own`: each device its own validation errors' mean + k x std;
+* `own_k<K>`: the same with another k;
+* `max_own_pooled`: the larger of its own and the count-weighted pool of every device's validation statistics;
+
+Per rule: every device's FPR (benign test rows) and TPR (attack rows), the worst device, and the robust on/off gap.
+Writes results.json and table.md in the study directory and prints the directory last.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from data.sources import prepare_data  # noqa: E402
+from federation.client import ClientLoader  # noqa: E402
+from federation.driver import quorum, run_federation  # noqa: E402
+from federation.inprocess import InProcessGrid  # noqa: E402
+from federation.outputs import RunOutputs  # noqa: E402
+from federation.state import RoundState  # noqa: E402
+from fediot.config import device_of_client, load, validate  # noqa: E402
+from fediot.rundir import create_run_dir, write_json  # noqa: E402
+from model.detector import ErrorStats  # noqa: E402
+
+EXTRA_K = (4.0, 5.0)
+
+
+class CapturingState(RoundState):
+    """The round state of a run, keeping every client's per-row errors at the evaluations asked for."""
+
+    def __init__(self, *args: Any, grid_clients: dict[str, Any], at: set[int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.grid_clients, self.at = grid_clients, at
+        self.captured: dict[int, dict[str, Any]] = {}
+
+    def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
+        line = super().finish_eval(reports)
+        if self.round in self.at:
+            self.captured[self.round] = {
+                "server": dict(self.thresholds["device"]) | {"__global__": self.thresholds["global"]},
+                "scores": {c: self.grid_clients[c].scores for c in self.grid_clients},
+            }
+        return line
+
+
+def rates(scores: Any, threshold: float) -> dict[str, float]:
+    attacks = np.concatenate(list(scores.attacks.values())) if scores.attacks else np.zeros(0)
+    return {"fpr": float(np.mean(scores.test > threshold)), "tpr": float(np.mean(attacks > threshold)),
+            "threshold": float(threshold)}
+
+
+def rule_thresholds(captured: dict[str, Any], k: float) -> dict[str, dict[str, float]]:
+    """client -> threshold, per rule."""
+    scores = captured["scores"]
+    stats = {c: ErrorStats.of(s.validation) for c, s in scores.items()}
+    pooled = ErrorStats.merge(list(stats.values())).threshold(k)
+    rules: dict[str, dict[str, float]] = {
+        "server": {c: captured["server"]["__global__"] for c in scores},
+        "own": {c: s.threshold(k) for c, s in stats.items()},
+        "max_own_pooled": {c: max(s.threshold(k), pooled) for c, s in stats.items()},
+    }
+    for extra in EXTRA_K:
+        rules[f"own_k{extra:g}"] = {c: s.threshold(extra) for c, s in stats.items()}
+    return rules
+
+
+def run_cell(seed: int, per_device: int, robust: bool, rounds: list[int], root: Path) -> dict[str, Any]:
+    values = load(str(REPO / "config_simulation" / "fedml_config_synthetic.yaml")).values
+    values["common_args"].update(random_seed=seed, run_dir_root=str(root / "runs"))
+    values["data_args"]["clients_per_device"] = per_device
+    values["train_args"].update(client_num_in_total=None, client_num_per_round=9 * per_device, comm_round=max(rounds),
+                                robust=robust)
+    values["validation_args"]["frequency_of_the_test"] = int(np.gcd.reduce(rounds))
+    cfg = validate(values)
+    data_root, data_info = prepare_data(cfg)
+    run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
+    loader = ClientLoader(cfg, data_root, run_dir)
+    grid = InProcessGrid({c: loader(c) for c in cfg.clients}, int(cfg.comm.max_message_mb * 2**20))
+    state = CapturingState(cfg, data_info, "federated", grid_clients=grid.clients, at=set(rounds))
+    run_federation(state, grid, RunOutputs(run_dir, False, checkpoint=False, console=lambda line: None), quorum(cfg))
+    k = cfg.validation.threshold_k
+    out: dict[str, Any] = {}
+    for r in rounds:
+        cap = state.captured[r]
+        per_rule = {}
+        for rule, thresholds in rule_thresholds(cap, k).items():
+            per_rule[rule] = {c: rates(cap["scores"][c], t) for c, t in thresholds.items()}
+        out[str(r)] = per_rule
+    return out
+
+
+def device_rates(per_client: dict[str, dict[str, float]], scores_n: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
+    """Clients of one device pooled (weighted by their rows): device -> fpr, tpr."""
+    acc: dict[str, list[float]] = {}
+    for c, r in per_client.items():
+        n_test, n_att = scores_n[c]
+        a = acc.setdefault(device_of_client(c), [0.0, 0, 0.0, 0])
+        a[0] += r["fpr"] * n_test
+        a[1] += n_test
+        a[2] += r["tpr"] * n_att
+        a[3] += n_att
+    return {d: {"fpr": a[0] / max(a[1], 1), "tpr": a[2] / max(a[3], 1)} for d, a in acc.items()}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--rounds", type=int, nargs="+", default=[5, 10, 20])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--per-device", type=int, nargs="+", default=[1, 2])
+    p.add_argument("--robust", nargs="+", default=["on", "off"], choices=["on", "off"])
+    p.add_argument("--out", type=Path, default=None)
+    a = p.parse_args()
+    out = a.out or REPO / "runs" / f"threshold-grid-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+    results_path = out / "results.json"
+    results: dict[str, Any] = json.loads(results_path.read_text()) if results_path.exists() else {}
+    cells = [(s, d, r) for d in a.per_device for s in a.seeds for r in a.robust]
+    for i, (seed, per_device, robust) in enumerate(cells, 1):
+        key = f"seed{seed}|{per_device}perdevice|robust-{robust}"
+        if key in results:
+            continue
+        started = time.monotonic()
+        print(f"[{i}/{len(cells)}] {key} ...", flush=True)
+        results[key] = run_cell(seed, per_device, robust == "on", a.rounds, out)
+        print(f"  {time.monotonic() - started:.0f}s", flush=True)
+        write_json(results_path, results)
+    (out / "table.md").write_text(table(results))
+    print(table(results))
+    print(out)
+
+
+def table(results: dict[str, Any]) -> str:
+    """Per rule and robust setting: the worst device FPR over the grid, mean FPR, lowest device TPR."""
+    lines = ["| rule | robust | worst device FPR (cell) | mean device FPR | lowest device TPR |", "|---|---|---|---|---|"]
+    by: dict[tuple[str, str], list[tuple[float, float, float, str]]] = {}
+    for key, cell in results.items():
+        robust = key.split("robust-")[1]
+        for r, per_rule in cell.items():
+            for rule, per_client in per_rule.items():
+                fprs = [v["fpr"] for v in per_client.values()]
+                tprs = [v["tpr"] for v in per_client.values()]
+                worst = max(per_client, key=lambda c: per_client[c]["fpr"])
+                by.setdefault((rule, robust), []).append((max(fprs), float(np.mean(fprs)), min(tprs),
+                                                          f"{key} r{r} {worst}"))
+    for (rule, robust), rows in sorted(by.items()):
+        worst = max(rows, key=lambda x: x[0])
+        lines.append(f"| {rule} | {robust} | {worst[0]:.4f} ({worst[3]}) | {np.mean([x[1] for x in rows]):.4f} | "
+                     f"{min(x[2] for x in rows):.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
