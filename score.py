@@ -42,8 +42,10 @@ def reevaluate(run_dir: Path) -> dict[str, Any]:
     root, _ = prepare_data(cfg)
     splits = [part for device in cfg.devices for part in load_client_splits(cfg, root, device)]
     scores = [score_device(detector.model, detector.normalizer, split) for split in splits]
+    # a federated run's metrics lead with each device's own threshold (what its detector uses); a baseline's as saved
+    primary = "device" if str(detector.meta.get("kind", "")).startswith("federated") else "global"
     return evaluate(scores, detector.global_threshold, detector.device_thresholds,
-                    cfg.validation.vote_window, "global", config_mod.device_of_client)
+                    cfg.validation.vote_window, primary, config_mod.device_of_client)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@
 Every cell is one `sh run_simulation.sh N CONFIG` with `attack_args` and `train_args.robust` set; the
 malicious clients are the ranks MALICIOUS_RANKS[:m] (spread over the devices). What each run's server says is
 read from its metrics.json: global TPR/FPR (global threshold, as the server computes them from the reports it
-accepted), and the honest devices' own rows (pooled, and the lowest honest device TPR). Writes results.json
+accepted), and the honest devices' own rows at their own thresholds (pooled, and the lowest honest device TPR). Writes results.json
 (re-used: cells already there are not run again, so an interrupted study continues), table.md and figure.png
 in the study directory, and prints the directory last. A full study (5 attacks x 0-3 malicious x on/off = 32
 runs) takes ~50 min on 2 cores; the tests run small versions of the same cells.
@@ -41,14 +41,15 @@ def cell_key(attack: str, malicious: int, robust: bool) -> str:
 
 
 def honest_rows(metrics: dict[str, Any], honest: list[str]) -> dict[str, Any]:
-    """Pooled global-threshold counts of the honest devices' own reports, and the lowest honest device TPR."""
+    """Pooled counts of the honest devices' own reports, each at the threshold it detects with (its own), and the
+    lowest honest device TPR."""
     c = {"tp": 0, "fn": 0, "fp": 0, "tn": 0}
     device_tpr = {}
     for device in honest:
         e = metrics["devices"].get(device)
         if e is None:
             continue
-        g = e["modes"]["global"]
+        g = e["modes"]["device"]
         for k in c:
             c[k] += g[k]
         device_tpr[device] = g["tpr"]
@@ -88,8 +89,7 @@ def run_cell(base: dict[str, Any], attack: str, malicious: int, robust: bool, ou
         "device_thresholds": {"tpr": g["modes"]["device"]["tpr"], "fpr": g["modes"]["device"]["fpr"]},
         "honest": honest_rows(metrics, [d for d in devices if d not in malicious_devices]),
         "defenses": {"screened_out": sum(len(r.get("screened_out", {})) for r in rounds),
-                     "threshold_clipped": sum(len(r.get("threshold_clipped", {})) + len(r.get("threshold_excluded", {}))
-                                              for r in rounds),
+                     "threshold_excluded": sum(len(r.get("threshold_excluded", {})) for r in rounds),
                      "reports_rejected": sum(len(r.get("reports_rejected", {})) for r in rounds)},
     }
 
@@ -100,7 +100,7 @@ def f3(x: float | None) -> str:
 
 def write_table(results: dict[str, Any], attacks: list[str], malicious: list[int], out: Path) -> Path:
     lines = ["| attack | malicious of 9 | defenses | global TPR | global FPR | honest devices TPR / FPR | "
-             "lowest honest device TPR | defenses fired (updates out / thresholds bounded / reports out) |", "|---|---|---|---|---|---|---|---|"]
+             "lowest honest device TPR | defenses fired (updates out / validation statistics out / reports out) |", "|---|---|---|---|---|---|---|---|"]
     cells = [("none", 0)] if 0 in malicious else []
     cells += [(attack, m) for attack in attacks for m in malicious if m > 0]
     for name, m in cells:
@@ -114,7 +114,7 @@ def write_table(results: dict[str, Any], attacks: list[str], malicious: list[int
             h, d = r["honest"], r["defenses"]
             lines.append(f"| {name} | {m} | {'on' if robust else 'off'} | {f3(r['global']['tpr'])} | "
                          f"{f3(r['global']['fpr'])} | {f3(h['tpr'])} / {f3(h['fpr'])} | {f3(h['min_device_tpr'])} | "
-                         f"{d['screened_out']} / {d['threshold_clipped']} / {d['reports_rejected']} |")
+                         f"{d['screened_out']} / {d['threshold_excluded']} / {d['reports_rejected']} |")
     path = out / "table.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -139,7 +139,7 @@ def write_figure(results: dict[str, Any], attacks: list[str], malicious: list[in
         ax.set_xlabel("malicious clients of 9")
         ax.set_ylim(-0.02, 1.02)
         ax.set_xticks(malicious)
-    axes[0][0].set_ylabel("honest devices' TPR (global threshold)")
+    axes[0][0].set_ylabel("honest devices' TPR (own thresholds)")
     axes[0][-1].legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     path = out / "figure.png"

@@ -10,10 +10,10 @@ and an evaluation after each run length asked for. Every client trains every rou
 run gives every run length. At each of those evaluations the clients' per-row errors (validation, benign test,
 attack files: what their count reports are computed from) are kept, and every rule below is applied to them:
 
-* `server`: the thresholds the server set in that run (`global` mode; robust rules as configured);
-* `own`: each device its own validation errors' mean + k x std;
-* `own_k<K>`: the same with another k;
-* `max_own_pooled`: the larger of its own and the count-weighted pool of every device's validation statistics;
+* `server`: the global threshold the server set in that run (robust rules as configured), for every device;
+* `client_k<K>`: each client its own validation errors' mean + K x std;
+* `device_k<K>`: each device the mean + K x std of its clients' validation errors merged (one client per device:
+  the same as `client_k<K>`).
 
 Per rule: every device's FPR (benign test rows) and TPR (attack rows), the worst device, and the robust on/off gap.
 Writes results.json and table.md in the study directory and prints the directory last.
@@ -42,7 +42,7 @@ from fediot.config import device_of_client, load, validate  # noqa: E402
 from fediot.rundir import create_run_dir, write_json  # noqa: E402
 from model.detector import ErrorStats  # noqa: E402
 
-EXTRA_K = (4.0, 5.0)
+K_GRID = (3.0, 4.0, 5.0)
 
 
 class CapturingState(RoundState):
@@ -69,18 +69,18 @@ def rates(scores: Any, threshold: float) -> dict[str, float]:
             "threshold": float(threshold)}
 
 
-def rule_thresholds(captured: dict[str, Any], k: float) -> dict[str, dict[str, float]]:
+def rule_thresholds(captured: dict[str, Any]) -> dict[str, dict[str, float]]:
     """client -> threshold, per rule."""
     scores = captured["scores"]
     stats = {c: ErrorStats.of(s.validation) for c, s in scores.items()}
-    pooled = ErrorStats.merge(list(stats.values())).threshold(k)
-    rules: dict[str, dict[str, float]] = {
-        "server": {c: captured["server"]["__global__"] for c in scores},
-        "own": {c: s.threshold(k) for c, s in stats.items()},
-        "max_own_pooled": {c: max(s.threshold(k), pooled) for c, s in stats.items()},
-    }
-    for extra in EXTRA_K:
-        rules[f"own_k{extra:g}"] = {c: s.threshold(extra) for c, s in stats.items()}
+    by_device: dict[str, list[ErrorStats]] = {}
+    for c, st in stats.items():
+        by_device.setdefault(device_of_client(c), []).append(st)
+    merged = {d: ErrorStats.merge(parts) for d, parts in by_device.items()}
+    rules: dict[str, dict[str, float]] = {"server": {c: captured["server"]["__global__"] for c in scores}}
+    for k in K_GRID:
+        rules[f"client_k{k:g}"] = {c: st.threshold(k) for c, st in stats.items()}
+        rules[f"device_k{k:g}"] = {c: merged[device_of_client(c)].threshold(k) for c in stats}
     return rules
 
 
@@ -98,28 +98,28 @@ def run_cell(seed: int, per_device: int, robust: bool, rounds: list[int], root: 
     grid = InProcessGrid({c: loader(c) for c in cfg.clients}, int(cfg.comm.max_message_mb * 2**20))
     state = CapturingState(cfg, data_info, "federated", grid_clients=grid.clients, at=set(rounds))
     run_federation(state, grid, RunOutputs(run_dir, False, checkpoint=False, console=lambda line: None), quorum(cfg))
-    k = cfg.validation.threshold_k
     out: dict[str, Any] = {}
     for r in rounds:
         cap = state.captured[r]
-        per_rule = {}
-        for rule, thresholds in rule_thresholds(cap, k).items():
-            per_rule[rule] = {c: rates(cap["scores"][c], t) for c, t in thresholds.items()}
-        out[str(r)] = per_rule
+        out[str(r)] = {rule: device_rates(cap["scores"], thresholds)
+                       for rule, thresholds in rule_thresholds(cap).items()}
     return out
 
 
-def device_rates(per_client: dict[str, dict[str, float]], scores_n: dict[str, tuple[int, int]]) -> dict[str, dict[str, float]]:
-    """Clients of one device pooled (weighted by their rows): device -> fpr, tpr."""
-    acc: dict[str, list[float]] = {}
-    for c, r in per_client.items():
-        n_test, n_att = scores_n[c]
-        a = acc.setdefault(device_of_client(c), [0.0, 0, 0.0, 0])
-        a[0] += r["fpr"] * n_test
-        a[1] += n_test
-        a[2] += r["tpr"] * n_att
-        a[3] += n_att
-    return {d: {"fpr": a[0] / max(a[1], 1), "tpr": a[2] / max(a[3], 1)} for d, a in acc.items()}
+def device_rates(scores: dict[str, Any], thresholds: dict[str, float]) -> dict[str, dict[str, float]]:
+    """device -> FPR (benign test rows) and TPR (attack rows) of its clients' rows pooled, each client's rows at its
+    threshold, and the benign/attack row counts."""
+    acc: dict[str, list[int]] = {}
+    for c, s in scores.items():
+        t = thresholds[c]
+        attacks = np.concatenate(list(s.attacks.values())) if s.attacks else np.zeros(0)
+        a = acc.setdefault(device_of_client(c), [0, 0, 0, 0])
+        a[0] += int((s.test > t).sum())
+        a[1] += len(s.test)
+        a[2] += int((attacks > t).sum())
+        a[3] += len(attacks)
+    return {d: {"fpr": a[0] / max(a[1], 1), "tpr": a[2] / max(a[3], 1), "benign": a[1], "attack": a[3]}
+            for d, a in acc.items()}
 
 
 def main() -> None:
@@ -149,23 +149,50 @@ def main() -> None:
     print(out)
 
 
+def pooled(per_device: dict[str, dict[str, float]]) -> tuple[float, float]:
+    """(FPR, TPR) over every device's rows."""
+    fp = sum(v["fpr"] * v["benign"] for v in per_device.values())
+    tp = sum(v["tpr"] * v["attack"] for v in per_device.values())
+    return fp / sum(v["benign"] for v in per_device.values()), tp / sum(v["attack"] for v in per_device.values())
+
+
 def table(results: dict[str, Any]) -> str:
-    """Per rule and robust setting: the worst device FPR over the grid, mean FPR, lowest device TPR."""
-    lines = ["| rule | robust | worst device FPR (cell) | mean device FPR | lowest device TPR |", "|---|---|---|---|---|"]
+    """Per rule and robust setting: the worst device FPR over the grid, the mean pooled FPR, the lowest device TPR;
+    then per rule, robust on minus off in the same cell (seed, clients, rounds): pooled FPR and TPR, and the largest
+    rise of one device's FPR."""
+    lines = ["| rule | robust | worst device FPR (cell) | mean pooled FPR | lowest device TPR |", "|---|---|---|---|---|"]
     by: dict[tuple[str, str], list[tuple[float, float, float, str]]] = {}
     for key, cell in results.items():
         robust = key.split("robust-")[1]
         for r, per_rule in cell.items():
-            for rule, per_client in per_rule.items():
-                fprs = [v["fpr"] for v in per_client.values()]
-                tprs = [v["tpr"] for v in per_client.values()]
-                worst = max(per_client, key=lambda c: per_client[c]["fpr"])
-                by.setdefault((rule, robust), []).append((max(fprs), float(np.mean(fprs)), min(tprs),
-                                                          f"{key} r{r} {worst}"))
+            for rule, per_device in per_rule.items():
+                worst = max(per_device, key=lambda d: per_device[d]["fpr"])
+                by.setdefault((rule, robust), []).append((per_device[worst]["fpr"], pooled(per_device)[0],
+                                                          min(v["tpr"] for v in per_device.values()),
+                                                          f"{key.split('|robust')[0]} r{r} {worst}"))
     for (rule, robust), rows in sorted(by.items()):
         worst = max(rows, key=lambda x: x[0])
         lines.append(f"| {rule} | {robust} | {worst[0]:.4f} ({worst[3]}) | {np.mean([x[1] for x in rows]):.4f} | "
                      f"{min(x[2] for x in rows):.4f} |")
+    lines += ["", "| rule | max pooled FPR on - off | min pooled TPR on - off | max device FPR rise on - off (cell) |",
+              "|---|---|---|---|"]
+    gaps: dict[str, list[tuple[float, float, float, str]]] = {}
+    for key, cell in results.items():
+        if not key.endswith("robust-on") or key.replace("robust-on", "robust-off") not in results:
+            continue
+        off = results[key.replace("robust-on", "robust-off")]
+        for r, per_rule in cell.items():
+            for rule, on_dev in per_rule.items():
+                off_dev = off[r][rule]
+                (f_on, t_on), (f_off, t_off) = pooled(on_dev), pooled(off_dev)
+                rise = max(on_dev, key=lambda d: on_dev[d]["fpr"] - off_dev[d]["fpr"])
+                gaps.setdefault(rule, []).append((f_on - f_off, t_on - t_off,
+                                                  on_dev[rise]["fpr"] - off_dev[rise]["fpr"],
+                                                  f"{key.split('|robust')[0]} r{r} {rise}"))
+    for rule, rows in sorted(gaps.items()):
+        worst = max(rows, key=lambda x: x[2])
+        lines.append(f"| {rule} | {max(x[0] for x in rows):+.4f} | {min(x[1] for x in rows):+.4f} | "
+                     f"{worst[2]:+.4f} ({worst[3]}) |")
     return "\n".join(lines) + "\n"
 
 

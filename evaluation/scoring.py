@@ -3,7 +3,7 @@
 - one normalisation for every row (the detector's, fitted on training benign rows only);
 - thresholds from held-out benign *validation* rows: a global one from merged error statistics
   and one per device (`thresholds_from_stats`, the one threshold rule of every run path; a server
-  defending against lying clients bounds each device's share first, `federation.defenses.threshold_band`);
+  defending against lying clients pools the global one robustly, `federation.defenses.trimmed_global_threshold`);
 - FPR on benign *test* rows never trained on, TPR per attack file; both threshold modes, plus
   N-BaIoT's majority-vote window variant.
 
@@ -21,9 +21,10 @@ from evaluation.scores import DeviceScores
 from model.detector import ErrorStats, thresholds_of
 
 
-def thresholds_from_stats(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:
-    """Global threshold (mean + k*std of the merged validation errors) and each device's own."""
-    return thresholds_of(stats, k)
+def thresholds_from_stats(stats: dict[str, ErrorStats], k: float, device_of: Callable[[str], str] | None = None
+                          ) -> tuple[float, dict[str, float]]:
+    """Global threshold (mean + k*std of the merged validation errors) and each client's own (its device's)."""
+    return thresholds_of(stats, k, device_of)
 
 
 def thresholds(scores: list[DeviceScores], k: float) -> tuple[float, dict[str, float]]:

@@ -31,7 +31,7 @@ from model.normalization import FeatureStats, Normalizer
 
 
 ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
-           "val_overflow")
+           "val_overflow", "threshold_edge")
 OVERFLOW = 1e308  # stats_overflow's total and total_sq of the first feature (issue 22: two such boards crashed a run)
 POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
 TAMPERING_ATTACKS = ("model_scaling", "random_update")  # send something computed from the global weights
@@ -41,13 +41,15 @@ class LocalClient:
     """Holds one device's split; trains and evaluates the global model as the server asks."""
 
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
-                 attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None) -> None:
+                 attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None,
+                 threshold_k: float = 5.0) -> None:
         """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
         honest training, to study what a compromised board can do; 'none' for an honest client. model: the
         autoencoder to load the global weights into (a worker's clients share one; each call loads them)."""
         if attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}; expected one of {ATTACKS}")
         self.attack, self.attack_scale = attack, attack_scale
+        self.threshold_k = threshold_k  # threshold_edge: the k of the federation's threshold rule
         self.split = split
         self.device = split.device
         self.record_file = record_file
@@ -72,8 +74,14 @@ class LocalClient:
             total[0] = total_sq[0] = OVERFLOW
             stats = FeatureStats(stats.count, total, total_sq, stats.minimum, stats.maximum)
         return Hello(self.device, self.n_train, stats,
-                     held_out_counts(validation=len(s.validation), test=len(s.test),
+                     held_out_counts(validation=self.validation_rows, test=len(s.test),
                                      attacks={name: len(rows) for name, rows in s.attacks.items()}))
+
+    @property
+    def validation_rows(self) -> int:
+        """The validation rows it claims: its own, or (threshold_edge) attack_scale times as many."""
+        n = len(self.split.validation)
+        return int(n * self.attack_scale) if self.attack == "threshold_edge" else n
 
     def _training_rows(self, normalizer: dict[str, Any]) -> np.ndarray:
         if self._rows is None or self._rows[0] != normalizer:
@@ -124,6 +132,9 @@ class LocalClient:
             return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
         if self.attack == "val_overflow":  # finite, and the square of their mean overflows a float
             return ErrorStats(s.count, 1e200, 1e300)
+        if self.attack == "threshold_edge":  # attack_scale x its rows, every error attack_scale x its own threshold
+            t, n = s.threshold(self.threshold_k) * self.attack_scale, self.validation_rows
+            return ErrorStats(n, t * n, t * t * n)
         return s
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
@@ -133,6 +144,8 @@ class LocalClient:
         report = client_report(self.scores, float(global_threshold), float(device_threshold), int(window))
         if self.attack == "eval_lies":
             fabricate_counts(report, self.attack_scale)
+        if self.attack == "threshold_edge":  # consistent with the validation rows it claimed
+            report["validation"]["n"] = self.validation_rows
         return report
 
 
@@ -161,7 +174,7 @@ class ClientLoader:
             self._model = AutoEncoder(nbaiot.N_FEATURES)
         return LocalClient(self.split(client), self.cfg.model.feature_transform,
                            self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                           model=self._model)
+                           model=self._model, threshold_k=self.cfg.validation.threshold_k)
 
 
 def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:

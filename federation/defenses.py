@@ -11,8 +11,11 @@ kept and, per client, why it cut or left something out:
 * `screen`: an update farther from the global model than `screen_norm_factor` x the median distance is left out
   before the aggregation rule (`federation.aggregation`);
 * `validation_count_mismatches`: validation statistics over another number of rows than the client announced;
-* `threshold_band`: a device whose threshold lies outside the band of plausible thresholds counts at its edge in
-  the global threshold;
+* `trimmed_global_threshold`: the global threshold (for devices outside the federation) pools the devices'
+  validation statistics weighed equally, without the `byzantine_clients` highest and lowest device thresholds, and
+  stays below the highest kept one (each device detects with its own threshold, which no other client's numbers
+  enter);
+* `effective_liars`: how many liars the rules are sized for, at most a minority of the clients;
 * `report_problems`: a count report that cannot be true (announced rows, thresholds sent, its own histograms).
 """
 from __future__ import annotations
@@ -75,45 +78,31 @@ def validation_count_mismatches(stats: dict[str, ErrorStats], announced: dict[st
             for c, s in stats.items() if announced.get(c) is not None and s.count != announced[c]}
 
 
-MIN_BAND_RATIO = 2.0  # the band of plausible thresholds is at least this factor either side of the median
+def effective_liars(configured: int, n_clients: int) -> int:
+    """How many lying clients the rules can be sized for among n clients: the configured number, at most a minority
+    ((n - 1) // 2); with fewer clients a rule that assumed more would let the liars be the majority it trusts."""
+    return max(0, min(configured, (n_clients - 1) // 2))
 
 
-def threshold_band(stats: dict[str, ErrorStats], k: float, mads: float | None,
-                            limit: int | None = None) -> tuple[dict[str, ErrorStats], dict[str, str]]:
-    """Validation statistics for the global threshold with bounded influence. The band of plausible device
-    thresholds is the median device's x/÷ exp(mads x MAD of the log thresholds) (at least MIN_BAND_RATIO): it
-    follows how different the devices of this federation really are, and a minority cannot move the median or
-    the MAD far. A device outside the band counts as if its errors were scaled to the nearest threshold of a
-    device inside it, so a client lying about its validation errors counts like the most extreme plausible
-    device (and one that stays inside the band moves the global threshold at most to its edge), while an
-    honest device that is merely different still counts (leaving it out would set the global threshold below
-    its normal errors). At most `limit` devices are bounded (the defenses' byzantine_clients), the farthest
-    first: when many clients sit outside the band together (measured: 82 of the 112 honest clients of one
-    poorly fit device among 1,008), they are the federation's spread, and bounding them all would set the
-    global threshold below that device's normal errors (its FPR 0.34). Returns the statistics to pool and
-    device -> what was done."""
-    if mads is None or len(stats) < 3:
-        return dict(stats), {}
+def trimmed_global_threshold(stats: dict[str, ErrorStats], k: float, leave_out: int
+                             ) -> tuple[float, list[str], dict[str, str]]:
+    """The global threshold (for devices outside the federation) that up to `leave_out` lying clients cannot steer:
+    the `leave_out` devices with the highest and the `leave_out` with the lowest own thresholds (mean + k x std) are
+    left out (at most (n - 1) // 2 each side), the others' validation statistics pooled with each device weighed
+    equally (as the median device's number of rows: announcing many rows gains nothing), and the result is at most
+    the highest own threshold among the devices kept. A liar is then either left out or kept with an own threshold
+    below that of an honest device left out at the top, so whatever it reports the global threshold stays below the
+    highest honest device's own threshold. Returns (threshold, devices pooled, device -> why it was left out)."""
+    n = len(stats)
+    trim = min(leave_out, (n - 1) // 2)
     own = {d: s.threshold(k) for d, s in stats.items()}
-    if min(own.values()) <= 0.0:
-        return dict(stats), {}
-    logs = {d: float(np.log(t)) for d, t in own.items()}
-    centre = float(np.median(list(logs.values())))
-    mad = float(np.median([abs(v - centre) for v in logs.values()]))
-    half = max(mads * mad, float(np.log(MIN_BAND_RATIO)))
-    inside = [v for v in logs.values() if abs(v - centre) <= half]
-    outside = sorted((d for d, v in logs.items() if abs(v - centre) > half), key=lambda d: -abs(logs[d] - centre))
-    bounded = outside if limit is None else outside[:limit]
-    note = f"; {len(outside)} outside, at most {limit} bounded" if len(bounded) < len(outside) else ""
-    out, clipped = dict(stats), {}
-    for d in bounded:
-        v = logs[d]
-        edge = max(inside) if v > centre else min(inside)
-        out[d] = stats[d].scaled(float(np.exp(edge - v)))
-        clipped[d] = (f"its threshold {own[d]:.4g} is {np.exp(v - centre):.3g}x the median device threshold "
-                      f"{np.exp(centre):.4g}, outside the band of x/÷ {np.exp(half):.3g}; counted at "
-                      f"{np.exp(edge):.4g}, the nearest device inside it{note}")
-    return out, clipped
+    order = sorted(own, key=lambda d: (own[d], d))
+    dropped = {d: f"its threshold {own[d]:.4g} is among the {trim} lowest" for d in order[:trim]}
+    dropped |= {d: f"its threshold {own[d]:.4g} is among the {trim} highest" for d in order[n - trim:]}
+    kept = [d for d in order if d not in dropped]
+    weight = max(1, int(np.median([stats[d].count for d in kept])))
+    pooled = ErrorStats.merge([stats[d].scaled(1.0, weight) for d in kept]).threshold(k)
+    return min(pooled, max(own[d] for d in kept)), sorted(kept), dropped
 
 
 def window_decisions(n_rows: int, window: int) -> int:

@@ -14,6 +14,7 @@ import torch
 from evaluation.metrics import rate_text
 from federation.state import SERVER_CHECKPOINT_FORMAT, RoundState
 from federation.tracking import Tracker
+from fediot.config import device_of_client
 from fediot.console import say
 from fediot.errors import ConfigError
 from fediot.rundir import append_jsonl, write_atomic_bytes, write_json
@@ -81,16 +82,18 @@ class RunOutputs:
 
         self.tracker.close()
         g_thr = state.thresholds["global"]
-        Detector(state.final_model(), state.normalizer, state.cfg.validation.threshold_k, g_thr,
-                 dict(state.thresholds["device"]), state.final_meta()).save(self.run_dir / "model.pt")
+        # each client's threshold, and (several clients per device) its device's, for `detect --device NAME`
+        own = dict(state.thresholds["device"]) | {device_of_client(c): t for c, t in state.thresholds["device"].items()}
+        Detector(state.final_model(), state.normalizer, state.cfg.validation.threshold_k, g_thr, own,
+                 state.final_meta()).save(self.run_dir / "model.pt")
         metrics = state.final_metrics()
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "curves.json", state.curves)
-        g = metrics["global"]
-        self.say(f"final (global threshold {g_thr:.5f}): TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
+        g = metrics["global"]  # its top level: each device with its own threshold, as its detector runs
+        self.say(f"final (each device its own threshold): TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
                  f"precision {rate_text('precision', g)}  F1 {rate_text('f1', g)}  ROC-AUC {rate_text('roc_auc', g)}")
-        d = g["modes"]["device"]
-        self.say(f"final (per-device thresholds): TPR {rate_text('tpr', d)}  FPR {rate_text('fpr', d)}  "
-                 f"F1 {rate_text('f1', d)}")
+        glob = g["modes"]["global"]
+        self.say(f"final (global threshold {g_thr:.5f}, for devices outside the federation): TPR {rate_text('tpr', glob)}  "
+                 f"FPR {rate_text('fpr', glob)}  F1 {rate_text('f1', glob)}")
         report = write_report(self.run_dir)
         self.say(f"report: {report}")

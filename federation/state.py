@@ -16,6 +16,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import deque
 from typing import Any
@@ -74,6 +75,12 @@ class RoundState:
         self.metrics: dict[str, Any] | None = None  # of the last evaluation
         self.curves: dict[str, Any] | None = None
         self.defenses = cfg.defenses
+        liars = defenses.effective_liars(self.defenses.byzantine_clients, len(cfg.clients))
+        if self.defenses.robust and liars < self.defenses.byzantine_clients:
+            self.notices.append(f"train_args.byzantine_clients = {self.defenses.byzantine_clients} with "
+                                f"{len(cfg.clients)} clients: the robust rules assume at most {liars} lying client(s), "
+                                f"a minority")
+            self.defenses = dataclasses.replace(self.defenses, byzantine_clients=liars)
         self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
         self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
 
@@ -262,28 +269,24 @@ class RoundState:
                 "normalizer": self.normalizer.to_dict()}
 
     def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
-        """Thresholds from the clients' validation-error statistics."""
+        """Thresholds from the clients' validation-error statistics: each client's own (what its device detects
+        with: no other client's numbers enter it) and the global one (for devices outside the federation and
+        `detect` without --device): the pool of every device's statistics; with `robust`, devices weighed equally
+        and the byzantine_clients highest and lowest device thresholds left out (`defenses.trimmed_global_threshold`),
+        and a client whose statistics count other rows than it announced left out."""
         k, d = self.cfg.validation.threshold_k, self.defenses
         self.val_counts = {c: s.count for c, s in val_stats.items()}
-        excluded: dict[str, str] = {}
+        glob, per_device = thresholds_from_stats(val_stats, k, device_of_client)
         if d.robust:
             excluded = defenses.validation_count_mismatches(
                 val_stats, {c: self.announced.get(c, {}).get("held_out", {}).get("validation") for c in val_stats})
-            counts = self._capped({c: s.count for c, s in val_stats.items()}, "validation statistics")
-            val_stats = {c: s.scaled(1.0, counts[c]) for c, s in val_stats.items()}
-        _, per_device = thresholds_from_stats(val_stats, k)  # each device's own, from what it reported
-        pooled, clipped = defenses.threshold_band({c: s for c, s in val_stats.items() if c not in excluded}, k,
-                                                  d.threshold_outlier_mads, d.byzantine_clients)
-        if not pooled:  # nobody's validation statistics agree with what they announced: pool them as sent
-            pooled, excluded = dict(val_stats), {}
-        self.notices.extend(f"global threshold leaves out {device}: {why}" for device, why in sorted(excluded.items()))
-        self._notice("global threshold", clipped)
-        glob, _ = thresholds_from_stats(pooled, k)
+            self.notices.extend(f"global threshold leaves out {c}: {why}" for c, why in sorted(excluded.items()))
+            if excluded:
+                self.record["threshold_excluded"] = excluded
+            consistent = {c: s for c, s in val_stats.items() if c not in excluded} or dict(val_stats)
+            glob, pooled, _ = defenses.trimmed_global_threshold(consistent, k, d.byzantine_clients)
+            self.record["global_threshold_from"] = pooled
         self.thresholds = {"global": glob, "device": per_device}
-        if excluded:
-            self.record["threshold_excluded"] = excluded
-        if clipped:
-            self.record["threshold_clipped"] = clipped
 
     def counts_request(self, clients: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
         """What `clients` are sent to count their rows: (the same for all: the round, the global threshold and the
@@ -298,15 +301,15 @@ class RoundState:
         if self.defenses.robust:
             usable = self._consistent(usable)
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
-                                  self.cfg.validation.vote_window, "global", device_of_client)
+                                  self.cfg.validation.vote_window, "device", device_of_client)
         g = metrics["global"]
         self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in METRIC_KEYS},
                                "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},
                                "devices": sorted(metrics["devices"])}
         self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
-        d = g["modes"]["device"]
+        glob = g["modes"]["global"]
         line = (f"evaluation after round {self.round}: {len(usable)} {'device' if len(usable) == len(metrics['devices']) else 'client'}(s)  TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
-                f"F1 {rate_text('f1', g)}  (per-device thresholds: TPR {rate_text('tpr', d)} FPR {rate_text('fpr', d)})")
+                f"F1 {rate_text('f1', g)}  (global threshold: TPR {rate_text('tpr', glob)} FPR {rate_text('fpr', glob)})")
         self.metrics, self.curves = metrics, curves_from_reports(usable)
         return line
 

@@ -132,7 +132,7 @@ class TrainArgs:
     robust: bool = _key(True, "the server defends against lying clients: aggregation 'auto' is a robust rule, far updates are screened out, feature and validation statistics are merged robustly, row counts capped, inconsistent count reports rejected (README: lying clients). false: plain FedAvg and plain merging of whatever clients send", check=(lambda v: isinstance(v, bool), 'true or false'))
     aggregation: str = _key('auto', "how the server combines model updates: auto (ROBUST_AGGREGATION when robust, else fedavg), fedavg, or a rule a minority of lying clients cannot steer: median, trimmed_mean, krum, multikrum, geo_median (federation/aggregation.py)", choices=('auto', 'fedavg', 'median', 'trimmed_mean', 'krum', 'multikrum', 'geo_median'))
     trim_fraction: float = _key(0.25, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
-    byzantine_clients: int = _key(2, 'how many lying clients the robust rules are sized for (f): krum / multikrum (needs clients >= 2f + 3), the trimmed merge of feature statistics (at most (clients - 1) // 2 left out per feature) and the global-threshold band (at most f devices bounded)', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
+    byzantine_clients: int = _key(2, 'how many lying clients the robust rules are sized for (f): krum / multikrum (needs clients >= 2f + 3), the trimmed merge of feature statistics (at most (clients - 1) // 2 left out per feature) and the global threshold (the f highest and f lowest device thresholds left out); with fewer than 2f + 1 clients the rules assume (clients - 1) // 2 and say so at start', check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
     screen_norm_factor: float | None = _key(5.0, 'robust: leave out an update farther from the global model than this x the median distance (null = no screening)', check=(lambda v: v is None or (_is_num(v) and v > 1), 'null or a number > 1'))
     scale_ratio_limit: float = _key(4.0, "robust: each feature's normalisation scale stays within 1/this..this x the scale of a merge without the byzantine_clients clients farthest from the median client (offset within this many of its scales): how far made-up feature statistics can stretch a feature", check=(lambda v: _is_num(v) and v >= 1, 'a number >= 1'))
     count_ratio_limit: float | None = _key(10.0, "robust: a client's row count (its weight in FedAvg-like rules and statistics merges) counts at most this x the median client's (null = as sent)", check=(lambda v: v is None or (_is_num(v) and v >= 1), 'null or a number >= 1'))
@@ -144,8 +144,7 @@ class ValidationArgs:
     """Threshold rule and evaluation schedule."""
 
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
-    threshold_k: float = _key(3.0, 'threshold = mean + k * std of per-row MSE on held-out benign rows', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
-    threshold_outlier_mads: float | None = _key(3.0, "robust: a device whose own threshold lies outside the median device's x/÷ exp(this x the MAD of the devices' log thresholds) (at least x/÷ 2) counts in the global threshold as if its threshold were the nearest one inside the band (a client lying about its validation errors counts like the most extreme plausible device; each device keeps its own threshold); at most byzantine_clients devices, the farthest first; null = pool as reported", check=(lambda v: v is None or (_is_num(v) and v > 0), 'null or a number > 0'))
+    threshold_k: float = _key(5.0, 'threshold = mean + k * std of per-row MSE on held-out benign validation rows; each device detects with its own (5: no honest device above FPR 0.02 over a grid of runs, doc/benchmarks.md "Thresholds"; 3 and 4 were not)', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
 
 
@@ -194,7 +193,7 @@ class AttackArgs:
     """Simulated malicious clients: what an attack does to a run, and what the aggregation rule stops."""
 
     malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
-    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update', 'stats_inflation', 'eval_lies', 'stats_overflow', 'val_overflow'))
+    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic), threshold_edge (claim attack_scale x its validation rows, every error attack_scale x its own threshold, std 0, and count reports consistent with that: pull the global threshold up)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update', 'stats_inflation', 'eval_lies', 'stats_overflow', 'val_overflow', 'threshold_edge'))
     attack_scale: float = _key(10.0, 'strength of the attack (see attack); random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
 
 
@@ -220,7 +219,6 @@ class Defenses:
     screen_norm_factor: float | None
     scale_ratio_limit: float
     count_ratio_limit: float | None
-    threshold_outlier_mads: float | None
 
 
 # section -> key -> (default, meaning): the documented table (README "Configuration").
@@ -252,8 +250,7 @@ class FedIoTConfig:
         rule = t.aggregation if t.aggregation != "auto" else (ROBUST_AGGREGATION if robust else "fedavg")
         return Defenses(robust, rule, t.trim_fraction, t.byzantine_clients,
                         t.screen_norm_factor if robust else None, t.scale_ratio_limit,
-                        t.count_ratio_limit if robust else None,
-                        self.validation.threshold_outlier_mads if robust else None)
+                        t.count_ratio_limit if robust else None)
 
     def attack_of(self, rank: int) -> tuple[str, float]:
         """(attack, scale) that client `rank` carries out; ('none', ...) for an honest client."""
@@ -297,6 +294,13 @@ class FedIoTConfig:
         return self.common.training_type == "simulation"
 
 
+# keys of earlier versions: a config that still sets one gets this reason instead of "unknown key"
+REMOVED_KEYS = {
+    ("validation_args", "threshold_outlier_mads"): "each device detects with its own threshold, and the global one "
+    "pools the devices weighed equally without the train_args.byzantine_clients highest and lowest device thresholds",
+}
+
+
 def defaults() -> dict[str, dict[str, Any]]:
     """The default configuration as a nested dict."""
     return {sec: {k: v[0] for k, v in keys.items()} for sec, keys in DEFAULTS.items()}
@@ -324,6 +328,8 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
         if not isinstance(keys, dict):
             raise ConfigError(f"{where}: section {section!r} must be a mapping of keys")
         for key, value in keys.items():
+            if (section, key) in REMOVED_KEYS:
+                raise ConfigError(f"{where}: {section}.{key} was removed: {REMOVED_KEYS[section, key]}; delete it")
             if key not in DEFAULTS[section]:
                 hint = difflib.get_close_matches(str(key), DEFAULTS[section], n=1)
                 raise ConfigError(

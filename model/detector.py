@@ -108,10 +108,18 @@ class ErrorStats:
         return value
 
 
-def thresholds_of(stats: dict[str, ErrorStats], k: float) -> tuple[float, dict[str, float]]:
-    """The one threshold rule: global = mean + k*std of every device's validation errors merged; each device's own
-    from its own (`evaluation.scoring.thresholds_from_stats` and `Detector.fit` both use this)."""
-    return ErrorStats.merge(list(stats.values())).threshold(k), {d: s.threshold(k) for d, s in stats.items()}
+def thresholds_of(stats: dict[str, ErrorStats], k: float, device_of: Callable[[str], str] | None = None
+                  ) -> tuple[float, dict[str, float]]:
+    """The one threshold rule, mean + k*std of validation errors: global = of every client's merged; each client's
+    own = of its device's (`device_of`: client -> device; the clients of one device merged, so a device split over
+    several clients detects with one threshold from all its validation rows). `evaluation.scoring.
+    thresholds_from_stats` and `Detector.fit` both use this."""
+    by_device: dict[str, list[ErrorStats]] = {}
+    for c, s in stats.items():
+        by_device.setdefault(device_of(c) if device_of else c, []).append(s)
+    own = {d: (parts[0] if len(parts) == 1 else ErrorStats.merge(parts)).threshold(k) for d, parts in by_device.items()}
+    return (ErrorStats.merge(list(stats.values())).threshold(k),
+            {c: own[device_of(c) if device_of else c] for c in stats})
 
 
 @dataclass

@@ -12,7 +12,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_shipped_configs_are_valid(name):
     cfg = config.load(REPO / "config_simulation" / name)
     assert len(cfg.devices) == 9
-    assert cfg.validation.threshold_k == 3.0
+    assert cfg.validation.threshold_k == 5.0
 
 
 def test_defaults_filled():
@@ -27,10 +27,10 @@ def test_defaults_filled():
 def test_robust_switch_decides_the_defenses_in_effect():
     robust = config.validate({}).defenses
     assert robust.robust and robust.aggregation == config.ROBUST_AGGREGATION
-    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0 and robust.threshold_outlier_mads == 3.0
+    assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0
     plain = config.validate({"train_args": {"robust": False}}).defenses
-    assert (plain.robust, plain.aggregation, plain.screen_norm_factor, plain.count_ratio_limit,
-            plain.threshold_outlier_mads) == (False, "fedavg", None, None, None)
+    assert (plain.robust, plain.aggregation, plain.screen_norm_factor, plain.count_ratio_limit) == (
+        False, "fedavg", None, None)
     # a rule named explicitly is what runs, robust or not
     assert config.validate({"train_args": {"robust": False, "aggregation": "median"}}).defenses.aggregation == "median"
     assert config.validate({"train_args": {"aggregation": "fedavg"}}).defenses.aggregation == "fedavg"
@@ -101,3 +101,9 @@ def test_world_size_check_names_what_differs():
     config.check_world_size(cfg, 3)  # 2 workers for 9 clients: each trains its sampled clients in turn
     with pytest.raises(ConfigError, match=r"10 client process\(es\) were started but the config has 9 client\(s\) \(9 device\(s\) x clients_per_device 1\)\. Start at most 9 \(one per client\)"):
         config.check_world_size(cfg, 11)
+
+
+def test_a_removed_key_says_why_it_went():
+    with pytest.raises(config.ConfigError, match=r"validation_args\.threshold_outlier_mads was removed: each device "
+                                                 r"detects with its own threshold.*; delete it"):
+        config.validate({"validation_args": {"threshold_outlier_mads": 3.0}})

@@ -8,7 +8,8 @@ from evaluation.scoring import thresholds_from_stats
 from federation.aggregation import aggregate
 from federation.client import fabricate_counts
 from federation.defenses import (
-    capped_counts, flag_bounds, report_problems, robust_normalizer, screen, threshold_band, validation_count_mismatches,
+    capped_counts, effective_liars, flag_bounds, report_problems, robust_normalizer, screen, trimmed_global_threshold,
+    validation_count_mismatches,
 )
 from model.detector import ErrorStats
 from model.normalization import FeatureStats, Normalizer
@@ -83,26 +84,33 @@ def testflag_bounds_bracket_the_true_count_at_any_threshold():
         assert (lo_s, hi_s) == (lo, hi)
 
 
-def test_a_liars_share_of_the_global_threshold_is_bounded_but_different_honest_devices_still_count():
+def test_the_global_threshold_stays_below_the_highest_honest_device_whatever_liars_report():
     rng = np.random.default_rng(9)
-    honest = {f"d{i}": ErrorStats.of(rng.lognormal(np.log(0.05 * (i + 1)), 0.4, 300)) for i in range(6)}
-    clean, _ = thresholds_from_stats(honest, 3.0)
-    kept, clipped = threshold_band(honest, 3.0, 3.0)
-    assert clipped == {} and kept == honest  # 6x spread between honest devices: within 3 MADs, nothing touched
-    liar = dict(honest, liar=honest["d2"].scaled(1000.0))
-    plain, own = thresholds_from_stats(liar, 3.0)
-    bounded, _ = thresholds_from_stats(threshold_band(liar, 3.0, 3.0)[0], 3.0)
-    # pooled as sent one liar moves the global threshold ~360x; bounded, as far as a device at the band's edge
-    assert plain > 300 * clean and bounded < 2 * clean
-    assert own["liar"] == pytest.approx(1000 * own["d2"])  # its own threshold stays its own
-    low = dict(honest, liar=honest["d2"].scaled(1e-6))
-    assert set(threshold_band(low, 3.0, 3.0)[1]) == {"liar"}
-    # sized for `limit` liars: the farthest ones are bounded, a crowd beyond them counts as sent
-    two = dict(honest, liar=honest["d2"].scaled(1000.0), other=honest["d3"].scaled(300.0),
-               third=honest["d1"].scaled(200.0))
-    pooled, clipped = threshold_band(two, 3.0, 3.0, limit=2)
-    assert set(clipped) == {"liar", "other"} and pooled["third"] == two["third"]
-    assert "3 outside, at most 2 bounded" in clipped["liar"]
+    honest = {f"d{i}": ErrorStats.of(rng.lognormal(np.log(0.05 * (i + 1)), 0.4, 300)) for i in range(7)}
+    own = {d: s.threshold(3.0) for d, s in honest.items()}
+    clean, kept, dropped = trimmed_global_threshold(honest, 3.0, 2)
+    assert set(dropped) == {"d0", "d1", "d5", "d6"} and kept == ["d2", "d3", "d4"]
+    assert own["d2"] <= clean <= own["d4"]
+    # two liars at the top, far out or just below the highest honest device, with many rows and no spread
+    for t in (1e6 * own["d6"], 0.999 * own["d6"], own["d4"]):
+        liar = ErrorStats(300 * 10, t * 300 * 10, t * t * 300 * 10)
+        got, kept, _ = trimmed_global_threshold(dict(honest, liar1=liar, liar2=liar), 3.0, 2)
+        assert got <= own["d6"], t  # never above every honest device's own threshold
+        plain, _ = thresholds_from_stats(dict(honest, liar1=liar, liar2=liar), 3.0)
+        if t > own["d6"]:
+            assert plain > 1000 * clean and got < 2 * clean  # pooled as sent: moved; trimmed: where it was
+    # liars at the bottom cannot pull it below the lowest honest devices' either
+    tiny = ErrorStats(3000, 1e-9 * 3000, 1e-18 * 3000)
+    low, kept, _ = trimmed_global_threshold(dict(honest, liar1=tiny, liar2=tiny), 3.0, 2)
+    assert own["d0"] <= low and "liar1" not in kept
+    # announcing more rows gains nothing: each device counts as the median device's rows
+    heavy = dict(honest, d3=honest["d3"].scaled(1.0, 300 * 1000))
+    assert trimmed_global_threshold(heavy, 3.0, 2)[0] == pytest.approx(clean)
+
+
+def test_the_rules_assume_a_minority_of_liars():
+    assert [effective_liars(2, n) for n in (1, 2, 3, 4, 5, 9)] == [0, 0, 1, 1, 2, 2]
+    assert effective_liars(0, 9) == 0
 
 
 def test_robust_normalizer_bounds_a_clients_made_up_statistics_and_leaves_honest_ones_alone():

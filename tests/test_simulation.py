@@ -94,8 +94,8 @@ def test_checkpoint_reloads_and_reproduces_metrics(finished_run):
     for dev in DEVICES:
         assert again["devices"][dev]["modes"]["device"]["fpr"] == pytest.approx(saved["devices"][dev]["modes"]["device"]["fpr"])
     det = Detector.load(run_dir / "model.pt")
-    assert det.global_threshold == pytest.approx(saved["global"]["threshold"])
-    assert set(det.device_thresholds) == set(THIRTY_CLIENTS)
+    assert det.global_threshold == pytest.approx(saved["global"]["modes"]["global"]["threshold"])
+    assert set(det.device_thresholds) == set(THIRTY_CLIENTS) | set(DEVICES)  # each client's, and its device's
 
 
 def test_score_cli_on_new_rows(finished_run, tmp_path):
