@@ -31,10 +31,10 @@ from model.normalization import FeatureStats, Normalizer
 
 
 ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
-           "val_overflow", "threshold_edge")
+           "val_overflow", "threshold_edge", "alie", "ipm")
 OVERFLOW = 1e308  # stats_overflow's total and total_sq of the first feature (issue 22: two such boards crashed a run)
 POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
-TAMPERING_ATTACKS = ("model_scaling", "random_update")  # send something computed from the global weights
+TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
 
 
 class LocalClient:
@@ -93,10 +93,18 @@ class LocalClient:
 
     def _tamper(self, global_state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
         """What a malicious client sends instead of its trained weights: model_scaling sends its poisoned model's
-        update boosted attack_scale times (model replacement: scale ~ clients / share), random_update noise."""
+        update boosted attack_scale times (model replacement: scale ~ clients / share), random_update noise, ipm and
+        alie the untargeted attacks sized against robust rules (inner-product manipulation; a little is enough)."""
         local = state_of(self.model)
         if self.attack == "model_scaling":
             return {k: g + self.attack_scale * (local[k] - g) for k, g in global_state.items()}
+        if self.attack == "ipm":  # inner-product manipulation: -attack_scale x the honest update (its own, as the
+            # estimate of the honest clients' mean a colluding attacker has)
+            return {k: g - self.attack_scale * (local[k] - g) for k, g in global_state.items()}
+        if self.attack == "alie":  # "a little is enough": the honest mean minus attack_scale honest spreads per
+            # coordinate, both estimated from its own update (mean ~ its update, spread ~ its magnitude): a step against
+            # learning that stays within the honest updates' spread
+            return {k: g + (local[k] - g) - self.attack_scale * (local[k] - g).abs() for k, g in global_state.items()}
         if self.attack == "random_update":
             gen = torch.Generator().manual_seed(seed)
             spread = {k: g.std() if g.numel() > 1 else g.abs() + 1e-3 for k, g in global_state.items()}

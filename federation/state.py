@@ -81,6 +81,18 @@ class RoundState:
                                 f"{len(cfg.clients)} clients: the robust rules assume at most {liars} lying client(s), "
                                 f"a minority")
             self.defenses = dataclasses.replace(self.defenses, byzantine_clients=liars)
+        # the clients a trimmed rule leaves out: as many as the liars it is sized for, when there are enough clients
+        self.trimmed = liars
+        per_round = min(cfg.train.client_num_per_round, len(cfg.clients))
+        if self.defenses.robust and per_round < defenses.robust_rule_minimum(liars):
+            self.trimmed = 0
+            rule = "FedAvg" if cfg.train.aggregation == "auto" else cfg.train.aggregation
+            self.notices.append(
+                f"{per_round} clients per round: too few for the robust rules to tell a liar from an honest device that "
+                f"is merely different (they need {defenses.robust_rule_minimum(liars)} for {liars} lying client(s)); "
+                f"updates are combined by {rule} after screening, feature statistics merged with row counts capped")
+            if cfg.train.aggregation == "auto":
+                self.defenses = dataclasses.replace(self.defenses, aggregation="fedavg")
         self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
         self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
 
@@ -150,8 +162,7 @@ class RoundState:
         m, d = self.cfg.model, self.defenses
         if d.robust:
             self.normalizer, merged, how, cut = defenses.robust_normalizer(
-                stats, d.count_ratio_limit, d.byzantine_clients, d.scale_ratio_limit, m.feature_transform,
-                m.normalization)
+                stats, d.count_ratio_limit, self.trimmed, d.scale_ratio_limit, m.feature_transform, m.normalization)
             self._notice("feature statistics", cut)
         else:
             merged = FeatureStats.merge(list(stats.values()))

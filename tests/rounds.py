@@ -109,22 +109,6 @@ def golden(name: str) -> dict[str, Any]:
     return json.loads((GOLDEN / name).read_text())
 
 
-GOLDEN_K = 3.0  # validation_args.threshold_k of the golden runs (the default then)
-
-
-def own_threshold_part(m: dict[str, Any]) -> dict[str, Any]:
-    """What a metrics.json from before issue 22 and one after it must share for the same config with threshold_k 3:
-    everything but the global threshold's rule (issue 22 replaced it) and which mode the top level repeats: the
-    data, normalisation and model, and every entry's per-device-threshold mode ('device'), which the training and
-    each device's own threshold alone decide."""
-    def entry(e: dict[str, Any]) -> dict[str, Any]:
-        return {"modes": {"device": e["modes"]["device"]},
-                **{k: e[k] for k in ("validation", "missing_attacks", "clients") if k in e}}
-
-    return {**{k: m[k] for k in ("data", "kind", "normalization", "model") if k in m},
-            "global": entry(m["global"]), "devices": {d: entry(e) for d, e in m["devices"].items()}}
-
-
 def assert_same_as_golden(got: dict[str, Any], name: str) -> None:
-    """`got` (a run with threshold_k GOLDEN_K) gives the golden run's results (`own_threshold_part`)."""
-    assert_same_metrics(own_threshold_part(got), own_threshold_part(golden(name)))
+    """`got` is the golden run's metrics.json (tests/data/golden/README.md says which run)."""
+    assert_same_metrics(got, golden(name))

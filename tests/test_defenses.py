@@ -132,3 +132,30 @@ def test_validation_statistics_over_other_rows_than_announced_are_named():
     stats = {"a": ErrorStats(100, 1.0, 0.1), "b": ErrorStats(5000, 1.0, 0.1), "c": ErrorStats(7, 1.0, 0.1)}
     out = validation_count_mismatches(stats, {"a": 100, "b": 100, "c": None})
     assert set(out) == {"b"} and "count 5000 rows, it announced 100" in out["b"]
+
+
+def test_ipm_and_alie_send_what_they_are_named_for():
+    """The attack harness's untargeted attacks sized against robust rules, on one client's real update: inner-product
+    manipulation points against the honest update; "a little is enough" stays within the honest spread (its own
+    update's per-coordinate magnitude, attack_scale of them) while never moving further along it."""
+    from data.loader import DeviceSplit
+    from federation.client import LocalClient
+    from federation.messages import RoundPlan
+    from model.autoencoder import AutoEncoder, state_of
+
+    rows = np.random.default_rng(1).lognormal(0.0, 1.0, (300, 115))
+    split = DeviceSplit("Ecobee_Thermostat", rows[:180], rows[180:240], rows[240:], {}, [])
+    honest = LocalClient(split, "log1p")
+    global_state = state_of(AutoEncoder(115))
+    normalizer = Normalizer.from_stats(honest.stats, "log1p", "zscore").to_dict()
+    plan = RoundPlan(round_idx=0, lr=0.003, epochs=1, batch_size=64, weight_decay=0.0, seed=5)
+    delta = {k: v - global_state[k] for k, v in honest.train(global_state, normalizer, plan).model.items()}
+    for attack, scale in (("ipm", 4.0), ("alie", 1.0)):
+        liar = LocalClient(split, "log1p", attack=attack, attack_scale=scale)
+        sent = {k: v - global_state[k] for k, v in liar.train(global_state, normalizer, plan).model.items()}
+        dot = sum(float((sent[k] * delta[k]).sum()) for k in delta)
+        if attack == "ipm":
+            assert dot < 0 and all(torch.allclose(sent[k], -scale * delta[k], atol=1e-6) for k in delta)
+        else:
+            assert all(bool(((sent[k] - delta[k]).abs() <= scale * delta[k].abs() + 1e-6).all()) for k in delta)
+            assert all(bool((sent[k] <= delta[k] + 1e-6).all()) for k in delta)

@@ -13,20 +13,19 @@ from federation.inprocess import Faults
 from federation.messages import C2S_UPDATE, S2C_EVAL_STATS, S2C_TRAIN
 from fediot.config import validate
 from tests.rounds import (
-    DEVICES, FIVE_DEVICES, GOLDEN_K, assert_same_as_golden, assert_same_metrics, deploy_values, metrics_of, overridden,
+    DEVICES, FIVE_DEVICES, assert_same_as_golden, assert_same_metrics, deploy_values, metrics_of, overridden,
     rounds_of, run, sim_values,
 )
 
 
-# ------------------------------------------------------------------------------------- same outputs as before
-def test_simulation_config_gives_the_metrics_of_the_mpi_run_before_the_driver(tmp_path):
-    _, _, run_dir = run(sim_values(tmp_path, validation_args__threshold_k=GOLDEN_K))
+# ------------------------------------------------------------------------------------- same outputs as the goldens
+def test_simulation_config_gives_the_golden_metrics(tmp_path):
+    _, _, run_dir = run(sim_values(tmp_path))
     assert_same_as_golden(metrics_of(run_dir), "simulation-3-clients.metrics.json")
 
 
-def test_deployment_config_gives_the_metrics_of_the_grpc_run_before_the_driver(tmp_path):
-    values = deploy_values(tmp_path, train_args__learning_rate=0.004, train_args__lr_decay=0.5,
-                           validation_args__threshold_k=GOLDEN_K)
+def test_deployment_config_gives_the_golden_metrics(tmp_path):
+    values = deploy_values(tmp_path, train_args__learning_rate=0.004, train_args__lr_decay=0.5)
     _, _, run_dir = run(values)
     assert_same_as_golden(metrics_of(run_dir), "deployment-3-boards.metrics.json")
     assert {r["round"]: r["lr"] for r in rounds_of(run_dir)} == {1: 0.004, 2: 0.002, 3: 0.001}
