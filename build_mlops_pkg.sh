@@ -24,9 +24,11 @@ git ls-files -- main_fedml_iot.py requirements.txt 'fediot/*.py' 'data/*.py' 'tr
 cp config/fedml_config.yaml "$STAGE/conf/fedml.yaml"
 cp config/grpc_ipconfig.csv "$STAGE/conf/grpc_ipconfig.csv"
 mkdir -p "$DEST"
-# both packages at once (each `fedml build` spends most of its time importing fedml)
+# both packages at once (each `fedml build` spends most of its time importing fedml); each with its own HOME: fedml
+# build stages in ~/.fedml/fedml-mlops-build, which it deletes first
 for type in client server; do
-  "$FEDML" build -t "$type" -sf "$STAGE/src" -ep main_fedml_iot.py -cf "$STAGE/conf" -df "$DEST" \
+  mkdir -p "$STAGE/home-$type"
+  HOME="$STAGE/home-$type" "$FEDML" build -t "$type" -sf "$STAGE/src" -ep main_fedml_iot.py -cf "$STAGE/conf" -df "$DEST" \
     >"$STAGE/build-$type.log" 2>&1 &
   eval "pid_$type=$!"
 done
