@@ -1,7 +1,7 @@
 """The robustness rules: what a lying client's numbers may do, each a pure function (no console, no files).
 
 A client's row counts, feature statistics, update, validation statistics and count report are its word. With
-`defenses_args.robust` (README: "Lying clients") the round state applies these rules, each of which returns what it
+`train_args.robust` (README: "Lying clients") the round state applies these rules, each of which returns what it
 kept and, per client, why it cut or left something out:
 
 * `capped_counts`: no client weighs more than `count_ratio_limit` x the median client's count (update weights and
