@@ -23,7 +23,7 @@ from federation.messages import (
     C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report, RoundPlan, Update,
     ValStats,
 )
-from fediot.config import FedIoTConfig, device_of_client
+from fediot.config import DEFAULTS, FedIoTConfig, device_of_client
 from fediot.rundir import append_jsonl
 from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats, train_autoencoder
@@ -42,7 +42,7 @@ class LocalClient:
 
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
                  attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None,
-                 threshold_k: float = 5.0) -> None:
+                 threshold_k: float = DEFAULTS["validation_args"]["threshold_k"][0]) -> None:
         """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
         honest training, to study what a compromised board can do; 'none' for an honest client. model: the
         autoencoder to load the global weights into (a worker's clients share one; each call loads them)."""
