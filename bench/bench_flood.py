@@ -10,7 +10,8 @@ the limits now refuse unread). Each must be parsed before its tensor count can b
 the server's RSS idle (waiting for boards) and its peak during the flood (sampled every 0.1 s from /proc), how the
 bombs were answered (refused by the size-bounded decoder, RESOURCE_EXHAUSTED by the inbox or gRPC), the gap between
 the server's round lines during the flood vs before it, and whether every round completed with all 3 boards.
-With --overflow, boards 2 and 3 also lie in their numbers (attack_args stats_overflow and val_overflow: issue 22's
+With --board-flood K, board 1 runs the harness's `flood` attack (attack_args): its own runtime sends K bombs after
+each honest answer. With --overflow, boards 2 and 3 also lie in their numbers (attack_args stats_overflow and val_overflow: issue 22's
 reproductions 1 and 2): board 2's hello is refused, board 3's validation statistics at every evaluation.
 Prints a JSON summary; exit status 1 when the run did not finish, a round missed an honest board, or the RSS grew
 more than 300 MB.
@@ -42,25 +43,15 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def bomb(max_bytes: int) -> bytes:
-    """A header of empty tensor entries just under the header limit, padded to just under the message limit."""
-    from federation.messages import MAX_HEADER_BYTES
-    from federation.wire import MAGIC
-
-    entry = b'"t%07d":{"__tensor__":["float32",[0],0,0]}'
-    start, end = b'{"type":"fediot_update","sender":3,"receiver":0,"fields":{', b"}}"
-    n = (MAX_HEADER_BYTES - len(start) - len(end)) // (len(entry % 0) + 1)
-    header = start + b",".join(entry % i for i in range(n)) + end
-    message = MAGIC + len(header).to_bytes(4, "little") + header
-    return message + bytes(max(0, max_bytes - 1 - len(message)))
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--messages", type=int, default=40)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--rounds", type=int, default=60, help="enough that the run outlasts the flood")
     p.add_argument("--overflow", action="store_true", help="boards 2 and 3 also send overflowing statistics")
+    p.add_argument("--board-flood", type=int, default=0, metavar="K",
+                   help="board 1 also runs attack_args.attack: flood (honest answers, each followed by K decoding bombs "
+                        "sent by the board's own runtime)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     import tempfile
@@ -83,10 +74,16 @@ def main() -> int:
             board_cfg[rank] = tmp / f"board{rank}.yaml"
             board_cfg[rank].write_text(yaml.safe_dump({**raw, "attack_args": {"malicious_ranks": [rank],
                                                                                "attack": attack}}))
+    if a.board_flood:
+        board_cfg[1] = tmp / "board1.yaml"
+        board_cfg[1].write_text(yaml.safe_dump({**raw, "attack_args": {"malicious_ranks": [1], "attack": "flood",
+                                                                       "attack_scale": a.board_flood}}))
     port = ipconfig_ports(cfg)[0]
     from fediot.config import load
 
-    payload = bomb(int(load(str(cfg)).comm.max_message_mb * 2**20))
+    from federation.client import decoding_bomb
+
+    payload = decoding_bomb(3, int(load(str(cfg)).comm.max_message_mb * 2**20))
     srv = server(cfg)
     samples: list[tuple[float, float]] = []
     boards: list = []
@@ -141,7 +138,9 @@ def main() -> int:
         "outcomes": outcomes, "run_finished": finished,
         "rounds": [r["round"] for r in rounds], "clients_per_round": [len(r["clients"]) for r in rounds],
         "rejected_total": sum(r.get("rejected", 0) for r in rounds),
-        "rejections": [x for r in rounds for x in r.get("rejections", [])][:20],
+        "rejections": [x for r in rounds for x in r.get("rejections", [])],  # each round keeps its first 20
+        "kept_rejections_by_sender": {s: sum(x["from"] == s for r in rounds for x in r.get("rejections", []))
+                                      for s in sorted({x["from"] for r in rounds for x in r.get("rejections", [])})},
         "eval_seconds": [r["eval_seconds"] for r in rounds if "eval" in r],
         "devices_evaluated": sorted(json.loads((run_dir / "metrics.json").read_text())["devices"]) if run_dir else [],
         "server_said_refused_hello": "was refused" in srv.stdout,

@@ -131,8 +131,10 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
                                                         ("grpc.ssl_target_name_override", RANK_NAME.format(receiver))])
 
     def send_message(self, msg: Message) -> None:
-        payload = to_wire(msg)
-        receiver = int(msg.get_receiver_id())
+        self.send_bytes(int(msg.get_receiver_id()), to_wire(msg))
+
+    def send_bytes(self, receiver: int, payload: bytes) -> None:
+        """Deliver wire bytes to a peer; PeerUnreachable / PeerRefused when it cannot be done."""
         if receiver not in self.peers:
             raise PeerUnreachable(f"rank {receiver} is not in the ipconfig")
         request = grpc_comm_manager_pb2.CommRequest(client_id=self.rank, message=payload)

@@ -20,21 +20,34 @@ from data.sources import load_client_splits
 from evaluation.counts import client_report, held_out_counts
 from evaluation.scores import DeviceScores, score_device
 from federation.messages import (
-    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report, RoundPlan, Update,
-    ValStats,
+    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_HEADER_BYTES, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
+    RoundPlan, Update, ValStats,
 )
-from fediot.config import DEFAULTS, FedIoTConfig, device_of_client
+from federation.wire import MAGIC, header_length_bytes
+from fediot.config import ATTACKS, DEFAULTS, FedIoTConfig, device_of_client
 from fediot.rundir import append_jsonl
 from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats, train_autoencoder
 from model.normalization import FeatureStats, Normalizer
 
 
-ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
-           "val_overflow", "threshold_edge", "alie", "ipm")
 OVERFLOW = 1e308  # stats_overflow's total and total_sq of the first feature (issue 22: two such boards crashed a run)
 POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
 TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
+
+
+def decoding_bomb(sender: int, max_bytes: int) -> bytes:
+    """What the `flood` attack sends besides its honest answers (issue 22, reproduction 3): the costliest message a
+    certified peer can send inside the limits — just under `max_bytes`, its header just under the header limit and
+    holding nothing but empty tensor entries (~90,000), so a receiver must parse the header before it can refuse the
+    tensor count (the issue's had 1.9 M entries in a 63 MiB header: the header limit now refuses that unread)."""
+    entry = b'"t%07d":{"__tensor__":["float32",[0],0,0]}'
+    start = b'{"type":"%s","sender":%d,"receiver":0,"fields":{' % (C2S_UPDATE.encode(), sender)
+    end = b"}}"
+    n = (MAX_HEADER_BYTES - len(start) - len(end)) // (len(entry % 0) + 1)
+    header = start + b",".join(entry % i for i in range(n)) + end
+    message = MAGIC + header_length_bytes(len(header)) + header
+    return message + bytes(max(0, max_bytes - 1 - len(message)))
 
 
 class LocalClient:
@@ -49,6 +62,8 @@ class LocalClient:
         if attack not in ATTACKS:
             raise ValueError(f"unknown attack {attack!r}; expected one of {ATTACKS}")
         self.attack, self.attack_scale = attack, attack_scale
+        # flood: trains and answers honestly, and sends this many decoding bombs after each answer
+        self.bombs_per_answer = max(1, round(attack_scale)) if attack == "flood" else 0
         self.threshold_k = threshold_k  # threshold_edge: the k of the federation's threshold rule
         self.split = split
         self.device = split.device

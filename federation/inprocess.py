@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pathlib import Path
 
-from federation.client import ClientLoader, LocalClient, answers
+from federation.client import ClientLoader, LocalClient, answers, decoding_bomb
 from federation.driver import quorum, run_federation
 from federation.messages import (
     ANSWER_TO, C2S_HELLO, Expectations, Hello, ProtocolError, answer_client, decode_message, typed, validate,
@@ -74,6 +74,17 @@ class InProcessGrid:
             self._reject(sender, str(exc))
             return None
 
+    def _bytes_to_server(self, client: str, raw: bytes) -> None:
+        """Bytes a client sends unasked (the `flood` attack's bombs): decoded as a node decodes them, refused and
+        counted; were they ever a well-formed message, it would still be one nobody asked for."""
+        self.bytes_received += len(raw)
+        try:
+            decode_message(raw, self.max_bytes)
+        except (WireError, ProtocolError) as exc:
+            self._reject(f"rank {self.rank[client]}", str(exc))
+            return
+        self._reject(f"rank {self.rank[client]}", "a message nobody asked for")
+
     def _to_client(self, client: str, msg_type: str, fields: dict[str, Any]) -> dict[str, Any]:
         raw = encode(msg_type, SERVER_RANK, self.rank[client], fields)
         self.bytes_sent += len(raw)
@@ -117,6 +128,8 @@ class InProcessGrid:
                 if self.faults.silent(kind, self.round, client):
                     continue
                 answer = self._to_server(client, msg_type, message.to_fields())
+                for _ in range(self.clients[client].bombs_per_answer):
+                    self._bytes_to_server(client, decoding_bomb(self.rank[client], self.max_bytes))
                 if answer is None:
                     continue
                 if msg_type != ANSWER_TO[kind] or answer_client(msg_type, message.to_fields()) != client:

@@ -26,6 +26,11 @@ _MAX_DEPTH = 8
 _MAX_DIMS = 4
 
 
+def header_length_bytes(n: int) -> bytes:
+    """The header-length field that follows the magic."""
+    return _LEN.pack(n)
+
+
 class WireError(ValueError):
     """Bytes that are not a well-formed FedIoT message."""
 

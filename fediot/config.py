@@ -188,12 +188,17 @@ class TrackingArgs:
     tensorboard: bool = _key(False, 'write TensorBoard event files to RUN_DIR/tensorboard (local only)', check=(lambda v: isinstance(v, bool), 'true or false'))
     fedml_console: bool = _key(False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)", check=(lambda v: isinstance(v, bool), 'true or false'))
 
+# attack_args.attack: what a simulated malicious client can do (federation/client.py implements each)
+ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
+           "val_overflow", "threshold_edge", "alie", "ipm", "flood")
+
+
 @dataclass(frozen=True)
 class AttackArgs:
     """Simulated malicious clients: what an attack does to a run, and what the aggregation rule stops."""
 
     malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
-    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic), threshold_edge (claim attack_scale x its validation rows, every error attack_scale x its own threshold, std 0, and count reports consistent with that: pull the global threshold up), ipm (inner-product manipulation: send -attack_scale x its honest update), alie (a little is enough: its update minus attack_scale x its per-coordinate magnitude, inside the honest spread)', choices=('none', 'data_poisoning', 'model_scaling', 'random_update', 'stats_inflation', 'eval_lies', 'stats_overflow', 'val_overflow', 'threshold_edge', 'ipm', 'alie'))
+    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic), threshold_edge (claim attack_scale x its validation rows, every error attack_scale x its own threshold, std 0, and count reports consistent with that: pull the global threshold up), ipm (inner-product manipulation: send -attack_scale x its honest update), alie (a little is enough: its update minus attack_scale x its per-coordinate magnitude, inside the honest spread), flood (answer honestly, and after each answer send attack_scale decoding bombs: messages just under comm_args.max_message_mb whose header is all empty tensor entries)', choices=ATTACKS)
     attack_scale: float = _key(10.0, 'strength of the attack (see attack); random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
 
 

@@ -106,6 +106,25 @@ def test_a_header_bomb_is_refused_before_it_is_parsed():
         decode_message(raw, 64 * 2**20)
 
 
+def test_a_flooding_board_is_refused_and_counted_and_learns_what_an_honest_one_would(tmp_path):
+    """The `flood` attack (attack_args): a board that answers honestly and sends decoding bombs after each answer.
+    Every bomb is refused by the decoder and counted against its rank; what the federation learns is what it learns
+    with that board honest."""
+    from federation.client import decoding_bomb
+
+    assert len(decoding_bomb(2, 8 * 2**20)) == 8 * 2**20 - 1  # just under the message limit
+    with pytest.raises(WireError, match="more than 16 tensor"):  # parsed, then refused for its tensor count
+        decode_message(decoding_bomb(2, 64 * 2**20), 64 * 2**20)
+    _, _, honest = run(sim_values(tmp_path / "honest"))
+    _, _, flooded = run(sim_values(tmp_path / "flood", attack_args__malicious_ranks=[2], attack_args__attack="flood",
+                                   attack_args__attack_scale=3))
+    records = rounds_of(flooded)
+    answers_per_round = [1 + 2 * ("eval" in r) for r in records]  # an update; validation statistics and a report
+    assert [r["rejected"] for r in records] == [3 * n for n in answers_per_round]
+    assert all(x["from"] == "rank 2" and "tensor" in x["reason"] for r in records for x in r["rejections"])
+    assert metrics_of(flooded)["global"] == metrics_of(honest)["global"]
+
+
 def test_tensors_only_where_a_type_carries_the_model():
     assert tensors_allowed(C2S_UPDATE) == 16 and tensors_allowed(C2S_VAL_STATS) == 0
     assert tensors_allowed("fediot_tick") is None  # a local event never comes from a peer

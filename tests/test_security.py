@@ -104,7 +104,8 @@ def test_an_attacker_on_the_lan_is_refused_and_the_run_learns_what_it_would_have
 def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     """Issue 22's reproductions 1-3 with real processes, in one deployment (bench/bench_flood.py --overflow): board 2
     sends feature statistics whose sums overflow, board 3 validation statistics whose square overflows (this crashed
-    the server at every evaluation) while its certificate also floods the server with decoding bombs at the limits.
+    the server at every evaluation) while its certificate also floods the server with decoding bombs at the limits;
+    board 1 answers honestly and its runtime sends a bomb after each answer (attack_args.attack: flood).
     The server refuses them all and names the boards, never waits for a refused answer (the round deadline is 120 s),
     its RSS grows by at most 300 MB, and every round completes with the boards that train (1 and 3)."""
     import subprocess
@@ -113,7 +114,7 @@ def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     from tests.helpers import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_flood.py"), "--messages", "6", "--threads", "2",
-                           "--rounds", "10", "--overflow", "--out", str(tmp_path)], capture_output=True, text=True,
+                           "--rounds", "10", "--overflow", "--board-flood", "1", "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
@@ -124,3 +125,5 @@ def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     assert any(x["from"].startswith("rank 2") and "feature_stats: feature 0" in x["reason"] for x in reasons)
     assert any(x["from"].startswith("rank 3") and "val_stats" in x["reason"] for x in reasons)
     assert r["server_said_refused_hello"]
+    # board 1 ran attack_args.attack: flood (a bomb after each honest answer, from its own runtime): refused, counted
+    assert sum(n for sender, n in r["kept_rejections_by_sender"].items() if sender.startswith("rank 1")) >= 10

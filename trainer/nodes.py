@@ -31,7 +31,7 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
-from federation.client import LocalClient, answers
+from federation.client import LocalClient, answers, decoding_bomb
 from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
 from federation.state import RoundState
@@ -582,7 +582,18 @@ class ClientNode(_Node):
             if msg_type == C2S_UPDATE:
                 self._say(f"round {answer.round + 1}: trained {answer.n} rows at lr {answer.lr:.6g}, "
                           f"loss {answer.loss:.5f} ({answer.train_seconds:.1f}s)")
-            self.reply(msg_type, **answer.to_fields())
+            fields = answer.to_fields()
+            self.reply(msg_type, **fields)
+            self.flood(self.home[answer_client(msg_type, fields)].bombs_per_answer)
+
+    def flood(self, bombs: int) -> None:
+        """The `flood` attack (attack_args): decoding bombs to the server after an honest answer; refusals are what
+        it expects, so they are only logged."""
+        for _ in range(bombs):
+            try:
+                self.com_manager.send_bytes(0, decoding_bomb(self.rank, self.com_manager.max_bytes))
+            except PeerUnreachable as exc:
+                log.info("flood: %s", exc)
 
     def on_finish(self, msg: Message) -> None:
         error = msg.get("error")

@@ -289,17 +289,20 @@ class MpiTransport(MpiCommunicationManager):
         """Non-blocking send of the wire bytes: a message larger than MPI's eager limit (a model) is a rendezvous,
         and a blocking send waits until the receiver's thread polls for it; with more ranks than cores that wait is
         a scheduling slot per message (measured: ~9 ms a TRAIN message, 10 of them in a row per round)."""
+        self.send_bytes(int(msg.get_receiver_id()), to_wire(msg))
+
+    def send_bytes(self, receiver: int, payload: bytes) -> None:
+        """Non-blocking send of wire bytes to a rank (see send_message)."""
         from mpi4py import MPI
 
-        payload = to_wire(msg)
         try:
             if len(self._in_flight) >= self._prune_at:  # amortised: testing every request is linear in the list
                 self._drop_completed()
                 self._prune_at = max(PRUNE_MIN, 2 * len(self._in_flight))
-            request = self.comm.Isend([payload, MPI.BYTE], dest=int(msg.get_receiver_id()))
+            request = self.comm.Isend([payload, MPI.BYTE], dest=receiver)
             self._in_flight.append((request, payload))  # the buffer lives until the send completes
         except Exception as exc:  # noqa: BLE001 - an MPI error surfaces as one kind of failure
-            raise PeerUnreachable(f"rank {msg.get_receiver_id()}: {exc}") from None
+            raise PeerUnreachable(f"rank {receiver}: {exc}") from None
         self.bytes_sent += len(payload)
 
     def _drop_completed(self) -> None:
