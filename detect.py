@@ -1,14 +1,21 @@
 """Detect attacks in live or recorded traffic with a trained FedIoT model.
 
-    python -m detect MODEL (--pcap FILE | --interface IFACE) [--device NAME] [--window 5] [--out alerts.jsonl]
+    python -m detect (MODEL | --follow RUN_DIR) (--pcap FILE | --interface IFACE)
+        [--device NAME | --watch NAME=ADDR[,ADDR...] ...] [--window 5] [--out alerts.jsonl] [--config YAML]
 
 MODEL is a checkpoint (model.pt, or its numpy export model.npz) or a run directory. Runs on numpy
 (model/lean.py): no torch, no FedML. A model.pt without model.npz beside it is exported once (needs torch).
-Packets -> N-BaIoT features (traffic/afterimage.py)
--> the checkpoint's normalisation and autoencoder -> per-packet score vs. threshold (the device's
-own threshold with --device, else the global one), plus N-BaIoT's majority vote over the last
-`--window` packets of the same source host. Alerts are JSON lines (to --out, else stdout):
-{"time", "host", "score", "threshold", "packet_alert", "window_alert"}; a summary line follows.
+--follow RUN_DIR: the newest model a board's client kept after the federation's latest evaluation
+(RUN_DIR/detector/model.npz; RUN_DIR may also be the board's run_dir_root: its newest run is followed), swapped in
+between packet batches whenever a newer one appears (each swap logged).
+Packets -> N-BaIoT features (traffic/afterimage.py, memory bounded by detect_args.max_streams)
+-> the model's normalisation and autoencoder -> per-packet score vs. threshold, plus N-BaIoT's majority vote over
+the last `--window` packets of the same source host. Which threshold: --device NAME, that device's own for every
+packet; --watch NAME=ADDR (IP or MAC, repeatable): only the packets from or to each watched device, each with its
+own device's threshold; neither: the global threshold (for devices outside the federation). Alerts are JSON lines
+(to --out, else stdout): {"time", "host", "device", "score", "threshold", "packet_alert", "window_alert"}; window
+alerts also go to syslog and MQTT when detect_args configures them (rate-limited, never blocking). A summary line
+follows.
 """
 from __future__ import annotations
 
@@ -16,19 +23,28 @@ import argparse
 import ipaddress
 import json
 import math
+import re
+import socket
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterable
+from typing import IO, Any, Iterable
 
 import numpy as np
 from numba import njit
 
 from data import nbaiot
+from fediot.config import DetectArgs, load, validate
 from fediot.errors import FedIoTError
+from fediot.rundir import peak_rss_mb
 from model.lean import LeanDetector, lean_path
 from traffic.afterimage import FeatureExtractor
+from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
+
+LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
+HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
 
 
 @njit(cache=True)
@@ -51,17 +67,24 @@ class WindowVote:
     last `window` (this one included) were flagged.
     """
 
-    def __init__(self, window: int) -> None:
+    def __init__(self, window: int, max_hosts: int = 2**62) -> None:
+        """max_hosts: hosts remembered; over it the least recently seen are forgotten (their window starts over)."""
         if window < 1:
             raise ValueError(f"window must be at least 1 packet, got {window}")
-        self.window = window
+        self.window, self.max_hosts = window, max_hosts
         self.host_ids: dict[bytes, int] = {}
         self.seen = np.zeros(0, dtype=np.int64)
         self.votes = np.zeros(0, dtype=np.int64)
         self.ring = np.zeros((0, window), dtype=np.int64)
+        self.last = np.zeros(0, dtype=np.int64)  # per host: the push it was last seen in
+        self.pushes = 0
+        self.forgotten = 0
 
     def push(self, hosts: list[bytes], flags: np.ndarray) -> np.ndarray:
         """Window alerts for a batch of packets (in time order) with their per-packet flags."""
+        if len(self.host_ids) > self.max_hosts:
+            self._forget()
+        self.pushes += 1
         ids_of = self.host_ids
         ids = np.fromiter((ids_of.setdefault(h, len(ids_of)) for h in hosts), dtype=np.int64, count=len(hosts))
         grow = len(ids_of) - len(self.seen)
@@ -70,9 +93,28 @@ class WindowVote:
             self.seen = np.concatenate([self.seen, np.zeros(grow, dtype=np.int64)])
             self.votes = np.concatenate([self.votes, np.zeros(grow, dtype=np.int64)])
             self.ring = np.vstack([self.ring, np.zeros((grow, self.window), dtype=np.int64)])
+            self.last = np.concatenate([self.last, np.zeros(grow, dtype=np.int64)])
+        self.last[ids] = self.pushes
         out = np.zeros(len(flags), dtype=np.bool_)
         _vote(ids, np.asarray(flags, dtype=np.bool_), self.seen, self.ring, self.votes, self.window, out)
         return out
+
+    def _forget(self) -> None:
+        """Keep the HOST_LOW_WATER x max_hosts most recently seen hosts, renumbered in their old order."""
+        n = len(self.host_ids)
+        keep = np.zeros(n, dtype=bool)
+        keep[np.argsort(-self.last[:n], kind="stable")[:int(self.max_hosts * HOST_LOW_WATER)]] = True
+        new_id = np.cumsum(keep) - 1
+        self.host_ids = {h: int(new_id[i]) for h, i in self.host_ids.items() if keep[i]}
+        idx = np.flatnonzero(keep)
+        self.seen, self.votes, self.ring, self.last = (self.seen[idx].copy(), self.votes[idx].copy(),
+                                                       self.ring[idx].copy(), self.last[idx].copy())
+        self.forgotten += n - len(idx)
+
+
+def host_text(address: bytes) -> str:
+    """An address as JSON text ("10.0.0.1")."""
+    return json.dumps(str(ipaddress.ip_address(address)))
 
 
 def _number(x: float) -> str:
@@ -84,50 +126,87 @@ class AlertLines:
     """Alert lines exactly as json.dumps({"time", "host", "device", "score", "threshold", "packet_alert",
     "window_alert"}) writes them, built from pieces: a flood can mean one alert per packet."""
 
-    def __init__(self, device: str | None, threshold: float) -> None:
+    def __init__(self, device: str | None, threshold: float, max_hosts: int = 65536) -> None:
         self.middle = f', "device": {json.dumps(device)}, "score": '
         self.tail = f', "threshold": {_number(threshold)}, "packet_alert": '
         self.hosts: dict[bytes, str] = {}
+        self.max_hosts = max_hosts
 
     def line(self, t: float, host: bytes, score: float, packet_alert: bool, window_alert: bool) -> str:
         h = self.hosts.get(host)
         if h is None:
-            h = self.hosts[host] = json.dumps(str(ipaddress.ip_address(host)))
+            if len(self.hosts) >= self.max_hosts:  # a cache of formatted addresses: bounded, rebuilt as needed
+                self.hosts.clear()
+            h = self.hosts[host] = host_text(host)
         return (f'{{"time": {_number(round(t, 6))}, "host": {h}{self.middle}{_number(score)}{self.tail}'
                 f'{"true" if packet_alert else "false"}, "window_alert": {"true" if window_alert else "false"}}}\n')
 
 
-def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, SkipCounts]], device: str | None,
-                  window: int, sink: IO[str]) -> dict[str, object]:
-    """Score every packet; write alert lines; return the summary."""
-    threshold = detector.threshold_for(device)
-    extractor = FeatureExtractor()
-    vote = WindowVote(window)
-    lines = AlertLines(device, threshold)
-    extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
-    vote.push([], np.zeros(0, dtype=bool))
-    packets = alerts = window_alerts = 0
-    skipped = SkipCounts()
-    started = time.perf_counter()
-    for batch, skipped in batches:
-        if len(batch) == 0:
+
+# ------------------------------------------------------------------------------------- which packets, which threshold
+@dataclass
+class Watch:
+    """A watched device: its name (as in the federation) and its addresses (IPs, and MACs whose IPs are learnt from
+    the packets they send)."""
+
+    device: str
+    ips: set[bytes] = field(default_factory=set)
+    macs: set[bytes] = field(default_factory=set)
+
+
+def parse_watch(spec: str) -> Watch:
+    """NAME=ADDR[,ADDR...] with IPv4/IPv6 addresses or MACs (aa:bb:cc:dd:ee:ff)."""
+    name, sep, addresses = spec.partition("=")
+    if not sep or not name or not addresses:
+        raise FedIoTError(f"--watch {spec!r}: expected NAME=ADDR[,ADDR...] (an IP or a MAC address)")
+    w = Watch(name)
+    for a in addresses.split(","):
+        a = a.strip()
+        if re.fullmatch(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", a):
+            w.macs.add(bytes.fromhex(re.sub(r"[:-]", "", a)))
             continue
-        scores = detector.score(extractor.transform(batch))
-        flags = scores > threshold
-        wins = vote.push(batch.src_ip, flags)
-        alerts += int(flags.sum())
-        window_alerts += int(wins.sum())
-        sink.write("".join(lines.line(batch.time[n], batch.src_ip[n], float(scores[n]), bool(flags[n]), bool(wins[n]))
-                           for n in np.flatnonzero(flags | wins)))
-        packets += len(batch)
-    seconds = time.perf_counter() - started
-    return {"summary": True, "packets": packets, "packet_alerts": alerts, "window_alerts": window_alerts,
-            "window": window, "threshold": threshold, "seconds": round(seconds, 3),
-            "packets_per_s": round(packets / seconds, 1) if seconds > 0 else None, "skipped": skipped.as_dict()}
+        try:
+            w.ips.add(ipaddress.ip_address(a).packed)
+        except ValueError:
+            raise FedIoTError(f"--watch {spec!r}: {a!r} is neither an IP nor a MAC address") from None
+    return w
 
 
-def load_detector(model: Path) -> LeanDetector:
-    """The numpy detector for MODEL; a model.pt without its model.npz is exported once (needs torch)."""
+class Watcher:
+    """Which watched device each packet belongs to (-1: none): a packet from or to one of its IPs, or from one of
+    its MACs (whose source IP is then learnt as the device's)."""
+
+    def __init__(self, watches: list[Watch]) -> None:
+        self.devices = [w.device for w in watches]
+        if len(set(self.devices)) != len(self.devices):
+            raise FedIoTError(f"--watch names a device twice: {self.devices}")
+        self.by_ip = {ip: i for i, w in enumerate(watches) for ip in w.ips}
+        self.by_mac = {mac: i for i, w in enumerate(watches) for mac in w.macs}
+        self.learnt: dict[str, set[str]] = {}
+
+    def of(self, batch: PacketBatch) -> np.ndarray:
+        out = np.full(len(batch), -1, dtype=np.int64)
+        by_ip, by_mac = self.by_ip, self.by_mac
+        for n in range(len(batch)):
+            i = by_mac.get(batch.src_mac[n]) if by_mac else None
+            if i is not None:
+                if batch.src_ip[n] not in by_ip:
+                    by_ip[batch.src_ip[n]] = i
+                    self.learnt.setdefault(self.devices[i], set()).add(str(ipaddress.ip_address(batch.src_ip[n])))
+                out[n] = i
+                continue
+            i = by_ip.get(batch.src_ip[n])
+            if i is None:
+                i = by_ip.get(batch.dst_ip[n])
+            if i is not None:
+                out[n] = i
+        return out
+
+
+# ------------------------------------------------------------------------------------- the model, fixed or followed
+def load_detector(model: Path, allow_row_model: bool = False) -> LeanDetector:
+    """The numpy detector for MODEL; a model.pt without its model.npz is exported once (needs torch). A model trained
+    on synthetic rows never saw features of packets: refused unless allow_row_model."""
     if not model.exists():
         raise FedIoTError(f"{model}: model not found (expected model.pt, model.npz or a run directory)")
     try:
@@ -148,24 +227,239 @@ def load_detector(model: Path) -> LeanDetector:
         raise FedIoTError(str(exc)) from None
     if detector.input_dim != nbaiot.N_FEATURES:
         raise FedIoTError(f"{model}: the model takes {detector.input_dim} features; packets give N-BaIoT's {nbaiot.N_FEATURES}")
+    data = detector.meta.get("data") if isinstance(detector.meta.get("data"), dict) else {}
+    if data.get("generator") == "rows" and not allow_row_model:
+        raise FedIoTError(f"{model}: this model was trained on synthetic rows (data_args.dataset: synthetic, "
+                          "data/synthetic.py), which are shaped like N-BaIoT's but were never computed from packets: on "
+                          "real packets it flags nearly everything. Use a model trained on N-BaIoT, on your own "
+                          "captures (data_args.dataset: local) or on simulated packets (synthetic_generator: packets); "
+                          "--allow-row-model runs it anyway")
     return detector
+
+
+def thresholds_for(detector: LeanDetector, devices: list[str | None], where: str) -> list[float]:
+    """Each device's own threshold (None: the global one); a device the model does not know is an error."""
+    unknown = [d for d in devices if d is not None and d not in detector.device_thresholds]
+    if unknown:
+        known = ", ".join(sorted(detector.device_thresholds)) or "none: it has only the global threshold"
+        raise FedIoTError(f"{where}: no threshold for {', '.join(unknown)} in this model (its devices: {known}); "
+                          "name a device of the federation, or leave out --device/--watch to use the global threshold")
+    return [detector.threshold_for(d) for d in devices]
+
+
+def live_model_path(run_dir: Path) -> Path | None:
+    """The model a board's client keeps (RUN_DIR/detector/model.npz), a run's final model (RUN_DIR/model.npz), or,
+    for a run_dir_root, the newest run's; None while there is none yet."""
+    for candidate in (run_dir / LIVE_MODEL, run_dir / "model.npz"):
+        if candidate.is_file():
+            return candidate
+    runs = sorted((p for p in run_dir.glob(f"*/{LIVE_MODEL}") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    return runs[-1] if runs else None
+
+
+class ModelFollower:
+    """The newest model of a federation (`live_model_path`), checked every `poll_s` seconds; a newer file is loaded
+    and validated before it replaces the current one (a bad one is logged and the current one kept)."""
+
+    def __init__(self, run_dir: Path, poll_s: float, devices: list[str | None], allow_row_model: bool) -> None:
+        self.run_dir, self.poll_s, self.devices, self.allow_row_model = run_dir, poll_s, devices, allow_row_model
+        self.path: Path | None = None
+        self.stamp: tuple[int, int] | None = None
+        self.next_poll = 0.0
+        self.swaps: list[dict[str, Any]] = []
+        self.refused = 0
+
+    def wait_first(self, timeout_s: float | None = None) -> tuple[LeanDetector, list[float]]:
+        """Block until the federation has evaluated a model this board can use."""
+        said = False
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        while True:
+            got = self.poll(force=True)
+            if got is not None:
+                return got
+            if not said:
+                print(f"waiting for the federation's first evaluated model in {self.run_dir} "
+                      f"({LIVE_MODEL} of a board's run)", file=sys.stderr, flush=True)
+                said = True
+            if deadline is not None and time.monotonic() > deadline:
+                raise FedIoTError(f"--follow {self.run_dir}: no model appeared within {timeout_s:g}s")
+            time.sleep(self.poll_s)
+
+    def poll(self, force: bool = False) -> tuple[LeanDetector, list[float]] | None:
+        """A newer usable model and its thresholds, or None."""
+        now = time.monotonic()
+        if not force and now < self.next_poll:
+            return None
+        self.next_poll = now + self.poll_s
+        path = live_model_path(self.run_dir)
+        if path is None:
+            return None
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        stamp = (st.st_mtime_ns, st.st_ino)
+        if path == self.path and stamp == self.stamp:
+            return None
+        self.path, self.stamp = path, stamp
+        try:
+            detector = load_detector(path, self.allow_row_model)
+            thresholds = thresholds_for(detector, self.devices, str(path))
+        except FedIoTError as exc:
+            self.refused += 1
+            print(f"follow: kept the current model; {exc}", file=sys.stderr, flush=True)
+            return None
+        record = {"path": str(path), "round": detector.meta.get("round"), "loaded_at": time.time(),
+                  "thresholds": dict(zip([d or "global" for d in self.devices], thresholds))}
+        self.swaps.append(record)
+        print(f"follow: using {path} (after round {record['round']}), thresholds {record['thresholds']}",
+              file=sys.stderr, flush=True)
+        return detector, thresholds
+
+
+# ------------------------------------------------------------------------------------- detection
+def network_sinks(cfg: DetectArgs, board: str, devices: list[str]) -> list[Sink]:
+    sinks: list[Sink] = []
+    if cfg.syslog:
+        sinks.append(SyslogSink(cfg.syslog, board))
+    if cfg.mqtt_broker:
+        sinks.append(MqttSink(cfg.mqtt_broker, board, devices, cfg.mqtt_topic_prefix, cfg.mqtt_discovery_prefix,
+                              cfg.alert_queue, cfg.mqtt_username, cfg.mqtt_password_file))
+    return sinks
+
+
+def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, SkipCounts]], device: str | None,
+                  window: int, sink: IO[str], watches: list[Watch] | None = None, cfg: DetectArgs | None = None,
+                  follower: ModelFollower | None = None, publisher: AlertPublisher | None = None) -> dict[str, object]:
+    """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
+    lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
+    return the summary."""
+    cfg = cfg or validate({}).detect
+    watcher = Watcher(watches) if watches else None
+    devices: list[str | None] = list(watcher.devices) if watcher else [device]
+    thresholds = thresholds_for(detector, devices, "--watch" if watcher else "--device")
+    extractor = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight)
+    vote = WindowVote(window, cfg.max_hosts)
+    lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
+    limiter = RateLimiter(cfg.alert_interval_s, cfg.max_hosts)
+    last_alert: dict[int, float] = {}  # device index -> packet time of its latest window alert (state ON)
+    extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
+    vote.push([], np.zeros(0, dtype=bool))
+    packets = scored = alerts = window_alerts = 0
+    per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0} for d in devices}
+    skipped = SkipCounts()
+    started = time.perf_counter()
+    for batch, skipped in batches:
+        if follower is not None:
+            swapped = follower.poll()
+            if swapped is not None:
+                detector, thresholds = swapped
+                lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
+        if len(batch) == 0:
+            _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
+            continue
+        rows = extractor.transform(batch)
+        packets += len(batch)
+        which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
+        idx = np.flatnonzero(which >= 0)
+        if len(idx) == 0:
+            continue
+        scores = detector.score(rows[idx])
+        limits = np.asarray(thresholds)[which[idx]]
+        flags = scores > limits
+        hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
+        wins = vote.push(hosts, flags)
+        scored += len(idx)
+        alerts += int(flags.sum())
+        window_alerts += int(wins.sum())
+        out = []
+        for j in np.flatnonzero(flags | wins):
+            n, d = int(idx[j]), int(which[idx[j]])
+            out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j])))
+            if wins[j]:
+                last_alert[d] = batch.time[n]
+                if publisher is not None:
+                    host = str(ipaddress.ip_address(batch.src_ip[n]))
+                    count = limiter.admit(devices[d] or "global", host, batch.time[n])
+                    if count is not None:
+                        publisher.offer(Alert(devices[d] or "global", host, batch.time[n], float(scores[j]),
+                                              float(thresholds[d]), count))
+        sink.write("".join(out))
+        for d in range(len(devices)):
+            mine = which[idx] == d
+            entry = per_device[devices[d] or "global"]
+            entry["packets"] += int(mine.sum())
+            entry["packet_alerts"] += int((flags & mine).sum())
+            entry["window_alerts"] += int((wins & mine).sum())
+        _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
+    seconds = time.perf_counter() - started
+    summary: dict[str, Any] = {
+        "summary": True, "packets": packets, "packets_scored": scored, "packet_alerts": alerts,
+        "window_alerts": window_alerts, "window": window,
+        "threshold": thresholds[0] if len(thresholds) == 1 else dict(zip(devices, thresholds)),
+        "seconds": round(seconds, 3), "packets_per_s": round(packets / seconds, 1) if seconds > 0 else None,
+        "skipped": skipped.as_dict(), "devices": per_device,
+        "memory": {"tracked": extractor.tracked(), "evicted_streams": dict(extractor.evicted), "sweeps": extractor.sweeps,
+                   "hosts_forgotten": vote.forgotten, "peak_rss_mb": peak_rss_mb()}}
+    if watcher and watcher.learnt:
+        summary["learnt_ips"] = {d: sorted(v) for d, v in watcher.learnt.items()}
+    if follower is not None:
+        summary["model_swaps"] = follower.swaps
+        summary["models_refused"] = follower.refused
+    if publisher is not None:
+        summary["network_alerts"] = dict(publisher.counts)
+    return summary
+
+
+def _clear_quiet(last_alert: dict[int, float], now: float, cfg: DetectArgs, devices: list[str | None],
+                 thresholds: list[float], publisher: AlertPublisher | None) -> None:
+    """A device with no window alert for alert_interval_s is back to normal (state OFF on the network sinks)."""
+    for d, t in list(last_alert.items()):
+        if now - t >= cfg.alert_interval_s:
+            del last_alert[d]
+            if publisher is not None:
+                publisher.offer(Alert(devices[d] or "global", "-", now, 0.0, float(thresholds[d]), 0, state="OFF"))
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", type=Path)
+    p.add_argument("model", type=Path, nargs="?", help="model.pt, model.npz or a run directory (or use --follow)")
+    p.add_argument("--follow", type=Path, metavar="RUN_DIR",
+                   help="use the newest model the federation evaluated (a board's run directory or run_dir_root)")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pcap", type=Path, help="pcap or pcapng file")
     src.add_argument("--interface", help="live capture from this interface (Linux, root)")
-    p.add_argument("--device", help="use this device's own threshold")
-    p.add_argument("--window", type=int, default=5, help="majority-vote window in packets (default %(default)s)")
+    who = p.add_mutually_exclusive_group()
+    who.add_argument("--device", help="every packet at this device's own threshold")
+    who.add_argument("--watch", action="append", default=[], metavar="NAME=ADDR[,ADDR...]",
+                     help="watch this device (its IPs/MACs) at its own threshold; repeat for several")
+    p.add_argument("--window", type=int, default=None,
+                   help="majority-vote window in packets (default: validation_args.vote_window)")
     p.add_argument("--out", type=Path, help="write alert lines here (default: stdout)")
     p.add_argument("--duration", type=float, default=None, help="live capture: stop after this many seconds")
+    p.add_argument("--config", type=Path, help="YAML with detect_args (memory bounds, syslog, MQTT); default: defaults")
+    p.add_argument("--board", default=socket.gethostname(), help="this board's name in syslog and MQTT (default: host name)")
+    p.add_argument("--allow-row-model", action="store_true", help="run a model trained on synthetic rows anyway")
     a = p.parse_args(argv)
+    publisher = None
     try:
-        if a.window < 1:
-            raise FedIoTError(f"--window must be at least 1 packet, got {a.window}")
-        detector = load_detector(a.model)
+        if (a.model is None) == (a.follow is None):
+            raise FedIoTError("give a MODEL or --follow RUN_DIR (one of the two)")
+        cfg = load(a.config) if a.config else validate({})
+        window = a.window if a.window is not None else cfg.validation.vote_window
+        if window < 1:
+            raise FedIoTError(f"--window must be at least 1 packet, got {window}")
+        watches = [parse_watch(w) for w in a.watch]
+        devices: list[str | None] = [w.device for w in watches] if watches else [a.device]
+        follower = None
+        if a.follow:
+            follower = ModelFollower(a.follow, cfg.detect.follow_poll_s, devices, a.allow_row_model)
+            detector, _ = follower.wait_first()
+        else:
+            detector = load_detector(a.model, a.allow_row_model)
+            thresholds_for(detector, devices, "--watch" if watches else "--device")
+        sinks = network_sinks(cfg.detect, a.board, [d for d in devices if d] or ["global"])
+        publisher = AlertPublisher(sinks, cfg.detect.alert_queue) if sinks else None
         if a.pcap:
             batches = read_capture(a.pcap, batch_size=4096)
         else:
@@ -174,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         sink = open(a.out, "w") if a.out else sys.stdout
         try:
-            summary = run_detection(detector, batches, a.device, a.window, sink)
+            summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher)
         finally:
             if a.out:
                 sink.close()
@@ -183,6 +477,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        if publisher is not None:
+            publisher.close()
+    if publisher is not None:
+        summary["network_alerts"] = dict(publisher.counts)
     print(json.dumps(summary))
     return 0
 

@@ -188,6 +188,24 @@ class TrackingArgs:
     tensorboard: bool = _key(False, 'write TensorBoard event files to RUN_DIR/tensorboard (local only)', check=(lambda v: isinstance(v, bool), 'true or false'))
     fedml_console: bool = _key(False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)", check=(lambda v: isinstance(v, bool), 'true or false'))
 
+@dataclass(frozen=True)
+class DetectArgs:
+    """`python -m detect` on a board: bounded memory, following the federation, where alerts go."""
+
+    max_streams: int = _key(100000, 'streams tracked per kind (MI, H, HH, HpHp); over it the least recently seen are forgotten, so a flood of new sockets cannot exhaust memory (~1.5 KB per stream; doc/features.md "Bounded memory": a stream idle longer than 0.75 x max_streams / new sockets per second restarts as new)', check=(lambda v: _is_int(v) and v >= 100, 'an integer >= 100'))
+    idle_weight: float = _key(1e-6, 'a stream whose weight, decayed at the slowest lambda (0.01), is below this is forgotten (one packet: after ~2,000 s of silence); its features would differ from a new stream\'s by less than this fraction', check=(lambda v: _is_num(v) and 0 < v < 1, 'a number between 0 and 1'))
+    max_hosts: int = _key(65536, 'source hosts whose majority-vote window is kept; over it the least recently seen are forgotten', check=(lambda v: _is_int(v) and v >= 16, 'an integer >= 16'))
+    follow_poll_s: float = _key(2.0, 'detect --follow: how often to look for a newer model from the federation', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
+    alert_interval_s: float = _key(30.0, 'syslog and MQTT: at most one alert message per host and watched device per this many seconds (the JSON lines keep every alert)', check=(lambda v: _is_num(v) and v >= 0, 'a number of seconds >= 0'))
+    alert_queue: int = _key(1000, 'syslog/MQTT messages waiting to be sent; beyond it new ones are dropped and counted: packet processing never waits for a network sink', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    syslog: str | None = _key(None, 'send alerts as RFC 5424 syslog messages to udp://HOST:PORT, tcp://HOST:PORT (octet-counted framing, RFC 6587) or unix:///dev/log; null = off', check=(lambda v: v is None or (isinstance(v, str) and v.split("://")[0] in ("udp", "tcp", "unix") and "://" in v), 'null or udp://HOST:PORT, tcp://HOST:PORT, unix://PATH'))
+    mqtt_broker: str | None = _key(None, 'send alerts to this MQTT broker (HOST:PORT) with Home Assistant MQTT discovery: one binary sensor per watched device; null = off', check=(lambda v: v is None or (isinstance(v, str) and v.rpartition(":")[2].isdigit() and v.rpartition(":")[0] != ""), 'null or HOST:PORT'))
+    mqtt_topic_prefix: str = _key('fediot', 'MQTT: state and alert topics are PREFIX/<board>/<device>/...', check=(lambda v: isinstance(v, str) and v != "" and not set(v) & set("#+"), 'a topic level without # or +'))
+    mqtt_discovery_prefix: str = _key('homeassistant', "MQTT: Home Assistant's discovery prefix (its default)", check=(lambda v: isinstance(v, str) and v != "" and not set(v) & set("#+"), 'a topic level without # or +'))
+    mqtt_username: str | None = _key(None, 'MQTT: user name (null = anonymous)', check=(lambda v: v is None or isinstance(v, str), 'null or a string'))
+    mqtt_password_file: str | None = _key(None, 'MQTT: file holding the password (never the password itself in a config)', check=(lambda v: v is None or isinstance(v, str), 'null or a path'))
+
+
 # attack_args.attack: what a simulated malicious client can do (federation/client.py implements each)
 ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
            "val_overflow", "threshold_edge", "alie", "ipm", "flood")
@@ -206,6 +224,7 @@ SECTIONS: dict[str, type] = {
     "common_args": CommonArgs, "environment_args": EnvironmentArgs, "data_args": DataArgs,
     "model_args": ModelArgs, "train_args": TrainArgs, "validation_args": ValidationArgs,
     "device_args": DeviceArgs, "comm_args": CommArgs, "tracking_args": TrackingArgs, "attack_args": AttackArgs,
+    "detect_args": DetectArgs,
 }
 # section name -> attribute of FedIoTConfig ("train_args" -> cfg.train)
 ATTRS: dict[str, str] = {name: name.removesuffix("_args") for name in SECTIONS}
@@ -247,6 +266,7 @@ class FedIoTConfig:
     comm: CommArgs
     tracking: TrackingArgs
     attack: AttackArgs
+    detect: DetectArgs
 
     @property
     def defenses(self) -> "Defenses":

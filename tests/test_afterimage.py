@@ -137,3 +137,78 @@ def test_ipv4_and_ipv6_keys_agree_across_batchings_and_never_collide():
     assert np.array_equal(whole, one_by_one)
     # 8 IPv4 packets and 4 IPv6 packets: the H stream of the last IPv4 packet has seen only the IPv4 ones
     assert whole[11, col("H_L0.01_weight")] == pytest.approx(sum(2 ** (-0.01 * (11 - i)) for i in range(12) if i % 3))
+
+
+# ------------------------------------------------------------------------------------- bounded memory (issue 23)
+NEVER = 10**12  # max_streams of an extractor that never sweeps (the reference)
+
+
+def _batches(packets, size):
+    from traffic.packets import SkipCounts, parse_frame
+
+    for start in range(0, len(packets), size):
+        b, skipped = PacketBatch(), SkipCounts()
+        for ts, frame in packets[start:start + size]:
+            parse_frame(ts, frame, len(frame), b, skipped)
+        yield b
+
+
+def _traffic(attack: str | None = None, seconds: float = 600.0):
+    from traffic.simulator import TrafficSimulator
+
+    packets = []
+    for i, device in enumerate(("Danmini_Doorbell", "Provision_PT_737E_Security_Camera")):
+        sim = TrafficSimulator(device, seed=i)
+        packets += sim.capture(seconds, attack=attack if i == 0 else None, attack_start_s=seconds / 2,
+                               attack_duration_s=seconds / 4)
+    return sorted(packets, key=lambda p: p[0])
+
+
+def test_a_sweep_changes_no_feature_of_a_kept_stream():
+    """Sweeping after every batch (only never-updated reverse streams are idle at a tiny idle_weight) gives the same
+    rows, bit for bit, as never sweeping: kept statistics, pairs, directions and renumbered ids are exact."""
+    packets = _traffic("mirai_syn", 300.0)
+    plain, swept = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=NEVER, idle_weight=1e-300)
+    for b in _batches(packets, 500):
+        want = plain.transform(b)
+        got = swept.transform(b)
+        assert np.array_equal(got, want)
+        swept.sweep(b.time[-1])
+    assert plain.sweeps == 0 and swept.sweeps > 10
+
+
+def test_idle_streams_are_forgotten_and_live_ones_keep_their_features():
+    """After a long silence of one device, its streams are dropped at the next sweep; the other device's rows are
+    those of an extractor that never forgets."""
+    from traffic.simulator import TrafficSimulator
+
+    first = TrafficSimulator("Danmini_Doorbell", seed=0).capture(120.0)
+    other = TrafficSimulator("Provision_PT_737E_Security_Camera", seed=1).capture(4000.0)
+    packets = sorted(first + other, key=lambda p: p[0])
+    plain, bounded = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=400)
+    doorbell_ip = first[0][1][26:30]
+    for b in _batches(packets, 400):
+        want, got = plain.transform(b), bounded.transform(b)
+        camera = np.array([s != doorbell_ip and d != doorbell_ip for s, d in zip(b.src_ip, b.dst_ip)])
+        assert np.array_equal(got[camera], want[camera])
+    assert bounded.evicted == {"idle": bounded.evicted["idle"], "cap": 0} and bounded.evicted["idle"] > 0
+    assert doorbell_ip not in {k.to_bytes(4, "big") for k in bounded.keys["ip"].ids if k < 2**32}
+    assert doorbell_ip in {k.to_bytes(4, "big") for k in plain.keys["ip"].ids if k < 2**32}
+
+
+def test_a_flood_of_new_sockets_cannot_grow_the_extractor_past_its_cap():
+    """mirai_syn sprays a new source socket per packet (1,500/s for 60 s): the unbounded extractor's HpHp table grows
+    with every packet; with max_streams it stays under the cap (plus one batch of new keys), and the packets of the
+    camera's video stream (seen every few seconds at most: more recently than the 0.75 x max_streams newest flood
+    sockets) get exactly the features of the unbounded extractor."""
+    packets = _traffic("mirai_syn", 240.0)
+    cap, batch_size = 20_000, 256
+    plain, bounded = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=cap)
+    largest = 0
+    for b in _batches(packets, batch_size):
+        want, got = plain.transform(b), bounded.transform(b)
+        largest = max(largest, max(bounded.tracked()[k] for k in ("mi", "h", "hh", "hp")))
+        udp_video = np.array([p == 10000 for p in b.dst_port])
+        assert np.array_equal(got[udp_video], want[udp_video])
+    assert plain.tracked()["hp"] > 80_000 and largest <= cap + 2 * batch_size
+    assert bounded.evicted["cap"] > 0 and bounded.HP.shape[1] <= 2 * cap + 2 * batch_size

@@ -28,9 +28,13 @@ import numpy as np
 from numba import njit
 
 from data import nbaiot
+from fediot.config import DEFAULTS
 from traffic.packets import PacketBatch
 
 LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
+# Bounded memory: detect_args.max_streams and idle_weight (their config defaults when the extractor gets none)
+MAX_STREAMS = DEFAULTS["detect_args"]["max_streams"][0]
+IDLE_WEIGHT = DEFAULTS["detect_args"]["idle_weight"][0]
 # Bumped whenever a definition changes, so feature files cached by earlier code are not reused.
 FEATURES_VERSION = 2
 N_L = len(LAMBDAS)
@@ -124,6 +128,10 @@ def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, 
         _two_d(out, n, 80, HP, ids[n, 6], ids[n, 7], PHP, ids[n, 8], ids[n, 9], x, t, lambdas)
 
 
+STREAM_KINDS = ("mi", "h", "hh", "hp")
+LOW_WATER = 0.75  # a sweep over the cap keeps this share of max_streams, so the next one is max_streams/4 keys away
+
+
 class _Keys:
     """Stream keys (Python ints) -> dense integer ids, assigned on first sight."""
 
@@ -161,7 +169,17 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 class FeatureExtractor:
     """Streaming extractor: feed packet batches in time order, get one 115-feature row per packet."""
 
-    def __init__(self, lambdas: np.ndarray = LAMBDAS) -> None:
+    def __init__(self, lambdas: np.ndarray = LAMBDAS, max_streams: int = MAX_STREAMS,
+                 idle_weight: float = IDLE_WEIGHT) -> None:
+        """max_streams: streams kept per kind (a flood of new sockets evicts the least recently seen, so memory stays
+        bounded); idle_weight: a stream whose decayed weight at the slowest lambda is below it is dropped at the next
+        sweep (doc/features.md: how either changes features — never for a stream that is kept)."""
+        if max_streams < 1 or not 0.0 < idle_weight < 1.0:
+            raise ValueError(f"max_streams >= 1 and 0 < idle_weight < 1 expected, got {max_streams}, {idle_weight}")
+        self.max_streams, self.idle_weight = int(max_streams), float(idle_weight)
+        self.evicted = {"idle": 0, "cap": 0}
+        self.sweeps = 0
+        self._since_sweep = 0
         self.lambdas = np.asarray(lambdas, dtype=np.float64)
         self.keys = {name: _Keys() for name in ("ip", "mac", "mi", "h", "hh", "pair_hh", "hp", "pair_hp")}
         n_l = len(self.lambdas)
@@ -245,9 +263,138 @@ class FeatureExtractor:
         out = np.zeros((len(batch), nbaiot.N_FEATURES))
         if len(batch) == 0:
             return out
+        if self._since_sweep >= self.max_streams or max(len(self.keys[k].ids) for k in STREAM_KINDS) > self.max_streams:
+            self.sweep(float(batch.time[0]))
         ids = self._ids(batch)
+        self._since_sweep += len(batch)
         self._grow()
         _kernel(np.asarray(batch.time, dtype=np.float64), np.asarray(batch.size, dtype=np.float64), ids,
                 self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, out)
         self.packets += len(batch)
         return out
+
+    # -- bounded memory
+    def tracked(self) -> dict[str, int]:
+        """How many keys each table holds now."""
+        return {name: len(k.ids) for name, k in self.keys.items()}
+
+    def sweep(self, now: float) -> None:
+        """Forget idle streams and, beyond max_streams per kind, the least recently seen ones; renumber what is kept.
+
+        Kept, per kind (MI, H, HH, HpHp): a stream or pair (the HH / HpHp covariance state) whose weight decayed to
+        `now` at the slowest lambda is at least idle_weight and that was updated at or after a cutoff time, and
+        both directions' streams of every kept pair (a kept stream's reverse statistics and covariance are never
+        lost). The cutoff is the latest that keeps at most max_streams * LOW_WATER streams and pairs of the kind
+        (none when they fit). Ids are renumbered in their old order, so every pair's direction is unchanged: the
+        statistics of every kept stream are exactly what they were. Cost: O(n log n) in the tracked streams, once
+        per max_streams packets or when a kind is over the cap."""
+        self.sweeps += 1
+        self._since_sweep = 0
+        slow = int(np.argmin(self.lambdas))
+        lam = self.lambdas[slow]
+        counts = {name: len(k.ids) for name, k in self.keys.items()}
+
+        limit = int(self.max_streams * LOW_WATER)
+
+        def alive(w: np.ndarray, t_last: np.ndarray) -> np.ndarray:
+            return w * np.exp2(-lam * np.maximum(now - t_last, 0.0)) >= self.idle_weight
+
+        def choose(arr: np.ndarray, n: int, pairs: np.ndarray | None = None,
+                   ends: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+            """(streams kept, pairs kept) of one kind: alive, seen at or after a cutoff time chosen so that neither
+            the streams (with the reverse directions of kept pairs) nor the pairs exceed `limit`."""
+            w, t = arr[0, :n, slow], arr[3, :n, 0]
+            live = alive(w, t)
+            self.evicted["idle"] += int(((w > 0) & ~live).sum())
+            if pairs is not None:
+                m = ends.shape[0]
+                p_live, p_t = alive(pairs[1, :m, slow], pairs[2, :m, slow]), pairs[2, :m, slow]
+            else:
+                p_live, p_t = np.zeros(0, dtype=bool), np.zeros(0)
+
+            def kept(cutoff: float) -> tuple[np.ndarray, np.ndarray]:
+                ks, kp = live & (t >= cutoff), p_live & (p_t >= cutoff)
+                if ends is not None:
+                    e = ends[kp].ravel()
+                    ks[e[e >= 0]] = True
+                return ks, kp
+
+            ks, kp = kept(-np.inf)
+            if max(ks.sum(), kp.sum()) > limit:  # the latest cutoff that fits: binary search over the streams' times
+                times = np.unique(t[live])
+                lo, hi = 0, len(times)  # kept(times[hi]) fits (hi = len: nothing kept)
+                while lo < hi:
+                    mid = (lo + hi) // 2
+                    k_s, k_p = kept(times[mid])
+                    if max(k_s.sum(), k_p.sum()) <= limit:
+                        hi = mid
+                    else:
+                        lo = mid + 1
+                ks, kp = kept(times[hi]) if hi < len(times) else (np.zeros_like(live), np.zeros_like(p_live))
+                self.evicted["cap"] += int((live & ~ks).sum())
+            return ks, kp
+
+        def keys_of(name: str) -> np.ndarray:  # keys in id order
+            d = self.keys[name].ids
+            return np.fromiter(d.keys(), dtype=np.uint64, count=len(d))[np.argsort(np.fromiter(d.values(), dtype=np.int64, count=len(d)))]
+
+        lo32 = np.uint64(0xFFFFFFFF)
+        s32, s16 = np.uint64(32), np.uint64(16)
+        mi_k, h_k, hh_k, hp_k = keys_of("mi"), keys_of("h"), keys_of("hh"), keys_of("hp")
+        phh_k, php_k = keys_of("pair_hh"), keys_of("pair_hp")
+        # the two directions' stream ids of each pair (HpHp pairs are keyed by hp ids, HH pairs by address ids;
+        # a direction never seen has no HH id: -1)
+        hp_ends = np.stack([(php_k >> s32).astype(np.int64), (php_k & lo32).astype(np.int64)], axis=1)
+        hh_id = self.keys["hh"].ids
+        hh_ends = np.array([[hh_id.get(k, -1), hh_id.get(((k & 0xFFFFFFFF) << 32) | (k >> 32), -1)]
+                            for k in phh_k.tolist()], dtype=np.int64).reshape(-1, 2)  # pair key = lo->hi's HH key
+        keep_mi, _ = choose(self.MI, counts["mi"])
+        keep_h, _ = choose(self.H, counts["h"])
+        keep_hh, keep_phh = choose(self.HH, counts["hh"], self.PHH, hh_ends)
+        keep_hp, keep_php = choose(self.HP, counts["hp"], self.PHP, hp_ends)
+        # the addresses and MACs the kept keys are made of
+        addr = np.zeros(counts["ip"], dtype=bool)
+        for part in (mi_k[keep_mi] & lo32, h_k[keep_h], hh_k[keep_hh] >> s32, hh_k[keep_hh] & lo32, hp_k[keep_hp] >> s16,
+                     phh_k[keep_phh] >> s32, phh_k[keep_phh] & lo32):
+            addr[part.astype(np.int64)] = True
+        mac = np.zeros(counts["mac"], dtype=bool)
+        mac[(mi_k[keep_mi] >> s32).astype(np.int64)] = True
+        new_addr = np.cumsum(addr).astype(np.uint64) - np.uint64(1)  # old id -> new id (where kept), order kept
+        new_mac = np.cumsum(mac).astype(np.uint64) - np.uint64(1)
+        new_hp = np.cumsum(keep_hp).astype(np.uint64) - np.uint64(1)
+
+        def remap_pairs(keys: np.ndarray, new: np.ndarray) -> np.ndarray:
+            return (new[(keys >> s32).astype(np.int64)] << s32) | new[(keys & lo32).astype(np.int64)]
+
+        def rebuild(name: str, new_keys: np.ndarray) -> None:
+            self.keys[name].ids = dict(zip(new_keys.tolist(), range(len(new_keys))))
+
+        # address keys may be wider than 64 bits (IPv6): those two tables are rebuilt from their dicts
+        for name, kept, new in (("ip", addr, new_addr), ("mac", mac, new_mac)):
+            items = sorted(self.keys[name].ids.items(), key=lambda kv: kv[1])
+            self.keys[name].ids = {k: int(new[i]) for k, i in items if kept[i]}
+        mi_new = (new_mac[(mi_k[keep_mi] >> s32).astype(np.int64)] << s32) | new_addr[(mi_k[keep_mi] & lo32).astype(np.int64)]
+        rebuild("mi", mi_new)
+        rebuild("h", new_addr[h_k[keep_h].astype(np.int64)])
+        rebuild("hh", remap_pairs(hh_k[keep_hh], new_addr))
+        hp = hp_k[keep_hp]
+        rebuild("hp", (new_addr[(hp >> s16).astype(np.int64)] << s16) | (hp & np.uint64(0xFFFF)))
+        rebuild("pair_hh", remap_pairs(phh_k[keep_phh], new_addr))
+        rebuild("pair_hp", remap_pairs(php_k[keep_php], new_hp))
+
+        def gather(arr: np.ndarray, axis: int, n: int, keep: np.ndarray) -> np.ndarray:
+            kept = np.take(arr, np.flatnonzero(keep[:n]), axis=axis)
+            shape = list(kept.shape)
+            shape[axis] = max(1024, 2 * kept.shape[axis])
+            out = np.zeros(shape)
+            out[(slice(None),) * axis + (slice(0, kept.shape[axis]),)] = kept
+            return out
+
+        self.MI = gather(self.MI, 1, counts["mi"], keep_mi)
+        self.H = gather(self.H, 1, counts["h"], keep_h)
+        self.HH = gather(self.HH, 1, counts["hh"], keep_hh)
+        self.JIT = gather(self.JIT, 1, counts["hh"], keep_hh)
+        self.jit_last = gather(self.jit_last, 0, counts["hh"], keep_hh)
+        self.HP = gather(self.HP, 1, counts["hp"], keep_hp)
+        self.PHH = gather(self.PHH, 1, counts["pair_hh"], keep_phh)
+        self.PHP = gather(self.PHP, 1, counts["pair_hp"], keep_php)
