@@ -36,6 +36,34 @@ POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's
 TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
 
 
+LIVE_DETECTOR = Path("detector") / "model.npz"  # in a client process's run directory: what `detect --follow` reads
+
+
+class LiveDetector:
+    """The newest evaluated global model with this process's devices' thresholds, kept (atomically) for `python -m
+    detect --follow RUN_DIR` on the same board: written after every evaluation, when the server has sent the
+    thresholds. One per client process; its clients share it (each adds its device's threshold)."""
+
+    def __init__(self, path: Path, threshold_k: float, meta: dict[str, Any]) -> None:
+        self.path, self.threshold_k, self.meta = path, threshold_k, meta
+        self.round: int | None = None
+        self.device_thresholds: dict[str, float] = {}
+
+    def publish(self, model: AutoEncoder, normalizer: dict[str, Any], rounds_done: int, global_threshold: float,
+                device: str, device_threshold: float) -> Path:
+        """Write the model evaluated after `rounds_done` rounds with this device's threshold (and the thresholds the
+        process's other clients added for the same evaluation)."""
+        from model.detector import Detector
+
+        if rounds_done != self.round:
+            self.round, self.device_thresholds = rounds_done, {}
+        self.device_thresholds[device] = float(device_threshold)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        meta = {**self.meta, "round": rounds_done, "written_at": time.time()}
+        return Detector(model, Normalizer.from_dict(normalizer), self.threshold_k, float(global_threshold),
+                        dict(self.device_thresholds), meta).export_lean(self.path)
+
+
 def decoding_bomb(sender: int, max_bytes: int) -> bytes:
     """What the `flood` attack sends besides its honest answers (issue 22, reproduction 3): the costliest message a
     certified peer can send inside the limits — just under `max_bytes`, its header just under the header limit and
@@ -55,7 +83,8 @@ class LocalClient:
 
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
                  attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None,
-                 threshold_k: float = DEFAULTS["validation_args"]["threshold_k"][0]) -> None:
+                 threshold_k: float = DEFAULTS["validation_args"]["threshold_k"][0],
+                 live: LiveDetector | None = None) -> None:
         """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
         honest training, to study what a compromised board can do; 'none' for an honest client. model: the
         autoencoder to load the global weights into (a worker's clients share one; each call loads them)."""
@@ -65,6 +94,8 @@ class LocalClient:
         # flood: trains and answers honestly, and sends this many decoding bombs after each answer
         self.bombs_per_answer = max(1, round(attack_scale)) if attack == "flood" else 0
         self.threshold_k = threshold_k  # threshold_edge: the k of the federation's threshold rule
+        self.live = live  # where the newest evaluated model is kept for detect --follow (None: nowhere)
+        self._evaluated: dict[str, Any] | None = None  # the normaliser of the model scored by validation_stats
         self.split = split
         self.device = split.device
         self.record_file = record_file
@@ -150,6 +181,7 @@ class LocalClient:
         """Score the held-out rows with the global model; the validation-error statistics to send."""
         self.model.load_state_dict(model)
         self.scores = score_device(self.model, Normalizer.from_dict(normalizer), self.split)
+        self._evaluated = normalizer
         s = ErrorStats.of(self.scores.validation)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
             return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
@@ -171,6 +203,12 @@ class LocalClient:
             report["validation"]["n"] = self.validation_rows
         return report
 
+    def publish_live(self, rounds_done: int, global_threshold: float, device_threshold: float) -> None:
+        """Keep the model just evaluated, with this device's threshold, for detect --follow (when configured)."""
+        if self.live is not None and self._evaluated is not None:
+            self.live.publish(self.model, self._evaluated, rounds_done, global_threshold,
+                              device_of_client(self.device), device_threshold)
+
 
 class ClientLoader:
     """A client's LocalClient from the data: its device's split cut as configured. The last device's parts are
@@ -183,6 +221,12 @@ class ClientLoader:
         self.keep_devices = keep_devices
         self._parts: dict[str, dict[str, DeviceSplit]] = {}  # device -> client -> its part of the device's split
         self._model: AutoEncoder | None = None  # one autoencoder for all of this worker's clients (each use loads the weights)
+        # a deployment board keeps its newest evaluated model for detect --follow (simulation ranks share a run dir)
+        d = cfg.data
+        self._live = None if cfg.is_simulation else LiveDetector(
+            run_dir / LIVE_DETECTOR, cfg.validation.threshold_k,
+            {"kind": "federated-live", "data": {"source": d.dataset, "synthetic": d.dataset == "synthetic",
+                                                **({"generator": d.synthetic_generator} if d.dataset == "synthetic" else {})}})
 
     def split(self, client: str) -> DeviceSplit:
         device = device_of_client(client)
@@ -197,7 +241,7 @@ class ClientLoader:
             self._model = AutoEncoder(nbaiot.N_FEATURES)
         return LocalClient(self.split(client), self.cfg.model.feature_transform,
                            self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                           model=self._model, threshold_k=self.cfg.validation.threshold_k)
+                           model=self._model, threshold_k=self.cfg.validation.threshold_k, live=self._live)
 
 
 def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
@@ -219,6 +263,7 @@ def answers(home: dict[str, LocalClient], msg_type: str, fields: dict[str, Any])
         for client, own in fields["clients"].items():
             yield C2S_REPORT, Report(fields["round"], home[client].report(fields["global_threshold"],
                                                                           own["device_threshold"], fields["window"]))
+            home[client].publish_live(fields["round"], fields["global_threshold"], own["device_threshold"])
     else:
         raise ValueError(f"{msg_type} is not a request a client answers")
 

@@ -185,9 +185,11 @@ class MqttSink:
             raise FedIoTError(f"detect_args.mqtt_broker: cannot reach {broker} ({exc})") from None
         self.client.loop_start()  # paho's own thread: network I/O and reconnects
         self.client.publish(self.availability, "online", qos=1, retain=True)
+        self.states: dict[str, str] = {}
         for device in devices:
             self.client.publish(*self.discovery(device, discovery_prefix), qos=1, retain=True)
             self.client.publish(self.topic(device, "state"), "OFF", qos=1, retain=True)
+            self.states[device] = "OFF"
 
     def topic(self, device: str, leaf: str) -> str:
         return f"{self.base}/{_slug(device)}/{leaf}"
@@ -211,7 +213,9 @@ class MqttSink:
             self._check(self.client.publish(self.topic(alert.device, "alert"), json.dumps({
                 "host": alert.host, "packet_time": alert.time, "score": alert.score, "threshold": alert.threshold,
                 "alerts": alert.alerts}), qos=1))
-        self._check(self.client.publish(self.topic(alert.device, "state"), alert.state, qos=1, retain=True))
+        if self.states.get(alert.device) != alert.state:  # the retained state changes only when it changes
+            self._check(self.client.publish(self.topic(alert.device, "state"), alert.state, qos=1, retain=True))
+            self.states[alert.device] = alert.state
 
     @staticmethod
     def _check(info: Any) -> None:

@@ -1,0 +1,309 @@
+"""Issue 23: detect on a board — the federation's newest model, several watched devices, alerts where people look."""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import detect
+from fediot.config import validate
+from model.lean import Layer, LeanDetector, write_lean
+from model.normalization import Normalizer
+from tests.helpers import REPO
+from tests.rounds import deploy_values, metrics_of, run
+from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, SyslogSink, rfc5424
+from traffic.packets import PacketBatch, SkipCounts, parse_frame
+from traffic.simulator import TrafficSimulator, device_ip, device_mac
+
+CAMERA, DOORBELL = "Provision_PT_737E_Security_Camera", "Danmini_Doorbell"
+
+
+def lean_model(path: Path, thresholds: dict[str, float], global_threshold: float = 1.0, meta: dict | None = None,
+               seed: int = 0) -> Path:
+    """A small numpy detector (115 -> 8 -> 115, random weights) with the given thresholds."""
+    rng = np.random.default_rng(seed)
+    layers = [Layer(rng.normal(scale=0.05, size=(8, 115)), np.zeros(8), "tanh"),
+              Layer(rng.normal(scale=0.05, size=(115, 8)), np.zeros(115), "linear")]
+    normalizer = Normalizer("log1p", "zscore", np.zeros(115), np.ones(115))
+    return write_lean(path, layers, normalizer, 5.0, global_threshold, thresholds, meta or {})
+
+
+def batches_of(packets: list[tuple[float, bytes]], size: int):
+    for start in range(0, len(packets), size):
+        b, skipped = PacketBatch(), SkipCounts()
+        for ts, frame in packets[start:start + size]:
+            parse_frame(ts, frame, len(frame), b, skipped)
+        yield b, skipped
+
+
+@pytest.fixture(scope="module")
+def two_devices():
+    """5 minutes of a camera's and a doorbell's benign traffic, interleaved, as one mirror port sees them."""
+    packets = TrafficSimulator(CAMERA, seed=1).capture(300.0) + TrafficSimulator(DOORBELL, seed=2).capture(300.0)
+    return sorted(packets, key=lambda p: p[0])
+
+
+# ------------------------------------------------------------------------------------- which packets, which threshold
+def test_watched_devices_each_get_their_own_threshold(tmp_path, two_devices):
+    """Camera watched by IP at a threshold nothing reaches, doorbell by MAC at one everything passes: the camera's
+    packets never alert, every doorbell packet does, and the doorbell's IP is learnt from its MAC."""
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {CAMERA: 1e9, DOORBELL: 0.0}))
+    out = tmp_path / "alerts.jsonl"
+    watches = [detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}"),
+               detect.parse_watch(f"{DOORBELL}={device_mac(DOORBELL).hex(':')}")]
+    with out.open("w") as sink:
+        summary = detect.run_detection(model, batches_of(two_devices, 500), None, 1, sink, watches)
+    alerts = [json.loads(line) for line in out.read_text().splitlines()]
+    per = summary["devices"]
+    assert per[CAMERA]["packets"] > 0 and per[CAMERA]["packet_alerts"] == 0
+    assert per[DOORBELL]["packets"] > 0 and per[DOORBELL]["packet_alerts"] == per[DOORBELL]["packets"]
+    assert {a["device"] for a in alerts} == {DOORBELL} and all(a["threshold"] == 0.0 for a in alerts)
+    assert summary["learnt_ips"] == {DOORBELL: [device_ip(DOORBELL)]}
+    assert summary["packets_scored"] == per[CAMERA]["packets"] + per[DOORBELL]["packets"] <= summary["packets"]
+
+
+def test_a_device_the_model_does_not_know_is_refused(tmp_path, capsys):
+    """`--device My_Hue_Bridge` used to fall back to the global threshold without a word."""
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0})
+    (tmp_path / "x.pcap").write_bytes(b"")
+    for args in (["--device", "My_Hue_Bridge"], ["--watch", "My_Hue_Bridge=10.0.0.9"]):
+        assert detect.main([str(tmp_path), "--pcap", str(tmp_path / "x.pcap"), *args]) == 2
+        err = capsys.readouterr().err
+        assert "no threshold for My_Hue_Bridge" in err and CAMERA in err and "Traceback" not in err
+    assert detect.main([str(tmp_path), "--pcap", str(tmp_path / "x.pcap"), "--watch", "cam=10.0.0.300"]) == 2
+    assert "neither an IP nor a MAC" in capsys.readouterr().err
+
+
+def test_a_model_trained_on_synthetic_rows_is_refused_on_packets(tmp_path, capsys):
+    """Synthetic rows were never computed from packets: such a model flags nearly every real packet."""
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0}, meta={"data": {"source": "synthetic", "generator": "rows"}})
+    pcap = tmp_path / "cap.pcap"
+    from traffic.simulator import write_pcap
+    write_pcap(pcap, TrafficSimulator(CAMERA, seed=0).capture(20.0))
+    assert detect.main([str(tmp_path), "--pcap", str(pcap)]) == 2
+    assert "trained on synthetic rows" in capsys.readouterr().err
+    assert detect.main([str(tmp_path), "--pcap", str(pcap), "--allow-row-model", "--out", str(tmp_path / "a")]) == 0
+
+
+# ------------------------------------------------------------------------------------- following the federation
+def test_a_board_keeps_its_newest_evaluated_model_for_detect(tmp_path):
+    """After each evaluation a deployment client writes RUN_DIR/detector/model.npz: the evaluated model, the global
+    threshold and its devices' own thresholds, as the server computed them."""
+    _, _, run_dir = run(deploy_values(tmp_path, 2))
+    live = LeanDetector.load(run_dir / "detector" / "model.npz")
+    m = metrics_of(run_dir)
+    assert live.meta["round"] == 3 and live.meta["data"]["generator"] == "rows"
+    assert live.global_threshold == pytest.approx(m["global"]["modes"]["global"]["threshold"])
+    for device, entry in m["devices"].items():
+        assert live.device_thresholds[device] == pytest.approx(entry["modes"]["device"]["thresholds"][device])
+    final = LeanDetector.load(run_dir / "model.npz")  # the server's final model: the same weights
+    assert all(np.allclose(a.weight, b.weight) for a, b in zip(live.layers, final.layers))
+    assert detect.live_model_path(tmp_path / "runs") == run_dir / "detector" / "model.npz"
+
+
+def test_detect_follows_a_newer_model_between_batches_without_dropping_packets(tmp_path, two_devices):
+    """Model after round 2 (threshold nothing reaches), then after round 4 (threshold every packet passes) written
+    while detect runs: every packet is scored once, alerts start with the first batch after the swap."""
+    board = tmp_path / "runs" / "20261201-000000-client-1"
+    (board / "detector").mkdir(parents=True)
+    lean_model(board / "detector" / "model.npz", {CAMERA: 1e9}, meta={"round": 2})
+    follower = detect.ModelFollower(tmp_path / "runs", 1e-6, [CAMERA], False)
+    model, _ = follower.wait_first(timeout_s=5)
+    swap_at = 4
+    batches = list(batches_of(two_devices, 400))
+
+    def feed():
+        for i, b in enumerate(batches):
+            if i == swap_at:  # the client's atomic write (temp file + rename) of the next evaluation
+                lean_model(board / "detector" / "model.npz", {CAMERA: 0.0}, meta={"round": 4}, seed=1)
+            yield b
+
+    out = tmp_path / "alerts.jsonl"
+    with out.open("w") as sink:
+        summary = detect.run_detection(model, feed(), CAMERA, 1, sink, follower=follower)
+    first_after = batches[swap_at][0].time[0]
+    times = [json.loads(line)["time"] for line in out.read_text().splitlines()]
+    assert summary["packets"] == sum(len(b) for b, _ in batches)
+    assert [s["round"] for s in summary["model_swaps"]] == [2, 4]
+    assert len(times) == sum(len(b) for b, _ in batches[swap_at:]) and min(times) >= round(first_after, 6)
+
+
+def test_a_broken_newer_model_is_refused_and_the_current_one_kept(tmp_path):
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0}, meta={"round": 1})
+    follower = detect.ModelFollower(tmp_path, 1e-6, [CAMERA], False)
+    follower.wait_first(timeout_s=5)
+    time.sleep(0.01)
+    lean_model(tmp_path / "model.npz", {DOORBELL: 1.0}, meta={"round": 2})  # lost the watched device
+    assert follower.poll(force=True) is None and follower.refused == 1
+    (tmp_path / "model.npz").write_bytes(b"not an npz")
+    assert follower.poll(force=True) is None and follower.refused == 2
+
+
+# ------------------------------------------------------------------------------------- alerts
+def test_alerts_are_rate_limited_per_device_and_host():
+    limiter = RateLimiter(30.0, max_pairs=2)
+    assert limiter.admit("cam", "10.0.0.1", 100.0) == 1
+    assert [limiter.admit("cam", "10.0.0.1", 100.0 + i) for i in range(1, 5)] == [None] * 4
+    assert limiter.admit("cam", "10.0.0.1", 131.0) == 5  # stands for the 4 held back and itself
+    assert limiter.admit("cam", "10.0.0.2", 131.0) == 1 and limiter.admit("bell", "10.0.0.1", 131.0) == 1
+    assert len(limiter.last) == 2  # bounded: the least recently alerted pair forgotten
+
+
+def test_an_rfc5424_message_has_every_field_and_escapes_structured_data():
+    msg = rfc5424(Alert('cam"]\\', "10.0.0.7", 1.5e9, 3.25, 0.5, 4), "board 1", now=0.0).decode("utf-8")
+    m = re.fullmatch(r'<(\d+)>1 (\S+) (\S+) fediot-detect (\d+) ALERT (\[fediot@32473 .*\]) \ufeff(.*)', msg)
+    assert m, msg
+    assert int(m.group(1)) == 4 * 8 + 4 and m.group(2) == "1970-01-01T00:00:00.000Z" and m.group(3) == "board1"
+    assert 'device="cam\\"\\]\\\\"' in m.group(5) and 'alerts="4"' in m.group(5) and "3.25" in m.group(6)
+
+
+@pytest.mark.parametrize("scheme", ["udp", "tcp"])
+def test_window_alerts_reach_a_syslog_collector_rate_limited(tmp_path, two_devices, scheme):
+    """Every doorbell packet alerts; the collector gets exactly one message per source host (the rate limit's
+    interval is longer than the capture), each naming the device and the host."""
+    kind = socket.SOCK_DGRAM if scheme == "udp" else socket.SOCK_STREAM
+    srv = socket.socket(socket.AF_INET, kind)
+    srv.bind(("127.0.0.1", 0))
+    port = srv.getsockname()[1]
+    received: list[bytes] = []
+    if scheme == "tcp":
+        srv.listen(1)
+
+    def collect():
+        if scheme == "udp":
+            srv.settimeout(10)
+            try:
+                while True:
+                    received.append(srv.recv(65535))
+            except OSError:
+                return
+        conn, _ = srv.accept()
+        data = b""
+        conn.settimeout(10)
+        try:
+            while chunk := conn.recv(65535):
+                data += chunk
+        except OSError:
+            pass
+        while data:  # octet counting: LEN SP MSG
+            n, _, rest = data.partition(b" ")
+            received.append(rest[:int(n)])
+            data = rest[int(n):]
+
+    t = threading.Thread(target=collect, daemon=True)
+    t.start()
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 0.0, CAMERA: 1e9}))
+    cfg = validate({"detect_args": {"syslog": f"{scheme}://127.0.0.1:{port}", "alert_interval_s": 1e6}}).detect
+    publisher = AlertPublisher(detect.network_sinks(cfg, "board-1", [DOORBELL, CAMERA]), cfg.alert_queue)
+    watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}"), detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}")]
+    with (tmp_path / "alerts.jsonl").open("w") as sink:
+        summary = detect.run_detection(model, batches_of(two_devices, 500), None, 1, sink, watches, cfg,
+                                       publisher=publisher)
+    publisher.close()
+    srv.close() if scheme == "udp" else None
+    t.join(15)
+    lines = [json.loads(x) for x in (tmp_path / "alerts.jsonl").read_text().splitlines()]
+    hosts = {a["host"] for a in lines if a["window_alert"]}
+    msgs = [m.decode("utf-8") for m in received]
+    assert len(msgs) == len(hosts) == publisher.counts["sent"] and summary["window_alerts"] > 10 * len(hosts)
+    assert all(DOORBELL in m and " ALERT " in m for m in msgs)
+    assert {re.search(r'host="([^"]+)"', m).group(1) for m in msgs} == hosts
+
+
+def test_network_sinks_never_block_detection():
+    """A sink that hangs: offers beyond the queue are dropped and counted, at once."""
+    class Stuck:
+        def __init__(self):
+            self.release = threading.Event()
+
+        def send(self, alert):
+            self.release.wait(10)
+
+        def close(self):
+            pass
+
+    stuck = Stuck()
+    pub = AlertPublisher([stuck], capacity=3)
+    started = time.perf_counter()
+    results = [pub.offer(Alert("cam", "h", float(i), 1.0, 0.5, 1)) for i in range(100)]
+    assert time.perf_counter() - started < 0.5 and sum(results) <= 4 and pub.counts["dropped_queue_full"] >= 96
+    stuck.release.set()
+    pub.close()
+
+
+def mosquitto() -> str:
+    path = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    assert Path(path).is_file(), "mosquitto is needed (apt-get install mosquitto; .ci/run installs it)"
+    return path
+
+
+@pytest.fixture
+def broker(tmp_path):
+    """A real MQTT broker (mosquitto) on a free loopback port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conf = tmp_path / "mosquitto.conf"
+    conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")
+    proc = subprocess.Popen([mosquitto(), "-c", str(conf)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(10)
+
+
+def test_alerts_reach_home_assistant_over_a_real_mqtt_broker(tmp_path, two_devices, broker):
+    """Discovery config (retained) per watched device, state ON with the alert as JSON attributes, availability."""
+    import paho.mqtt.client as mqtt
+
+    got: dict[str, list[str]] = {}
+    kwargs = {"callback_api_version": mqtt.CallbackAPIVersion.VERSION2} if hasattr(mqtt, "CallbackAPIVersion") else {}
+    sub = mqtt.Client(client_id="test-subscriber", **kwargs)
+    sub.on_message = lambda c, u, m: got.setdefault(m.topic, []).append(m.payload.decode())
+    sub.connect("127.0.0.1", broker)
+    sub.subscribe([("homeassistant/#", 1), ("fediot/#", 1)])
+    sub.loop_start()
+    time.sleep(0.5)
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 0.0, CAMERA: 1e9}))
+    cfg = validate({"detect_args": {"mqtt_broker": f"127.0.0.1:{broker}", "alert_interval_s": 1e6}}).detect
+    publisher = AlertPublisher(detect.network_sinks(cfg, "board-1", [DOORBELL, CAMERA]), cfg.alert_queue)
+    watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}"), detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}")]
+    with (tmp_path / "alerts.jsonl").open("w") as sink:
+        detect.run_detection(model, batches_of(two_devices, 500), None, 1, sink, watches, cfg, publisher=publisher)
+    publisher.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and got.get("fediot/board-1/status", [])[-1:] != ["offline"]:
+        time.sleep(0.1)
+    sub.loop_stop()
+    config = json.loads(got[f"homeassistant/binary_sensor/fediot_board-1_{DOORBELL}/config"][0])
+    assert config["device_class"] == "safety" and config["state_topic"] == f"fediot/board-1/{DOORBELL}/state"
+    assert config["json_attributes_topic"] == f"fediot/board-1/{DOORBELL}/alert"
+    assert f"homeassistant/binary_sensor/fediot_board-1_{CAMERA}/config" in got
+    assert got[f"fediot/board-1/{DOORBELL}/state"] == ["OFF", "ON"] and got[f"fediot/board-1/{CAMERA}/state"] == ["OFF"]
+    alert = json.loads(got[f"fediot/board-1/{DOORBELL}/alert"][0])
+    assert alert["threshold"] == 0.0 and alert["alerts"] == 1 and alert["score"] > 0
+    assert got["fediot/board-1/status"][0] == "online" and got["fediot/board-1/status"][-1] == "offline"
+    assert publisher.counts["failed"] == 0
+
+
+def test_detect_summary_reports_its_memory_bounds(tmp_path, two_devices):
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {CAMERA: 1.0}))
+    cfg = validate({"detect_args": {"max_streams": 100}}).detect
+    with (tmp_path / "a.jsonl").open("w") as sink:
+        s = detect.run_detection(model, batches_of(two_devices, 300), CAMERA, 5, sink, cfg=cfg)
+    assert s["memory"]["sweeps"] > 0 and max(s["memory"]["tracked"][k] for k in ("mi", "h", "hh", "hp")) <= 100 + 2 * 300
