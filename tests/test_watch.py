@@ -6,7 +6,6 @@ import re
 import shutil
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +17,8 @@ import detect
 from fediot.config import validate
 from model.lean import Layer, LeanDetector, write_lean
 from model.normalization import Normalizer
-from tests.helpers import REPO
 from tests.rounds import deploy_values, metrics_of, run
-from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, SyslogSink, rfc5424
+from traffic.alerts import Alert, AlertPublisher, RateLimiter, rfc5424
 from traffic.packets import PacketBatch, SkipCounts, parse_frame
 from traffic.simulator import TrafficSimulator, device_ip, device_mac
 
