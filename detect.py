@@ -23,11 +23,9 @@ import argparse
 import ipaddress
 import json
 import math
-import re
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Iterable
 
@@ -42,6 +40,7 @@ from model.lean import LeanDetector, lean_path
 from traffic.afterimage import FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
+from traffic.watch import Watch, Watcher, parse_watch
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
 HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
@@ -141,66 +140,6 @@ class AlertLines:
         return (f'{{"time": {_number(round(t, 6))}, "host": {h}{self.middle}{_number(score)}{self.tail}'
                 f'{"true" if packet_alert else "false"}, "window_alert": {"true" if window_alert else "false"}}}\n')
 
-
-
-# ------------------------------------------------------------------------------------- which packets, which threshold
-@dataclass
-class Watch:
-    """A watched device: its name (as in the federation) and its addresses (IPs, and MACs whose IPs are learnt from
-    the packets they send)."""
-
-    device: str
-    ips: set[bytes] = field(default_factory=set)
-    macs: set[bytes] = field(default_factory=set)
-
-
-def parse_watch(spec: str) -> Watch:
-    """NAME=ADDR[,ADDR...] with IPv4/IPv6 addresses or MACs (aa:bb:cc:dd:ee:ff)."""
-    name, sep, addresses = spec.partition("=")
-    if not sep or not name or not addresses:
-        raise FedIoTError(f"--watch {spec!r}: expected NAME=ADDR[,ADDR...] (an IP or a MAC address)")
-    w = Watch(name)
-    for a in addresses.split(","):
-        a = a.strip()
-        if re.fullmatch(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", a):
-            w.macs.add(bytes.fromhex(re.sub(r"[:-]", "", a)))
-            continue
-        try:
-            w.ips.add(ipaddress.ip_address(a).packed)
-        except ValueError:
-            raise FedIoTError(f"--watch {spec!r}: {a!r} is neither an IP nor a MAC address") from None
-    return w
-
-
-class Watcher:
-    """Which watched device each packet belongs to (-1: none): a packet from or to one of its IPs, or from one of
-    its MACs (whose source IP is then learnt as the device's)."""
-
-    def __init__(self, watches: list[Watch]) -> None:
-        self.devices = [w.device for w in watches]
-        if len(set(self.devices)) != len(self.devices):
-            raise FedIoTError(f"--watch names a device twice: {self.devices}")
-        self.by_ip = {ip: i for i, w in enumerate(watches) for ip in w.ips}
-        self.by_mac = {mac: i for i, w in enumerate(watches) for mac in w.macs}
-        self.learnt: dict[str, set[str]] = {}
-
-    def of(self, batch: PacketBatch) -> np.ndarray:
-        out = np.full(len(batch), -1, dtype=np.int64)
-        by_ip, by_mac = self.by_ip, self.by_mac
-        for n in range(len(batch)):
-            i = by_mac.get(batch.src_mac[n]) if by_mac else None
-            if i is not None:
-                if batch.src_ip[n] not in by_ip:
-                    by_ip[batch.src_ip[n]] = i
-                    self.learnt.setdefault(self.devices[i], set()).add(str(ipaddress.ip_address(batch.src_ip[n])))
-                out[n] = i
-                continue
-            i = by_ip.get(batch.src_ip[n])
-            if i is None:
-                i = by_ip.get(batch.dst_ip[n])
-            if i is not None:
-                out[n] = i
-        return out
 
 
 # ------------------------------------------------------------------------------------- the model, fixed or followed

@@ -101,13 +101,19 @@ def device_dir(cache_dir: str | Path, device: str) -> Path:
     return Path(cache_dir) / device
 
 
+SIMULATED_ATTACKS_DIR = "simulated_attacks"  # a local device's attack rows: <attack>.csv, made by python -m capture
+
+
 def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None = None,
-                attack_test_rows: int | None = None, load_attacks: bool = True) -> DeviceData:
+                attack_test_rows: int | None = None, load_attacks: bool = True, local: bool = False) -> DeviceData:
     """Load one device's benign rows (first `max_benign_rows`) and its attack files.
 
-    Attack files that are absent are skipped with a warning and listed in `missing_attacks`.
+    Attack files that are absent are skipped with a warning and listed in `missing_attacks`. A local device (your
+    own, `local`) has no recorded attacks: its attack rows are the simulated ones `python -m capture` mixed into its
+    own traffic (DEVICE/simulated_attacks/<attack>.csv), whichever of N-BaIoT's attack names are there.
     """
-    nbaiot.check_device(device)
+    if not local:
+        nbaiot.check_device(device)
     ddir = device_dir(cache_dir, device)
     benign_path = ddir / nbaiot.BENIGN_FILE
     if not benign_path.is_file():
@@ -117,6 +123,15 @@ def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None 
         benign = benign[:max_benign_rows]
     data = DeviceData(device=device, benign=benign)
     if not load_attacks:
+        return data
+    if local:
+        for attack in nbaiot.all_attack_names():
+            path = ddir / SIMULATED_ATTACKS_DIR / f"{attack}.csv"
+            if path.is_file():
+                data.attacks[attack] = evenly_spaced(read_feature_csv(path), attack_test_rows)
+        if not data.attacks:
+            log.warning("%s: no simulated attack rows under %s (python -m capture --simulate-attacks makes them); TPR "
+                        "cannot be measured for this device", device, ddir / SIMULATED_ATTACKS_DIR)
         return data
     for attack in nbaiot.attack_names(device):
         path = ddir / nbaiot.attack_relpath(attack)

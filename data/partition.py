@@ -11,9 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from data import nbaiot
 from data.loader import DeviceSplit
-from fediot.config import PARTITIONS, client_name
+from fediot.config import PARTITIONS, client_name, device_number
 from fediot.errors import DataError
 
 MIN_CLIENT_ROWS = 2
@@ -24,7 +23,7 @@ def proportions(k: int, method: str, alpha: float, seed: int, device: str) -> np
     if method == "contiguous":
         return np.full(k, 1.0 / k)
     if method == "dirichlet":
-        rng = np.random.default_rng([seed, nbaiot.device_index(device), 3])
+        rng = np.random.default_rng([seed, device_number(device), 3])
         return rng.dirichlet(np.full(k, float(alpha)))
     raise ValueError(f"unknown partition {method!r}; expected one of {PARTITIONS}")
 

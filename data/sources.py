@@ -8,6 +8,7 @@ what they are. `data_args.dataset` (+ `data_args.synthetic_generator` for synthe
 | `nbaiot`            | real N-BaIoT files under `data_args.data_cache_dir` (downloaded if missing) |
 | `synthetic-rows`    | `data/synthetic.py`: N-BaIoT-shaped rows from per-device profiles        |
 | `synthetic-packets` | `traffic/`: simulated packets through the AfterImage feature extractor   |
+| `local`             | your own devices' rows, captured with `python -m capture` under `data_args.local_data_dir`; attack rows simulated (the traffic simulator's attacks from the device's own address, mixed into its capture) |
 
 Orchestration code calls `prepare_data` and `load_split` (or `load_client_splits`) only; the packet pipeline is reached
 through this registry, never imported by the run paths.
@@ -68,8 +69,40 @@ def _nbaiot(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]
     return root, {"source": "nbaiot", "synthetic": False, "path": str(root)}
 
 
+PROVENANCE_FILE = "provenance.json"  # what python -m capture records beside a local device's rows
+
+
+def _local(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]]:
+    import json
+
+    root = repo_path(cfg.data.local_data_dir)
+    missing = missing_devices(root, devices)
+    if missing:
+        found = sorted(p.parent.name for p in root.glob(f"*/{nbaiot.BENIGN_FILE}"))
+        raise DataError(
+            f"no captured rows for {len(missing)} device(s) ({', '.join(missing)}) under {root}"
+            f" (found: {', '.join(found) or 'none'}).\n  Capture a device's benign traffic first: python -m capture "
+            f"--interface IFACE --duration SECONDS --device NAME=IP_OR_MAC --out {cfg.data.local_data_dir} "
+            "(or --pcap FILE)")
+    provenance = {}
+    for d in devices:
+        path = root / d / PROVENANCE_FILE
+        if path.is_file():
+            try:
+                record = json.loads(path.read_text())
+                provenance[d] = {k: record.get(k) for k in ("sources", "rows", "first_packet", "last_packet",
+                                                            "features_version", "simulated_attacks")}
+            except (OSError, ValueError):
+                provenance[d] = {"error": f"{path} is not readable JSON"}
+    return root, {"source": "local", "synthetic": False, "path": str(root),
+                  "attacks": "SIMULATED: the traffic simulator's Mirai/Gafgyt attacks sent from each device's own "
+                             "address, mixed into its captured traffic (python -m capture --simulate-attacks)",
+                  "provenance": provenance}
+
+
 SOURCES: dict[str, DataSource] = {s.name: s for s in (
     DataSource("nbaiot", _nbaiot),
+    DataSource("local", _local),
     DataSource("synthetic-rows", _synthetic_rows),
     DataSource("synthetic-packets", _synthetic_packets),
 )}
@@ -110,7 +143,7 @@ def _missing_message(root: Path, missing: list[str], why: str) -> str:
 def load_split(cfg: FedIoTConfig, root: Path, device: str) -> DeviceSplit:
     """Load and chronologically split one device's rows as configured."""
     d = cfg.data
-    data = load_device(root, device, d.max_benign_rows, d.attack_test_rows)
+    data = load_device(root, device, d.max_benign_rows, d.attack_test_rows, local=d.dataset == "local")
     return split_device(data, d.train_fraction, d.validation_fraction)
 
 

@@ -31,7 +31,7 @@ from evaluation.scoring import thresholds_from_stats
 from federation import defenses
 from federation.aggregation import aggregate
 from federation.messages import Hello, RoundPlan, Update
-from fediot.config import FedIoTConfig, client_part, device_of_client
+from fediot.config import FedIoTConfig, client_part, device_number, device_of_client
 from fediot.console import round_bar
 from fediot.errors import ConfigError
 from model.autoencoder import AutoEncoder, state_of
@@ -180,7 +180,7 @@ class RoundState:
     def plan(self, client: str) -> RoundPlan:
         """This round's hyperparameters for one client; the seed differs per client and round."""
         t = self.cfg.train
-        client_index = nbaiot.device_index(device_of_client(client)) + len(nbaiot.DEVICES) * client_part(client)
+        client_index = device_number(device_of_client(client)) + len(nbaiot.DEVICES) * client_part(client)
         return RoundPlan(round_idx=self.round, lr=self.lr(), epochs=t.epochs, batch_size=t.batch_size,
                          weight_decay=t.weight_decay,
                          seed=self.cfg.common.random_seed * 100003 + self.round * 101 + client_index)

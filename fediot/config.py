@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,6 +38,17 @@ PARTITIONS = ("contiguous", "dirichlet")
 # 10 global models then holds ~10 x client_num_per_round client trainings (measured: README "Many clients")
 SAMPLED_AVERAGE_ROUNDS = 10
 CLIENT_SEPARATOR = "#"
+
+
+DEVICE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")  # a local device's name (a directory, an MQTT level)
+
+
+def device_number(device: str) -> int:
+    """A device's number for seeds: its UCI number for N-BaIoT's devices (1-9, as always), else a stable number
+    from its name (>= 1000; never an N-BaIoT device's)."""
+    if device in nbaiot.DEVICES:
+        return nbaiot.device_index(device)
+    return 1000 + zlib.crc32(device.encode()) % 1_000_000
 
 
 def client_name(device: str, part: int, clients_per_device: int) -> str:
@@ -82,9 +95,10 @@ class EnvironmentArgs:
 class DataArgs:
     """Where rows come from and how each device's rows are split."""
 
-    dataset: str = _key('nbaiot', 'nbaiot (real data) or synthetic (N-BaIoT-shaped generated data)', choices=('nbaiot', 'synthetic'), fedml=True)
+    dataset: str = _key('nbaiot', 'nbaiot (real data), synthetic (N-BaIoT-shaped generated data) or local (your own devices: rows captured from their traffic with python -m capture, devices named as you like)', choices=('nbaiot', 'synthetic', 'local'), fedml=True)
     data_cache_dir: str = _key('data/cache/nbaiot', 'per-device N-BaIoT layout lives here (relative to repo)')
-    devices: list[str] = _key('all', "'all' or a list of device names (UCI names); with one client per device, client rank r gets devices[r-1]")
+    local_data_dir: str = _key('data/local', "local: your devices' captured rows, one directory per device (python -m capture writes them; relative to the repo)")
+    devices: list[str] = _key('all', "'all' or a list of device names (nbaiot/synthetic: UCI names; local: your own names, letters, digits, _ . -); with one client per device, client rank r gets devices[r-1]")
     clients_per_device: int = _key(1, "clients made from each device's rows (households): its training, validation, test and attack rows cut into this many consecutive slices, client names 'Device#i' (data/partition.py); simulation only", check=(lambda v: _is_int(v) and 1 <= v <= MAX_CLIENTS, f'an integer in 1..{MAX_CLIENTS}'))
     partition: str = _key('contiguous', 'how a device is cut into clients: contiguous (equal time slices) or dirichlet (slice sizes drawn from Dirichlet(partition_alpha), seeded)', choices=PARTITIONS)
     partition_alpha: float = _key(0.5, 'dirichlet: concentration (smaller = more uneven clients)', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
@@ -376,7 +390,7 @@ def validate(raw: dict[str, Any], path: Path | None = None) -> FedIoTConfig:
             f"{where}: data_args.train_fraction + data_args.validation_fraction = "
             f"{d['train_fraction'] + d['validation_fraction']}; expected < 1 (the rest is the benign test split)"
         )
-    d["devices"] = _parse_devices(d["devices"], where)
+    d["devices"] = _parse_devices(d["devices"], where, local=d["dataset"] == "local")
     values["comm_args"]["revoked_ranks"] = sorted(set(values["comm_args"]["revoked_ranks"] or []))
     values["attack_args"]["malicious_ranks"] = sorted(set(values["attack_args"]["malicious_ranks"] or []))
     _check_sizes(values, where)
@@ -442,20 +456,29 @@ def check_world_size(cfg: FedIoTConfig, world_size: int) -> None:
                           f"{t.client_num_per_round} (clients per round) or the machine's cores are good choices.")
 
 
-def _parse_devices(devices: Any, where: str) -> list[str]:
+def _parse_devices(devices: Any, where: str, local: bool = False) -> list[str]:
     if devices == "all":
+        if local:
+            raise ConfigError(f"{where}: data_args.devices must list your devices by name with data_args.dataset: local "
+                              "(the directories python -m capture wrote under data_args.local_data_dir)")
         return list(nbaiot.DEVICES)
     if isinstance(devices, str):
         devices = [devices]
     if not isinstance(devices, list) or not devices:
         raise ConfigError(f"{where}: data_args.devices must be 'all' or a non-empty list of device names")
     for name in devices:
+        if local:
+            if not (isinstance(name, str) and DEVICE_NAME.fullmatch(name)):
+                raise ConfigError(f"{where}: data_args.devices has {name!r}; a device name is 1-64 letters, digits, "
+                                  "_ . - starting with a letter or digit (it names a directory and MQTT topics)")
+            continue
         if name not in nbaiot.DEVICES:
             hint = difflib.get_close_matches(str(name), nbaiot.DEVICES, n=1)
             raise ConfigError(
                 f"{where}: data_args.devices has unknown device {name!r}"
                 + (f" (did you mean {hint[0]!r}?)" if hint else "")
                 + f"; expected names from: {', '.join(nbaiot.DEVICES)}"
+                + " (your own devices: data_args.dataset: local)"
             )
     if len(set(devices)) != len(devices):
         raise ConfigError(f"{where}: data_args.devices lists a device twice: {devices}")

@@ -91,13 +91,17 @@ class _Frames:
 class TrafficSimulator:
     """Generates (timestamp, frame) pairs for one device, with an optional attack interval."""
 
-    def __init__(self, device: str, seed: int = 0) -> None:
+    def __init__(self, device: str, seed: int = 0, ip: str | None = None, mac: bytes | None = None) -> None:
+        """device: the N-BaIoT device whose kind of traffic is simulated; ip/mac: addresses to send it from instead
+        of the simulated LAN's (a namespace's, or your own device's for simulated attacks: every attack then)."""
         nbaiot.check_device(device)
         self.device = device
         self.kind = KINDS[DEVICE_KIND[device]]
         self.rng = random.Random(seed * 1009 + nbaiot.device_index(device))
         self.frames = _Frames(self.rng)
-        self.mac, self.ip = device_mac(device), _ip(device_ip(device))
+        self.mac = mac if mac is not None else device_mac(device)
+        self.ip = _ip(ip) if ip is not None else _ip(device_ip(device))
+        self.own_address = ip is not None
         idx = nbaiot.device_index(device)
         self.cloud = _ip(f"52.{10 + idx}.{self.rng.randrange(1, 250)}.{self.rng.randrange(1, 250)}")
         self.dns, self.ntp = _ip(GATEWAY_IP), _ip("129.6.15.28")
@@ -162,8 +166,9 @@ class TrafficSimulator:
 
     # -- attacks
     def attack(self, name: str, start: float, end: float) -> list[tuple[float, bytes]]:
-        if name not in nbaiot.attack_names(self.device):
-            raise ValueError(f"{self.device} has no {name} traffic in N-BaIoT; expected one of {nbaiot.attack_names(self.device)}")
+        names = nbaiot.all_attack_names() if self.own_address else nbaiot.attack_names(self.device)
+        if name not in names:
+            raise ValueError(f"{self.device} has no {name} traffic in N-BaIoT; expected one of {names}")
         r = self.rng
         victim = _ip(f"203.0.113.{r.randrange(1, 250)}")
         cnc = _ip(f"198.51.100.{r.randrange(1, 250)}")

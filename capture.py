@@ -1,0 +1,284 @@
+"""Turn your own devices' traffic into their benign rows (data_args.dataset: local), with simulated attacks for TPR.
+
+    python -m capture (--pcap FILE [FILE ...] | --interface IFACE --duration SECONDS)
+        --device NAME=ADDR[,ADDR...] [--device ...] [--out data/local] [--append]
+        [--simulate-attacks all|none|ATTACK,...] [--attack-seconds 30] [--config YAML]
+
+Each --device names one of your devices and its addresses (IPs; MACs, whose IPs are learnt from the packets they
+send): a board on a mirror port, or acting as a gateway, sees many hosts and one command writes every device named.
+Every packet goes through the same feature extractor as `python -m detect` (traffic/afterimage.py, with the same
+detect_args memory bounds), so the rows a device learns from are the features its detector will score; a device's
+rows are those of the packets from or to its addresses. Written per device, atomically (nothing half-written on an
+error or Ctrl-C), in N-BaIoT's per-device layout under --out:
+
+  NAME/benign_traffic.csv         its rows (--append: after the rows of earlier captures)
+  NAME/provenance.json            source, filter, time span, packet counts, feature version of every capture
+  NAME/simulated_attacks/*.csv    --simulate-attacks: the traffic simulator's Mirai/Gafgyt attacks sent from the
+                                  device's own address for --attack-seconds in the middle of its captured traffic;
+                                  the rows of its packets in that window (as N-BaIoT recorded infected devices)
+
+Only capture traffic you are allowed to capture, and only benign traffic: the rows are what "normal" means.
+"""
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from data import nbaiot
+from data.loader import SIMULATED_ATTACKS_DIR, read_feature_csv
+from data.sources import PROVENANCE_FILE
+from fediot.config import DEVICE_NAME, DetectArgs, load, validate
+from fediot.errors import FedIoTError
+from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
+from traffic.packets import PacketBatch, SkipCounts, live_capture, parse_frame, read_capture
+from traffic.simulator import TrafficSimulator
+from traffic.watch import Watch, Watcher, parse_watch
+
+PROGRESS_EVERY_S = 5.0  # seconds between progress lines
+ATTACK_PROFILE = "Danmini_Doorbell"  # the simulator's device kind whose rng drives a simulated attack's packets
+FIELDS = ("time", "size", "src_mac", "src_ip", "dst_ip", "src_port", "dst_port")
+
+
+@dataclass
+class DeviceCapture:
+    """What one capture gives one device: its rows and its packets (kept for the simulated attacks)."""
+
+    watch: Watch
+    rows: list[np.ndarray] = field(default_factory=list)
+    packets: PacketBatch = field(default_factory=PacketBatch)
+    first: float | None = None
+    last: float | None = None
+
+    @property
+    def n_rows(self) -> int:
+        return sum(len(r) for r in self.rows)
+
+
+def take(batch: PacketBatch, idx: np.ndarray, into: PacketBatch) -> None:
+    for name in FIELDS:
+        src, dst = getattr(batch, name), getattr(into, name)
+        dst.extend(src[i] for i in idx)
+
+
+def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: list[Watch], cfg: DetectArgs,
+                 keep_packets: bool, progress: bool = True) -> tuple[dict[str, DeviceCapture], dict[str, Any]]:
+    """One pass of the extractor over every packet; each device's rows (and packets, when kept)."""
+    watcher = Watcher(watches)
+    extractor = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight)
+    out = {w.device: DeviceCapture(w) for w in watches}
+    seen, skipped, started, said = 0, SkipCounts(), time.monotonic(), time.monotonic()
+    for batch, skipped in batches:
+        if len(batch) == 0:
+            continue
+        rows = extractor.transform(batch)
+        which = watcher.of(batch)
+        seen += len(batch)
+        for i, w in enumerate(watches):
+            idx = np.flatnonzero(which == i)
+            if len(idx) == 0:
+                continue
+            d = out[w.device]
+            d.rows.append(rows[idx].astype(np.float64))
+            d.first = batch.time[idx[0]] if d.first is None else d.first
+            d.last = batch.time[idx[-1]]
+            if keep_packets:
+                take(batch, idx, d.packets)
+        if progress and time.monotonic() - said >= PROGRESS_EVERY_S:
+            said = time.monotonic()
+            print(f"  {seen:,} packets ({seen / (said - started):,.0f}/s); rows: "
+                  + ", ".join(f"{name} {d.n_rows:,}" for name, d in out.items()), file=sys.stderr, flush=True)
+    for w in watches:  # a device named by MAC only: the IPs learnt from its packets are its addresses too
+        w.ips |= {b for b, i in watcher.by_ip.items() if watcher.devices[i] == w.device}
+    return out, {"packets_seen": seen, "skipped": skipped.as_dict(), "seconds": round(time.monotonic() - started, 1),
+                 "learnt_ips": {d: sorted(v) for d, v in watcher.learnt.items()}}
+
+
+def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cfg: DetectArgs,
+                          seed: int) -> np.ndarray:
+    """Rows of the device's packets while the simulator's `attack` is sent from its address, in the middle of its
+    captured traffic: the attack's packets merged in time order with the device's own, one extractor pass."""
+    own = device.packets
+    if len(own) == 0 or not device.watch.ips:
+        return np.zeros((0, nbaiot.N_FEATURES))
+    ip = next(iter(sorted(device.watch.ips)))
+    mac = next(iter(sorted(device.watch.macs)), None)
+    if mac is None:  # the MAC its packets carry
+        mac = next((own.src_mac[i] for i in range(len(own)) if own.src_ip[i] == ip), b"\x02\x00\x00\x00\x00\x01")
+    sim = TrafficSimulator(ATTACK_PROFILE, seed, ip=str(ipaddress.ip_address(ip)), mac=mac)
+    span = own.time[-1] - own.time[0]
+    start = own.time[0] + max(0.0, (span - seconds) / 2)
+    end = start + seconds
+    frames = sim.attack(attack, start, end)
+    attack_batch, skipped = PacketBatch(), SkipCounts()
+    for t, frame in frames:
+        parse_frame(t, frame, len(frame), attack_batch, skipped)
+    merged = PacketBatch()
+    order = np.argsort(np.concatenate([own.time, attack_batch.time]), kind="stable")
+    for name in FIELDS:
+        both = getattr(own, name) + getattr(attack_batch, name)
+        getattr(merged, name).extend(both[i] for i in order)
+    rows = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight).transform(merged)
+    t = np.asarray(merged.time)
+    return rows[(t >= start) & (t < end)]
+
+
+def write_rows(path: Path, rows: np.ndarray) -> None:
+    """An N-BaIoT CSV (header + 115 columns), written to a temp file beside it and renamed into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            pd.DataFrame(rows, columns=list(nbaiot.COLUMNS)).to_csv(fh, index=False, float_format="%.10g")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], append: bool,
+                 attacks: dict[str, np.ndarray] | None) -> dict[str, Any]:
+    """The device's directory, built beside the old one and swapped in (os.replace of each file; the directory of
+    simulated attacks replaced whole): rows, provenance and simulated attacks together."""
+    ddir = out / device.watch.device
+    benign = ddir / nbaiot.BENIGN_FILE
+    new = np.vstack(device.rows) if device.rows else np.zeros((0, nbaiot.N_FEATURES))
+    provenance: dict[str, Any] = {"device": device.watch.device, "captures": []}
+    if append and benign.is_file():
+        old = read_feature_csv(benign)
+        prov_path = ddir / PROVENANCE_FILE
+        if prov_path.is_file():
+            provenance = json.loads(prov_path.read_text())
+        if provenance.get("features_version", FEATURES_VERSION) != FEATURES_VERSION:
+            raise FedIoTError(f"{ddir}: its rows were made with feature version {provenance.get('features_version')}, "
+                              f"this extractor is version {FEATURES_VERSION}; capture again without --append")
+        new = np.vstack([old, new])
+    elif benign.is_file() and not append:
+        raise FedIoTError(f"{benign} exists: --append to add this capture's rows after it, or remove {ddir}")
+    provenance["captures"].append(record)
+    provenance.update(features_version=FEATURES_VERSION, rows=len(new),
+                      first_packet=min(c["first_packet"] for c in provenance["captures"] if c["first_packet"] is not None),
+                      last_packet=max(c["last_packet"] for c in provenance["captures"] if c["last_packet"] is not None),
+                      sources=sorted({c["source"] for c in provenance["captures"]}))
+    ddir.mkdir(parents=True, exist_ok=True)
+    if attacks is not None:
+        staging = Path(tempfile.mkdtemp(prefix=".simulated.", dir=ddir))
+        try:
+            for name, rows in attacks.items():
+                write_rows(staging / f"{name}.csv", rows)
+            target = ddir / SIMULATED_ATTACKS_DIR
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        provenance["simulated_attacks"] = {name: len(rows) for name, rows in attacks.items()} | {
+            "seconds_each": record["attack_seconds"], "from_capture": len(provenance["captures"])}
+    write_rows(benign, new)
+    tmp = ddir / f".{PROVENANCE_FILE}.tmp"
+    tmp.write_text(json.dumps(provenance, indent=1))
+    os.replace(tmp, ddir / PROVENANCE_FILE)
+    return provenance
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pcap", type=Path, nargs="+", help="pcap or pcapng file(s), read in the order given")
+    src.add_argument("--interface", help="live capture from this interface (Linux, root)")
+    p.add_argument("--duration", type=float, help="live capture: seconds to capture (required with --interface)")
+    p.add_argument("--device", action="append", required=True, metavar="NAME=ADDR[,ADDR...]",
+                   help="one of your devices and its IP/MAC addresses; repeat for several")
+    p.add_argument("--out", type=Path, default=Path("data/local"), help="data_args.local_data_dir (default %(default)s)")
+    p.add_argument("--append", action="store_true", help="add this capture's rows after a device's earlier ones")
+    p.add_argument("--simulate-attacks", default="all",
+                   help="all, none, or a comma-separated list of N-BaIoT attack names (default %(default)s)")
+    p.add_argument("--attack-seconds", type=float, default=30.0, help="seconds of each simulated attack (default %(default)s)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the simulated attacks")
+    p.add_argument("--config", type=Path, help="YAML whose detect_args bound the extractor's memory (as detect's)")
+    a = p.parse_args(argv)
+    try:
+        if a.interface and not a.duration:
+            raise FedIoTError("--interface needs --duration SECONDS (how long to capture)")
+        cfg = (load(a.config) if a.config else validate({})).detect
+        watches = [parse_watch(spec) for spec in a.device]
+        bad = [w.device for w in watches if not DEVICE_NAME.fullmatch(w.device)]
+        if bad:
+            raise FedIoTError(f"--device {bad[0]!r}: a device name is 1-64 letters, digits, _ . - (it names a directory)")
+        if a.simulate_attacks == "all":
+            attacks = list(nbaiot.all_attack_names())
+        elif a.simulate_attacks == "none":
+            attacks = []
+        else:
+            attacks = [x.strip() for x in a.simulate_attacks.split(",") if x.strip()]
+            unknown = [x for x in attacks if x not in nbaiot.all_attack_names()]
+            if unknown:
+                raise FedIoTError(f"--simulate-attacks: unknown {unknown}; expected all, none or names from "
+                                  f"{', '.join(nbaiot.all_attack_names())}")
+        if a.attack_seconds <= 0:
+            raise FedIoTError("--attack-seconds must be > 0")
+        for w in watches:  # refuse before reading a single packet
+            benign = a.out / w.device / nbaiot.BENIGN_FILE
+            if benign.is_file() and not a.append:
+                raise FedIoTError(f"{benign} exists: --append to add this capture's rows after it, or remove "
+                                  f"{a.out / w.device}")
+        if a.pcap:
+            missing = [str(f) for f in a.pcap if not f.is_file()]
+            if missing:
+                raise FedIoTError(f"capture file(s) not found: {', '.join(missing)}")
+            batches: Iterable = (b for f in a.pcap for b in read_capture(f, batch_size=4096))
+            source = ", ".join(str(f) for f in a.pcap)
+        else:
+            batches = live_capture(a.interface, duration_s=a.duration)
+            source = f"interface {a.interface}"
+            print(f"capturing on {a.interface} for {a.duration:g}s", file=sys.stderr, flush=True)
+        captured_at = time.time()
+        devices, info = capture_rows(batches, watches, cfg, keep_packets=bool(attacks))
+        results = {}
+        for w in watches:
+            d = devices[w.device]
+            if d.n_rows == 0:
+                spec = next(x for x in a.device if x.startswith(f"{w.device}="))
+                print(f"{w.device}: no packet from or to {spec.partition('=')[2]} in the capture: nothing written",
+                      file=sys.stderr)
+                results[w.device] = {"rows": 0}
+                continue
+            sim = None
+            if attacks:
+                sim = {}
+                for i, attack in enumerate(attacks):
+                    sim[attack] = simulated_attack_rows(d, attack, a.attack_seconds, cfg, a.seed * 100 + i)
+                print(f"{w.device}: simulated attacks: " + ", ".join(f"{k} {len(v)}" for k, v in sim.items()),
+                      file=sys.stderr, flush=True)
+            record = {"source": source, "filter": {"ips": sorted(ipaddress.ip_address(x).exploded for x in w.ips),
+                                                   "macs": sorted(m.hex(":") for m in w.macs)},
+                      "captured_at": captured_at, "first_packet": d.first, "last_packet": d.last,
+                      "packets_seen": info["packets_seen"], "packets_of_device": d.n_rows, "skipped": info["skipped"],
+                      "features_version": FEATURES_VERSION, "attack_seconds": a.attack_seconds if attacks else None,
+                      "max_streams": cfg.max_streams}
+            prov = write_device(a.out, d, record, a.append, sim)
+            results[w.device] = {"rows": prov["rows"], "this_capture": d.n_rows, "dir": str(a.out / w.device)}
+    except FedIoTError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: nothing written", file=sys.stderr)
+        return 130
+    print(json.dumps({"packets_seen": info["packets_seen"], "seconds": info["seconds"], "devices": results}))
+    print(a.out.resolve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

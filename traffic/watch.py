@@ -1,0 +1,70 @@
+"""Which device a packet belongs to: a device named with its addresses (IPs, MACs), as detect --watch and capture
+--device take them. One definition for the rows a device learns from and the packets its detector scores."""
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fediot.errors import FedIoTError
+from traffic.packets import PacketBatch
+
+@dataclass
+class Watch:
+    """A watched device: its name (as in the federation) and its addresses (IPs, and MACs whose IPs are learnt from
+    the packets they send)."""
+
+    device: str
+    ips: set[bytes] = field(default_factory=set)
+    macs: set[bytes] = field(default_factory=set)
+
+
+def parse_watch(spec: str) -> Watch:
+    """NAME=ADDR[,ADDR...] with IPv4/IPv6 addresses or MACs (aa:bb:cc:dd:ee:ff)."""
+    name, sep, addresses = spec.partition("=")
+    if not sep or not name or not addresses:
+        raise FedIoTError(f"{spec!r}: expected NAME=ADDR[,ADDR...] (an IP or a MAC address)")
+    w = Watch(name)
+    for a in addresses.split(","):
+        a = a.strip()
+        if re.fullmatch(r"([0-9A-Fa-f]{2}[:-]){5}[0-9A-Fa-f]{2}", a):
+            w.macs.add(bytes.fromhex(re.sub(r"[:-]", "", a)))
+            continue
+        try:
+            w.ips.add(ipaddress.ip_address(a).packed)
+        except ValueError:
+            raise FedIoTError(f"{spec!r}: {a!r} is neither an IP nor a MAC address") from None
+    return w
+
+
+class Watcher:
+    """Which watched device each packet belongs to (-1: none): a packet from or to one of its IPs, or from one of
+    its MACs (whose source IP is then learnt as the device's)."""
+
+    def __init__(self, watches: list[Watch]) -> None:
+        self.devices = [w.device for w in watches]
+        if len(set(self.devices)) != len(self.devices):
+            raise FedIoTError(f"a device is named twice: {self.devices}")
+        self.by_ip = {ip: i for i, w in enumerate(watches) for ip in w.ips}
+        self.by_mac = {mac: i for i, w in enumerate(watches) for mac in w.macs}
+        self.learnt: dict[str, set[str]] = {}
+
+    def of(self, batch: PacketBatch) -> np.ndarray:
+        out = np.full(len(batch), -1, dtype=np.int64)
+        by_ip, by_mac = self.by_ip, self.by_mac
+        for n in range(len(batch)):
+            i = by_mac.get(batch.src_mac[n]) if by_mac else None
+            if i is not None:
+                if batch.src_ip[n] not in by_ip:
+                    by_ip[batch.src_ip[n]] = i
+                    self.learnt.setdefault(self.devices[i], set()).add(str(ipaddress.ip_address(batch.src_ip[n])))
+                out[n] = i
+                continue
+            i = by_ip.get(batch.src_ip[n])
+            if i is None:
+                i = by_ip.get(batch.dst_ip[n])
+            if i is not None:
+                out[n] = i
+        return out
