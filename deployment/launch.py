@@ -31,8 +31,12 @@ def check_port_free(ip: str, port: int, what: str) -> None:
 
 def server_data_info(cfg) -> dict[str, Any]:
     """What a deployment's outputs say about its data: the server holds none."""
-    return {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
+    info = {"source": cfg.data.dataset, "synthetic": cfg.data.dataset == "synthetic",
             "note": "the server holds no data; clients report counts and statistics only"}
+    if cfg.data.dataset == "local":
+        info["attacks"] = ("SIMULATED: the boards' attack rows are the traffic simulator's attacks sent from each "
+                           "device's own address, mixed into its captured traffic (python -m capture)")
+    return info
 
 
 def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | None) -> int:
@@ -90,14 +94,15 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address} "
             f"({'mutual TLS, certificates in ' + str(tls.source) if tls else 'PLAINTEXT'}); run directory {run_dir}")
     else:
-        from federation.client import LocalClient
+        from federation.client import LocalClient, live_detector
 
         device = cfg.devices[rank - 1]
         data_root, _info = prepare_data(cfg, [device])  # a board fetches only its own device
         split = load_split(cfg, data_root, device)  # before the run directory: no empty run on bad data
         run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
         write_config(run_dir, cfg.values)
-        local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank))
+        local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank),
+                            threshold_k=cfg.validation.threshold_k, live=live_detector(cfg, run_dir))
 
     import torch
 

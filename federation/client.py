@@ -64,6 +64,18 @@ class LiveDetector:
                         dict(self.device_thresholds), meta).export_lean(self.path)
 
 
+def live_detector(cfg: FedIoTConfig, run_dir: Path) -> LiveDetector | None:
+    """Where a deployment board keeps its newest evaluated model for detect --follow (None in a simulation: its
+    ranks share one run directory and are not boards)."""
+    if cfg.is_simulation:
+        return None
+    d = cfg.data
+    return LiveDetector(run_dir / LIVE_DETECTOR, cfg.validation.threshold_k,
+                        {"kind": "federated-live", "data": {"source": d.dataset, "synthetic": d.dataset == "synthetic",
+                                                            **({"generator": d.synthetic_generator}
+                                                               if d.dataset == "synthetic" else {})}})
+
+
 def decoding_bomb(sender: int, max_bytes: int) -> bytes:
     """What the `flood` attack sends besides its honest answers (issue 22, reproduction 3): the costliest message a
     certified peer can send inside the limits — just under `max_bytes`, its header just under the header limit and
@@ -221,12 +233,7 @@ class ClientLoader:
         self.keep_devices = keep_devices
         self._parts: dict[str, dict[str, DeviceSplit]] = {}  # device -> client -> its part of the device's split
         self._model: AutoEncoder | None = None  # one autoencoder for all of this worker's clients (each use loads the weights)
-        # a deployment board keeps its newest evaluated model for detect --follow (simulation ranks share a run dir)
-        d = cfg.data
-        self._live = None if cfg.is_simulation else LiveDetector(
-            run_dir / LIVE_DETECTOR, cfg.validation.threshold_k,
-            {"kind": "federated-live", "data": {"source": d.dataset, "synthetic": d.dataset == "synthetic",
-                                                **({"generator": d.synthetic_generator} if d.dataset == "synthetic" else {})}})
+        self._live = live_detector(cfg, run_dir)
 
     def split(self, client: str) -> DeviceSplit:
         device = device_of_client(client)

@@ -78,6 +78,12 @@ def test_server_and_three_clients_one_started_before_the_server(tmp_path):
         trained = [json.loads(line) for line in (run_dir_of(c) / f"{device}.jsonl").read_text().splitlines()]
         assert {t["round"]: t["lr"] for t in trained} == server_lr, device
     assert server_lr == {1: 0.004, 2: 0.002, 3: 0.001}
+    # each board keeps the newest evaluated model with its device's own threshold for detect --follow (issue 23)
+    from model.lean import LeanDetector
+    for c, device in zip(clients, DEVICES):
+        live = LeanDetector.load(run_dir_of(c) / "detector" / "model.npz")
+        assert live.meta["round"] == 3 and live.device_thresholds == {
+            device: m["devices"][device]["modes"]["device"]["thresholds"][device]}, device
 
 
 def test_client_killed_mid_run_then_rejoins(tmp_path):
