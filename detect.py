@@ -23,6 +23,7 @@ import argparse
 import ipaddress
 import json
 import math
+import signal
 import socket
 import sys
 import time
@@ -288,56 +289,60 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0} for d in devices}
     skipped = SkipCounts()
     started = time.perf_counter()
-    for batch, skipped in batches:
-        if follower is not None:
-            swapped = follower.poll()
-            if swapped is not None:
-                detector, thresholds = swapped
-                lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
-        if len(batch) == 0:
-            _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
-            continue
-        rows = extractor.transform(batch)
-        packets += len(batch)
-        which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
-        idx = np.flatnonzero(which >= 0)
-        if len(idx) == 0:
-            continue
-        scores = detector.score(rows[idx])
-        limits = np.asarray(thresholds)[which[idx]]
-        flags = scores > limits
-        hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
-        wins = vote.push(hosts, flags)
-        scored += len(idx)
-        alerts += int(flags.sum())
-        window_alerts += int(wins.sum())
-        out = []
-        for j in np.flatnonzero(flags | wins):
-            n, d = int(idx[j]), int(which[idx[j]])
-            out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j])))
-            if wins[j]:
-                last_alert[d] = batch.time[n]
-                if publisher is not None:
-                    host = str(ipaddress.ip_address(batch.src_ip[n]))
-                    count = limiter.admit(devices[d] or "global", host, batch.time[n])
-                    if count is not None:
-                        publisher.offer(Alert(devices[d] or "global", host, batch.time[n], float(scores[j]),
-                                              float(thresholds[d]), count))
-        sink.write("".join(out))
-        for d in range(len(devices)):
-            mine = which[idx] == d
-            entry = per_device[devices[d] or "global"]
-            entry["packets"] += int(mine.sum())
-            entry["packet_alerts"] += int((flags & mine).sum())
-            entry["window_alerts"] += int((wins & mine).sum())
-        _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
+    interrupted = False
+    try:
+        for batch, skipped in batches:
+            if follower is not None:
+                swapped = follower.poll()
+                if swapped is not None:
+                    detector, thresholds = swapped
+                    lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
+            if len(batch) == 0:
+                _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
+                continue
+            rows = extractor.transform(batch)
+            packets += len(batch)
+            which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
+            idx = np.flatnonzero(which >= 0)
+            if len(idx) == 0:
+                continue
+            scores = detector.score(rows[idx])
+            limits = np.asarray(thresholds)[which[idx]]
+            flags = scores > limits
+            hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
+            wins = vote.push(hosts, flags)
+            scored += len(idx)
+            alerts += int(flags.sum())
+            window_alerts += int(wins.sum())
+            out = []
+            for j in np.flatnonzero(flags | wins):
+                n, d = int(idx[j]), int(which[idx[j]])
+                out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j])))
+                if wins[j]:
+                    last_alert[d] = batch.time[n]
+                    if publisher is not None:
+                        host = str(ipaddress.ip_address(batch.src_ip[n]))
+                        count = limiter.admit(devices[d] or "global", host, batch.time[n])
+                        if count is not None:
+                            publisher.offer(Alert(devices[d] or "global", host, batch.time[n], float(scores[j]),
+                                                  float(thresholds[d]), count))
+            sink.write("".join(out))
+            for d in range(len(devices)):
+                mine = which[idx] == d
+                entry = per_device[devices[d] or "global"]
+                entry["packets"] += int(mine.sum())
+                entry["packet_alerts"] += int((flags & mine).sum())
+                entry["window_alerts"] += int((wins & mine).sum())
+            _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: detection stops here, the summary still comes
+        interrupted = True
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "summary": True, "packets": packets, "packets_scored": scored, "packet_alerts": alerts,
         "window_alerts": window_alerts, "window": window,
         "threshold": thresholds[0] if len(thresholds) == 1 else dict(zip(devices, thresholds)),
         "seconds": round(seconds, 3), "packets_per_s": round(packets / seconds, 1) if seconds > 0 else None,
-        "skipped": skipped.as_dict(), "devices": per_device,
+        "skipped": skipped.as_dict(), "devices": per_device, "interrupted": interrupted,
         "memory": {"tracked": extractor.tracked(), "evicted_streams": dict(extractor.evicted), "sweeps": extractor.sweeps,
                    "hosts_forgotten": vote.forgotten, "peak_rss_mb": peak_rss_mb()}}
     if watcher and watcher.learnt:
@@ -358,6 +363,10 @@ def _clear_quiet(last_alert: dict[int, float], now: float, cfg: DetectArgs, devi
             del last_alert[d]
             if publisher is not None:
                 publisher.offer(Alert(devices[d] or "global", "-", now, 0.0, float(thresholds[d]), 0, state="OFF"))
+
+
+def _stop(_signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -381,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--allow-row-model", action="store_true", help="run a model trained on synthetic rows anyway")
     a = p.parse_args(argv)
     publisher = None
+    signal.signal(signal.SIGTERM, _stop)  # a service manager's stop ends detection like Ctrl-C: with the summary
     try:
         if (a.model is None) == (a.follow is None):
             raise FedIoTError("give a MODEL or --follow RUN_DIR (one of the two)")

@@ -91,9 +91,11 @@ class _Frames:
 class TrafficSimulator:
     """Generates (timestamp, frame) pairs for one device, with an optional attack interval."""
 
-    def __init__(self, device: str, seed: int = 0, ip: str | None = None, mac: bytes | None = None) -> None:
+    def __init__(self, device: str, seed: int = 0, ip: str | None = None, mac: bytes | None = None,
+                 gateway_mac: bytes = GATEWAY_MAC) -> None:
         """device: the N-BaIoT device whose kind of traffic is simulated; ip/mac: addresses to send it from instead
-        of the simulated LAN's (a namespace's, or your own device's for simulated attacks: every attack then)."""
+        of the simulated LAN's (a namespace's, or your own device's for simulated attacks: every attack then);
+        gateway_mac: the router's MAC its frames go to (one per simulated LAN segment, so a bridge keeps them apart)."""
         nbaiot.check_device(device)
         self.device = device
         self.kind = KINDS[DEVICE_KIND[device]]
@@ -102,6 +104,7 @@ class TrafficSimulator:
         self.mac = mac if mac is not None else device_mac(device)
         self.ip = _ip(ip) if ip is not None else _ip(device_ip(device))
         self.own_address = ip is not None
+        self.gateway_mac = gateway_mac
         idx = nbaiot.device_index(device)
         self.cloud = _ip(f"52.{10 + idx}.{self.rng.randrange(1, 250)}.{self.rng.randrange(1, 250)}")
         self.dns, self.ntp = _ip(GATEWAY_IP), _ip("129.6.15.28")
@@ -109,10 +112,10 @@ class TrafficSimulator:
 
     # -- benign
     def _out(self, t: float, dst: bytes, proto: str, sport: int, dport: int, size: int, flags: int = dpkt.tcp.TH_ACK):
-        return t, self.frames.frame(self.mac, GATEWAY_MAC, self.ip, dst, proto, sport, dport, size, flags)
+        return t, self.frames.frame(self.mac, self.gateway_mac, self.ip, dst, proto, sport, dport, size, flags)
 
     def _in(self, t: float, src: bytes, proto: str, sport: int, dport: int, size: int, flags: int = dpkt.tcp.TH_ACK):
-        return t, self.frames.frame(GATEWAY_MAC, self.mac, src, self.ip, proto, sport, dport, size, flags)
+        return t, self.frames.frame(self.gateway_mac, self.mac, src, self.ip, proto, sport, dport, size, flags)
 
     def benign(self, start: float, end: float) -> list[tuple[float, bytes]]:
         k, r = self.kind, self.rng
@@ -222,6 +225,21 @@ class TrafficSimulator:
             packets += self.attack(attack, a0, a0 + attack_duration_s)
         packets.sort(key=lambda p: p[0])
         return packets
+
+
+def inbound_flood(attacker_ip: str, attacker_mac: bytes, target_ip: str, target_mac: bytes, start: float, end: float,
+                  pps: float, seed: int = 0, dport: int = 23) -> list[tuple[float, bytes]]:
+    """A SYN flood at a device from one attacker, a new source port per packet (Mirai's telnet brute force opens
+    this way): what a compromised host on the LAN sends to infect its neighbours."""
+    rng = random.Random(seed)
+    frames = _Frames(rng)
+    src, dst = _ip(attacker_ip), _ip(target_ip)
+    out, t = [], start
+    while t < end:
+        out.append((t, frames.frame(attacker_mac, target_mac, src, dst, "tcp", rng.randrange(1024, 65535), dport, 74,
+                                    dpkt.tcp.TH_SYN)))
+        t += rng.expovariate(pps)
+    return out
 
 
 def write_pcap(path: str | Path, packets: list[tuple[float, bytes]]) -> Path:
