@@ -34,7 +34,9 @@ if [ -z "$MPIRUN" ]; then echo "error: mpirun not found; install requirements.tx
 export OMPI_MCA_mpi_yield_when_idle=1
 # ranks write through mpirun's pseudo-terminal: tell them whether the user's stdout is a terminal
 if [ -t 1 ]; then export FEDIOT_TTY=1; else export FEDIOT_TTY=0; fi
-MPI_FLAGS="--oversubscribe"
+# one machine: N+1 ranks on its cores; with a host file its slots place the ranks (oversubscribing would let
+# mpirun put every rank on the first host)
+if [ -n "$HOSTFILE" ]; then MPI_FLAGS=""; else MPI_FLAGS="--oversubscribe"; fi
 [ "$(id -u)" = "0" ] && MPI_FLAGS="$MPI_FLAGS --allow-run-as-root"
 if [ -n "$HOSTFILE" ]; then
   case "$HOSTFILE" in /*) ;; *) HOSTFILE="$(pwd)/$HOSTFILE" ;; esac
@@ -43,7 +45,8 @@ if [ -n "$HOSTFILE" ]; then
     echo "error: host file $HOSTFILE lists no host (expected lines like: nodeA slots=4)" >&2; exit 2
   fi
   # every rank starts in the same directory with the same Python: the repository and its .venv must sit at
-  # the same path on every host; rank 0 (the server, first slot of the first host) writes the run directory
+  # the same path on every host; rank 0 (the server, first slot of the first host) writes the run directory;
+  # the slots listed must add up to N+1
   MPI_FLAGS="$MPI_FLAGS --hostfile $HOSTFILE"
   echo "hosts from $HOSTFILE: $(grep -Ev '^[[:space:]]*(#|$)' "$HOSTFILE" | awk '{print $1}' | tr '\n' ' ')" >&2
 fi

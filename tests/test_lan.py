@@ -208,3 +208,29 @@ for _ in range(100):
 c.subscribe([("homeassistant/#", 1), ("fediot/#", 1)])
 c.loop_forever()
 '''
+
+
+def test_a_simulation_across_two_hosts_of_the_lan(network, tmp_path):
+    """run_simulation.sh --hostfile with two board hosts: Open MPI launches its daemons through tools/netns_rsh
+    (an ssh stand-in that enters a namespace, each with its own host name) and the ranks talk MPI over TCP across
+    the bridge. The run equals the same config run in process."""
+    from tests.rounds import assert_same_metrics, metrics_of, run, sim_values
+
+    b1, b2 = network["b1"], network["b2"]
+    hostfile = tmp_path / "hosts"
+    hostfile.write_text(f"# two hosts of the LAN\n{b1.ip} slots=2\n{b2.ip} slots=2\n")
+    values = sim_values(tmp_path)
+    cfg = tmp_path / "sim.yaml"
+    cfg.write_text(yaml.safe_dump(values))
+    env = {**os.environ, "PYTHON": sys.executable, "PRTE_MCA_plm_ssh_agent": str(REPO / "tools" / "netns_rsh"),
+           "PRTE_MCA_oob_tcp_if_include": f"{lan.SUBNET}.0/24", "OMPI_MCA_btl_tcp_if_include": f"{lan.SUBNET}.0/24"}
+    proc = subprocess.run(lan.in_ns(network["srv"], "sh", str(REPO / "run_simulation.sh"), "3", str(cfg),
+                                    "--hostfile", str(hostfile)), capture_output=True, text=True, timeout=300, env=env,
+                          cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    run_dir = Path(proc.stdout.strip().splitlines()[-1])
+    hosts = {json.loads(p.read_text())["host"] for p in (run_dir / "resources").glob("rank*.json")}
+    assert hosts == {b1.name, b2.name}  # ranks ran on both hosts
+    values["common_args"]["run_dir_root"] = str(tmp_path / "in-process")
+    _, _, in_process = run(values)
+    assert_same_metrics(metrics_of(run_dir), metrics_of(in_process))

@@ -623,7 +623,8 @@ def run_node(make_node: Callable[[], _Node], fedml_console: bool, log_file: Path
     with fds_to_file(log_file, not fedml_console):
         node = make_node()
         node.run()
-    write_json(resources_file, {**info, "machine": platform.machine(), "peak_rss_mb": round(peak_rss_mb(), 1),
+    write_json(resources_file, {**info, "host": platform.node(), "machine": platform.machine(),
+                                "peak_rss_mb": round(peak_rss_mb(), 1),
                                 "bytes_sent": node.com_manager.bytes_sent,
                                 "bytes_received": node.com_manager.bytes_received})
     return node
