@@ -237,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
             missing = [str(f) for f in a.pcap if not f.is_file()]
             if missing:
                 raise FedIoTError(f"capture file(s) not found: {', '.join(missing)}")
-            batches: Iterable = (b for f in a.pcap for b in read_capture(f, batch_size=4096))
+            batches: Iterable = (b for f in a.pcap for b in read_capture(f, batch_size=cfg.batch_packets))
             source = ", ".join(str(f) for f in a.pcap)
         else:
             batches = live_capture(a.interface, duration_s=a.duration)

@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         sinks = network_sinks(cfg.detect, a.board, [d for d in devices if d] or ["global"])
         publisher = AlertPublisher(sinks, cfg.detect.alert_queue) if sinks else None
         if a.pcap:
-            batches = read_capture(a.pcap, batch_size=4096)
+            batches = read_capture(a.pcap, batch_size=cfg.detect.batch_packets)
         else:
             batches = live_capture(a.interface, duration_s=a.duration)
             print(f"capturing on {a.interface}" + (f" for {a.duration:g}s" if a.duration else " (Ctrl-C to stop)"),
