@@ -142,7 +142,7 @@ class TrainArgs:
     min_learning_rate: float = _key(0.0001, 'floor of the cross-round learning-rate schedule', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     weight_decay: float = _key(0.0, 'Adam weight decay', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     round_timeout_s: float = _key(300, 'deployment: a round (and each evaluation phase) closes at this deadline with the clients that answered', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
-    min_clients_per_round: int = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept)', check=(lambda v: _is_int(v) and 1 <= v <= MAX_CLIENTS, f'an integer in 1..{MAX_CLIENTS}'))
+    min_clients_per_round: int | None = _key(1, 'deployment: fewer answers than this at the deadline stop the run (checkpoint kept); null = a majority of client_num_per_round (so the number of boards follows data_args.devices alone)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_CLIENTS), f'null or an integer in 1..{MAX_CLIENTS}'))
     robust: bool = _key(True, "the server defends against lying clients: aggregation 'auto' is a robust rule, far updates are screened out, feature and validation statistics are merged robustly, row counts capped, inconsistent count reports rejected (README: lying clients). false: plain FedAvg and plain merging of whatever clients send", check=(lambda v: isinstance(v, bool), 'true or false'))
     aggregation: str = _key('auto', "how the server combines model updates: auto (ROBUST_AGGREGATION when robust, else fedavg), fedavg, or a rule a minority of lying clients cannot steer: median, trimmed_mean, krum, multikrum, geo_median (federation/aggregation.py)", choices=('auto', 'fedavg', 'median', 'trimmed_mean', 'krum', 'multikrum', 'geo_median'))
     trim_fraction: float = _key(0.25, 'trimmed_mean: fraction of values dropped at each end, per coordinate', check=(lambda v: _is_num(v) and 0 <= v < 0.5, 'a number in [0, 0.5)'))
@@ -421,6 +421,8 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
     if per_device > 1 and values["common_args"]["training_type"] != "simulation":
         raise ConfigError(f"{where}: data_args.clients_per_device = {per_device}: a deployment has one client per "
                           f"board (device); clients_per_device is for simulations")
+    if t["min_clients_per_round"] is None:
+        t["min_clients_per_round"] = t["client_num_per_round"] // 2 + 1
     if t["min_clients_per_round"] > t["client_num_per_round"]:
         raise ConfigError(f"{where}: train_args.min_clients_per_round = {t['min_clients_per_round']} > "
                           f"{t['client_num_per_round']} clients per round (client_num_per_round)")

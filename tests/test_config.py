@@ -2,7 +2,9 @@ from pathlib import Path
 
 import pytest
 
+from data import nbaiot
 from fediot import config
+from fediot.config import validate
 from fediot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -107,3 +109,22 @@ def test_a_removed_key_says_why_it_went():
     with pytest.raises(config.ConfigError, match=r"validation_args\.threshold_outlier_mads was removed: each device "
                                                  r"detects with its own threshold.*; delete it"):
         config.validate({"validation_args": {"threshold_outlier_mads": 3.0}})
+
+
+def test_the_number_of_boards_follows_the_device_list_alone():
+    """Issue 23: scaling the loopback example took three edit-and-run cycles. With the shipped deployment config,
+    changing data_args.devices is the one edit: client counts are derived, the quorum is a majority, the loopback
+    ipconfig has rows for up to 9 boards."""
+    import yaml
+
+    from deployment.ipconfig import load_ipconfig
+    from fediot.rundir import repo_path
+
+    raw = yaml.safe_load((REPO / "config" / "fedml_config.yaml").read_text())
+    for devices in (["Danmini_Doorbell"], nbaiot.DEVICES[:5], list(nbaiot.DEVICES)):
+        raw["data_args"]["devices"] = list(devices)
+        cfg = validate(raw)
+        n = len(devices)
+        assert (cfg.train.client_num_in_total, cfg.train.client_num_per_round, cfg.train.min_clients_per_round) == (
+            n, n, n // 2 + 1)
+        assert set(range(n + 1)) <= set(load_ipconfig(repo_path(cfg.comm.grpc_ipconfig_path)))

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -17,6 +19,7 @@ import detect
 from fediot.config import validate
 from model.lean import Layer, LeanDetector, write_lean
 from model.normalization import Normalizer
+from tests.helpers import REPO
 from tests.rounds import deploy_values, metrics_of, run
 from traffic.alerts import Alert, AlertPublisher, RateLimiter, rfc5424
 from traffic.packets import PacketBatch, SkipCounts, parse_frame
@@ -305,3 +308,23 @@ def test_detect_summary_reports_its_memory_bounds(tmp_path, two_devices):
     with (tmp_path / "a.jsonl").open("w") as sink:
         s = detect.run_detection(model, batches_of(two_devices, 300), CAMERA, 5, sink, cfg=cfg)
     assert s["memory"]["sweeps"] > 0 and max(s["memory"]["tracked"][k] for k in ("mi", "h", "hh", "hp")) <= 100 + 2 * 300
+
+
+def test_commands_run_from_any_directory_through_the_launcher(tmp_path):
+    """`python -m detect` outside the repository says `No module named detect`; bin/fediot runs it (and capture)
+    with paths taken from the caller's directory."""
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0})
+    from traffic.simulator import write_pcap
+    write_pcap(tmp_path / "cap.pcap", TrafficSimulator(CAMERA, seed=0).capture(30.0))
+    env = {**os.environ, "PYTHON": sys.executable}
+    proc = subprocess.run([str(REPO / "bin" / "fediot"), "detect", ".", "--pcap", "cap.pcap", "--device", CAMERA,
+                           "--out", "alerts.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.splitlines()[-1])["packets"] > 0 and (tmp_path / "alerts.jsonl").is_file()
+    proc = subprocess.run([str(REPO / "bin" / "fediot"), "capture", "--pcap", "cap.pcap", "--device",
+                           f"cam={device_ip(CAMERA)}", "--out", "mine", "--simulate-attacks", "none"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "mine" / "cam" / "benign_traffic.csv").is_file()
+    proc = subprocess.run([str(REPO / "bin" / "fediot"), "nope"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown command" in proc.stderr and "fediot detect" in proc.stderr
