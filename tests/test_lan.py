@@ -189,6 +189,16 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     on = [m for m in got if m["topic"] == f"fediot/board1/{DEVICES[0]}/state" and m["payload"] == "ON"]
     assert on and on[0]["received_at"] - attack_at <= ALERT_WITHIN_S + 2.0
     assert any(m["topic"] == f"fediot/board1/{DEVICES[0]}/alert" for m in got)
+    record = os.environ.get("FEDIOT_LAN_RECORD")  # bench/bench_lan.py: what this run measured
+    if record:
+        Path(record).write_text(json.dumps({
+            "alert_latency_s": first - attack_at, "mqtt_latency_s": on[0]["received_at"] - attack_at,
+            "captured_rows": {d: json.loads((tmp_path / "local" / d / "provenance.json").read_text())["rows"]
+                              for d in DEVICES},
+            "false_alarms": {DEVICES[k - 1]: summaries[k - 1]["devices"][DEVICES[k - 1]] for k in (2, 3)},
+            "attacked": summaries[0]["devices"][DEVICES[0]], "model_swaps": [len(s["model_swaps"]) for s in summaries],
+            "detect_peak_rss_mb": [s["memory"]["peak_rss_mb"] for s in summaries],
+            "metrics": {"tpr": metrics["global"]["tpr"], "fpr": metrics["global"]["fpr"]}}, indent=1))
 
 
 SUBSCRIBER = '''
