@@ -5,4 +5,5 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE"
 bash install.sh
-exec .venv/bin/python -m pytest -q tests "$@"
+# two workers: the modules that mostly wait on real time on one, the rest in order on the other (tests/conftest.py)
+exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup tests "$@"

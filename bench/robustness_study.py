@@ -239,6 +239,7 @@ def main() -> None:
     p.add_argument("--rounds", nargs="+", type=int, default=[10, 20], help="run lengths")
     p.add_argument("--engine", default="inprocess", choices=["inprocess", "mpi"])
     p.add_argument("--out", default=str(REPO / "runs" / "robustness-study"))
+    p.add_argument("--table-only", action="store_true", help="write the table and figure from the results so far; run nothing")
     p.add_argument("--merge", nargs="*", default=[], type=Path,
                    help="other study directories (e.g. run in parallel on other attacks) whose cells join this one's")
     a = p.parse_args()
@@ -253,7 +254,7 @@ def main() -> None:
     cells = sorted({(attack if m else "none", m, robust == "on", seed) for attack in a.attacks for m in a.malicious
                     for robust in a.robust for seed in a.seeds}, key=lambda c: (c[1], c[0], c[3], not c[2]))
     run = run_inprocess if a.engine == "inprocess" else run_mpi
-    for i, (attack, m, robust, seed) in enumerate(cells, 1):
+    for i, (attack, m, robust, seed) in enumerate([] if a.table_only else cells, 1):
         keys = {r: cell_key(attack, m, robust, seed, r) for r in lengths}
         if all(k in results and "failed" not in results[k] for k in keys.values()):
             print(f"[{i}/{len(cells)}] {keys[lengths[-1]]}: done before", flush=True)
@@ -271,6 +272,7 @@ def main() -> None:
               f"global TPR {f3(last['global']['tpr'])} FPR {f3(last['global']['fpr'])}, lowest honest device TPR "
               f"{f3(last['honest']['min_device_tpr'])} ({time.monotonic() - started:.0f}s)", flush=True)
         write_json(results_path, results)
+    write_json(results_path, results)
     print(f"table: {write_table(results, a.attacks, sorted(set(a.malicious)), lengths, out)}")
     print(f"figure: {write_figure(results, a.attacks, sorted(set(a.malicious)), lengths[-1], out)}")
     print(out)

@@ -199,7 +199,7 @@ def test_idle_streams_are_forgotten_and_live_ones_keep_their_features():
 def test_a_flood_of_new_sockets_cannot_grow_the_extractor_past_its_cap():
     """mirai_syn sprays a new source socket per packet (1,500/s for 60 s): the unbounded extractor's HpHp table grows
     with every packet; with max_streams it stays under the cap (plus one batch of new keys), and the packets of the
-    camera's video stream (seen every few seconds at most: more recently than the 0.75 x max_streams newest flood
+    camera's video stream (seen every few seconds at most: more recently than the 0.5 x max_streams newest flood
     sockets) get exactly the features of the unbounded extractor."""
     packets = _traffic("mirai_syn", 240.0)
     cap, batch_size = 20_000, 256

@@ -24,7 +24,7 @@ import lan  # noqa: E402  (tools/lan.py)
 PREFIX = f"fl{os.getpid() % 100}"
 KINDS = ["Provision_PT_838_Security_Camera", "SimpleHome_XCS7_1002_WHT_Security_Camera", "Samsung_SNH_1011_N_Webcam"]
 DEVICES = ["porch-cam", "garage-cam", "nursery-cam"]  # the user's own names
-CAPTURE_S = 45.0  # seconds of benign traffic each board captures to learn from
+CAPTURE_S = 30.0  # seconds of benign traffic each board captures to learn from
 ALERT_WITHIN_S = 5.0  # the attacked device's board raises a window alert this soon after the attack's first packet
 FALSE_ALARM_RATE = 0.01  # at most this share of an unattacked device's packets raise window alerts
 MQTT_PORT = 1883
@@ -143,14 +143,14 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
             assert c.wait(60) == 0, (tmp_path / f"client{k}.log").read_text()[-2000:]
 
         # -- benign watching, then an attacker floods board 1's device
-        time.sleep(15.0)
+        time.sleep(10.0)
         flood = subprocess.run(lan.in_ns(atk, *py(str(REPO / "tools" / "lan.py"), "flood", "--interface", atk.interface,
                                                   "--src-ip", atk.ip, "--src-mac", atk.mac, "--target-ip", device_ip(1),
-                                                  "--target-mac", device_mac(1), "--seconds", "8")),
+                                                  "--target-mac", device_mac(1), "--seconds", "6")),
                                capture_output=True, text=True, timeout=60, cwd=REPO)
         assert flood.returncode == 0, flood.stderr
         attack_at = json.loads(flood.stdout.splitlines()[0])["first_packet_at"]
-        time.sleep(8.0)
+        time.sleep(6.0)
         for d in detects:
             d.terminate()
         summaries = []

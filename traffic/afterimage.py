@@ -129,7 +129,7 @@ def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, 
 
 
 STREAM_KINDS = ("mi", "h", "hh", "hp")
-LOW_WATER = 0.75  # a sweep over the cap keeps this share of max_streams, so the next one is max_streams/4 keys away
+LOW_WATER = 0.5  # a sweep over the cap keeps this share of max_streams: the next one is max_streams/2 new keys away (measured: bench/bench_detect_memory.py)
 
 
 class _Keys:
