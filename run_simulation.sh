@@ -35,8 +35,8 @@ export OMPI_MCA_mpi_yield_when_idle=1
 # ranks write through mpirun's pseudo-terminal: tell them whether the user's stdout is a terminal
 if [ -t 1 ]; then export FEDIOT_TTY=1; else export FEDIOT_TTY=0; fi
 # one machine: N+1 ranks on its cores; with a host file its slots place the ranks (oversubscribing would let
-# mpirun put every rank on the first host)
-if [ -n "$HOSTFILE" ]; then MPI_FLAGS=""; else MPI_FLAGS="--oversubscribe"; fi
+# mpirun put every rank on the first host), unbound: a host may list more slots than cores (ranks mostly wait)
+if [ -n "$HOSTFILE" ]; then MPI_FLAGS="--bind-to none"; else MPI_FLAGS="--oversubscribe"; fi
 [ "$(id -u)" = "0" ] && MPI_FLAGS="$MPI_FLAGS --allow-run-as-root"
 if [ -n "$HOSTFILE" ]; then
   case "$HOSTFILE" in /*) ;; *) HOSTFILE="$(pwd)/$HOSTFILE" ;; esac
