@@ -5,5 +5,5 @@ set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE"
 bash install.sh
-# two workers: the modules that mostly wait on real time on one, the rest in order on the other (tests/conftest.py)
-exec .venv/bin/python -m pytest -q -n 2 --dist loadgroup tests "$@"
+# three workers: the modules that mostly wait on real time beside the CPU-bound rest (tests/conftest.py)
+exec .venv/bin/python -m pytest -q -n 3 --dist loadgroup tests "$@"

@@ -95,6 +95,11 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
                                            "--seed", str(k))), tmp_path / f"replay{k + 1}.log")
                    for k, b in enumerate(boards)]
         procs += replays
+        for k in range(3):  # each device talks before its board starts capturing (its frames take seconds to build)
+            log = tmp_path / f"replay{k + 1}.log"
+            deadline = time.monotonic() + 120
+            while "first_packet_at" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+                time.sleep(0.2)
         captures = [start(lan.in_ns(b, *py("-m", "capture", "--interface", b.interface, "--duration", str(CAPTURE_S),
                                            "--device", f"{DEVICES[k]}={device_ip(k + 1)}", "--out", str(tmp_path / "local"),
                                            "--simulate-attacks", "mirai_syn,mirai_scan,gafgyt_udp", "--attack-seconds", "10")),
