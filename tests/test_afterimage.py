@@ -167,7 +167,7 @@ def _traffic(attack: str | None = None, seconds: float = 600.0):
 def test_a_sweep_changes_no_feature_of_a_kept_stream():
     """Sweeping after every batch (only never-updated reverse streams are idle at a tiny idle_weight) gives the same
     rows, bit for bit, as never sweeping: kept statistics, pairs, directions and renumbered ids are exact."""
-    packets = _traffic("mirai_syn", 300.0)
+    packets = _traffic("mirai_syn", 160.0)
     plain, swept = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=NEVER, idle_weight=1e-300)
     for b in _batches(packets, 500):
         want = plain.transform(b)
