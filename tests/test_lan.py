@@ -148,14 +148,14 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
             assert c.wait(60) == 0, (tmp_path / f"client{k}.log").read_text()[-2000:]
 
         # -- benign watching, then an attacker floods board 1's device
-        time.sleep(10.0)
+        time.sleep(6.0)
         flood = subprocess.run(lan.in_ns(atk, *py(str(REPO / "tools" / "lan.py"), "flood", "--interface", atk.interface,
                                                   "--src-ip", atk.ip, "--src-mac", atk.mac, "--target-ip", device_ip(1),
                                                   "--target-mac", device_mac(1), "--seconds", "6")),
                                capture_output=True, text=True, timeout=60, cwd=REPO)
         assert flood.returncode == 0, flood.stderr
         attack_at = json.loads(flood.stdout.splitlines()[0])["first_packet_at"]
-        time.sleep(6.0)
+        time.sleep(4.0)
         for d in detects:
             d.terminate()
         summaries = []
