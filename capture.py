@@ -42,7 +42,7 @@ from data.sources import PROVENANCE_FILE
 from fediot.config import DEVICE_NAME, DetectArgs, load, validate
 from fediot.errors import FedIoTError
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
-from traffic.packets import PacketBatch, SkipCounts, live_capture, parse_frame, read_capture
+from traffic.packets import PacketBatch, SkipCounts, frames_batch, live_capture, read_capture
 from traffic.simulator import TrafficSimulator
 from traffic.watch import Watch, Watcher, parse_watch
 
@@ -121,9 +121,7 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     start = own.time[0] + max(0.0, (span - seconds) / 2)
     end = start + seconds
     frames = sim.attack(attack, start, end)
-    attack_batch, skipped = PacketBatch(), SkipCounts()
-    for t, frame in frames:
-        parse_frame(t, frame, len(frame), attack_batch, skipped)
+    attack_batch = frames_batch(frames)
     merged = PacketBatch()
     order = np.argsort(np.concatenate([own.time, attack_batch.time]), kind="stable")
     for name in FIELDS:

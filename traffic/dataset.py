@@ -20,7 +20,7 @@ import pandas as pd
 from data import nbaiot
 from fediot.console import say
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
-from traffic.packets import PacketBatch, SkipCounts, parse_frame
+from traffic.packets import frames_batch
 from traffic.simulator import EPOCH, TrafficSimulator
 
 MARKER_FILE = "SYNTHETIC_DATA.txt"
@@ -29,9 +29,7 @@ WARMUP_S = 30.0
 
 def features_of(packets: list[tuple[float, bytes]]) -> tuple[np.ndarray, np.ndarray]:
     """(timestamps, rows) of simulated frames."""
-    batch, skipped = PacketBatch(), SkipCounts()
-    for t, frame in packets:
-        parse_frame(t, frame, len(frame), batch, skipped)
+    batch = frames_batch(packets)
     return np.asarray(batch.time), FeatureExtractor().transform(batch)
 
 

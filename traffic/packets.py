@@ -106,6 +106,14 @@ def parse_frame(ts: float, buf: bytes, wire_len: int, batch: PacketBatch, skippe
     batch.dst_port.append(dport)
 
 
+def frames_batch(frames: list[tuple[float, bytes]]) -> PacketBatch:
+    """(timestamp, Ethernet frame) pairs, e.g. the traffic simulator's, as one batch (frames that are not IP skipped)."""
+    batch, skipped = PacketBatch(), SkipCounts()
+    for t, frame in frames:
+        parse_frame(t, frame, len(frame), batch, skipped)
+    return batch
+
+
 def _reader(fh):
     head = fh.read(4)
     fh.seek(0)
