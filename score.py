@@ -41,7 +41,7 @@ def reevaluate(run_dir: Path) -> dict[str, Any]:
     cfg = config_mod.load(run_dir / "config.yaml")
     root, _ = prepare_data(cfg)
     splits = [part for device in cfg.devices for part in load_client_splits(cfg, root, device)]
-    scores = [score_device(detector.model, detector.normalizer, split) for split in splits]
+    scores = [score_device(detector.model, detector.normalizer_for(split.device), split) for split in splits]
     # a federated run's metrics lead with each device's own threshold (what its detector uses); a baseline's as saved
     primary = "device" if str(detector.meta.get("kind", "")).startswith("federated") else "global"
     return evaluate(scores, detector.global_threshold, detector.device_thresholds,
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FedIoTError("give --csv FILE to score, or --reevaluate")
         detector = load_detector(args.model)
         rows = read_feature_csv(args.csv)
-        scores = detector.score(rows)
+        scores = detector.score(rows, args.device)
         thr = detector.threshold_for(args.device)
         flags = scores > thr
         if args.out:

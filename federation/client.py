@@ -21,7 +21,7 @@ from evaluation.counts import client_report, held_out_counts
 from evaluation.scores import DeviceScores, score_device
 from federation.messages import (
     C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_HEADER_BYTES, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
-    RoundPlan, Update, ValStats,
+    RoundPlan, Update, ValStats, own_normalizer,
 )
 from federation.wire import MAGIC, header_length_bytes
 from fediot.config import ATTACKS, DEFAULTS, FedIoTConfig, device_of_client
@@ -261,11 +261,12 @@ def answers(home: dict[str, LocalClient], msg_type: str, fields: dict[str, Any])
     client named, each yielded as soon as it is ready (the server checks it while the next one is computed)."""
     if msg_type == S2C_TRAIN:
         for client, own in fields["clients"].items():
-            yield C2S_UPDATE, home[client].train(fields["model"], fields["normalizer"], RoundPlan.from_dict(own["plan"]))
+            yield C2S_UPDATE, home[client].train(fields["model"], own_normalizer(fields["normalizer"], own),
+                                                RoundPlan.from_dict(own["plan"]))
     elif msg_type == S2C_EVAL_STATS:
-        for client in fields["clients"]:
-            yield C2S_VAL_STATS, ValStats(fields["round"], client,
-                                          home[client].validation_stats(fields["model"], fields["normalizer"]))
+        for client, own in fields["clients"].items():
+            yield C2S_VAL_STATS, ValStats(fields["round"], client, home[client].validation_stats(
+                fields["model"], own_normalizer(fields["normalizer"], own)))
     elif msg_type == S2C_EVAL_COUNTS:
         for client, own in fields["clients"].items():
             yield C2S_REPORT, Report(fields["round"], home[client].report(fields["global_threshold"],

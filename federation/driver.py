@@ -101,7 +101,7 @@ def run_federation(state: RoundState, grid: Grid, out: RunOutputs, min_clients: 
 def _evaluate(state: RoundState, grid: Grid, out: RunOutputs, min_clients: int) -> None:
     """Evaluate `state.evaluated_state()` on every client's held-out rows, by counts only."""
     common = state.begin_eval()
-    stats, _ = _ask(grid, S2C_EVAL_STATS, {c: {} for c in state.cfg.clients}, common, min_clients, state, "val")
+    stats, _ = _ask(grid, S2C_EVAL_STATS, state.own_fields(state.cfg.clients), common, min_clients, state, "val")
     state.set_thresholds({c: v.stats for c, v in stats.items()})
     common, own = state.counts_request([c for c in state.cfg.clients if c in stats])
     reports, _ = _ask(grid, S2C_EVAL_COUNTS, own, common, min_clients, state, "report")

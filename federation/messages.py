@@ -13,9 +13,9 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 | HELLO | client → server | device (the client's name), n_train, feature_stats, held_out (validation, test, attacks: rows each) |
 | WELCOME | server → client | round |
 | PING | server → client | (none): "say hello if you are there" |
-| TRAIN | server → client | round, model, normalizer, clients: {client: {plan}} |
+| TRAIN | server → client | round, model, normalizer, clients: {client: {plan, scale (optional: its device's widened feature scales)}} |
 | UPDATE | client → server | round, client, model, n, loss, lr, train_seconds |
-| EVAL_STATS | server → client | round, model, normalizer, clients: {client: {}} |
+| EVAL_STATS | server → client | round, model, normalizer, clients: {client: {scale (optional, as in TRAIN)}} |
 | VAL_STATS | client → server | round, client, val_stats (count, total, total_sq) |
 | EVAL_COUNTS | server → client | round, global_threshold, window, clients: {client: {device_threshold (that client's own)}} |
 | REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
@@ -192,14 +192,21 @@ def _welcome(p: dict[str, Any], exp: Expectations) -> None:
 
 def _addressed(p: dict[str, Any], exp: Expectations, keys: set[str]) -> dict[str, dict[str, Any]]:
     """The clients a server message is about: 1..(the receiver's clients) of them, no other, each with exactly
-    `keys` (its own fields)."""
+    `keys` (its own fields) and, in a message with a normaliser, optionally `scale`: its device's widened feature
+    scales, each at least the normaliser's (`Normalizer.widened_for`)."""
     clients = _dict(p["clients"], "clients")
     if not 1 <= len(clients) <= len(exp.devices):
         _fail(f"clients must name 1..{len(exp.devices)} clients, not {len(clients)}")
     for name, fields in clients.items():
         if name not in exp.devices:
             _fail(f"client {name[:200]!r} is not one of the configured clients")
-        _dict(fields, f"clients[{name}]", keys)  # a configured name: short
+        if "normalizer" in p and isinstance(fields, dict) and "scale" in fields:
+            _dict(fields, f"clients[{name}]", keys | {"scale"})
+            _vector(fields["scale"], f"clients[{name}].scale", exp.n_features)
+            if any(w < s for w, s in zip(fields["scale"], p["normalizer"]["scale"])):
+                _fail(f"clients[{name}].scale must not be below normalizer.scale")
+        else:
+            _dict(fields, f"clients[{name}]", keys)  # a configured name: short
     return clients
 
 
@@ -216,9 +223,9 @@ def _train(p: dict[str, Any], exp: Expectations) -> None:
 
 def _eval_stats(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
+    _normalizer(p["normalizer"], exp)
     _addressed(p, exp, set())
     _state(p["model"], exp)
-    _normalizer(p["normalizer"], exp)
 
 
 def _eval_counts(p: dict[str, Any], exp: Expectations) -> None:
@@ -287,6 +294,11 @@ def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
         raise ProtocolError(f"{msg_type}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a check must never crash the receiver
         raise ProtocolError(f"{msg_type}: malformed ({type(exc).__name__}: {exc})") from None
+
+
+def own_normalizer(normalizer: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
+    """The normaliser a client uses: the request's, with its device's widened scales when the request has them."""
+    return normalizer if "scale" not in own else {**normalizer, "scale": own["scale"]}
 
 
 # ------------------------------------------------------------------------------------------ typed forms

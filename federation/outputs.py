@@ -9,6 +9,7 @@ import io
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from evaluation.metrics import rate_text
@@ -84,8 +85,10 @@ class RunOutputs:
         g_thr = state.thresholds["global"]
         # each client's threshold, and (several clients per device) its device's, for `detect --device NAME`
         own = dict(state.thresholds["device"]) | {device_of_client(c): t for c, t in state.thresholds["device"].items()}
+        scales = {name: np.asarray(state.device_scales[device_of_client(name)]) for name in own
+                  if device_of_client(name) in state.device_scales}
         Detector(state.final_model(), state.normalizer, state.cfg.validation.threshold_k, g_thr, own,
-                 state.final_meta()).save(self.run_dir / "model.pt")
+                 state.final_meta(), scales).save(self.run_dir / "model.pt")
         metrics = state.final_metrics()
         write_json(self.run_dir / "metrics.json", metrics)
         write_json(self.run_dir / "curves.json", state.curves)

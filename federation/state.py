@@ -60,6 +60,9 @@ class RoundState:
         torch.manual_seed(cfg.common.random_seed)
         self.model = AutoEncoder(nbaiot.N_FEATURES)
         self.normalizer: Normalizer | None = None
+        # device -> its widened feature scales (`Normalizer.widened_for`), only for devices whose own rows lie beyond
+        # the bounded normaliser's reach; its clients are sent them and its detector uses them
+        self.device_scales: dict[str, list[float]] = {}
         self.normalization: dict[str, Any] | None = None  # what the normaliser was fitted on (metrics.json)
         self.round = 0  # rounds completed
         self.thresholds: dict[str, Any] | None = None
@@ -120,6 +123,7 @@ class RoundState:
         self.model.load_state_dict(checkpoint["model"])
         self.normalizer = Normalizer.from_dict(checkpoint["normalizer"])
         self.normalization = checkpoint.get("normalization")
+        self.device_scales = dict(checkpoint.get("device_scales") or {})
         self.round = int(checkpoint["round_done"])
         self.thresholds = checkpoint.get("thresholds")
         self.record = checkpoint.get("pending_record") or {}
@@ -140,7 +144,7 @@ class RoundState:
         """Everything needed to resume after the last completed round (plain types and tensors only)."""
         return {"format": SERVER_CHECKPOINT_FORMAT, "round_done": self.round, "model": state_of(self.model),
                 "normalizer": self.normalizer.to_dict(), "normalization": self.normalization,
-                "thresholds": self.thresholds,
+                "device_scales": self.device_scales, "thresholds": self.thresholds,
                 "recent": list(self.recent) if self.recent.maxlen > 1 else None,  # None: just `model`
                 "pending_record": self.record or None,  # a round whose evaluation is still to come
                 "config": self.cfg.values}
@@ -164,12 +168,37 @@ class RoundState:
             self.normalizer, merged, how, cut = defenses.robust_normalizer(
                 stats, d.count_ratio_limit, self.trimmed, d.scale_ratio_limit, m.feature_transform, m.normalization)
             self._notice("feature statistics", cut)
+            if self.trimmed:
+                how += self._widen(stats)
         else:
             merged = FeatureStats.merge(list(stats.values()))
             self.normalizer = Normalizer.from_stats(merged, m.feature_transform, m.normalization)
             how = "training benign rows of all clients (merged statistics)"
         self.normalization = {"method": m.normalization, "transform": m.feature_transform, "fitted_on": how,
                               "train_rows": merged.count, "clients": sorted(stats)}
+
+    def _widen(self, stats: dict[str, FeatureStats]) -> str:
+        """Each device's own normaliser: the bounded one widened for the device's own statistics (its clients'
+        merged) where its rows lie beyond scale_ratio_limit scales (`Normalizer.widened_for`); what metrics.json says."""
+        by_device: dict[str, list[FeatureStats]] = {}
+        for client in sorted(stats):
+            by_device.setdefault(device_of_client(client), []).append(stats[client])
+        widened = {}
+        for device, parts in by_device.items():
+            scale = self.normalizer.widened_for(FeatureStats.merge(parts), self.defenses.scale_ratio_limit).scale
+            n = int(np.count_nonzero(scale > self.normalizer.scale))
+            if n:
+                self.device_scales[device], widened[device] = scale.tolist(), n
+        self.notices.extend(f"feature normalisation of {d} widened on {n} feature(s): its own rows lie beyond "
+                            f"{self.defenses.scale_ratio_limit:g} scales of the bounded normalisation"
+                            for d, n in sorted(widened.items()))
+        return ("; widened for a device's own rows where they lie beyond that many scales (its detector uses "
+                "its own scales): " + ", ".join(f"{d} on {n} feature(s)" for d, n in sorted(widened.items()))) if widened else ""
+
+    def own_fields(self, clients: list[str]) -> dict[str, dict[str, Any]]:
+        """What a request carries for each client besides what is common: its device's widened scales, if any."""
+        return {c: {"scale": self.device_scales[device_of_client(c)]} if device_of_client(c) in self.device_scales
+                else {} for c in clients}
 
     # -- training
     def lr(self) -> float:
@@ -205,8 +234,9 @@ class RoundState:
         return self._global()
 
     def plans(self) -> dict[str, dict[str, Any]]:
-        """What differs per sampled client in this round's TRAIN request: its plan."""
-        return {c: {"plan": self.plan(c).to_dict()} for c in self.sampled}
+        """What differs per sampled client in this round's TRAIN request: its plan (and its widened scales)."""
+        own = self.own_fields(self.sampled)
+        return {c: {"plan": self.plan(c).to_dict(), **own[c]} for c in self.sampled}
 
     def finish_round(self, updates: dict[str, Update], dropped: list[str],
                      traffic: dict[str, Any] | None = None) -> str:

@@ -15,7 +15,7 @@ from torch import nn
 
 from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
-from model.lean import Layer, lean_path, threshold_for, write_lean
+from model.lean import Layer, lean_path, normalizer_for, threshold_for, write_lean
 from model.normalization import FeatureStats, Normalizer
 
 CHECKPOINT_FORMAT = "fediot-detector-v1"
@@ -135,6 +135,8 @@ class Detector:
     global_threshold: float
     device_thresholds: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    # device -> its own feature scales where the federation widened them (`Normalizer.widened_for`)
+    device_scales: dict[str, np.ndarray] = field(default_factory=dict)
 
     @classmethod
     def fit(cls, train: dict[str, np.ndarray], validation: dict[str, np.ndarray], *, transform: str,
@@ -155,16 +157,20 @@ class Detector:
             {d: ErrorStats.of(reconstruction_errors(model, normalizer(rows))) for d, rows in validation.items()}, k)
         return cls(model, normalizer, k, glob, per_device, dict(meta or {})), losses
 
-    def score(self, raw_rows: np.ndarray) -> np.ndarray:
-        """Per-row reconstruction MSE of raw (un-normalised) rows."""
-        return reconstruction_errors(self.model, self.normalizer(raw_rows))
+    def normalizer_for(self, device: str | None = None) -> Normalizer:
+        """The device's normalisation: the federation's, with the device's own scales where they were widened."""
+        return normalizer_for(self.normalizer, self.device_scales, device)
+
+    def score(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
+        """Per-row reconstruction MSE of raw (un-normalised) rows of `device` (None: a device outside the federation)."""
+        return reconstruction_errors(self.model, self.normalizer_for(device)(raw_rows))
 
     def threshold_for(self, device: str | None = None) -> float:
         return threshold_for(self.global_threshold, self.device_thresholds, device)
 
     def predict(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
         """True where a row is flagged as an attack."""
-        return self.score(raw_rows) > self.threshold_for(device)
+        return self.score(raw_rows, device) > self.threshold_for(device)
 
     def lean_layers(self) -> list[Layer]:
         """The autoencoder as numpy layers, in order, each with the activation that follows it."""
@@ -182,7 +188,7 @@ class Detector:
     def export_lean(self, path: str | Path) -> Path:
         """Write the numpy detector (model.npz) that detect.py runs without torch."""
         return write_lean(lean_path(path), self.lean_layers(), self.normalizer, self.threshold_k,
-                          self.global_threshold, dict(self.device_thresholds), self.meta)
+                          self.global_threshold, dict(self.device_thresholds), self.meta, self.device_scales)
 
     def save(self, path: str | Path) -> Path:
         """Write the checkpoint atomically (temp file + rename), and its numpy export beside it."""
@@ -197,6 +203,7 @@ class Detector:
             "global_threshold": self.global_threshold,
             "device_thresholds": dict(self.device_thresholds),
             "meta": self.meta,
+            "device_scales": {d: np.asarray(v, dtype=np.float64).tolist() for d, v in self.device_scales.items()},
         }
         buf = io.BytesIO()
         torch.save(payload, buf)
@@ -219,4 +226,5 @@ class Detector:
         model.load_state_dict(payload["state_dict"])
         model.eval()
         return cls(model, Normalizer.from_dict(payload["normalizer"]), payload["threshold_k"],
-                   payload["global_threshold"], dict(payload["device_thresholds"]), payload.get("meta", {}))
+                   payload["global_threshold"], dict(payload["device_thresholds"]), payload.get("meta", {}),
+                   {d: np.asarray(v, dtype=np.float64) for d, v in (payload.get("device_scales") or {}).items()})

@@ -43,14 +43,19 @@ class Layer:
 
 
 def write_lean(path: Path, layers: list[Layer], normalizer: Normalizer, threshold_k: float, global_threshold: float,
-               device_thresholds: dict[str, float], meta: dict[str, Any]) -> Path:
+               device_thresholds: dict[str, float], meta: dict[str, Any],
+               device_scales: dict[str, np.ndarray] | None = None) -> Path:
     """Write the numpy export atomically (arrays + one JSON header, no pickles)."""
+    scaled = sorted(device_scales or {})
     header = {"format": LEAN_FORMAT, "activations": [la.activation for la in layers],
               "transform": normalizer.transform, "method": normalizer.method, "threshold_k": threshold_k,
-              "global_threshold": global_threshold, "device_thresholds": device_thresholds, "meta": meta}
+              "global_threshold": global_threshold, "device_thresholds": device_thresholds, "meta": meta,
+              "device_scales": scaled}
     arrays: dict[str, np.ndarray] = {"header": np.array(json.dumps(header)),
                                      "offset": np.asarray(normalizer.offset, dtype=np.float64),
                                      "scale": np.asarray(normalizer.scale, dtype=np.float64)}
+    for i, device in enumerate(scaled):  # array i: header["device_scales"][i]'s own scales
+        arrays[f"device_scale{i}"] = np.asarray(device_scales[device], dtype=np.float64)
     for i, la in enumerate(layers):
         arrays[f"w{i}"] = np.asarray(la.weight, dtype=np.float32)
         arrays[f"b{i}"] = np.asarray(la.bias, dtype=np.float32)
@@ -65,6 +70,13 @@ def threshold_for(global_threshold: float, device_thresholds: dict[str, float], 
     if device is not None and device in device_thresholds:
         return device_thresholds[device]
     return global_threshold
+
+
+def normalizer_for(normalizer: Normalizer, device_scales: dict[str, np.ndarray], device: str | None) -> Normalizer:
+    """The device's normalisation: the federation's offset, and the device's own (widened) scales when it has them."""
+    if device is None or device not in device_scales:
+        return normalizer
+    return Normalizer(normalizer.transform, normalizer.method, normalizer.offset, device_scales[device])
 
 
 def _check(ok: bool, path: Path, what: str) -> None:
@@ -82,6 +94,7 @@ class LeanDetector:
     global_threshold: float
     device_thresholds: dict[str, float] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    device_scales: dict[str, np.ndarray] = field(default_factory=dict)  # as model.detector.Detector's
 
     @classmethod
     def load(cls, model: str | Path) -> "LeanDetector":
@@ -123,17 +136,27 @@ class LeanDetector:
                "thresholds and threshold_k must be finite numbers")
         _check(header.get("transform") in TRANSFORMS, path, f"transform must be one of {TRANSFORMS}")
         normalizer = Normalizer(str(header.get("transform")), str(header.get("method")), offset, scale)
+        scaled = header.get("device_scales") or []
+        _check(isinstance(scaled, list) and all(isinstance(d, str) for d in scaled), path,
+               "device_scales must be a list of device names")
+        device_scales = {}
+        for i, device in enumerate(scaled):
+            own = arrays.get(f"device_scale{i}")
+            _check(own is not None and own.dtype.kind in "fiu" and own.shape == (width,)
+                   and bool(np.isfinite(own).all() and (own > 0).all()), path,
+                   f"device {device}: {width} finite feature scales > 0 expected")
+            device_scales[device] = own.astype(np.float64)
         meta = header.get("meta") or {}
         return cls(layers, normalizer, float(header.get("threshold_k", 0.0)), float(header["global_threshold"]),
-                   {str(k): float(v) for k, v in devices.items()}, meta if isinstance(meta, dict) else {})
+                   {str(k): float(v) for k, v in devices.items()}, meta if isinstance(meta, dict) else {}, device_scales)
 
     @property
     def input_dim(self) -> int:
         return int(self.layers[0].weight.shape[1])
 
-    def score(self, raw_rows: np.ndarray) -> np.ndarray:
-        """Per-row reconstruction MSE of raw (un-normalised) rows, as model.detector.Detector.score."""
-        x_all = self.normalizer(np.asarray(raw_rows, dtype=np.float64))
+    def score(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
+        """Per-row reconstruction MSE of raw (un-normalised) rows of `device`, as model.detector.Detector.score."""
+        x_all = normalizer_for(self.normalizer, self.device_scales, device)(np.asarray(raw_rows, dtype=np.float64))
         out = np.empty(len(x_all), dtype=np.float64)
         for start in range(0, len(x_all), SCORE_BATCH_ROWS):
             x = x_all[start:start + SCORE_BATCH_ROWS]

@@ -137,6 +137,18 @@ class Normalizer:
         offset = np.clip(self.offset, robust.offset - reach, robust.offset + reach)
         return Normalizer(self.transform, self.method, offset, scale)
 
+    def widened_for(self, own: FeatureStats, limit: float) -> "Normalizer":
+        """This normaliser with each feature's scale widened (never narrowed) until a device's own training rows
+        lie within `limit` scales of the offset on average and spread at most `limit` scales: max(scale,
+        own spread / limit, |own centre - offset| / limit). A bound (`bounded_by`) cannot tell f honest devices
+        that differ from the rest from f liars, and an honest device stretched by it is lost (issue 22: N-BaIoT
+        without Ecobee, two doorbells' jitter features at 200-300 scales from the offset: their TPR 0); widening
+        for the device's own statistics undoes that for that device only, so a client's numbers still reach
+        no normaliser but its own."""
+        ref = Normalizer.from_stats(own, self.transform, self.method)
+        scale = np.maximum(self.scale, np.maximum(ref.scale / limit, np.abs(ref.offset - self.offset) / limit))
+        return Normalizer(self.transform, self.method, self.offset, scale)
+
     def __call__(self, rows: np.ndarray) -> np.ndarray:
         t = apply_transform(rows, self.transform)
         if t is rows:

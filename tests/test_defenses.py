@@ -159,3 +159,60 @@ def test_ipm_and_alie_send_what_they_are_named_for():
         else:
             assert all(bool(((sent[k] - delta[k]).abs() <= scale * delta[k].abs() + 1e-6).all()) for k in delta)
             assert all(bool((sent[k] <= delta[k] + 1e-6).all()) for k in delta)
+
+
+def test_a_devices_own_rows_widen_only_its_own_normalisation():
+    """Two honest devices far from the other six on some features are what two liars inflating them look like, so
+    the bound stretches them (issue 22: N-BaIoT without Ecobee, both doorbells at TPR 0). Widening for a device's
+    own statistics gives those two their own scales back and leaves every other device with the bounded one; a
+    liar's statistics reach only its own scales."""
+    from federation.state import RoundState
+    from fediot.config import validate
+
+    devices = ["Danmini_Doorbell", "Ennio_Doorbell", "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera",
+               "Provision_PT_838_Security_Camera", "Samsung_SNH_1011_N_Webcam",
+               "SimpleHome_XCS7_1002_WHT_Security_Camera", "SimpleHome_XCS7_1003_WHT_Security_Camera"]
+    rng = np.random.default_rng(5)
+    rows = {d: rng.lognormal(1.0, 0.3, (300, 115)) for d in devices}
+    for d in devices[:2]:  # the doorbells: ten features at another place and spread
+        rows[d][:, 60:70] = rng.lognormal(8.0, 1.0, (300, 10))
+    stats = {d: FeatureStats.of(r, "log1p") for d, r in rows.items()}
+    cfg = validate({"common_args": {"training_type": "simulation"},
+                    "data_args": {"dataset": "synthetic", "devices": devices},
+                    "train_args": {"client_num_in_total": None, "client_num_per_round": None},
+                    "comm_args": {"backend": "MPI"}})
+    state = RoundState(cfg, {"source": "synthetic"}, "federated")
+    state.fit_normalizer(stats)
+    limit = cfg.defenses.scale_ratio_limit
+    bounded = state.normalizer
+    assert set(state.device_scales) == set(devices[:2])
+    for d in devices[:2]:
+        own = Normalizer(bounded.transform, bounded.method, bounded.offset, np.asarray(state.device_scales[d]))
+        z = own(rows[d])  # the device's own rows: within `limit` scales of the offset, spread at most `limit`
+        assert np.abs(z.mean(axis=0)).max() <= limit * 1.001 and z.std(axis=0).max() <= limit * 1.001
+        assert np.all(own.scale >= bounded.scale) and np.count_nonzero(own.scale > bounded.scale) == 10
+        assert np.abs(bounded(rows[d]).mean(axis=0)).max() > limit  # what the bound alone did to it
+    assert state.own_fields(devices) == {d: {"scale": state.device_scales[d]} for d in devices[:2]} | {
+        d: {} for d in devices[2:]}
+    assert "widened for a device's own rows" in state.normalization["fitted_on"]
+    assert any("feature normalisation of Danmini_Doorbell widened on 10 feature(s)" in n for n in state.take_notices())
+
+    # a liar (statistics of rows 10x larger) widens its own scales; an honest device's normalisation is the bounded
+    # one (which the liar moves only as far as the bound lets it: test above) or that widened for its own rows
+    liar = "Provision_PT_838_Security_Camera"
+    s = stats[liar]
+    lying = dict(stats, **{liar: FeatureStats(s.count, s.total * 10, s.total_sq * 100, s.minimum * 10, s.maximum * 10)})
+    attacked = RoundState(cfg, {"source": "synthetic"}, "federated")
+    attacked.fit_normalizer(lying)
+    assert liar in attacked.device_scales and set(attacked.device_scales) <= set(devices[:2]) | {liar}
+
+
+def test_widening_never_narrows_and_leaves_a_device_inside_the_reach_alone():
+    rng = np.random.default_rng(1)
+    base = Normalizer.fit(rng.lognormal(1, 0.5, (500, 115)), "log1p", "zscore")
+    inside = FeatureStats.of(rng.lognormal(1, 0.5, (200, 115)), "log1p")
+    assert np.array_equal(base.widened_for(inside, 4.0).scale, base.scale)
+    far = FeatureStats.of(rng.lognormal(6, 2.0, (200, 115)), "log1p")
+    wide = base.widened_for(far, 4.0)
+    assert np.all(wide.scale >= base.scale) and np.all(wide.scale > base.scale)
+    assert np.array_equal(wide.offset, base.offset)

@@ -9,7 +9,7 @@ import torch
 
 from data.loader import read_feature_csv
 from model.autoencoder import AutoEncoder
-from model.detector import Detector, train_autoencoder
+from model.detector import Detector, reconstruction_errors, train_autoencoder
 from model.lean import LeanDetector
 from model.normalization import Normalizer
 from tests.helpers import REAL_SAMPLE, REPO
@@ -60,6 +60,27 @@ def test_same_scores_as_torch_on_real_rows(trained):
     assert torch_scores.max() > 1.0          # attack rows with large scores are in the comparison
     assert lean.threshold_for("Danmini_Doorbell") == 0.25 and lean.threshold_for(None) == 0.5
     assert lean.threshold_for("unknown") == det.threshold_for("unknown") == 0.5
+
+
+def test_a_devices_widened_scales_survive_both_files_and_score_its_rows(trained, tmp_path):
+    """A device whose normalisation the federation widened (`Normalizer.widened_for`) is scored with its own scales by
+    model.pt and model.npz alike; other devices and devices outside the federation with the federation's."""
+    _, det = trained
+    wide = det.normalizer.scale * np.where(np.arange(115) < 10, 50.0, 1.0)
+    Detector(det.model, det.normalizer, 3.0, 0.5, {"Danmini_Doorbell": 0.25}, {},
+             {"Danmini_Doorbell": wide}).save(tmp_path / "model.pt")
+    rows = read_feature_csv(REAL_SAMPLE / "benign_traffic.csv")
+    back, lean = Detector.load(tmp_path), LeanDetector.load(tmp_path)
+    own = Normalizer(det.normalizer.transform, det.normalizer.method, det.normalizer.offset, wide)
+    for d in (back, lean):
+        assert np.abs(d.score(rows, "Danmini_Doorbell") - reconstruction_errors(det.model, own(rows))).max() <= 1e-5
+        assert np.abs(d.score(rows, "Ecobee_Thermostat") - det.score(rows)).max() <= 1e-5
+        assert np.abs(d.score(rows, "Danmini_Doorbell") - d.score(rows)).max() > 1e-4
+    bad = dict(np.load(tmp_path / "model.npz"))
+    bad["device_scale0"] = -bad["device_scale0"]
+    np.savez(tmp_path / "bad.npz", **bad)
+    with pytest.raises(ValueError, match="device Danmini_Doorbell: 115 finite feature scales > 0 expected"):
+        LeanDetector.load(tmp_path / "bad.npz")
 
 
 def test_detect_runs_without_torch_and_flags_what_torch_flags(trained, tmp_path):

@@ -32,52 +32,6 @@ def test_deployment_config_gives_the_golden_metrics(tmp_path):
     assert (run_dir / "checkpoint.pt").is_file()  # a deployment checkpoints every round
 
 
-def test_nine_client_synthetic_defaults_meet_targets(tmp_path):
-    """The README's offline main job (config_simulation/fedml_config_synthetic.yaml): 9 clients, 20 rounds."""
-    from fediot.config import load
-
-    values = load("config_simulation/fedml_config_synthetic.yaml").values
-    values["common_args"]["run_dir_root"] = str(tmp_path / "runs")
-    said: list[str] = []
-    _, _, run_dir = run(values, said=said)
-    assert_readme_sample(said)
-    m = metrics_of(run_dir)
-    assert len(m["devices"]) == 9
-    assert m["global"]["tpr"] >= 0.99 and m["global"]["fpr"] <= 0.01  # each device with its own threshold
-    assert all(e["fpr"] <= 0.02 and e["tpr"] >= 0.98 for e in m["devices"].values()), m["devices"]
-    rounds = rounds_of(run_dir)
-    assert len(rounds) == 20 and all(r["data_source"] == "synthetic" for r in rounds)
-    assert [r["round"] for r in rounds if "eval" in r] == [5, 10, 15, 20]
-    # every client trains every round: the latest global model is evaluated and saved
-    assert not any("eval_model_rounds" in r for r in rounds) and m["model"]["average_of_rounds"] == [20, 20]
-
-
-def assert_readme_sample(said: list[str]) -> None:
-    """README's sample output is what this config prints: each line of the block is a line the run said (seconds
-    and paths aside; a line ending in "…" is a prefix; "…" alone stands for lines left out). The launcher's own
-    lines (its first, its last two) are checked by the MPI test."""
-    import re
-
-    from tests.helpers import REPO
-
-    readme = (REPO / "README.md").read_text()
-    block = readme.split("<!-- sample: config_simulation/fedml_config_synthetic.yaml -->\n```\n", 1)[1].split("```", 1)[0]
-    lines = block.strip().splitlines()
-    assert lines[0].startswith("FedIoT simulation: 9 clients, 20 rounds, data synthetic; run directory ")
-    assert lines[-2].startswith("outputs: metrics.json, rounds.jsonl, model.pt")
-
-    def plain(line: str) -> str:
-        return re.sub(r"\(\d+\.\ds\)", "(s)", re.sub(r"/\S*/runs/\S*", "RUN", line))
-
-    ours = [plain(line) for line in said]
-    for line in lines[1:-2]:
-        if line == "…":
-            continue
-        want = plain(line)
-        found = any(o.startswith(want[:-1]) for o in ours) if want.endswith("…") else want in ours
-        assert found, f"README sample line not printed by the run: {line}"
-
-
 def test_outputs_tensorboard_report_and_what_the_console_says(tmp_path):
     import struct
 
@@ -349,3 +303,27 @@ def test_rounds_jsonl_lines_are_json_objects(tmp_path):
     for line in (run_dir / "rounds.jsonl").read_text().splitlines():
         r = json.loads(line)
         assert r["rejected"] == 0 and r["bytes_sent"] > 0 and r["bytes_received"] > 0
+
+
+def test_a_widened_devices_clients_and_its_detector_use_its_own_scales(tmp_path):
+    """With trimming on (5 clients, byzantine_clients 1) the bound stretches a device far from the others and the
+    state widens that device's scales (`Normalizer.widened_for`): its clients train and score with them (sent in
+    their TRAIN and EVAL_STATS entries), model.pt keeps them, and `score --reevaluate` of model.pt gives the run's
+    counts for every device, the widened one included."""
+    from model.detector import Detector
+    from score import reevaluate
+
+    devices = ["Danmini_Doorbell", "Philips_B120N10_Baby_Monitor", "Provision_PT_737E_Security_Camera",
+               "Provision_PT_838_Security_Camera", "Samsung_SNH_1011_N_Webcam"]  # one doorbell among cameras
+    state, _, run_dir = run(sim_values(tmp_path, data_args__devices=devices, train_args__client_num_in_total=5,
+                                       train_args__client_num_per_round=5, train_args__comm_round=1,
+                                       train_args__byzantine_clients=1))
+    assert state.device_scales, "no device was widened: the case is gone"
+    m = metrics_of(run_dir)
+    assert "widened for a device's own rows" in m["normalization"]["fitted_on"]
+    again = reevaluate(run_dir)
+    for d in devices:
+        for mode in ("device", "global"):
+            got, want = again["devices"][d]["modes"][mode], m["devices"][d]["modes"][mode]
+            assert (got["tp"], got["fp"], got["tn"], got["fn"]) == (want["tp"], want["fp"], want["tn"], want["fn"]), d
+    assert set(Detector.load(run_dir).device_scales) == set(state.device_scales)

@@ -147,6 +147,13 @@ def test_validators_refuse_lies_about_shape_type_and_range(exchange):
         "not one of the configured clients")
     bad(S2C_TRAIN, lambda f: f.__setitem__("clients", {}), "clients must name 1..1")
     bad(S2C_TRAIN, lambda f: f["clients"][DEVICE].__setitem__("extra", 1), "exactly the keys")
+    # a device's widened scales: one per feature, never below the normaliser's
+    bad(S2C_TRAIN, lambda f: f["clients"][DEVICE].__setitem__("scale", [2.0] * 3), "scale must be a list of 115")
+    bad(S2C_TRAIN, lambda f: f["clients"][DEVICE].__setitem__("scale", [s / 2 for s in f["normalizer"]["scale"]]),
+        "must not be below normalizer.scale")
+    widened = dict(messages[S2C_TRAIN], clients={DEVICE: {**messages[S2C_TRAIN]["clients"][DEVICE],
+                                                          "scale": [2 * s for s in messages[S2C_TRAIN]["normalizer"]["scale"]]}})
+    validate(S2C_TRAIN, widened, exp)
     bad(S2C_EVAL_COUNTS, lambda f: f["clients"][DEVICE].__setitem__("device_threshold", -1.0), "device_threshold")
     bad(S2C_EVAL_COUNTS, lambda f: f.__setitem__("clients", [DEVICE]), "clients must be a mapping")
     with pytest.raises(ProtocolError, match="unknown message type"):
