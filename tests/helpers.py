@@ -140,3 +140,12 @@ class LocalHTTPServer:
     def __exit__(self, *exc) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def frame_batches(frames: list[tuple[float, bytes]], size: int):
+    """(timestamp, frame) pairs, e.g. the traffic simulator's, as detect's input: (batch, skip counts) of `size`
+    frames each."""
+    from traffic.packets import SkipCounts, frames_batch
+
+    for start in range(0, len(frames), size):
+        yield frames_batch(frames[start:start + size]), SkipCounts()

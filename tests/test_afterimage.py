@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from data import nbaiot
+from tests.helpers import frame_batches
 from traffic.afterimage import FeatureExtractor
 from traffic.packets import PacketBatch
 
@@ -143,16 +144,6 @@ def test_ipv4_and_ipv6_keys_agree_across_batchings_and_never_collide():
 NEVER = 10**12  # max_streams of an extractor that never sweeps (the reference)
 
 
-def _batches(packets, size):
-    from traffic.packets import SkipCounts, parse_frame
-
-    for start in range(0, len(packets), size):
-        b, skipped = PacketBatch(), SkipCounts()
-        for ts, frame in packets[start:start + size]:
-            parse_frame(ts, frame, len(frame), b, skipped)
-        yield b
-
-
 def _traffic(attack: str | None = None, seconds: float = 600.0):
     from traffic.simulator import TrafficSimulator
 
@@ -169,7 +160,7 @@ def test_a_sweep_changes_no_feature_of_a_kept_stream():
     rows, bit for bit, as never sweeping: kept statistics, pairs, directions and renumbered ids are exact."""
     packets = _traffic("mirai_syn", 160.0)
     plain, swept = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=NEVER, idle_weight=1e-300)
-    for b in _batches(packets, 500):
+    for b, _ in frame_batches(packets, 500):
         want = plain.transform(b)
         got = swept.transform(b)
         assert np.array_equal(got, want)
@@ -187,7 +178,7 @@ def test_idle_streams_are_forgotten_and_live_ones_keep_their_features():
     packets = sorted(first + other, key=lambda p: p[0])
     plain, bounded = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=400)
     doorbell_ip = first[0][1][26:30]
-    for b in _batches(packets, 400):
+    for b, _ in frame_batches(packets, 400):
         want, got = plain.transform(b), bounded.transform(b)
         camera = np.array([s != doorbell_ip and d != doorbell_ip for s, d in zip(b.src_ip, b.dst_ip)])
         assert np.array_equal(got[camera], want[camera])
@@ -205,7 +196,7 @@ def test_a_flood_of_new_sockets_cannot_grow_the_extractor_past_its_cap():
     cap, batch_size = 20_000, 256
     plain, bounded = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=cap)
     largest = 0
-    for b in _batches(packets, batch_size):
+    for b, _ in frame_batches(packets, batch_size):
         want, got = plain.transform(b), bounded.transform(b)
         largest = max(largest, max(bounded.tracked()[k] for k in ("mi", "h", "hh", "hp")))
         udp_video = np.array([p == 10000 for p in b.dst_port])

@@ -19,10 +19,9 @@ import detect
 from fediot.config import validate
 from model.lean import Layer, LeanDetector, write_lean
 from model.normalization import Normalizer
-from tests.helpers import REPO
+from tests.helpers import REPO, frame_batches
 from tests.rounds import deploy_values, metrics_of, run
 from traffic.alerts import Alert, AlertPublisher, RateLimiter, rfc5424
-from traffic.packets import PacketBatch, SkipCounts, parse_frame
 from traffic.simulator import TrafficSimulator, device_ip, device_mac
 
 CAMERA, DOORBELL = "Provision_PT_737E_Security_Camera", "Danmini_Doorbell"
@@ -36,14 +35,6 @@ def lean_model(path: Path, thresholds: dict[str, float], global_threshold: float
               Layer(rng.normal(scale=0.05, size=(115, 8)), np.zeros(115), "linear")]
     normalizer = Normalizer("log1p", "zscore", np.zeros(115), np.ones(115))
     return write_lean(path, layers, normalizer, 5.0, global_threshold, thresholds, meta or {})
-
-
-def batches_of(packets: list[tuple[float, bytes]], size: int):
-    for start in range(0, len(packets), size):
-        b, skipped = PacketBatch(), SkipCounts()
-        for ts, frame in packets[start:start + size]:
-            parse_frame(ts, frame, len(frame), b, skipped)
-        yield b, skipped
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +53,7 @@ def test_watched_devices_each_get_their_own_threshold(tmp_path, two_devices):
     watches = [detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}"),
                detect.parse_watch(f"{DOORBELL}={device_mac(DOORBELL).hex(':')}")]
     with out.open("w") as sink:
-        summary = detect.run_detection(model, batches_of(two_devices, 500), None, 1, sink, watches)
+        summary = detect.run_detection(model, frame_batches(two_devices, 500), None, 1, sink, watches)
     alerts = [json.loads(line) for line in out.read_text().splitlines()]
     per = summary["devices"]
     assert per[CAMERA]["packets"] > 0 and per[CAMERA]["packet_alerts"] == 0
@@ -120,7 +111,7 @@ def test_detect_follows_a_newer_model_between_batches_without_dropping_packets(t
     follower = detect.ModelFollower(tmp_path / "runs", 1e-6, [CAMERA], False)
     model, _ = follower.wait_first(timeout_s=5)
     swap_at = 4
-    batches = list(batches_of(two_devices, 400))
+    batches = list(frame_batches(two_devices, 400))
 
     def feed():
         for i, b in enumerate(batches):
@@ -207,7 +198,7 @@ def test_window_alerts_reach_a_syslog_collector_rate_limited(tmp_path, two_devic
     publisher = AlertPublisher(detect.network_sinks(cfg, "board-1", [DOORBELL, CAMERA]), cfg.alert_queue)
     watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}"), detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}")]
     with (tmp_path / "alerts.jsonl").open("w") as sink:
-        summary = detect.run_detection(model, batches_of(two_devices, 500), None, 1, sink, watches, cfg,
+        summary = detect.run_detection(model, frame_batches(two_devices, 500), None, 1, sink, watches, cfg,
                                        publisher=publisher)
     publisher.close()
     srv.close() if scheme == "udp" else None
@@ -285,7 +276,7 @@ def test_alerts_reach_home_assistant_over_a_real_mqtt_broker(tmp_path, two_devic
     publisher = AlertPublisher(detect.network_sinks(cfg, "board-1", [DOORBELL, CAMERA]), cfg.alert_queue)
     watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}"), detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}")]
     with (tmp_path / "alerts.jsonl").open("w") as sink:
-        detect.run_detection(model, batches_of(two_devices, 500), None, 1, sink, watches, cfg, publisher=publisher)
+        detect.run_detection(model, frame_batches(two_devices, 500), None, 1, sink, watches, cfg, publisher=publisher)
     publisher.close()
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and got.get("fediot/board-1/status", [])[-1:] != ["offline"]:
@@ -306,7 +297,7 @@ def test_detect_summary_reports_its_memory_bounds(tmp_path, two_devices):
     model = LeanDetector.load(lean_model(tmp_path / "model.npz", {CAMERA: 1.0}))
     cfg = validate({"detect_args": {"max_streams": 100}}).detect
     with (tmp_path / "a.jsonl").open("w") as sink:
-        s = detect.run_detection(model, batches_of(two_devices, 300), CAMERA, 5, sink, cfg=cfg)
+        s = detect.run_detection(model, frame_batches(two_devices, 300), CAMERA, 5, sink, cfg=cfg)
     assert s["memory"]["sweeps"] > 0 and max(s["memory"]["tracked"][k] for k in ("mi", "h", "hh", "hp")) <= 100 + 2 * 300
 
 
