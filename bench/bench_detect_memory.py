@@ -9,7 +9,7 @@ Captures (the README's camera model, traffic.train_device Provision_PT_737E_Secu
   issue 23: 13 minutes, 1.19 M packets took detect to 727 MB);
 * spray: `--spray-sockets` SYNs to the camera over `--spray-minutes`, each from a distinct source IP and port
   (spoofed), on top of its benign traffic.
-Each capture is scored by `python -m detect` with the default detect_args (max_streams 100,000) and with the cap
+Each capture is scored by `python -m detect` with the default detect_args (its max_streams cap) and with the cap
 lifted (max_streams 10^12: the extractor never forgets, as before issue 23), each its own process pinned to one
 core; peak RSS (ru_maxrss) and packets/s. Then `python -m capture` on the README example (one core, no simulated
 attacks): packets/s of the capture pass. Goals (issue 23): RSS <= 200 MB with the cap during the SYN flood and the

@@ -48,20 +48,23 @@ class LiveDetector:
         self.path, self.threshold_k, self.meta = path, threshold_k, meta
         self.round: int | None = None
         self.device_thresholds: dict[str, float] = {}
+        self.device_scales: dict[str, np.ndarray] = {}
 
-    def publish(self, model: AutoEncoder, normalizer: dict[str, Any], rounds_done: int, global_threshold: float,
-                device: str, device_threshold: float) -> Path:
-        """Write the model evaluated after `rounds_done` rounds with this device's threshold (and the thresholds the
-        process's other clients added for the same evaluation)."""
+    def publish(self, model: AutoEncoder, normalizer: dict[str, Any], scale: list[float] | None, rounds_done: int,
+                global_threshold: float, device: str, device_threshold: float) -> Path:
+        """Write the model evaluated after `rounds_done` rounds with this device's threshold and widened scales (and
+        those the process's other clients added for the same evaluation)."""
         from model.detector import Detector
 
         if rounds_done != self.round:
-            self.round, self.device_thresholds = rounds_done, {}
+            self.round, self.device_thresholds, self.device_scales = rounds_done, {}, {}
         self.device_thresholds[device] = float(device_threshold)
+        if scale is not None:
+            self.device_scales[device] = np.asarray(scale, dtype=np.float64)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         meta = {**self.meta, "round": rounds_done, "written_at": time.time()}
         return Detector(model, Normalizer.from_dict(normalizer), self.threshold_k, float(global_threshold),
-                        dict(self.device_thresholds), meta).export_lean(self.path)
+                        dict(self.device_thresholds), meta, dict(self.device_scales)).export_lean(self.path)
 
 
 def live_detector(cfg: FedIoTConfig, run_dir: Path) -> LiveDetector | None:
@@ -107,7 +110,8 @@ class LocalClient:
         self.bombs_per_answer = max(1, round(attack_scale)) if attack == "flood" else 0
         self.threshold_k = threshold_k  # threshold_edge: the k of the federation's threshold rule
         self.live = live  # where the newest evaluated model is kept for detect --follow (None: nowhere)
-        self._evaluated: dict[str, Any] | None = None  # the normaliser of the model scored by validation_stats
+        # the normaliser (and its device's widened scales) of the model scored by validation_stats
+        self._evaluated: tuple[dict[str, Any], list[float] | None] | None = None
         self.split = split
         self.device = split.device
         self.record_file = record_file
@@ -170,12 +174,14 @@ class LocalClient:
                     for k, g in global_state.items()}
         return local
 
-    def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan) -> Update:
-        """Local training of the global model with the server's plan; the update to send back."""
+    def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan,
+              scale: list[float] | None = None) -> Update:
+        """Local training of the global model with the server's plan (and its device's widened scales, when the
+        server sent them); the update to send back."""
         # the global weights, kept for _tamper (an honest client only reads `model`: load_state_dict copies it)
         global_state = {k: v.detach().clone() for k, v in model.items()} if self.attack in TAMPERING_ATTACKS else model
         self.model.load_state_dict(model)
-        rows = self._training_rows(normalizer)
+        rows = self._training_rows(own_normalizer(normalizer, scale))
         started = time.monotonic()
         losses = train_autoencoder(self.model, rows, plan.epochs, plan.batch_size, plan.lr, plan.weight_decay,
                                    seed=plan.seed)
@@ -189,11 +195,13 @@ class LocalClient:
         return Update(plan.round_idx, self.device, self._tamper(global_state, plan.seed), n, losses[-1], plan.lr,
                       seconds)
 
-    def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> ErrorStats:
-        """Score the held-out rows with the global model; the validation-error statistics to send."""
+    def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any],
+                         scale: list[float] | None = None) -> ErrorStats:
+        """Score the held-out rows with the global model (and its device's widened scales, when sent); the
+        validation-error statistics to send."""
         self.model.load_state_dict(model)
-        self.scores = score_device(self.model, Normalizer.from_dict(normalizer), self.split)
-        self._evaluated = normalizer
+        self.scores = score_device(self.model, Normalizer.from_dict(own_normalizer(normalizer, scale)), self.split)
+        self._evaluated = (normalizer, scale)
         s = ErrorStats.of(self.scores.validation)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
             return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
@@ -218,7 +226,7 @@ class LocalClient:
     def publish_live(self, rounds_done: int, global_threshold: float, device_threshold: float) -> None:
         """Keep the model just evaluated, with this device's threshold, for detect --follow (when configured)."""
         if self.live is not None and self._evaluated is not None:
-            self.live.publish(self.model, self._evaluated, rounds_done, global_threshold,
+            self.live.publish(self.model, *self._evaluated, rounds_done, global_threshold,
                               device_of_client(self.device), device_threshold)
 
 
@@ -261,12 +269,12 @@ def answers(home: dict[str, LocalClient], msg_type: str, fields: dict[str, Any])
     client named, each yielded as soon as it is ready (the server checks it while the next one is computed)."""
     if msg_type == S2C_TRAIN:
         for client, own in fields["clients"].items():
-            yield C2S_UPDATE, home[client].train(fields["model"], own_normalizer(fields["normalizer"], own),
-                                                RoundPlan.from_dict(own["plan"]))
+            yield C2S_UPDATE, home[client].train(fields["model"], fields["normalizer"], RoundPlan.from_dict(own["plan"]),
+                                                own.get("scale"))
     elif msg_type == S2C_EVAL_STATS:
         for client, own in fields["clients"].items():
             yield C2S_VAL_STATS, ValStats(fields["round"], client, home[client].validation_stats(
-                fields["model"], own_normalizer(fields["normalizer"], own)))
+                fields["model"], fields["normalizer"], own.get("scale")))
     elif msg_type == S2C_EVAL_COUNTS:
         for client, own in fields["clients"].items():
             yield C2S_REPORT, Report(fields["round"], home[client].report(fields["global_threshold"],

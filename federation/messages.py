@@ -296,9 +296,9 @@ def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
         raise ProtocolError(f"{msg_type}: malformed ({type(exc).__name__}: {exc})") from None
 
 
-def own_normalizer(normalizer: dict[str, Any], own: dict[str, Any]) -> dict[str, Any]:
-    """The normaliser a client uses: the request's, with its device's widened scales when the request has them."""
-    return normalizer if "scale" not in own else {**normalizer, "scale": own["scale"]}
+def own_normalizer(normalizer: dict[str, Any], scale: list[float] | None) -> dict[str, Any]:
+    """The normaliser a client uses: the request's, with its device's widened scales (its `scale`) when it has them."""
+    return normalizer if scale is None else {**normalizer, "scale": scale}
 
 
 # ------------------------------------------------------------------------------------------ typed forms

@@ -76,6 +76,14 @@ def test_a_devices_widened_scales_survive_both_files_and_score_its_rows(trained,
         assert np.abs(d.score(rows, "Danmini_Doorbell") - reconstruction_errors(det.model, own(rows))).max() <= 1e-5
         assert np.abs(d.score(rows, "Ecobee_Thermostat") - det.score(rows)).max() <= 1e-5
         assert np.abs(d.score(rows, "Danmini_Doorbell") - d.score(rows)).max() > 1e-4
+    # a board keeps its newest evaluated model the same way (federation.client.LiveDetector)
+    from federation.client import LiveDetector
+
+    LiveDetector(tmp_path / "live" / "model.npz", 3.0, {}).publish(
+        det.model, det.normalizer.to_dict(), wide.tolist(), 4, 0.5, "Danmini_Doorbell", 0.25)
+    live = LeanDetector.load(tmp_path / "live" / "model.npz")
+    assert np.array_equal(live.device_scales["Danmini_Doorbell"], wide)
+    assert np.array_equal(live.normalizer.scale, det.normalizer.scale)
     bad = dict(np.load(tmp_path / "model.npz"))
     bad["device_scale0"] = -bad["device_scale0"]
     np.savez(tmp_path / "bad.npz", **bad)

@@ -1,6 +1,5 @@
 """The README's offline main job, run as a new user runs it (config_simulation/fedml_config_synthetic.yaml: 9 clients,
-20 rounds, in this process): its targets, and README's sample output is what it prints. The suite's longest CPU step,
-so run_tests.sh runs this module in its second process, beside the modules that mostly wait."""
+20 rounds, in this process): its targets, and README's sample output is what it prints."""
 from __future__ import annotations
 
 from tests.rounds import metrics_of, rounds_of, run
