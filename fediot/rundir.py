@@ -66,10 +66,18 @@ def append_jsonl(path: Path, record: dict[str, Any]) -> None:
 
 
 def peak_rss_mb() -> float:
-    """Peak resident set size of this process in MB (Linux reports ru_maxrss in KB)."""
+    """Peak resident set size of this process in MB. On Linux VmHWM (/proc/self/status): ru_maxrss survives execve,
+    so a process forked from a large one and then exec'd (detect started by a test or `ip netns exec`) reported its
+    parent's size (616 MB for detect in the LAN test); elsewhere ru_maxrss (KB on Linux, bytes on macOS)."""
     import resource
     import sys as _sys
 
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / (1024 * 1024) if _sys.platform == "darwin" else rss / 1024
 
