@@ -4,9 +4,10 @@
 
 Runs tests/test_lan.py's scenario (three boards capture simulated cameras on their interfaces, federate over
 gRPC + mutual TLS, detect --follow; a SYN flood from a fourth host at one camera) `--runs` times and prints per
-run: the attacked board's first window alert after the attack's first packet (alert latency), the MQTT state ON
-received by a subscriber on the server's broker (MQTT latency), the other boards' window alerts per packet
-(false alarms), each detector's peak RSS; then the worst of each.
+run: the attacked board's first window alert on the attacker after its first packet (alert latency), the MQTT alert
+received by a subscriber on the server's broker for the attacker's host (MQTT latency), the other boards' window alerts
+per packet (false alarms), the attacked board's window alerts before the attack, each detector's peak RSS; then the
+worst of each.
 """
 from __future__ import annotations
 
@@ -37,7 +38,9 @@ def main() -> None:
         results.append(r)
         fa = {d: v["window_alerts"] / max(v["packets"], 1) for d, v in r["false_alarms"].items()}
         print(f"run {i + 1}: alert latency {r['alert_latency_s']:.2f} s, MQTT latency {r['mqtt_latency_s']:.2f} s, "
-              f"false alarms per packet {fa}, detector peak RSS {r['detect_peak_rss_mb']} MB, captured rows "
+              f"false alarms per packet {fa} (of which during the attack {r['unattacked_window_alerts_during_attack']}), "
+              f"the attacked board's window alerts before the attack "
+              f"{r['attacked_board_window_alerts_before_attack']}, detector peak RSS {r['detect_peak_rss_mb']} MB, captured rows "
               f"{r['captured_rows']}", flush=True)
     print(f"worst of {a.runs}: alert latency {max(r['alert_latency_s'] for r in results):.2f} s, MQTT latency "
           f"{max(r['mqtt_latency_s'] for r in results):.2f} s, false alarms per packet "
