@@ -306,10 +306,13 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             idx = np.flatnonzero(which >= 0)
             if len(idx) == 0:
                 continue
-            scores = np.empty(len(idx))
-            for d in np.unique(which[idx]):  # each watched device's rows with its own normalisation
-                mine = which[idx] == d
-                scores[mine] = detector.score(rows[idx[mine]], devices[d])
+            if detector.device_scales:  # each watched device's rows with its own (widened) normalisation
+                scores = np.empty(len(idx))
+                for d in np.unique(which[idx]):
+                    mine = which[idx] == d
+                    scores[mine] = detector.score(rows[idx[mine]], devices[d])
+            else:  # one normalisation for every device: one pass over the batch, as before widening existed
+                scores = detector.score(rows[idx])
             limits = np.asarray(thresholds)[which[idx]]
             flags = scores > limits
             hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
