@@ -168,7 +168,9 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
     provenance.update(features_version=FEATURES_VERSION, rows=len(new),
                       first_packet=min(c["first_packet"] for c in provenance["captures"] if c["first_packet"] is not None),
                       last_packet=max(c["last_packet"] for c in provenance["captures"] if c["last_packet"] is not None),
-                      sources=sorted({c["source"] for c in provenance["captures"]}))
+                      sources=sorted({c["source"] for c in provenance["captures"]}),
+                      seconds=round(sum(c["last_packet"] - c["first_packet"] for c in provenance["captures"]
+                                        if c["first_packet"] is not None and c["last_packet"] is not None), 3))
     ddir.mkdir(parents=True, exist_ok=True)
     if attacks is not None:
         staging = Path(tempfile.mkdtemp(prefix=".simulated.", dir=ddir))
@@ -266,7 +268,13 @@ def main(argv: list[str] | None = None) -> int:
                       "features_version": FEATURES_VERSION, "attack_seconds": a.attack_seconds if attacks else None,
                       "max_streams": cfg.max_streams}
             prov = write_device(a.out, d, record, a.append, sim)
-            results[w.device] = {"rows": prov["rows"], "this_capture": d.n_rows, "dir": str(a.out / w.device)}
+            results[w.device] = {"rows": prov["rows"], "this_capture": d.n_rows, "seconds": prov["seconds"],
+                                 "dir": str(a.out / w.device)}
+            if prov["seconds"] < cfg.min_capture_s:
+                print(f"warning: {w.device}: {prov['seconds']:.0f} s of its traffic in all; what it does every few "
+                      f"minutes or hours (cloud polls, motion events, updates) may be missing from its rows, and detect "
+                      f"will flag it. Capture at least {cfg.min_capture_s:.0f} s (detect_args.min_capture_s; --append "
+                      f"adds a later capture)", file=sys.stderr)
     except FedIoTError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

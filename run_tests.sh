@@ -7,12 +7,12 @@ cd "$HERE"
 bash install.sh
 PY=.venv/bin/python
 if [ $# -gt 0 ]; then exec "$PY" -m pytest -q tests "$@"; fi  # with pytest arguments: one process, as asked
-# The suite is CPU-bound except the modules that mostly wait on real time (the LAN of namespaces, deployments and
-# attacks on them: captures, replays, deadlines, processes starting): those run in a second pytest process beside
-# the rest, each module's fixtures set up once (measured: moving the mpirun modules there too was slower, and so was
-# moving README's 9-client run there, which also left the LAN test's real-time traffic short of CPU). Its output
-# follows the main run's.
-WAITING="tests/test_lan.py tests/test_deployment.py tests/test_security.py"
+# Three pytest processes on two cores. Most modules run on two xdist workers (`-n 2 --dist loadfile`: each module on
+# one worker, its fixtures set up once); the LAN of namespaces and the deployments, which mostly wait on real time
+# (captures, replays, deadlines, processes starting), run in a third process beside them. Measured (2 cores): with
+# two processes (all else beside the waiting ones) the machine was 2/3 busy and the suite took 8 min; with xdist 7 min,
+# the waiting process (then with test_security.py too) the longer one. Its output follows the main run's.
+WAITING="tests/test_lan.py tests/test_deployment.py"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 "$PY" -m pytest -q $WAITING > "$LOG" 2>&1 &
@@ -21,7 +21,7 @@ IGNORE=""
 for f in $WAITING; do IGNORE="$IGNORE --ignore=$f"; done
 set +e
 # shellcheck disable=SC2086
-"$PY" -m pytest -q tests $IGNORE
+"$PY" -m pytest -q -n 2 --dist loadfile tests $IGNORE
 MAIN=$?
 wait "$WAITING_PID"
 SECOND=$?

@@ -83,6 +83,10 @@ def test_append_adds_rows_and_a_capture_record_and_refuses_to_overwrite(captured
     after = read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE)
     assert len(prov["captures"]) == 2 and prov["rows"] == len(after) == before + prov["captures"][1]["packets_of_device"]
     assert "mirai_syn" in prov["simulated_attacks"]  # the earlier capture's simulated attacks stay
+    # both captures' seconds count, and less than detect_args.min_capture_s of traffic is warned about
+    spans = [c["last_packet"] - c["first_packet"] for c in prov["captures"]]
+    assert prov["seconds"] == pytest.approx(sum(spans), abs=1e-3) and 400 < prov["seconds"] < 520
+    assert f"warning: my_cam: {prov['seconds']:.0f} s of its traffic in all" in capsys.readouterr().err
 
 
 def test_capture_refuses_bad_input_with_one_line(tmp_path, capsys):

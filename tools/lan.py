@@ -21,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -117,6 +117,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--gateway-mac", required=True)
     r.add_argument("--seconds", type=float, required=True)
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--behaviour-every", type=float, metavar="S",
+                   help="cap the device's cloud-poll period and mean time between motion events at S seconds, so that "
+                        "a capture of a few times S holds every behaviour the device shows later (a real device needs "
+                        "captures of hours for that)")
     f = sub.add_parser("flood")
     f.add_argument("--interface", required=True)
     f.add_argument("--src-ip", required=True)
@@ -135,6 +139,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sim = TrafficSimulator(a.kind, a.seed, ip=a.ip, mac=bytes.fromhex(a.mac.replace(":", "")),
                                gateway_mac=bytes.fromhex(a.gateway_mac.replace(":", "")))
+        if a.behaviour_every is not None:
+            k = sim.kind
+            sim.kind = replace(k, poll_s=min(k.poll_s, a.behaviour_every),
+                               event_every_s=min(k.event_every_s, a.behaviour_every) if k.event_every_s > 0 else 0)
         frames = sim.capture(a.seconds, start=time.time())
         print(json.dumps({"first_packet_at": time.time(), "frames": len(frames)}), flush=True)
         print(json.dumps({"sent": send_frames(a.interface, frames, a.seconds)}), flush=True)
