@@ -36,9 +36,10 @@ from numba import njit
 from data import nbaiot
 from fediot.config import DetectArgs, load, validate
 from fediot.errors import FedIoTError
-from fediot.rundir import peak_rss_mb
+from fediot.rundir import peak_rss_mb, write_json
+from monitor.health import DETECT_STATUS_FILE, current_rss_mb
 from model.lean import LeanDetector, lean_path
-from traffic.afterimage import FeatureExtractor
+from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
 from traffic.watch import Watch, Watcher, parse_watch
@@ -257,6 +258,82 @@ class ModelFollower:
         return detector, thresholds
 
 
+# ------------------------------------------------------------------------------------- live counters
+class LiveCounters:
+    """detect's counters while it runs: for its /metrics (detect_args.metrics_port) and, with --follow, for the board's
+    health reports (RUN_DIR/detect_status.json, rewritten atomically every `every_s`; the client sends it on)."""
+
+    def __init__(self, every_s: float, follower: "ModelFollower | None") -> None:
+        self.every_s, self.follower = every_s, follower
+        self.values: dict[str, Any] = {"packets": 0, "packets_scored": 0, "packet_alerts": 0, "window_alerts": 0,
+                                       "packets_per_s": 0.0, "model_round": None, "model_swaps": 0, "devices": {},
+                                       "tracked_streams": 0}
+        self.mark = (time.monotonic(), 0)
+        self.next_write = 0.0
+
+    def update(self, packets: int, scored: int, packet_alerts: int, window_alerts: int,
+               per_device: dict[str, dict[str, int]], model_round: int | None, tracked_streams: int) -> None:
+        now = time.monotonic()
+        if now < self.next_write:
+            self.values.update(packets=packets, packets_scored=scored, packet_alerts=packet_alerts,
+                               window_alerts=window_alerts)
+            return
+        t0, p0 = self.mark
+        self.values.update(packets=packets, packets_scored=scored, packet_alerts=packet_alerts,
+                           window_alerts=window_alerts, packets_per_s=round((packets - p0) / max(now - t0, 1e-6), 1),
+                           model_round=model_round, devices={d: dict(v) for d, v in per_device.items()},
+                           model_swaps=len(self.follower.swaps) if self.follower else 0,
+                           tracked_streams=tracked_streams)
+        self.mark, self.next_write = (now, packets), now + self.every_s
+        if self.follower is not None and self.follower.path is not None:  # RUN_DIR/detector/model.npz -> RUN_DIR
+            try:
+                write_json(self.follower.path.parent.parent / DETECT_STATUS_FILE,
+                           {**self.values, "features_version": FEATURES_VERSION, "written_at": time.time()})
+            except OSError as exc:
+                print(f"detect: cannot write {DETECT_STATUS_FILE}: {exc}", file=sys.stderr, flush=True)
+
+    def metrics(self):
+        """Prometheus metric families of the counters (read at each scrape)."""
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        v = self.values
+        yield CounterMetricFamily("fediot_detect_packets", "packets read", value=v["packets"])
+        yield CounterMetricFamily("fediot_detect_packets_scored", "packets of watched devices scored",
+                                  value=v["packets_scored"])
+        yield GaugeMetricFamily("fediot_detect_packets_per_second", "packets/s over the last interval",
+                                value=v["packets_per_s"])
+        for name, key, help_ in (("fediot_detect_packet_alerts", "packet_alerts", "packets over their threshold"),
+                                 ("fediot_detect_window_alerts", "window_alerts", "majority-vote window alerts")):
+            fam = CounterMetricFamily(name, help_, labels=["device"])
+            for device, counts in v["devices"].items():
+                fam.add_metric([device], counts[key])
+            yield fam
+        if v["model_round"] is not None:
+            yield GaugeMetricFamily("fediot_detect_model_round", "federation round of the model in use",
+                                    value=v["model_round"])
+        yield CounterMetricFamily("fediot_detect_model_swaps", "models swapped in (--follow)", value=v["model_swaps"])
+        yield GaugeMetricFamily("fediot_detect_tracked_streams", "streams the extractor tracks",
+                                value=v["tracked_streams"])
+        yield GaugeMetricFamily("fediot_detect_resident_memory_bytes", "detect's resident memory",
+                                value=current_rss_mb() * 2**20)
+
+
+def serve_metrics(counters: LiveCounters, port: int, host: str, token: str | None):
+    """detect's /metrics (the status server's access rules: loopback, or the token); OSError when the port is taken."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.registry import Collector
+
+    from monitor.http import StatusServer
+
+    class _Counters(Collector):
+        def collect(self):
+            return counters.metrics()
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Counters())
+    return StatusServer(host, port, token, None, lambda: generate_latest(registry)).start()
+
+
 # ------------------------------------------------------------------------------------- detection
 def network_sinks(cfg: DetectArgs, board: str, devices: list[str]) -> list[Sink]:
     sinks: list[Sink] = []
@@ -270,7 +347,8 @@ def network_sinks(cfg: DetectArgs, board: str, devices: list[str]) -> list[Sink]
 
 def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, SkipCounts]], device: str | None,
                   window: int, sink: IO[str], watches: list[Watch] | None = None, cfg: DetectArgs | None = None,
-                  follower: ModelFollower | None = None, publisher: AlertPublisher | None = None) -> dict[str, object]:
+                  follower: ModelFollower | None = None, publisher: AlertPublisher | None = None,
+                  live: LiveCounters | None = None) -> dict[str, object]:
     """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
     lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
     return the summary."""
@@ -340,6 +418,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 entry["packet_alerts"] += int((flags & mine).sum())
                 entry["window_alerts"] += int((wins & mine).sum())
             _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
+            if live is not None:
+                live.update(packets, scored, alerts, window_alerts, per_device, detector.meta.get("round"),
+                            sum(extractor.tracked().values()))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: detection stops here, the summary still comes
         interrupted = True
     seconds = time.perf_counter() - started
@@ -394,6 +475,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="YAML with detect_args (memory bounds, syslog, MQTT); default: defaults")
     p.add_argument("--board", default=socket.gethostname(), help="this board's name in syslog and MQTT (default: host name)")
     p.add_argument("--allow-row-model", action="store_true", help="run a model trained on synthetic rows anyway")
+    p.add_argument("--metrics-port", type=int, default=None,
+                   help="serve Prometheus /metrics on this port (default detect_args.metrics_port; 0 = a free port); "
+                        "the status server's access rules (status_args.host, status_args.token)")
     a = p.parse_args(argv)
     publisher = None
     signal.signal(signal.SIGTERM, _stop)  # a service manager's stop ends detection like Ctrl-C: with the summary
@@ -413,6 +497,14 @@ def main(argv: list[str] | None = None) -> int:
         else:
             detector = load_detector(a.model, a.allow_row_model)
             thresholds_for(detector, devices, "--watch" if watches else "--device")
+        live = LiveCounters(cfg.detect.status_every_s, follower)
+        port = a.metrics_port if a.metrics_port is not None else cfg.detect.metrics_port
+        if port is not None:
+            try:
+                metrics_server = serve_metrics(live, port, cfg.status.host, cfg.status.token)
+            except OSError as exc:
+                raise FedIoTError(f"--metrics-port {port}: {exc.strerror or exc}") from None
+            print(f"metrics: {metrics_server.url}metrics", file=sys.stderr, flush=True)
         sinks = network_sinks(cfg.detect, a.board, [d for d in devices if d] or ["global"])
         publisher = AlertPublisher(sinks, cfg.detect.alert_queue) if sinks else None
         if a.pcap:
@@ -423,7 +515,8 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         sink = open(a.out, "w") if a.out else sys.stdout
         try:
-            summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher)
+            summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher,
+                                    live)
         finally:
             if a.out:
                 sink.close()

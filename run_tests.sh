@@ -12,7 +12,7 @@ if [ $# -gt 0 ]; then exec "$PY" -m pytest -q tests "$@"; fi  # with pytest argu
 # (captures, replays, deadlines, processes starting), run in a third process beside them. Measured (2 cores): with
 # two processes (all else beside the waiting ones) the machine was 2/3 busy and the suite took 8 min; with xdist 7 min,
 # the waiting process (then with test_security.py too) the longer one. Its output follows the main run's.
-WAITING="tests/test_lan.py tests/test_deployment.py"
+WAITING="tests/test_lan.py tests/test_deployment.py tests/test_status_page.py"
 LOG="$(mktemp)"
 trap 'rm -f "$LOG"' EXIT
 "$PY" -m pytest -q $WAITING > "$LOG" 2>&1 &

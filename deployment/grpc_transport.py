@@ -91,6 +91,7 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         self.reject: Reject = log_reject
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.peer_addresses: dict[int, tuple[str, bool]] = {}  # rank -> (address, certified), set by receive_loop
         self.is_running = True
         self._observers: list[Observer] = []
         self._send_lock = threading.Lock()

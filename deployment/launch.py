@@ -113,7 +113,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
                       check_env=False)
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
         from deployment.grpc_transport import FedIoTGrpcTransport
-        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node, server_node
+        from trainer.nodes import ClientNode, ClientRules, ServerNode, client_health, run_node, server_node
     torch.set_num_threads(cfg.device.torch_threads)
 
     def transport() -> FedIoTGrpcTransport:
@@ -124,7 +124,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         if role == "server":
             return server_node(args, cfg, run_dir, data_info, "federated-deployment", list(range(1, n_devices + 1)),
                                transport, checkpoint)
-        return ClientNode(args, {device: local}, rank, n_devices, ClientRules.of(cfg), transport)
+        return ClientNode(args, {device: local}, rank, n_devices, ClientRules.of(cfg), transport,
+                          client_health(cfg, run_dir, run_dir / "health.json"), cfg.status.health_interval_s)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
                     {"rank": rank, "role": role})

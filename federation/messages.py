@@ -20,6 +20,10 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 | EVAL_COUNTS | server → client | round, global_threshold, window, clients: {client: {device_threshold (that client's own)}} |
 | REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
 | FINISH | server → client | error (optional) |
+| HEALTH | client → server | health: version, features_version, rss_mb, cpu_percent, disk_free_mb, uptime_s, last_round, detect (packets, packets_per_s, packet_alerts, window_alerts, model_round; or null), warnings_total, warnings ([{time, level, message}]) |
+
+HEALTH is what a board (or simulation worker rank) says about itself every `status_args.health_interval_s`: shown
+on the status page and in /metrics, never used for training or thresholds.
 
 A server message is about one or more clients of the receiving rank (`clients`, with what differs per client):
 a board is one client (its device); a simulation worker rank holds several and gets one message per phase for
@@ -54,8 +58,15 @@ C2S_VAL_STATS = "fediot_val_stats"
 S2C_EVAL_COUNTS = "fediot_eval_counts"
 C2S_REPORT = "fediot_report"
 S2C_FINISH = "fediot_finish"
+C2S_HEALTH = "fediot_health"
 
 MAX_SECONDS = 10**7
+# HEALTH: what a board's numbers can be (a board with 1 PB of free disk or 10 TB of RAM is lying or broken)
+MAX_HEALTH_MB = 1e9
+MAX_CPU_PERCENT = 100.0 * 1024  # 1,024 cores busy
+MAX_HEALTH_WARNINGS = 100
+MAX_WARNING_CHARS = 300
+MAX_PACKETS = 10**15
 # A header carries no tensor bytes: at most one count report (a 4,098-bin histogram per attack file, ~0.5 MB) or one
 # request naming every client of a rank (~0.2 MB at 1,008 clients). Anything larger is refused before parsing.
 MAX_HEADER_BYTES = 4 * 2**20
@@ -237,6 +248,38 @@ def _eval_counts(p: dict[str, Any], exp: Expectations) -> None:
         _fail("window must be odd")
 
 
+def _health(p: dict[str, Any], exp: Expectations) -> None:
+    h = _dict(p["health"], "health", {"version", "features_version", "rss_mb", "cpu_percent", "disk_free_mb",
+                                      "uptime_s", "last_round", "detect", "warnings_total", "warnings"})
+    _str(h["version"], "health.version", 64)
+    if h["features_version"] is not None:
+        _int(h["features_version"], "health.features_version", 0, 10**6)
+    _num(h["rss_mb"], "health.rss_mb", 0.0, MAX_HEALTH_MB)
+    _num(h["cpu_percent"], "health.cpu_percent", 0.0, MAX_CPU_PERCENT)
+    _num(h["disk_free_mb"], "health.disk_free_mb", 0.0, MAX_HEALTH_MB)
+    _num(h["uptime_s"], "health.uptime_s", 0.0, MAX_SECONDS * 100)
+    if h["last_round"] is not None:
+        _int(h["last_round"], "health.last_round", 0, 10**6)
+    if h["detect"] is not None:
+        d = _dict(h["detect"], "health.detect", {"packets", "packets_per_s", "packet_alerts", "window_alerts",
+                                                 "model_round"})
+        for key in ("packets", "packet_alerts", "window_alerts"):
+            _int(d[key], f"health.detect.{key}", 0, MAX_PACKETS)
+        _num(d["packets_per_s"], "health.detect.packets_per_s", 0.0, 1e9)
+        if d["model_round"] is not None:
+            _int(d["model_round"], "health.detect.model_round", 0, 10**6)
+    _int(h["warnings_total"], "health.warnings_total", 0, MAX_PACKETS)
+    w = h["warnings"]
+    if not isinstance(w, list) or len(w) > MAX_HEALTH_WARNINGS:
+        _fail(f"health.warnings must be a list of at most {MAX_HEALTH_WARNINGS}")
+    for i, item in enumerate(w):
+        item = _dict(item, f"health.warnings[{i}]", {"time", "level", "message"})
+        _num(item["time"], f"health.warnings[{i}].time", 0.0, 1e11)
+        if item["level"] not in ("WARNING", "ERROR", "CRITICAL"):
+            _fail(f"health.warnings[{i}].level must be WARNING, ERROR or CRITICAL")
+        _str(item["message"], f"health.warnings[{i}].message", MAX_WARNING_CHARS)
+
+
 def _finish(p: dict[str, Any], exp: Expectations) -> None:
     if p.get("error") is not None:
         _str(p["error"], "error", 4000)
@@ -254,6 +297,7 @@ SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectati
     S2C_EVAL_STATS: ({"round", "clients", "model", "normalizer"}, set(), _eval_stats),
     S2C_EVAL_COUNTS: ({"round", "clients", "global_threshold", "window"}, set(), _eval_counts),
     S2C_FINISH: (set(), {"error"}, _finish),
+    C2S_HEALTH: ({"health"}, set(), _health),
 }
 
 

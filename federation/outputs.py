@@ -20,6 +20,7 @@ from fediot.console import say
 from fediot.errors import ConfigError
 from fediot.rundir import append_jsonl, write_atomic_bytes, write_json
 from model.detector import Detector
+from monitor.status import StatusStore
 
 
 def load_server_checkpoint(run_dir: Path) -> dict[str, Any]:
@@ -40,10 +41,11 @@ class RunOutputs:
     """The run directory's files and the server's console lines."""
 
     def __init__(self, run_dir: Path, tensorboard: bool, checkpoint: bool,
-                 console: Callable[[str], None] | None = say) -> None:
+                 console: Callable[[str], None] | None = say, status: StatusStore | None = None) -> None:
         """checkpoint: write checkpoint.pt after every round (deployments, for --resume); console: where lines go
-        (None: nowhere)."""
+        (None: nowhere); status: the status page's store, which gets every round record and the end of the run."""
         self.run_dir = run_dir
+        self.status = status
         self.tracker = Tracker(run_dir, tensorboard)
         self.checkpointing = checkpoint
         self.console = console
@@ -62,6 +64,8 @@ class RunOutputs:
                      f"(first from {first['from']}: {first['reason'][:120]}); see rounds.jsonl and logs/")
         append_jsonl(self.run_dir / "rounds.jsonl", record)
         self.tracker.log_round(record)
+        if self.status is not None:
+            self.status.round_record(record)
 
     def checkpoint(self, payload: dict[str, Any]) -> None:
         """checkpoint.pt, atomically (a crash mid-write leaves the previous round's)."""
@@ -100,3 +104,5 @@ class RunOutputs:
                  f"FPR {rate_text('fpr', glob)}  F1 {rate_text('f1', glob)}")
         report = write_report(self.run_dir)
         self.say(f"report: {report}")
+        if self.status is not None:
+            self.status.finish(None)

@@ -10,6 +10,7 @@ do not fit together (clients vs devices, minimum clients per round). Validation 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import difflib
 import functools
 import re
@@ -211,6 +212,8 @@ class DetectArgs:
     max_hosts: int = _key(4096, 'source hosts whose majority-vote window (and formatted address) is kept; over it the least recently seen are forgotten (their window starts again)', check=(lambda v: _is_int(v) and v >= 16, 'an integer >= 16'))
     batch_packets: int = _key(1024, 'packets read from a pcap per batch (live capture: up to 256 per second); larger batches are a little faster and hold more memory', check=(lambda v: _is_int(v) and 1 <= v <= 65536, 'an integer in 1..65536'))
     min_capture_s: float = _key(3600.0, 'capture warns when a device\'s captures add up to less than this many seconds of its traffic: what a device does every few minutes or hours (cloud polls, motion events, updates) must be in its rows, or detect flags it (a LAN test camera trained on 40 s raised 106 window alerts at its first motion event)', check=(lambda v: _is_num(v) and v >= 0, 'a number of seconds >= 0'))
+    metrics_port: int | None = _key(None, 'detect serves Prometheus /metrics on this port (0 = any free port; --metrics-port overrides), with the status server\'s access rules (status_args.host, status_args.token); null = off', check=(lambda v: v is None or (_is_int(v) and 0 <= v <= 65535), 'null or a port 0..65535'))
+    status_every_s: float = _key(5.0, 'detect --follow refreshes RUN_DIR/detect_status.json (its packets/s and alert counts, which the board reports to the server) and its packets/s for /metrics this often', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
     follow_poll_s: float = _key(2.0, 'detect --follow: how often to look for a newer model from the federation', check=(lambda v: _is_num(v) and v > 0, 'a number of seconds > 0'))
     alert_interval_s: float = _key(30.0, 'syslog and MQTT: at most one alert message per host and watched device per this many seconds (the JSON lines keep every alert)', check=(lambda v: _is_num(v) and v >= 0, 'a number of seconds >= 0'))
     alert_queue: int = _key(1000, 'syslog/MQTT messages waiting to be sent; beyond it new ones are dropped and counted: packet processing never waits for a network sink', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
@@ -224,7 +227,7 @@ class DetectArgs:
 
 # attack_args.attack: what a simulated malicious client can do (federation/client.py implements each)
 ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
-           "val_overflow", "threshold_edge", "alie", "ipm", "flood")
+           "val_overflow", "threshold_edge", "alie", "ipm", "flood", "health_lies")
 
 
 @dataclass(frozen=True)
@@ -232,15 +235,29 @@ class AttackArgs:
     """Simulated malicious clients: what an attack does to a run, and what the aggregation rule stops."""
 
     malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
-    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic), threshold_edge (claim attack_scale x its validation rows, every error attack_scale x its own threshold, std 0, and count reports consistent with that: pull the global threshold up), ipm (inner-product manipulation: send -attack_scale x its honest update), alie (a little is enough: its update minus attack_scale x its per-coordinate magnitude, inside the honest spread), flood (answer honestly, and after each answer send attack_scale decoding bombs: messages just under comm_args.max_message_mb whose header is all empty tensor entries)', choices=ATTACKS)
+    attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic), threshold_edge (claim attack_scale x its validation rows, every error attack_scale x its own threshold, std 0, and count reports consistent with that: pull the global threshold up), ipm (inner-product manipulation: send -attack_scale x its honest update), alie (a little is enough: its update minus attack_scale x its per-coordinate magnitude, inside the honest spread), flood (answer honestly, and after each answer send attack_scale decoding bombs: messages just under comm_args.max_message_mb whose header is all empty tensor entries), health_lies (train honestly; send health reports attack_scale times as often as status_args.health_interval_s allows, every other one with impossible numbers: 1e12 MB of memory, a 10,000-character warning)', choices=ATTACKS)
     attack_scale: float = _key(10.0, 'strength of the attack (see attack); random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
+
+
+@dataclass(frozen=True)
+class StatusArgs:
+    """Watching a run: the server's status page and /metrics, and what boards report about themselves."""
+
+    port: int | None = _key(8765, 'the server\'s status page (/), its data (/api/status) and Prometheus metrics (/metrics) on this port (0 = any free port; the URL is printed and kept in RUN_DIR/status.json); null = no status server. A port in use is a warning, not an error: the run goes on without the page', check=(lambda v: v is None or (_is_int(v) and 0 <= v <= 65535), 'null or a port 0..65535'))
+    host: str = _key('127.0.0.1', 'the address the status server listens on: loopback by default; any other address (the LAN) needs token', check=(lambda v: isinstance(v, str) and len(v) > 0, 'an IP address'))
+    token: str | None = _key(None, 'access token for the status server (Authorization: Bearer TOKEN, or ?token=TOKEN in a browser): when set, every request needs it; required when host is not loopback. At least 16 characters', check=(lambda v: v is None or (isinstance(v, str) and len(v) >= 16 and v.isprintable() and " " not in v), 'null or a printable string of >= 16 characters without spaces'))
+    refresh_s: float = _key(2.0, 'how often the status page asks the server for news', check=(lambda v: _is_num(v) and v >= 0.5, 'a number of seconds >= 0.5'))
+    linger_s: float = _key(0.0, 'keep the status server up this many seconds after the run ends (to read the final page)', check=(lambda v: _is_num(v) and v >= 0, 'a number of seconds >= 0'))
+    health_interval_s: float = _key(10.0, 'each board (or simulation worker) reports its health (versions, memory, CPU, disk, uptime, last round, its detector, recent warnings) this often; the server ignores reports that come faster than half of it', check=(lambda v: _is_num(v) and v >= 1, 'a number of seconds >= 1'))
+    health_warnings: int = _key(20, 'recent warnings/errors a health report carries at most (the count of the rest is exact), each cut to 300 characters', check=(lambda v: _is_int(v) and 0 <= v <= 100, 'an integer 0..100'))
+    keep_rounds: int = _key(1000, 'round records the status server keeps for the page (rounds.jsonl keeps them all)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
 
 
 SECTIONS: dict[str, type] = {
     "common_args": CommonArgs, "environment_args": EnvironmentArgs, "data_args": DataArgs,
     "model_args": ModelArgs, "train_args": TrainArgs, "validation_args": ValidationArgs,
     "device_args": DeviceArgs, "comm_args": CommArgs, "tracking_args": TrackingArgs, "attack_args": AttackArgs,
-    "detect_args": DetectArgs,
+    "detect_args": DetectArgs, "status_args": StatusArgs,
 }
 # section name -> attribute of FedIoTConfig ("train_args" -> cfg.train)
 ATTRS: dict[str, str] = {name: name.removesuffix("_args") for name in SECTIONS}
@@ -283,6 +300,7 @@ class FedIoTConfig:
     tracking: TrackingArgs
     attack: AttackArgs
     detect: DetectArgs
+    status: StatusArgs
 
     @property
     def defenses(self) -> "Defenses":
@@ -441,6 +459,16 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
     if training == "cross_silo" and backend != "GRPC":
         raise ConfigError(f"{where}: comm_args.backend = {backend!r}; a deployment uses GRPC "
                           f"(MQTT_S3 needs FedML's cloud; MPI is for run_simulation.sh)")
+    st = values["status_args"]
+    if st["port"] is not None:
+        try:
+            loopback = ipaddress.ip_address(st["host"]).is_loopback
+        except ValueError:
+            raise ConfigError(f"{where}: status_args.host = {st['host']!r}; expected an IP address "
+                              f"(127.0.0.1, ::1, or this server's LAN address)") from None
+        if not loopback and st["token"] is None:
+            raise ConfigError(f"{where}: status_args.host = {st['host']} serves the status page beyond this machine; "
+                              f"set status_args.token (>= 16 characters) so that only those who have it may look")
 
 
 def check_world_size(cfg: FedIoTConfig, world_size: int) -> None:

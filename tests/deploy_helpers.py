@@ -44,6 +44,7 @@ def deploy_config(tmp: Path, n_clients: int = 3, **sections) -> Path:
     cfg = deploy_values(tmp, n_clients)
     cfg["comm_args"].update({"grpc_ipconfig_path": str(ipconfig), "connect_timeout_s": 60, "wait_for_clients_s": 60,
                              "retry_interval_s": 0.3, "send_timeout_s": 5})
+    cfg["status_args"] = {"port": 0}  # any free port: tests run servers side by side
     for section, keys in sections.items():
         cfg.setdefault(section, {}).update(keys)
     path = tmp / "deploy.yaml"

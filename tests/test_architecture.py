@@ -7,7 +7,8 @@ from pathlib import Path
 
 from tests.helpers import REPO
 
-PACKAGES = ("fediot", "data", "model", "traffic", "evaluation", "federation", "trainer", "deployment", "bench", "tools")
+PACKAGES = ("fediot", "monitor", "data", "model", "traffic", "evaluation", "federation", "trainer", "deployment", "bench",
+            "tools")
 COMMANDS = {"main_fedml_iot", "baselines", "score", "compare", "detect", "capture", "traffic.train_device",
             "traffic.compare_ranges"}
 ORCHESTRATION = ("federation", "trainer", "deployment", "main_fedml_iot")

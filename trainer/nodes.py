@@ -36,11 +36,16 @@ from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.messages import (
-    ANSWER_TO, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING,
+    ANSWER_TO, C2S_HEALTH, C2S_HELLO, MAX_WARNING_CHARS, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING,
     S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError, answer_client, validate,
 )
 from fediot.console import names_line, say
 from fediot.rundir import peak_rss_mb, write_json
+from monitor.health import HealthProbe, WarningBuffer
+from monitor.http import StatusServer
+from monitor.metrics import run_metrics
+from monitor.page import render_page
+from monitor.status import StatusStore
 from trainer.fedml_glue import fds_to_file
 from trainer.transport import HEADER_KEYS, PeerRefused, PeerUnreachable
 
@@ -50,7 +55,9 @@ LOCAL_TICK = "fediot_tick"
 LOCAL_DEADLINE = "fediot_deadline"
 LOCAL_ASK = "fediot_ask"  # the driver thread's request, posted to the receive thread
 LOCAL_FINISH = "fediot_end"  # the driver thread's end of the run
-LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
+LOCAL_HEALTH = "fediot_health_due"  # a client's timer: time to report its health
+LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, LOCAL_HEALTH,
+               CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
 MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail keeps the first few
 
 STATUS_EVERY_S = 10.0
@@ -73,6 +80,7 @@ class _Node(FedMLCommManager):
         self.rejections: list[dict[str, str]] = []
         self.rejected_total = 0
         self.rejections_lock = threading.Lock()  # the server's driver thread takes them
+        self.status: StatusStore | None = None  # the server's, for its status page
         super().__init__(args, None, rank, size, "FEDIOT")
 
     def _init_manager(self) -> None:
@@ -85,6 +93,8 @@ class _Node(FedMLCommManager):
         """Messages that are not what the protocol allows: log them, count them, go on (the first few reasons are
         kept for the round's record; the count is exact)."""
         log.warning("%s from %s rejected: %s", "message" if count == 1 else f"{count} messages", sender, reason)
+        if self.status is not None:
+            self.status.rejected(sender, reason, count, health=reason.startswith(C2S_HEALTH))
         with self.rejections_lock:
             self.rejected_total += count
             if len(self.rejections) < MAX_REJECTIONS_KEPT:
@@ -150,6 +160,9 @@ class _Node(FedMLCommManager):
     def finish(self) -> None:  # FedML's finish() finalizes MPI; ours just stops the loop
         self.stop(self.exit_code, self.error)
 
+    def shutdown(self) -> None:
+        """After the run: release what the node holds beside its transport."""
+
 
 @dataclass(frozen=True)
 class ServerRules:
@@ -184,8 +197,11 @@ class ServerNode(_Node):
     client on its own rank."""
 
     def __init__(self, args, cfg, expect_model: torch.nn.Module, client_ranks: list[int], transport: TransportFactory,
-                 drive: Callable[["ServerNode"], None]) -> None:
-        """drive: the run, given this node as its grid (`run_federation` with the state and outputs bound)."""
+                 drive: Callable[["ServerNode"], None], status: StatusStore | None = None,
+                 status_server: StatusServer | None = None) -> None:
+        """drive: the run, given this node as its grid (`run_federation` with the state and outputs bound);
+        status: what the status page shows (boards, rejections; the run's outputs add the rounds), served by
+        status_server."""
         self.cfg = cfg
         self.rules = ServerRules.of(cfg)
         self.client_ranks = client_ranks
@@ -212,8 +228,10 @@ class ServerNode(_Node):
         self.bytes_mark = (0, 0)
         self.last_workers: dict[str, int] = {}
         self.round = 0  # of the open request (for console lines)
+        self.health_at: dict[int, float] = {}  # rank -> when its last health report was taken
         super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(expect_model, self.clients),
                          set(client_ranks))
+        self.status, self.status_server = status, status_server
 
     # -- plumbing
     def register_message_receive_handlers(self) -> None:
@@ -222,7 +240,7 @@ class ServerNode(_Node):
             (LOCAL_TICK, self.on_tick), (LOCAL_DEADLINE, self.on_deadline), (LOCAL_ASK, self.on_ask),
             (LOCAL_FINISH, self.on_finish),
             (C2S_HELLO, self.on_hello), (C2S_UPDATE, self.on_reply), (C2S_VAL_STATS, self.on_reply),
-            (C2S_REPORT, self.on_reply),
+            (C2S_REPORT, self.on_reply), (C2S_HEALTH, self.on_health),
         ):
             self.register_message_receive_handler(msg_type, handler)
 
@@ -291,6 +309,10 @@ class ServerNode(_Node):
             self.joined[hello.device] = hello
         self.refused_hello.discard(hello.device)
         self.connected.setdefault(rank, set()).add(hello.device)
+        if self.status is not None:
+            address, certified = self.com_manager.peer_addresses.get(rank, (None, False))
+            self.status.board_hello(rank, address, "MPI rank" if address == "MPI" else
+                                    f"certificate of rank {rank}" if certified else "none (plaintext)")
         self.send(S2C_WELCOME, rank, round=self.round)
         if self.phase == "waiting":
             self._status(force=True)
@@ -383,6 +405,8 @@ class ServerNode(_Node):
         """A rank a send failed to: its clients are dropped from the phase (and from the federation until it
         says hello again)."""
         say(f"client {rank} ({self.names(self.connected.get(rank, set()))}) unreachable; dropped until it reconnects")
+        if self.status is not None:
+            self.status.board_dropped(rank)
         self.expected -= {c for c, r in self.assigned.items() if r == rank}
         with self.joined_lock:
             for c in self.connected.pop(rank, set()):
@@ -415,9 +439,24 @@ class ServerNode(_Node):
         if len(self.replies) + len(self.failed & self.expected) >= len(self.expected):
             self.close_phase()
 
+    def on_health(self, msg: Message) -> None:
+        """A board's report about itself (validated): shown on the status page; reports closer together than half
+        of status_args.health_interval_s are rejected and counted (a board cannot make the server busy with them)."""
+        rank = int(msg.get_sender_id())
+        now = time.monotonic()
+        if now - self.health_at.get(rank, -1e18) < self.cfg.status.health_interval_s / 2:
+            self.reject(f"rank {rank}", f"{C2S_HEALTH}: faster than every "
+                                        f"{self.cfg.status.health_interval_s / 2:g}s (status_args.health_interval_s / 2)")
+            return
+        self.health_at[rank] = now
+        if self.status is not None:
+            self.status.board_health(rank, msg.get("health"))
+
     def on_reply(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
         fields = msg.get_params()
+        if self.status is not None:
+            self.status.board_seen(rank)
         client = answer_client(msg.get_type(), fields)
         if (self.request is None or msg.get_type() != ANSWER_TO[self.request.kind] or fields["round"] != self.round
                 or client not in self.expected or client in self.replies or client in self.failed):
@@ -456,10 +495,22 @@ class ServerNode(_Node):
                 self.send(S2C_FINISH, rank, error=error)
             else:
                 self.send(S2C_FINISH, rank)
+        if self.status is not None and error:
+            self.status.finish(error)
         self.closed = True
         self.stop(exit_code, error)
         if not self.start_ready.is_set():  # the join failed: release the driver thread
             self.start_ready.set()
+
+
+    def shutdown(self) -> None:
+        """The status server stays up status_args.linger_s after the run (to read the final page), then stops."""
+        if self.status_server is None:
+            return
+        if self.cfg.status.linger_s > 0:
+            say(f"status page: {self.status_server.url} stays up {self.cfg.status.linger_s:g}s (status_args.linger_s)")
+            time.sleep(self.cfg.status.linger_s)
+        self.status_server.stop()
 
 
 @dataclass
@@ -497,10 +548,15 @@ class ClientNode(_Node):
     clients' rows. Trains when asked, reports counts, never sends rows."""
 
     def __init__(self, args, home: dict[str, LocalClient], rank: int, n_ranks: int, rules: ClientRules,
-                 transport: TransportFactory) -> None:
+                 transport: TransportFactory, health: HealthProbe | None = None, health_interval_s: float = 10.0) -> None:
         """home: the clients this rank holds (says hello for, trains, evaluates); a message about any other
-        client is rejected as not this rank's."""
+        client is rejected as not this rank's; health: what this rank reports about itself every health_interval_s
+        (None: nothing)."""
         self.home = home
+        self.health = health
+        self.health_interval_s = health_interval_s
+        self.last_round: int | None = None
+        self.lies = 0  # health reports sent by a health_lies attacker
         self.label = next(iter(home)) if len(home) == 1 else f"{len(home)} clients"
         self.rules = rules
         self.welcomed = False
@@ -512,6 +568,7 @@ class ClientNode(_Node):
     def register_message_receive_handlers(self) -> None:
         for msg_type, handler in (
             (CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY, self.on_ready), (LOCAL_TICK, self.on_tick),
+            (LOCAL_HEALTH, self.on_health_due),
             (S2C_PING, self.on_ping), (S2C_WELCOME, self.on_welcome), (S2C_TRAIN, self.on_request),
             (S2C_EVAL_STATS, self.on_request), (S2C_EVAL_COUNTS, self.on_request), (S2C_FINISH, self.on_finish),
         ):
@@ -527,6 +584,21 @@ class ClientNode(_Node):
     def on_ready(self, _msg: Message) -> None:
         self._say(f"{sum(c.n_train for c in self.home.values())} training rows; connecting to the server")
         self.post(LOCAL_TICK)
+        if self.health is not None:
+            self.post_after(self.health_interval_s, LOCAL_HEALTH)
+
+    def on_health_due(self, _msg: Message) -> None:
+        """Report this rank's health (once welcomed; one try: a lost report is replaced by the next)."""
+        liar = next((c for c in self.home.values() if c.attack == "health_lies"), None)
+        if self.welcomed:
+            fields = self.health.fields(self.last_round)
+            self.lies += liar is not None
+            if liar is not None and self.lies % 2 == 0:  # the attack (attack_args): numbers no board can have
+                fields = {**fields, "rss_mb": 1e12, "warnings": [{"time": time.time(), "level": "ERROR",
+                                                                   "message": "<script>alert(1)</script>" * 400}]}
+            self.send(C2S_HEALTH, 0, health=fields)
+            write_json(self.health.report_file, fields)  # what it said last, for whoever looks on the board
+        self.post_after(self.health_interval_s / (liar.attack_scale if liar is not None else 1.0), LOCAL_HEALTH)
 
     def on_tick(self, _msg: Message) -> None:
         now = time.monotonic()
@@ -580,6 +652,7 @@ class ClientNode(_Node):
         self.welcomed = True
         for msg_type, answer in answers(self.home, msg.get_type(), msg.get_params()):
             if msg_type == C2S_UPDATE:
+                self.last_round = answer.round + 1
                 self._say(f"round {answer.round + 1}: trained {answer.n} rows at lr {answer.lr:.6g}, "
                           f"loss {answer.loss:.5f} ({answer.train_seconds:.1f}s)")
             fields = answer.to_fields()
@@ -612,9 +685,44 @@ def server_node(args, cfg, run_dir: Path, data_info: dict[str, Any], kind: str, 
     if checkpoint is not None:
         state.restore(checkpoint)
     rules = ServerRules.of(cfg)
-    out = RunOutputs(run_dir, cfg.tracking.tensorboard, rules.checkpoint)
+    status, status_server = status_of(cfg, run_dir, kind, client_ranks)
+    out = RunOutputs(run_dir, cfg.tracking.tensorboard, rules.checkpoint, status=status)
     return ServerNode(args, cfg, state.model, client_ranks, transport,
-                      lambda grid: run_federation(state, grid, out, rules.min_clients))
+                      lambda grid: run_federation(state, grid, out, rules.min_clients), status, status_server)
+
+
+def status_of(cfg, run_dir: Path, kind: str, client_ranks: list[int]) -> tuple[StatusStore, StatusServer | None]:
+    """The run's status store, and its status server when status_args.port is set (started; its URL printed and kept
+    in RUN_DIR/status.json). A port in use is a warning: the run goes on without the page."""
+    st = cfg.status
+    clients = {r: [] for r in client_ranks}
+    for i, c in enumerate(cfg.clients):
+        clients[client_ranks[i % len(client_ranks)]].append(c)
+    config = {section: dict(keys) for section, keys in cfg.values.items()}
+    if config.get("status_args", {}).get("token") is not None:
+        config["status_args"]["token"] = "(set)"  # the page never shows the token
+    store = StatusStore({"kind": kind, "run_dir": str(run_dir), "rounds": cfg.train.comm_round, "clients": clients,
+                         "config": config}, st.keep_rounds)
+    if st.port is None:
+        return store, None
+    try:
+        server = StatusServer(st.host, st.port, st.token, store.snapshot, run_metrics(store.snapshot),
+                              lambda snap: render_page(snap, st.refresh_s), run_dir, store.page_request).start()
+    except OSError as exc:
+        say(f"warning: status page not served: {st.host}:{st.port}: {exc.strerror or exc} (status_args.port; "
+            f"0 picks a free port)")
+        return store, None
+    write_json(run_dir / "status.json", {"url": server.url, "host": server.host, "port": server.port,
+                                         "token": st.token is not None})
+    say(f"status page: {server.url}" + (" (with ?token=..., status_args.token)" if st.token else ""))
+    return store, server
+
+
+def client_health(cfg, run_dir: Path, report_file: Path) -> HealthProbe:
+    """What a board (or simulation worker) reports about itself; its warnings and errors are collected from now."""
+    buffer = WarningBuffer(cfg.status.health_warnings, MAX_WARNING_CHARS)
+    logging.getLogger().addHandler(buffer)
+    return HealthProbe(run_dir, buffer, 3 * cfg.status.health_interval_s, report_file)
 
 
 def run_node(make_node: Callable[[], _Node], fedml_console: bool, log_file: Path, resources_file: Path,
@@ -622,7 +730,10 @@ def run_node(make_node: Callable[[], _Node], fedml_console: bool, log_file: Path
     """Build and run a node with FedML's output kept in the run's log; record its peak RSS and bytes."""
     with fds_to_file(log_file, not fedml_console):
         node = make_node()
-        node.run()
+        try:
+            node.run()
+        finally:
+            node.shutdown()
     write_json(resources_file, {**info, "host": platform.node(), "machine": platform.machine(),
                                 "peak_rss_mb": round(peak_rss_mb(), 1),
                                 "bytes_sent": node.com_manager.bytes_sent,

@@ -93,7 +93,7 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
     args = init_fedml(cfg, log_file, [])
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
-        from trainer.nodes import ClientNode, ClientRules, ServerNode, run_node, server_node
+        from trainer.nodes import ClientNode, ClientRules, ServerNode, client_health, run_node, server_node
         from trainer.transport import MpiTransport
     torch.set_num_threads(cfg.device.torch_threads)  # N+1 processes share the cores
     node_comm = comm.Dup()  # our nodes' messages never mix with anything else on COMM_WORLD
@@ -104,7 +104,9 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
     def make_node() -> ServerNode | ClientNode:
         if rank == 0:
             return server_node(args, cfg, run_dir, data_info, "federated", list(range(1, size)), transport)
-        return ClientNode(args, home, rank, workers, ClientRules.of(cfg), transport)
+        return ClientNode(args, home, rank, workers, ClientRules.of(cfg), transport,
+                          client_health(cfg, run_dir, run_dir / "resources" / f"health-rank{rank}.json"),
+                          cfg.status.health_interval_s)
 
     node = run_node(make_node, cfg.tracking.fedml_console, log_file, run_dir / "resources" / f"rank{rank}.json",
                     {"rank": rank, "role": "server" if rank == 0 else "client",

@@ -185,6 +185,9 @@ def _sender(peer_rank: int | None, peer: str) -> str:
     return f"rank {peer_rank} (MPI)" if peer == "MPI" else f"rank {peer_rank} (certificate, {peer})"
 
 
+MAX_PEER_ADDRESSES = 100_000  # ranks are bounded by the ipconfig / world size; this bounds the map whatever happens
+
+
 def receive_loop(q: Inbox, running: Callable[[], bool], transport, deliver: Callable[[Message], None]) -> None:
     """The receive loop of both transports: block on the inbox (no spinning); local events go straight
     to `deliver`; wire bytes from a peer are counted, checked against who may send to this node (before any
@@ -219,6 +222,9 @@ def receive_loop(q: Inbox, running: Callable[[], bool], transport, deliver: Call
         if msg.get_receiver_id() != transport.rank:
             transport.reject(sender, f"addressed to rank {msg.get_receiver_id()}, this is rank {transport.rank}")
             continue
+        peers = getattr(transport, "peer_addresses", None)
+        if peers is not None and len(peers) < MAX_PEER_ADDRESSES:  # where each rank was last heard from (status page)
+            peers[int(msg.get_sender_id())] = (delivery.peer, delivery.peer_rank is not None and delivery.peer != "MPI")
         deliver(msg)
 
 
@@ -264,6 +270,7 @@ class MpiTransport(MpiCommunicationManager):
     def __init__(self, comm, rank: int, size: int, max_bytes: int) -> None:
         self.bytes_sent = 0
         self.bytes_received = 0
+        self.peer_addresses: dict[int, tuple[str, bool]] = {}  # rank -> (address, certified), set by receive_loop
         self.max_bytes = max_bytes
         self.peer_ranks: set[int] | None = None  # who may send to this rank (set by its node)
         self.reject: Reject = log_reject
