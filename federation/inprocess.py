@@ -25,6 +25,7 @@ from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.wire import WireError, encode
 from fediot.config import FedIoTConfig
+from monitor.status import StatusStore
 
 SERVER_RANK = 0
 MAX_REJECTIONS_KEPT = 20
@@ -157,14 +158,17 @@ class InProcessGrid:
 
 def run_in_process(cfg: FedIoTConfig, run_dir: Path, data_root: Path, data_info: dict[str, Any],
                    kind: str = "federated", faults: Faults | None = None, console: Callable[[str], None] | None = None,
-                   checkpoint: dict[str, Any] | None = None) -> tuple[RoundState, InProcessGrid]:
+                   checkpoint: dict[str, Any] | None = None, status: StatusStore | None = None
+                   ) -> tuple[RoundState, InProcessGrid]:
     """A whole federated run of `cfg` in this process: the same driver, state, outputs and clients as
-    `sh run_simulation.sh` (deployment configs: with checkpoints and their quorum), on an `InProcessGrid`."""
+    `sh run_simulation.sh` (deployment configs: with checkpoints and their quorum), on an `InProcessGrid`; status:
+    a status page's store that gets the rounds (bench/bench_status.py)."""
     loader = ClientLoader(cfg, data_root, run_dir)
     grid = InProcessGrid({c: loader(c) for c in cfg.clients}, int(cfg.comm.max_message_mb * 2**20), faults)
     state = RoundState(cfg, data_info, kind)
     if checkpoint is not None:
         state.restore(checkpoint)
-    out = RunOutputs(run_dir, cfg.tracking.tensorboard, checkpoint=not cfg.is_simulation, console=console)
+    out = RunOutputs(run_dir, cfg.tracking.tensorboard, checkpoint=not cfg.is_simulation, console=console,
+                     status=status)
     run_federation(state, grid, out, quorum(cfg))
     return state, grid

@@ -44,7 +44,7 @@ def finished_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sim")
     hosts = tmp / "hosts"
     hosts.write_text("# the cluster: this machine only\nlocalhost slots=4\n")
-    proc = run_sim("3", sim_config(tmp, **THIRTY), 300, "--hostfile", str(hosts))
+    proc = run_sim("3", sim_config(tmp, **THIRTY, status_args__port=0), 300, "--hostfile", str(hosts))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert f"hosts from {hosts}: localhost" in proc.stderr
     return proc, tmp
@@ -74,6 +74,9 @@ def test_simulation_writes_run_directory(finished_run):
         assert set(r["client_losses"]) == set(r["sampled"]) and r["wall_time_s"] >= 0
     resources = [json.loads((run_dir / "resources" / f"rank{r}.json").read_text()) for r in (1, 2, 3)]
     assert [x["device"] for x in resources] == ["10 clients"] * 3
+    # the simulation served the status page as a deployment does (README "Watching a deployment")
+    status = json.loads((run_dir / "status.json").read_text())
+    assert f"status page: {status['url']}" in finished_run.stdout and status["host"] == "127.0.0.1"
     # the round rules themselves run on the in-process grid (tests/test_rounds.py): the MPI run gives its metrics
     _, _, in_process = run(sim_values(tmp / "in-process", **THIRTY))
     assert_same_metrics(m, metrics_of(in_process))

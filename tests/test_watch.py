@@ -319,3 +319,41 @@ def test_commands_run_from_any_directory_through_the_launcher(tmp_path):
     assert (tmp_path / "mine" / "cam" / "benign_traffic.csv").is_file()
     proc = subprocess.run([str(REPO / "bin" / "fediot"), "nope"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown command" in proc.stderr and "fediot detect" in proc.stderr
+
+
+def test_detect_tells_the_board_and_prometheus_what_it_sees(tmp_path, two_devices):
+    """With --follow, detect keeps its counters in the board's run directory (detect_status.json, which the board's
+    health reports carry to the server) and serves them on /metrics (Prometheus' parser reads them)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from monitor.health import DETECT_STATUS_FILE, HealthProbe, WarningBuffer
+
+    board = tmp_path / "runs" / "20261201-000000-client-1"
+    (board / "detector").mkdir(parents=True)
+    lean_model(board / "detector" / "model.npz", {CAMERA: 0.0}, meta={"round": 3})
+    follower = detect.ModelFollower(tmp_path / "runs", 1e-6, [CAMERA], False)
+    model, _ = follower.wait_first(timeout_s=5)
+    live = detect.LiveCounters(1e-9, follower)  # every batch
+    server = detect.serve_metrics(live, 0, "127.0.0.1", None)
+    try:
+        batches = list(frame_batches(two_devices, 400))
+        with (tmp_path / "alerts.jsonl").open("w") as sink:
+            summary = detect.run_detection(model, iter(batches), CAMERA, 1, sink, follower=follower, live=live)
+        families = {f.name: f for f in text_string_to_metric_families(
+            urllib.request.urlopen(server.url + "metrics", timeout=10).read().decode())}
+    finally:
+        server.stop()
+    status = json.loads((board / DETECT_STATUS_FILE).read_text())
+    assert status["packets"] == summary["packets"] and status["model_round"] == 3
+    assert status["window_alerts"] == summary["window_alerts"] > 0 and status["packets_per_s"] > 0
+    assert families["fediot_detect_packets"].samples[0].value == summary["packets"]
+    alerts = {s.labels["device"]: s.value for s in families["fediot_detect_window_alerts"].samples}
+    assert alerts == {CAMERA: summary["devices"][CAMERA]["window_alerts"]}
+    assert families["fediot_detect_model_round"].samples[0].value == 3
+    # the board's health report carries it while it is fresh, and not once it is stale
+    probe = HealthProbe(board, WarningBuffer(5, 300), 30.0, board / "health.json")
+    assert probe.fields(3)["detect"]["window_alerts"] == summary["window_alerts"]
+    (board / DETECT_STATUS_FILE).write_text(json.dumps({**status, "written_at": status["written_at"] - 31}))
+    assert probe.fields(3)["detect"] is None

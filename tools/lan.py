@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -121,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="cap the device's cloud-poll period and mean time between motion events at S seconds, so that "
                         "a capture of a few times S holds every behaviour the device shows later (a real device needs "
                         "captures of hours for that)")
+    r.add_argument("--realtime", action="store_true",
+                   help="send at real-time priority (SCHED_FIFO, root): the emulated device's packet timing then does not "
+                        "depend on what else the machine runs, as a real device's does not")
     f = sub.add_parser("flood")
     f.add_argument("--interface", required=True)
     f.add_argument("--src-ip", required=True)
@@ -144,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             sim.kind = replace(k, poll_s=min(k.poll_s, a.behaviour_every),
                                event_every_s=min(k.event_every_s, a.behaviour_every) if k.event_every_s > 0 else 0)
         frames = sim.capture(a.seconds, start=time.time())
+        if a.realtime:  # after building the frames (seconds of CPU): only the sleeping sender runs at this priority
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         print(json.dumps({"first_packet_at": time.time(), "frames": len(frames)}), flush=True)
         print(json.dumps({"sent": send_frames(a.interface, frames, a.seconds)}), flush=True)
     else:
