@@ -13,7 +13,9 @@ Messages and what each may hold: `federation.messages`; every message received i
 against it first, and a rejected one is logged, counted (`rejected` in rounds.jsonl) and dropped.
 
 Every handler runs on the transport's receive thread; timers and the server's driver thread only post local
-messages.
+messages. The server keeps what its status page shows in a `monitor.status.StatusStore` (boards, rejections; the run's
+outputs add the rounds) and serves it (`status_of`); each client reports its health (`monitor.health`) every
+status_args.health_interval_s.
 """
 from __future__ import annotations
 
@@ -36,8 +38,9 @@ from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.messages import (
-    ANSWER_TO, C2S_HEALTH, C2S_HELLO, MAX_WARNING_CHARS, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_FINISH, S2C_PING,
-    S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError, answer_client, validate,
+    ANSWER_TO, C2S_HEALTH, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_WARNING_CHARS, S2C_EVAL_COUNTS,
+    S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError,
+    answer_client, validate,
 )
 from fediot.console import names_line, say
 from fediot.rundir import peak_rss_mb, write_json
