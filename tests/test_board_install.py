@@ -65,7 +65,8 @@ def test_check_tool_names_a_missing_requirements_file(tmp_path):
 def test_detect_requirements_list_the_detect_path_imports():
     """requirements-detect.txt: the packages whose modules the detect path loads (checked by
     tests/test_lean_detector.py running detect with torch/FedML blocked), paho-mqtt for MQTT alerts (imported only
-    when detect_args.mqtt_broker is set; tests/test_watch.py), and no torch/FedML."""
+    when detect_args.mqtt_broker is set; tests/test_watch.py), prometheus_client for /metrics (imported only with
+    --metrics-port; tests/test_watch.py), and no torch/FedML."""
     names = {Requirement(ln.split("#")[0]).name.lower() for ln in (REPO / "requirements-detect.txt").read_text().splitlines()
              if ln.split("#")[0].strip()}
-    assert names == {"numpy", "numba", "dpkt", "pyyaml", "paho-mqtt"}
+    assert names == {"numpy", "numba", "dpkt", "pyyaml", "paho-mqtt", "prometheus-client"}

@@ -101,7 +101,7 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         # -- each board's device talks (real time, on the board's interface); the board captures it
         replays = [start(lan.in_ns(b, *py(str(REPO / "tools" / "lan.py"), "replay", "--interface", b.interface,
                                            "--kind", KINDS[k], "--ip", device_ip(k + 1), "--mac", device_mac(k + 1),
-                                           "--gateway-mac", f"02:00:0a:e7:02:{k + 1:02x}", "--seconds", "400",
+                                           "--gateway-mac", f"02:00:0a:e7:02:{k + 1:02x}", "--seconds", "300",
                                            "--seed", str(k), "--behaviour-every", str(BEHAVIOUR_EVERY_S),
                                            "--realtime")),
                          tmp_path / f"replay{k + 1}.log")

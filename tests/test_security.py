@@ -68,7 +68,7 @@ def test_an_attacker_on_the_lan_is_refused_and_the_run_learns_what_it_would_have
         # only then does its board know who sent it)
         assert refused(ports[1], train_as_server, foreign, "server", receiver=1, ca=certs / "ca.pem") \
             == grpc.StatusCode.UNAVAILABLE  # a rogue server's certificate
-        assert clients[2].finish(60) == 5
+        assert clients[2].finish(120) == 5  # its start (torch, FedML) can take a minute beside the other test processes
         assert "the server refused this board" in clients[2].stderr and "revoked" in clients[2].stderr
         assert srv.finish(240) == 0, srv.stdout + srv.stderr
         assert all(c.finish(60) == 0 for c in clients[:2]), [c.stderr for c in clients]
