@@ -1,5 +1,6 @@
 """Packets -> features -> detector: the detect command on a simulated capture with an attack in the middle."""
 import json
+import os
 import subprocess
 import sys
 
@@ -138,3 +139,37 @@ def test_every_capture_format_reads_the_same_packets_as_dpkt(tmp_path, fmt):
     assert len(expected) == len(frames)
     for name in ("time", "size", "src_mac", "src_ip", "dst_ip", "src_port", "dst_port"):
         assert [v for b in got for v in getattr(b, name)] == getattr(expected, name), name
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a live capture needs root (AF_PACKET)")
+def test_live_packets_carry_the_kernels_receive_time_not_the_readers(tmp_path):
+    """A board busy elsewhere reads its socket late: packets sent 0.2 s apart while nobody read must keep their
+    0.2 s gaps (the kernel's SO_TIMESTAMPNS), or every jitter feature of a board under load is wrong."""
+    import socket
+    import time
+
+    from traffic.packets import live_capture
+
+    batches = live_capture("lo", batch_packets=64, timeout_s=0.5, duration_s=3.0)  # the socket is open now
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sent = []
+    for _ in range(5):
+        sent.append(time.time())
+        s.sendto(b"fediot-timestamp-probe", ("127.0.0.1", 9))
+        time.sleep(0.2)
+    s.close()
+    time.sleep(1.0)  # busy elsewhere: the packets wait in the socket
+    read_from = time.time()
+    times = []
+    for batch, _ in batches:
+        times += [t for t, port in zip(batch.time, batch.dst_port) if port == 9]
+        if len(times) >= 5:
+            break
+    first: list[float] = []  # on lo each packet is seen going out and coming in: one time per packet
+    for t in sorted(times):
+        if not first or t - first[-1] > 0.05:
+            first.append(t)
+    assert len(first) == 5 and first[-1] < read_from
+    gaps = [b - a for a, b in zip(first, first[1:])]
+    assert all(0.15 < g < 0.35 for g in gaps), gaps
+    assert abs(first[0] - sent[0]) < 0.1

@@ -232,6 +232,8 @@ class ServerNode(_Node):
         self.last_workers: dict[str, int] = {}
         self.round = 0  # of the open request (for console lines)
         self.health_at: dict[int, float] = {}  # rank -> when its last health report was taken
+        revoked = set(cfg.comm.revoked_ranks or []) if not cfg.is_simulation else set()
+        self.revoked_clients = {c for c, r in self.home.items() if r in revoked}
         super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(expect_model, self.clients),
                          set(client_ranks))
         self.status, self.status_server = status, status_server
@@ -329,6 +331,8 @@ class ServerNode(_Node):
             self.close(3, f"no client's hello was accepted (refused: {self.names(self.refused_hello)}; see logs/)")
             return
         self.phase = "busy"
+        for device in sorted(self.revoked_clients - set(self.joined)):
+            say(f"note: {device} (rank {self.home[device]}) is revoked (comm_args.revoked_ranks); starting without it")
         for device in sorted(self.refused_hello - set(self.joined)):
             say(f"warning: the hello of {device} (rank {self.home[device]}) was refused (see rounds.jsonl and logs/); "
                 f"starting without it")
@@ -435,8 +439,10 @@ class ServerNode(_Node):
             self._maybe_close()
 
     def _all_heard(self) -> bool:
-        """Every client has said hello, or said one that was refused."""
-        return len(self.joined) + len(self.refused_hello - set(self.joined)) >= len(self.clients)
+        """Every client has said hello, or said one that was refused, or is on a revoked rank (comm_args.revoked_ranks:
+        its certificate is refused, it can never join, so the join does not wait for it)."""
+        heard = set(self.joined) | self.refused_hello | self.revoked_clients
+        return len(heard) >= len(self.clients)
 
     def _maybe_close(self) -> None:
         if len(self.replies) + len(self.failed & self.expected) >= len(self.expected):
