@@ -28,7 +28,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import IO, Any, Iterable
+from typing import IO, Any, Callable, Iterable
 
 import numpy as np
 from numba import njit
@@ -272,7 +272,9 @@ class LiveCounters:
         self.next_write = 0.0
 
     def update(self, packets: int, scored: int, packet_alerts: int, window_alerts: int,
-               per_device: dict[str, dict[str, int]], model_round: int | None, tracked_streams: int) -> None:
+               per_device: dict[str, dict[str, int]], model_round: int | None,
+               tracked_streams: Callable[[], int]) -> None:
+        """After every batch: the counts now; the rest (rate, per device, streams, the file) every `every_s`."""
         now = time.monotonic()
         if now < self.next_write:
             self.values.update(packets=packets, packets_scored=scored, packet_alerts=packet_alerts,
@@ -283,7 +285,7 @@ class LiveCounters:
                            window_alerts=window_alerts, packets_per_s=round((packets - p0) / max(now - t0, 1e-6), 1),
                            model_round=model_round, devices={d: dict(v) for d, v in per_device.items()},
                            model_swaps=len(self.follower.swaps) if self.follower else 0,
-                           tracked_streams=tracked_streams)
+                           tracked_streams=tracked_streams())
         self.mark, self.next_write = (now, packets), now + self.every_s
         if self.follower is not None and self.follower.path is not None:  # RUN_DIR/detector/model.npz -> RUN_DIR
             try:
@@ -420,7 +422,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
             if live is not None:
                 live.update(packets, scored, alerts, window_alerts, per_device, detector.meta.get("round"),
-                            sum(extractor.tracked().values()))
+                            lambda: sum(extractor.tracked().values()))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: detection stops here, the summary still comes
         interrupted = True
     seconds = time.perf_counter() - started

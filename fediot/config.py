@@ -460,7 +460,7 @@ def _check_sizes(values: dict[str, dict[str, Any]], where: str) -> None:
         raise ConfigError(f"{where}: comm_args.backend = {backend!r}; a deployment uses GRPC "
                           f"(MQTT_S3 needs FedML's cloud; MPI is for run_simulation.sh)")
     st = values["status_args"]
-    if st["port"] is not None:
+    if st["port"] is not None or values["detect_args"]["metrics_port"] is not None:  # both serve by these rules
         try:
             loopback = ipaddress.ip_address(st["host"]).is_loopback
         except ValueError:

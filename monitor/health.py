@@ -65,21 +65,21 @@ class WarningBuffer(logging.Handler):
         self.keep, self.max_chars = keep, max_chars
         self.items: collections.deque[dict[str, Any]] = collections.deque(maxlen=keep)
         self.total = 0
-        self.lock_ = threading.Lock()
+        self._items_lock = threading.Lock()  # logging.Handler's own `lock` is for emit
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             text = record.getMessage()
         except Exception:  # noqa: BLE001 - a bad log call must not break the board
             text = str(record.msg)
-        with self.lock_:
+        with self._items_lock:
             self.total += 1
             self.items.append({"time": round(record.created, 3), "level": record.levelname if record.levelname in LEVELS
                                else "WARNING", "message": text[:self.max_chars]})
 
     def take(self) -> tuple[int, list[dict[str, Any]]]:
         """Warnings since the last call: how many in all, and the latest `keep`."""
-        with self.lock_:
+        with self._items_lock:
             out = (self.total, list(self.items))
             self.items.clear()
             self.total = 0

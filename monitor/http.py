@@ -14,6 +14,7 @@ import hmac
 import ipaddress
 import json
 import logging
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -106,7 +107,7 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
 
     def __init__(self, address, handler, slots: threading.BoundedSemaphore) -> None:
-        self.address_family = __import__("socket").AF_INET6 if ":" in address[0] else __import__("socket").AF_INET
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.slots = slots
         super().__init__(address, handler)
 
