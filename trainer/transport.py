@@ -222,9 +222,9 @@ def receive_loop(q: Inbox, running: Callable[[], bool], transport, deliver: Call
         if msg.get_receiver_id() != transport.rank:
             transport.reject(sender, f"addressed to rank {msg.get_receiver_id()}, this is rank {transport.rank}")
             continue
-        peers = getattr(transport, "peer_addresses", None)
-        if peers is not None and len(peers) < MAX_PEER_ADDRESSES:  # where each rank was last heard from (status page)
-            peers[int(msg.get_sender_id())] = (delivery.peer, delivery.peer_rank is not None and delivery.peer != "MPI")
+        peers, rank = getattr(transport, "peer_addresses", None), int(msg.get_sender_id())
+        if peers is not None and (rank in peers or len(peers) < MAX_PEER_ADDRESSES):  # where each rank was last heard
+            peers[rank] = (delivery.peer, delivery.peer_rank is not None and delivery.peer != "MPI")  # from (status)
         deliver(msg)
 
 
