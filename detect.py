@@ -275,14 +275,13 @@ class LiveCounters:
                per_device: dict[str, dict[str, int]], model_round: int | None,
                tracked_streams: Callable[[], int]) -> None:
         """After every batch: the counts now; the rest (rate, per device, streams, the file) every `every_s`."""
+        self.values.update(packets=packets, packets_scored=scored, packet_alerts=packet_alerts,
+                           window_alerts=window_alerts)
         now = time.monotonic()
         if now < self.next_write:
-            self.values.update(packets=packets, packets_scored=scored, packet_alerts=packet_alerts,
-                               window_alerts=window_alerts)
             return
         t0, p0 = self.mark
-        self.values.update(packets=packets, packets_scored=scored, packet_alerts=packet_alerts,
-                           window_alerts=window_alerts, packets_per_s=round((packets - p0) / max(now - t0, 1e-6), 1),
+        self.values.update(packets_per_s=round((packets - p0) / max(now - t0, 1e-6), 1),
                            model_round=model_round, devices={d: dict(v) for d, v in per_device.items()},
                            model_swaps=len(self.follower.swaps) if self.follower else 0,
                            tracked_streams=tracked_streams())
@@ -322,18 +321,10 @@ class LiveCounters:
 
 def serve_metrics(counters: LiveCounters, port: int, host: str, token: str | None):
     """detect's /metrics (the status server's access rules: loopback, or the token); OSError when the port is taken."""
-    from prometheus_client import CollectorRegistry, generate_latest
-    from prometheus_client.registry import Collector
-
     from monitor.http import StatusServer
+    from monitor.metrics import exposition
 
-    class _Counters(Collector):
-        def collect(self):
-            return counters.metrics()
-
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Counters())
-    return StatusServer(host, port, token, None, lambda: generate_latest(registry)).start()
+    return StatusServer(host, port, token, None, exposition(counters.metrics)).start()
 
 
 # ------------------------------------------------------------------------------------- detection

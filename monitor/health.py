@@ -102,7 +102,8 @@ class HealthProbe:
         self.last_cpu = (time.monotonic(), _cpu_seconds())
         self.warnings_total = 0
 
-    def fields(self, last_round: int | None, features_version: int | None = None) -> dict[str, Any]:
+    def fields(self, last_round: int | None) -> dict[str, Any]:
+        """The report: `last_round` is the last round this process trained in (None before its first)."""
         now, cpu = time.monotonic(), _cpu_seconds()
         wall = max(now - self.last_cpu[0], 1e-6)
         cpu_percent = max(0.0, (cpu - self.last_cpu[1]) / wall * 100.0)
@@ -116,13 +117,13 @@ class HealthProbe:
         detect = self.detect()
         return {
             "version": self.version,
-            "features_version": detect.get("features_version", features_version) if detect else features_version,
+            "features_version": detect["features_version"] if detect else None,
             "rss_mb": round(current_rss_mb(), 1),
             "cpu_percent": round(cpu_percent, 1),
             "disk_free_mb": round(disk_free_mb, 1),
             "uptime_s": round(now - self.started, 1),
             "last_round": last_round,
-            "detect": None if detect is None else {k: detect[k] for k in DETECT_FIELDS},
+            "detect": None if detect is None else {k: detect[k] for k in DETECT_FIELDS},  # without features_version
             "warnings_total": self.warnings_total,
             "warnings": recent,
         }

@@ -231,13 +231,13 @@ SCM_TIMESTAMPNS = SO_TIMESTAMPNS
 _TIMESPEC = {16: struct.Struct("=qq"), 8: struct.Struct("=ll")}  # 64-bit / 32-bit time_t
 
 
-def packet_time(ancdata: list[tuple[int, int, bytes]], fallback: float) -> float:
-    """The kernel's receive time of a packet from recvmsg's ancillary data (SO_TIMESTAMPNS); `fallback` without it."""
+def packet_time(ancdata: list[tuple[int, int, bytes]]) -> float | None:
+    """The kernel's receive time of a packet from recvmsg's ancillary data (SO_TIMESTAMPNS); None without it."""
     for level, kind, data in ancdata:
         if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(data) in _TIMESPEC:
             sec, nsec = _TIMESPEC[len(data)].unpack(data)
             return sec + nsec * 1e-9
-    return fallback
+    return None
 
 
 def _capture_loop(sock: socket.socket, batch_packets: int, timeout_s: float,
@@ -259,7 +259,8 @@ def _capture_loop(sock: socket.socket, batch_packets: int, timeout_s: float,
                     buf, ancdata, _flags, _addr = sock.recvmsg(65535, 64)
                 except socket.timeout:
                     break
-                parse_frame(packet_time(ancdata, time.time()), buf, len(buf), batch, skipped)
+                t = packet_time(ancdata)
+                parse_frame(time.time() if t is None else t, buf, len(buf), batch, skipped)
             yield batch, skipped
     finally:
         sock.close()

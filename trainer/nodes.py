@@ -33,7 +33,7 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
-from federation.client import LocalClient, answers, decoding_bomb
+from federation.client import LocalClient, answers, decoding_bomb, home_clients
 from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
 from federation.state import RoundState
@@ -704,9 +704,7 @@ def status_of(cfg, run_dir: Path, kind: str, client_ranks: list[int]) -> tuple[S
     """The run's status store, and its status server when status_args.port is set (started; its URL printed and kept
     in RUN_DIR/status.json). A port in use is a warning: the run goes on without the page."""
     st = cfg.status
-    clients = {r: [] for r in client_ranks}
-    for i, c in enumerate(cfg.clients):
-        clients[client_ranks[i % len(client_ranks)]].append(c)
+    clients = {r: home_clients(cfg, k + 1, len(client_ranks)) for k, r in enumerate(client_ranks)}
     config = {section: dict(keys) for section, keys in cfg.values.items()}
     if config.get("status_args", {}).get("token") is not None:
         config["status_args"]["token"] = "(set)"  # the page never shows the token
