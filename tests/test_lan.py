@@ -197,9 +197,9 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     assert first is not None and 0.0 <= first - attack_at + CLOCK_SLACK_S and first - attack_at <= ALERT_WITHIN_S, \
         (first, attack_at)
     # the other devices' false alarms before the attack (the attacked device's own packets answer the flood: not
-    # counted there). During the flood this 2-core machine starves the emulated devices' senders, whose packet timing
-    # (jitter features) then changes: one unattacked board had 37 window alerts within those 2 s; counted apart
-    # (bench/bench_lan.py), as a real device's timing does not depend on the board's CPU.
+    # counted there). Those during the flood are counted apart (bench/bench_lan.py): before the senders ran at
+    # real-time priority and packets carried the kernel's receive time, this 2-core machine's load during the flood
+    # changed their timing (one unattacked board: 37 window alerts within those 2 s); 0-9 in the last bench runs.
     during: dict[str, int] = {}
     for k in (2, 3):
         s = summaries[k - 1]["devices"][DEVICES[k - 1]]
