@@ -47,6 +47,7 @@ from fediot.checks import MAX_VALUE, error_stats as check_error_stats, feature_s
 from fediot.checks import string as _str, vector as _vector
 from model.detector import ErrorStats
 from model.normalization import FeatureStats
+from monitor.health import DETECT_FIELDS, LEVELS
 
 C2S_HELLO = "fediot_hello"
 S2C_WELCOME = "fediot_welcome"
@@ -261,8 +262,7 @@ def _health(p: dict[str, Any], exp: Expectations) -> None:
     if h["last_round"] is not None:
         _int(h["last_round"], "health.last_round", 0, 10**6)
     if h["detect"] is not None:
-        d = _dict(h["detect"], "health.detect", {"packets", "packets_per_s", "packet_alerts", "window_alerts",
-                                                 "model_round"})
+        d = _dict(h["detect"], "health.detect", set(DETECT_FIELDS))
         for key in ("packets", "packet_alerts", "window_alerts"):
             _int(d[key], f"health.detect.{key}", 0, MAX_PACKETS)
         _num(d["packets_per_s"], "health.detect.packets_per_s", 0.0, 1e9)
@@ -275,8 +275,8 @@ def _health(p: dict[str, Any], exp: Expectations) -> None:
     for i, item in enumerate(w):
         item = _dict(item, f"health.warnings[{i}]", {"time", "level", "message"})
         _num(item["time"], f"health.warnings[{i}].time", 0.0, 1e11)
-        if item["level"] not in ("WARNING", "ERROR", "CRITICAL"):
-            _fail(f"health.warnings[{i}].level must be WARNING, ERROR or CRITICAL")
+        if item["level"] not in LEVELS:
+            _fail(f"health.warnings[{i}].level must be one of {', '.join(LEVELS)}")
         _str(item["message"], f"health.warnings[{i}].message", MAX_WARNING_CHARS)
 
 
