@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
             batches: Iterable = (b for f in a.pcap for b in read_capture(f, batch_size=cfg.batch_packets))
             source = ", ".join(str(f) for f in a.pcap)
         else:
-            batches = live_capture(a.interface, duration_s=a.duration)
+            batches = live_capture(a.interface, duration_s=a.duration, ring_mb=cfg.capture_ring_mb)
             source = f"interface {a.interface}"
             print(f"capturing on {a.interface} for {a.duration:g}s", file=sys.stderr, flush=True)
         captured_at = time.time()

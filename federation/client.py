@@ -184,7 +184,7 @@ class LocalClient:
         rows = self._training_rows(own_normalizer(normalizer, scale))
         started = time.monotonic()
         losses = train_autoencoder(self.model, rows, plan.epochs, plan.batch_size, plan.lr, plan.weight_decay,
-                                   seed=plan.seed)
+                                   seed=plan.seed, prox_mu=plan.prox_mu)
         seconds = round(time.monotonic() - started, 4)
         if self.record_file is not None:
             append_jsonl(self.record_file, {"round": plan.round_idx + 1, "device": self.device, "loss": losses[-1],

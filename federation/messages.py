@@ -356,6 +356,7 @@ class RoundPlan:
     batch_size: int
     weight_decay: float
     seed: int
+    prox_mu: float = 0.0  # FedProx's proximal weight (0: none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -370,8 +371,8 @@ class RoundPlan:
                 or d["epochs"] < 1 or d["batch_size"] < 1:
             _fail(f"a round plan needs non-negative integers {ints} (epochs and batch size >= 1)")
         if any(not isinstance(d[k], (int, float)) or isinstance(d[k], bool) or not 0 <= d[k] < float("inf")
-               for k in ("lr", "weight_decay")) or d["lr"] <= 0:
-            _fail("a round plan needs a finite lr > 0 and weight_decay >= 0")
+               for k in ("lr", "weight_decay", "prox_mu")) or d["lr"] <= 0:
+            _fail("a round plan needs a finite lr > 0 and weight_decay and prox_mu >= 0")
         return cls(**d)
 
 

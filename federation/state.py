@@ -30,6 +30,7 @@ from evaluation.metrics import METRIC_KEYS, rate_text
 from evaluation.scoring import thresholds_from_stats
 from federation import defenses
 from federation.aggregation import aggregate
+from federation.algorithms import ServerOptimizer, fednova_rescale, local_steps
 from federation.messages import Hello, RoundPlan, Update
 from fediot.config import FedIoTConfig, client_part, device_number, device_of_client
 from fediot.console import round_bar
@@ -98,6 +99,10 @@ class RoundState:
                 self.defenses = dataclasses.replace(self.defenses, aggregation="fedavg")
         self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
         self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
+        t = cfg.train
+        self.algorithm = t.federated_optimizer
+        self.server_opt = (ServerOptimizer(t.server_optimizer, t.server_lr, t.server_momentum, t.server_beta1,
+                                           t.server_beta2, t.server_tau) if self.algorithm == "FedOpt" else None)
 
     def client_joined(self, hello: Hello) -> None:
         """What a client announced when it (re)joined: the counts its later messages must agree with."""
@@ -130,6 +135,11 @@ class RoundState:
         self.recent.clear()
         for state in checkpoint.get("recent") or [checkpoint["model"]]:
             self.recent.append(self._checked_state(state))
+        if self.server_opt is not None and checkpoint.get("server_optimizer") is not None:
+            try:
+                self.server_opt.load_state_dict(checkpoint["server_optimizer"], state_of(self.model))
+            except ValueError as exc:
+                raise ConfigError(f"checkpoint: {exc} (not this run's?)") from None
 
     def _checked_state(self, state: Any) -> dict[str, torch.Tensor]:
         """A checkpointed set of global weights, as the model's own (names, shapes, finite)."""
@@ -147,6 +157,7 @@ class RoundState:
                 "device_scales": self.device_scales, "thresholds": self.thresholds,
                 "recent": list(self.recent) if self.recent.maxlen > 1 else None,  # None: just `model`
                 "pending_record": self.record or None,  # a round whose evaluation is still to come
+                "server_optimizer": self.server_opt.state_dict() if self.server_opt is not None else None,
                 "config": self.cfg.values}
 
     @property
@@ -211,7 +222,7 @@ class RoundState:
         t = self.cfg.train
         client_index = device_number(device_of_client(client)) + len(nbaiot.DEVICES) * client_part(client)
         return RoundPlan(round_idx=self.round, lr=self.lr(), epochs=t.epochs, batch_size=t.batch_size,
-                         weight_decay=t.weight_decay,
+                         weight_decay=t.weight_decay, prox_mu=t.fedprox_mu if self.algorithm == "FedProx" else 0.0,
                          seed=self.cfg.common.random_seed * 100003 + self.round * 101 + client_index)
 
     def sample(self) -> list[str]:
@@ -246,8 +257,16 @@ class RoundState:
         if d.robust:  # a client weighs at most the rows it announced, capped against the others
             counts = self._capped({c: min(n, self.announced.get(c, {}).get("n_train", n)) for c, n in counts.items()},
                                   f"round {self.round + 1} weights")
-        new_state, screened = aggregate({c: (counts[c], u.model) for c, u in updates.items()}, state_of(self.model),
-                                        d.aggregation, d.trim_fraction, d.byzantine_clients, d.screen_norm_factor)
+        old_state = state_of(self.model)
+        weighted = {c: (counts[c], u.model) for c, u in updates.items()}
+        if self.algorithm == "FedNova":  # before the rule: each update scaled to the round's effective local steps
+            t = self.cfg.train
+            weighted = fednova_rescale(weighted, old_state,
+                                       {c: local_steps(counts[c], t.epochs, t.batch_size) for c in weighted})
+        new_state, screened = aggregate(weighted, old_state, d.aggregation, d.trim_fraction, d.byzantine_clients,
+                                        d.screen_norm_factor)
+        if self.server_opt is not None:  # after the rule: the server optimizer steps on what the rule agreed on
+            new_state = self.server_opt.step(old_state, new_state)
         self.model.load_state_dict(new_state)
         if self.round <= self.n_rounds // 2:  # rounds 1..n/2: no mean (`evaluated_state`)
             self.recent.clear()
@@ -261,6 +280,7 @@ class RoundState:
             "client_losses": {d: updates[d].loss for d in sorted(updates)},
             "client_train_seconds": {d: updates[d].train_seconds for d in sorted(updates)},
             "aggregation": d.aggregation,
+            **({"algorithm": self.algorithm} if self.algorithm != "FedAvg" else {}),
             **({"screened_out": screened} if screened else {}),
             **(traffic or {}),
         })

@@ -144,7 +144,8 @@ def test_every_capture_format_reads_the_same_packets_as_dpkt(tmp_path, fmt):
 @pytest.mark.skipif(os.geteuid() != 0, reason="a live capture needs root (AF_PACKET)")
 def test_live_packets_carry_the_kernels_receive_time_not_the_readers(tmp_path):
     """A board busy elsewhere reads its socket late: packets sent 0.2 s apart while nobody read must keep their
-    0.2 s gaps (the kernel's SO_TIMESTAMPNS), or every jitter feature of a board under load is wrong."""
+    0.2 s gaps (the kernel's receive times in the capture ring), or every jitter feature of a board under load is
+    wrong."""
     import socket
     import time
 

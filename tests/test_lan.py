@@ -27,13 +27,23 @@ DEVICES = ["porch-cam", "garage-cam", "nursery-cam"]  # the user's own names
 CAPTURE_S = 40.0  # seconds of benign traffic each board captures to learn from
 # The simulated cameras poll their cloud every ~2 min and stream a motion event every ~2.5 min: a 40 s capture may hold
 # neither, and detect then rightly flags the first event it sees (a CI run: 106 window alerts on an unattacked camera).
-# Their periods are capped at this many seconds, so that each capture holds events (checked for these seeds: 2-3 events
-# fall within seconds 3-43 of each device's traffic). A real device needs a capture of hours (README "Your own devices").
-BEHAVIOUR_EVERY_S = 8.0
+# Every behaviour (keep-alive, DNS, NTP, polls, events and their length) is capped at this many seconds, so that each
+# chronological split of the capture (training, validation, test) holds every behaviour. bench/lan_capture_study.py,
+# 5 seeds, this test's pipeline without the LAN: capped at 8 s, a validation split could miss the events (held-out FPR
+# up to 0.20) and 3 of 5 seeds had a device with window alerts on more than 1 % of its later packets (up to 5 %; with
+# only polls and events capped at 8 s, a CI run failed with 145); capped at 1 s, 1 device of 15 at 1.1 %, the rest
+# <= 1 %.
+# A real device needs a capture of hours (README "Your own devices").
+BEHAVIOUR_EVERY_S = 1.0
 # The emulated devices send at real-time priority (tools/lan.py replay --realtime): on this 2-core machine, beside the
 # other test processes, a starved sender bunched its packets and an unattacked board raised 61 window alerts on them.
 ALERT_WITHIN_S = 5.0  # the attacked device's board raises a window alert this soon after the attack's first packet
-FALSE_ALARM_RATE = 0.01  # at most this share of an unattacked device's packets raise window alerts
+# At most this share of an unattacked device's packets raise window alerts before the attack. What a healthy run gives
+# (bench/bench_lan.py --busy 2, cameras capped at 1 s): 0-1.4 % per device, mostly bursts of 15-27 window alerts at
+# one benign event the 40 s capture did not cover, and the federation's own held-out evaluation says as much (the
+# nursery camera: held-out FPR 0.04); 0.01 failed 2 of 3 runs on such bursts. What broken pipelines gave: 2.7 %
+# (packets stamped when read: 112 of 4,092) and 3.8 % (a capture without the device's events: 145 of 3,859).
+FALSE_ALARM_RATE = 0.02
 BENIGN_WATCH_S = 10.0  # detect watches benign traffic this long before the attack (6 s left one board 263 packets)
 MIN_WATCHED_PACKETS = 200  # each unattacked board scored at least this many of its device's packets
 CLOCK_SLACK_S = 0.5  # packet times (the boards' capture) vs the attacker's clock: same machine, different processes

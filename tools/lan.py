@@ -22,7 +22,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--seconds", type=float, required=True)
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--behaviour-every", type=float, metavar="S",
-                   help="cap the device's cloud-poll period and mean time between motion events at S seconds, so that "
-                        "a capture of a few times S holds every behaviour the device shows later (a real device needs "
-                        "captures of hours for that)")
+                   help="cap every recurring behaviour of the device (keep-alive, DNS, NTP, cloud poll, time between "
+                        "motion events and their length) at S seconds, so that a capture of a few times S holds every "
+                        "behaviour the device shows later (a real device needs captures of hours for that)")
     r.add_argument("--realtime", action="store_true",
                    help="send at real-time priority (SCHED_FIFO, root): the emulated device's packet timing then does not "
                         "depend on what else the machine runs, as a real device's does not")
@@ -144,9 +144,7 @@ def main(argv: list[str] | None = None) -> int:
         sim = TrafficSimulator(a.kind, a.seed, ip=a.ip, mac=bytes.fromhex(a.mac.replace(":", "")),
                                gateway_mac=bytes.fromhex(a.gateway_mac.replace(":", "")))
         if a.behaviour_every is not None:
-            k = sim.kind
-            sim.kind = replace(k, poll_s=min(k.poll_s, a.behaviour_every),
-                               event_every_s=min(k.event_every_s, a.behaviour_every) if k.event_every_s > 0 else 0)
+            sim.kind = sim.kind.every_behaviour_within(a.behaviour_every)
         frames = sim.capture(a.seconds, start=time.time())
         if a.realtime:  # after building the frames (seconds of CPU): only the sleeping sender runs at this priority
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))

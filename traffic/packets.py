@@ -5,6 +5,8 @@ a file that is not a capture at all gives one clear error.
 """
 from __future__ import annotations
 
+import mmap
+import select
 import socket
 import struct
 from dataclasses import dataclass, field
@@ -203,64 +205,75 @@ def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[Pa
 
 
 def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.0,
-                 duration_s: float | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                 duration_s: float | None = None, ring_mb: float = 4.0) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Capture from a Linux interface with an AF_PACKET raw socket (needs root or CAP_NET_RAW).
 
+    The kernel writes each packet into a ring shared with this process (TPACKET_V2, `ring_mb` megabytes, one packet
+    per RING_FRAME_BYTES) with the time it received it: a board busy elsewhere reads late, never with wrong times.
     The socket is opened before this returns (so nothing sent afterwards is missed); the returned
     iterator stops after duration_s seconds when given, else runs until interrupted.
     """
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
-        sock.bind((interface, 0))
     except AttributeError:
         raise DataError("live capture needs Linux (AF_PACKET); read a pcap file instead") from None
     except PermissionError:
         raise DataError(f"live capture on {interface} needs root or CAP_NET_RAW") from None
+    try:
+        frames = max(RING_FRAMES_PER_BLOCK, int(ring_mb * 2**20) // RING_FRAME_BYTES // RING_FRAMES_PER_BLOCK
+                     * RING_FRAMES_PER_BLOCK)
+        sock.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        sock.setsockopt(SOL_PACKET, PACKET_RX_RING, struct.pack("=IIII", RING_FRAME_BYTES * RING_FRAMES_PER_BLOCK,
+                                                                frames // RING_FRAMES_PER_BLOCK, RING_FRAME_BYTES, frames))
+        ring = mmap.mmap(sock.fileno(), frames * RING_FRAME_BYTES, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+        sock.bind((interface, 0))
     except OSError as exc:
-        raise DataError(f"cannot capture on interface {interface!r}: {exc.strerror}") from None
-    sock.settimeout(timeout_s)
-    try:  # the kernel's receive time of each packet, not ours (see _capture_loop)
-        sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
-    except OSError:
-        pass
-    return _capture_loop(sock, batch_packets, timeout_s, duration_s)
+        sock.close()
+        raise DataError(f"cannot capture on interface {interface!r}: {exc.strerror or exc}") from None
+    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s)
 
 
-SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)  # Linux: the same value on x86 and ARM (asm-generic)
-SCM_TIMESTAMPNS = SO_TIMESTAMPNS
-_TIMESPEC = {16: struct.Struct("=qq"), 8: struct.Struct("=ll")}  # 64-bit / 32-bit time_t
+# The kernel's packet ring (linux/if_packet.h): the same values on every Linux architecture.
+SOL_PACKET, PACKET_RX_RING, PACKET_VERSION, TPACKET_V2 = 263, 5, 10, 1
+TP_STATUS_USER = 1  # a frame's status: the kernel has filled it (0: it is the kernel's to fill)
+RING_FRAME_BYTES = 2048  # per packet: a whole 1,514-byte Ethernet frame fits; longer ones (GRO on lo) keep their headers
+RING_FRAMES_PER_BLOCK = 32  # 64 KiB blocks (a multiple of the page size)
+_TPACKET2_HDR = struct.Struct("=IIIHHII")  # tp_status, tp_len, tp_snaplen, tp_mac, tp_net, tp_sec, tp_nsec
 
 
-def packet_time(ancdata: list[tuple[int, int, bytes]]) -> float | None:
-    """The kernel's receive time of a packet from recvmsg's ancillary data (SO_TIMESTAMPNS); None without it."""
-    for level, kind, data in ancdata:
-        if level == socket.SOL_SOCKET and kind == SCM_TIMESTAMPNS and len(data) in _TIMESPEC:
-            sec, nsec = _TIMESPEC[len(data)].unpack(data)
-            return sec + nsec * 1e-9
-    return None
-
-
-def _capture_loop(sock: socket.socket, batch_packets: int, timeout_s: float,
+def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packets: int, timeout_s: float,
                   duration_s: float | None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
-    """Batches of live packets, each stamped with the time the kernel received it: a board busy with something else
-    (training, another process) reads packets late and in bunches, and stamping them when read made their
-    inter-arrival times, hence the jitter features, wrong (measured in the LAN test: an unattacked camera's board
-    under CPU load raised 112 window alerts on its benign traffic)."""
+    """Batches of live packets, each stamped with the time the kernel received it (tp_sec/tp_nsec, written when the
+    packet reached the ring). A board busy with something else (training, another process) reads packets late and in
+    bunches: stamping them when read made their inter-arrival times, hence the jitter features, wrong (measured in the
+    LAN test: an unattacked camera's board under CPU load raised 112 window alerts on its benign traffic). The socket's
+    own timestamps (SO_TIMESTAMPNS) were not enough: a packet the kernel had not stamped on arrival (it stamps only
+    while some socket asks, switched for all at once) got the time it was read (one probe packet in a CI run); the ring
+    stamps each packet when the kernel delivers it."""
     import time
 
     stop_at = None if duration_s is None else time.monotonic() + duration_s
     skipped = SkipCounts()
+    poller = select.poll()
+    poller.register(sock, select.POLLIN | select.POLLERR)
+    slot = 0
     try:
         while stop_at is None or time.monotonic() < stop_at:
             batch = PacketBatch()
             deadline = time.monotonic() + timeout_s
-            while len(batch) < batch_packets and time.monotonic() < deadline:
-                try:
-                    buf, ancdata, _flags, _addr = sock.recvmsg(65535, 64)
-                except socket.timeout:
-                    break
-                t = packet_time(ancdata)
-                parse_frame(time.time() if t is None else t, buf, len(buf), batch, skipped)
+            while len(batch) < batch_packets:
+                at = slot * RING_FRAME_BYTES
+                status, wire_len, snap_len, mac, _net, sec, nsec = _TPACKET2_HDR.unpack_from(ring, at)
+                if not status & TP_STATUS_USER:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    poller.poll(max(1, int(left * 1000)))
+                    continue
+                parse_frame(sec + nsec * 1e-9, ring[at + mac:at + mac + snap_len], wire_len, batch, skipped)
+                struct.pack_into("=I", ring, at, 0)  # the frame is the kernel's again
+                slot = (slot + 1) % frames
             yield batch, skipped
     finally:
+        ring.close()
         sock.close()

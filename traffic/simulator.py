@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import dpkt
@@ -33,6 +33,22 @@ class DeviceKind:
     event_pps: float         # video packets/s during an event
     event_s: float           # event duration
     frame_bytes: int         # typical video frame size
+    dns_every_s: float = 60.0   # mean time between DNS lookups
+    ntp_min_s: float = 300.0    # NTP sync period, drawn uniformly in [ntp_min_s, ntp_max_s]
+    ntp_max_s: float = 600.0
+
+    def every_behaviour_within(self, s: float) -> "DeviceKind":
+        """This kind with every recurring behaviour (keep-alive, DNS, NTP, cloud poll, the gap between events and an
+        event's length) capped at `s` seconds, so that a capture of a few times `s` holds every behaviour the device
+        shows later, in each of its chronological splits (tools/lan.py replay --behaviour-every; a real device needs
+        captures of hours for that)."""
+        if s <= 0:
+            raise ValueError(f"behaviour period {s}: expected > 0 seconds")
+        ntp_max = min(self.ntp_max_s, s)
+        return replace(self, heartbeat_s=min(self.heartbeat_s, s), poll_s=min(self.poll_s, s),
+                       event_every_s=min(self.event_every_s, s) if self.event_every_s > 0 else 0.0,
+                       event_s=min(self.event_s, s), dns_every_s=min(self.dns_every_s, s),
+                       ntp_min_s=min(self.ntp_min_s, ntp_max / 2), ntp_max_s=ntp_max)
 
 
 KINDS: dict[str, DeviceKind] = {
@@ -126,17 +142,17 @@ class TrafficSimulator:
             out.append(self._out(t, self.cloud, "tcp", tls_port, 443, r.randint(90, 140), dpkt.tcp.TH_ACK | dpkt.tcp.TH_PUSH))
             out.append(self._in(t + r.uniform(0.02, 0.08), self.cloud, "tcp", 443, tls_port, 66))
             t += k.heartbeat_s * r.uniform(0.9, 1.1)
-        t = start + r.uniform(0, 60)
+        t = start + r.uniform(0, k.dns_every_s)
         while t < end:  # DNS
             q = r.randrange(1024, 65535)
             out.append(self._out(t, self.dns, "udp", q, 53, r.randint(70, 90)))
             out.append(self._in(t + r.uniform(0.005, 0.03), self.dns, "udp", 53, q, r.randint(110, 200)))
-            t += r.expovariate(1 / 60)
-        t = start + r.uniform(0, 300)
+            t += r.expovariate(1 / k.dns_every_s)
+        t = start + r.uniform(0, k.ntp_min_s)
         while t < end:  # NTP
             out.append(self._out(t, self.ntp, "udp", 123, 123, 90))
             out.append(self._in(t + r.uniform(0.02, 0.1), self.ntp, "udp", 123, 123, 90))
-            t += r.uniform(300, 600)
+            t += r.uniform(k.ntp_min_s, k.ntp_max_s)
         t = start + r.uniform(0, k.poll_s)
         while t < end:  # cloud polling burst (request/response)
             port = r.randrange(40000, 60000)
