@@ -189,7 +189,8 @@ class LocalClient:
         if self.record_file is not None:
             append_jsonl(self.record_file, {"round": plan.round_idx + 1, "device": self.device, "loss": losses[-1],
                                             "epoch_losses": losses, "lr": plan.lr, "epochs": plan.epochs,
-                                            "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds})
+                                            "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds,
+                                            **({"prox_mu": plan.prox_mu} if plan.prox_mu > 0 else {})})
         # a data poisoner also claims attack_scale times the rows it trained on: the row count is its word
         n = int(len(rows) * self.attack_scale) if self.attack == "data_poisoning" else self.n_train
         return Update(plan.round_idx, self.device, self._tamper(global_state, plan.seed), n, losses[-1], plan.lr,

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections import deque
 from typing import Any
@@ -28,7 +29,7 @@ from data import nbaiot
 from evaluation.counts import combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS, rate_text
 from evaluation.scoring import thresholds_from_stats
-from federation import defenses
+from federation import defenses, privacy
 from federation.aggregation import aggregate
 from federation.algorithms import ServerOptimizer, fednova_rescale, local_steps
 from federation.messages import Hello, RoundPlan, Update
@@ -101,6 +102,15 @@ class RoundState:
         self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
         t = cfg.train
         self.algorithm = t.federated_optimizer
+        self.privacy = cfg.privacy if cfg.privacy.dp else None
+        if self.privacy is not None:
+            self.notices.append(
+                f"privacy_args.dp: each update clipped to norm {self.privacy.clip_norm}, averaged with equal weights, "
+                f"Gaussian noise {self.privacy.noise_multiplier} x {self.privacy.clip_norm} / clients; aggregation "
+                f"{self.defenses.aggregation} and screening are not used (their influence per client is not bounded)")
+            # the noise must be unpredictable to the clients (a seed in the config would undo the guarantee): runs with
+            # dp are not bit-reproducible
+            self.noise = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
         self.server_opt = (ServerOptimizer(t.server_optimizer, t.server_lr, t.server_momentum, t.server_beta1,
                                            t.server_beta2, t.server_tau) if self.algorithm == "FedOpt" else None)
 
@@ -159,6 +169,11 @@ class RoundState:
                 "pending_record": self.record or None,  # a round whose evaluation is still to come
                 "server_optimizer": self.server_opt.state_dict() if self.server_opt is not None else None,
                 "config": self.cfg.values}
+
+    @property
+    def sample_rate(self) -> float:
+        """The share of clients that train in a round (the privacy accountant's sampling rate)."""
+        return min(1.0, self.cfg.train.client_num_per_round / len(self.cfg.clients))
 
     @property
     def done(self) -> bool:
@@ -263,8 +278,16 @@ class RoundState:
             t = self.cfg.train
             weighted = fednova_rescale(weighted, old_state,
                                        {c: local_steps(counts[c], t.epochs, t.batch_size) for c in weighted})
-        new_state, screened = aggregate(weighted, old_state, d.aggregation, d.trim_fraction, d.byzantine_clients,
-                                        d.screen_norm_factor)
+        screened: dict[str, str] = {}
+        if self.privacy is not None:  # clipped, equally weighted, noised: DP-FedAvg (federation/privacy.py)
+            p = self.privacy
+            deltas, norms = privacy.clip_updates({c: s for c, (_, s) in weighted.items()}, old_state, p.clip_norm)
+            new_state = privacy.noisy_mean(deltas, old_state, p.clip_norm, p.noise_multiplier, self.noise)
+            eps = privacy.epsilon(p.noise_multiplier, self.sample_rate, self.round + 1, p.delta)
+            self.record["privacy"] = privacy.record(norms, p.clip_norm, p.noise_multiplier, len(deltas), eps, p.delta)
+        else:
+            new_state, screened = aggregate(weighted, old_state, d.aggregation, d.trim_fraction, d.byzantine_clients,
+                                            d.screen_norm_factor)
         if self.server_opt is not None:  # after the rule: the server optimizer steps on what the rule agreed on
             new_state = self.server_opt.step(old_state, new_state)
         self.model.load_state_dict(new_state)
@@ -279,7 +302,7 @@ class RoundState:
             "dropped": sorted(dropped),
             "client_losses": {d: updates[d].loss for d in sorted(updates)},
             "client_train_seconds": {d: updates[d].train_seconds for d in sorted(updates)},
-            "aggregation": d.aggregation,
+            "aggregation": "dp_mean" if self.privacy is not None else d.aggregation,
             **({"algorithm": self.algorithm} if self.algorithm != "FedAvg" else {}),
             **({"screened_out": screened} if screened else {}),
             **(traffic or {}),
@@ -418,6 +441,14 @@ class RoundState:
 
     def final_metrics(self) -> dict[str, Any]:
         """metrics.json of the run, from the last evaluation."""
-        return {"data": self.data_info, "kind": self.kind, "normalization": self.normalization,
-                "model": {"average_of_rounds": self.averaged_rounds(), "rule": "mean of the global models after these "
-                          "rounds (train_args.model_average_rounds)"}, **self.metrics}
+        out = {"data": self.data_info, "kind": self.kind, "normalization": self.normalization,
+               "model": {"average_of_rounds": self.averaged_rounds(), "rule": "mean of the global models after these "
+                         "rounds (train_args.model_average_rounds)"}, **self.metrics}
+        if self.privacy is not None:
+            p = self.privacy
+            out["privacy"] = {"mechanism": "DP-FedAvg: clipped updates, equally weighted mean, Gaussian noise",
+                              "clip_norm": p.clip_norm, "noise_multiplier": p.noise_multiplier,
+                              "sample_rate": self.sample_rate, "rounds": self.round, "delta": p.delta,
+                              "epsilon": privacy.epsilon(p.noise_multiplier, self.sample_rate, self.round, p.delta),
+                              "accountant": "Opacus RDP", "covers": "model updates (not feature or validation statistics)"}
+        return out

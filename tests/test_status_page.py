@@ -68,7 +68,9 @@ def chromium(tmp: Path, *args: str) -> str:
 def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
     from prometheus_client.parser import text_string_to_metric_families
 
-    cfg = deploy_config(tmp_path, train_args={"comm_round": 8, "epochs": 2},
+    # FedProx: its proximal weight reaches the boards in each round's plan over the wire (checked at the end)
+    cfg = deploy_config(tmp_path, train_args={"comm_round": 8, "epochs": 2, "federated_optimizer": "FedProx",
+                                              "fedprox_mu": 0.01},
                         validation_args={"frequency_of_the_test": 4},
                         status_args={"port": 0, "linger_s": 120, "health_interval_s": 1, "refresh_s": 1},
                         attack_args={"malicious_ranks": [3], "attack": "health_lies", "attack_scale": 6})
@@ -127,3 +129,8 @@ def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
     reasons = [r for r in cells.tables["rejections"] if "fediot_health" in r.get("reason", "")]
     assert reasons and all(r["from"] == "rank 3" for r in reasons)
     assert any("health.rss_mb" in r["reason"] for r in reasons) and any("faster than" in r["reason"] for r in reasons)
+    # FedProx over the wire: every board trained every round with the server's proximal weight
+    for rank in (1, 2, 3):
+        trained = [json.loads(x) for x in (run_dir_of(boards[rank - 1]) / f"{DEVICES[rank - 1]}.jsonl").read_text().splitlines()]
+        assert [t["round"] for t in trained] == list(range(1, 9)) and all(t["prox_mu"] == 0.01 for t in trained)
+    assert all(r["algorithm"] == "FedProx" for r in rounds)
