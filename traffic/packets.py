@@ -6,6 +6,7 @@ a file that is not a capture at all gives one clear error.
 from __future__ import annotations
 
 import mmap
+import os
 import select
 import socket
 import struct
@@ -261,14 +262,15 @@ def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packe
         while stop_at is None or time.monotonic() < stop_at:
             batch = PacketBatch()
             deadline = time.monotonic() + timeout_s
-            while len(batch) < batch_packets:
+            while len(batch) < batch_packets and time.monotonic() < deadline:
                 at = slot * RING_FRAME_BYTES
                 status, wire_len, snap_len, mac, _net, sec, nsec = _TPACKET2_HDR.unpack_from(ring, at)
                 if not status & TP_STATUS_USER:
                     left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    poller.poll(max(1, int(left * 1000)))
+                    if left > 0 and any(ev & (select.POLLERR | select.POLLNVAL)
+                                        for _, ev in poller.poll(max(1, int(left * 1000)))):
+                        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        raise DataError(f"live capture stopped: {os.strerror(err) if err else 'socket error'}")
                     continue
                 parse_frame(sec + nsec * 1e-9, ring[at + mac:at + mac + snap_len], wire_len, batch, skipped)
                 struct.pack_into("=I", ring, at, 0)  # the frame is the kernel's again
