@@ -77,11 +77,19 @@ def run_cell(cfg_path: str, algorithm: str, partition: str, seed: int, rounds: i
     losses = [sum(r["client_losses"].values()) / len(r["client_losses"]) for r in trained]
     g = metrics["global"]["modes"]["device"]
     per_device = {d: e["modes"]["device"]["fpr"] for d, e in metrics["devices"].items()}
+    personal = None
+    if "personal" in metrics["global"]["modes"]:  # validation_args.personalise_epochs: the personalised models too
+        mine = metrics["global"]["modes"]["personal"]
+        fprs = {d: e["modes"]["personal"]["fpr"] for d, e in metrics["devices"].items()}
+        personal = {"tpr": mine["tpr"], "fpr": mine["fpr"], "worst_device_fpr": max(fprs.values()),
+                    "worst_device": max(fprs, key=fprs.get), "lowest_device_tpr": min(
+                        e["modes"]["personal"]["tpr"] for e in metrics["devices"].values()), "device_fpr": fprs}
     malicious = set(cfg.attack.malicious_ranks or [])
     honest = {d: f for d, f in per_device.items() if cfg.clients.index(d) + 1 not in malicious} if d_is_client(cfg) \
         else per_device
     return {"algorithm": algorithm, "partition": partition, "seed": seed, "rounds": rounds,
             "privacy": metrics.get("privacy"), "attack": cfg.attack.attack if malicious else "none",
+            "personal": personal, "lowest_device_tpr": min(e["modes"]["device"]["tpr"] for e in metrics["devices"].values()),
             "worst_honest_device_fpr": max(honest.values()),
             "honest_device_tpr_min": min(e["modes"]["device"]["tpr"] for d, e in metrics["devices"].items() if d in honest),
             "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
@@ -114,6 +122,23 @@ def dp_table(cells: list[dict[str, Any]]) -> str:
 
             lines.append(f"| {label} | {attack} | {len(cs)} | {eps} | {mean('tpr')} | {mean('fpr')} | "
                          f"{mean('worst_honest_device_fpr')} | {mean('honest_device_tpr_min')} |")
+    return "\n".join(lines) + "\n"
+
+
+def personal_table(cells: list[dict[str, Any]]) -> str:
+    lines = ["| algorithm | partition | seeds | shared: worst device FPR | lowest device TPR | personalised: worst device FPR | "
+             "lowest device TPR | pooled FPR shared / personalised |", "|---|---|---|---|---|---|---|---|"]
+    for partition, algorithm in dict.fromkeys((c["partition"], c["algorithm"]) for c in cells if c.get("personal")):
+        cs = [c for c in cells if c["partition"] == partition and c["algorithm"] == algorithm and c.get("personal")]
+
+        def span(xs: list[float]) -> str:
+            return f"{sum(xs) / len(xs):.4f} ({min(xs):.4f}-{max(xs):.4f})"
+
+        lines.append(f"| {algorithm} | {partition} | {len(cs)} | {span([c['worst_device_fpr'] for c in cs])} | "
+                     f"{span([c['lowest_device_tpr'] for c in cs])} | "
+                     f"{span([c['personal']['worst_device_fpr'] for c in cs])} | "
+                     f"{span([c['personal']['lowest_device_tpr'] for c in cs])} | "
+                     f"{span([c['fpr'] for c in cs])} / {span([c['personal']['fpr'] for c in cs])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -183,8 +208,18 @@ def main(argv: list[str] | None = None) -> int:
                         "beside the robust default without DP, partition device: the utility-vs-epsilon curve")
     p.add_argument("--dp-clip", type=float, default=None, help="privacy_args.clip_norm for --dp-noise (default: the config's)")
     p.add_argument("--dp-attack", default=None, help="also each --dp-noise setting with this attack_args.attack by rank 1")
+    p.add_argument("--personalise-epochs", type=int, default=0,
+                   help="validation_args.personalise_epochs for every cell: the personalised models measured too")
+    p.add_argument("--summarise", type=Path, default=None, metavar="DIR",
+                   help="write the tables and figures of an earlier (or interrupted) benchmark's DIR/cells.jsonl")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args(argv)
+    if a.summarise is not None:
+        cells_read = [json.loads(line) for line in (a.summarise / "cells.jsonl").read_text().splitlines()]
+        write_tables([c for c in cells_read if "dp_label" not in c], [c for c in cells_read if "dp_label" in c],
+                     a.target_loss, a.summarise)
+        print(a.summarise)
+        return 0
     for name in a.partitions:
         partition_values(name)
     out = a.out or Path(tempfile.mkdtemp(prefix="algorithms-benchmark-"))
@@ -195,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     for partition in a.partitions:
         for algorithm in a.algorithms:
             for seed in a.seeds:
-                c = run_cell(a.config, algorithm, partition, seed, a.rounds, a.target_loss, out)
+                c = run_cell(a.config, algorithm, partition, seed, a.rounds, a.target_loss, out,
+                             {"validation_args": {"personalise_epochs": a.personalise_epochs}})
                 cells.append(c)
                 with done.open("a") as f:
                     f.write(json.dumps(c) + "\n")
@@ -227,15 +263,21 @@ def main(argv: list[str] | None = None) -> int:
     write_json(out / "results.json", {"args": {k: str(v) for k, v in vars(a).items()},
                                       "algorithms": {k: ALGORITHMS[k] for k in a.algorithms}, "cells": cells,
                                       "dp_cells": dp_cells})
-    table = summary_table(cells, a.target_loss) if cells else ""
+    write_tables(cells, dp_cells, a.target_loss, out)
+    print(out)
+    return 0
+
+
+def write_tables(cells: list[dict[str, Any]], dp_cells: list[dict[str, Any]], target_loss: float, out: Path) -> None:
+    table = summary_table(cells, target_loss) if cells else ""
+    if any(c.get("personal") for c in cells):
+        table += "\n" + personal_table(cells)
     if dp_cells:
         table += "\n" + dp_table(dp_cells)
     (out / "table.md").write_text(table)
     print(table)
     for f in figures(cells, out) if cells else []:
         print(f)
-    print(out)
-    return 0
 
 
 if __name__ == "__main__":

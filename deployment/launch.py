@@ -102,7 +102,9 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
         write_config(run_dir, cfg.values)
         local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank),
-                            threshold_k=cfg.validation.threshold_k, live=live_detector(cfg, run_dir))
+                            threshold_k=cfg.validation.threshold_k, live=live_detector(cfg, run_dir),
+                            personalise=(cfg.validation.personalise_epochs, cfg.validation.personalise_lr,
+                                         cfg.train.batch_size))
 
     import torch
 

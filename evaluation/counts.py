@@ -15,6 +15,7 @@ import numpy as np
 
 from evaluation.metrics import majority_vote, rates
 from evaluation.scores import DeviceScores
+from model.detector import ErrorStats
 
 # Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins).
 HIST_EDGES = np.logspace(-8, 8, 4097)
@@ -60,6 +61,14 @@ def client_report(s: DeviceScores, global_threshold: float | None, device_thresh
         "modes": modes,
         "hist": {"benign": histogram(s.test), "attacks": {n: histogram(sc) for n, sc in s.attacks.items()}},
     }
+
+
+def personal_report(s: DeviceScores, k: float, window: int) -> dict[str, Any]:
+    """A client's personalised model's counts at its own threshold (mean + k x std of that model's validation errors),
+    with the histograms and validation figures the server checks them against, as a count report's `personal`."""
+    threshold = ErrorStats.of(s.validation).threshold(k)
+    r = client_report(s, None, threshold, window)
+    return {"modes": {"personal": r["modes"]["device"]}, "validation": r["validation"], "hist": r["hist"]}
 
 
 def held_out_counts(s: "DeviceScores | None" = None, validation: int = 0, test: int = 0,
@@ -166,6 +175,32 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float | Non
             e["validation"] = {"n": sum(r["validation"]["n"] for r in group)}
             result["devices"][device] = e
     return result
+
+
+def add_personal_mode(metrics: dict[str, Any], reports: list[dict[str, Any]], window: int,
+                      device_of: Callable[[str], str] | None = None) -> None:
+    """Add the mode 'personal' (each client's personalised model at its own threshold) beside 'global' and 'device' in
+    `combine_reports`'s result, pooled and per client / device, from the reports that carry a `personal` part."""
+    personal = [r for r in reports if "personal" in r]
+    if not personal:
+        return
+
+    def entry(subset: list[dict[str, Any]]) -> dict[str, Any]:
+        e = {"thresholds": {r["device"]: r["personal"]["modes"]["personal"]["threshold"] for r in subset},
+             **_entry([r["personal"] for r in subset], "personal")}
+        e["window"]["size"] = window
+        return e
+
+    metrics["global"]["modes"]["personal"] = entry(personal)
+    per_client = metrics.get("clients", metrics["devices"])
+    for r in personal:
+        per_client[r["device"]]["modes"]["personal"] = entry([r])
+    if "clients" in metrics and device_of is not None:
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for r in personal:
+            groups.setdefault(device_of(r["device"]), []).append(r)
+        for device, group in groups.items():
+            metrics["devices"][device]["modes"]["personal"] = entry(group)
 
 
 def curves_from_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:

@@ -8,6 +8,7 @@ losses (train), validation-error statistics and count reports (evaluation), as t
 from __future__ import annotations
 
 import time
+import zlib
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -17,7 +18,7 @@ import torch
 from data import nbaiot
 from data.loader import DeviceSplit
 from data.sources import load_client_splits
-from evaluation.counts import client_report, held_out_counts
+from evaluation.counts import client_report, held_out_counts, personal_report
 from evaluation.scores import DeviceScores, score_device
 from federation.messages import (
     C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_HEADER_BYTES, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
@@ -99,7 +100,7 @@ class LocalClient:
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
                  attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None,
                  threshold_k: float = DEFAULTS["validation_args"]["threshold_k"][0],
-                 live: LiveDetector | None = None) -> None:
+                 live: LiveDetector | None = None, personalise: tuple[int, float, int] = (0, 0.001, 64)) -> None:
         """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
         honest training, to study what a compromised board can do; 'none' for an honest client. model: the
         autoencoder to load the global weights into (a worker's clients share one; each call loads them)."""
@@ -119,6 +120,11 @@ class LocalClient:
         self.model = model if model is not None else AutoEncoder(nbaiot.N_FEATURES)
         self._rows: tuple[dict[str, Any], np.ndarray] | None = None  # (normaliser, normalised training rows)
         self.scores: DeviceScores | None = None
+        # validation_args.personalise_epochs / personalise_lr and train_args.batch_size: fine-tune the evaluated
+        # model on this client's rows
+        self.personalise_epochs, self.personalise_lr, self.personalise_batch = personalise
+        self.personal: AutoEncoder | None = None  # the personalised model of the last evaluation
+        self.personal_scores: DeviceScores | None = None
 
     @property
     def n_train(self) -> int:
@@ -201,8 +207,11 @@ class LocalClient:
         """Score the held-out rows with the global model (and its device's widened scales, when sent); the
         validation-error statistics to send."""
         self.model.load_state_dict(model)
-        self.scores = score_device(self.model, Normalizer.from_dict(own_normalizer(normalizer, scale)), self.split)
+        norm = own_normalizer(normalizer, scale)
+        self.scores = score_device(self.model, Normalizer.from_dict(norm), self.split)
         self._evaluated = (normalizer, scale)
+        if self.personalise_epochs > 0:
+            self._personalise(model, norm)
         s = ErrorStats.of(self.scores.validation)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
             return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
@@ -213,11 +222,24 @@ class LocalClient:
             return ErrorStats(n, t * n, t * t * n)
         return s
 
+    def _personalise(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> None:
+        """Fine-tune a copy of the evaluated global model on this client's training rows and score the held-out rows
+        with it (the global model's scores stay what the federation's thresholds are set on)."""
+        if self.personal is None:
+            self.personal = AutoEncoder(nbaiot.N_FEATURES)
+        self.personal.load_state_dict(model)
+        train_autoencoder(self.personal, self._training_rows(normalizer), self.personalise_epochs,
+                          self.personalise_batch, self.personalise_lr, seed=zlib.crc32(self.device.encode()))
+        self.personal_scores = score_device(self.personal, Normalizer.from_dict(normalizer), self.split)
+
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
-        """Count report of the rows scored by `validation_stats`, at the server's thresholds."""
+        """Count report of the rows scored by `validation_stats`, at the server's thresholds (and, personalised, of
+        the personalised model's scores at this client's own threshold: `personal`)."""
         if self.scores is None:
             raise ValueError("a count report needs the validation phase first")
         report = client_report(self.scores, float(global_threshold), float(device_threshold), int(window))
+        if self.personal_scores is not None:
+            report["personal"] = personal_report(self.personal_scores, self.threshold_k, int(window))
         if self.attack == "eval_lies":
             fabricate_counts(report, self.attack_scale)
         if self.attack == "threshold_edge":  # consistent with the validation rows it claimed
@@ -227,8 +249,13 @@ class LocalClient:
     def publish_live(self, rounds_done: int, global_threshold: float, device_threshold: float) -> None:
         """Keep the model just evaluated, with this device's threshold, for detect --follow (when configured)."""
         if self.live is not None and self._evaluated is not None:
-            self.live.publish(self.model, *self._evaluated, rounds_done, global_threshold,
-                              device_of_client(self.device), device_threshold)
+            if self.personal_scores is not None:  # the board detects with its personalised model, at its threshold
+                self.live.publish(self.personal, *self._evaluated, rounds_done, global_threshold,
+                                  device_of_client(self.device),
+                                  ErrorStats.of(self.personal_scores.validation).threshold(self.threshold_k))
+            else:
+                self.live.publish(self.model, *self._evaluated, rounds_done, global_threshold,
+                                  device_of_client(self.device), device_threshold)
 
 
 class ClientLoader:
@@ -255,9 +282,11 @@ class ClientLoader:
     def __call__(self, client: str) -> LocalClient:
         if self._model is None:
             self._model = AutoEncoder(nbaiot.N_FEATURES)
+        v = self.cfg.validation
         return LocalClient(self.split(client), self.cfg.model.feature_transform,
                            self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                           model=self._model, threshold_k=self.cfg.validation.threshold_k, live=self._live)
+                           model=self._model, threshold_k=v.threshold_k, live=self._live,
+                           personalise=(v.personalise_epochs, v.personalise_lr, self.cfg.train.batch_size))
 
 
 def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:

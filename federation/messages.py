@@ -171,31 +171,45 @@ def _hist(v: Any, name: str) -> None:
         _int(x, f"{name}[{k}]")
 
 
+def _modes(modes: Any, name: str, allowed: set[str]) -> None:
+    if not isinstance(modes, dict) or not modes or not set(modes) <= allowed:
+        _fail(f"{name} must hold {' and/or '.join(repr(m) for m in sorted(allowed))}")
+    for mode, m in modes.items():
+        m = _dict(m, f"{name}.{mode}", {"threshold", "benign", "attacks", "window"})
+        _num(m["threshold"], f"{name}.{mode}.threshold")
+        _counts(m["benign"], f"{name}.{mode}.benign", {"fp", "tn"})
+        _counts(m["window"], f"{name}.{mode}.window", {"tp", "fn", "fp", "tn"})
+        for attack, c in _dict(m["attacks"], f"{name}.{mode}.attacks").items():
+            _counts(c, f"{name}.{mode}.attacks.{attack}", {"tp", "fn"})
+
+
+def _validation_and_hist(r: dict[str, Any], name: str) -> None:
+    val = _dict(r["validation"], f"{name}.validation", {"n", "mse_mean", "mse_std"})
+    _int(val["n"], f"{name}.validation.n", 1)
+    _num(val["mse_mean"], f"{name}.validation.mse_mean", 0.0, MAX_VALUE)
+    _num(val["mse_std"], f"{name}.validation.mse_std", 0.0, MAX_VALUE)
+    h = _dict(r["hist"], f"{name}.hist", {"benign", "attacks"})
+    _hist(h["benign"], f"{name}.hist.benign")
+    for attack, hist in _dict(h["attacks"], f"{name}.hist.attacks").items():
+        _hist(hist, f"{name}.hist.attacks.{attack}")
+
+
 def _report(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
-    r = _dict(p["report"], "report", {"device", "missing_attacks", "validation", "modes", "hist"})
+    keys = {"device", "missing_attacks", "validation", "modes", "hist"}
+    r = _dict(p["report"], "report")
+    if set(r) not in (keys, keys | {"personal"}):
+        _fail(f"report must have exactly the keys {sorted(keys)} (and 'personal'), not {sorted(map(str, r))[:10]}")
     if _str(r["device"], "report.device") not in exp.devices:
         _fail("report.device is not a configured device")
     if not isinstance(r["missing_attacks"], list) or not all(isinstance(a, str) for a in r["missing_attacks"]):
         _fail("report.missing_attacks must be a list of names")
-    val = _dict(r["validation"], "report.validation", {"n", "mse_mean", "mse_std"})
-    _int(val["n"], "report.validation.n", 1)
-    _num(val["mse_mean"], "report.validation.mse_mean", 0.0, MAX_VALUE)
-    _num(val["mse_std"], "report.validation.mse_std", 0.0, MAX_VALUE)
-    modes = _dict(r["modes"], "report.modes")
-    if not modes or not set(modes) <= {"global", "device"}:
-        _fail("report.modes must hold 'global' and/or 'device'")
-    for mode, m in modes.items():
-        m = _dict(m, f"report.modes.{mode}", {"threshold", "benign", "attacks", "window"})
-        _num(m["threshold"], f"report.modes.{mode}.threshold")
-        _counts(m["benign"], f"report.modes.{mode}.benign", {"fp", "tn"})
-        _counts(m["window"], f"report.modes.{mode}.window", {"tp", "fn", "fp", "tn"})
-        for attack, c in _dict(m["attacks"], f"report.modes.{mode}.attacks").items():
-            _counts(c, f"report.modes.{mode}.attacks.{attack}", {"tp", "fn"})
-    h = _dict(r["hist"], "report.hist", {"benign", "attacks"})
-    _hist(h["benign"], "report.hist.benign")
-    for attack, hist in _dict(h["attacks"], "report.hist.attacks").items():
-        _hist(hist, f"report.hist.attacks.{attack}")
+    _validation_and_hist(r, "report")
+    _modes(r["modes"], "report.modes", {"global", "device"})
+    if "personal" in r:  # the client's personalised model at its own threshold (validation_args.personalise_epochs)
+        pr = _dict(r["personal"], "report.personal", {"modes", "validation", "hist"})
+        _validation_and_hist(pr, "report.personal")
+        _modes(pr["modes"], "report.personal.modes", {"personal"})
 
 
 def _welcome(p: dict[str, Any], exp: Expectations) -> None:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from data import nbaiot
-from evaluation.counts import combine_reports, curves_from_reports
+from evaluation.counts import add_personal_mode, combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS, rate_text
 from evaluation.scoring import thresholds_from_stats
 from federation import defenses, privacy
@@ -386,14 +386,20 @@ class RoundState:
             usable = self._consistent(usable)
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
                                   self.cfg.validation.vote_window, "device", device_of_client)
+        add_personal_mode(metrics, usable, self.cfg.validation.vote_window, device_of_client)
         g = metrics["global"]
         self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in METRIC_KEYS},
                                "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},
+                               **({"personal": {k: g["modes"]["personal"][k] for k in METRIC_KEYS}}
+                                  if "personal" in g["modes"] else {}),
                                "devices": sorted(metrics["devices"])}
         self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
         glob = g["modes"]["global"]
         line = (f"evaluation after round {self.round}: {len(usable)} {'device' if len(usable) == len(metrics['devices']) else 'client'}(s)  TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
                 f"F1 {rate_text('f1', g)}  (global threshold: TPR {rate_text('tpr', glob)} FPR {rate_text('fpr', glob)})")
+        if "personal" in g["modes"]:
+            mine = g["modes"]["personal"]
+            line += f"  (personalised: TPR {rate_text('tpr', mine)} FPR {rate_text('fpr', mine)})"
         self.metrics, self.curves = metrics, curves_from_reports(usable)
         return line
 
@@ -410,8 +416,17 @@ class RoundState:
             if problems:
                 rejected[device] = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
                 self.notices.append(f"count report of {device} left out: {rejected[device]}")
-            else:
-                kept.append(r)
+                continue
+            if "personal" in r:  # its personalised model's counts against its own histograms, at its own threshold
+                p = r["personal"]
+                wrong = defenses.report_problems(p, announced["held_out"], None,
+                                                 {"personal": p["modes"]["personal"]["threshold"]},
+                                                 self.cfg.validation.vote_window)
+                if wrong:
+                    rejected[f"{device} (personal)"] = "; ".join(wrong[:3])
+                    self.notices.append(f"personalised count report of {device} left out: {'; '.join(wrong[:3])}")
+                    r = {k: v for k, v in r.items() if k != "personal"}
+            kept.append(r)
         if rejected:
             self.record["reports_rejected"] = rejected
         return kept

@@ -168,6 +168,8 @@ class ValidationArgs:
     frequency_of_the_test: int = _key(5, 'evaluate every N rounds (and always after the last round)', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     threshold_k: float = _key(5.0, 'threshold = mean + k * std of per-row MSE on held-out benign validation rows; each device detects with its own (5: no honest device above FPR 0.02 over a grid of runs, doc/benchmarks.md "Thresholds"; 3 and 4 were not)', check=(lambda v: _is_num(v) and v >= 0, 'a number >= 0'))
     vote_window: int = _key(5, "majority-vote window over consecutive rows (N-BaIoT's window variant)", check=(lambda v: _is_int(v) and v >= 1 and v % 2 == 1, 'an odd integer >= 1'))
+    personalise_epochs: int = _key(0, "each client fine-tunes the evaluated global model on its own training rows for this many epochs and scores its held-out rows with it too: metrics.json gets the mode 'personal' (each client's personalised model at its own threshold, mean + k x std of that model's validation errors) beside 'global' and 'device', and a board's detect --follow uses its personalised model; 0 = off", check=(lambda v: _is_int(v) and v >= 0, 'an integer >= 0'))
+    personalise_lr: float = _key(0.001, 'learning rate of the personalising fine-tune (Adam)', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
 
 
 @dataclass(frozen=True)
