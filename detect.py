@@ -368,6 +368,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 if swapped is not None:
                     detector, thresholds = swapped
                     lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
+                    # what the models before this one scored: each model's share of the packets, in the summary
+                    follower.swaps[-1]["packets_before"] = {d: e["packets"] for d, e in per_device.items()}
             if len(batch) == 0:
                 _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
                 continue

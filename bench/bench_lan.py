@@ -60,8 +60,10 @@ def one_run(i: int, results: list[dict]) -> bool:
     r = json.loads(record.read_text())
     results.append(r)
     fa = {d: v["window_alerts"] / max(v["packets"], 1) for d, v in r["false_alarms"].items()}
+    final = {d: f"{v['window_alerts_before_attack']} / {v['packets']}" for d, v in r["final_model_false_alarms"].items()}
     print(f"run {i + 1}: alert latency {r['alert_latency_s']:.2f} s, MQTT latency {r['mqtt_latency_s']:.2f} s, "
-          f"false alarms per packet {fa} (of which during the attack {r['unattacked_window_alerts_during_attack']}), "
+          f"false alarms per packet {fa} (of which during the attack {r['unattacked_window_alerts_during_attack']}; "
+          f"the final model's window alerts before the attack / packets it scored: {final}), "
           f"the attacked board's window alerts before the attack "
           f"{r['attacked_board_window_alerts_before_attack']}, detector peak RSS {r['detect_peak_rss_mb']} MB, captured rows "
           f"{r['captured_rows']}", flush=True)
