@@ -169,6 +169,6 @@ def test_live_packets_carry_the_kernels_receive_time_not_the_readers(tmp_path):
         if not first or t - first[-1] > 0.05:
             first.append(t)
     assert len(first) == 5 and first[-1] < read_from
-    gaps = [b - a for a, b in zip(first, first[1:])]
-    assert all(0.15 < g < 0.35 for g in gaps), gaps
-    assert abs(first[0] - sent[0]) < 0.1
+    # each packet carries the time it was sent (a loaded machine may stretch the sender's 0.2 s sleeps, not this)
+    assert all(abs(t - s) < 0.05 for t, s in zip(first, sent)), [round(t - s, 4) for t, s in zip(first, sent)]
+    assert min(b - a for a, b in zip(sent, sent[1:])) >= 0.2

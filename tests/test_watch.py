@@ -227,7 +227,8 @@ def test_network_sinks_never_block_detection():
     pub = AlertPublisher([stuck], capacity=3)
     started = time.perf_counter()
     results = [pub.offer(Alert("cam", "h", float(i), 1.0, 0.5, 1)) for i in range(100)]
-    assert time.perf_counter() - started < 0.5 and sum(results) <= 4 and pub.counts["dropped_queue_full"] >= 96
+    # an offer that waited for the stuck sink would wait its 10 s: far below that, whatever else the machine runs
+    assert time.perf_counter() - started < 5.0 and sum(results) <= 4 and pub.counts["dropped_queue_full"] >= 96
     stuck.release.set()
     pub.close()
 
