@@ -66,6 +66,8 @@ def run_cell(cfg_path: str, algorithm: str, partition: str, seed: int, rounds: i
     for section, keys in (extra or {}).items():
         values.setdefault(section, {}).update(keys)
     cfg = validate(values)
+    import torch
+    torch.set_num_threads(cfg.device.torch_threads)  # as the simulation's ranks: several threads per run oversubscribe
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
     write_config(run_dir, cfg.values)
