@@ -15,7 +15,6 @@ import numpy as np
 
 from evaluation.metrics import majority_vote, rates
 from evaluation.scores import DeviceScores
-from model.detector import ErrorStats
 
 # Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins).
 HIST_EDGES = np.logspace(-8, 8, 4097)
@@ -63,10 +62,9 @@ def client_report(s: DeviceScores, global_threshold: float | None, device_thresh
     }
 
 
-def personal_report(s: DeviceScores, k: float, window: int) -> dict[str, Any]:
-    """A client's personalised model's counts at its own threshold (mean + k x std of that model's validation errors),
-    with the histograms and validation figures the server checks them against, as a count report's `personal`."""
-    threshold = ErrorStats.of(s.validation).threshold(k)
+def personal_report(s: DeviceScores, threshold: float, window: int) -> dict[str, Any]:
+    """A client's personalised model's counts at its own threshold, with the histograms and validation figures the
+    server checks them against, as a count report's `personal`."""
     r = client_report(s, None, threshold, window)
     return {"modes": {"personal": r["modes"]["device"]}, "validation": r["validation"], "hist": r["hist"]}
 

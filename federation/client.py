@@ -125,6 +125,7 @@ class LocalClient:
         self.personalise_epochs, self.personalise_lr, self.personalise_batch = personalise
         self.personal: AutoEncoder | None = None  # the personalised model of the last evaluation
         self.personal_scores: DeviceScores | None = None
+        self.personal_threshold = 0.0  # its own threshold: mean + k x std of its validation errors
 
     @property
     def n_train(self) -> int:
@@ -231,6 +232,7 @@ class LocalClient:
         train_autoencoder(self.personal, self._training_rows(normalizer), self.personalise_epochs,
                           self.personalise_batch, self.personalise_lr, seed=zlib.crc32(self.device.encode()))
         self.personal_scores = score_device(self.personal, Normalizer.from_dict(normalizer), self.split)
+        self.personal_threshold = ErrorStats.of(self.personal_scores.validation).threshold(self.threshold_k)
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
         """Count report of the rows scored by `validation_stats`, at the server's thresholds (and, personalised, of
@@ -239,7 +241,7 @@ class LocalClient:
             raise ValueError("a count report needs the validation phase first")
         report = client_report(self.scores, float(global_threshold), float(device_threshold), int(window))
         if self.personal_scores is not None:
-            report["personal"] = personal_report(self.personal_scores, self.threshold_k, int(window))
+            report["personal"] = personal_report(self.personal_scores, self.personal_threshold, int(window))
         if self.attack == "eval_lies":
             fabricate_counts(report, self.attack_scale)
         if self.attack == "threshold_edge":  # consistent with the validation rows it claimed
@@ -251,8 +253,7 @@ class LocalClient:
         if self.live is not None and self._evaluated is not None:
             if self.personal_scores is not None:  # the board detects with its personalised model, at its threshold
                 self.live.publish(self.personal, *self._evaluated, rounds_done, global_threshold,
-                                  device_of_client(self.device),
-                                  ErrorStats.of(self.personal_scores.validation).threshold(self.threshold_k))
+                                  device_of_client(self.device), self.personal_threshold)
             else:
                 self.live.publish(self.model, *self._evaluated, rounds_done, global_threshold,
                                   device_of_client(self.device), device_threshold)

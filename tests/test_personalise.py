@@ -34,23 +34,31 @@ def test_a_personalised_run_reports_both_models_with_the_same_protocol(tmp_path)
     assert "personal" not in metrics_of(plain)["global"]["modes"]
 
 
-def personal_part(tmp_path):
-    """A real report with a personal part, from a client of a small run."""
+def evaluated_client(tmp_path, live_path=None):
+    """A client of a small personalised config that has scored its held-out rows with the initial global model
+    (fine-tuned 1 epoch), keeping its live detector at `live_path` when given; its config."""
     from data.sources import prepare_data
-    from federation.client import ClientLoader
+    from federation.client import ClientLoader, LiveDetector
+    from federation.state import RoundState
     from fediot.config import validate
 
     cfg = validate(sim_values(tmp_path, validation_args__personalise_epochs=1))
     data_root, _ = prepare_data(cfg)
     client = ClientLoader(cfg, data_root, tmp_path)(cfg.clients[0])
-    from federation.state import RoundState
+    if live_path is not None:
+        client.live = LiveDetector(live_path, cfg.validation.threshold_k, {"kind": "test"})
     state = RoundState(cfg, {"source": "synthetic"}, "federated")
     state.fit_normalizer({client.device: client.stats})
     g = state._global()
     client.validation_stats(g["model"], g["normalizer"])
+    return client, cfg
+
+
+def personal_part(tmp_path):
+    """A real report with a personal part, from a client of a small run."""
+    client, cfg = evaluated_client(tmp_path)
     report = client.report(0.5, 0.5, cfg.validation.vote_window)
-    held_out = client.hello().held_out
-    return report, held_out, cfg.validation.vote_window
+    return report, client.hello().held_out, cfg.validation.vote_window
 
 
 def test_a_personal_report_that_its_histograms_rule_out_is_found(tmp_path):
@@ -92,22 +100,9 @@ def test_the_board_detects_with_its_personalised_model(tmp_path):
     from model.detector import ErrorStats
     from model.lean import LeanDetector
 
-    report, _, _ = personal_part(tmp_path)
-    assert np.isfinite(report["personal"]["modes"]["personal"]["threshold"])
-    from data.sources import prepare_data
-    from federation.client import ClientLoader, LiveDetector
-    from fediot.config import validate
-
-    cfg = validate(sim_values(tmp_path / "b", validation_args__personalise_epochs=1))
-    data_root, _ = prepare_data(cfg)
-    client = ClientLoader(cfg, data_root, tmp_path / "b")(cfg.clients[0])
-    client.live = LiveDetector(tmp_path / "b" / "detector" / "model.npz", cfg.validation.threshold_k, {"kind": "test"})
-    from federation.state import RoundState
-    state = RoundState(cfg, {"source": "synthetic"}, "federated")
-    state.fit_normalizer({client.device: client.stats})
-    g = state._global()
-    client.validation_stats(g["model"], g["normalizer"])
+    path = tmp_path / "detector" / "model.npz"
+    client, cfg = evaluated_client(tmp_path, path)
     client.publish_live(1, 0.5, 0.5)
-    live = LeanDetector.load(tmp_path / "b" / "detector" / "model.npz")
     want = ErrorStats.of(client.personal_scores.validation).threshold(cfg.validation.threshold_k)
-    assert live.threshold_for(client.device) == pytest.approx(want) and want != 0.5
+    assert np.isfinite(want) and want != 0.5
+    assert LeanDetector.load(path).threshold_for(client.device) == pytest.approx(want)
