@@ -138,8 +138,9 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float | Non
     device: 'clients' per client and 'devices' per device; the 'device' mode keeps each client's own threshold).
 
     Each entry carries its threshold modes under `modes` ('global': one threshold from merged
-    validation statistics; 'device': each device's own threshold); its top-level keys repeat the
-    `primary` mode. global_threshold=None leaves out the global mode.
+    validation statistics; 'device': each device's own threshold; 'personal', where reports carry a `personal`
+    part: each client's personalised model at its own threshold, over the clients that have one); its top-level
+    keys repeat the `primary` mode. global_threshold=None leaves out the global mode.
     """
     if primary not in ("global", "device") or (primary == "global" and global_threshold is None):
         raise ValueError(f"primary threshold mode must be 'global' (with a global threshold) or 'device', not {primary!r}")
@@ -150,6 +151,11 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float | Non
             modes["global"] = {"threshold": global_threshold, **_entry(subset, "global")}
         modes["device"] = {"thresholds": {r["device"]: device_thresholds[r["device"]] for r in subset},
                            **_entry(subset, "device")}
+        personal = [r for r in subset if "personal" in r]  # clients that personalised (validation_args)
+        if personal:
+            modes["personal"] = {"thresholds": {r["device"]: r["personal"]["modes"]["personal"]["threshold"]
+                                                for r in personal},
+                                 **_entry([r["personal"] for r in personal], "personal")}
         for m in modes.values():
             m["window"]["size"] = window
         return {"threshold_mode": primary, **modes[primary], "modes": modes}
@@ -173,32 +179,6 @@ def combine_reports(reports: list[dict[str, Any]], global_threshold: float | Non
             e["validation"] = {"n": sum(r["validation"]["n"] for r in group)}
             result["devices"][device] = e
     return result
-
-
-def add_personal_mode(metrics: dict[str, Any], reports: list[dict[str, Any]], window: int,
-                      device_of: Callable[[str], str] | None = None) -> None:
-    """Add the mode 'personal' (each client's personalised model at its own threshold) beside 'global' and 'device' in
-    `combine_reports`'s result, pooled and per client / device, from the reports that carry a `personal` part."""
-    personal = [r for r in reports if "personal" in r]
-    if not personal:
-        return
-
-    def entry(subset: list[dict[str, Any]]) -> dict[str, Any]:
-        e = {"thresholds": {r["device"]: r["personal"]["modes"]["personal"]["threshold"] for r in subset},
-             **_entry([r["personal"] for r in subset], "personal")}
-        e["window"]["size"] = window
-        return e
-
-    metrics["global"]["modes"]["personal"] = entry(personal)
-    per_client = metrics.get("clients", metrics["devices"])
-    for r in personal:
-        per_client[r["device"]]["modes"]["personal"] = entry([r])
-    if "clients" in metrics and device_of is not None:
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for r in personal:
-            groups.setdefault(device_of(r["device"]), []).append(r)
-        for device, group in groups.items():
-            metrics["devices"][device]["modes"]["personal"] = entry(group)
 
 
 def curves_from_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from data import nbaiot
-from evaluation.counts import add_personal_mode, combine_reports, curves_from_reports
+from evaluation.counts import combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS, rate_text
 from evaluation.scoring import thresholds_from_stats
 from federation import defenses, privacy
@@ -386,7 +386,6 @@ class RoundState:
             usable = self._consistent(usable)
         metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
                                   self.cfg.validation.vote_window, "device", device_of_client)
-        add_personal_mode(metrics, usable, self.cfg.validation.vote_window, device_of_client)
         g = metrics["global"]
         self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in METRIC_KEYS},
                                "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},

@@ -87,3 +87,31 @@ def test_histogram_auc_by_hand():
 
 
 
+
+
+def test_personal_mode_is_pooled_over_the_clients_that_personalised_at_every_level():
+    """Two clients of one device and one of another; one of the pair did not personalise (or its part was left out).
+    The 'personal' mode of each client, of each device and of the federation counts exactly the personalised
+    clients' rows at their own thresholds."""
+    from evaluation.counts import personal_report
+
+    scores = {c: make_scores(i, c) for i, c in enumerate(("A_1", "A_2", "B_1"))}
+    personal_thr = {"A_1": 0.2, "B_1": 0.15}
+    reports = []
+    for c, s in scores.items():
+        r = client_report(s, 0.3, 0.25, 3)
+        if c in personal_thr:
+            r["personal"] = personal_report(s, personal_thr[c], 3)
+        reports.append(r)
+    m = combine_reports(reports, 0.3, {c: 0.25 for c in scores}, 3, "device", lambda c: c.split("_")[0])
+
+    def fp(cs: list[str]) -> int:
+        return sum(int((scores[c].test > personal_thr[c]).sum()) for c in cs)
+    assert m["clients"]["A_1"]["modes"]["personal"]["fp"] == fp(["A_1"])
+    assert "personal" not in m["clients"]["A_2"]["modes"]
+    assert m["devices"]["A"]["modes"]["personal"]["fp"] == fp(["A_1"])
+    assert m["devices"]["A"]["modes"]["personal"]["thresholds"] == {"A_1": 0.2}
+    assert m["devices"]["B"]["modes"]["personal"]["fp"] == fp(["B_1"])
+    assert m["global"]["modes"]["personal"]["fp"] == fp(["A_1", "B_1"])
+    assert m["global"]["modes"]["personal"]["window"]["size"] == 3
+    assert m["global"]["modes"]["device"]["fp"] == sum(int((s.test > 0.25).sum()) for s in scores.values())
