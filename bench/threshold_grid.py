@@ -1,7 +1,7 @@
 """Which threshold should each device detect with? Threshold rules side by side on a grid of runs, no attacker.
 
     .venv/bin/python bench/threshold_grid.py [--rounds 5 10 20] [--seeds 0 1 2] [--per-device 1 2]
-        [--robust on off] [--out DIR]
+        [--robust on off] [--out DIR] [--set SECTION.KEY=VALUE ...]
 
 One in-process run (`federation.inprocess`, the driver and clients of `sh run_simulation.sh`) per seed x clients per
 device x robust on/off, of config_simulation/fedml_config_synthetic.yaml with `comm_round` = the longest run length
@@ -13,7 +13,13 @@ attack files: what their count reports are computed from) are kept, and every ru
 * `server`: the global threshold the server set in that run (robust rules as configured), for every device;
 * `client_k<K>`: each client its own validation errors' mean + K x std;
 * `device_k<K>`: each device the mean + K x std of its clients' validation errors merged (one client per device:
-  the same as `client_k<K>`).
+  the same as `client_k<K>`);
+* `global_pooled`: one threshold for every device, mean + k x std of every client's validation errors pooled (what
+  `robust: false` sets);
+* `global_upper_x<M>`: one threshold for every device, M x the (f + 1)-th highest device threshold (f =
+  train_args.byzantine_clients, k = validation_args.threshold_k): an alternative to the server's rule that was
+  measured and not taken (doc/benchmarks.md "Thresholds": a margin that frees the no-attack FPR lets one liar's
+  inflated statistics blind the global threshold).
 
 Per rule: every device's FPR (benign test rows) and TPR (attack rows), the worst device, and the robust on/off gap.
 Writes results.json and table.md in the study directory and prints the directory last.
@@ -28,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -40,9 +47,10 @@ from federation.outputs import RunOutputs  # noqa: E402
 from federation.state import RoundState  # noqa: E402
 from fediot.config import device_of_client, load, validate  # noqa: E402
 from fediot.rundir import create_run_dir, write_json  # noqa: E402
-from model.detector import ErrorStats  # noqa: E402
+from model.detector import ErrorStats, thresholds_of  # noqa: E402
 
 K_GRID = (3.0, 4.0, 5.0)
+MARGINS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)
 
 
 class CapturingState(RoundState):
@@ -69,7 +77,14 @@ def rates(scores: Any, threshold: float) -> dict[str, float]:
             "threshold": float(threshold)}
 
 
-def rule_thresholds(captured: dict[str, Any]) -> dict[str, dict[str, float]]:
+def upper_order_statistic(own: dict[str, float], liars: int) -> float:
+    """The (liars + 1)-th highest device threshold (at most (n - 1) // 2 left out): with at most `liars` lying devices
+    an honest device's own threshold lies at or above it and one at or below it."""
+    order = sorted(own.values(), reverse=True)
+    return order[min(liars, (len(order) - 1) // 2)]
+
+
+def rule_thresholds(captured: dict[str, Any], k: float, liars: int) -> dict[str, dict[str, float]]:
     """client -> threshold, per rule."""
     scores = captured["scores"]
     stats = {c: ErrorStats.of(s.validation) for c, s in scores.items()}
@@ -81,11 +96,18 @@ def rule_thresholds(captured: dict[str, Any]) -> dict[str, dict[str, float]]:
     for k in K_GRID:
         rules[f"client_k{k:g}"] = {c: st.threshold(k) for c, st in stats.items()}
         rules[f"device_k{k:g}"] = {c: merged[device_of_client(c)].threshold(k) for c in stats}
+    rules["global_pooled"] = dict.fromkeys(stats, thresholds_of(stats, k)[0])
+    own = {d: st.threshold(k) for d, st in merged.items()}
+    for m in MARGINS:
+        rules[f"global_upper_x{m:g}"] = dict.fromkeys(stats, m * upper_order_statistic(own, liars))
     return rules
 
 
-def run_cell(seed: int, per_device: int, robust: bool, rounds: list[int], root: Path) -> dict[str, Any]:
+def run_cell(seed: int, per_device: int, robust: bool, rounds: list[int], root: Path,
+             overrides: dict[tuple[str, str], Any]) -> dict[str, Any]:
     values = load(str(REPO / "config_simulation" / "fedml_config_synthetic.yaml")).values
+    for (section, key), value in overrides.items():
+        values[section][key] = value
     values["common_args"].update(random_seed=seed, run_dir_root=str(root / "runs"))
     values["data_args"]["clients_per_device"] = per_device
     values["train_args"].update(client_num_in_total=None, client_num_per_round=9 * per_device, comm_round=max(rounds),
@@ -101,8 +123,8 @@ def run_cell(seed: int, per_device: int, robust: bool, rounds: list[int], root: 
     out: dict[str, Any] = {}
     for r in rounds:
         cap = state.captured[r]
-        out[str(r)] = {rule: device_rates(cap["scores"], thresholds)
-                       for rule, thresholds in rule_thresholds(cap).items()}
+        out[str(r)] = {rule: device_rates(cap["scores"], thresholds) for rule, thresholds in
+                       rule_thresholds(cap, cfg.validation.threshold_k, cfg.train.byzantine_clients).items()}
     return out
 
 
@@ -129,7 +151,10 @@ def main() -> None:
     p.add_argument("--per-device", type=int, nargs="+", default=[1, 2])
     p.add_argument("--robust", nargs="+", default=["on", "off"], choices=["on", "off"])
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--set", nargs="+", default=[], metavar="SECTION.KEY=VALUE",
+                   help="config values for the robust-on runs (YAML values), e.g. train_args.aggregation=trimmed_mean")
     a = p.parse_args()
+    overrides = {tuple(k.split(".", 1)): yaml.safe_load(v) for k, v in (x.split("=", 1) for x in a.set)}
     out = a.out or REPO / "runs" / f"threshold-grid-{time.strftime('%Y%m%d-%H%M%S')}"
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "results.json"
@@ -141,7 +166,7 @@ def main() -> None:
             continue
         started = time.monotonic()
         print(f"[{i}/{len(cells)}] {key} ...", flush=True)
-        results[key] = run_cell(seed, per_device, robust == "on", a.rounds, out)
+        results[key] = run_cell(seed, per_device, robust == "on", a.rounds, out, overrides if robust == "on" else {})
         print(f"  {time.monotonic() - started:.0f}s", flush=True)
         write_json(results_path, results)
     (out / "table.md").write_text(table(results))
@@ -183,6 +208,8 @@ def table(results: dict[str, Any]) -> str:
         off = results[key.replace("robust-on", "robust-off")]
         for r, per_rule in cell.items():
             for rule, on_dev in per_rule.items():
+                if rule not in off[r]:  # a rule added after the robust-off runs were made
+                    continue
                 off_dev = off[r][rule]
                 (f_on, t_on), (f_off, t_off) = pooled(on_dev), pooled(off_dev)
                 rise = max(on_dev, key=lambda d: on_dev[d]["fpr"] - off_dev[d]["fpr"])
@@ -193,6 +220,34 @@ def table(results: dict[str, Any]) -> str:
         worst = max(rows, key=lambda x: x[2])
         lines.append(f"| {rule} | {max(x[0] for x in rows):+.4f} | {min(x[1] for x in rows):+.4f} | "
                      f"{worst[2]:+.4f} ({worst[3]}) |")
+    return "\n".join(lines) + "\n" + global_table(results)
+
+
+def global_table(results: dict[str, Any]) -> str:
+    """Each global rule of the robust-on runs against the global threshold `robust: false` sets (`global_pooled` of the
+    robust-off run of the same seed, clients and length): global FPR and TPR gaps (every device's rows at the one
+    threshold) and the largest rise of one device's FPR."""
+    lines = ["", "| global rule (robust on) vs global_pooled (robust off) | max global FPR on - off | "
+             "min global TPR on - off | max device FPR rise (cell) | mean global FPR on / off |", "|---|---|---|---|---|"]
+    rows: dict[str, list[tuple[float, float, float, str, float, float]]] = {}
+    for key, cell in results.items():
+        off_key = key.replace("robust-on", "robust-off")
+        if not key.endswith("robust-on") or off_key not in results:
+            continue
+        for r, per_rule in cell.items():
+            off_dev = results[off_key][r]["global_pooled"]
+            f_off, t_off = pooled(off_dev)
+            for rule, on_dev in per_rule.items():
+                if not (rule.startswith("global_") or rule == "server"):
+                    continue
+                f_on, t_on = pooled(on_dev)
+                rise = max(on_dev, key=lambda d: on_dev[d]["fpr"] - off_dev[d]["fpr"])
+                rows.setdefault(rule, []).append((f_on - f_off, t_on - t_off, on_dev[rise]["fpr"] - off_dev[rise]["fpr"],
+                                                  f"{key.split('|robust')[0]} r{r} {rise}", f_on, f_off))
+    for rule, rs in sorted(rows.items()):
+        worst = max(rs, key=lambda x: x[2])
+        lines.append(f"| {rule} | {max(x[0] for x in rs):+.4f} | {min(x[1] for x in rs):+.4f} | {worst[2]:+.4f} "
+                     f"({worst[3]}) | {np.mean([x[4] for x in rs]):.4f} / {np.mean([x[5] for x in rs]):.4f} |")
     return "\n".join(lines) + "\n"
 
 
