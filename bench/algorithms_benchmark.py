@@ -108,8 +108,8 @@ def d_is_client(cfg) -> bool:
 
 
 def dp_table(cells: list[dict[str, Any]]) -> str:
-    lines = ["| setting | attack | seeds | epsilon (delta) | TPR | FPR | worst honest device FPR | lowest honest device TPR |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| setting | partition | attack | seeds | epsilon (delta) | TPR | FPR | worst honest device FPR | "
+             "lowest honest device TPR |", "|---|---|---|---|---|---|---|---|---|"]
     for label in dict.fromkeys(c["dp_label"] for c in cells):
         for attack in dict.fromkeys(c["attack"] for c in cells):
             cs = [c for c in cells if c["dp_label"] == label and c["attack"] == attack]
@@ -122,7 +122,7 @@ def dp_table(cells: list[dict[str, Any]]) -> str:
                 xs = [c[key] for c in cs]
                 return f"{sum(xs) / len(xs):.4f} ({min(xs):.4f}-{max(xs):.4f})"
 
-            lines.append(f"| {label} | {attack} | {len(cs)} | {eps} | {mean('tpr')} | {mean('fpr')} | "
+            lines.append(f"| {label} | {cs[0]['partition']} | {attack} | {len(cs)} | {eps} | {mean('tpr')} | {mean('fpr')} | "
                          f"{mean('worst_honest_device_fpr')} | {mean('honest_device_tpr_min')} |")
     return "\n".join(lines) + "\n"
 
@@ -210,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                         "beside the robust default without DP, partition device: the utility-vs-epsilon curve")
     p.add_argument("--dp-clip", type=float, default=None, help="privacy_args.clip_norm for --dp-noise (default: the config's)")
     p.add_argument("--dp-attack", default=None, help="also each --dp-noise setting with this attack_args.attack by rank 1")
+    p.add_argument("--dp-partition", default="device",
+                   help="the partition of the --dp-noise runs (e.g. contiguous20: 180 clients, all in every round, "
+                        "so the noise on their mean is 20x smaller at the same epsilon)")
     p.add_argument("--personalise-epochs", type=int, default=0,
                    help="validation_args.personalise_epochs for every cell: the personalised models measured too")
     p.add_argument("--summarise", type=Path, default=None, metavar="DIR",
@@ -253,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
                     more = dict(extra)
                     if attack:
                         more["attack_args"] = {"malicious_ranks": [1], "attack": attack}
-                    c = run_cell(a.config, "FedAvg", "device", seed, a.rounds, a.target_loss, out, more)
+                    c = run_cell(a.config, "FedAvg", a.dp_partition, seed, a.rounds, a.target_loss, out, more)
                     c["dp_label"] = label
                     dp_cells.append(c)
                     with done.open("a") as f:
