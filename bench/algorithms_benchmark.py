@@ -273,6 +273,43 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def dp_figure(dp_cells: list[dict[str, Any]], out: Path) -> str | None:
+    """Utility vs epsilon: per partition (clients per round), TPR and the lowest honest device's TPR of each noise
+    setting (mean and range over seeds) against its epsilon; runs without noise (epsilon infinite) as a line."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = [c for c in dp_cells if c["attack"] == "none"]
+    if not any(c["privacy"] and c["privacy"]["epsilon"] != float("inf") for c in cells):
+        return None
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for i, partition in enumerate(sorted({c["partition"] for c in cells})):
+        noisy: dict[float, list[dict[str, Any]]] = {}
+        for c in cells:
+            if c["partition"] == partition and c["privacy"] and c["privacy"]["epsilon"] != float("inf"):
+                noisy.setdefault(c["privacy"]["epsilon"], []).append(c)
+        eps = sorted(noisy)
+        for key, style, what in (("tpr", "o-", "TPR"), ("honest_device_tpr_min", "s--", "lowest device TPR")):
+            ys = [sum(c[key] for c in noisy[e]) / len(noisy[e]) for e in eps]
+            lo = [y - min(c[key] for c in noisy[e]) for y, e in zip(ys, eps)]
+            hi = [max(c[key] for c in noisy[e]) - y for y, e in zip(ys, eps)]
+            ax.errorbar(eps, ys, yerr=[lo, hi], fmt=style, color=f"C{i}", capsize=3,
+                        label=f"{partition} ({len(noisy[eps[0]][0]['device_fpr']) * partition_values(partition)['clients_per_device']}"
+                              f" clients per round): {what}")
+    ax.set_xscale("log")
+    delta = next(c["privacy"]["delta"] for c in cells if c["privacy"])
+    ax.set_xlabel(f"epsilon at delta {delta:g} after all rounds (log scale)")
+    ax.set_ylabel("TPR at each device's own threshold")
+    ax.set_ylim(-0.02, 1.05)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    path = out / "dp-utility-epsilon.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)
+
+
 def write_tables(cells: list[dict[str, Any]], dp_cells: list[dict[str, Any]], target_loss: float, out: Path) -> None:
     table = summary_table(cells, target_loss) if cells else ""
     if any(c.get("personal") for c in cells):
@@ -283,6 +320,8 @@ def write_tables(cells: list[dict[str, Any]], dp_cells: list[dict[str, Any]], ta
     print(table)
     for f in figures(cells, out) if cells else []:
         print(f)
+    if dp_cells and (path := dp_figure(dp_cells, out)):
+        print(path)
 
 
 if __name__ == "__main__":
