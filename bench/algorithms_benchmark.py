@@ -110,9 +110,9 @@ def d_is_client(cfg) -> bool:
 def dp_table(cells: list[dict[str, Any]]) -> str:
     lines = ["| setting | partition | attack | seeds | epsilon (delta) | TPR | FPR | worst honest device FPR | "
              "lowest honest device TPR |", "|---|---|---|---|---|---|---|---|---|"]
-    for label in dict.fromkeys(c["dp_label"] for c in cells):
+    for label, partition in dict.fromkeys((c["dp_label"], c["partition"]) for c in cells):
         for attack in dict.fromkeys(c["attack"] for c in cells):
-            cs = [c for c in cells if c["dp_label"] == label and c["attack"] == attack]
+            cs = [c for c in cells if (c["dp_label"], c["partition"], c["attack"]) == (label, partition, attack)]
             if not cs:
                 continue
             p = cs[0]["privacy"]
@@ -122,7 +122,7 @@ def dp_table(cells: list[dict[str, Any]]) -> str:
                 xs = [c[key] for c in cs]
                 return f"{sum(xs) / len(xs):.4f} ({min(xs):.4f}-{max(xs):.4f})"
 
-            lines.append(f"| {label} | {cs[0]['partition']} | {attack} | {len(cs)} | {eps} | {mean('tpr')} | {mean('fpr')} | "
+            lines.append(f"| {label} | {partition} | {attack} | {len(cs)} | {eps} | {mean('tpr')} | {mean('fpr')} | "
                          f"{mean('worst_honest_device_fpr')} | {mean('honest_device_tpr_min')} |")
     return "\n".join(lines) + "\n"
 
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default=str(REPO / "config_simulation" / "fedml_config_synthetic.yaml"))
     p.add_argument("--dp-noise", type=float, nargs="*", default=[],
                    help="also: FedAvg with privacy_args.dp at each of these noise multipliers (0 = clipping only), "
-                        "beside the robust default without DP, partition device: the utility-vs-epsilon curve")
+                        "beside the robust default without DP, partition --dp-partition: the utility-vs-epsilon curve")
     p.add_argument("--dp-clip", type=float, default=None, help="privacy_args.clip_norm for --dp-noise (default: the config's)")
     p.add_argument("--dp-attack", default=None, help="also each --dp-noise setting with this attack_args.attack by rank 1")
     p.add_argument("--dp-partition", default="device",
@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def dp_figure(dp_cells: list[dict[str, Any]], out: Path) -> str | None:
     """Utility vs epsilon: per partition (clients per round), TPR and the lowest honest device's TPR of each noise
-    setting (mean and range over seeds) against its epsilon; runs without noise (epsilon infinite) as a line."""
+    setting (mean and range over seeds) against its epsilon (runs without noise, epsilon infinite, are the tables')."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
