@@ -213,6 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dp-partition", default="device",
                    help="the partition of the --dp-noise runs (e.g. contiguous20: 180 clients, all in every round, "
                         "so the noise on their mean is 20x smaller at the same epsilon)")
+    p.add_argument("--server-lr", type=float, default=None,
+                   help="train_args.server_lr for the FedOpt algorithms (FedAvgM, FedAdam, FedYogi, FedAdagrad) instead "
+                        "of ALGORITHMS' values: a grid over it, one benchmark directory per value")
     p.add_argument("--personalise-epochs", type=int, default=0,
                    help="validation_args.personalise_epochs for every cell: the personalised models measured too")
     p.add_argument("--summarise", type=Path, default=None, metavar="DIR",
@@ -235,8 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     for partition in a.partitions:
         for algorithm in a.algorithms:
             for seed in a.seeds:
-                c = run_cell(a.config, algorithm, partition, seed, a.rounds, a.target_loss, out,
-                             {"validation_args": {"personalise_epochs": a.personalise_epochs}})
+                extra: dict[str, dict[str, Any]] = {"validation_args": {"personalise_epochs": a.personalise_epochs}}
+                if a.server_lr is not None and ALGORITHMS[algorithm]["federated_optimizer"] == "FedOpt":
+                    extra["train_args"] = {"server_lr": a.server_lr}
+                c = run_cell(a.config, algorithm, partition, seed, a.rounds, a.target_loss, out, extra)
                 cells.append(c)
                 with done.open("a") as f:
                     f.write(json.dumps(c) + "\n")
