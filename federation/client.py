@@ -251,12 +251,11 @@ class LocalClient:
     def publish_live(self, rounds_done: int, global_threshold: float, device_threshold: float) -> None:
         """Keep the model just evaluated, with this device's threshold, for detect --follow (when configured)."""
         if self.live is not None and self._evaluated is not None:
-            if self.personal_scores is not None:  # the board detects with its personalised model, at its threshold
-                self.live.publish(self.personal, *self._evaluated, rounds_done, global_threshold,
-                                  device_of_client(self.device), self.personal_threshold)
-            else:
-                self.live.publish(self.model, *self._evaluated, rounds_done, global_threshold,
-                                  device_of_client(self.device), device_threshold)
+            # personalised, the board detects with its personalised model at that model's own threshold
+            model, threshold = ((self.personal, self.personal_threshold) if self.personal_scores is not None
+                                else (self.model, device_threshold))
+            self.live.publish(model, *self._evaluated, rounds_done, global_threshold, device_of_client(self.device),
+                              threshold)
 
 
 class ClientLoader:

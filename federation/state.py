@@ -422,8 +422,8 @@ class RoundState:
                                                  {"personal": p["modes"]["personal"]["threshold"]},
                                                  self.cfg.validation.vote_window)
                 if wrong:
-                    rejected[f"{device} (personal)"] = "; ".join(wrong[:3])
-                    self.notices.append(f"personalised count report of {device} left out: {'; '.join(wrong[:3])}")
+                    rejected[f"{device} (personal)"] = why = "; ".join(wrong[:3])
+                    self.notices.append(f"personalised count report of {device} left out: {why}")
                     r = {k: v for k, v in r.items() if k != "personal"}
             kept.append(r)
         if rejected:
