@@ -95,13 +95,30 @@ class DeviceData:
     benign: np.ndarray
     attacks: dict[str, np.ndarray] = field(default_factory=dict)
     missing_attacks: list[str] = field(default_factory=list)
+    rows_per_day: float | None = None  # captured rows: how many a day the device makes (None: rows without time)
 
 
 def device_dir(cache_dir: str | Path, device: str) -> Path:
     return Path(cache_dir) / device
 
 
+PROVENANCE_FILE = "provenance.json"  # what python -m capture records beside a local device's rows
 SIMULATED_ATTACKS_DIR = "simulated_attacks"  # a local device's attack rows: <attack>.csv, made by python -m capture
+
+
+def captured_rows_per_day(ddir: Path) -> float | None:
+    """Rows a day of a captured device (`python -m capture`'s provenance: its rows over the seconds its captures
+    span); None when the provenance is missing, unreadable or spans no time."""
+    import json
+
+    try:
+        record = json.loads((ddir / PROVENANCE_FILE).read_text())
+        rows, seconds = float(record["rows"]), float(record["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not (np.isfinite(rows) and np.isfinite(seconds)) or rows <= 0 or seconds <= 0:
+        return None
+    return rows / seconds * 86400.0
 
 
 def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None = None,
@@ -125,6 +142,7 @@ def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None 
     if not load_attacks:
         return data
     if local:
+        data.rows_per_day = captured_rows_per_day(ddir)
         for attack in nbaiot.all_attack_names():
             path = ddir / SIMULATED_ATTACKS_DIR / f"{attack}.csv"
             if path.is_file():
@@ -157,6 +175,7 @@ class DeviceSplit:
     test: np.ndarray
     attacks: dict[str, np.ndarray]
     missing_attacks: list[str]
+    rows_per_day: float | None = None  # the device's (or this client's share of it): None for rows without time
 
 
 def split_counts(n_rows: int, train_fraction: float, validation_fraction: float) -> tuple[int, int, int]:
@@ -185,4 +204,5 @@ def split_device(data: DeviceData, train_fraction: float, validation_fraction: f
         test=b[n_train + n_val:],
         attacks=data.attacks,
         missing_attacks=list(data.missing_attacks),
+        rows_per_day=data.rows_per_day,
     )

@@ -56,5 +56,7 @@ def partition_split(split: DeviceSplit, k: int, method: str = "contiguous", alph
                         test=split.test[cuts["test"][i]:cuts["test"][i + 1]],
                         attacks={name: rows[attack_cuts[name][i]:attack_cuts[name][i + 1]]
                                  for name, rows in split.attacks.items()},
-                        missing_attacks=list(split.missing_attacks))
+                        missing_attacks=list(split.missing_attacks),
+                        rows_per_day=None if split.rows_per_day is None else split.rows_per_day * float(
+                            (cuts["validation"][i + 1] - cuts["validation"][i]) / len(split.validation)))
             for i in range(k)]

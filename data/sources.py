@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data import nbaiot, synthetic
-from data.loader import DeviceSplit, load_device, split_device
+from data.loader import PROVENANCE_FILE, DeviceSplit, load_device, split_device  # noqa: F401  (PROVENANCE_FILE re-exported)
 from data.partition import partition_split
 from fediot.config import FedIoTConfig
 from fediot.errors import DataError
@@ -69,7 +69,6 @@ def _nbaiot(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]
     return root, {"source": "nbaiot", "synthetic": False, "path": str(root)}
 
 
-PROVENANCE_FILE = "provenance.json"  # what python -m capture records beside a local device's rows
 
 
 def _local(cfg: FedIoTConfig, devices: list[str]) -> tuple[Path, dict[str, Any]]:

@@ -95,6 +95,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
             f"({'mutual TLS, certificates in ' + str(tls.source) if tls else 'PLAINTEXT'}); run directory {run_dir}")
     else:
         from federation.client import LocalClient, live_detector
+        from model.threshold import rule_of
 
         device = cfg.devices[rank - 1]
         data_root, _info = prepare_data(cfg, [device])  # a board fetches only its own device
@@ -102,7 +103,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
         write_config(run_dir, cfg.values)
         local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank),
-                            threshold_k=cfg.validation.threshold_k, live=live_detector(cfg, run_dir),
+                            rule=rule_of(cfg.validation), window=cfg.validation.vote_window,
+                            live=live_detector(cfg, run_dir),
                             personalise=(cfg.validation.personalise_epochs, cfg.validation.personalise_lr,
                                          cfg.train.batch_size))
 

@@ -15,17 +15,7 @@ import numpy as np
 
 from evaluation.metrics import majority_vote, rates
 from evaluation.scores import DeviceScores
-
-# Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins).
-HIST_EDGES = np.logspace(-8, 8, 4097)
-
-
-def histogram(scores: np.ndarray) -> dict[int, int]:
-    """Sparse histogram {bin index: count}; bin 0 = below 1e-8, last = above 1e8."""
-    idx = np.searchsorted(HIST_EDGES, scores, side="right")
-    values, counts = np.unique(idx, return_counts=True)
-    return {int(v): int(c) for v, c in zip(values, counts)}
-
+from model.threshold import HIST_EDGES, histogram  # noqa: F401  (the report's histogram grid; re-exported)
 
 def _flags_counts(scores: np.ndarray, thr: float) -> tuple[int, int]:
     flagged = int((scores > thr).sum())

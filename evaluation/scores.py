@@ -24,10 +24,11 @@ class DeviceScores:
     test: np.ndarray
     attacks: dict[str, np.ndarray] = field(default_factory=dict)
     missing_attacks: list[str] = field(default_factory=list)
+    rows_per_day: float | None = None  # the rows' rate (captured rows), for the budget threshold rule
 
-    @property
-    def validation_stats(self) -> ErrorStats:
-        return ErrorStats.of(self.validation)
+    def validation_stats(self, window: int | None = None) -> ErrorStats:
+        """Statistics of the validation errors (with the histogram of `window`'s window scores when given)."""
+        return ErrorStats.of(self.validation, window, self.rows_per_day)
 
 
 def score_device(model: nn.Module, normalizer: Normalizer, split: DeviceSplit) -> DeviceScores:
@@ -37,4 +38,5 @@ def score_device(model: nn.Module, normalizer: Normalizer, split: DeviceSplit) -
         return reconstruction_errors(model, normalizer(rows))
 
     return DeviceScores(split.device, s(split.validation), s(split.test),
-                        {name: s(rows) for name, rows in split.attacks.items()}, list(split.missing_attacks))
+                        {name: s(rows) for name, rows in split.attacks.items()}, list(split.missing_attacks),
+                        split.rows_per_day)

@@ -19,17 +19,20 @@ from typing import Any, Callable
 from evaluation.counts import client_report, combine_reports
 from evaluation.scores import DeviceScores
 from model.detector import ErrorStats, thresholds_of
+from model.threshold import ThresholdRule
 
 
-def thresholds_from_stats(stats: dict[str, ErrorStats], k: float, device_of: Callable[[str], str] | None = None
-                          ) -> tuple[float, dict[str, float]]:
-    """Global threshold (mean + k*std of the merged validation errors) and each client's own (its device's)."""
-    return thresholds_of(stats, k, device_of)
+def thresholds_from_stats(stats: dict[str, ErrorStats], rule: ThresholdRule | float,
+                          device_of: Callable[[str], str] | None = None) -> tuple[float, dict[str, float]]:
+    """Global threshold (of the merged validation statistics) and each client's own (its device's), by the configured
+    rule (a bare number: mean + k*std)."""
+    return thresholds_of(stats, rule, device_of)
 
 
-def thresholds(scores: list[DeviceScores], k: float) -> tuple[float, dict[str, float]]:
-    """`thresholds_from_stats` of scored devices."""
-    return thresholds_from_stats({s.device: s.validation_stats for s in scores}, k)
+def thresholds(scores: list[DeviceScores], rule: ThresholdRule | float, window: int | None = None
+               ) -> tuple[float, dict[str, float]]:
+    """`thresholds_from_stats` of scored devices (`window`: the vote window, which the budget rule needs)."""
+    return thresholds_from_stats({s.device: s.validation_stats(window) for s in scores}, rule)
 
 
 def evaluate(scores: list[DeviceScores], global_threshold: float | None, device_thresholds: dict[str, float],

@@ -29,6 +29,7 @@ from fediot.config import ATTACKS, DEFAULTS, FedIoTConfig, device_of_client
 from fediot.rundir import append_jsonl
 from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats, train_autoencoder
+from model.threshold import ThresholdRule, histogram, rule_of, shifted_histogram
 from model.normalization import FeatureStats, Normalizer
 
 
@@ -99,7 +100,7 @@ class LocalClient:
 
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
                  attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None,
-                 threshold_k: float = DEFAULTS["validation_args"]["threshold_k"][0],
+                 rule: ThresholdRule = ThresholdRule(), window: int = DEFAULTS["validation_args"]["vote_window"][0],
                  live: LiveDetector | None = None, personalise: tuple[int, float, int] = (0, 0.001, 64)) -> None:
         """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
         honest training, to study what a compromised board can do; 'none' for an honest client. model: the
@@ -109,7 +110,8 @@ class LocalClient:
         self.attack, self.attack_scale = attack, attack_scale
         # flood: trains and answers honestly, and sends this many decoding bombs after each answer
         self.bombs_per_answer = max(1, round(attack_scale)) if attack == "flood" else 0
-        self.threshold_k = threshold_k  # threshold_edge: the k of the federation's threshold rule
+        self.rule = rule  # the federation's threshold rule (a personalised model's own threshold; threshold_edge)
+        self.window = window  # the vote window whose window scores the validation statistics histogram
         self.live = live  # where the newest evaluated model is kept for detect --follow (None: nowhere)
         # the normaliser (and its device's widened scales) of the model scored by validation_stats
         self._evaluated: tuple[dict[str, Any], list[float] | None] | None = None
@@ -125,7 +127,7 @@ class LocalClient:
         self.personalise_epochs, self.personalise_lr, self.personalise_batch = personalise
         self.personal: AutoEncoder | None = None  # the personalised model of the last evaluation
         self.personal_scores: DeviceScores | None = None
-        self.personal_threshold = 0.0  # its own threshold: mean + k x std of its validation errors
+        self.personal_threshold = 0.0  # its own threshold: the federation's rule on its validation errors
 
     @property
     def n_train(self) -> int:
@@ -213,14 +215,16 @@ class LocalClient:
         self._evaluated = (normalizer, scale)
         if self.personalise_epochs > 0:
             self._personalise(model, norm)
-        s = ErrorStats.of(self.scores.validation)
+        s = self.scores.validation_stats(self.window)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
-            return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2)
+            return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2,
+                              shifted_histogram(s.window_hist, self.attack_scale), s.rows_per_day)
         if self.attack == "val_overflow":  # finite, and the square of their mean overflows a float
-            return ErrorStats(s.count, 1e200, 1e300)
+            return ErrorStats(s.count, 1e200, 1e300, s.window_hist, s.rows_per_day)
         if self.attack == "threshold_edge":  # attack_scale x its rows, every error attack_scale x its own threshold
-            t, n = s.threshold(self.threshold_k) * self.attack_scale, self.validation_rows
-            return ErrorStats(n, t * n, t * t * n)
+            t, n = s.threshold_by(self.rule) * self.attack_scale, self.validation_rows
+            return ErrorStats(n, t * n, t * t * n, histogram(np.full(max(1, n - self.window + 1), t)),
+                              None if s.rows_per_day is None else s.rows_per_day * n / max(1, s.count))
         return s
 
     def _personalise(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> None:
@@ -232,7 +236,7 @@ class LocalClient:
         train_autoencoder(self.personal, self._training_rows(normalizer), self.personalise_epochs,
                           self.personalise_batch, self.personalise_lr, seed=zlib.crc32(self.device.encode()))
         self.personal_scores = score_device(self.personal, Normalizer.from_dict(normalizer), self.split)
-        self.personal_threshold = ErrorStats.of(self.personal_scores.validation).threshold(self.threshold_k)
+        self.personal_threshold = self.personal_scores.validation_stats(self.window).threshold_by(self.rule)
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
         """Count report of the rows scored by `validation_stats`, at the server's thresholds (and, personalised, of
@@ -285,7 +289,7 @@ class ClientLoader:
         v = self.cfg.validation
         return LocalClient(self.split(client), self.cfg.model.feature_transform,
                            self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                           model=self._model, threshold_k=v.threshold_k, live=self._live,
+                           model=self._model, rule=rule_of(v), window=v.vote_window, live=self._live,
                            personalise=(v.personalise_epochs, v.personalise_lr, self.cfg.train.batch_size))
 
 

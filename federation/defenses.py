@@ -28,6 +28,7 @@ import torch
 from evaluation.counts import HIST_EDGES
 from federation.aggregation import State, flat, stack
 from model.detector import ErrorStats
+from model.threshold import ThresholdRule
 from model.normalization import FeatureStats, Normalizer
 
 
@@ -95,24 +96,27 @@ def robust_rule_minimum(liars: int) -> int:
     return 2 * liars + 3
 
 
-def trimmed_global_threshold(stats: dict[str, ErrorStats], k: float, leave_out: int
+def trimmed_global_threshold(stats: dict[str, ErrorStats], k: "ThresholdRule | float", leave_out: int
                              ) -> tuple[float, list[str], dict[str, str]]:
     """The global threshold (for devices outside the federation) that up to `leave_out` lying clients cannot steer:
     the `leave_out` devices with the highest and the `leave_out` with the lowest own thresholds (mean + k x std) are
-    left out (at most (n - 1) // 2 each side), the others' validation statistics pooled with each device weighed
+    left out (at most (n - 1) // 2 each side; own thresholds by the configured rule `k`, a `ThresholdRule` or mean +
+    k x std), the others' validation statistics pooled with each device weighed
     equally (as the median device's number of rows: announcing many rows gains nothing), and the result is at most
     the highest own threshold among the devices kept. A liar is then either left out or kept with an own threshold
     below that of an honest device left out at the top, so whatever it reports the global threshold stays below the
     highest honest device's own threshold. Returns (threshold, devices pooled, device -> why it was left out)."""
     n = len(stats)
     trim = min(leave_out, (n - 1) // 2)
-    own = {d: s.threshold(k) for d, s in stats.items()}
+    own = {d: s.threshold_by(k) for d, s in stats.items()}
     order = sorted(own, key=lambda d: (own[d], d))
     dropped = {d: f"its threshold {own[d]:.4g} is among the {trim} lowest" for d in order[:trim]}
     dropped |= {d: f"its threshold {own[d]:.4g} is among the {trim} highest" for d in order[n - trim:]}
     kept = [d for d in order if d not in dropped]
     weight = max(1, int(np.median([stats[d].count for d in kept])))
-    pooled = ErrorStats.merge([stats[d].scaled(1.0, weight) for d in kept]).threshold(k)
+    merged = ErrorStats.merge([stats[d].scaled(1.0, weight) for d in kept])
+    mean_rate = None if merged.rows_per_day is None else merged.rows_per_day / len(kept)
+    pooled = merged.threshold_by(k, mean_rate)
     return min(pooled, max(own[d] for d in kept)), sorted(kept), dropped
 
 

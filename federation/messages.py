@@ -16,7 +16,7 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 | TRAIN | server → client | round, model, normalizer, clients: {client: {plan, scale (optional: its device's widened feature scales)}} |
 | UPDATE | client → server | round, client, model, n, loss, lr, train_seconds |
 | EVAL_STATS | server → client | round, model, normalizer, clients: {client: {scale (optional, as in TRAIN)}} |
-| VAL_STATS | client → server | round, client, val_stats (count, total, total_sq) |
+| VAL_STATS | client → server | round, client, val_stats (count, total, total_sq; window_hist, rows_per_day) |
 | EVAL_COUNTS | server → client | round, global_threshold, window, clients: {client: {device_threshold (that client's own)}} |
 | REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
 | FINISH | server → client | error (optional) |
@@ -71,6 +71,8 @@ MAX_PACKETS = 10**15
 # A header carries no tensor bytes: at most one count report (a 4,098-bin histogram per attack file, ~0.5 MB) or one
 # request naming every client of a rank (~0.2 MB at 1,008 clients). Anything larger is refused before parsing.
 MAX_HEADER_BYTES = 4 * 2**20
+# VAL_STATS: a device's packets a day (one an hour to ~116,000 a second)
+MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY = 24.0, 1e10
 MODEL_CARRYING = {S2C_TRAIN, S2C_EVAL_STATS, C2S_UPDATE}
 N_HIST_BINS = len(HIST_EDGES) + 1
 
@@ -152,11 +154,20 @@ def _update(p: dict[str, Any], exp: Expectations) -> None:
 def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
     _client(p, exp)
-    s = _dict(p["val_stats"], "val_stats", {"count", "total", "total_sq"})
+    s = _dict(p["val_stats"], "val_stats")
+    if not {"count", "total", "total_sq"} <= set(s) <= {"count", "total", "total_sq", "window_hist", "rows_per_day"}:
+        _fail("val_stats must have the keys count, total, total_sq and may have window_hist and rows_per_day, not "
+              f"{sorted(map(str, s))[:10]}")
     _int(s["count"], "val_stats.count", 1)
     _num(s["total"], "val_stats.total")
     _num(s["total_sq"], "val_stats.total_sq")
     check_error_stats(s["count"], s["total"], s["total_sq"], "val_stats")
+    if "window_hist" in s:  # at most one window score per row, at least one
+        _hist(s["window_hist"], "val_stats.window_hist")
+        if not 1 <= sum(s["window_hist"].values()) <= s["count"]:
+            _fail(f"val_stats.window_hist must count 1..{s['count']} window scores (val_stats.count rows)")
+    if "rows_per_day" in s:
+        _num(s["rows_per_day"], "val_stats.rows_per_day", MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY)
 
 
 def _counts(v: Any, name: str, keys: set[str]) -> None:
@@ -439,12 +450,22 @@ class ValStats:
     stats: ErrorStats
 
     def to_fields(self) -> dict[str, Any]:
+        s = self.stats
+        extra: dict[str, Any] = {}
+        if s.window_hist is not None:
+            extra["window_hist"] = {str(int(b)): int(c) for b, c in s.window_hist.items()}
+        if s.rows_per_day is not None:
+            extra["rows_per_day"] = float(s.rows_per_day)
         return {"round": self.round, "client": self.client,
-                "val_stats": {"count": self.stats.count, "total": self.stats.total, "total_sq": self.stats.total_sq}}
+                "val_stats": {"count": s.count, "total": s.total, "total_sq": s.total_sq, **extra}}
 
     @classmethod
     def of(cls, f: dict[str, Any]) -> "ValStats":
-        return cls(f["round"], f["client"], ErrorStats(**f["val_stats"]))
+        v = f["val_stats"]
+        hist = v.get("window_hist")
+        return cls(f["round"], f["client"], ErrorStats(v["count"], v["total"], v["total_sq"],
+                                                       None if hist is None else {int(b): c for b, c in hist.items()},
+                                                       v.get("rows_per_day")))
 
 
 @dataclass(frozen=True)

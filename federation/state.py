@@ -38,6 +38,7 @@ from fediot.console import round_bar
 from fediot.errors import ConfigError
 from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats
+from model.threshold import rule_of
 from model.normalization import FeatureStats, Normalizer
 
 SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
@@ -358,7 +359,7 @@ class RoundState:
         `detect` without --device): the pool of every device's statistics; with `robust`, devices weighed equally
         and the byzantine_clients highest and lowest device thresholds left out (`defenses.trimmed_global_threshold`),
         and a client whose statistics count other rows than it announced left out."""
-        k, d = self.cfg.validation.threshold_k, self.defenses
+        k, d = rule_of(self.cfg.validation), self.defenses
         self.val_counts = {c: s.count for c, s in val_stats.items()}
         glob, per_device = thresholds_from_stats(val_stats, k, device_of_client)
         if d.robust:

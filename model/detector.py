@@ -17,6 +17,7 @@ from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
 from model.lean import Layer, lean_path, normalizer_for, threshold_for, write_lean
 from model.normalization import FeatureStats, Normalizer
+from model.threshold import ThresholdRule, histogram, threshold_at_rate, window_scores
 
 CHECKPOINT_FORMAT = "fediot-detector-v1"
 SCORE_BATCH_ROWS = 8192
@@ -75,26 +76,45 @@ def reconstruction_errors(model: nn.Module, rows: np.ndarray) -> np.ndarray:
 
 @dataclass
 class ErrorStats:
-    """Count, sum and sum of squares of per-row errors: enough for mean + k*std, and mergeable."""
+    """Statistics of per-row validation errors that merge exactly: count, sum and sum of squares (for mean + k*std)
+    and, for the budget rule (`model.threshold`), the histogram of window scores and the rows per day they stand for
+    (None: rows without time, e.g. N-BaIoT's)."""
 
     count: int = 0
     total: float = 0.0
     total_sq: float = 0.0
+    window_hist: dict[int, float] | None = None
+    rows_per_day: float | None = None
 
     @classmethod
-    def of(cls, errors: np.ndarray) -> "ErrorStats":
+    def of(cls, errors: np.ndarray, window: int | None = None, rows_per_day: float | None = None) -> "ErrorStats":
+        """window: the vote window whose window scores are histogrammed (None: no histogram)."""
         e = np.asarray(errors, dtype=np.float64)
-        return cls(len(e), float(e.sum()), float((e ** 2).sum()))
+        hist = histogram(window_scores(e, window)) if window is not None else None
+        return cls(len(e), float(e.sum()), float((e ** 2).sum()), hist, rows_per_day)
 
     @classmethod
     def merge(cls, parts: list["ErrorStats"]) -> "ErrorStats":
-        """The statistics of all parts' rows (float sums: an overflow is inf, which `threshold` refuses)."""
-        return cls(sum(p.count for p in parts), sum(float(p.total) for p in parts), sum(float(p.total_sq) for p in parts))
+        """The statistics of all parts' rows (float sums: an overflow is inf, which `threshold` refuses). Histograms
+        and rows per day add up where every part has them."""
+        hist: dict[int, float] | None = None
+        if parts and all(p.window_hist is not None for p in parts):
+            hist = {}
+            for p in parts:
+                for b, c in p.window_hist.items():  # type: ignore[union-attr]
+                    hist[int(b)] = hist.get(int(b), 0) + c
+        rates = [p.rows_per_day for p in parts]
+        return cls(sum(p.count for p in parts), sum(float(p.total) for p in parts),
+                   sum(float(p.total_sq) for p in parts), hist,
+                   float(sum(rates)) if parts and all(r is not None for r in rates) else None)  # type: ignore[arg-type]
 
     def scaled(self, factor: float, count: int | None = None) -> "ErrorStats":
-        """The statistics of these errors times `factor` (mean and std scale alike), weighed as `count` rows."""
+        """The statistics of these errors times `factor` (mean and std scale alike), weighed as `count` rows (the
+        histogram's counts weighed alike; its scores are not multiplied: `factor` is 1 wherever a histogram is used)."""
         n = self.count if count is None else count
-        return ErrorStats(n, self.total * factor * n / self.count, self.total_sq * factor * factor * n / self.count)
+        hist = None if self.window_hist is None else {b: c * n / self.count for b, c in self.window_hist.items()}
+        return ErrorStats(n, self.total * factor * n / self.count, self.total_sq * factor * factor * n / self.count,
+                          hist, self.rows_per_day)
 
     @property
     def mean(self) -> float:
@@ -117,19 +137,35 @@ class ErrorStats:
             raise ValueError(f"the threshold of {self.count} validation errors is not finite")
         return value
 
+    def threshold_by(self, rule: "ThresholdRule | float", rows_per_day: float | None = None) -> float:
+        """The configured rule's threshold: the false-alarm budget at `rows_per_day` (default: these rows' own) where
+        the rule asks for it and the rate is known, else mean + k * std. A bare number is k (mean + k * std)."""
+        if not isinstance(rule, ThresholdRule):
+            return self.threshold(float(rule))
+        rate = self.rows_per_day if rows_per_day is None else rows_per_day
+        if not rule.uses_budget(rate):
+            return self.threshold(rule.k)
+        if self.window_hist is None or rate is None:
+            raise ValueError("the budget threshold rule needs the window-score histogram and the rows per day "
+                             "(validation_args.threshold_rule: budget on rows without time; use auto or mean_std)")
+        return threshold_at_rate(self.window_hist, rule.rate(rate), rule)
 
-def thresholds_of(stats: dict[str, ErrorStats], k: float, device_of: Callable[[str], str] | None = None
-                  ) -> tuple[float, dict[str, float]]:
-    """The one threshold rule, mean + k*std of validation errors: global = of every client's merged; each client's
-    own = of its device's (`device_of`: client -> device; the clients of one device merged, so a device split over
-    several clients detects with one threshold from all its validation rows). `evaluation.scoring.
-    thresholds_from_stats` and `Detector.fit` both use this."""
+
+def thresholds_of(stats: dict[str, ErrorStats], rule: "ThresholdRule | float",
+                  device_of: Callable[[str], str] | None = None) -> tuple[float, dict[str, float]]:
+    """The one threshold rule (`ErrorStats.threshold_by`; a bare number is k of mean + k*std): global = of every
+    client's merged statistics (the budget at the mean device's rows per day: a device outside the federation is
+    held to the same budget); each client's own = of its device's (`device_of`: client -> device; the clients of one
+    device merged, so a device split over several clients detects with one threshold from all its validation rows).
+    `evaluation.scoring.thresholds_from_stats` and `Detector.fit` both use this."""
     by_device: dict[str, list[ErrorStats]] = {}
     for c, s in stats.items():
         by_device.setdefault(device_of(c) if device_of else c, []).append(s)
-    own = {d: (parts[0] if len(parts) == 1 else ErrorStats.merge(parts)).threshold(k) for d, parts in by_device.items()}
-    return (ErrorStats.merge(list(stats.values())).threshold(k),
-            {c: own[device_of(c) if device_of else c] for c in stats})
+    merged = {d: (parts[0] if len(parts) == 1 else ErrorStats.merge(parts)) for d, parts in by_device.items()}
+    own = {d: m.threshold_by(rule) for d, m in merged.items()}
+    pooled = ErrorStats.merge(list(stats.values()))
+    mean_rate = None if pooled.rows_per_day is None else pooled.rows_per_day / len(merged)
+    return pooled.threshold_by(rule, mean_rate), {c: own[device_of(c) if device_of else c] for c in stats}
 
 
 @dataclass
