@@ -120,6 +120,32 @@ def trimmed_global_threshold(stats: dict[str, ErrorStats], k: "ThresholdRule | f
     return min(pooled, max(own[d] for d in kept)), sorted(kept), dropped
 
 
+def clamped_device_thresholds(stats: dict[str, ErrorStats], rule: "ThresholdRule | float", device_of: Any,
+                              pooled: dict[str, float], leave_out: int) -> tuple[dict[str, float], dict[str, str]]:
+    """Each device's threshold (`pooled`: client -> its device's threshold of the merged statistics) kept within the
+    range of its clients' own thresholds without the `leave_out` highest and lowest (at most (n - 1) // 2 each side):
+    a device split over n >= 3 clients (households) whose liars are a minority then detects with a threshold inside its
+    honest clients' own. Without it the budget rule is steerable: its quantile at one false alarm a day sits among the
+    top few window scores, so one of three clients reporting errors 3 x larger moved it 3.0 x (mean + 5 std: 2.1 x;
+    tests/test_threshold_rule.py). Returns (client -> threshold, device -> what was clamped)."""
+    by_device: dict[str, list[str]] = {}
+    for c in stats:
+        by_device.setdefault(device_of(c), []).append(c)
+    out, clamped = dict(pooled), {}
+    for device, clients in by_device.items():
+        trim = min(leave_out, (len(clients) - 1) // 2)
+        if trim == 0:
+            continue
+        own = sorted(stats[c].threshold_by(rule) for c in clients)[trim:len(clients) - trim]
+        value = pooled[clients[0]]
+        kept = min(max(value, own[0]), own[-1])
+        if kept != value:
+            clamped[device] = f"{value:.4g} -> {kept:.4g} (its clients' own thresholds without the {trim} highest and lowest)"
+        for c in clients:
+            out[c] = kept
+    return out, clamped
+
+
 def window_decisions(n_rows: int, window: int) -> int:
     """How many majority-vote decisions `majority_vote` makes over n_rows rows."""
     return 0 if n_rows == 0 else max(n_rows - window + 1, 1)

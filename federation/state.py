@@ -358,6 +358,7 @@ class RoundState:
         with: no other client's numbers enter it) and the global one (for devices outside the federation and
         `detect` without --device): the pool of every device's statistics; with `robust`, devices weighed equally
         and the byzantine_clients highest and lowest device thresholds left out (`defenses.trimmed_global_threshold`),
+        each device of several clients kept within its clients' own thresholds (`defenses.clamped_device_thresholds`),
         and a client whose statistics count other rows than it announced left out."""
         k, d = rule_of(self.cfg.validation), self.defenses
         self.val_counts = {c: s.count for c, s in val_stats.items()}
@@ -370,6 +371,10 @@ class RoundState:
                 self.record["threshold_excluded"] = excluded
             consistent = {c: s for c, s in val_stats.items() if c not in excluded} or dict(val_stats)
             glob, pooled, _ = defenses.trimmed_global_threshold(consistent, k, d.byzantine_clients)
+            per_device, clamped = defenses.clamped_device_thresholds(val_stats, k, device_of_client, per_device,
+                                                                     d.byzantine_clients)
+            if clamped:
+                self.record["device_threshold_clamped"] = clamped
             self.record["global_threshold_from"] = pooled
         self.thresholds = {"global": glob, "device": per_device}
 

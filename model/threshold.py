@@ -92,10 +92,11 @@ class ThresholdRule:
         return min(1.0, self.false_alerts_per_day / rows_per_day)
 
 
-def threshold_at_rate(hist: Mapping[Any, float], q: float, rule: ThresholdRule) -> float:
+def threshold_at_rate(hist: Mapping[Any, float], q: float, rule: ThresholdRule) -> tuple[float, bool]:
     """The smallest threshold with at most a share q of the histogram's scores above it: the empirical quantile's bin
     edge where at least `min_tail_rows` scores lie above it, else the peaks-over-threshold extrapolation from the
-    `tail_level` quantile. ValueError on an empty histogram or a non-finite result."""
+    `tail_level` quantile; and whether the scores could show it (False: fewer than `min_tail_rows` scores over the
+    tail level, the highest score is returned). ValueError on an empty histogram or a non-finite result."""
     counts = dense(hist)
     n = counts.sum()
     if n <= 0:
@@ -103,21 +104,21 @@ def threshold_at_rate(hist: Mapping[Any, float], q: float, rule: ThresholdRule) 
     above = n - np.cumsum(counts)  # scores in bins after each bin
     if q * n >= rule.min_tail_rows:
         i = int(np.argmax(above <= q * n))
-        return float(HIST_EDGES[min(i, len(HIST_EDGES) - 1)])
+        return float(HIST_EDGES[min(i, len(HIST_EDGES) - 1)]), True
     t_bin = int(np.argmax(above <= (1.0 - rule.tail_level) * n))
     t = float(HIST_EDGES[min(t_bin, len(HIST_EDGES) - 1)])
     tail = np.flatnonzero(counts[t_bin + 1:]) + t_bin + 1
     n_t = counts[tail].sum()
     top = float(HIST_EDGES[min(int(np.flatnonzero(counts)[-1]), len(HIST_EDGES) - 1)])
     if n_t < rule.min_tail_rows:
-        return top
+        return top, False
     xi, sigma = gpd_fit(BIN_VALUES[tail] - t, counts[tail])
     xi = min(xi, rule.max_tail_shape)
     r = q * n / n_t
     value = t + (sigma / xi) * (r ** -xi - 1.0) if abs(xi) > 1e-9 else t - sigma * np.log(r)
     if not np.isfinite(value):
         raise ValueError(f"the tail fit of {int(n)} validation window scores gives no finite threshold")
-    return float(value)
+    return float(value), True
 
 
 def rule_of(validation: Any) -> ThresholdRule:
