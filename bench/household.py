@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-share", type=float, default=0.8, help="share of each capture's time that is captured")
     p.add_argument("--budgets", type=float, nargs="+", default=[1.0], help="false_alerts_per_day values to compare")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--reuse", action="store_true", help="reuse the captures and federation runs already in --out")
     a = p.parse_args(argv)
     study = a.out or create_run_dir(REPO / "runs", "bench", "household")
     study.mkdir(parents=True, exist_ok=True)
@@ -130,16 +132,25 @@ def main(argv: list[str] | None = None) -> int:
                   "validation_args": {"frequency_of_the_test": a.rounds}, "comm_args": {"backend": "GRPC"}}
         cfg = validate(values)
         held: dict[str, dict[str, Any]] = {}
-        for name, (f, ip) in DEVICES.items():
-            print(f"seed {seed}: capturing {name} ({f}, first {a.train_share:.0%} of its time)", file=sys.stderr,
-                  flush=True)
-            held[name] = capture_device(name, a.pcaps / f, ip, a.train_share, local, cfg.detect, seed)
+        cache = study / f"seed{seed}" / "held_out.pkl"  # --reuse: the captures of an earlier run of this directory
+        if a.reuse and cache.is_file():
+            held = pickle.loads(cache.read_bytes())
+        else:
+            for name, (f, ip) in DEVICES.items():
+                print(f"seed {seed}: capturing {name} ({f}, first {a.train_share:.0%} of its time)", file=sys.stderr,
+                      flush=True)
+                held[name] = capture_device(name, a.pcaps / f, ip, a.train_share, local, cfg.detect, seed)
+            cache.write_bytes(pickle.dumps(held))
         data_root, data_info = prepare_data(cfg)
-        run_dir = create_run_dir(cfg.common.run_dir_root, "server", "local")
-        write_config(run_dir, cfg.values)
-        print(f"seed {seed}: federating {len(DEVICES)} devices, {a.rounds} rounds", file=sys.stderr, flush=True)
         started = time.monotonic()
-        run_in_process(cfg, run_dir, data_root, data_info, "federated-deployment", None, None, None)
+        runs = sorted((study / f"seed{seed}" / "runs").glob("*-server-local"))
+        if a.reuse and runs and (runs[-1] / "metrics.json").is_file():
+            run_dir = runs[-1]
+        else:
+            run_dir = create_run_dir(cfg.common.run_dir_root, "server", "local")
+            write_config(run_dir, cfg.values)
+            print(f"seed {seed}: federating {len(DEVICES)} devices, {a.rounds} rounds", file=sys.stderr, flush=True)
+            run_in_process(cfg, run_dir, data_root, data_info, "federated-deployment", None, None, None)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         det = LeanDetector.load(run_dir)
         rules = {"mean_std k=5": ThresholdRule("mean_std", 5.0)} | {
@@ -163,8 +174,8 @@ def main(argv: list[str] | None = None) -> int:
                     "cross": {o: float(np.mean(WindowVote(cfg.validation.vote_window).push(
                         held[o]["hosts"], scored[o][name] > thr))) for o in DEVICES if o != name}}
             row["devices"][name] = {"rules": per_rule, "rows_per_day": sp.rows_per_day,
-                                    "federation_threshold": metrics["devices"][name]["modes"]["device"]["threshold"]
-                                    if "devices" in metrics and name in metrics["devices"] else None,
+                                    "federation_threshold": metrics["devices"][name]["thresholds"][name],
+                                    "federation_tpr": metrics["devices"][name]["attacks"],
                                     "held_out_days": h["held_out_days"], "captured_rows": h["captured_rows"]}
         results.append(row)
         write_json(study / "results.json", results)

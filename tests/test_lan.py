@@ -38,12 +38,19 @@ BEHAVIOUR_EVERY_S = 1.0
 # The emulated devices send at real-time priority (tools/lan.py replay --realtime): on this 2-core machine, beside the
 # other test processes, a starved sender bunched its packets and an unattacked board raised 61 window alerts on them.
 ALERT_WITHIN_S = 5.0  # the attacked device's board raises a window alert this soon after the attack's first packet
-# At most this share of an unattacked device's packets raise window alerts before the attack. What a healthy run gives
-# (bench/bench_lan.py --busy 2, cameras capped at 1 s): 0-1.4 % per device, mostly bursts of 15-27 window alerts at
-# one benign event the 40 s capture did not cover, and the federation's own held-out evaluation says as much (the
-# nursery camera: held-out FPR 0.04); 0.01 failed 2 of 3 runs on such bursts. What broken pipelines gave: 2.7 %
-# (packets stamped when read: 112 of 4,092) and 3.8 % (a capture without the device's events: 145 of 3,859).
+# At most this share of an unattacked device's packets raise window alerts before the attack, or HELD_OUT_FACTOR x the
+# window false-alarm rate the federation itself measured for that device on its held-out captured rows (metrics.json),
+# whichever is larger. What a healthy run gives (bench/bench_lan.py --busy 2, cameras capped at 1 s): 0-1.45 % per
+# device, in bursts of 15-27 window alerts at one benign event the 40 s capture did not cover; a clean clone's CI run on
+# an idle machine gave 3.0 % (65 of 2,191, nursery-cam), and its held-out evaluation says as much (nursery-cam: window
+# FPR 0.020-0.022 on its held-out rows, per-row 0.04). A fixed 2 % bound sat inside that spread. What this bound is
+# for is a live pipeline that disagrees with the federation's own evaluation of the same model on the same device
+# (features, normaliser, thresholds or packet times broken between capture and detect: all packets, or 2.7-3.8 % where
+# the held-out rate was near 0); packet times have their own test (tests/test_detect.py's kernel-time test). How many
+# false alarms a 40 s capture gives is a detection-quality measurement: bench/lan_capture_study.py (in process, seeds
+# 0-4) and, for real devices over days, bench/household.py.
 FALSE_ALARM_RATE = 0.02
+HELD_OUT_FACTOR = 3.0
 # detect watches benign traffic this long before the attack (6 s left one board 263 packets; with 10 s the final model
 # scored 2,332-4,164 packets per board, and a device whose bursts add up to 36 window alerts was at 1.45 % with the fewest)
 BENIGN_WATCH_S = 15.0
@@ -227,8 +234,10 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         before = sum(a["window_alert"] and a["time"] < attack_at - CLOCK_SLACK_S for a in alerts)
         during[device] = sum(a["window_alert"] for a in alerts) - before
         final_model[device] = {"packets": packets, "window_alerts_before_attack": before}
-        assert final["round"] == 3 and packets > MIN_WATCHED_PACKETS and before <= FALSE_ALARM_RATE * packets, \
-            (before, packets, summaries[k - 1]["devices"][device], summaries[k - 1]["model_swaps"])
+        held_out = metrics["devices"][device]["window"]["fpr"]
+        bound = max(FALSE_ALARM_RATE, HELD_OUT_FACTOR * held_out)
+        assert final["round"] == 3 and packets > MIN_WATCHED_PACKETS and before <= bound * packets, \
+            (before, packets, bound, held_out, summaries[k - 1]["devices"][device], summaries[k - 1]["model_swaps"])
     # the MQTT alert reached a subscriber on the server's broker (Home Assistant's discovery topics too)
     got = [json.loads(x) for x in (tmp_path / "mqtt.jsonl").read_text().splitlines()]
     topics = {m["topic"] for m in got}
