@@ -111,7 +111,7 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     captured traffic: the attack's packets merged in time order with the device's own, one extractor pass."""
     own = device.packets
     if len(own) == 0 or not device.watch.ips:
-        return np.zeros((0, nbaiot.N_FEATURES))
+        return np.zeros((0, nbaiot.N_CAPTURED_FEATURES))
     ip = next(iter(sorted(device.watch.ips)))
     mac = next(iter(sorted(device.watch.macs)), None)
     if mac is None:  # the MAC its packets carry
@@ -133,12 +133,13 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
 
 
 def write_rows(path: Path, rows: np.ndarray) -> None:
-    """An N-BaIoT CSV (header + 115 columns), written to a temp file beside it and renamed into place."""
+    """A captured rows' CSV (header + N-BaIoT's 115 columns and the fan-out extension's), written to a temp file
+    beside it and renamed into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            pd.DataFrame(rows, columns=list(nbaiot.COLUMNS)).to_csv(fh, index=False, float_format="%.10g")
+            pd.DataFrame(rows, columns=list(nbaiot.CAPTURED_COLUMNS)).to_csv(fh, index=False, float_format="%.10g")
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -151,10 +152,10 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
     simulated attacks replaced whole): rows, provenance and simulated attacks together."""
     ddir = out / device.watch.device
     benign = ddir / nbaiot.BENIGN_FILE
-    new = np.vstack(device.rows) if device.rows else np.zeros((0, nbaiot.N_FEATURES))
+    new = np.vstack(device.rows) if device.rows else np.zeros((0, nbaiot.N_CAPTURED_FEATURES))
     provenance: dict[str, Any] = {"device": device.watch.device, "captures": []}
     if append and benign.is_file():
-        old = read_feature_csv(benign)
+        old = read_feature_csv(benign, nbaiot.CAPTURED_COLUMNS)
         prov_path = ddir / PROVENANCE_FILE
         if prov_path.is_file():
             provenance = json.loads(prov_path.read_text())

@@ -166,8 +166,9 @@ def load_detector(model: Path, allow_row_model: bool = False) -> LeanDetector:
         detector = LeanDetector.load(model)
     except (FileNotFoundError, ValueError) as exc:
         raise FedIoTError(str(exc)) from None
-    if detector.input_dim != nbaiot.N_FEATURES:
-        raise FedIoTError(f"{model}: the model takes {detector.input_dim} features; packets give N-BaIoT's {nbaiot.N_FEATURES}")
+    if detector.input_dim not in (nbaiot.N_FEATURES, nbaiot.N_CAPTURED_FEATURES):
+        raise FedIoTError(f"{model}: the model takes {detector.input_dim} features; packets give N-BaIoT's "
+                          f"{nbaiot.N_FEATURES} and, with the fan-out extension, {nbaiot.N_CAPTURED_FEATURES}")
     data = detector.meta.get("data") if isinstance(detector.meta.get("data"), dict) else {}
     if data.get("generator") == "rows" and not allow_row_model:
         raise FedIoTError(f"{model}: this model was trained on synthetic rows (data_args.dataset: synthetic, "
@@ -373,7 +374,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             if len(batch) == 0:
                 _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
                 continue
-            rows = extractor.transform(batch)
+            rows = extractor.transform(batch)[:, :detector.input_dim]  # an N-BaIoT model: its 115 columns
             packets += len(batch)
             which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
             idx = np.flatnonzero(which >= 0)

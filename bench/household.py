@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -36,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from capture import DeviceCapture, capture_rows, simulated_attack_rows, write_device  # noqa: E402
 from data import nbaiot  # noqa: E402
 from data.loader import load_device, split_device  # noqa: E402
-from data.sources import prepare_data  # noqa: E402
+from data.sources import block_rows_of, prepare_data  # noqa: E402
 from detect import WindowVote  # noqa: E402
 from federation.inprocess import run_in_process  # noqa: E402
 from fediot.config import validate  # noqa: E402
@@ -118,7 +119,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--train-share", type=float, default=0.8, help="share of each capture's time that is captured")
     p.add_argument("--budgets", type=float, nargs="+", default=[1.0], help="false_alerts_per_day values to compare")
     p.add_argument("--out", type=Path, default=None)
-    p.add_argument("--reuse", action="store_true", help="reuse the captures and federation runs already in --out")
+    p.add_argument("--reuse", action="store_true", help="reuse the captures already in --out")
+    p.add_argument("--reuse-run", action="store_true", help="reuse the latest federation run in --out too")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="a config value for the federation (YAML value), e.g. train_args.epochs=1")
     a = p.parse_args(argv)
     study = a.out or create_run_dir(REPO / "runs", "bench", "household")
     study.mkdir(parents=True, exist_ok=True)
@@ -130,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
                   "data_args": {"dataset": "local", "devices": list(DEVICES), "local_data_dir": str(local)},
                   "train_args": {"comm_round": a.rounds},
                   "validation_args": {"frequency_of_the_test": a.rounds}, "comm_args": {"backend": "GRPC"}}
+        for item in a.set:
+            key, _, value = item.partition("=")
+            section, _, name = key.partition(".")
+            values.setdefault(section, {})[name] = yaml.safe_load(value)
         cfg = validate(values)
         held: dict[str, dict[str, Any]] = {}
         cache = study / f"seed{seed}" / "held_out.pkl"  # --reuse: the captures of an earlier run of this directory
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         data_root, data_info = prepare_data(cfg)
         started = time.monotonic()
         runs = sorted((study / f"seed{seed}" / "runs").glob("*-server-local"))
-        if a.reuse and runs and (runs[-1] / "metrics.json").is_file():
+        if a.reuse_run and runs and (runs[-1] / "metrics.json").is_file():
             run_dir = runs[-1]
         else:
             run_dir = create_run_dir(cfg.common.run_dir_root, "server", "local")
@@ -160,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = {n: {o: det.score(h["rows"], o) for o in DEVICES} for n, h in held.items()}  # scored[b][a]
         for name, h in held.items():
             dd = load_device(local, name, local=True, attack_test_rows=cfg.data.attack_test_rows)
-            sp = split_device(dd, cfg.data.train_fraction, cfg.data.validation_fraction)
+            sp = split_device(dd, cfg.data.train_fraction, cfg.data.validation_fraction, block_rows_of(cfg.data))
             val = ErrorStats.of(det.score(sp.validation, name), cfg.validation.vote_window, sp.rows_per_day)
             atk = {k: det.score(v, name) for k, v in sp.attacks.items()}
             per_rule = {}

@@ -16,8 +16,8 @@ from fediot.errors import DataError
 log = logging.getLogger("fediot.data")
 
 
-def read_feature_csv(path: str | Path) -> np.ndarray:
-    """Read one N-BaIoT CSV (header + 115 numeric columns) into a float64 array.
+def read_feature_csv(path: str | Path, columns: tuple[str, ...] = nbaiot.COLUMNS) -> np.ndarray:
+    """Read one feature CSV (header + `columns`: N-BaIoT's 115, or captured rows' 135) into a float64 array.
 
     Raises DataError naming the file (and line) on: missing/empty file, wrong header or column
     count, non-numeric cells, NaN or Inf.
@@ -26,30 +26,34 @@ def read_feature_csv(path: str | Path) -> np.ndarray:
     if not p.is_file():
         raise DataError(f"{p}: file not found")
     if p.stat().st_size == 0:
-        raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns and data rows")
+        raise DataError(f"{p}: file is empty; expected a header with {len(columns)} feature columns and data rows")
     try:
         with warnings.catch_warnings():
             # a row with more fields than the header is an error, not a silent index column
             warnings.simplefilter("error", pd.errors.ParserWarning)
             frame = pd.read_csv(p, low_memory=False, index_col=False)
     except pd.errors.ParserWarning:
-        raise DataError(_field_count_message(p) or f"{p}: a data row has more fields than the header; "
-                        f"expected {nbaiot.N_FEATURES} per row") from None
+        raise DataError(_field_count_message(p, len(columns)) or f"{p}: a data row has more fields than the header; "
+                        f"expected {len(columns)} per row") from None
     except pd.errors.EmptyDataError:
-        raise DataError(f"{p}: file is empty; expected a header with {nbaiot.N_FEATURES} N-BaIoT columns") from None
+        raise DataError(f"{p}: file is empty; expected a header with {len(columns)} feature columns") from None
     except pd.errors.ParserError as exc:
-        wrong_width = _field_count_message(p)
+        wrong_width = _field_count_message(p, len(columns))
         if wrong_width:
             raise DataError(wrong_width) from None
-        raise DataError(f"{p}: not a well-formed CSV ({str(exc).strip()}); expected {nbaiot.N_FEATURES} comma-separated columns per row") from None
+        raise DataError(f"{p}: not a well-formed CSV ({str(exc).strip()}); expected {len(columns)} comma-separated columns per row") from None
     except UnicodeDecodeError:
         raise DataError(f"{p}: not a text CSV file") from None
     header = [str(c).strip() for c in frame.columns]
-    if len(header) != nbaiot.N_FEATURES:
-        raise DataError(f"{p}: header has {len(header)} columns; expected the {nbaiot.N_FEATURES} N-BaIoT columns ({nbaiot.COLUMNS[0]}, ..., {nbaiot.COLUMNS[-1]})")
-    if tuple(header) != nbaiot.COLUMNS:
-        bad = next(i for i, (a, b) in enumerate(zip(header, nbaiot.COLUMNS)) if a != b)
-        raise DataError(f"{p}: column {bad + 1} is {header[bad]!r}; expected {nbaiot.COLUMNS[bad]!r} (N-BaIoT column order)")
+    if len(header) != len(columns):
+        again = (" (rows captured by an earlier FedIoT, without the fan-out extension: capture again)"
+                 if columns == nbaiot.CAPTURED_COLUMNS and tuple(header) == nbaiot.COLUMNS else "")
+        kind = "N-BaIoT" if columns == nbaiot.COLUMNS else "captured rows'"
+        raise DataError(f"{p}: header has {len(header)} columns; expected the {len(columns)} {kind} columns "
+                        f"({columns[0]}, ..., {columns[-1]}){again}")
+    if tuple(header) != columns:
+        bad = next(i for i, (a, b) in enumerate(zip(header, columns)) if a != b)
+        raise DataError(f"{p}: column {bad + 1} is {header[bad]!r}; expected {columns[bad]!r} (column order)")
     if len(frame) == 0:
         raise DataError(f"{p}: header only, no data rows")
     if any(dtype == object for dtype in frame.dtypes):
@@ -62,20 +66,20 @@ def read_feature_csv(path: str | Path) -> np.ndarray:
     values = frame.to_numpy(dtype=np.float64)
     finite = np.isfinite(values)
     if not finite.all():
-        short_row = _field_count_message(p)  # a short row shows up as NaN in its last columns
+        short_row = _field_count_message(p, len(columns))  # a short row shows up as NaN in its last columns
         if short_row:
             raise DataError(short_row)
         r, c = map(int, np.argwhere(~finite)[0])
-        raise DataError(f"{p}: line {r + 2}, column {nbaiot.COLUMNS[c]!r}: value {values[r, c]} (empty, NaN or Inf); expected a finite number")
+        raise DataError(f"{p}: line {r + 2}, column {columns[c]!r}: value {values[r, c]} (empty, NaN or Inf); expected a finite number")
     return values
 
 
-def _field_count_message(path: Path) -> str | None:
+def _field_count_message(path: Path, width: int) -> str | None:
     """'<file>: line 11 has 100 fields; expected 115' for the first row of the wrong width, if any."""
     with open(path, newline="", encoding="utf-8", errors="replace") as fh:
         for line_no, row in enumerate(csv.reader(fh), start=1):
-            if row and len(row) != nbaiot.N_FEATURES:
-                return f"{path}: line {line_no} has {len(row)} fields; expected {nbaiot.N_FEATURES}"
+            if row and len(row) != width:
+                return f"{path}: line {line_no} has {len(row)} fields; expected {width}"
     return None
 
 
@@ -135,7 +139,8 @@ def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None 
     benign_path = ddir / nbaiot.BENIGN_FILE
     if not benign_path.is_file():
         raise DataError(f"{benign_path}: benign traffic file not found for device {device}")
-    benign = read_feature_csv(benign_path)
+    columns = nbaiot.feature_columns("local" if local else "nbaiot")
+    benign = read_feature_csv(benign_path, columns)
     if max_benign_rows is not None:
         benign = benign[:max_benign_rows]
     data = DeviceData(device=device, benign=benign)
@@ -146,7 +151,7 @@ def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None 
         for attack in nbaiot.all_attack_names():
             path = ddir / SIMULATED_ATTACKS_DIR / f"{attack}.csv"
             if path.is_file():
-                data.attacks[attack] = evenly_spaced(read_feature_csv(path), attack_test_rows)
+                data.attacks[attack] = evenly_spaced(read_feature_csv(path, columns), attack_test_rows)
         if not data.attacks:
             log.warning("%s: no simulated attack rows under %s (python -m capture --simulate-attacks makes them); TPR "
                         "cannot be measured for this device", device, ddir / SIMULATED_ATTACKS_DIR)
@@ -186,10 +191,14 @@ def split_counts(n_rows: int, train_fraction: float, validation_fraction: float)
 
 
 MIN_SPLIT_ROWS = 2
+GOLDEN = (5 ** 0.5 - 1) / 2  # blocks dealt by the fractional parts of multiples of it: evenly spread
 
 
-def split_device(data: DeviceData, train_fraction: float, validation_fraction: float) -> DeviceSplit:
-    """Split benign rows in time order: first train, then validation, then test."""
+def split_device(data: DeviceData, train_fraction: float, validation_fraction: float,
+                 block_rows: int | None = None) -> DeviceSplit:
+    """Split benign rows in time order: first train, then validation, then test; with `block_rows`, in blocks of that
+    many consecutive rows dealt to the three parts in their shares (a golden-ratio sequence: every stretch of the
+    capture gives each part its share), each part keeping its blocks in time order."""
     n_train, n_val, n_test = split_counts(len(data.benign), train_fraction, validation_fraction)
     if min(n_train, n_val, n_test) < MIN_SPLIT_ROWS:
         raise DataError(
@@ -197,11 +206,22 @@ def split_device(data: DeviceData, train_fraction: float, validation_fraction: f
             f"each part needs at least {MIN_SPLIT_ROWS} rows (more benign rows or other data_args fractions)"
         )
     b = data.benign
+    if block_rows is None:
+        parts = (b[:n_train], b[n_train:n_train + n_val], b[n_train + n_val:])
+    else:
+        block = np.arange(len(b)) // block_rows
+        u = np.mod((block + 0.5) * GOLDEN, 1.0)
+        role = np.where(u < train_fraction, 0, np.where(u < train_fraction + validation_fraction, 1, 2))
+        parts = tuple(b[role == k] for k in range(3))
+        if min(len(p) for p in parts) < MIN_SPLIT_ROWS:
+            raise DataError(f"{data.device}: {len(b)} benign rows in blocks of {block_rows} give train/validation/test "
+                            f"= {'/'.join(str(len(p)) for p in parts)}; each part needs at least {MIN_SPLIT_ROWS} rows "
+                            "(smaller data_args.split_block_rows or more rows)")
     return DeviceSplit(
         device=data.device,
-        train=b[:n_train],
-        validation=b[n_train:n_train + n_val],
-        test=b[n_train + n_val:],
+        train=parts[0],
+        validation=parts[1],
+        test=parts[2],
         attacks=data.attacks,
         missing_attacks=list(data.missing_attacks),
         rows_per_day=data.rows_per_day,

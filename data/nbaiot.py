@@ -49,6 +49,23 @@ COLUMNS: tuple[str, ...] = tuple(
 N_FEATURES: int = len(COLUMNS)  # 115
 COLUMN_GROUPS: tuple[str, ...] = tuple(stream for stream, _ in _STREAM_STATS)
 
+# Not N-BaIoT: FedIoT's extension for rows captured from packets (`python -m capture`, `detect`; data_args.dataset:
+# local). N-BaIoT's streams describe sizes and timing; none counts distinct peers, so a scan showed only as many new,
+# light streams (issue 33: 0 of 4,641 scan rows flagged on three real devices). Per packet, for its source and its
+# destination host: the damped count of new peers (IP pairs never seen or forgotten) and of new socket pairs the host
+# took part in, at the same five decay factors. The first 115 columns stay N-BaIoT's, so N-BaIoT rows and models keep
+# their meaning; a model of captured rows takes all of them (traffic/afterimage.py, doc/features.md).
+FANOUT_COLUMNS: tuple[str, ...] = tuple(
+    f"FO_{side}_{kind}_{decay}_weight" for side in ("src", "dst") for kind in ("peers", "sockets") for decay in DECAY_LABELS)
+CAPTURED_COLUMNS: tuple[str, ...] = COLUMNS + FANOUT_COLUMNS
+N_CAPTURED_FEATURES: int = len(CAPTURED_COLUMNS)  # 135
+
+
+def feature_columns(dataset: str) -> tuple[str, ...]:
+    """The columns of a dataset's rows: captured rows (local) carry the fan-out extension, N-BaIoT's and the
+    synthetic ones do not."""
+    return CAPTURED_COLUMNS if dataset == "local" else COLUMNS
+
 
 def attack_names(device: str) -> tuple[str, ...]:
     """Attack file names ('gafgyt_combo', ..., 'mirai_udpplain') recorded for `device`."""

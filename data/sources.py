@@ -143,7 +143,14 @@ def load_split(cfg: FedIoTConfig, root: Path, device: str) -> DeviceSplit:
     """Load and chronologically split one device's rows as configured."""
     d = cfg.data
     data = load_device(root, device, d.max_benign_rows, d.attack_test_rows, local=d.dataset == "local")
-    return split_device(data, d.train_fraction, d.validation_fraction)
+    return split_device(data, d.train_fraction, d.validation_fraction, block_rows_of(d))
+
+
+def block_rows_of(d: Any) -> int | None:
+    """The configured split's block size (`data_args.split_block_rows`; captured rows: local_split_block_rows)."""
+    if d.split_block_rows is not None:
+        return int(d.split_block_rows)
+    return int(d.local_split_block_rows) if d.dataset == "local" else None
 
 
 def load_client_splits(cfg: FedIoTConfig, root: Path, device: str) -> list[DeviceSplit]:

@@ -119,7 +119,7 @@ class LocalClient:
         self.device = split.device
         self.record_file = record_file
         self.stats = FeatureStats.of(split.train, feature_transform)
-        self.model = model if model is not None else AutoEncoder(nbaiot.N_FEATURES)
+        self.model = model if model is not None else AutoEncoder(split.train.shape[1])
         self._rows: tuple[dict[str, Any], np.ndarray] | None = None  # (normaliser, normalised training rows)
         self.scores: DeviceScores | None = None
         # validation_args.personalise_epochs / personalise_lr and train_args.batch_size: fine-tune the evaluated
@@ -231,7 +231,7 @@ class LocalClient:
         """Fine-tune a copy of the evaluated global model on this client's training rows and score the held-out rows
         with it (the global model's scores stay what the federation's thresholds are set on)."""
         if self.personal is None:
-            self.personal = AutoEncoder(nbaiot.N_FEATURES)
+            self.personal = AutoEncoder(self.split.train.shape[1])
         self.personal.load_state_dict(model)
         train_autoencoder(self.personal, self._training_rows(normalizer), self.personalise_epochs,
                           self.personalise_batch, self.personalise_lr, seed=zlib.crc32(self.device.encode()))
@@ -285,7 +285,7 @@ class ClientLoader:
 
     def __call__(self, client: str) -> LocalClient:
         if self._model is None:
-            self._model = AutoEncoder(nbaiot.N_FEATURES)
+            self._model = AutoEncoder(len(nbaiot.feature_columns(self.cfg.data.dataset)))
         v = self.cfg.validation
         return LocalClient(self.split(client), self.cfg.model.feature_transform,
                            self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),

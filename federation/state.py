@@ -61,7 +61,7 @@ class RoundState:
         self.cfg, self.data_info, self.kind = cfg, data_info, kind
         self.n_rounds = cfg.train.comm_round
         torch.manual_seed(cfg.common.random_seed)
-        self.model = AutoEncoder(nbaiot.N_FEATURES)
+        self.model = AutoEncoder(len(nbaiot.feature_columns(cfg.data.dataset)))
         self.normalizer: Normalizer | None = None
         # device -> its widened feature scales (`Normalizer.widened_for`), only for devices whose own rows lie beyond
         # the bounded normaliser's reach; its clients are sent them and its detector uses them
@@ -450,7 +450,7 @@ class RoundState:
 
     def final_model(self) -> AutoEncoder:
         """The evaluated (and saved) model of the run."""
-        final = AutoEncoder(nbaiot.N_FEATURES)
+        final = AutoEncoder(self.model.input_dim)
         final.load_state_dict(self.evaluated if self.evaluated is not None else self.evaluated_state())
         return final
 

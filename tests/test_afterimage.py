@@ -13,7 +13,7 @@ A_MAC, A, B = b"\x02" * 6, bytes([10, 0, 0, 1]), bytes([10, 0, 0, 2])
 
 
 def col(name: str) -> int:
-    return nbaiot.COLUMNS.index(name)
+    return nbaiot.CAPTURED_COLUMNS.index(name)
 
 
 def batch(packets) -> PacketBatch:
@@ -39,8 +39,31 @@ def rows():
 
 
 def test_shape_and_columns(rows):
-    assert rows.shape == (4, 115)
+    assert rows.shape == (4, nbaiot.N_CAPTURED_FEATURES) and nbaiot.N_CAPTURED_FEATURES == 135
+    assert nbaiot.CAPTURED_COLUMNS[:115] == nbaiot.COLUMNS  # N-BaIoT's columns first, unchanged
     assert np.isfinite(rows).all()
+
+
+def test_fan_out_by_hand(rows):
+    """A and B meet at t=1000 (a new peer and a new socket pair for both); the other three packets are of the same
+    pair and sockets (ports 0): nothing new, the counts only decay. lambda = 1: 2^-(t - 1000)."""
+    for t_idx, dt in enumerate([0.0, 0.5, 1.0, 1.5]):
+        for side in ("src", "dst"):
+            for kind in ("peers", "sockets"):
+                assert rows[t_idx, col(f"FO_{side}_{kind}_L1_weight")] == pytest.approx(2 ** -dt), (t_idx, side, kind)
+
+
+def test_a_scan_shows_in_the_fan_out_and_a_chat_does_not():
+    """One host SYNs 100 new addresses in 1 s (a telnet scan), another talks to one server 100 times: the scanner's
+    damped count of new peers at lambda = 5 is tens, the talker's under 1."""
+    scan = [(2000.0 + i / 100, 60, A, bytes([198, 51, (i // 250) % 256, i % 250 + 1])) for i in range(100)]
+    chat = [(2000.0 + i / 100, 60, B, bytes([203, 0, 113, 9])) for i in range(100)]
+    r_scan = FeatureExtractor().transform(batch(scan))
+    r_chat = FeatureExtractor().transform(batch(chat))
+    assert r_scan[-1, col("FO_src_peers_L5_weight")] > 20
+    assert r_chat[-1, col("FO_src_peers_L5_weight")] < 1
+    # N-BaIoT's own weight of the scanner's host stream barely tells them apart: both sent 100 packets
+    assert r_scan[-1, col("H_L5_weight")] == pytest.approx(r_chat[-1, col("H_L5_weight")])
 
 
 def test_one_direction_decay_by_hand(rows):
@@ -191,7 +214,7 @@ def test_a_flood_of_new_sockets_cannot_grow_the_extractor_past_its_cap():
     """mirai_syn sprays a new source socket per packet (1,500/s for 60 s): the unbounded extractor's HpHp table grows
     with every packet; with max_streams it stays under the cap (plus one batch of new keys), and the packets of the
     camera's video stream (seen every few seconds at most: more recently than the 0.5 x max_streams newest flood
-    sockets) get exactly the features of the unbounded extractor."""
+    sockets) get exactly N-BaIoT's features of the unbounded extractor."""
     packets = _traffic("mirai_syn", 240.0)
     cap, batch_size = 20_000, 256
     plain, bounded = FeatureExtractor(max_streams=NEVER), FeatureExtractor(max_streams=cap)
@@ -200,6 +223,10 @@ def test_a_flood_of_new_sockets_cannot_grow_the_extractor_past_its_cap():
         want, got = plain.transform(b), bounded.transform(b)
         largest = max(largest, max(bounded.tracked()[k] for k in ("mi", "h", "hh", "hp")))
         udp_video = np.array([p == 10000 for p in b.dst_port])
-        assert np.array_equal(got[udp_video], want[udp_video])
+        n = nbaiot.N_FEATURES
+        assert np.array_equal(got[udp_video, :n], want[udp_video, :n])
+        # the fan-out counts "new" pairs: a pair the cap made the extractor forget is new again when it comes back,
+        # so a kept host's counts are at least the unbounded extractor's (doc/features.md)
+        assert (got[udp_video, n:] >= want[udp_video, n:] * (1 - 1e-12)).all()
     assert plain.tracked()["hp"] > 80_000 and largest <= cap + 2 * batch_size
     assert bounded.evicted["cap"] > 0 and bounded.HP.shape[1] <= 2 * cap + 2 * batch_size

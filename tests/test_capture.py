@@ -52,7 +52,7 @@ def test_capture_writes_each_device_its_rows_with_provenance(captured):
         for i in (0, 1):
             want[i].append(rows[which == i])
     for i, name in enumerate(("my_cam", "hall-plug")):
-        got = read_feature_csv(captured / "local" / name / nbaiot.BENIGN_FILE)
+        got = read_feature_csv(captured / "local" / name / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS)
         assert got.shape == np.vstack(want[i]).shape and np.allclose(got, np.vstack(want[i]), rtol=1e-9)
         prov = json.loads((captured / "local" / name / "provenance.json").read_text())
         c = prov["captures"][0]
@@ -65,8 +65,8 @@ def test_capture_writes_each_device_its_rows_with_provenance(captured):
 def test_simulated_attacks_come_from_the_device_and_are_recorded(captured):
     prov = json.loads((captured / "local" / "my_cam" / "provenance.json").read_text())
     assert set(prov["simulated_attacks"]) == {"mirai_syn", "gafgyt_udp", "mirai_scan", "seconds_each", "from_capture"}
-    syn = read_feature_csv(captured / "local" / "my_cam" / "simulated_attacks" / "mirai_syn.csv")
-    benign = read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE)
+    syn = read_feature_csv(captured / "local" / "my_cam" / "simulated_attacks" / "mirai_syn.csv", nbaiot.CAPTURED_COLUMNS)
+    benign = read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS)
     assert len(syn) == prov["simulated_attacks"]["mirai_syn"] > 1000  # 1,500 SYN/s for 10 s, plus its own packets
     h_weight = nbaiot.COLUMNS.index("H_L0.1_weight")
     assert np.median(syn[:, h_weight]) > 10 * np.median(benign[:, h_weight])  # the device's host stream floods
@@ -76,11 +76,11 @@ def test_append_adds_rows_and_a_capture_record_and_refuses_to_overwrite(captured
     lan_pcap(tmp_path / "later.pcap", 120.0, seed=5)
     args = ["--pcap", str(tmp_path / "later.pcap"), "--device", f"my_cam={CAM_IP}", "--out", str(captured / "local"),
             "--simulate-attacks", "none"]
-    before = len(read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE))
+    before = len(read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS))
     assert capture.main(args) == 2 and "exists: --append" in capsys.readouterr().err
     assert capture.main([*args, "--append"]) == 0
     prov = json.loads((captured / "local" / "my_cam" / "provenance.json").read_text())
-    after = read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE)
+    after = read_feature_csv(captured / "local" / "my_cam" / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS)
     assert len(prov["captures"]) == 2 and prov["rows"] == len(after) == before + prov["captures"][1]["packets_of_device"]
     assert "mirai_syn" in prov["simulated_attacks"]  # the earlier capture's simulated attacks stay
     # both captures' seconds count, and less than detect_args.min_capture_s of traffic is warned about

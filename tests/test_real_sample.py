@@ -28,7 +28,7 @@ def test_detector_on_real_rows_without_fedml():
     model = AutoEncoder(115)
     train_autoencoder(model, norm(split.train), epochs=30, batch_size=64, lr=0.003, seed=0)
     scores = [score_device(model, norm, split)]
-    glob, per_dev = thresholds(scores, k=3.0)
+    glob, per_dev = thresholds(scores, 3.0)
     m = evaluate(scores, glob, per_dev, window=5)["devices"]["Danmini_Doorbell"]
     assert m["n_benign_test"] == 61
     assert m["fpr"] <= 0.02

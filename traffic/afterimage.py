@@ -36,8 +36,9 @@ LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
 MAX_STREAMS = DEFAULTS["detect_args"]["max_streams"][0]
 IDLE_WEIGHT = DEFAULTS["detect_args"]["idle_weight"][0]
 # Bumped whenever a definition changes, so feature files cached by earlier code are not reused.
-FEATURES_VERSION = 2
+FEATURES_VERSION = 3  # 3: the fan-out extension (nbaiot.FANOUT_COLUMNS)
 N_L = len(LAMBDAS)
+FANOUT_AT = nbaiot.N_FEATURES  # the extension's first column (after N-BaIoT's)
 
 
 @njit(cache=True)
@@ -107,12 +108,29 @@ def _two_d(out, row, col, S, a, b, P, pair, k, x, t, lambdas):
 
 
 @njit(cache=True)
-def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, out):
-    """ids columns: mi, h, hh, hh_rev, pair_hh, dir_hh, hp, hp_rev, pair_hp, dir_hp."""
+def _fanout(out, row, col, F, i, t, new, lambdas):
+    """The host's damped count of new peers (or sockets): a new one inserted, then its weight decayed to t."""
+    for l in range(lambdas.shape[0]):
+        dt = t - F[3, i, l]
+        if dt > 0.0 and F[0, i, l] > 0.0:
+            F[0, i, l] *= 2.0 ** (-lambdas[l] * dt)
+        if t > F[3, i, l]:
+            F[3, i, l] = t
+        if new:
+            F[0, i, l] += 1.0
+        out[row, col + l] = F[0, i, l]
+
+
+@njit(cache=True)
+def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, FPEER, FSOCK, out):
+    """ids columns: mi, h, hh, hh_rev, pair_hh, dir_hh, hp, hp_rev, pair_hp, dir_hp, src address, dst address."""
     n_l = lambdas.shape[0]
     for n in range(times.shape[0]):
         t = times[n]
         x = sizes[n]
+        # a pair whose covariance weight is 0 was never seen (or was forgotten): a new peer / socket pair
+        new_peer = PHH[1, ids[n, 4], 0] == 0.0
+        new_socket = PHP[1, ids[n, 8], 0] == 0.0
         _insert(MI, ids[n, 0], x, t, lambdas)
         _one_d(out, n, 0, MI, ids[n, 0], n_l)
         _insert(H, ids[n, 1], x, t, lambdas)
@@ -126,6 +144,10 @@ def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, 
         _one_d(out, n, 65, JIT, c, n_l)
         _insert(HP, ids[n, 6], x, t, lambdas)
         _two_d(out, n, 80, HP, ids[n, 6], ids[n, 7], PHP, ids[n, 8], ids[n, 9], x, t, lambdas)
+        _fanout(out, n, FANOUT_AT, FPEER, ids[n, 10], t, new_peer, lambdas)
+        _fanout(out, n, FANOUT_AT + n_l, FSOCK, ids[n, 10], t, new_socket, lambdas)
+        _fanout(out, n, FANOUT_AT + 2 * n_l, FPEER, ids[n, 11], t, new_peer, lambdas)
+        _fanout(out, n, FANOUT_AT + 3 * n_l, FSOCK, ids[n, 11], t, new_socket, lambdas)
 
 
 STREAM_KINDS = ("mi", "h", "hh", "hp")
@@ -167,7 +189,8 @@ def _pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class FeatureExtractor:
-    """Streaming extractor: feed packet batches in time order, get one 115-feature row per packet."""
+    """Streaming extractor: feed packet batches in time order, get one row per packet (N-BaIoT's 115 features and
+    the fan-out extension)."""
 
     def __init__(self, lambdas: np.ndarray = LAMBDAS, max_streams: int = MAX_STREAMS,
                  idle_weight: float = IDLE_WEIGHT) -> None:
@@ -191,6 +214,9 @@ class FeatureExtractor:
         self.jit_last = np.zeros(0)
         self.PHH = np.zeros((5, 0, n_l))
         self.PHP = np.zeros((5, 0, n_l))
+        # the fan-out extension (nbaiot.FANOUT_COLUMNS): per address, damped counts of new peers and socket pairs
+        self.FPEER = np.zeros((4, 0, n_l))
+        self.FSOCK = np.zeros((4, 0, n_l))
         self.packets = 0
 
     def _grow(self) -> None:
@@ -214,6 +240,8 @@ class FeatureExtractor:
         self.HP = grow(self.HP, 1, n["hp"])
         self.PHH = grow(self.PHH, 1, n["pair_hh"])
         self.PHP = grow(self.PHP, 1, n["pair_hp"])
+        self.FPEER = grow(self.FPEER, 1, n["ip"])
+        self.FSOCK = grow(self.FSOCK, 1, n["ip"])
 
     def _addresses(self, addresses: list[bytes]) -> np.ndarray:
         """Address ids; an all-IPv4 batch is mapped with numpy (the usual case on an IoT LAN)."""
@@ -237,7 +265,9 @@ class FeatureExtractor:
         sport = np.asarray(b.src_port, dtype=np.uint64)
         dport = np.asarray(b.dst_port, dtype=np.uint64)
         s32, s16 = np.uint64(32), np.uint64(16)
-        ids = np.empty((n, 10), dtype=np.int64)
+        ids = np.empty((n, 12), dtype=np.int64)
+        ids[:, 10] = sip
+        ids[:, 11] = dip
         ids[:, 0] = k["mi"].map((k["mac"].map(mac).astype(np.uint64) << s32) | sip)
         ids[:, 1] = k["h"].map(sip)
         ids[:, 2] = k["hh"].map((sip << s32) | dip)
@@ -255,12 +285,14 @@ class FeatureExtractor:
     def warm_up(self) -> None:
         """Load (or compile) the kernel now, on no packets, so the first batch does not pay for it."""
         self._grow()
-        _kernel(np.zeros(0), np.zeros(0), np.zeros((0, 10), dtype=np.int64), self.lambdas, self.MI, self.H, self.HH,
-                self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, np.zeros((0, nbaiot.N_FEATURES)))
+        _kernel(np.zeros(0), np.zeros(0), np.zeros((0, 12), dtype=np.int64), self.lambdas, self.MI, self.H, self.HH,
+                self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, self.FPEER, self.FSOCK,
+                np.zeros((0, nbaiot.N_CAPTURED_FEATURES)))
 
     def transform(self, batch: PacketBatch) -> np.ndarray:
-        """Rows (len(batch) x 115) in N-BaIoT column order; state carries over to the next batch."""
-        out = np.zeros((len(batch), nbaiot.N_FEATURES))
+        """Rows (len(batch) x 135): N-BaIoT's 115 columns in its order, then the fan-out extension
+        (nbaiot.CAPTURED_COLUMNS); state carries over to the next batch."""
+        out = np.zeros((len(batch), nbaiot.N_CAPTURED_FEATURES))
         if len(batch) == 0:
             return out
         if self._since_sweep >= self.max_streams or max(len(self.keys[k].ids) for k in STREAM_KINDS) > self.max_streams:
@@ -269,7 +301,8 @@ class FeatureExtractor:
         self._since_sweep += len(batch)
         self._grow()
         _kernel(np.asarray(batch.time, dtype=np.float64), np.asarray(batch.size, dtype=np.float64), ids,
-                self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, out)
+                self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP,
+                self.FPEER, self.FSOCK, out)
         self.packets += len(batch)
         return out
 
@@ -398,3 +431,5 @@ class FeatureExtractor:
         self.HP = gather(self.HP, 1, counts["hp"], keep_hp)
         self.PHH = gather(self.PHH, 1, counts["pair_hh"], keep_phh)
         self.PHP = gather(self.PHP, 1, counts["pair_hp"], keep_php)
+        self.FPEER = gather(self.FPEER, 1, counts["ip"], addr)  # an address no kept stream names loses its counts
+        self.FSOCK = gather(self.FSOCK, 1, counts["ip"], addr)

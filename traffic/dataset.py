@@ -28,9 +28,9 @@ WARMUP_S = 30.0
 
 
 def features_of(packets: list[tuple[float, bytes]]) -> tuple[np.ndarray, np.ndarray]:
-    """(timestamps, rows) of simulated frames."""
+    """(timestamps, N-BaIoT rows) of simulated frames (the 115 columns: this dataset stands in for N-BaIoT)."""
     batch = frames_batch(packets)
-    return np.asarray(batch.time), FeatureExtractor().transform(batch)
+    return np.asarray(batch.time), FeatureExtractor().transform(batch)[:, :nbaiot.N_FEATURES]
 
 
 def _write(path: Path, rows: np.ndarray) -> None:
