@@ -13,6 +13,7 @@ from torch import nn
 from data.loader import DeviceSplit
 from model.detector import ErrorStats, reconstruction_errors
 from model.normalization import Normalizer
+from model.threshold import ThresholdRule
 
 
 @dataclass
@@ -26,9 +27,10 @@ class DeviceScores:
     missing_attacks: list[str] = field(default_factory=list)
     rows_per_day: float | None = None  # the rows' rate (captured rows), for the budget threshold rule
 
-    def validation_stats(self, window: int | None = None) -> ErrorStats:
-        """Statistics of the validation errors (with the histogram of `window`'s window scores when given)."""
-        return ErrorStats.of(self.validation, window, self.rows_per_day)
+    def validation_stats(self, window: int | None = None, rule: ThresholdRule | None = None) -> ErrorStats:
+        """Statistics of the validation errors (with the histogram of `window`'s window scores when given, and their
+        tail's clusters under `rule`)."""
+        return ErrorStats.of(self.validation, window, self.rows_per_day, rule)
 
 
 def score_device(model: nn.Module, normalizer: Normalizer, split: DeviceSplit) -> DeviceScores:

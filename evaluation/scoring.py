@@ -32,7 +32,8 @@ def thresholds_from_stats(stats: dict[str, ErrorStats], rule: ThresholdRule | fl
 def thresholds(scores: list[DeviceScores], rule: ThresholdRule | float, window: int | None = None
                ) -> tuple[float, dict[str, float]]:
     """`thresholds_from_stats` of scored devices (`window`: the vote window, which the budget rule needs)."""
-    return thresholds_from_stats({s.device: s.validation_stats(window) for s in scores}, rule)
+    r = rule if isinstance(rule, ThresholdRule) else None
+    return thresholds_from_stats({s.device: s.validation_stats(window, r) for s in scores}, rule)
 
 
 def evaluate(scores: list[DeviceScores], global_threshold: float | None, device_thresholds: dict[str, float],

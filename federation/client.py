@@ -215,12 +215,13 @@ class LocalClient:
         self._evaluated = (normalizer, scale)
         if self.personalise_epochs > 0:
             self._personalise(model, norm)
-        s = self.scores.validation_stats(self.window)
+        s = self.scores.validation_stats(self.window, self.rule)
         if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
             return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2,
-                              shifted_histogram(s.window_hist, self.attack_scale), s.rows_per_day)
+                              shifted_histogram(s.window_hist, self.attack_scale), s.rows_per_day, s.tail_clusters,
+                              s.tail_exceedances)
         if self.attack == "val_overflow":  # finite, and the square of their mean overflows a float
-            return ErrorStats(s.count, 1e200, 1e300, s.window_hist, s.rows_per_day)
+            return ErrorStats(s.count, 1e200, 1e300, s.window_hist, s.rows_per_day, s.tail_clusters, s.tail_exceedances)
         if self.attack == "threshold_edge":  # attack_scale x its rows, every error attack_scale x its own threshold
             t, n = s.threshold_by(self.rule) * self.attack_scale, self.validation_rows
             return ErrorStats(n, t * n, t * t * n, histogram(np.full(max(1, n - self.window + 1), t)),
@@ -236,7 +237,7 @@ class LocalClient:
         train_autoencoder(self.personal, self._training_rows(normalizer), self.personalise_epochs,
                           self.personalise_batch, self.personalise_lr, seed=zlib.crc32(self.device.encode()))
         self.personal_scores = score_device(self.personal, Normalizer.from_dict(normalizer), self.split)
-        self.personal_threshold = self.personal_scores.validation_stats(self.window).threshold_by(self.rule)
+        self.personal_threshold = self.personal_scores.validation_stats(self.window, self.rule).threshold_by(self.rule)
 
     def report(self, global_threshold: float, device_threshold: float, window: int) -> dict[str, Any]:
         """Count report of the rows scored by `validation_stats`, at the server's thresholds (and, personalised, of

@@ -16,7 +16,7 @@ plausible but poisoned update, inflated statistics) is the robust-aggregation la
 | TRAIN | server → client | round, model, normalizer, clients: {client: {plan, scale (optional: its device's widened feature scales)}} |
 | UPDATE | client → server | round, client, model, n, loss, lr, train_seconds |
 | EVAL_STATS | server → client | round, model, normalizer, clients: {client: {scale (optional, as in TRAIN)}} |
-| VAL_STATS | client → server | round, client, val_stats (count, total, total_sq; window_hist, rows_per_day) |
+| VAL_STATS | client → server | round, client, val_stats (count, total, total_sq; window_hist, rows_per_day, tail_clusters, tail_exceedances) |
 | EVAL_COUNTS | server → client | round, global_threshold, window, clients: {client: {device_threshold (that client's own)}} |
 | REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
 | FINISH | server → client | error (optional) |
@@ -155,8 +155,9 @@ def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
     _round(p)
     _client(p, exp)
     s = _dict(p["val_stats"], "val_stats")
-    if not {"count", "total", "total_sq"} <= set(s) <= {"count", "total", "total_sq", "window_hist", "rows_per_day"}:
-        _fail("val_stats must have the keys count, total, total_sq and may have window_hist and rows_per_day, not "
+    optional = {"window_hist", "rows_per_day", "tail_clusters", "tail_exceedances"}
+    if not {"count", "total", "total_sq"} <= set(s) <= {"count", "total", "total_sq"} | optional:
+        _fail(f"val_stats must have the keys count, total, total_sq and may have {', '.join(sorted(optional))}, not "
               f"{sorted(map(str, s))[:10]}")
     _int(s["count"], "val_stats.count", 1)
     _num(s["total"], "val_stats.total")
@@ -168,6 +169,11 @@ def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
             _fail(f"val_stats.window_hist must count 1..{s['count']} window scores (val_stats.count rows)")
     if "rows_per_day" in s:
         _num(s["rows_per_day"], "val_stats.rows_per_day", MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY)
+    if ("tail_clusters" in s) != ("tail_exceedances" in s):
+        _fail("val_stats.tail_clusters and tail_exceedances come together")
+    if "tail_clusters" in s:  # clusters of window scores: at most as many as the scores over the tail, at most the rows
+        _int(s["tail_exceedances"], "val_stats.tail_exceedances", 0, s["count"])
+        _int(s["tail_clusters"], "val_stats.tail_clusters", 0, s["tail_exceedances"])
 
 
 def _counts(v: Any, name: str, keys: set[str]) -> None:
@@ -456,6 +462,8 @@ class ValStats:
             extra["window_hist"] = {str(int(b)): int(c) for b, c in s.window_hist.items()}
         if s.rows_per_day is not None:
             extra["rows_per_day"] = float(s.rows_per_day)
+        if s.tail_clusters is not None and s.tail_exceedances is not None:
+            extra["tail_clusters"], extra["tail_exceedances"] = int(s.tail_clusters), int(s.tail_exceedances)
         return {"round": self.round, "client": self.client,
                 "val_stats": {"count": s.count, "total": s.total, "total_sq": s.total_sq, **extra}}
 
@@ -465,7 +473,8 @@ class ValStats:
         hist = v.get("window_hist")
         return cls(f["round"], f["client"], ErrorStats(v["count"], v["total"], v["total_sq"],
                                                        None if hist is None else {int(b): c for b, c in hist.items()},
-                                                       v.get("rows_per_day")))
+                                                       v.get("rows_per_day"), v.get("tail_clusters"),
+                                                       v.get("tail_exceedances")))
 
 
 @dataclass(frozen=True)

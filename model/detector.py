@@ -17,7 +17,7 @@ from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
 from model.lean import Layer, lean_path, normalizer_for, threshold_for, write_lean
 from model.normalization import FeatureStats, Normalizer
-from model.threshold import ThresholdRule, histogram, threshold_at_rate, window_scores
+from model.threshold import ThresholdRule, histogram, tail_clusters, threshold_at_rate, window_scores
 
 CHECKPOINT_FORMAT = "fediot-detector-v1"
 SCORE_BATCH_ROWS = 8192
@@ -85,13 +85,21 @@ class ErrorStats:
     total_sq: float = 0.0
     window_hist: dict[int, float] | None = None
     rows_per_day: float | None = None
+    tail_clusters: float | None = None  # clusters of window scores over the tail level (`model.threshold.tail_clusters`)
+    tail_exceedances: float | None = None  # and the window scores over it
 
     @classmethod
-    def of(cls, errors: np.ndarray, window: int | None = None, rows_per_day: float | None = None) -> "ErrorStats":
-        """window: the vote window whose window scores are histogrammed (None: no histogram)."""
+    def of(cls, errors: np.ndarray, window: int | None = None, rows_per_day: float | None = None,
+           rule: ThresholdRule | None = None) -> "ErrorStats":
+        """window: the vote window whose window scores are histogrammed (None: no histogram); with the rows per day and
+        the `rule`, their tail's clusters too (the budget rule's extremal index)."""
         e = np.asarray(errors, dtype=np.float64)
-        hist = histogram(window_scores(e, window)) if window is not None else None
-        return cls(len(e), float(e.sum()), float((e ** 2).sum()), hist, rows_per_day)
+        scores = window_scores(e, window) if window is not None else None
+        hist = histogram(scores) if scores is not None else None
+        clusters = exceedances = None
+        if scores is not None and rows_per_day is not None and rule is not None:
+            clusters, exceedances = tail_clusters(scores, rule.tail_level, rule.gap_rows(window, rows_per_day))
+        return cls(len(e), float(e.sum()), float((e ** 2).sum()), hist, rows_per_day, clusters, exceedances)
 
     @classmethod
     def merge(cls, parts: list["ErrorStats"]) -> "ErrorStats":
@@ -103,18 +111,29 @@ class ErrorStats:
             for p in parts:
                 for b, c in p.window_hist.items():  # type: ignore[union-attr]
                     hist[int(b)] = hist.get(int(b), 0) + c
-        rates = [p.rows_per_day for p in parts]
+        def summed(values: list[float | None]) -> float | None:
+            return float(sum(values)) if values and all(v is not None for v in values) else None  # type: ignore[arg-type]
+
         return cls(sum(p.count for p in parts), sum(float(p.total) for p in parts),
-                   sum(float(p.total_sq) for p in parts), hist,
-                   float(sum(rates)) if parts and all(r is not None for r in rates) else None)  # type: ignore[arg-type]
+                   sum(float(p.total_sq) for p in parts), hist, summed([p.rows_per_day for p in parts]),
+                   summed([p.tail_clusters for p in parts]), summed([p.tail_exceedances for p in parts]))
 
     def scaled(self, factor: float, count: int | None = None) -> "ErrorStats":
         """The statistics of these errors times `factor` (mean and std scale alike), weighed as `count` rows (the
         histogram's counts weighed alike; its scores are not multiplied: `factor` is 1 wherever a histogram is used)."""
         n = self.count if count is None else count
         hist = None if self.window_hist is None else {b: c * n / self.count for b, c in self.window_hist.items()}
-        return ErrorStats(n, self.total * factor * n / self.count, self.total_sq * factor * factor * n / self.count,
-                          hist, self.rows_per_day)
+        w = n / self.count
+        return ErrorStats(n, self.total * factor * w, self.total_sq * factor * factor * w, hist, self.rows_per_day,
+                          None if self.tail_clusters is None else self.tail_clusters * w,
+                          None if self.tail_exceedances is None else self.tail_exceedances * w)
+
+    @property
+    def extremal_index(self) -> float:
+        """Share of the tail's window alerts that start a new false alert (1 when unknown)."""
+        if not self.tail_clusters or not self.tail_exceedances:
+            return 1.0
+        return min(1.0, float(self.tail_clusters) / float(self.tail_exceedances))
 
     @property
     def mean(self) -> float:
@@ -152,7 +171,8 @@ class ErrorStats:
         if self.window_hist is None or rate is None:
             raise ValueError("the budget threshold rule needs the window-score histogram and the rows per day "
                              "(validation_args.threshold_rule: budget on rows without time; use auto or mean_std)")
-        value, shown = threshold_at_rate(self.window_hist, rule.rate(rate), rule)
+        theta = self.extremal_index if rule.alert_gap_s > 0 else 1.0  # alert_gap_s 0: every window alert counts
+        value, shown = threshold_at_rate(self.window_hist, rule.rate(rate, theta), rule)
         # too few held-out rows to show the budget's tail (a capture of minutes): never below mean + k * std
         return value if shown else max(value, self.threshold(rule.k))
 

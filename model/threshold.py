@@ -5,11 +5,13 @@ Two forms, chosen by `validation_args.threshold_rule`:
 * `mean_std`: mean + k * std of per-row errors (count, sum, sum of squares merge exactly). Fits light tails; on a real
   device's heavy-tailed errors one outlier row sets it (issue 33: a lock hub's validation std 2.65 against a mean of
   0.083, mean + 5 std = 13.3, TPR 0.16 at ROC-AUC 0.9996).
-* `budget`: a false-alarm budget in the household's terms, `false_alerts_per_day` window alerts per device per day.
+* `budget`: a false-alarm budget in the household's terms, `false_alerts_per_day` false alerts per device per day,
+  a false alert being window alerts closer together than `alert_gap_s` (runs declustering: the share of the
+  validation's tail exceedances that start a new cluster, the extremal index, turns alerts into windows).
   What raises an alert is a window (a strict majority of the last `vote_window` rows over the threshold), so the rule
   is set on *window scores*: the (w//2 + 1)-th largest error of each window of w consecutive rows, which is above a
   threshold exactly when the window's majority is (`window_scores`). The device's rows per day (from its capture's
-  time span) turn the budget into a rate q = budget / windows per day; the threshold is the (1 - q) quantile of the
+  time span) turn the budget into a rate q = budget / (windows per day x extremal index); the threshold is the (1 - q) quantile of the
   pooled window-score histogram (4096 log-spaced bins, 0.9 % wide: sums of counts merge exactly), and where q is
   below what the held-out rows can show, a generalised Pareto tail fitted to the excesses over the `tail_level`
   quantile (peaks over threshold, Siffer et al. 2017; probability-weighted moments, Hosking & Wallis 1987)
@@ -57,6 +59,18 @@ def window_scores(errors: np.ndarray, window: int) -> np.ndarray:
     return np.sort(sliding_window_view(e, w), axis=1)[:, w - (w // 2 + 1)]
 
 
+def tail_clusters(scores: np.ndarray, level: float, gap_rows: int) -> tuple[int, int]:
+    """(clusters, exceedances) of the scores above their `level` quantile: exceedances closer than `gap_rows` rows
+    are one cluster (runs declustering). clusters / exceedances estimates the extremal index: the share of window
+    alerts that start a new false alert."""
+    if len(scores) == 0:
+        return 0, 0
+    above = np.flatnonzero(scores > np.quantile(scores, level))
+    if len(above) == 0:
+        return 0, 0
+    return 1 + int(np.sum(np.diff(above) > gap_rows)), len(above)
+
+
 def gpd_fit(excesses: np.ndarray, weights: np.ndarray) -> tuple[float, float]:
     """Shape xi and scale sigma of a generalised Pareto distribution fitted to weighted excesses (> 0) by
     probability-weighted moments (closed form; stable with few dozen excesses, unlike maximum likelihood)."""
@@ -81,15 +95,22 @@ class ThresholdRule:
     k: float = 5.0
     false_alerts_per_day: float = 1.0
     tail_level: float = 0.98
+    alert_gap_s: float = 600.0  # window alerts closer than this are one false alert (the budget's unit)
     min_tail_rows: int = 20  # fewer excesses than this over the tail level: the highest window score instead
     max_tail_shape: float = 1.0  # the fitted shape is capped here (an infinite-mean tail would extrapolate anywhere)
 
     def uses_budget(self, rows_per_day: float | None) -> bool:
         return self.rule == "budget" or (self.rule == "auto" and rows_per_day is not None)
 
-    def rate(self, rows_per_day: float) -> float:
-        """Per-window false-alarm rate of the budget for a device with this many rows (packets) per day."""
-        return min(1.0, self.false_alerts_per_day / rows_per_day)
+    def gap_rows(self, window: int, rows_per_day: float) -> int:
+        """Rows between two window alerts that make them two false alerts: alert_gap_s of the device's rows, at
+        least the vote window."""
+        return max(int(window), int(round(rows_per_day * self.alert_gap_s / SECONDS_PER_DAY)))
+
+    def rate(self, rows_per_day: float, extremal_index: float = 1.0) -> float:
+        """Per-window exceedance rate of the budget for a device with this many rows (packets) a day, whose
+        exceedances come in clusters of 1 / extremal_index windows on average (one false alert each)."""
+        return min(1.0, self.false_alerts_per_day / (rows_per_day * max(extremal_index, 1e-12)))
 
 
 def threshold_at_rate(hist: Mapping[Any, float], q: float, rule: ThresholdRule) -> tuple[float, bool]:
@@ -124,7 +145,7 @@ def threshold_at_rate(hist: Mapping[Any, float], q: float, rule: ThresholdRule) 
 def rule_of(validation: Any) -> ThresholdRule:
     """The configured rule (a `fediot.config.ValidationArgs`)."""
     return ThresholdRule(validation.threshold_rule, float(validation.threshold_k), float(validation.false_alerts_per_day),
-                         float(validation.tail_level))
+                         float(validation.tail_level), float(validation.alert_gap_s))
 
 
 def shifted_histogram(hist: Mapping[Any, float] | None, factor: float) -> dict[int, float] | None:

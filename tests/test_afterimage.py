@@ -35,7 +35,7 @@ PACKETS = [(1000.0, 100, A, B), (1000.5, 300, B, A), (1001.0, 200, A, B), (1001.
 
 @pytest.fixture(scope="module")
 def rows():
-    return FeatureExtractor().transform(batch(PACKETS))
+    return FeatureExtractor(fanout_warmup_s=0.0).transform(batch(PACKETS))
 
 
 def test_shape_and_columns(rows):
@@ -58,12 +58,21 @@ def test_a_scan_shows_in_the_fan_out_and_a_chat_does_not():
     damped count of new peers at lambda = 5 is tens, the talker's under 1."""
     scan = [(2000.0 + i / 100, 60, A, bytes([198, 51, (i // 250) % 256, i % 250 + 1])) for i in range(100)]
     chat = [(2000.0 + i / 100, 60, B, bytes([203, 0, 113, 9])) for i in range(100)]
-    r_scan = FeatureExtractor().transform(batch(scan))
-    r_chat = FeatureExtractor().transform(batch(chat))
+    r_scan = FeatureExtractor(fanout_warmup_s=0.0).transform(batch(scan))
+    r_chat = FeatureExtractor(fanout_warmup_s=0.0).transform(batch(chat))
     assert r_scan[-1, col("FO_src_peers_L5_weight")] > 20
     assert r_chat[-1, col("FO_src_peers_L5_weight")] < 1
     # N-BaIoT's own weight of the scanner's host stream barely tells them apart: both sent 100 packets
     assert r_scan[-1, col("H_L5_weight")] == pytest.approx(r_chat[-1, col("H_L5_weight")])
+
+
+def test_a_fresh_extractor_counts_no_new_peer_during_its_warm_up():
+    """detect starting (or a capture) has seen none of a device's usual peers: within detect_args.fanout_warmup_s of
+    its first packet nothing counts as new, after it a new peer does."""
+    scan = [(3000.0 + i, 60, A, bytes([198, 51, 100, i + 1])) for i in range(90)]
+    r = FeatureExtractor(fanout_warmup_s=60.0).transform(batch(scan))
+    assert (r[:60, col("FO_src_peers_L0.01_weight")] == 0).all()
+    assert (r[60:, col("FO_src_peers_L0.01_weight")] > 0).all()
 
 
 def test_one_direction_decay_by_hand(rows):
@@ -121,7 +130,7 @@ def test_jitter_by_hand(rows):
 
 
 def test_state_carries_across_batches(rows):
-    ex = FeatureExtractor()
+    ex = FeatureExtractor(fanout_warmup_s=0.0)
     first = ex.transform(batch(PACKETS[:2]))
     second = ex.transform(batch(PACKETS[2:]))
     assert np.allclose(np.vstack([first, second]), rows)

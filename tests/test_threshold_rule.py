@@ -48,6 +48,30 @@ def test_too_few_scores_to_show_the_budget_fall_back_to_never_below_mean_k_std()
     assert s.threshold_by(RULE) == pytest.approx(max(window_scores(errors, 5).max(), s.threshold(5.0)), rel=0.01)
 
 
+def test_the_budget_counts_false_alerts_not_window_alerts():
+    """Benign traffic whose rare events last: every event is 30 consecutive rows of high errors (what one false
+    alert of a real device looked like: a run of window alerts). At 4,000 rows a day and a budget of 1 false alert a
+    day, the threshold lets about one *event* a day through on fresh days of the same traffic, where counting every
+    window alert as one would have asked for 1/30 of that."""
+    def day(rng: np.random.Generator, n_days: int) -> np.ndarray:
+        e = rng.exponential(0.05, 4000 * n_days)
+        for start in rng.integers(0, len(e) - 30, 3 * n_days):  # 3 events a day, sizes spread over a decade
+            e[start:start + 30] = rng.exponential(0.05, 30) + rng.uniform(0.5, 5.0)
+        return e
+
+    rule = ThresholdRule("budget", 5.0, 1.0, alert_gap_s=600.0)
+    fresh = window_scores(day(np.random.default_rng(7), 60), 5)
+    for seed in range(3):
+        s = ErrorStats.of(day(np.random.default_rng(seed), 5), 5, 4000.0, rule)
+        assert s.extremal_index < 0.1
+        thr = s.threshold_by(rule)
+        above = np.flatnonzero(fresh > thr)
+        per_day = (1 + int(np.sum(np.diff(above) > rule.gap_rows(5, 4000.0)))) / 60 if len(above) else 0.0
+        assert 1 / 3 <= per_day <= 3, (seed, thr, per_day)
+        undeclustered = s.threshold_by(ThresholdRule("budget", 5.0, 1.0, alert_gap_s=0.0))
+        assert undeclustered > thr
+
+
 def test_window_scores_decide_the_majority_vote():
     from evaluation.metrics import majority_vote
 
@@ -113,7 +137,7 @@ def test_a_lying_client_cannot_move_its_device_threshold_beyond_its_honest_clien
 
 def _val_stats_fields(**over):
     e = np.random.default_rng(5).exponential(0.1, 200)
-    fields = ValStats(0, "c1", ErrorStats.of(e, 5, 5000.0)).to_fields()
+    fields = ValStats(0, "c1", ErrorStats.of(e, 5, 5000.0, RULE)).to_fields()
     fields["val_stats"].update(over)
     return fields
 
@@ -128,6 +152,8 @@ def test_val_stats_carry_the_histogram_and_rate_and_refuse_them_out_of_bounds():
     assert typed.stats.rows_per_day == 5000.0 and sum(typed.stats.window_hist.values()) == 196
     for bad in ({"window_hist": {"4098": 1}}, {"window_hist": {"10": 201}}, {"window_hist": {"10": -1}},
                 {"window_hist": {}}, {"rows_per_day": 0.0}, {"rows_per_day": float("inf")},
-                {"rows_per_day": 1e12}, {"window_hist": [1, 2]}, {"extra": 1}):
+                {"rows_per_day": 1e12}, {"window_hist": [1, 2]}, {"extra": 1}, {"tail_clusters": 5},
+                {"tail_clusters": 5, "tail_exceedances": 4}, {"tail_clusters": -1, "tail_exceedances": 4},
+                {"tail_clusters": 1, "tail_exceedances": 201}):
         with pytest.raises(InputError):
             validate(C2S_VAL_STATS, _val_stats_fields(**bad), exp)

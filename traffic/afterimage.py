@@ -35,6 +35,7 @@ LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
 # Bounded memory: detect_args.max_streams and idle_weight (their config defaults when the extractor gets none)
 MAX_STREAMS = DEFAULTS["detect_args"]["max_streams"][0]
 IDLE_WEIGHT = DEFAULTS["detect_args"]["idle_weight"][0]
+FANOUT_WARMUP_S = DEFAULTS["detect_args"]["fanout_warmup_s"][0]
 # Bumped whenever a definition changes, so feature files cached by earlier code are not reused.
 FEATURES_VERSION = 3  # 3: the fan-out extension (nbaiot.FANOUT_COLUMNS)
 N_L = len(LAMBDAS)
@@ -122,15 +123,17 @@ def _fanout(out, row, col, F, i, t, new, lambdas):
 
 
 @njit(cache=True)
-def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, FPEER, FSOCK, out):
-    """ids columns: mi, h, hh, hh_rev, pair_hh, dir_hh, hp, hp_rev, pair_hp, dir_hp, src address, dst address."""
+def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, FPEER, FSOCK, counting_from, out):
+    """ids columns: mi, h, hh, hh_rev, pair_hh, dir_hh, hp, hp_rev, pair_hp, dir_hp, src address, dst address.
+    New peers and socket pairs count from packet time `counting_from` (the fan-out warm-up)."""
     n_l = lambdas.shape[0]
     for n in range(times.shape[0]):
         t = times[n]
         x = sizes[n]
         # a pair whose covariance weight is 0 was never seen (or was forgotten): a new peer / socket pair
-        new_peer = PHH[1, ids[n, 4], 0] == 0.0
-        new_socket = PHP[1, ids[n, 8], 0] == 0.0
+        counting = t >= counting_from
+        new_peer = counting and PHH[1, ids[n, 4], 0] == 0.0
+        new_socket = counting and PHP[1, ids[n, 8], 0] == 0.0
         _insert(MI, ids[n, 0], x, t, lambdas)
         _one_d(out, n, 0, MI, ids[n, 0], n_l)
         _insert(H, ids[n, 1], x, t, lambdas)
@@ -193,10 +196,11 @@ class FeatureExtractor:
     the fan-out extension)."""
 
     def __init__(self, lambdas: np.ndarray = LAMBDAS, max_streams: int = MAX_STREAMS,
-                 idle_weight: float = IDLE_WEIGHT) -> None:
+                 idle_weight: float = IDLE_WEIGHT, fanout_warmup_s: float = FANOUT_WARMUP_S) -> None:
         """max_streams: streams kept per kind (a flood of new sockets evicts the least recently seen, so memory stays
         bounded); idle_weight: a stream whose decayed weight at the slowest lambda is below it is dropped at the next
-        sweep (doc/features.md: how either changes features — never for a stream that is kept)."""
+        sweep (doc/features.md: how either changes features — never for a stream that is kept); fanout_warmup_s: the
+        fan-out extension counts nothing new in the first this many seconds of packets."""
         if max_streams < 1 or not 0.0 < idle_weight < 1.0:
             raise ValueError(f"max_streams >= 1 and 0 < idle_weight < 1 expected, got {max_streams}, {idle_weight}")
         self.max_streams, self.idle_weight = int(max_streams), float(idle_weight)
@@ -217,6 +221,8 @@ class FeatureExtractor:
         # the fan-out extension (nbaiot.FANOUT_COLUMNS): per address, damped counts of new peers and socket pairs
         self.FPEER = np.zeros((4, 0, n_l))
         self.FSOCK = np.zeros((4, 0, n_l))
+        self.fanout_warmup_s = float(fanout_warmup_s)
+        self.counting_from = np.inf  # packet time from which new peers count (set by the first packet)
         self.packets = 0
 
     def _grow(self) -> None:
@@ -286,7 +292,7 @@ class FeatureExtractor:
         """Load (or compile) the kernel now, on no packets, so the first batch does not pay for it."""
         self._grow()
         _kernel(np.zeros(0), np.zeros(0), np.zeros((0, 12), dtype=np.int64), self.lambdas, self.MI, self.H, self.HH,
-                self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, self.FPEER, self.FSOCK,
+                self.JIT, self.HP, self.jit_last, self.PHH, self.PHP, self.FPEER, self.FSOCK, 0.0,
                 np.zeros((0, nbaiot.N_CAPTURED_FEATURES)))
 
     def transform(self, batch: PacketBatch) -> np.ndarray:
@@ -297,12 +303,14 @@ class FeatureExtractor:
             return out
         if self._since_sweep >= self.max_streams or max(len(self.keys[k].ids) for k in STREAM_KINDS) > self.max_streams:
             self.sweep(float(batch.time[0]))
+        if self.packets == 0:
+            self.counting_from = float(batch.time[0]) + self.fanout_warmup_s
         ids = self._ids(batch)
         self._since_sweep += len(batch)
         self._grow()
         _kernel(np.asarray(batch.time, dtype=np.float64), np.asarray(batch.size, dtype=np.float64), ids,
                 self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP,
-                self.FPEER, self.FSOCK, out)
+                self.FPEER, self.FSOCK, self.counting_from, out)
         self.packets += len(batch)
         return out
 
