@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         scored = {n: {o: det.score(h["rows"], o) for o in DEVICES} for n, h in held.items()}  # scored[b][a]
         for name, h in held.items():
             dd = load_device(local, name, local=True, attack_test_rows=cfg.data.attack_test_rows)
-            sp = split_device(dd, cfg.data.train_fraction, cfg.data.validation_fraction, block_rows_of(cfg.data))
+            sp = split_device(dd, cfg.data.train_fraction, cfg.data.validation_fraction, block_rows_of(cfg.data, dd))
             val = ErrorStats.of(det.score(sp.validation, name), cfg.validation.vote_window, sp.rows_per_day,
                                 rule_of(cfg.validation))
             atk = {k: det.score(v, name) for k, v in sp.attacks.items()}

@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 from data import nbaiot
+from fediot.config import SECONDS_PER_DAY
 from fediot.errors import DataError
 
 log = logging.getLogger("fediot.data")
@@ -122,7 +123,7 @@ def captured_rows_per_day(ddir: Path) -> float | None:
         return None
     if not (np.isfinite(rows) and np.isfinite(seconds)) or rows <= 0 or seconds <= 0:
         return None
-    return rows / seconds * 86400.0
+    return rows / seconds * SECONDS_PER_DAY
 
 
 def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None = None,

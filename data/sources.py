@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from data import nbaiot, synthetic
-from data.loader import PROVENANCE_FILE, DeviceSplit, load_device, split_device  # noqa: F401  (PROVENANCE_FILE re-exported)
+from data.loader import PROVENANCE_FILE, DeviceData, DeviceSplit, load_device, split_device  # noqa: F401  (PROVENANCE_FILE re-exported)
 from data.partition import partition_split
-from fediot.config import FedIoTConfig
+from fediot.config import SECONDS_PER_DAY, FedIoTConfig
 from fediot.errors import DataError
 from fediot.rundir import repo_path
 
@@ -143,14 +143,20 @@ def load_split(cfg: FedIoTConfig, root: Path, device: str) -> DeviceSplit:
     """Load and chronologically split one device's rows as configured."""
     d = cfg.data
     data = load_device(root, device, d.max_benign_rows, d.attack_test_rows, local=d.dataset == "local")
-    return split_device(data, d.train_fraction, d.validation_fraction, block_rows_of(d))
+    return split_device(data, d.train_fraction, d.validation_fraction, block_rows_of(d, data))
 
 
-def block_rows_of(d: Any) -> int | None:
-    """The configured split's block size (`data_args.split_block_rows`; captured rows: local_split_block_rows)."""
+def block_rows_of(d: Any, data: DeviceData) -> int | None:
+    """The configured split's block size in rows (`data_args.split_block_rows`; captured rows: local_split_block_s
+    of the device's rows, None, chronological, where the capture holds too few such blocks)."""
     if d.split_block_rows is not None:
         return int(d.split_block_rows)
-    return int(d.local_split_block_rows) if d.dataset == "local" else None
+    if d.dataset != "local" or data.rows_per_day is None:
+        return None
+    rows = max(1, int(round(data.rows_per_day * d.local_split_block_s / SECONDS_PER_DAY)))
+    test_fraction = 1.0 - d.train_fraction - d.validation_fraction
+    enough = 2.0 / min(d.validation_fraction, test_fraction)  # two blocks per held-out part, in expectation
+    return rows if len(data.benign) / rows >= enough else None
 
 
 def load_client_splits(cfg: FedIoTConfig, root: Path, device: str) -> list[DeviceSplit]:

@@ -105,8 +105,8 @@ class DataArgs:
     partition_alpha: float = _key(0.5, 'dirichlet: concentration (smaller = more uneven clients)', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
     train_fraction: float = _key(0.6, "first fraction of each device's benign rows (chronological) used for training", check=(lambda v: _is_num(v) and 0 < v < 1, 'a number in (0, 1)'))
     validation_fraction: float = _key(0.2, 'next fraction: held-out benign rows that set the threshold', check=(lambda v: _is_num(v) and 0 < v < 1, 'a number in (0, 1)'))
-    split_block_rows: int | None = _key(None, "null: each device's rows are split chronologically (first train_fraction, then validation, then the rest: N-BaIoT's protocol); a number: in blocks of this many consecutive rows, dealt to training, validation and test in the fractions' shares and interleaved over the whole capture, so each part holds every period of a device whose traffic comes in bursts (a camera: chronologically, its validation rows were one burst the model never trained on; doc/benchmarks.md 'Real devices'); data_args.dataset local uses local_split_block_rows when this is null", check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
-    local_split_block_rows: int = _key(200, 'the block size of captured rows (data_args.dataset: local) when split_block_rows is null', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    split_block_rows: int | None = _key(None, "null: each device's rows are split chronologically (first train_fraction, then validation, then the rest: N-BaIoT's protocol); a number: in blocks of this many consecutive rows, dealt to training, validation and test in the fractions' shares and interleaved over the whole capture, so each part holds every period of a device whose traffic comes in bursts (a camera: chronologically, its validation rows were one burst the model never trained on; doc/benchmarks.md 'Real devices'); data_args.dataset local uses local_split_block_s when this is null", check=(lambda v: v is None or (_is_int(v) and v >= 1), 'null or an integer >= 1'))
+    local_split_block_s: float = _key(3600.0, "captured rows (data_args.dataset: local) when split_block_rows is null: blocks of this many seconds of the device's rows (its rows per day x this / 86,400), or the chronological split where the capture holds fewer than 2 / min(validation, test fraction) blocks (10 by default: a 40 s capture is split chronologically, its later seconds held out as later traffic would be; bench/lan_capture_study.py: interleaving 200-row blocks of a 40 s capture set thresholds that let up to 13 % of later packets raise window alerts)", check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
     max_benign_rows: int | None = _key(None, 'use at most this many benign rows per device (null = all)', check=(lambda v: v is None or (_is_int(v) and v >= 10), 'null or an integer >= 10'))
     attack_test_rows: int = _key(2000, 'rows taken (evenly spaced, in order) from each attack file for testing', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     download: bool = _key(True, 'download N-BaIoT when it is missing from data_cache_dir', check=(lambda v: isinstance(v, bool), 'true or false'))
@@ -289,6 +289,7 @@ SECTIONS: dict[str, type] = {
 # section name -> attribute of FedIoTConfig ("train_args" -> cfg.train)
 ATTRS: dict[str, str] = {name: name.removesuffix("_args") for name in SECTIONS}
 
+SECONDS_PER_DAY = 86400.0  # the budget rule's and captured rows' time unit
 ROBUST_AGGREGATION = "trimmed_mean"  # what aggregation 'auto' means with robust: true (bench/threshold_grid.py, bench/robustness_study.py)
 
 

@@ -25,12 +25,13 @@ from typing import Any, Mapping
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from fediot.config import SECONDS_PER_DAY
+
 # Score histogram grid: 4096 log-spaced bins over 1e-8..1e8 (+ under/overflow bins); each bin spans a factor 1.009.
 HIST_EDGES = np.logspace(-8, 8, 4097)
 N_HIST_BINS = len(HIST_EDGES) + 1
 # a bin's value: the geometric middle of its edges (the under- and overflow bins: the edge they touch)
 BIN_VALUES = np.concatenate([[HIST_EDGES[0]], np.sqrt(HIST_EDGES[:-1] * HIST_EDGES[1:]), [HIST_EDGES[-1]]])
-SECONDS_PER_DAY = 86400.0
 
 
 def histogram(scores: np.ndarray) -> dict[int, int]:
