@@ -97,7 +97,7 @@ class ErrorStats:
         scores = window_scores(e, window) if window is not None else None
         hist = histogram(scores) if scores is not None else None
         clusters = exceedances = None
-        if scores is not None and rows_per_day is not None and rule is not None:
+        if scores is not None and rows_per_day is not None and rule is not None and rule.alert_gap_s > 0:
             clusters, exceedances = tail_clusters(scores, rule.tail_level, rule.gap_rows(window, rows_per_day))
         return cls(len(e), float(e.sum()), float((e ** 2).sum()), hist, rows_per_day, clusters, exceedances)
 

@@ -5,9 +5,10 @@ Two forms, chosen by `validation_args.threshold_rule`:
 * `mean_std`: mean + k * std of per-row errors (count, sum, sum of squares merge exactly). Fits light tails; on a real
   device's heavy-tailed errors one outlier row sets it (issue 33: a lock hub's validation std 2.65 against a mean of
   0.083, mean + 5 std = 13.3, TPR 0.16 at ROC-AUC 0.9996).
-* `budget`: a false-alarm budget in the household's terms, `false_alerts_per_day` false alerts per device per day,
-  a false alert being window alerts closer together than `alert_gap_s` (runs declustering: the share of the
-  validation's tail exceedances that start a new cluster, the extremal index, turns alerts into windows).
+* `budget`: a false-alarm budget in the household's terms, `false_alerts_per_day` false alerts per device per day;
+  with `alert_gap_s` > 0, window alerts closer together than it are one false alert (runs declustering: the share
+  of the validation's tail exceedances that start a new cluster, the extremal index, turns alerts into windows;
+  off by default, doc/benchmarks.md 'Real devices').
   What raises an alert is a window (a strict majority of the last `vote_window` rows over the threshold), so the rule
   is set on *window scores*: the (w//2 + 1)-th largest error of each window of w consecutive rows, which is above a
   threshold exactly when the window's majority is (`window_scores`). The device's rows per day (from its capture's
@@ -96,7 +97,7 @@ class ThresholdRule:
     k: float = 5.0
     false_alerts_per_day: float = 1.0
     tail_level: float = 0.98
-    alert_gap_s: float = 600.0  # window alerts closer than this are one false alert (the budget's unit)
+    alert_gap_s: float = 0.0  # window alerts closer than this are one false alert (0: each counts)
     min_tail_rows: int = 20  # fewer excesses than this over the tail level: the highest window score instead
     max_tail_shape: float = 1.0  # the fitted shape is capped here (an infinite-mean tail would extrapolate anywhere)
 

@@ -137,7 +137,7 @@ def test_a_lying_client_cannot_move_its_device_threshold_beyond_its_honest_clien
 
 def _val_stats_fields(**over):
     e = np.random.default_rng(5).exponential(0.1, 200)
-    fields = ValStats(0, "c1", ErrorStats.of(e, 5, 5000.0, RULE)).to_fields()
+    fields = ValStats(0, "c1", ErrorStats.of(e, 5, 5000.0, ThresholdRule("budget", alert_gap_s=600.0))).to_fields()
     fields["val_stats"].update(over)
     return fields
 
