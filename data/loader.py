@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -114,8 +115,6 @@ SIMULATED_ATTACKS_DIR = "simulated_attacks"  # a local device's attack rows: <at
 def captured_rows_per_day(ddir: Path) -> float | None:
     """Rows a day of a captured device (`python -m capture`'s provenance: its rows over the seconds its captures
     span); None when the provenance is missing, unreadable or spans no time."""
-    import json
-
     try:
         record = json.loads((ddir / PROVENANCE_FILE).read_text())
         rows, seconds = float(record["rows"]), float(record["seconds"])
