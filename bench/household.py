@@ -21,6 +21,7 @@ Writes results.json and table.md to the run directory and prints it last.
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import pickle
 import sys
@@ -34,7 +35,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from capture import DeviceCapture, capture_rows, simulated_attack_rows, write_device  # noqa: E402
+from capture import ATTACK_PROFILE, DeviceCapture, capture_rows, simulated_attack_rows, write_device  # noqa: E402
 from data import nbaiot  # noqa: E402
 from data.loader import load_device, split_device  # noqa: E402
 from data.sources import block_rows_of, prepare_data  # noqa: E402
@@ -47,7 +48,8 @@ from model.lean import LeanDetector  # noqa: E402
 from model.threshold import ThresholdRule  # noqa: E402
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor  # noqa: E402
 from traffic.alerts import RateLimiter  # noqa: E402
-from traffic.packets import PacketBatch, SkipCounts, read_capture  # noqa: E402
+from traffic.packets import PacketBatch, SkipCounts, frames_batch, read_capture  # noqa: E402
+from traffic.simulator import TrafficSimulator  # noqa: E402
 from traffic.watch import Watcher, parse_watch  # noqa: E402
 
 DEFAULT_PCAPS = REPO.parent / "shared" / "data" / "real-iot-pcaps"
@@ -101,6 +103,42 @@ def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg:
             "captured_days": (d.last - d.first) / 86400, "held_out_days": (t[held][-1] - t[held][0]) / 86400}
 
 
+def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, device: str, threshold: float,
+                        cfg: Any, window: int, seed: int, seconds: float = 10.0) -> dict[str, float | None]:
+    """Per attack kind: seconds from the attack's first packet to the first window alert on the device's own address,
+    the attack (capture's simulator, sent from the device's address) merged into the capture's packets in the middle
+    of the held-out time, the whole capture through one extractor (a board that has been watching all along)."""
+    packets = packets_of(pcap, cfg.batch_packets)
+    t = np.asarray(packets.time)
+    cut = t[0] + share * (t[-1] - t[0])
+    start = cut + (t[-1] - cut) / 2
+    mac = next((packets.src_mac[i] for i in range(len(packets)) if packets.src_ip[i] == ipaddress.ip_address(ip).packed),
+               None)
+    out: dict[str, float | None] = {}
+    for i, attack in enumerate(nbaiot.all_attack_names()):
+        sim = TrafficSimulator(ATTACK_PROFILE, seed * 100 + i, ip=ip, mac=mac)
+        extra = frames_batch(sim.attack(attack, start, start + seconds))
+        merged = PacketBatch()
+        order = np.argsort(np.concatenate([t, np.asarray(extra.time)]), kind="stable")
+        for name in vars(packets):
+            both = getattr(packets, name) + getattr(extra, name)
+            setattr(merged, name, [both[j] for j in order])
+        mt = np.asarray(merged.time)
+        late = np.flatnonzero(mt >= cut)  # the extractor runs over everything; the detector watches the held-out time
+        rows = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight,
+                                fanout_warmup_s=cfg.fanout_warmup_s).transform(merged)[late]
+        watch = Watcher([parse_watch(f"{device}={ip}")])
+        mine = np.flatnonzero(watch.of(subset(merged, late)) == 0)
+        flags = det.score(rows[mine], device) > threshold
+        hosts = [merged.src_ip[late[j]] for j in mine]
+        alerts = WindowVote(window).push(hosts, flags)
+        own = ipaddress.ip_address(ip).packed
+        times = mt[late[mine]]
+        hit = [times[k] for k in np.flatnonzero(alerts) if hosts[k] == own and times[k] >= start]
+        out[attack] = (min(hit) - start) if hit else None
+    return out
+
+
 def false_alarms(scores: np.ndarray, hosts: list[bytes], times: np.ndarray, threshold: float, window: int,
                  interval_s: float, days: float, device: str) -> dict[str, float]:
     """Window alerts and alert messages (rate-limited per host) on held-out benign packets, per day."""
@@ -123,6 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="false_alerts_per_day values to compare")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--reuse", action="store_true", help="reuse the captures already in --out")
+    p.add_argument("--alert-time", action="store_true",
+                   help="also the seconds from each attack's first packet to the first window alert (first budget)")
     p.add_argument("--reuse-run", action="store_true", help="reuse the latest federation run in --out too")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a config value for the federation (YAML value), e.g. train_args.epochs=1")
@@ -188,6 +228,12 @@ def main(argv: list[str] | None = None) -> int:
                                    cfg.detect.alert_interval_s, h["held_out_days"], name),
                     "cross": {o: float(np.mean(WindowVote(cfg.validation.vote_window).push(
                         held[o]["hosts"], scored[o][name] > thr))) for o in DEVICES if o != name}}
+            if a.alert_time:
+                f, ip = DEVICES[name]
+                thr = per_rule[f"budget {a.budgets[0]:g}/day"]["threshold"]
+                print(f"seed {seed}: {name}: time to first alert per attack", file=sys.stderr, flush=True)
+                per_rule[f"budget {a.budgets[0]:g}/day"]["first_alert_s"] = first_alert_seconds(
+                    a.pcaps / f, ip, a.train_share, det, name, thr, cfg.detect, cfg.validation.vote_window, seed)
             row["devices"][name] = {"rules": per_rule, "rows_per_day": sp.rows_per_day,
                                     "federation_threshold": metrics["devices"][name]["thresholds"][name],
                                     "federation_tpr": metrics["devices"][name]["attacks"],
