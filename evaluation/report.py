@@ -19,9 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+import yaml  # noqa: E402
 
 from data import nbaiot  # noqa: E402
 from evaluation.metrics import METRIC_KEYS  # noqa: E402
+from fediot.config import DEFAULTS  # noqa: E402
 from fediot.rundir import write_atomic  # noqa: E402
 
 
@@ -203,6 +205,23 @@ def comparison_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+def threshold_lines(run_dir: Path) -> list[str]:
+    """The run's threshold rule in the household's terms (from its config.yaml; nothing when there is none)."""
+    try:
+        v = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("validation_args") or {}
+    except (OSError, yaml.YAMLError, AttributeError):
+        return []
+    defaults = {k: d[0] for k, d in DEFAULTS["validation_args"].items()}
+    v = {**defaults, **v}
+    k = f"mean + {v['threshold_k']:g} x std of the validation errors"
+    budget = (f"at most {v['false_alerts_per_day']:g} false alert(s) per device per day on its held-out benign "
+              f"rows" + (f" (window alerts closer than {v['alert_gap_s']:g} s count as one)" if v["alert_gap_s"] else ""))
+    text = {"mean_std": k, "budget": budget,
+            "auto": f"{budget} where the rows carry their rate (captured rows); {k} where not (N-BaIoT's)"}
+    return [f"Thresholds (`validation_args.threshold_rule: {v['threshold_rule']}`): {text.get(v['threshold_rule'], '?')}.",
+            ""]
+
+
 def write_report(run_dir: str | Path) -> Path:
     """Write run_dir/report.md and run_dir/figures/*.png; returns the report path."""
     run_dir = Path(run_dir)
@@ -216,6 +235,7 @@ def write_report(run_dir: str | Path) -> Path:
     md += [f"Data source: `{data.get('source', '?')}`" + (f" at `{data['path']}`" if data.get("path") else ""), ""]
     if data.get("attacks"):  # your own devices: no recorded attacks, TPR is on simulated ones
         md += [f"> **Attack rows are simulated** — {data['attacks']}.", ""]
+    md += threshold_lines(run_dir)
     md += ["## Summary (pooled over devices)", "", comparison_table(results), ""]
     for r in results:
         slug = r.label.replace(" ", "_")
@@ -228,12 +248,14 @@ def write_report(run_dir: str | Path) -> Path:
         w = g.get("window") or {}
         if w:
             md += ["", f"Majority vote over {w.get('size')} consecutive rows: TPR {_fmt(w.get('tpr'))}, FPR {_fmt(w.get('fpr'))}."]
-        md += ["", "| device | TPR | FPR | F1 | ROC-AUC | TPR (own threshold) | FPR (own threshold) | missing attack files |",
-               "|---|---|---|---|---|---|---|---|"]
+        md += ["", "| device | TPR | FPR | F1 | ROC-AUC | own threshold | TPR (own threshold) | FPR (own threshold) | "
+                   "missing attack files |", "|---|---|---|---|---|---|---|---|---|"]
         for d, e in r.metrics["devices"].items():
             dm = e["modes"].get("device", e)
+            own = (e.get("thresholds") or {}).get(d)
             md.append(f"| {d} | {_fmt(e['tpr'])} | {_fmt(e['fpr'])} | {_fmt(e['f1'])} | {_fmt(e.get('roc_auc'))} | "
-                      f"{_fmt(dm['tpr'])} | {_fmt(dm['fpr'])} | {', '.join(e.get('missing_attacks', [])) or '-'} |")
+                      f"{_fmt(own)} | {_fmt(dm['tpr'])} | {_fmt(dm['fpr'])} | "
+                      f"{', '.join(e.get('missing_attacks', [])) or '-'} |")
         md.append("")
         for name, maker, caption in (
             ("training", fig_training, "Training loss and TPR/FPR"),
