@@ -76,8 +76,7 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
                  keep_packets: bool, progress: bool = True) -> tuple[dict[str, DeviceCapture], dict[str, Any]]:
     """One pass of the extractor over every packet; each device's rows (and packets, when kept)."""
     watcher = Watcher(watches)
-    extractor = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight,
-                                 fanout_warmup_s=cfg.fanout_warmup_s)
+    extractor = FeatureExtractor.configured(cfg)
     out = {w.device: DeviceCapture(w) for w in watches}
     seen, skipped, started, said = 0, SkipCounts(), time.monotonic(), time.monotonic()
     for batch, skipped in batches:
@@ -128,8 +127,7 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     for name in FIELDS:
         both = getattr(own, name) + getattr(attack_batch, name)
         getattr(merged, name).extend(both[i] for i in order)
-    rows = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight,
-                                 fanout_warmup_s=cfg.fanout_warmup_s).transform(merged)
+    rows = FeatureExtractor.configured(cfg).transform(merged)
     t = np.asarray(merged.time)
     return rows[(t >= start) & (t < end)]
 

@@ -350,8 +350,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
     thresholds = thresholds_for(detector, devices, "--watch" if watcher else "--device")
-    extractor = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight,
-                                 fanout_warmup_s=cfg.fanout_warmup_s)
+    extractor = FeatureExtractor.configured(cfg)
     vote = WindowVote(window, cfg.max_hosts)
     lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
     limiter = RateLimiter(cfg.alert_interval_s, cfg.max_hosts)

@@ -82,8 +82,7 @@ def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg:
     cut = t[0] + share * (t[-1] - t[0])
     watch = parse_watch(f"{name}={ip}")
     # one extractor pass over the whole capture (the board keeps watching after its capture)
-    rows = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight,
-                                 fanout_warmup_s=cfg.fanout_warmup_s).transform(packets)
+    rows = FeatureExtractor.configured(cfg).transform(packets)
     mine = np.flatnonzero(Watcher([watch]).of(packets) == 0)
     captured = mine[t[mine] < cut]
     held = mine[t[mine] >= cut]
@@ -125,8 +124,7 @@ def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, de
             setattr(merged, name, [both[j] for j in order])
         mt = np.asarray(merged.time)
         late = np.flatnonzero(mt >= cut)  # the extractor runs over everything; the detector watches the held-out time
-        rows = FeatureExtractor(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight,
-                                fanout_warmup_s=cfg.fanout_warmup_s).transform(merged)[late]
+        rows = FeatureExtractor.configured(cfg).transform(merged)[late]
         watch = Watcher([parse_watch(f"{device}={ip}")])
         mine = np.flatnonzero(watch.of(subset(merged, late)) == 0)
         flags = det.score(rows[mine], device) > threshold

@@ -15,7 +15,7 @@ import numpy as np
 
 from evaluation.metrics import majority_vote, rates
 from evaluation.scores import DeviceScores
-from model.threshold import HIST_EDGES, histogram  # noqa: F401  (the report's histogram grid; re-exported)
+from model.threshold import HIST_EDGES, dense, histogram  # noqa: F401  (the report's histogram grid; re-exported)
 
 def _flags_counts(scores: np.ndarray, thr: float) -> tuple[int, int]:
     flagged = int((scores > thr).sum())
@@ -68,13 +68,6 @@ def held_out_counts(s: "DeviceScores | None" = None, validation: int = 0, test: 
     return {"validation": int(validation), "test": int(test), "attacks": dict(attacks or {})}
 
 
-def _dense(h: dict[Any, int]) -> np.ndarray:
-    out = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
-    for k, v in h.items():
-        out[int(k)] += v
-    return out
-
-
 def auc_from_histograms(benign: np.ndarray, attack: np.ndarray) -> dict[str, float | None]:
     """ROC-AUC (ties within a bin count half) and average precision from binned scores."""
     nb, na = benign.sum(), attack.sum()
@@ -110,9 +103,9 @@ def _entry(reports: list[dict[str, Any]], mode: str) -> dict[str, Any]:
             pa["fn"] += a["fn"]
         for k in win:
             win[k] += m["window"][k]
-        hb += _dense(r["hist"]["benign"])
+        hb += dense(r["hist"]["benign"], np.int64)
         for h in r["hist"]["attacks"].values():
-            ha += _dense(h)
+            ha += dense(h, np.int64)
     out: dict[str, Any] = {**rates(c), **c, **auc_from_histograms(hb, ha)}
     out["n_benign_test"] = c["fp"] + c["tn"]
     out["n_attack_test"] = c["tp"] + c["fn"]
@@ -179,10 +172,10 @@ def curves_from_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
     hb_all = np.zeros(len(HIST_EDGES) + 1, dtype=np.int64)
     ha_all = np.zeros_like(hb_all)
     for r in reports:
-        hb = _dense(r["hist"]["benign"])
+        hb = dense(r["hist"]["benign"], np.int64)
         ha = np.zeros_like(hb)
         for h in r["hist"]["attacks"].values():
-            ha += _dense(h)
+            ha += dense(h, np.int64)
         out[r["device"]] = roc_from_histograms(hb, ha)
         hb_all += hb
         ha_all += ha

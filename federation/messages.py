@@ -40,7 +40,7 @@ from typing import Any, Callable
 import torch
 
 from data.nbaiot import N_FEATURES
-from evaluation.counts import HIST_EDGES
+from model.threshold import N_HIST_BINS
 from federation.wire import decode
 from fediot.checks import InputError, fail as _fail, integer as _int, mapping as _dict, number as _num
 from fediot.checks import MAX_VALUE, error_stats as check_error_stats, feature_stats as check_feature_stats
@@ -74,7 +74,6 @@ MAX_HEADER_BYTES = 4 * 2**20
 # VAL_STATS: a device's packets a day (one an hour to ~116,000 a second)
 MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY = 24.0, 1e10
 MODEL_CARRYING = {S2C_TRAIN, S2C_EVAL_STATS, C2S_UPDATE}
-N_HIST_BINS = len(HIST_EDGES) + 1
 
 
 ProtocolError = InputError  # a message that does not match its type's schema

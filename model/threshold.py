@@ -42,11 +42,11 @@ def histogram(scores: np.ndarray) -> dict[int, int]:
     return {int(v): int(c) for v, c in zip(values, counts)}
 
 
-def dense(h: Mapping[Any, float]) -> np.ndarray:
-    """A sparse histogram (keys may be JSON's strings) as N_HIST_BINS counts."""
-    out = np.zeros(N_HIST_BINS, dtype=np.float64)
+def dense(h: Mapping[Any, float], dtype: Any = np.float64) -> np.ndarray:
+    """A sparse histogram (keys may be JSON's strings) as N_HIST_BINS counts (int64 for exact sums of reports)."""
+    out = np.zeros(N_HIST_BINS, dtype=dtype)
     for b, c in h.items():
-        out[int(b)] += float(c)
+        out[int(b)] += c
     return out
 
 

@@ -24,6 +24,8 @@ Definitions used here (see doc/features.md for where they may differ from the or
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numba import njit
 
@@ -224,6 +226,12 @@ class FeatureExtractor:
         self.fanout_warmup_s = float(fanout_warmup_s)
         self.counting_from = np.inf  # packet time from which new peers count (set by the first packet)
         self.packets = 0
+
+    @classmethod
+    def configured(cls, cfg: Any) -> "FeatureExtractor":
+        """An extractor with detect_args' memory bounds and fan-out warm-up (a `fediot.config.DetectArgs`): capture's
+        and detect's, so the rows a device learns from are the features its detector scores."""
+        return cls(max_streams=cfg.max_streams, idle_weight=cfg.idle_weight, fanout_warmup_s=cfg.fanout_warmup_s)
 
     def _grow(self) -> None:
         """Make room for every stream seen so far; each array grows with its own key count (a flood of new
