@@ -118,11 +118,11 @@ def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     from tests.helpers import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_flood.py"), "--messages", "6", "--threads", "2",
-                           "--rounds", "10", "--overflow", "--board-flood", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                           "--rounds", "6", "--overflow", "--board-flood", "1", "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
-    assert r["run_finished"] and set(r["clients_per_round"]) == {2} and r["rounds"] == list(range(1, 11))
+    assert r["run_finished"] and set(r["clients_per_round"]) == {2} and r["rounds"] == list(range(1, 7))
     assert sum(r["outcomes"].values()) == 6 and r["rss_growth_mb"] <= 300
     assert all(s < 60 for s in r["eval_seconds"]) and r["devices_evaluated"] == ["Danmini_Doorbell"]  # 3: refused
     reasons = r["rejections"]
@@ -130,4 +130,4 @@ def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     assert any(x["from"].startswith("rank 3") and "val_stats" in x["reason"] for x in reasons)
     assert r["server_said_refused_hello"]
     # board 1 ran attack_args.attack: flood (a bomb after each honest answer, from its own runtime): refused, counted
-    assert sum(n for sender, n in r["kept_rejections_by_sender"].items() if sender.startswith("rank 1")) >= 10
+    assert sum(n for sender, n in r["kept_rejections_by_sender"].items() if sender.startswith("rank 1")) >= 6
