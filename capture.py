@@ -13,6 +13,9 @@ error or Ctrl-C), in N-BaIoT's per-device layout under --out:
 
   NAME/benign_traffic.csv         its rows (--append: after the rows of earlier captures)
   NAME/provenance.json            source, filter, time span, packet counts, feature version of every capture
+  NAME/endpoints.json             the services it talks to (scope, port; traffic/profile.py), for
+                                  detect --profiles: traffic to others' services is flagged as not the device's.
+                                  It stays on the board: the federation never reads it
   NAME/simulated_attacks/*.csv    --simulate-attacks: the traffic simulator's Mirai/Gafgyt attacks sent from the
                                   device's own address for --attack-seconds in the middle of its captured traffic;
                                   the rows of its packets in that window (as N-BaIoT recorded infected devices)
@@ -43,6 +46,7 @@ from fediot.config import DEVICE_NAME, DetectArgs, load, validate
 from fediot.errors import FedIoTError
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import PacketBatch, SkipCounts, frames_batch, live_capture, read_capture
+from traffic.profile import PROFILE_FILE, EndpointProfile, endpoints_of
 from traffic.simulator import TrafficSimulator
 from traffic.watch import Watch, Watcher, parse_watch
 
@@ -58,6 +62,7 @@ class DeviceCapture:
     watch: Watch
     rows: list[np.ndarray] = field(default_factory=list)
     packets: PacketBatch = field(default_factory=PacketBatch)
+    endpoints: EndpointProfile = field(default_factory=EndpointProfile)  # whom it talks to (traffic/profile.py)
     first: float | None = None
     last: float | None = None
 
@@ -79,6 +84,7 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
     extractor = FeatureExtractor.configured(cfg)
     out = {w.device: DeviceCapture(w) for w in watches}
     seen, skipped, started, said = 0, SkipCounts(), time.monotonic(), time.monotonic()
+    scopes: dict[bytes, str] = {}
     for batch, skipped in batches:
         if len(batch) == 0:
             continue
@@ -91,6 +97,8 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
                 continue
             d = out[w.device]
             d.rows.append(rows[idx].astype(np.float64))
+            own = {ip for ip, j in watcher.by_ip.items() if j == i}
+            d.endpoints.add(endpoints_of(batch, idx, own, cfg.ephemeral_port_from, scopes))
             d.first = batch.time[idx[0]] if d.first is None else d.first
             d.last = batch.time[idx[-1]]
             if keep_packets:
@@ -149,7 +157,7 @@ def write_rows(path: Path, rows: np.ndarray) -> None:
 def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], append: bool,
                  attacks: dict[str, np.ndarray] | None) -> dict[str, Any]:
     """The device's directory, built beside the old one and swapped in (os.replace of each file; the directory of
-    simulated attacks replaced whole): rows, provenance and simulated attacks together."""
+    simulated attacks replaced whole): rows, provenance, endpoints and simulated attacks together."""
     ddir = out / device.watch.device
     benign = ddir / nbaiot.BENIGN_FILE
     new = np.vstack(device.rows) if device.rows else np.zeros((0, nbaiot.N_CAPTURED_FEATURES))
@@ -187,6 +195,10 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
         provenance["simulated_attacks"] = {name: len(rows) for name, rows in attacks.items()} | {
             "seconds_each": record["attack_seconds"], "from_capture": len(provenance["captures"])}
     write_rows(benign, new)
+    profile = device.endpoints
+    if append and (ddir / PROFILE_FILE).is_file():  # an earlier capture's endpoints are the device's too
+        profile = EndpointProfile(EndpointProfile.load(ddir / PROFILE_FILE, 1 << 20).packets + device.endpoints.packets)
+    profile.write(ddir)
     tmp = ddir / f".{PROVENANCE_FILE}.tmp"
     tmp.write_text(json.dumps(provenance, indent=1))
     os.replace(tmp, ddir / PROVENANCE_FILE)

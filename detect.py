@@ -1,7 +1,8 @@
 """Detect attacks in live or recorded traffic with a trained FedIoT model.
 
     python -m detect (MODEL | --follow RUN_DIR) (--pcap FILE | --interface IFACE)
-        [--device NAME | --watch NAME=ADDR[,ADDR...] ...] [--window 5] [--out alerts.jsonl] [--config YAML]
+        [--device NAME | --watch NAME=ADDR[,ADDR...] ...] [--profiles DIR] [--window 5] [--out alerts.jsonl]
+        [--config YAML]
 
 MODEL is a checkpoint (model.pt, or its numpy export model.npz) or a run directory. Runs on numpy
 (model/lean.py): no torch, no FedML. A model.pt without model.npz beside it is exported once (needs torch).
@@ -15,7 +16,9 @@ packet; --watch NAME=ADDR (IP or MAC, repeatable): only the packets from or to e
 own device's threshold; neither: the global threshold (for devices outside the federation). Alerts are JSON lines
 (to --out, else stdout): {"time", "host", "device", "score", "threshold", "packet_alert", "window_alert"}; window
 alerts also go to syslog and MQTT when detect_args configures them (rate-limited, never blocking). A summary line
-follows.
+follows. --profiles DIR (capture's --out): each watched device's endpoints.json (traffic/profile.py); a window whose
+majority of packets went to or came from services outside the device's profile is a window alert too (another
+device's traffic, or the device doing what it never did), and each line says "new_endpoint".
 """
 from __future__ import annotations
 
@@ -42,6 +45,7 @@ from model.lean import LeanDetector, lean_path
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
+from traffic.profile import EndpointProfile, endpoints_of, load_profiles
 from traffic.watch import Watch, Watcher, parse_watch
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
@@ -133,14 +137,18 @@ class AlertLines:
         self.hosts: dict[bytes, str] = {}
         self.max_hosts = max_hosts
 
-    def line(self, t: float, host: bytes, score: float, packet_alert: bool, window_alert: bool) -> str:
+    def line(self, t: float, host: bytes, score: float, packet_alert: bool, window_alert: bool,
+             new_endpoint: bool | None = None) -> str:
+        """One alert line; with endpoint profiles (detect --profiles) also "new_endpoint": whether the packet went to
+        or came from a service outside the device's profile."""
         h = self.hosts.get(host)
         if h is None:
             if len(self.hosts) >= self.max_hosts:  # a cache of formatted addresses: bounded, rebuilt as needed
                 self.hosts.clear()
             h = self.hosts[host] = host_text(host)
+        end = "}\n" if new_endpoint is None else f', "new_endpoint": {"true" if new_endpoint else "false"}}}\n'
         return (f'{{"time": {_number(round(t, 6))}, "host": {h}{self.middle}{_number(score)}{self.tail}'
-                f'{"true" if packet_alert else "false"}, "window_alert": {"true" if window_alert else "false"}}}\n')
+                f'{"true" if packet_alert else "false"}, "window_alert": {"true" if window_alert else "false"}{end}')
 
 
 
@@ -342,16 +350,24 @@ def network_sinks(cfg: DetectArgs, board: str, devices: list[str]) -> list[Sink]
 def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, SkipCounts]], device: str | None,
                   window: int, sink: IO[str], watches: list[Watch] | None = None, cfg: DetectArgs | None = None,
                   follower: ModelFollower | None = None, publisher: AlertPublisher | None = None,
-                  live: LiveCounters | None = None) -> dict[str, object]:
+                  live: LiveCounters | None = None,
+                  profiles: dict[str, EndpointProfile] | None = None) -> dict[str, object]:
     """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
     lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
-    return the summary."""
+    return the summary. With endpoint profiles (one per watched device), a window whose majority of packets went to
+    or came from services outside the device's profile is a window alert too: traffic that is not the device's."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
     thresholds = thresholds_for(detector, devices, "--watch" if watcher else "--device")
     extractor = FeatureExtractor.configured(cfg)
     vote = WindowVote(window, cfg.max_hosts)
+    if profiles is not None and watcher is None:
+        raise FedIoTError("endpoint profiles (--profiles) need --watch: a device's addresses say which side of a "
+                          "packet is the device")
+    by_index = [profiles[d] for d in devices] if profiles is not None else None  # type: ignore[index]
+    endpoint_vote = WindowVote(window, cfg.max_hosts)
+    scopes: dict[bytes, str] = {}
     lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
     limiter = RateLimiter(cfg.alert_interval_s, cfg.max_hosts)
     last_alert: dict[int, float] = {}  # device index -> packet time of its latest window alert (state ON)
@@ -359,6 +375,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     vote.push([], np.zeros(0, dtype=bool))
     packets = scored = alerts = window_alerts = 0
     per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0} for d in devices}
+    if by_index is not None:
+        for entry in per_device.values():
+            entry |= {"new_endpoint_packets": 0, "new_endpoint_window_alerts": 0}
     skipped = SkipCounts()
     started = time.perf_counter()
     interrupted = False
@@ -391,13 +410,25 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             flags = scores > limits
             hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
             wins = vote.push(hosts, flags)
+            new_endpoint = endpoint_wins = None
+            if by_index is not None and watcher is not None:
+                new_endpoint = np.zeros(len(idx), dtype=bool)
+                for d in np.unique(which[idx]):
+                    mine = which[idx] == d
+                    own = {ip for ip, j in watcher.by_ip.items() if j == d}
+                    new_endpoint[mine] = by_index[d].unknown(
+                        endpoints_of(batch, idx[mine], own, cfg.ephemeral_port_from, scopes))
+                endpoint_wins = endpoint_vote.push(hosts, new_endpoint)
+                wins = wins | endpoint_wins
             scored += len(idx)
             alerts += int(flags.sum())
             window_alerts += int(wins.sum())
             out = []
-            for j in np.flatnonzero(flags | wins):
+            shown = flags | wins if new_endpoint is None else flags | wins | new_endpoint
+            for j in np.flatnonzero(shown):
                 n, d = int(idx[j]), int(which[idx[j]])
-                out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j])))
+                out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j]),
+                                         None if new_endpoint is None else bool(new_endpoint[j])))
                 if wins[j]:
                     last_alert[d] = batch.time[n]
                     if publisher is not None:
@@ -413,6 +444,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 entry["packets"] += int(mine.sum())
                 entry["packet_alerts"] += int((flags & mine).sum())
                 entry["window_alerts"] += int((wins & mine).sum())
+                if new_endpoint is not None and endpoint_wins is not None:
+                    entry["new_endpoint_packets"] += int((new_endpoint & mine).sum())
+                    entry["new_endpoint_window_alerts"] += int((endpoint_wins & mine).sum())
             _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
             if live is not None:
                 live.update(packets, scored, alerts, window_alerts, per_device, detector.meta.get("round"),
@@ -464,6 +498,9 @@ def main(argv: list[str] | None = None) -> int:
     who.add_argument("--device", help="every packet at this device's own threshold")
     who.add_argument("--watch", action="append", default=[], metavar="NAME=ADDR[,ADDR...]",
                      help="watch this device (its IPs/MACs) at its own threshold; repeat for several")
+    p.add_argument("--profiles", type=Path, metavar="DIR",
+                   help="capture's --out (e.g. data/local): each watched device's endpoints.json; a window of traffic "
+                        "to or from services outside the device's profile is a window alert (needs --watch)")
     p.add_argument("--window", type=int, default=None,
                    help="majority-vote window in packets (default: validation_args.vote_window)")
     p.add_argument("--out", type=Path, help="write alert lines here (default: stdout)")
@@ -486,6 +523,12 @@ def main(argv: list[str] | None = None) -> int:
             raise FedIoTError(f"--window must be at least 1 packet, got {window}")
         watches = [parse_watch(w) for w in a.watch]
         devices: list[str | None] = [w.device for w in watches] if watches else [a.device]
+        profiles = None
+        if a.profiles is not None:
+            if not watches:
+                raise FedIoTError("--profiles needs --watch NAME=ADDR: a device's addresses say which side of a packet "
+                                  "is the device")
+            profiles = load_profiles(a.profiles, [w.device for w in watches], cfg.detect.max_profile_endpoints)
         follower = None
         if a.follow:
             follower = ModelFollower(a.follow, cfg.detect.follow_poll_s, devices, a.allow_row_model)
@@ -512,7 +555,7 @@ def main(argv: list[str] | None = None) -> int:
         sink = open(a.out, "w") if a.out else sys.stdout
         try:
             summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher,
-                                    live)
+                                    live, profiles)
         finally:
             if a.out:
                 sink.close()

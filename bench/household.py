@@ -15,7 +15,12 @@ threshold rules (the same model and validation rows; thresholds by `model.thresh
   detect's `WindowVote`) and alert messages (what syslog / MQTT would carry: detect's `RateLimiter`, one per device
   and host per `detect_args.alert_interval_s`), per device-day;
 - the cross-device matrix: the share of device B's held-out windows flagged at device A's threshold and scales
-  (B's traffic presented under A's address).
+  (B's traffic presented under A's address), by the autoencoder alone and with A's endpoint profile
+  (traffic/profile.py, learnt from A's captured time as `capture` writes it; `detect --profiles`);
+- with the profiles, the false window alerts on each device's own held-out time;
+- --alert-time: per attack kind, the attack merged into the held-out capture and scored as `detect` does: seconds
+  to the first window alert and the share of the attack's packets in an alerting window, without and with the
+  device's endpoint profile.
 Writes results.json and table.md to the run directory and prints it last.
 """
 from __future__ import annotations
@@ -49,6 +54,7 @@ from model.threshold import ThresholdRule  # noqa: E402
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor  # noqa: E402
 from traffic.alerts import RateLimiter  # noqa: E402
 from traffic.packets import PacketBatch, SkipCounts, frames_batch, read_capture  # noqa: E402
+from traffic.profile import EndpointProfile, endpoints_of  # noqa: E402
 from traffic.simulator import TrafficSimulator  # noqa: E402
 from traffic.watch import Watcher, parse_watch  # noqa: E402
 
@@ -102,8 +108,22 @@ def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg:
             "captured_days": (d.last - d.first) / 86400, "held_out_days": (t[held][-1] - t[held][0]) / 86400}
 
 
+def endpoint_info(pcap: Path, ip: str, share: float, cfg: Any) -> tuple[EndpointProfile, list[tuple[str, int]]]:
+    """The device's endpoint profile from its captured share of time (capture's function) and the endpoints of its
+    held-out packets, in the order of the held-out rows."""
+    packets = packets_of(pcap, cfg.batch_packets)
+    t = np.asarray(packets.time)
+    cut = t[0] + share * (t[-1] - t[0])
+    mine = np.flatnonzero(Watcher([parse_watch(f"x={ip}")]).of(packets) == 0)
+    own = {ipaddress.ip_address(ip).packed}
+    profile = EndpointProfile()
+    profile.add(endpoints_of(packets, mine[t[mine] < cut], own, cfg.ephemeral_port_from))
+    return profile, endpoints_of(packets, mine[t[mine] >= cut], own, cfg.ephemeral_port_from)
+
+
 def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, device: str, threshold: float,
-                        cfg: Any, window: int, seed: int, seconds: float = 10.0) -> dict[str, float | None]:
+                        cfg: Any, window: int, seed: int, profile: EndpointProfile | None = None,
+                        seconds: float = 10.0) -> dict[str, dict[str, float | None]]:
     """Per attack kind: seconds from the attack's first packet to the first window alert on the device's own address,
     the attack (capture's simulator, sent from the device's address) merged into the capture's packets in the middle
     of the held-out time, the whole capture through one extractor (a board that has been watching all along)."""
@@ -113,7 +133,8 @@ def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, de
     start = cut + (t[-1] - cut) / 2
     mac = next((packets.src_mac[i] for i in range(len(packets)) if packets.src_ip[i] == ipaddress.ip_address(ip).packed),
                None)
-    out: dict[str, float | None] = {}
+    out: dict[str, dict[str, float | None]] = {}
+    own = ipaddress.ip_address(ip).packed
     for i, attack in enumerate(nbaiot.all_attack_names()):
         sim = TrafficSimulator(ATTACK_PROFILE, seed * 100 + i, ip=ip, mac=mac)
         extra = frames_batch(sim.attack(attack, start, start + seconds))
@@ -130,10 +151,17 @@ def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, de
         flags = det.score(rows[mine], device) > threshold
         hosts = [merged.src_ip[late[j]] for j in mine]
         alerts = WindowVote(window).push(hosts, flags)
-        own = ipaddress.ip_address(ip).packed
         times = mt[late[mine]]
-        hit = [times[k] for k in np.flatnonzero(alerts) if hosts[k] == own and times[k] >= start]
-        out[attack] = (min(hit) - start) if hit else None
+        during = np.array([h == own for h in hosts]) & (times >= start) & (times < start + seconds)
+        variants = {"": alerts}
+        if profile is not None:
+            unknown = profile.unknown(endpoints_of(merged, late[mine], {own}, cfg.ephemeral_port_from))
+            variants["_with_profile"] = alerts | WindowVote(window).push(hosts, unknown)
+        out[attack] = {}
+        for suffix, a in variants.items():
+            hit = times[a & during]
+            out[attack]["first_alert_s" + suffix] = float(hit.min() - start) if len(hit) else None
+            out[attack]["window_tpr" + suffix] = float(a[during].mean()) if during.any() else None
     return out
 
 
@@ -209,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         row: dict[str, Any] = {"seed": seed, "seconds": round(time.monotonic() - started, 1), "run_dir": str(run_dir),
                                "devices": {}}
         scored = {n: {o: det.score(h["rows"], o) for o in DEVICES} for n, h in held.items()}  # scored[b][a]
+        ends = {n: endpoint_info(a.pcaps / f, ip, a.train_share, cfg.detect) for n, (f, ip) in DEVICES.items()}
+        for n, (_, held_ends) in ends.items():
+            assert len(held_ends) == len(held[n]["rows"]), (n, len(held_ends), len(held[n]["rows"]))
+        new_ep = {b: {o: ends[o][0].unknown(ends[b][1]) for o in DEVICES} for b in DEVICES}  # new_ep[b][a]
+        endpoint_votes = {b: {o: WindowVote(cfg.validation.vote_window).push(held[b]["hosts"], new_ep[b][o])
+                              for o in DEVICES} for b in DEVICES}
         for name, h in held.items():
             dd = load_device(local, name, local=True, attack_test_rows=cfg.data.attack_test_rows)
             sp = split_device(dd, cfg.data.train_fraction, cfg.data.validation_fraction, block_rows_of(cfg.data, dd))
@@ -225,13 +259,20 @@ def main(argv: list[str] | None = None) -> int:
                     **false_alarms(scored[name][name], h["hosts"], h["time"], thr, cfg.validation.vote_window,
                                    cfg.detect.alert_interval_s, h["held_out_days"], name),
                     "cross": {o: float(np.mean(WindowVote(cfg.validation.vote_window).push(
-                        held[o]["hosts"], scored[o][name] > thr))) for o in DEVICES if o != name}}
+                        held[o]["hosts"], scored[o][name] > thr))) for o in DEVICES if o != name},
+                    "cross_with_profile": {o: float(np.mean(WindowVote(cfg.validation.vote_window).push(
+                        held[o]["hosts"], scored[o][name] > thr) | endpoint_votes[o][name]))
+                        for o in DEVICES if o != name},
+                    "window_alerts_with_profile": int((WindowVote(cfg.validation.vote_window).push(
+                        h["hosts"], scored[name][name] > thr) | endpoint_votes[name][name]).sum()),
+                    "new_endpoint_packets": int(new_ep[name][name].sum())}
             if a.alert_time:
                 f, ip = DEVICES[name]
                 thr = per_rule[f"budget {a.budgets[0]:g}/day"]["threshold"]
                 print(f"seed {seed}: {name}: time to first alert per attack", file=sys.stderr, flush=True)
-                per_rule[f"budget {a.budgets[0]:g}/day"]["first_alert_s"] = first_alert_seconds(
-                    a.pcaps / f, ip, a.train_share, det, name, thr, cfg.detect, cfg.validation.vote_window, seed)
+                per_rule[f"budget {a.budgets[0]:g}/day"]["attack_alerts"] = first_alert_seconds(
+                    a.pcaps / f, ip, a.train_share, det, name, thr, cfg.detect, cfg.validation.vote_window, seed,
+                    ends[name][0])
             row["devices"][name] = {"rules": per_rule, "rows_per_day": sp.rows_per_day,
                                     "federation_threshold": metrics["devices"][name]["thresholds"][name],
                                     "federation_tpr": metrics["devices"][name]["attacks"],
@@ -247,20 +288,41 @@ def main(argv: list[str] | None = None) -> int:
 
 def table(results: list[dict[str, Any]]) -> str:
     """One line per seed x device x rule: threshold, lowest TPR (and its attack), scans, false alarms on the held-out
-    time (counts, and per day of it), the cross-device share."""
+    time (counts, and per day of it; with the endpoint profile too), the cross-device share (lowest over the other
+    devices; with the profile too); then, where --alert-time ran, one line per seed x device x attack."""
     lines = ["| seed | device | held-out days | rule | threshold | lowest TPR (attack) | scans TPR (mirai / gafgyt) |"
-             " false window alerts (per day) | alert messages (per day) | other devices' windows flagged (min) |",
-             "|---" * 10 + "|"]
+             " false window alerts (per day) | with profile (per day) | alert messages (per day) |"
+             " other devices' windows flagged (min) | with profile (min) |",
+             "|---" * 12 + "|"]
+    timed = []
     for r in results:
         for name, d in r["devices"].items():
             for label, x in d["rules"].items():
                 worst = min(x["tpr"], key=x["tpr"].get)
-                lines.append(f"| {r['seed']} | {name} | {d['held_out_days']:.2f} | {label} | {x['threshold']:.4g} "
+                days = d["held_out_days"]
+                lines.append(f"| {r['seed']} | {name} | {days:.2f} | {label} | {x['threshold']:.4g} "
                              f"| {x['tpr'][worst]:.3f} ({worst}) | {x['tpr'].get('mirai_scan', float('nan')):.3f} / "
                              f"{x['tpr'].get('gafgyt_scan', float('nan')):.3f} | {x.get('window_alerts', 0)} "
-                             f"({x['window_alerts_per_day']:.1f}) | {x.get('alert_messages', 0)} "
-                             f"({x['alert_messages_per_day']:.1f}) | {min(x['cross'].values()):.4f} |")
+                             f"({x['window_alerts_per_day']:.1f}) | {x['window_alerts_with_profile']} "
+                             f"({x['window_alerts_with_profile'] / days if days > 0 else float('nan'):.1f}) | "
+                             f"{x.get('alert_messages', 0)} ({x['alert_messages_per_day']:.1f}) | "
+                             f"{min(x['cross'].values()):.4f} | {min(x['cross_with_profile'].values()):.4f} |")
+                for attack, v in (x.get("attack_alerts") or {}).items():
+                    timed.append(f"| {r['seed']} | {name} | {attack} | {_s(v['first_alert_s'])} | "
+                                 f"{_f(v['window_tpr'])} | {_s(v.get('first_alert_s_with_profile'))} | "
+                                 f"{_f(v.get('window_tpr_with_profile'))} |")
+    if timed:
+        lines += ["", "| seed | device | attack (10 s in the held-out time) | first window alert (s) | attack packets "
+                  "in alerting windows | first alert, with profile (s) | with profile |", "|---" * 7 + "|", *timed]
     return "\n".join(lines) + "\n"
+
+
+def _s(x: float | None) -> str:
+    return "never" if x is None else f"{x:.3f}"
+
+
+def _f(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"
 
 
 if __name__ == "__main__":

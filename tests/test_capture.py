@@ -14,6 +14,7 @@ from fediot.errors import ConfigError
 from tests.rounds import metrics_of, run, sim_values
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import read_capture
+from traffic.profile import PROFILE_FILE, EndpointProfile
 from traffic.simulator import TrafficSimulator, write_pcap
 from traffic.watch import Watcher, parse_watch
 
@@ -58,6 +59,9 @@ def test_capture_writes_each_device_its_rows_with_provenance(captured):
         c = prov["captures"][0]
         assert prov["rows"] == len(got) == c["packets_of_device"] and prov["features_version"] == FEATURES_VERSION
         assert c["source"].endswith("lan.pcap") and c["first_packet"] < c["last_packet"] and c["packets_seen"] > len(got)
+        # whom it talked to, one count per packet of the device (detect --profiles)
+        profile = EndpointProfile.load(captured / "local" / name / PROFILE_FILE, 4096)
+        assert sum(profile.packets.values()) == len(got) and ("internet", "remote", 443) in profile.packets
     assert json.loads((captured / "local" / "hall-plug" / "provenance.json").read_text())["captures"][0]["filter"] == {
         "ips": [PLUG_IP], "macs": [PLUG_MAC.hex(":")]}
 
