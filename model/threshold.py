@@ -98,8 +98,8 @@ class ThresholdRule:
     false_alerts_per_day: float = 1.0
     tail_level: float = 0.98
     alert_gap_s: float = 0.0  # window alerts closer than this are one false alert (0: each counts)
-    min_tail_rows: int = 20  # fewer excesses than this over the tail level: the highest window score instead
-    max_tail_shape: float = 1.0  # the fitted shape is capped here (an infinite-mean tail would extrapolate anywhere)
+    min_tail_rows: int = 20  # validation_args.min_tail_rows (fediot.config documents both)
+    max_tail_shape: float = 1.0  # validation_args.max_tail_shape
 
     def uses_budget(self, rows_per_day: float | None) -> bool:
         return self.rule == "budget" or (self.rule == "auto" and rows_per_day is not None)
@@ -147,7 +147,8 @@ def threshold_at_rate(hist: Mapping[Any, float], q: float, rule: ThresholdRule) 
 def rule_of(validation: Any) -> ThresholdRule:
     """The configured rule (a `fediot.config.ValidationArgs`)."""
     return ThresholdRule(validation.threshold_rule, float(validation.threshold_k), float(validation.false_alerts_per_day),
-                         float(validation.tail_level), float(validation.alert_gap_s))
+                         float(validation.tail_level), float(validation.alert_gap_s), int(validation.min_tail_rows),
+                         float(validation.max_tail_shape))
 
 
 def shifted_histogram(hist: Mapping[Any, float] | None, factor: float) -> dict[int, float] | None:
