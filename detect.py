@@ -251,10 +251,15 @@ class ModelFollower:
         stamp = (st.st_mtime_ns, st.st_ino)
         if path == self.path and stamp == self.stamp:
             return None
+        same_file = path == self.path
         self.path, self.stamp = path, stamp
         try:
             detector = load_detector(path, self.allow_row_model)
             thresholds = thresholds_for(detector, self.devices, str(path))
+            new_round, old_round = detector.meta.get("round"), self.swaps[-1]["round"] if self.swaps else None
+            if (same_file and isinstance(new_round, int) and isinstance(old_round, int) and new_round < old_round):
+                raise FedIoTError(f"{path}: holds the model of round {new_round}, older than round {old_round}'s in "
+                                  "use (a replayed or restored file)")
         except FedIoTError as exc:
             self.refused += 1
             print(f"follow: kept the current model; {exc}", file=sys.stderr, flush=True)

@@ -7,6 +7,7 @@ losses (train), validation-error statistics and count reports (evaluation), as t
 """
 from __future__ import annotations
 
+import logging
 import time
 import zlib
 from pathlib import Path
@@ -33,6 +34,8 @@ from model.threshold import ThresholdRule, histogram, rule_of, shifted_histogram
 from model.normalization import FeatureStats, Normalizer
 
 
+log = logging.getLogger("fediot.client")
+
 OVERFLOW = 1e308  # stats_overflow's total and total_sq of the first feature (issue 22: two such boards crashed a run)
 POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
 TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
@@ -46,8 +49,10 @@ class LiveDetector:
     detect --follow RUN_DIR` on the same board: written after every evaluation, when the server has sent the
     thresholds. One per client process; its clients share it (each adds its device's threshold)."""
 
-    def __init__(self, path: Path, threshold_k: float, meta: dict[str, Any]) -> None:
+    def __init__(self, path: Path, threshold_k: float, meta: dict[str, Any], threshold_ratio: float = 4.0) -> None:
         self.path, self.threshold_k, self.meta = path, threshold_k, meta
+        self.threshold_ratio = threshold_ratio  # validation_args.board_threshold_ratio
+        self.thresholds_refused = 0
         self.round: int | None = None
         self.device_thresholds: dict[str, float] = {}
         self.device_scales: dict[str, np.ndarray] = {}
@@ -78,7 +83,8 @@ def live_detector(cfg: FedIoTConfig, run_dir: Path) -> LiveDetector | None:
     return LiveDetector(run_dir / LIVE_DETECTOR, cfg.validation.threshold_k,
                         {"kind": "federated-live", "data": {"source": d.dataset, "synthetic": d.dataset == "synthetic",
                                                             **({"generator": d.synthetic_generator}
-                                                               if d.dataset == "synthetic" else {})}})
+                                                               if d.dataset == "synthetic" else {})}},
+                        cfg.validation.board_threshold_ratio)
 
 
 def decoding_bomb(sender: int, max_bytes: int) -> bytes:
@@ -253,12 +259,31 @@ class LocalClient:
             report["validation"]["n"] = self.validation_rows
         return report
 
+    def checked_threshold(self, rounds_done: int, device_threshold: float) -> float:
+        """The server's threshold for this device if it lies within validation_args.board_threshold_ratio of the
+        threshold this board's own validation rows give (the same rule, the same model), else that own threshold:
+        a server (or anyone who can speak for it) cannot blind this board's detector with a threshold of 1e300 or
+        make it alert on everything with a tiny one. Recorded in the device's jsonl either way."""
+        assert self.scores is not None and self.live is not None
+        own = self.scores.validation_stats(self.window, self.rule).threshold_by(self.rule)
+        ratio = self.live.threshold_ratio
+        kept = bool(np.isfinite(device_threshold) and own / ratio <= device_threshold <= own * ratio)
+        if self.record_file is not None:
+            append_jsonl(self.record_file, {"round": rounds_done, "device": self.device, "threshold_check": {
+                "server": float(device_threshold), "own": float(own), "kept": kept}})
+        if kept:
+            return float(device_threshold)
+        self.live.thresholds_refused += 1
+        log.warning("round %d: the server's threshold %.4g for %s is not within %gx of this board's own %.4g; "
+                    "detect --follow gets the board's own", rounds_done, device_threshold, self.device, ratio, own)
+        return float(own)
+
     def publish_live(self, rounds_done: int, global_threshold: float, device_threshold: float) -> None:
         """Keep the model just evaluated, with this device's threshold, for detect --follow (when configured)."""
         if self.live is not None and self._evaluated is not None:
             # personalised, the board detects with its personalised model at that model's own threshold
             model, threshold = ((self.personal, self.personal_threshold) if self.personal_scores is not None
-                                else (self.model, device_threshold))
+                                else (self.model, self.checked_threshold(rounds_done, device_threshold)))
             self.live.publish(model, *self._evaluated, rounds_done, global_threshold, device_of_client(self.device),
                               threshold)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ LEAN_FORMAT = "fediot-detector-npz-v1"
 ACTIVATIONS = ("tanh", "linear")
 # Rows per forward pass: large enough for fast matmuls, small enough to keep memory flat.
 SCORE_BATCH_ROWS = 8192
+# What a model file may hold (issue 34): the autoencoder of 135 features is ~0.2 MB; these leave room for much
+# wider models and refuse a file (or an array header) claiming more before anything is allocated.
+MAX_MODEL_FILE_BYTES = 64 << 20
+MAX_MODEL_ARRAY_BYTES = 16 << 20
+MAX_MODEL_ARRAYS = 256
+NPY_HEADER_BYTES = 10_000  # numpy's own default limit for a .npy header
 
 
 def lean_path(model: str | Path) -> Path:
@@ -79,6 +86,32 @@ def normalizer_for(normalizer: Normalizer, device_scales: dict[str, np.ndarray],
     return Normalizer(normalizer.transform, normalizer.method, normalizer.offset, device_scales[device])
 
 
+def _check_array_sizes(path: Path) -> None:
+    """Each array's size from its .npy header, before any is read: a header may claim any shape, and numpy allocates
+    what it claims (a (10^6, 10^6) claim ended detect with a MemoryError). ValueError naming the array."""
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        members = zf.infolist()
+        if len(members) > MAX_MODEL_ARRAYS:
+            raise ValueError(f"{len(members)} arrays (at most {MAX_MODEL_ARRAYS})")
+        for info in members:
+            with zf.open(info) as fh:
+                version = np.lib.format.read_magic(fh)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(fh, max_header_size=NPY_HEADER_BYTES)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(fh, max_header_size=NPY_HEADER_BYTES)
+                else:
+                    raise ValueError(f"{info.filename}: npy version {version} (1.0 or 2.0 expected)")
+            if dtype.hasobject:
+                raise ValueError(f"{info.filename}: object arrays are not allowed")
+            n = int(np.prod(shape, dtype=object)) * dtype.itemsize
+            total += n
+            if n > MAX_MODEL_ARRAY_BYTES or total > MAX_MODEL_FILE_BYTES:
+                raise ValueError(f"{info.filename}: claims shape {shape} of {dtype} ({n:,} bytes; at most "
+                                 f"{MAX_MODEL_ARRAY_BYTES:,} an array, {MAX_MODEL_FILE_BYTES:,} in all)")
+
+
 def _check(ok: bool, path: Path, what: str) -> None:
     if not ok:
         raise ValueError(f"{path}: not a usable FedIoT numpy detector: {what}")
@@ -103,10 +136,13 @@ class LeanDetector:
         if not path.is_file():
             raise FileNotFoundError(f"{path}: numpy detector not found (write it with: python -m model.export {model})")
         try:
+            if path.stat().st_size > MAX_MODEL_FILE_BYTES:
+                raise ValueError(f"larger than {MAX_MODEL_FILE_BYTES >> 20} MB")
+            _check_array_sizes(path)
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             header = json.loads(str(arrays.pop("header")))
-        except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        except (OSError, ValueError, KeyError, json.JSONDecodeError, zipfile.BadZipFile, EOFError) as exc:
             raise ValueError(f"{path}: not a FedIoT numpy detector ({exc})") from None
         _check(isinstance(header, dict) and header.get("format") == LEAN_FORMAT, path, f"format is not {LEAN_FORMAT}")
         acts = header.get("activations")
@@ -134,6 +170,9 @@ class LeanDetector:
         numbers = [header.get("global_threshold"), header.get("threshold_k", 0.0), *devices.values()]
         _check(all(isinstance(t, (int, float)) and not isinstance(t, bool) and np.isfinite(t) for t in numbers), path,
                "thresholds and threshold_k must be finite numbers")
+        # a score is a mean squared error: a threshold <= 0 flags every packet (an alert storm that hides real ones)
+        _check(all(t > 0 for t in [header.get("global_threshold"), *devices.values()]), path,
+               "thresholds must be > 0")
         _check(header.get("transform") in TRANSFORMS, path, f"transform must be one of {TRANSFORMS}")
         normalizer = Normalizer(str(header.get("transform")), str(header.get("method")), offset, scale)
         scaled = header.get("device_scales") or []

@@ -165,3 +165,37 @@ def test_the_inbox_bounds_each_peer_and_serves_own_events_first():
     assert box.get(0.1).raw == big
     with pytest.raises(queue.Empty):
         box.get(0.01)
+
+
+def test_a_board_refuses_a_threshold_its_own_validation_rows_cannot_support(tmp_path):
+    """Issue 34 (5): the server's threshold for a board's device reaches detect --follow only within
+    validation_args.board_threshold_ratio of the board's own; 1e300 (blind) or 1e-12 (alert on everything) gives
+    the board's own threshold instead, recorded in the device's jsonl and counted."""
+    import json
+
+    from data.sources import prepare_data
+    from federation.client import ClientLoader, LiveDetector
+    from federation.state import RoundState
+    from fediot.config import validate
+    from model.lean import LeanDetector
+    from tests.rounds import sim_values
+
+    cfg = validate(sim_values(tmp_path))
+    data_root, _ = prepare_data(cfg)
+    client = ClientLoader(cfg, data_root, tmp_path)(cfg.clients[0])
+    path = tmp_path / "detector" / "model.npz"
+    client.live = LiveDetector(path, cfg.validation.threshold_k, {"kind": "test"}, cfg.validation.board_threshold_ratio)
+    client.record_file = tmp_path / "device.jsonl"
+    state = RoundState(cfg, {"source": "synthetic"}, "federated")
+    state.fit_normalizer({client.device: client.stats})
+    g = state._global()
+    client.validation_stats(g["model"], g["normalizer"])
+    own = client.scores.validation_stats(client.window, client.rule).threshold_by(client.rule)
+    ratio = cfg.validation.board_threshold_ratio
+    for rounds_done, sent, want in ((1, own * ratio * 0.99, own * ratio * 0.99), (2, 1e300, own), (3, 1e-12, own),
+                                    (4, own / ratio * 1.01, own / ratio * 1.01)):
+        client.publish_live(rounds_done, 0.5, sent)
+        assert LeanDetector.load(path).threshold_for(client.device) == pytest.approx(want), rounds_done
+    assert client.live.thresholds_refused == 2
+    checks = [json.loads(line)["threshold_check"] for line in client.record_file.read_text().splitlines()]
+    assert [c["kept"] for c in checks] == [True, False, False, True] and checks[1]["server"] == 1e300

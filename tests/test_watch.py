@@ -48,7 +48,7 @@ def two_devices():
 def test_watched_devices_each_get_their_own_threshold(tmp_path, two_devices):
     """Camera watched by IP at a threshold nothing reaches, doorbell by MAC at one everything passes: the camera's
     packets never alert, every doorbell packet does, and the doorbell's IP is learnt from its MAC."""
-    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {CAMERA: 1e9, DOORBELL: 0.0}))
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {CAMERA: 1e9, DOORBELL: 1e-12}))
     out = tmp_path / "alerts.jsonl"
     watches = [detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}"),
                detect.parse_watch(f"{DOORBELL}={device_mac(DOORBELL).hex(':')}")]
@@ -58,7 +58,7 @@ def test_watched_devices_each_get_their_own_threshold(tmp_path, two_devices):
     per = summary["devices"]
     assert per[CAMERA]["packets"] > 0 and per[CAMERA]["packet_alerts"] == 0
     assert per[DOORBELL]["packets"] > 0 and per[DOORBELL]["packet_alerts"] == per[DOORBELL]["packets"]
-    assert {a["device"] for a in alerts} == {DOORBELL} and all(a["threshold"] == 0.0 for a in alerts)
+    assert {a["device"] for a in alerts} == {DOORBELL} and all(a["threshold"] == 1e-12 for a in alerts)
     assert summary["learnt_ips"] == {DOORBELL: [device_ip(DOORBELL)]}
     assert summary["packets_scored"] == per[CAMERA]["packets"] + per[DOORBELL]["packets"] <= summary["packets"]
 
@@ -116,7 +116,7 @@ def test_detect_follows_a_newer_model_between_batches_without_dropping_packets(t
     def feed():
         for i, b in enumerate(batches):
             if i == swap_at:  # the client's atomic write (temp file + rename) of the next evaluation
-                lean_model(board / "detector" / "model.npz", {CAMERA: 0.0}, meta={"round": 4}, seed=1)
+                lean_model(board / "detector" / "model.npz", {CAMERA: 1e-12}, meta={"round": 4}, seed=1)
             yield b
 
     out = tmp_path / "alerts.jsonl"
@@ -138,6 +138,41 @@ def test_a_broken_newer_model_is_refused_and_the_current_one_kept(tmp_path):
     assert follower.poll(force=True) is None and follower.refused == 1
     (tmp_path / "model.npz").write_bytes(b"not an npz")
     assert follower.poll(force=True) is None and follower.refused == 2
+
+
+def huge_header_npz(path, shape=(10**6, 10**6)) -> None:
+    """An .npz whose one array's header claims `shape` of float32 and holds no data (issue 34: a MemoryError)."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": shape})
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("w0.npy", buf.getvalue())
+
+
+def test_an_implausible_or_older_model_is_refused_and_the_current_one_kept(tmp_path):
+    """Issue 34 (5): thresholds <= 0 (every packet an alert), a header claiming a (10^6, 10^6) array, an older
+    round's file put back: each refused with one line, the current model kept, detect goes on."""
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0}, meta={"round": 3})
+    follower = detect.ModelFollower(tmp_path, 1e-6, [CAMERA], False)
+    follower.wait_first(timeout_s=5)
+    for n, bad in enumerate(({CAMERA: -1.0}, {CAMERA: 0.0}), start=1):
+        time.sleep(0.01)
+        lean_model(tmp_path / "model.npz", bad, meta={"round": 4})
+        assert follower.poll(force=True) is None and follower.refused == n
+    time.sleep(0.01)
+    huge_header_npz(tmp_path / "model.npz")
+    assert follower.poll(force=True) is None and follower.refused == 3
+    time.sleep(0.01)
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0}, meta={"round": 2})  # an older round's file
+    assert follower.poll(force=True) is None and follower.refused == 4
+    time.sleep(0.01)
+    lean_model(tmp_path / "model.npz", {CAMERA: 2.0}, meta={"round": 5})
+    assert follower.poll(force=True) is not None and [s["round"] for s in follower.swaps] == [3, 5]
+    with pytest.raises(ValueError, match=r"claims shape \(1000000, 1000000\)"):
+        huge_header_npz(tmp_path / "huge.npz")
+        LeanDetector.load(tmp_path / "huge.npz")
 
 
 # ------------------------------------------------------------------------------------- alerts
@@ -193,7 +228,7 @@ def test_window_alerts_reach_a_syslog_collector_rate_limited(tmp_path, two_devic
 
     t = threading.Thread(target=collect, daemon=True)
     t.start()
-    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 0.0, CAMERA: 1e9}))
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 1e-12, CAMERA: 1e9}))
     cfg = validate({"detect_args": {"syslog": f"{scheme}://127.0.0.1:{port}", "alert_interval_s": 1e6}}).detect
     publisher = AlertPublisher(detect.network_sinks(cfg, "board-1", [DOORBELL, CAMERA]), cfg.alert_queue)
     watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}"), detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}")]
@@ -272,7 +307,7 @@ def test_alerts_reach_home_assistant_over_a_real_mqtt_broker(tmp_path, two_devic
     sub.subscribe([("homeassistant/#", 1), ("fediot/#", 1)])
     sub.loop_start()
     time.sleep(0.5)
-    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 0.0, CAMERA: 1e9}))
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 1e-12, CAMERA: 1e9}))
     cfg = validate({"detect_args": {"mqtt_broker": f"127.0.0.1:{broker}", "alert_interval_s": 1e6}}).detect
     publisher = AlertPublisher(detect.network_sinks(cfg, "board-1", [DOORBELL, CAMERA]), cfg.alert_queue)
     watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}"), detect.parse_watch(f"{CAMERA}={device_ip(CAMERA)}")]
@@ -289,7 +324,7 @@ def test_alerts_reach_home_assistant_over_a_real_mqtt_broker(tmp_path, two_devic
     assert f"homeassistant/binary_sensor/fediot_board-1_{CAMERA}/config" in got
     assert got[f"fediot/board-1/{DOORBELL}/state"] == ["OFF", "ON"] and got[f"fediot/board-1/{CAMERA}/state"] == ["OFF"]
     alert = json.loads(got[f"fediot/board-1/{DOORBELL}/alert"][0])
-    assert alert["threshold"] == 0.0 and alert["alerts"] == 1 and alert["score"] > 0
+    assert alert["threshold"] == 1e-12 and alert["alerts"] == 1 and alert["score"] > 0
     assert got["fediot/board-1/status"][0] == "online" and got["fediot/board-1/status"][-1] == "offline"
     assert publisher.counts["failed"] == 0
 
@@ -333,7 +368,7 @@ def test_detect_tells_the_board_and_prometheus_what_it_sees(tmp_path, two_device
 
     board = tmp_path / "runs" / "20261201-000000-client-1"
     (board / "detector").mkdir(parents=True)
-    lean_model(board / "detector" / "model.npz", {CAMERA: 0.0}, meta={"round": 3})
+    lean_model(board / "detector" / "model.npz", {CAMERA: 1e-12}, meta={"round": 3})
     follower = detect.ModelFollower(tmp_path / "runs", 1e-6, [CAMERA], False)
     model, _ = follower.wait_first(timeout_s=5)
     live = detect.LiveCounters(1e-9, follower)  # every batch
