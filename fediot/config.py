@@ -142,8 +142,8 @@ class TrainArgs:
     client_id_list: str = _key('[]', 'FedML: leave as is', fedml=True)
     client_num_in_total: int = _key(None, 'number of clients (null = devices x clients_per_device; must equal it)', check=(lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_CLIENTS), f'null or an integer in 1..{MAX_CLIENTS}'), fedml=True)
     client_num_per_round: int = _key(None, "clients that train in each round (null = client_num_in_total): fewer are a seeded sample per round, FedML's rule (np.random.seed(round) + choice without replacement), recorded as 'sampled' in rounds.jsonl; every client is evaluated. A simulation runs 1..client_num_in_total worker ranks (sh run_simulation.sh N): this many, the machine's cores, or one per client", check=(lambda v: v is None or (_is_int(v) and 1 <= v <= MAX_CLIENTS), f'null or an integer in 1..{MAX_CLIENTS}'), fedml=True)
-    comm_round: int = _key(20, 'federated rounds', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'), fedml=True)
-    epochs: int = _key(5, 'local epochs per round', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
+    comm_round: int = _key(20, 'federated rounds', check=(lambda v: _is_int(v) and 1 <= v <= 100_000, 'an integer in 1..100000'), fedml=True)
+    epochs: int = _key(5, 'local epochs per round', check=(lambda v: _is_int(v) and 1 <= v <= 10_000, 'an integer in 1..10000'))
     batch_size: int = _key(64, 'mini-batch size', check=(lambda v: _is_int(v) and v >= 1, 'an integer >= 1'))
     client_optimizer: str = _key('adam', 'local optimizer (adam)', choices=('adam',))
     learning_rate: float = _key(0.003, 'learning rate in round 0', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
@@ -551,17 +551,72 @@ def _parse_devices(devices: Any, where: str, local: bool = False) -> list[str]:
     return list(devices)
 
 
+MAX_YAML_BYTES = 1 << 20  # a config is a few KB; a bigger file is not one
+MAX_YAML_DEPTH = 16  # sections hold keys whose values are at most lists of numbers: 3 levels are used
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader without what a config never needs and an attacker uses: aliases (a 1 KB "billion laughs" value
+    expanded to 3.6 GB), nesting deeper than MAX_YAML_DEPTH (a RecursionError traceback) and duplicate keys (silently
+    the last one)."""
+
+    depth = 0
+
+    def compose_node(self, parent, index):  # type: ignore[no-untyped-def]
+        if self.check_event(yaml.AliasEvent):
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"an alias (*name) at line {mark.line + 1}: anchors and aliases are not supported "
+                                 "in FedIoT configs; write the value out")
+        self.depth += 1
+        if self.depth > MAX_YAML_DEPTH:
+            mark = self.peek_event().start_mark
+            raise yaml.YAMLError(f"nested deeper than {MAX_YAML_DEPTH} levels at line {mark.line + 1}")
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[no-untyped-def]
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.YAMLError(f"key {key!r} given twice (line {key_node.start_mark.line + 1}); one value "
+                                     "per key")
+            seen.add(key if isinstance(key, (str, int, float, bool)) else id(key))
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(p: Path, what: str) -> Any:
+    """A YAML file's value, or one ConfigError naming the file and what is wrong: too large, not UTF-8, not YAML
+    (with its line), aliases, too deep, duplicate keys."""
+    try:
+        if p.stat().st_size > MAX_YAML_BYTES:
+            raise ConfigError(f"{what} {p}: larger than {MAX_YAML_BYTES >> 10} KB; not a FedIoT config")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{what} {p}: cannot be read ({exc.strerror or exc})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[:exc.start].count(b"\n") + 1
+        raise ConfigError(f"{what} {p}: not UTF-8 text (byte {exc.start}, line {line})") from None
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{what} {p}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
+    except RecursionError:  # a flow collection nested past Python's own limit before MAX_YAML_DEPTH could say so
+        raise ConfigError(f"{what} {p}: nested deeper than {MAX_YAML_DEPTH} levels") from None
+
+
 def load(path: str | Path) -> FedIoTConfig:
     """Read and validate a YAML config file."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} not found (pass an existing YAML file, e.g. config_simulation/fedml_config.yaml)")
-    try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"config {p}: not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    raw = read_yaml(p, "config")
     if raw is None:
         raise ConfigError(f"config {p}: file is empty; expected sections such as data_args and train_args")
     return validate(raw, p)

@@ -118,10 +118,7 @@ def frames_batch(frames: list[tuple[float, bytes]]) -> PacketBatch:
 
 
 def _reader(fh):
-    head = fh.read(4)
-    fh.seek(0)
-    if head == b"\x0a\x0d\x0d\x0a":
-        return dpkt.pcapng.Reader(fh)
+    """dpkt's reader for what _pcap_records and _pcapng_records do not read (the rare "modified pcap")."""
     return dpkt.pcap.Reader(fh)
 
 
@@ -135,7 +132,82 @@ _NANO = Decimal("1E9")
 
 
 class _CutOff(Exception):
-    """The file ends inside a record, or a record header is corrupt."""
+    """The file ends inside a record (a capture stopped mid-write): what was read is kept."""
+
+
+class _Corrupt(Exception):
+    """A record or block header no writer produces: nothing after it can be trusted (one clear error)."""
+
+
+_PCAPNG_SHB, _PCAPNG_IDB, _PCAPNG_PB, _PCAPNG_SPB, _PCAPNG_EPB = 0x0A0D0D0A, 1, 2, 3, 6
+_PCAPNG_BOM = 0x1A2B3C4D
+_MAX_BLOCK = _MAX_FRAME + (1 << 16)  # a packet block: its frame plus room for options; other blocks the same
+
+
+def _pcapng_records(fh) -> Iterator[tuple[float, bytes]]:
+    """(timestamp, frame) of each packet of a pcapng file, every block length bounded before it is read.
+
+    dpkt's reader reads whatever length a block header claims (0xFFFFFFF0: 4 GB asked of the file) and a bad block
+    ended the file silently (issue 34: "nothing written" for a file of 9,223 packets). Timestamps as dpkt computes
+    them (ts offset + ((high << 32) | low) / divisor, per interface), so both readers give the same features."""
+    order, interfaces, offset = "<", [], 0
+    while True:
+        head = fh.read(8)
+        if len(head) == 0:
+            return
+        if len(head) < 8:
+            raise _CutOff
+        btype = struct.unpack_from("<I", head)[0]
+        if btype == _PCAPNG_SHB:  # a section: its byte order from its byte-order magic
+            more = fh.read(4)
+            if len(more) < 4:
+                raise _CutOff
+            bom = struct.unpack_from("<I", more)[0]
+            order = "<" if bom == _PCAPNG_BOM else ">" if struct.unpack_from(">I", more)[0] == _PCAPNG_BOM else ""
+            if not order:
+                raise _Corrupt(f"section header at byte {offset}: no byte-order magic")
+            interfaces = []
+            head += more
+        btype, blen = struct.unpack_from(order + "II", head)
+        if blen < 12 or blen % 4 or blen > _MAX_BLOCK:
+            raise _Corrupt(f"block at byte {offset} claims {blen} bytes (a multiple of 4 in 12..{_MAX_BLOCK})")
+        body = fh.read(blen - len(head))
+        if len(body) < blen - len(head):
+            raise _CutOff
+        block = head + body
+        if struct.unpack_from(order + "I", block, blen - 4)[0] != blen:
+            raise _Corrupt(f"block at byte {offset}: its trailing length differs from its leading one ({blen})")
+        if btype == _PCAPNG_IDB:
+            if blen < 20:
+                raise _Corrupt(f"interface block at byte {offset} is too short")
+            linktype = struct.unpack_from(order + "H", block, 8)[0]
+            divisor, tsoffset, pos = 1e6, 0, 16
+            while pos + 4 <= blen - 4:  # options: code, length, value padded to 4
+                code, olen = struct.unpack_from(order + "HH", block, pos)
+                if code == 0 or pos + 4 + olen > blen - 4:
+                    break
+                if code == 9 and olen >= 1:  # if_tsresol
+                    v = block[pos + 4]
+                    divisor = float((2 if v & 0x80 else 10) ** (v & 0x7F))
+                elif code == 14 and olen >= 8:  # if_tsoffset
+                    tsoffset = struct.unpack_from(order + "q", block, pos + 4)[0]
+                pos += 4 + olen + (-olen % 4)
+            interfaces.append((linktype, divisor, tsoffset))
+        elif btype in (_PCAPNG_EPB, _PCAPNG_PB):
+            if blen < 32:
+                raise _Corrupt(f"packet block at byte {offset} is too short")
+            if btype == _PCAPNG_EPB:
+                iface, high, low, caplen = struct.unpack_from(order + "IIII", block, 8)
+            else:
+                iface, _, high, low, caplen = struct.unpack_from(order + "HHIII", block, 8)
+            if iface >= len(interfaces) or caplen > blen - 32:
+                raise _Corrupt(f"packet block at byte {offset}: interface {iface} of {len(interfaces)}, "
+                               f"{caplen} bytes captured in a block of {blen}")
+            linktype, divisor, tsoffset = interfaces[iface]
+            if linktype != dpkt.pcap.DLT_EN10MB:
+                raise _Corrupt(f"packet block at byte {offset}: link type {linktype}; expected Ethernet (DLT_EN10MB)")
+            yield tsoffset + (((high << 32) | low) / divisor), block[28:28 + caplen]
+        offset += blen
 
 
 def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, bytes]]:
@@ -145,7 +217,7 @@ def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, byte
     do not depend on which reader read the file.
     """
     record = struct.Struct(byte_order + "IIII")
-    buf, pos = b"", 0
+    buf, pos, index = b"", 0, 1
     while True:
         if len(buf) - pos < 16:
             buf, pos = buf[pos:] + fh.read(_READ_CHUNK), 0
@@ -155,7 +227,7 @@ def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, byte
                 raise _CutOff
         sec, frac, caplen, _ = record.unpack_from(buf, pos)
         if caplen > _MAX_FRAME:
-            raise _CutOff
+            raise _Corrupt(f"record {index} claims a captured length of {caplen} bytes (at most {_MAX_FRAME})")
         end = pos + 16 + caplen
         if end > len(buf):
             more = fh.read(max(_READ_CHUNK, caplen))
@@ -166,6 +238,7 @@ def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, byte
         ts = float(sec + Decimal(frac) / _NANO) if nano else sec + frac / 1e6
         yield ts, buf[pos + 16:end]
         pos = end
+        index += 1
 
 
 def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[PacketBatch, SkipCounts]]:
@@ -184,6 +257,9 @@ def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[Pa
         if fast is not None:
             linktype = struct.unpack_from(fast[0] + "I", head, 20)[0]
             records: Iterator[tuple[float, bytes]] = _pcap_records(fh, *fast)
+        elif head[:4] == b"\x0a\x0d\x0d\x0a":
+            fh.seek(0)
+            linktype, records = dpkt.pcap.DLT_EN10MB, _pcapng_records(fh)  # each interface's link type is checked
         else:
             fh.seek(0)
             try:
@@ -202,6 +278,9 @@ def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[Pa
                     batch = PacketBatch()
         except (_CutOff, dpkt.NeedData, dpkt.UnpackError, ValueError):
             skipped.malformed += 1  # a cut-off file: keep what was read
+        except _Corrupt as exc:
+            raise DataError(f"{p}: corrupt capture: {exc}; nothing after it can be read (repair it, e.g. with "
+                            "pcapfix, or cut the file before it)") from None
         yield batch, skipped
 
 
