@@ -5,8 +5,12 @@ Who may look: by default it listens on loopback only. On another address it need
 refuses the setting without one), and every request from an address that is not loopback must carry it
 (`Authorization: Bearer TOKEN`, or `?token=TOKEN` for a browser). With a token set, every request needs it. A refused
 request is answered 401/403, counted (`fediot_status_refused_total`) and logged at most once a minute. Only GET and
-HEAD; at most `MAX_CONNECTIONS` at a time (more are closed unanswered); a request line and headers within Python's
-limits, a socket idle for `REQUEST_TIMEOUT_S` closed.
+HEAD; at most `MAX_CONNECTIONS` at a time and `MAX_PER_CLIENT` from one address (more are closed unanswered); a
+request line and headers within Python's limits and within `HEADER_DEADLINE_S` of the connection (a client sending a
+byte every few seconds is cut off then, not when it pauses: issue 34, 16 such connections held every slot), a
+socket idle for `REQUEST_TIMEOUT_S` closed. Without a token (loopback only), the request's Host header must name
+loopback (localhost, 127.0.0.1, [::1]): a page on another site whose name an attacker points at 127.0.0.1 (DNS
+rebinding) sends its own name and is refused.
 """
 from __future__ import annotations
 
@@ -25,6 +29,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 log = logging.getLogger("fediot.status")
 
 MAX_CONNECTIONS = 16
+MAX_PER_CLIENT = 4
+HEADER_DEADLINE_S = 5.0
 REQUEST_TIMEOUT_S = 10.0
 LOG_REFUSALS_EVERY_S = 60.0
 
@@ -85,6 +91,10 @@ class StatusServer:
         if self.token is None:
             if not is_loopback(client_host):
                 return 403, f"{client_host} is not loopback and status_args.token is not set"
+            host = _host_name(headers.get("Host") or "localhost")  # a browser always sends one; curl -0 may not
+            if not is_loopback(host):
+                return 403, (f"Host {host[:80]!r} is not a loopback name (a page of another site reaching this "
+                             "server through its name: DNS rebinding)")
             return None
         if given is None:
             return 401, "no access token"
@@ -102,6 +112,14 @@ class StatusServer:
                         self.refused)
 
 
+def _host_name(header: str) -> str:
+    """The name of a Host header without its port ("[::1]:8080" -> "::1", "localhost:80" -> "localhost")."""
+    h = header.strip()
+    if h.startswith("["):
+        return h[1:h.find("]")] if "]" in h else h
+    return h.rsplit(":", 1)[0] if h.count(":") == 1 else h
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -109,18 +127,30 @@ class _Server(ThreadingHTTPServer):
     def __init__(self, address, handler, slots: threading.BoundedSemaphore) -> None:
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self.slots = slots
+        self.per_client: dict[str, int] = {}
+        self.per_client_lock = threading.Lock()
         super().__init__(address, handler)
 
     def process_request(self, request, client_address) -> None:
-        if not self.slots.acquire(blocking=False):  # too many connections at once: closed unanswered
-            self.shutdown_request(request)
-            return
+        host = client_address[0]
+        with self.per_client_lock:
+            mine = self.per_client.get(host, 0)
+            if mine >= MAX_PER_CLIENT or not self.slots.acquire(blocking=False):  # closed unanswered
+                self.shutdown_request(request)
+                return
+            self.per_client[host] = mine + 1
         super().process_request(request, client_address)
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
+            with self.per_client_lock:
+                left = self.per_client.get(client_address[0], 1) - 1
+                if left > 0:
+                    self.per_client[client_address[0]] = left
+                else:
+                    self.per_client.pop(client_address[0], None)
             self.slots.release()
 
 
@@ -129,6 +159,29 @@ class _Handler(BaseHTTPRequestHandler):
     timeout = REQUEST_TIMEOUT_S
     server_version = "FedIoT-status"
     sys_version = ""
+
+    def setup(self) -> None:
+        super().setup()
+        # the whole request line and headers within HEADER_DEADLINE_S: the socket timeout alone restarts with each
+        # byte, so a byte every few seconds held the connection (and its slot) for as long as the client liked
+        self._deadline = threading.Timer(HEADER_DEADLINE_S, self._cut_off)
+        self._deadline.daemon = True
+        self._deadline.start()
+
+    def _cut_off(self) -> None:
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def parse_request(self) -> bool:
+        ok = super().parse_request()  # reads the headers too
+        self._deadline.cancel()  # the request line and headers are in
+        return ok
+
+    def finish(self) -> None:
+        self._deadline.cancel()
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         log.debug("status page: %s %s", self.address_string(), format % args)

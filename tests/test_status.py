@@ -171,3 +171,60 @@ def test_a_boards_text_cannot_become_markup(tmp_path):
     embedded = page.split('<script id="initial" type="application/json">', 1)[1].split("</script>", 1)[0]
     assert "<" not in embedded and json.loads(embedded)["boards"][0]["health"]["warnings"][0]["message"] == evil
     assert "innerHTML" not in page  # every value is written with textContent
+
+
+def test_slow_clients_cannot_hold_the_page_and_a_rebinding_host_is_refused(tmp_path):
+    """Issue 34 (6): 16 connections from one address that send a byte a second take at most MAX_PER_CLIENT slots
+    and are cut off HEADER_DEADLINE_S after they connect; a request from another address is answered meanwhile. A
+    request naming another host (DNS rebinding) is refused without a token."""
+    import socket
+    import time
+
+    from monitor.http import HEADER_DEADLINE_S
+
+    srv = serve(store_with_a_run(tmp_path), tmp_path)
+    slow = []
+    try:
+        for _ in range(16):
+            s = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+            s.sendall(b"G")
+            slow.append(s)
+        started = time.monotonic()
+        for _ in range(2):  # they keep sending, a byte a second
+            time.sleep(1.0)
+            for s in slow:
+                try:
+                    s.sendall(b"E")
+                except OSError:
+                    pass
+        other = socket.create_connection(("127.0.0.1", srv.port), timeout=10, source_address=("127.0.0.2", 0))
+        other.sendall(b"GET /api/status HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+        assert other.recv(64).startswith(b"HTTP/1.0 200")
+        assert time.monotonic() - started < HEADER_DEADLINE_S  # answered while they were still at it
+        other.close()
+        time.sleep(HEADER_DEADLINE_S + 1.0 - (time.monotonic() - started))
+        closed = 0
+        for s in slow:
+            s.settimeout(2.0)
+            try:
+                closed += s.recv(1) == b""
+            except OSError:
+                closed += 1
+        assert closed == 16  # cut off at the deadline, or never given a slot
+    finally:
+        for s in slow:
+            s.close()
+        srv.stop()
+    srv = serve(store_with_a_run(tmp_path), tmp_path)
+    try:
+        for host, ok in (("attacker.example", False), ("attacker.example:8080", False), ("localhost:8080", True),
+                         ("[::1]:80", True), ("127.0.0.1", True)):
+            req = urllib.request.Request(srv.url + "api/status", headers={"Host": host})
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    status = r.status
+            except urllib.error.HTTPError as exc:
+                status = exc.code
+            assert status == (200 if ok else 403), host
+    finally:
+        srv.stop()
