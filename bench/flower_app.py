@@ -35,6 +35,7 @@ from flwr.simulation import run_simulation  # noqa: E402
 from fediot import config as config_mod  # noqa: E402
 from fediot.console import say  # noqa: E402
 from federation import messages  # noqa: E402
+from monitor.refusals import add_count, kind_of  # noqa: E402
 from federation.wire import encode  # noqa: E402
 
 ENV_CONFIG, ENV_DATA_ROOT, ENV_RUN_DIR = "FEDIOT_FLOWER_CONFIG", "FEDIOT_FLOWER_DATA_ROOT", "FEDIOT_FLOWER_RUN_DIR"
@@ -197,9 +198,12 @@ class FlowerGrid:
     def traffic(self) -> dict[str, Any]:
         return {}
 
-    def take_rejections(self) -> tuple[int, list[dict[str, str]]]:
+    def take_rejections(self) -> tuple[int, list[dict[str, str]], dict[str, dict[str, int]]]:
         out, self.rejected = self.rejected, []
-        return len(out), out[:20]
+        by: dict[str, dict[str, int]] = {}
+        for r in out:
+            add_count(by, r["from"], kind_of(r["reason"]), 1)
+        return len(out), out[:20], by
 
     def where(self) -> str:
         return " (Flower SuperNodes)"

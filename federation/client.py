@@ -41,7 +41,8 @@ POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's
 TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
 
 
-LIVE_DETECTOR = Path("detector") / "model.npz"  # in a client process's run directory: what `detect --follow` reads
+LIVE_DETECTOR = Path("detector") / "model.npz"
+THRESHOLD_CHECKS_FILE = "threshold_checks.jsonl"  # a board's run directory: the server's thresholds it checked  # in a client process's run directory: what `detect --follow` reads
 
 
 class LiveDetector:
@@ -263,14 +264,15 @@ class LocalClient:
         """The server's threshold for this device if it lies within validation_args.board_threshold_ratio of the
         threshold this board's own validation rows give (the same rule, the same model), else that own threshold:
         a server (or anyone who can speak for it) cannot blind this board's detector with a threshold of 1e300 or
-        make it alert on everything with a tiny one. Recorded in the device's jsonl either way."""
+        make it alert on everything with a tiny one. Recorded either way (RUN_DIR/threshold_checks.jsonl)."""
         assert self.scores is not None and self.live is not None
         own = self.scores.validation_stats(self.window, self.rule).threshold_by(self.rule)
         ratio = self.live.threshold_ratio
         kept = bool(np.isfinite(device_threshold) and own / ratio <= device_threshold <= own * ratio)
-        if self.record_file is not None:
-            append_jsonl(self.record_file, {"round": rounds_done, "device": self.device, "threshold_check": {
-                "server": float(device_threshold), "own": float(own), "kept": kept}})
+        if self.record_file is not None:  # beside the device's training records, in the board's run directory
+            append_jsonl(self.record_file.parent / THRESHOLD_CHECKS_FILE, {
+                "round": rounds_done, "device": self.device, "server": float(device_threshold), "own": float(own),
+                "kept": kept})
         if kept:
             return float(device_threshold)
         self.live.thresholds_refused += 1

@@ -51,8 +51,9 @@ class Grid(Protocol):
     def traffic(self) -> dict[str, Any]:
         """What the last training request cost on the wire (bytes, which worker trained whom): for the record."""
 
-    def take_rejections(self) -> tuple[int, list[dict[str, str]]]:
-        """Messages rejected since the last call: how many, and the first few (sender, reason)."""
+    def take_rejections(self) -> tuple[int, list[dict[str, str]], dict[str, dict[str, int]]]:
+        """Messages rejected since the last call: how many, the first few (sender, reason), and how many per sender
+        and kind (`monitor.refusals.RefusalTally`)."""
 
     def where(self) -> str:
         """Where the clients run, for the console ('' or ' on 4 worker ranks')."""

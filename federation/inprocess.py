@@ -24,6 +24,7 @@ from federation.messages import (
 from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.wire import WireError, encode
+from monitor.refusals import RefusalTally
 from fediot.config import FedIoTConfig
 from monitor.status import StatusStore
 
@@ -57,8 +58,7 @@ class InProcessGrid:
         self.round = 0
         self.bytes_sent = self.bytes_received = 0
         self.bytes_mark = (0, 0)
-        self.rejected: list[dict[str, str]] = []
-        self.rejected_total = 0
+        self.tally = RefusalTally(MAX_REJECTIONS_KEPT)
         self.finished: str | None = None  # "" when finished without error
 
     # -- the wire, both ways
@@ -94,8 +94,7 @@ class InProcessGrid:
         return got
 
     def _reject(self, sender: str, reason: str) -> None:
-        self.rejected_total += 1
-        self.rejected.append({"from": sender, "reason": reason[:300]})
+        self.tally.add(sender, reason)
 
     def _present(self, client: str) -> bool:
         return self.faults.absent_until.get(client, 0) <= self.round
@@ -144,10 +143,8 @@ class InProcessGrid:
         self.bytes_mark = (self.bytes_sent, self.bytes_received)
         return out
 
-    def take_rejections(self) -> tuple[int, list[dict[str, str]]]:
-        out = (self.rejected_total, self.rejected[:MAX_REJECTIONS_KEPT])
-        self.rejected, self.rejected_total = [], 0
-        return out
+    def take_rejections(self) -> tuple[int, list[dict[str, str]], dict[str, dict[str, int]]]:
+        return self.tally.take()
 
     def where(self) -> str:
         return ""

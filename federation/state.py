@@ -437,15 +437,19 @@ class RoundState:
         return kept
 
     # -- records and what the outputs hold
-    def close_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    def close_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None,
+                     rejected_by: dict[str, dict[str, int]] | None = None) -> dict[str, Any]:
         """The current round's record for rounds.jsonl, with the number of messages rejected since the previous
-        record (and the first few reasons); empty when no round is open. A new record starts."""
+        record, the first few reasons and the count per sender and kind; empty when no round is open. A new record
+        starts."""
         record, self.record = self.record, {}
         if not record.get("round"):
             return {}
         record["rejected"] = rejected
         if rejections:
             record["rejections"] = rejections
+        if rejected_by:
+            record["rejected_by"] = rejected_by
         return record
 
     def final_model(self) -> AutoEncoder:

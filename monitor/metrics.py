@@ -64,6 +64,12 @@ def run_families(s: dict[str, Any]):
     yield GaugeMetricFamily("fediot_rounds_planned", "train_args.comm_round", value=s["run"]["rounds"])
     for name, key, help_ in RUN_COUNTERS:
         yield CounterMetricFamily(name, help_, value=c[key])
+    by = CounterMetricFamily("fediot_messages_rejected_by", "messages rejected, per sender and kind (at most 256 "
+                             "senders; the rest as 'other senders')", labels=["sender", "kind"])
+    for sender, kinds in (s.get("rejected_by") or {}).items():
+        for kind, n in kinds.items():
+            by.add_metric([sender, kind], n)
+    yield by
     last = s["rounds"][-1] if s["rounds"] else None
     if last is not None:
         losses = list(last.get("client_losses", {}).values())

@@ -31,7 +31,9 @@ updated <span id="updated"></span></div>
 <div class="plots"><svg id="loss_plot" width="420" height="180"></svg><svg id="eval_plot" width="420" height="180"></svg></div>
 <table id="rounds"><thead><tr><th>round</th><th>mean loss</th><th>seconds</th><th>clients</th><th>dropped</th>
 <th>screened out</th><th>thresholds left out</th><th>rejected</th><th>TPR</th><th>FPR</th></tr></thead><tbody></tbody></table>
-<h2>Rejected messages</h2><table id="rejections"><thead><tr><th>time</th><th>from</th><th>count</th><th>reason</th>
+<h2>Rejected messages</h2><table id="rejected_by"><thead><tr><th>from</th><th>kind</th><th>count (whole run)</th>
+</tr></thead><tbody></tbody></table>
+<p class="muted">the latest, one by one:</p><table id="rejections"><thead><tr><th>time</th><th>from</th><th>count</th><th>reason</th>
 </tr></thead><tbody></tbody></table>
 <h2>Outputs</h2><div id="outputs" class="muted">when the run is done</div>
 <h2>Config</h2><pre id="config"></pre>
@@ -88,6 +90,7 @@ function render(s) {
   plot("eval_plot", [{name: "TPR (own thresholds)", color: "#080", points: ev.map(r => [r.round, r.eval.device_threshold.tpr])},
                      {name: "FPR (own thresholds)", color: "#c00", points: ev.map(r => [r.round, r.eval.device_threshold.fpr])},
                      {name: "FPR (global)", color: "#e90", points: ev.map(r => [r.round, r.eval.global_threshold.fpr])}], "evaluation");
+  fill("rejected_by", Object.entries(s.rejected_by || {}).flatMap(([from, kinds]) => Object.entries(kinds).map(([kind, n]) => [from, kind, n])).sort((a, b) => b[2] - a[2]).map(([from, kind, n], i) => row([["from", from, "t"], ["kind", kind, "t"], ["count", n]], {"data-rejected-by": i})));
   fill("rejections", s.rejections.slice().reverse().map((x, i) => row([["time", new Date(x.time * 1000).toLocaleTimeString()], ["from", x.from, "t"], ["count", x.count], ["reason", x.reason, "t"]], {"data-rejection": i})));
   const out = document.getElementById("outputs");
   if (s.finished) { out.replaceChildren(el("span", s.finished.error ? "failed: " + s.finished.error + " · " : "finished · "));

@@ -15,6 +15,8 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
+from monitor.refusals import add_count, kind_of
+
 # files of a finished run the page links to (served from the run directory, nothing else), and its figures/*.png
 RUN_FILES = ("report.md", "metrics.json", "rounds.jsonl", "curves.json")
 KEEP_REJECTIONS = 50  # latest rejection reasons on the page (the counts are exact; rounds.jsonl keeps each round's)
@@ -44,6 +46,7 @@ class StatusStore:
         self.counters = {"rounds_completed": 0, "evaluations": 0, "messages_rejected": 0, "health_rejected": 0,
                          "clients_dropped": 0, "updates_screened_out": 0, "thresholds_left_out": 0,
                          "bytes_sent": 0, "bytes_received": 0, "page_requests": 0, "page_refused": 0}
+        self.rejected_by: dict[str, dict[str, int]] = {}  # sender -> kind -> count, for the whole run (bounded)
         self.finished: dict[str, Any] | None = None
 
     # -- the server node (receive thread)
@@ -84,6 +87,7 @@ class StatusStore:
             if health:
                 self.counters["health_rejected"] += count
             self.rejections.append({"time": time.time(), "from": sender[:200], "reason": reason[:300], "count": count})
+            add_count(self.rejected_by, sender, kind_of(reason), count)
 
     def set_state(self, state: str) -> None:
         with self._lock:
@@ -123,4 +127,5 @@ class StatusStore:
         with self._lock:
             return copy.deepcopy({"run": self.run, "boards": [self.boards[r] for r in sorted(self.boards)],
                                   "rounds": list(self.rounds), "rejections": list(self.rejections),
+                                  "rejected_by": self.rejected_by,
                                   "counters": self.counters, "finished": self.finished, "now": time.time()})

@@ -170,7 +170,7 @@ def test_the_inbox_bounds_each_peer_and_serves_own_events_first():
 def test_a_board_refuses_a_threshold_its_own_validation_rows_cannot_support(tmp_path):
     """Issue 34 (5): the server's threshold for a board's device reaches detect --follow only within
     validation_args.board_threshold_ratio of the board's own; 1e300 (blind) or 1e-12 (alert on everything) gives
-    the board's own threshold instead, recorded in the device's jsonl and counted."""
+    the board's own threshold instead, recorded (threshold_checks.jsonl) and counted."""
     import json
 
     from data.sources import prepare_data
@@ -197,5 +197,5 @@ def test_a_board_refuses_a_threshold_its_own_validation_rows_cannot_support(tmp_
         client.publish_live(rounds_done, 0.5, sent)
         assert LeanDetector.load(path).threshold_for(client.device) == pytest.approx(want), rounds_done
     assert client.live.thresholds_refused == 2
-    checks = [json.loads(line)["threshold_check"] for line in client.record_file.read_text().splitlines()]
+    checks = [json.loads(line) for line in (tmp_path / "threshold_checks.jsonl").read_text().splitlines()]
     assert [c["kept"] for c in checks] == [True, False, False, True] and checks[1]["server"] == 1e300

@@ -163,3 +163,19 @@ def test_host_file_errors_are_one_line(tmp_path):
     for args, message in cases:
         proc = subprocess.run(["sh", str(REPO / "run_simulation.sh"), *args], capture_output=True, text=True, timeout=30)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, (args, proc.stderr)
+
+
+def test_ranks_whose_messages_are_refused_end_with_the_run(tmp_path):
+    """Issue 34 (3): a rank whose feature statistics overflow is refused and left out; it used to go on saying hello
+    after the run ended (run_simulation.sh not back 14 minutes later). The server's FINISH reaches every rank."""
+    import time
+
+    cfg = sim_config(tmp_path, train_args__comm_round=2, validation_args__frequency_of_the_test=2,
+                     attack_args__malicious_ranks=[2], attack_args__attack="stats_overflow")
+    started = time.monotonic()
+    proc = run_sim("3", cfg, 240)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    run_dir = next((tmp_path / "runs").glob("*"))
+    rounds = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in rounds] == [1, 2] and DEVICES[1] not in rounds[-1]["clients"]
+    assert time.monotonic() - started < 200

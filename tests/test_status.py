@@ -228,3 +228,40 @@ def test_slow_clients_cannot_hold_the_page_and_a_rebinding_host_is_refused(tmp_p
             assert status == (200 if ok else 403), host
     finally:
         srv.stop()
+
+
+def test_refusals_are_counted_exactly_and_logged_at_a_bounded_rate():
+    """Issue 34 (4): 13,415 refusals from one board in 20 s were 13,415 log lines. Now: at most per_minute lines a
+    minute a sender, the held-back ones summed into its next line; the counts exact, per sender and kind, and bounded
+    in senders whatever arrives."""
+    import logging
+
+    from monitor.refusals import MAX_SENDERS, OTHER, RefusalLog, RefusalTally
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(record.getMessage())
+
+    logger = logging.getLogger("test.refusals")
+    logger.addHandler(Collect())
+    logger.propagate = False
+    now = [0.0]
+    refusal_log = RefusalLog(logger, 10, clock=lambda: now[0])
+    tally = RefusalTally(20)
+    for i in range(13_415):  # 20 s of a health flood
+        now[0] = i * 20.0 / 13_415
+        refusal_log.warn("rank 3", "fediot_health: faster than every 5s")
+        tally.add("rank 3", "fediot_health: faster than every 5s")
+    refusal_log.warn("rank 1", "fediot_update: a tensor of the wrong shape")
+    assert len(lines) == 11 and sum("rank 1" in x for x in lines) == 1
+    now[0] = 61.0
+    refusal_log.warn("rank 3", "fediot_health: faster than every 5s")
+    assert "and 13405 more from it not logged" in lines[-1]
+    for n in range(MAX_SENDERS + 50):  # many senders: the rest under one name
+        tally.add(f"peer {n}", "bad magic")
+    total, first, by = tally.take()
+    assert total == 13_415 + MAX_SENDERS + 50 and len(first) == 20
+    assert by["rank 3"] == {"fediot_health": 13_415} and len(by) == MAX_SENDERS + 1 and by[OTHER]["bad magic"] == 51
+    assert tally.take()[0] == 0

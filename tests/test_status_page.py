@@ -129,6 +129,13 @@ def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
     reasons = [r for r in cells.tables["rejections"] if "fediot_health" in r.get("reason", "")]
     assert reasons and all(r["from"] == "rank 3" for r in reasons)
     assert any("health.rss_mb" in r["reason"] for r in reasons) and any("faster than" in r["reason"] for r in reasons)
+    # every refusal counted per sender and kind: /metrics, the page and rounds.jsonl agree with the total
+    by = {(x.labels["sender"], x.labels["kind"]): x.value for f in text_string_to_metric_families(metrics)
+          if f.name == "fediot_messages_rejected_by" for x in f.samples}
+    assert sum(by.values()) == rejected["fediot_messages_rejected"] and by.get(("rank 3", "fediot_health"), 0) >= 2
+    assert {(r["from"], r["kind"]): float(r["count"]) for r in cells.tables["rejected_by"]} == by
+    assert sum(n for r in rounds for kinds in r.get("rejected_by", {}).values() for n in kinds.values()) == sum(
+        r["rejected"] for r in rounds)
     # FedProx over the wire: every board trained every round with the server's proximal weight
     for rank in (1, 2, 3):
         trained = [json.loads(x) for x in (run_dir_of(boards[rank - 1]) / f"{DEVICES[rank - 1]}.jsonl").read_text().splitlines()]

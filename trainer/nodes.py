@@ -36,12 +36,14 @@ from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 from federation.client import LocalClient, answers, decoding_bomb, home_clients
 from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
+from monitor.refusals import RefusalLog, RefusalTally
 from federation.state import RoundState
 from federation.messages import (
     ANSWER_TO, C2S_HEALTH, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_WARNING_CHARS, S2C_EVAL_COUNTS,
     S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError,
     answer_client, validate,
 )
+from fediot.config import DEFAULTS
 from fediot.console import names_line, say
 from fediot.rundir import peak_rss_mb, write_json
 from monitor.health import HealthProbe, WarningBuffer
@@ -80,9 +82,9 @@ class _Node(FedMLCommManager):
         self.refused = False  # the last failed send was refused by the peer, not lost
         self.exit_code = 0
         self.error: str | None = None
-        self.rejections: list[dict[str, str]] = []
-        self.rejected_total = 0
-        self.rejections_lock = threading.Lock()  # the server's driver thread takes them
+        self.tally = RefusalTally(MAX_REJECTIONS_KEPT)  # the server's driver thread takes them per round
+        self.refusal_log = RefusalLog(log, DEFAULTS["comm_args"]["log_refusals_per_minute"][0])  # nodes with a
+        # config set theirs
         self.status: StatusStore | None = None  # the server's, for its status page
         super().__init__(args, None, rank, size, "FEDIOT")
 
@@ -95,13 +97,10 @@ class _Node(FedMLCommManager):
     def reject(self, sender: str, reason: str, count: int = 1) -> None:
         """Messages that are not what the protocol allows: log them, count them, go on (the first few reasons are
         kept for the round's record; the count is exact)."""
-        log.warning("%s from %s rejected: %s", "message" if count == 1 else f"{count} messages", sender, reason)
+        self.refusal_log.warn(sender, reason, count)
         if self.status is not None:
             self.status.rejected(sender, reason, count, health=reason.startswith(C2S_HEALTH))
-        with self.rejections_lock:
-            self.rejected_total += count
-            if len(self.rejections) < MAX_REJECTIONS_KEPT:
-                self.rejections.append({"from": sender, "reason": reason[:300]})
+        self.tally.add(sender, reason, count)
 
     def receive_message(self, msg_type, msg_params) -> None:
         """Dispatch a message after checking it against the protocol (FedML would raise on an unknown type)."""
@@ -236,6 +235,7 @@ class ServerNode(_Node):
         self.revoked_clients = {c for c, r in self.home.items() if r in revoked}
         super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(expect_model, self.clients),
                          set(client_ranks))
+        self.refusal_log.per_minute = cfg.comm.log_refusals_per_minute
         self.status, self.status_server = status, status_server
 
     # -- plumbing
@@ -305,10 +305,10 @@ class ServerNode(_Node):
     def on_hello(self, msg: Message) -> None:
         rank = int(msg.get_sender_id())
         hello = Hello.of(msg.get_params())
-        if self.home.get(hello.device) != rank:
+        if self.home.get(hello.device) != rank:  # counted and logged at the refusal rate, not said each time
             homes = sorted(c for c, r in self.home.items() if r == rank)
-            say(f"warning: client rank {rank} says it holds {hello.device}, the config maps rank {rank} to "
-                f"{self.names(homes)}; ignored")
+            self.reject(f"rank {rank}", f"{C2S_HELLO}: says it holds {hello.device[:80]}, the config maps rank {rank} "
+                                        f"to {self.names(homes)}")
             return
         with self.joined_lock:
             self.joined[hello.device] = hello
@@ -366,11 +366,8 @@ class ServerNode(_Node):
         self.bytes_mark = (sent, received)
         return out
 
-    def take_rejections(self) -> tuple[int, list[dict[str, str]]]:
-        with self.rejections_lock:
-            out = (self.rejected_total, self.rejections[:MAX_REJECTIONS_KEPT])
-            self.rejections, self.rejected_total = [], 0
-        return out
+    def take_rejections(self) -> tuple[int, list[dict[str, str]], dict[str, dict[str, int]]]:
+        return self.tally.take()
 
     def where(self) -> str:
         return f" on {len(self.client_ranks)} worker ranks" if self.pooled else ""
@@ -469,7 +466,8 @@ class ServerNode(_Node):
         client = answer_client(msg.get_type(), fields)
         if (self.request is None or msg.get_type() != ANSWER_TO[self.request.kind] or fields["round"] != self.round
                 or client not in self.expected or client in self.replies or client in self.failed):
-            log.info("late or unexpected %s from %d ignored", msg.get_type(), rank)
+            self.reject(f"rank {rank}", f"{msg.get_type()}: late or not asked for (round {fields['round']}, "
+                                        f"{str(client)[:80]})")
             return
         if self.assigned.get(client) != rank:
             self.reject(f"rank {rank}", f"{msg.get_type()} about {client}, which rank {rank} was not asked about")
@@ -496,10 +494,14 @@ class ServerNode(_Node):
         self.close(msg.get("exit_code"), msg.get("error"))
 
     def close(self, exit_code: int, error: str | None) -> None:
-        """FINISH to every connected rank (with the error that stopped the run), then stop; once."""
+        """FINISH to every connected rank (with the error that stopped the run), then stop; once. In a simulation to
+        every rank: a rank whose messages were refused (and so dropped) has no idle timeout to end it, and kept
+        saying hello for as long as mpirun waited (issue 34: run_simulation.sh not back 14 minutes later); MPI
+        delivers to a live rank at once. A deployment's dropped board ends on its own idle timeout, and a send to a
+        board that is gone would wait comm_args.send_timeout_s."""
         if self.closed:
             return
-        for rank in sorted(self.connected):
+        for rank in sorted(self.peer_ranks if self.cfg.is_simulation else self.connected):
             if error:
                 self.send(S2C_FINISH, rank, error=error)
             else:
