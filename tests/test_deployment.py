@@ -95,7 +95,9 @@ def test_client_killed_mid_run_then_rejoins(tmp_path):
     srv = server(cfg)
     clients = {n: client(n, cfg) for n in (1, 2, 3)}
     try:
-        srv.wait_for("round 2/36")
+        # the boards start, join and train a round before this; on a loaded CI machine that took over 120 s (issue
+        # 34, item 9): the test is about the restart, not about speed
+        srv.wait_for("round 2/36", timeout=300)
         clients[3].p.send_signal(signal.SIGKILL)  # no goodbye
         clients[3].p.wait()
         clients[3] = client(3, cfg)  # the board comes back
@@ -134,7 +136,7 @@ def test_server_killed_and_resumed_in_plaintext_mode(tmp_path):
         clients[0].wait_for("connecting to the server")
         assert refused(ports[1], evil) == grpc.StatusCode.RESOURCE_EXHAUSTED
         clients += [client(n, cfg) for n in (2, 3)]
-        srv.wait_for("round 3/10")
+        srv.wait_for("round 3/10", timeout=300)
         run_dir = Path(srv.wait_for("run directory").split("run directory ")[-1])
         srv.p.send_signal(signal.SIGKILL)
         srv.p.wait()

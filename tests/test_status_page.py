@@ -79,7 +79,7 @@ def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
     try:
         url = srv.wait_for("status page: http://").split("status page: ")[1].split()[0]
         # -- /metrics while the run goes, parsed by Prometheus' own parser
-        srv.wait_for("round 2/8")
+        srv.wait_for("round 2/8", timeout=300)
         families = {f.name: f for f in text_string_to_metric_families(
             urllib.request.urlopen(url + "metrics", timeout=10).read().decode())}
         assert families["fediot_rounds_completed"].samples[0].value >= 2
