@@ -1,13 +1,14 @@
 """The household path on real devices' captures (issue 33): capture -> federate -> score held-out time -> one table.
 
     .venv/bin/python bench/household.py [--pcaps DIR] [--seeds 0 1 2] [--rounds 10] [--train-share 0.8]
-        [--budgets 1] [--out DIR]
+        [--budgets 1] [--out DIR] [--deployment]
 
 Each capture of ../shared/data/real-iot-pcaps/ (README there: file, device, IP) is cut by time: its first
 `--train-share` of time is what the household captures (`capture`'s own functions: the extractor, the simulated
 attacks sent from the device's address, the device directory with provenance), the rest is held out. The devices
 federate in process (`federation.inprocess`: the deployment's driver and clients, `data_args.dataset: local`,
-defaults but `comm_round`), and the final model scores the held-out time from the extractor's state at its start
+defaults but `comm_round`) or, with --deployment, as a real loopback deployment (`run_server.sh` and one
+`run_client.sh N` per device: processes, gRPC, mutual TLS, the same config), and the final model scores the held-out time from the extractor's state at its start
 (one extractor pass over the whole capture, as a board that keeps watching). Per device, side by side for the
 threshold rules (the same model and validation rows; thresholds by `model.threshold`):
 - TPR per simulated attack kind at the device's threshold (rows of the federation's own held-out evaluation);
@@ -62,6 +63,34 @@ DEFAULT_PCAPS = REPO.parent / "shared" / "data" / "real-iot-pcaps"
 DEVICES = {"blink-cam": ("blink-cam-01.pcap", "192.168.1.129"), "lockly-hub": ("lockly-hub-01.pcap", "192.168.1.128"),
            "sifely-hub": ("sifely-hub-01.pcap", "192.168.1.127")}
 ATTACK_SECONDS = 30.0  # capture's default --attack-seconds
+
+
+def deploy(values: dict[str, Any], where: Path) -> Path:
+    """The federation as a loopback deployment of real processes: run_server.sh and run_client.sh N for each device
+    (gRPC, mutual TLS with loopback certificates), `values` plus the ports; the server's run directory."""
+    from tests.deploy_helpers import client, free_ports, run_dir_of, server
+
+    ports = free_ports(len(DEVICES) + 1)
+    ipconfig = where / "ipconfig.csv"
+    ipconfig.write_text("eid,rank,grpc_server_ip,grpc_server_port,ingress_ip\n"
+                        + "".join(f"{r},{r},127.0.0.1,{p},\n" for r, p in enumerate(ports)))
+    v = json.loads(json.dumps(values))
+    v["comm_args"].update(grpc_ipconfig_path=str(ipconfig), connect_timeout_s=120, wait_for_clients_s=300)
+    v["status_args"] = {"port": 0}
+    path = where / "deploy.yaml"
+    path.write_text(yaml.safe_dump(v))
+    srv = server(path)
+    boards = [client(n, path) for n in range(1, len(DEVICES) + 1)]
+    try:
+        rc = srv.finish(3600)
+        if rc != 0:
+            raise SystemExit(f"the deployment's server exited {rc}:\n" + srv.stdout[-3000:] + srv.stderr[-3000:])
+        for b in boards:
+            b.finish(120)
+    finally:
+        for proc in (srv, *boards):
+            proc.kill()
+    return run_dir_of(srv)
 
 
 def packets_of(pcap: Path, batch: int) -> PacketBatch:
@@ -190,6 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alert-time", action="store_true",
                    help="also the seconds from each attack's first packet to the first window alert (first budget)")
     p.add_argument("--reuse-run", action="store_true", help="reuse the latest federation run in --out too")
+    p.add_argument("--deployment", action="store_true",
+                   help="federate as a loopback deployment (run_server.sh + run_client.sh N) instead of in process")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="a config value for the federation (YAML value), e.g. train_args.epochs=1")
     a = p.parse_args(argv)
@@ -223,6 +254,10 @@ def main(argv: list[str] | None = None) -> int:
         runs = sorted((study / f"seed{seed}" / "runs").glob("*-server-local"))
         if a.reuse_run and runs and (runs[-1] / "metrics.json").is_file():
             run_dir = runs[-1]
+        elif a.deployment:
+            print(f"seed {seed}: federating {len(DEVICES)} devices, {a.rounds} rounds, loopback deployment",
+                  file=sys.stderr, flush=True)
+            run_dir = deploy(values, study / f"seed{seed}")
         else:
             run_dir = create_run_dir(cfg.common.run_dir_root, "server", "local")
             write_config(run_dir, cfg.values)
