@@ -48,6 +48,8 @@ def main() -> int:
     p.add_argument("--messages", type=int, default=40)
     p.add_argument("--threads", type=int, default=4)
     p.add_argument("--rounds", type=int, default=60, help="enough that the run outlasts the flood")
+    p.add_argument("--epochs", type=int, default=5, help="train_args.epochs of the honest boards")
+    p.add_argument("--rows", type=int, default=2000, help="data_args.synthetic_benign_rows of each board")
     p.add_argument("--overflow", action="store_true", help="boards 2 and 3 also send overflowing statistics")
     p.add_argument("--board-flood", type=int, default=0, metavar="K",
                    help="board 1 also runs attack_args.attack: flood (honest answers, each followed by K decoding bombs "
@@ -62,9 +64,9 @@ def main() -> int:
     certs = tmp / "certs"
     make_certs(certs, 3, [])
     training = {1, 3} if a.overflow else {1, 2, 3}  # a board whose hello was refused does not train
-    cfg = deploy_config(tmp, train_args={"comm_round": a.rounds, "epochs": 5, "round_timeout_s": 120,
+    cfg = deploy_config(tmp, train_args={"comm_round": a.rounds, "epochs": a.epochs, "round_timeout_s": 120,
                                          "min_clients_per_round": 1 if a.overflow else 3},
-                        data_args={"synthetic_benign_rows": 2000}, validation_args={"frequency_of_the_test": a.rounds})
+                        data_args={"synthetic_benign_rows": a.rows}, validation_args={"frequency_of_the_test": a.rounds})
     raw = yaml.safe_load(cfg.read_text())
     raw["comm_args"]["tls_dir"] = str(certs)
     cfg.write_text(yaml.safe_dump(raw))

@@ -118,7 +118,7 @@ def test_hostile_boards_neither_crash_exhaust_nor_stall_the_server(tmp_path):
     from tests.helpers import REPO
 
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_flood.py"), "--messages", "6", "--threads", "2",
-                           "--rounds", "6", "--overflow", "--board-flood", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                           "--rounds", "6", "--epochs", "1", "--rows", "600", "--overflow", "--board-flood", "1", "--out", str(tmp_path)], capture_output=True, text=True,
                           timeout=600, cwd=REPO)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(proc.stdout[proc.stdout.index("{"):proc.stdout.rindex("}") + 1])
