@@ -41,8 +41,8 @@ POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's
 TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
 
 
-LIVE_DETECTOR = Path("detector") / "model.npz"
-THRESHOLD_CHECKS_FILE = "threshold_checks.jsonl"  # a board's run directory: the server's thresholds it checked  # in a client process's run directory: what `detect --follow` reads
+LIVE_DETECTOR = Path("detector") / "model.npz"  # in a client process's run directory: what `detect --follow` reads
+THRESHOLD_CHECKS_FILE = "threshold_checks.jsonl"  # beside it: the server's thresholds the board checked
 
 
 class LiveDetector:

@@ -24,8 +24,8 @@ from federation.messages import (
 from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.wire import WireError, encode
-from monitor.refusals import RefusalTally
 from fediot.config import FedIoTConfig
+from monitor.refusals import RefusalTally
 from monitor.status import StatusStore
 
 SERVER_RANK = 0

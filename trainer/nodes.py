@@ -36,7 +36,6 @@ from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 from federation.client import LocalClient, answers, decoding_bomb, home_clients
 from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
-from monitor.refusals import RefusalLog, RefusalTally
 from federation.state import RoundState
 from federation.messages import (
     ANSWER_TO, C2S_HEALTH, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_WARNING_CHARS, S2C_EVAL_COUNTS,
@@ -50,6 +49,7 @@ from monitor.health import HealthProbe, WarningBuffer
 from monitor.http import StatusServer
 from monitor.metrics import run_metrics
 from monitor.page import render_page
+from monitor.refusals import RefusalLog, RefusalTally
 from monitor.status import StatusStore
 from trainer.fedml_glue import fds_to_file
 from trainer.transport import HEADER_KEYS, PeerRefused, PeerUnreachable
@@ -83,8 +83,8 @@ class _Node(FedMLCommManager):
         self.exit_code = 0
         self.error: str | None = None
         self.tally = RefusalTally(MAX_REJECTIONS_KEPT)  # the server's driver thread takes them per round
-        self.refusal_log = RefusalLog(log, DEFAULTS["comm_args"]["log_refusals_per_minute"][0])  # nodes with a
-        # config set theirs
+        # the server sets its configured rate; a board refuses little (messages from anyone but the server)
+        self.refusal_log = RefusalLog(log, DEFAULTS["comm_args"]["log_refusals_per_minute"][0])
         self.status: StatusStore | None = None  # the server's, for its status page
         super().__init__(args, None, rank, size, "FEDIOT")
 
