@@ -137,6 +137,7 @@ def main() -> int:
         "messages": a.messages, "threads": a.threads, "bomb_mib": round(len(payload) / 2**20, 1),
         "server_rss_idle_mb": round(idle, 1), "server_rss_peak_during_flood_mb": round(peak, 1),
         "rss_growth_mb": round(peak - idle, 1), "flood_seconds": round(flood_end - flood_start, 1),
+        "server_rss_peak_mb": round(max((r for _, r in samples), default=0.0), 1),
         "outcomes": outcomes, "run_finished": finished,
         "rounds": [r["round"] for r in rounds], "clients_per_round": [len(r["clients"]) for r in rounds],
         "rejected_total": sum(r.get("rejected", 0) for r in rounds),
