@@ -1,6 +1,6 @@
 """Honest rounds with and without each hostile board, side by side in one run (issue 34).
 
-    .venv/bin/python bench/hostile_side_by_side.py [--rounds 20] [--epochs 1] [--rows 600] [--repeats 1] [--out DIR]
+    .venv/bin/python bench/hostile_side_by_side.py [--rounds 60] [--epochs 5] [--rows 2000] [--repeats 1] [--out DIR]
 
 Each variant is one loopback deployment of `bench/bench_flood.py` (3 boards, mutual TLS, synthetic rows), the same
 rounds, epochs and rows, run one after another on this machine, in an order that repeats (none first and last):
@@ -52,9 +52,11 @@ def run_variant(name: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=20)
-    p.add_argument("--epochs", type=int, default=1)
-    p.add_argument("--rows", type=int, default=600)
+    # bench_flood's defaults: rounds long enough (~0.3 s) that the run outlasts a flood of 40 bombs (with 20 rounds of
+    # 1 epoch on 600 rows, 0.04 s each, the run ended before the bombs did and none reached a round's record)
+    p.add_argument("--rounds", type=int, default=60)
+    p.add_argument("--epochs", type=int, default=5)
+    p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=1, help="times the variants' sequence runs")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
