@@ -97,8 +97,7 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
                 continue
             d = out[w.device]
             d.rows.append(rows[idx].astype(np.float64))
-            own = {ip for ip, j in watcher.by_ip.items() if j == i}
-            d.endpoints.add(endpoints_of(batch, idx, own, cfg.ephemeral_port_from, scopes))
+            d.endpoints.add(endpoints_of(batch, idx, watcher.ips_of(i), cfg.ephemeral_port_from, scopes))
             d.first = batch.time[idx[0]] if d.first is None else d.first
             d.last = batch.time[idx[-1]]
             if keep_packets:
@@ -107,8 +106,8 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
             said = time.monotonic()
             print(f"  {seen:,} packets ({seen / (said - started):,.0f}/s); rows: "
                   + ", ".join(f"{name} {d.n_rows:,}" for name, d in out.items()), file=sys.stderr, flush=True)
-    for w in watches:  # a device named by MAC only: the IPs learnt from its packets are its addresses too
-        w.ips |= {b for b, i in watcher.by_ip.items() if watcher.devices[i] == w.device}
+    for i, w in enumerate(watches):  # a device named by MAC only: the IPs learnt from its packets are its addresses too
+        w.ips |= watcher.ips_of(i)
     return out, {"packets_seen": seen, "skipped": skipped.as_dict(), "seconds": round(time.monotonic() - started, 1),
                  "learnt_ips": {d: sorted(v) for d, v in watcher.learnt.items()}}
 

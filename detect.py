@@ -420,9 +420,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 new_endpoint = np.zeros(len(idx), dtype=bool)
                 for d in np.unique(which[idx]):
                     mine = which[idx] == d
-                    own = {ip for ip, j in watcher.by_ip.items() if j == d}
                     new_endpoint[mine] = by_index[d].unknown(
-                        endpoints_of(batch, idx[mine], own, cfg.ephemeral_port_from, scopes))
+                        endpoints_of(batch, idx[mine], watcher.ips_of(d), cfg.ephemeral_port_from, scopes))
                 endpoint_wins = endpoint_vote.push(hosts, new_endpoint)
                 wins = wins | endpoint_wins
             scored += len(idx)

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any
 
 MAX_SENDERS = 256  # senders counted by name; beyond, "other senders" (a LAN has a few boards)
 MAX_KINDS_PER_SENDER = 32
@@ -61,7 +60,7 @@ def add_count(by_sender: dict[str, dict[str, int]], sender: str, kind: str, coun
 
 class RefusalLog:
     """At most `per_minute` log lines a minute per sender; what is held back is counted into the sender's next line
-    ("... and 4,211 more since 12:00:01, not logged")."""
+    ("... (and 4211 more from it not logged: over 10 lines a minute)")."""
 
     def __init__(self, logger: logging.Logger, per_minute: int, clock=time.monotonic) -> None:
         self.logger, self.per_minute, self.clock = logger, per_minute, clock
@@ -89,7 +88,3 @@ class RefusalLog:
         more = f" (and {held} more from it not logged: over {self.per_minute} lines a minute)" if held else ""
         self.logger.warning("%s from %s rejected: %s%s", what, sender[:200], reason[:300], more)
         return True
-
-    def summary(self) -> dict[str, Any]:
-        with self._lock:
-            return {"held_back": dict(self._held)}

@@ -139,7 +139,7 @@ class _Corrupt(Exception):
     """A record or block header no writer produces: nothing after it can be trusted (one clear error)."""
 
 
-_PCAPNG_SHB, _PCAPNG_IDB, _PCAPNG_PB, _PCAPNG_SPB, _PCAPNG_EPB = 0x0A0D0D0A, 1, 2, 3, 6
+_PCAPNG_SHB, _PCAPNG_IDB, _PCAPNG_PB, _PCAPNG_EPB = 0x0A0D0D0A, 1, 2, 6  # other blocks are skipped
 _PCAPNG_BOM = 0x1A2B3C4D
 _MAX_BLOCK = _MAX_FRAME + (1 << 16)  # a packet block: its frame plus room for options; other blocks the same
 

@@ -51,6 +51,10 @@ class Watcher:
         self.by_mac = {mac: i for i, w in enumerate(watches) for mac in w.macs}
         self.learnt: dict[str, set[str]] = {}
 
+    def ips_of(self, index: int) -> set[bytes]:
+        """The IPs of watched device `index`: those it was named with and those learnt from its MACs' packets."""
+        return {ip for ip, i in self.by_ip.items() if i == index}
+
     def of(self, batch: PacketBatch) -> np.ndarray:
         out = np.full(len(batch), -1, dtype=np.int64)
         by_ip, by_mac = self.by_ip, self.by_mac
