@@ -122,7 +122,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
 
     def transport() -> FedIoTGrpcTransport:
         return FedIoTGrpcTransport({r: peers[r] for r in needed}, rank, tls, bind_ip,
-                                   float(cfg.comm.send_timeout_s), int(cfg.comm.max_message_mb * 2**20))
+                                   float(cfg.comm.send_timeout_s), int(cfg.comm.max_message_mb * 2**20),
+                                   cfg.comm.quarantine_after_malformed if role == "server" else None)
 
     def make_node() -> ServerNode | ClientNode:
         if role == "server":

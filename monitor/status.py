@@ -53,7 +53,7 @@ class StatusStore:
     def board_hello(self, rank: int, address: str | None, identity: str | None) -> None:
         with self._lock:
             b = self.boards.get(rank)
-            if b is None:
+            if b is None or b["state"] == "quarantined":
                 return
             if b["state"] == "dropped":
                 b["rejoined"] += 1
@@ -72,6 +72,12 @@ class StatusStore:
             if rank in self.boards and self.boards[rank]["state"] == "connected":
                 self.boards[rank]["state"] = "dropped"
                 self.boards[rank]["dropped"] += 1
+
+    def board_quarantined(self, rank: int) -> None:
+        """The server refuses the board for the rest of the run (comm_args.quarantine_after_malformed)."""
+        with self._lock:
+            if rank in self.boards:
+                self.boards[rank]["state"] = "quarantined"
 
     def board_health(self, rank: int, health: dict[str, Any]) -> None:
         """A validated HEALTH message's fields (`federation.messages`)."""

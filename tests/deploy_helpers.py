@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Iterable
 
 import yaml
 
@@ -60,6 +61,7 @@ class Proc:
         self.p = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         self.lines: list[str] = []
         self.err: list[str] = []
+        self.arrived: list[float] = []  # when each stdout line arrived (monotonic)
         self._q: queue.Queue[str] = queue.Queue()
         threading.Thread(target=self._pump, args=(self.p.stdout, self.lines, True), daemon=True).start()
         threading.Thread(target=self._pump, args=(self.p.stderr, self.err, False), daemon=True).start()
@@ -67,6 +69,8 @@ class Proc:
     def _pump(self, stream, sink: list[str], notify: bool) -> None:
         for line in stream:
             sink.append(line.rstrip("\n"))
+            if notify:
+                self.arrived.append(time.monotonic())
             if notify:
                 self._q.put(line)
 
@@ -123,24 +127,32 @@ def read_rounds(run_dir: Path) -> list[dict]:
 
 
 def send_raw(port: int, payload: bytes, certs: Path | None = None, stem: str | None = None,
-             receiver: int = 0, ca: Path | None = None) -> None:
+             receiver: int = 0, ca: Path | None = None, chunks: Iterable[bytes] | None = None,
+             timeout: float = 10) -> None:
     """Send bytes to a node's gRPC port the way an attacker on the LAN could: plaintext (certs None),
     TLS without a client certificate (stem None), or TLS as `stem` (e.g. "client2") from `certs`.
-    `ca` is the CA the sender trusts (default certs/ca.pem). Raises grpc.RpcError when refused."""
+    `ca` is the CA the sender trusts (default certs/ca.pem); `chunks`: the call's chunks instead of the payload's
+    (e.g. sent slowly). Raises grpc.RpcError when refused."""
+    from deployment.grpc_transport import chunks_of, send_over
+
+    with channel_to(port, certs, stem, receiver, ca) as channel:
+        send_over(channel, chunks if chunks is not None else chunks_of(payload), timeout)
+
+
+def channel_to(port: int, certs: Path | None = None, stem: str | None = None, receiver: int = 0,
+               ca: Path | None = None):
+    """A gRPC channel to a node's port: plaintext (certs None), TLS without a client certificate (stem None), or TLS
+    as `stem` from `certs`, trusting `ca` (default certs/ca.pem)."""
     import grpc
-    from fedml.core.distributed.communication.grpc import grpc_comm_manager_pb2, grpc_comm_manager_pb2_grpc
 
     url = f"127.0.0.1:{port}"
+    own = [("grpc.use_local_subchannel_pool", 1)]  # a connection of its own (gRPC shares equal channels' by default)
     if certs is None:
-        channel = grpc.insecure_channel(url)
-    else:
-        key, chain = ((certs / f"{stem}.key").read_bytes(), (certs / f"{stem}.pem").read_bytes()) if stem else (None, None)
-        creds = grpc.ssl_channel_credentials(root_certificates=(ca or certs / "ca.pem").read_bytes(),
-                                             private_key=key, certificate_chain=chain)
-        channel = grpc.secure_channel(url, creds, options=[("grpc.ssl_target_name_override", RANK_NAME.format(receiver))])
-    with channel:
-        stub = grpc_comm_manager_pb2_grpc.gRPCCommManagerStub(channel)
-        stub.sendMessage(grpc_comm_manager_pb2.CommRequest(client_id=1, message=payload), timeout=10)
+        return grpc.insecure_channel(url, options=own)
+    key, chain = ((certs / f"{stem}.key").read_bytes(), (certs / f"{stem}.pem").read_bytes()) if stem else (None, None)
+    creds = grpc.ssl_channel_credentials(root_certificates=(ca or certs / "ca.pem").read_bytes(),
+                                         private_key=key, certificate_chain=chain)
+    return grpc.secure_channel(url, creds, options=[*own, ("grpc.ssl_target_name_override", RANK_NAME.format(receiver))])
 
 
 def ipconfig_ports(cfg: Path) -> list[int]:

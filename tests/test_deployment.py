@@ -126,7 +126,7 @@ def test_server_killed_and_resumed_in_plaintext_mode(tmp_path):
     cfg = deploy_config(tmp_path, train_args={"comm_round": 10, "epochs": 1}, comm_args={"tls": False},
                         data_args={"synthetic_benign_rows": 3000}, validation_args={"frequency_of_the_test": 10})
     ports = ipconfig_ports(cfg)
-    import fedml.core.distributed.communication.grpc.grpc_comm_manager_pb2  # noqa: F401 - send_raw's, imported now
+    import deployment.grpc_transport  # noqa: F401 - send_raw's, imported now
     srv = server(cfg)
     clients = [client(1, cfg)]
     try:  # the server waits for all 3 boards: nothing starts before the attacks

@@ -61,7 +61,9 @@ LOCAL_DEADLINE = "fediot_deadline"
 LOCAL_ASK = "fediot_ask"  # the driver thread's request, posted to the receive thread
 LOCAL_FINISH = "fediot_end"  # the driver thread's end of the run
 LOCAL_HEALTH = "fediot_health_due"  # a client's timer: time to report its health
-LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, LOCAL_HEALTH,
+LOCAL_QUARANTINE = "fediot_quarantine"  # the transport refuses a sender for the rest of the run
+LOCAL_SEND_FAILED = "fediot_send_failed"  # a message the server queued for a board could not be delivered
+LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, LOCAL_HEALTH, LOCAL_QUARANTINE, LOCAL_SEND_FAILED,
                CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
 MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail keeps the first few
 
@@ -92,6 +94,9 @@ class _Node(FedMLCommManager):
         self.com_manager = self._make_transport()
         self.com_manager.reject = self.reject
         self.com_manager.peer_ranks = self.peer_ranks  # bytes from any other rank are refused before decoding
+        admission = getattr(self.com_manager, "admission", None)
+        if admission is not None:  # the gRPC transport: its quarantines reach this node's own thread
+            admission.on_quarantine = lambda key, why: self.post(LOCAL_QUARANTINE, key=key, why=why)
         self.com_manager.add_observer(self)
 
     def reject(self, sender: str, reason: str, count: int = 1) -> None:
@@ -117,6 +122,11 @@ class _Node(FedMLCommManager):
             validate(msg_type, fields, self.expect)
         except ProtocolError as exc:
             self.reject(sender, str(exc))
+            strike = getattr(self.com_manager, "strike_certified", None)
+            if strike is not None and msg_type != C2S_HEALTH:  # fields no honest board of this version sends (not:
+                # late, or too often; nor a health report's numbers, which only the page shows: a board whose
+                # monitoring misreads keeps training)
+                strike(int(msg_params.get_sender_id()), sender)
             self.invalid(msg_type, fields, int(msg_params.get_sender_id()))
             return
         if handler is None:
@@ -232,7 +242,8 @@ class ServerNode(_Node):
         self.round = 0  # of the open request (for console lines)
         self.health_at: dict[int, float] = {}  # rank -> when its last health report was taken
         revoked = set(cfg.comm.revoked_ranks or []) if not cfg.is_simulation else set()
-        self.revoked_clients = {c for c, r in self.home.items() if r in revoked}
+        self.revoked_clients = {c for c, r in self.home.items() if r in revoked}  # and quarantined ones
+        self.quarantined: set[int] = set()  # ranks the transport refuses for the rest of the run
         super().__init__(args, 0, len(client_ranks) + 1, transport, Expectations.of(expect_model, self.clients),
                          set(client_ranks))
         self.refusal_log.per_minute = cfg.comm.log_refusals_per_minute
@@ -243,7 +254,8 @@ class ServerNode(_Node):
         for msg_type, handler in (
             (CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY, self.on_ready),
             (LOCAL_TICK, self.on_tick), (LOCAL_DEADLINE, self.on_deadline), (LOCAL_ASK, self.on_ask),
-            (LOCAL_FINISH, self.on_finish),
+            (LOCAL_FINISH, self.on_finish), (LOCAL_QUARANTINE, self.on_quarantine),
+            (LOCAL_SEND_FAILED, self.on_send_failed),
             (C2S_HELLO, self.on_hello), (C2S_UPDATE, self.on_reply), (C2S_VAL_STATS, self.on_reply),
             (C2S_REPORT, self.on_reply), (C2S_HEALTH, self.on_health),
         ):
@@ -251,6 +263,28 @@ class ServerNode(_Node):
 
     def names(self, clients: list[str] | set[str]) -> str:
         return names_line(clients, self.clients)
+
+    def send(self, msg_type: str, receiver: int, **params: Any) -> bool:
+        """With the gRPC transport, each board's messages go out on its own sender thread (a board that reads slowly
+        or not at all cannot hold up this receive thread, nor the other boards' messages); a failure comes back as
+        LOCAL_SEND_FAILED. MPI delivers without waiting for the receiver."""
+        later = getattr(self.com_manager, "send_later", None)
+        if later is None:
+            return super().send(msg_type, receiver, **params)
+        later(self.message(msg_type, receiver, **params),
+              lambda rank, error, _refused: self.post(LOCAL_SEND_FAILED, rank=rank, error=error, kind=msg_type))
+        return True
+
+    def on_send_failed(self, msg: Message) -> None:
+        """A board a message could not reach: dropped from the open phase and the federation until it says hello
+        again (a ping to a board that has not joined failing is the normal case while waiting)."""
+        rank = msg.get("rank")
+        log.info("send %s to %d failed: %s", msg.get("kind"), rank, msg.get("error"))
+        if rank in self.connected and msg.get("kind") != S2C_PING:  # a ping goes to boards not connected (its
+            # failure may come back after the board's hello)
+            self._unreachable(rank)
+            if self.request is not None:
+                self._maybe_close()
 
     def on_ready(self, _msg: Message) -> None:
         if self.rules.announce:
@@ -284,8 +318,9 @@ class ServerNode(_Node):
     def on_tick(self, _msg: Message) -> None:
         if self.phase != "waiting":
             return
-        for r in self.client_ranks:  # ask clients that started before us (or survived a restart)
-            if r not in self.connected:
+        pending = getattr(self.com_manager, "pending", lambda _r: 0)
+        for r in self.client_ranks:  # ask clients that started before us (or survived a restart); one ping at a time
+            if r not in self.connected and r not in self.quarantined and not pending(r):
                 self.send(S2C_PING, r)
         self._status()
         waited = time.monotonic() - self.started
@@ -411,6 +446,29 @@ class ServerNode(_Node):
         say(f"client {rank} ({self.names(self.connected.get(rank, set()))}) unreachable; dropped until it reconnects")
         if self.status is not None:
             self.status.board_dropped(rank)
+        self._drop(rank)
+
+    def on_quarantine(self, msg: Message) -> None:
+        """The transport refuses a rank for the rest of the run (its certificate sent messages no honest board
+        sends): its clients leave the federation like revoked ones, and no phase or join waits for them."""
+        rank = msg.get("key")
+        if not isinstance(rank, int) or rank not in self.client_ranks or rank in self.quarantined:
+            return
+        say(f"warning: client {rank} ({self.names([c for c, r in self.home.items() if r == rank])}) "
+            f"quarantined: {msg.get('why')}")
+        self.send(S2C_FINISH, rank, error=f"this board is quarantined: {msg.get('why')}")  # so it stops now
+        self.quarantined.add(rank)
+        self.revoked_clients |= {c for c, r in self.home.items() if r == rank}
+        if self.status is not None:
+            self.status.board_quarantined(rank)
+        self._drop(rank)
+        if self.request is not None:
+            self._maybe_close()
+        elif self.phase == "waiting" and self.joined and self._all_heard():
+            self.start_training()
+
+    def _drop(self, rank: int) -> None:
+        """A rank's clients leave the open phase and the federation (until it says hello again, if it may)."""
         self.expected -= {c for c, r in self.assigned.items() if r == rank}
         with self.joined_lock:
             for c in self.connected.pop(rank, set()):

@@ -106,6 +106,10 @@ class Refused:
     key: Any = None  # the peer, for the inbox's own bookkeeping
 
 
+MALFORMED = "malformed"  # Inbox.deliver's verdicts
+BUSY = "busy"
+
+
 class Inbox:
     """A node's receive queue. Its own events (ticks, deadlines, the driver's requests) go first and are never
     bounded or queued behind peer traffic; what peers send is checked from its length and first bytes
@@ -133,21 +137,34 @@ class Inbox:
 
     def put(self, item: Any) -> bool:
         """Queue an item; False when it is a peer's message that is refused (and counted) here."""
+        if isinstance(item, Delivery):
+            return self.deliver(item) is None
         with self._ready:
-            if isinstance(item, Delivery):
-                key = self._peer(item)
-                why = precheck(item.raw, self.max_bytes, MAX_HEADER_BYTES)
-                if why is None and self._queued[key] + len(item.raw) > self.per_peer_bytes:
-                    why = f"more than {self.per_peer_bytes:,} bytes of its messages were waiting to be handled"
-                if why is not None:
-                    self._refuse(key, _sender(item.peer_rank, item.peer), why)
-                    return False
-                self._queued[key] += len(item.raw)
-                self._peers.append(item)
-            else:
-                self._local.append(item)
+            self._local.append(item)
             self._ready.notify()
-            return True
+        return True
+
+    def deliver(self, item: Delivery) -> str | None:
+        """Queue a peer's message: None when queued, else why not (counted here): MALFORMED (it cannot be a
+        message of the size limit) or BUSY (its sender already has that many bytes waiting)."""
+        with self._ready:
+            key = self._peer(item)
+            why, verdict = precheck(item.raw, self.max_bytes, MAX_HEADER_BYTES), MALFORMED
+            if why is None and self._queued[key] + len(item.raw) > self.per_peer_bytes:
+                why = f"more than {self.per_peer_bytes:,} bytes of its messages were waiting to be handled"
+                verdict = BUSY
+            if why is not None:
+                self._refuse(key, _sender(item.peer_rank, item.peer), why)
+                return verdict
+            self._queued[key] += len(item.raw)
+            self._peers.append(item)
+            self._ready.notify()
+            return None
+
+    def refuse(self, key: Any, sender: str, why: str) -> None:
+        """Count a call refused before it was read (bounded per peer like every refusal)."""
+        with self._ready:
+            self._refuse(key, sender, why)
 
     def _refuse(self, key: Any, sender: str, why: str) -> None:
         if self._listed[key] < self.REFUSALS_LISTED:
@@ -207,20 +224,25 @@ def receive_loop(q: Inbox, running: Callable[[], bool], transport, deliver: Call
         delivery: Delivery = item
         transport.bytes_received += len(delivery.raw)
         sender = _sender(delivery.peer_rank, delivery.peer)
+        why = None
         allowed = getattr(transport, "peer_ranks", None)
         if delivery.peer_rank is not None and allowed is not None and delivery.peer_rank not in allowed:
-            transport.reject(sender, f"rank {delivery.peer_rank} does not send to rank {transport.rank} (not decoded)")
-            continue
-        try:
-            msg = from_wire(delivery.raw, transport.max_bytes)
-        except WireError as exc:
-            transport.reject(sender, str(exc))
-            continue
-        if delivery.peer_rank is not None and msg.get_sender_id() != delivery.peer_rank:
-            transport.reject(sender, f"claims to be rank {msg.get_sender_id()} (rank spoofing)")
-            continue
-        if msg.get_receiver_id() != transport.rank:
-            transport.reject(sender, f"addressed to rank {msg.get_receiver_id()}, this is rank {transport.rank}")
+            why = f"rank {delivery.peer_rank} does not send to rank {transport.rank} (not decoded)"
+        else:
+            try:
+                msg = from_wire(delivery.raw, transport.max_bytes)
+            except WireError as exc:
+                why = str(exc)
+            else:
+                if delivery.peer_rank is not None and msg.get_sender_id() != delivery.peer_rank:
+                    why = f"claims to be rank {msg.get_sender_id()} (rank spoofing)"
+                elif msg.get_receiver_id() != transport.rank:
+                    why = f"addressed to rank {msg.get_receiver_id()}, this is rank {transport.rank}"
+        if why is not None:  # not a message the protocol has: no honest peer sends one
+            transport.reject(sender, why)
+            strike = getattr(transport, "strike", None)
+            if strike is not None:
+                strike(Inbox._peer(delivery), sender)
             continue
         peers, rank = getattr(transport, "peer_addresses", None), int(msg.get_sender_id())
         if peers is not None and (rank in peers or len(peers) < MAX_PEER_ADDRESSES):  # where each rank was last heard

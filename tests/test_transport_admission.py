@@ -1,0 +1,179 @@
+"""The gRPC transport against certified boards that send slowly, too much or garbage (issue 34, items 1 and 2), in
+this process: a server transport and a board's, real gRPC and mutual TLS on loopback, no federation around them.
+
+Before: three slow 8 MB uploads from one board's certificate held gRPC's shared call limit, so the other boards'
+answers were refused and the run stopped; a board's decoding bombs were read and parsed for the whole run."""
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Iterator
+
+import grpc
+import pytest
+
+from deployment.certs import make_certs
+from deployment.grpc_transport import FedIoTGrpcTransport
+from deployment.ipconfig import Peer
+from deployment.tls import load_identity
+from federation.messages import C2S_HELLO
+from federation.wire import encode
+from tests.deploy_helpers import channel_to, free_ports, send_raw
+from trainer.transport import Delivery, Refused
+
+MAX_BYTES = 1 << 20
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("certs")
+    make_certs(out, 2, [])
+    return out
+
+
+def node(certs: Path, peers: dict[int, Peer], rank: int, send_timeout_s: float = 20.0,
+         quarantine_after: int | None = None) -> FedIoTGrpcTransport:
+    return FedIoTGrpcTransport(peers, rank, load_identity(certs, rank, []), "127.0.0.1", send_timeout_s, MAX_BYTES,
+                               quarantine_after)
+
+
+def lan(n: int = 3) -> dict[int, Peer]:
+    return {r: Peer(r, "127.0.0.1", port, "") for r, port in enumerate(free_ports(n))}
+
+
+def drain(t: FedIoTGrpcTransport, until: float) -> list:
+    """What reached the server's inbox until `until` (monotonic)."""
+    items = []
+    while time.monotonic() < until:
+        try:
+            items.append(t.message_q.get(0.05))
+        except queue.Empty:
+            pass
+    return items
+
+
+def slowly(total: int, chunk: int, pause_s: float, stop: threading.Event) -> Iterator[bytes]:
+    """An upload at chunk / pause_s bytes a second (issue 34: ~2 KB/s), until `stop`."""
+    sent = 0
+    while sent < total and not stop.is_set():
+        yield bytes(chunk)
+        sent += chunk
+        stop.wait(pause_s)
+
+
+def test_slow_uploads_hold_only_their_own_senders_turn(certs):
+    """Board 2's certificate opens three calls and sends at ~2 KB/s: its second and third are refused at once, unread
+    (one message of a sender is read at a time), and board 1's messages arrive as if nothing happened; the slow call
+    is cancelled once it has been read for longer than the sender's own send timeout."""
+    peers = lan()
+    server = node(certs, peers, 0, send_timeout_s=3.0)
+    board = node(certs, peers, 1)
+    stop = threading.Event()
+    outcomes: list[str] = []
+
+    def slow_call() -> None:
+        try:
+            send_raw(peers[0].port, b"", certs, "client2", chunks=slowly(8 * 2**20, 2048, 1.0, stop), timeout=60)
+            outcomes.append("delivered")
+        except grpc.RpcError as exc:
+            outcomes.append(exc.code().name)
+
+    try:
+        callers = [threading.Thread(target=slow_call) for _ in range(3)]
+        for c in callers:
+            c.start()
+            time.sleep(0.2)
+        hello = encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10})
+        started = time.monotonic()
+        for _ in range(20):
+            board.send_bytes(0, hello)  # raises PeerUnreachable if refused
+        took = time.monotonic() - started
+        items = drain(server, time.monotonic() + 5.0)
+        for c in callers:
+            c.join(10)
+    finally:
+        stop.set()
+        server.stop_receive_message()
+        board.stop_receive_message()
+    delivered = [i for i in items if isinstance(i, Delivery)]
+    assert [d.peer_rank for d in delivered] == [1] * 20 and took < 10, took
+    assert sorted(outcomes) == ["CANCELLED", "RESOURCE_EXHAUSTED", "RESOURCE_EXHAUSTED"], outcomes
+    reasons = [i.reason for i in items if isinstance(i, Refused)]
+    assert sum("one at a time" in r for r in reasons) == 2
+    assert sum("still being sent after" in r for r in reasons) == 1
+    assert not any("bad magic" in r for r in reasons)  # what a cancelled call sent is never taken for a message
+
+
+def test_malformed_messages_quarantine_a_certificate_not_the_others(certs):
+    """Board 2's certificate sends garbage and over-sized messages: each is refused and counted, the fifth
+    quarantines rank 2 (reported once), after which its calls, even well-formed ones, are refused unread
+    (PERMISSION_DENIED); board 1 is never affected. Over-sized messages are refused at the first chunk past the
+    limit."""
+    peers = lan()
+    server = node(certs, peers, 0, quarantine_after=5)
+    quarantined: list[tuple] = []
+    server.admission.on_quarantine = lambda key, why: quarantined.append((key, why))
+    board = node(certs, peers, 1)
+    codes = []
+    try:
+        for payload in (b"\x00garbage", bytes(MAX_BYTES + 1), b"FIOT" + bytes(100), b"\x00" * 10, bytes(3 * MAX_BYTES)):
+            with pytest.raises(grpc.RpcError) as info:
+                send_raw(peers[0].port, payload, certs, "client2")
+            codes.append(info.value.code())
+        hello_2 = encode(C2S_HELLO, 2, 0, {"device": "Ecobee_Thermostat", "n_train": 10})
+        with pytest.raises(grpc.RpcError) as info:
+            send_raw(peers[0].port, hello_2, certs, "client2")
+        board.send_bytes(0, encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10}))
+        items = drain(server, time.monotonic() + 1.0)
+    finally:
+        server.stop_receive_message()
+        board.stop_receive_message()
+    assert codes == [grpc.StatusCode.RESOURCE_EXHAUSTED] * 5
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "quarantined" in info.value.details()
+    assert [k for k, _ in quarantined] == [2] and "5 messages that are not FedIoT messages" in quarantined[0][1]
+    assert [i.peer_rank for i in items if isinstance(i, Delivery)] == [1]
+    reasons = [i.reason for i in items if isinstance(i, Refused)]
+    assert sum("over comm_args.max_message_mb" in r and "not read further" in r for r in reasons) == 2
+    assert sum(r.startswith("quarantined") for r in reasons) == 1
+
+
+def test_without_quarantine_a_board_only_refuses(certs):
+    """A board's transport (quarantine_after None) refuses garbage without ever quarantining its sender; a rank that
+    may not send to it (another board) is refused before a byte is read."""
+    peers = lan()
+    board = node(certs, peers, 1)
+    reported: list = []
+    board.admission.on_quarantine = lambda key, why: reported.append(key)
+    board.peer_ranks = {0}
+    try:
+        for _ in range(7):
+            with pytest.raises(grpc.RpcError) as info:
+                send_raw(peers[1].port, b"\x00garbage", certs, "server", receiver=1)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with pytest.raises(grpc.RpcError) as info:
+            send_raw(peers[1].port, encode(C2S_HELLO, 2, 1, {"device": "x", "n_train": 1}), certs, "client2", receiver=1)
+        assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not read" in info.value.details()
+    finally:
+        board.stop_receive_message()
+    assert reported == [] and board.admission.quarantined == {}
+
+
+def test_plaintext_senders_are_known_by_connection(certs):
+    """Without TLS nothing proves a sender: admission is per connection and nobody is quarantined (two boards on one
+    host must not share a turn)."""
+    peers = lan()
+    server = FedIoTGrpcTransport(peers, 0, None, "127.0.0.1", 20.0, MAX_BYTES, 2)
+    try:
+        for _ in range(3):
+            with pytest.raises(grpc.RpcError) as info:
+                send_raw(peers[0].port, b"\x00garbage")
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        with channel_to(peers[0].port) as ch:  # and a well-formed message still goes through
+            from deployment.grpc_transport import chunks_of, send_over
+
+            send_over(ch, chunks_of(encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10})), 10)
+    finally:
+        server.stop_receive_message()
+    assert server.admission.quarantined == {}
