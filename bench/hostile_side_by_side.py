@@ -4,14 +4,20 @@
 
 Each variant is one loopback deployment of `bench/bench_flood.py` (3 boards, mutual TLS, synthetic rows), the same
 rounds, epochs and rows, run one after another on this machine, in an order that repeats (none first and last):
-- none: no hostile board;
-- lan_bombs: board 3's certificate sends 40 decoding bombs at the limits from 4 threads while the run trains;
+- none: no hostile board (3 boards train);
+- absent: board 3 does not run (2 boards train): the baseline of the next three, whose attacker holds board 3's
+  certificate (a stolen or compromised board's identity);
+- lan_bombs: that certificate sends 40 decoding bombs at the limits from 4 threads once round 2 is done;
+- slow_upload: that certificate keeps 3 calls open sending 8 MB at ~2 KB/s, reopened when they end, for the whole
+  run (issue 34 reproduction 1: this stopped the run);
+- valid_flood: that certificate sends, from 4 threads for the whole run, well-formed valid UPDATEs of the right model
+  for a round long past (refused as late; the strongest flood that no quarantine counts);
 - board_flood: board 1's own runtime sends 3 bombs after each honest answer (attack_args flood);
-- overflow: boards 2 and 3 send overflowing feature / validation statistics (refused; the run goes on with 1 and 3).
+- overflow: boards 2 and 3 send overflowing feature / validation statistics.
 Per variant: the median and the largest wall time of the rounds after round 2 (the honest boards' rounds), their
-ratio to `none`'s, the server's peak RSS over the run and its growth from idle, refusals counted, whether the run
-finished. Not here: slow uploads (a board that holds gRPC's call slots stops the run today: doc/security.md).
-Writes results.json and table.md to the run directory and prints it last.
+ratio to their baseline's (none, or absent), the server's peak RSS over the run and its growth from idle, refusals
+counted, boards quarantined, whether the run finished. Writes results.json and table.md to the run directory and
+prints it last.
 """
 from __future__ import annotations
 
@@ -28,8 +34,12 @@ sys.path.insert(0, str(REPO))
 
 from fediot.rundir import create_run_dir, write_json  # noqa: E402
 
-VARIANTS = {"none": ["--messages", "0"], "lan_bombs": ["--messages", "40", "--threads", "4"],
+VARIANTS = {"none": ["--messages", "0"], "absent": ["--messages", "0", "--absent"],
+            "lan_bombs": ["--messages", "40", "--threads", "4", "--absent"],
+            "slow_upload": ["--messages", "0", "--slow-upload", "3", "--absent"],
+            "valid_flood": ["--messages", "0", "--valid-flood", "4", "--absent"],
             "board_flood": ["--messages", "0", "--board-flood", "3"], "overflow": ["--messages", "0", "--overflow"]}
+BASELINE = {"lan_bombs": "absent", "slow_upload": "absent", "valid_flood": "absent"}  # others: none
 
 
 def run_variant(name: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -47,7 +57,8 @@ def run_variant(name: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
             "round_median_s": statistics.median(walls) if walls else None, "round_max_s": max(walls) if walls else None,
             "rss_idle_mb": r["server_rss_idle_mb"], "rss_peak_mb": r["server_rss_peak_mb"],
             "rss_growth_mb": round(r["server_rss_peak_mb"] - r["server_rss_idle_mb"], 1),
-            "rejected": r["rejected_total"], "clients_per_round": sorted(set(r["clients_per_round"]))}
+            "rejected": r["rejected_total"], "clients_per_round": sorted(set(r["clients_per_round"])),
+            "quarantined": r["quarantined"]}
 
 
 def main() -> int:
@@ -68,17 +79,22 @@ def main() -> int:
         print(f"{i + 1}/{len(order)}: {name}", file=sys.stderr, flush=True)
         results.append(run_variant(name, a, out / f"{i:02d}"))
         write_json(out / "results.json", results)
-    base = [r["round_median_s"] for r in results if r["variant"] == "none" and r.get("round_median_s")]
-    ref = statistics.median(base) if base else None
-    lines = ["| variant | finished | boards per round | round median s (x none) | round max s | server RSS peak MB "
-             "(growth) | refused |", "|---" * 7 + "|"]
+    def median_of(variant: str) -> float | None:
+        base = [r["round_median_s"] for r in results if r["variant"] == variant and r.get("round_median_s")]
+        return statistics.median(base) if base else None
+
+    lines = ["| variant | finished | boards per round | quarantined | round median s (x baseline) | round max s | "
+             "server RSS peak MB (growth) | refused |", "|---" * 8 + "|"]
     for r in results:
         if "error" in r:
-            lines.append(f"| {r['variant']} | error: {r['error'][:80]} | | | | | |")
+            lines.append(f"| {r['variant']} | error: {r['error'][:80]} | | | | | | |")
             continue
-        x = f" ({r['round_median_s'] / ref:.2f}x)" if ref and r["round_median_s"] else ""
-        lines.append(f"| {r['variant']} | {r['finished']} | {r['clients_per_round']} | {r['round_median_s']:.3f}{x} | "
-                     f"{r['round_max_s']:.3f} | {r['rss_peak_mb']:.0f} (+{r['rss_growth_mb']:.0f}) | {r['rejected']} |")
+        baseline = BASELINE.get(r["variant"], "none")
+        ref = median_of(baseline)
+        x = f" ({r['round_median_s'] / ref:.2f}x {baseline})" if ref and r["round_median_s"] else ""
+        lines.append(f"| {r['variant']} | {r['finished']} | {r['clients_per_round']} | {r['quarantined'] or ''} | "
+                     f"{r['round_median_s']:.3f}{x} | {r['round_max_s']:.3f} | {r['rss_peak_mb']:.0f} "
+                     f"(+{r['rss_growth_mb']:.0f}) | {r['rejected']} |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print(out)

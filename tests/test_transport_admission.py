@@ -177,3 +177,37 @@ def test_plaintext_senders_are_known_by_connection(certs):
     finally:
         server.stop_receive_message()
     assert server.admission.quarantined == {}
+
+
+def test_a_board_that_stops_reading_holds_up_only_its_own_messages(certs):
+    """The server sends to each board on that board's own thread: a board whose port takes the connection and never
+    reads (HTTP/2 flow control would hold a send until send_timeout_s) delays neither the server's other boards nor
+    its caller; its send fails after send_timeout_s and is reported through the callback."""
+    import socket
+
+    from fedml.core.distributed.communication.message import Message
+
+    peers = lan()
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", peers[2].port))
+    silent.listen(8)  # accepts (the kernel does) and never reads
+    server = node(certs, peers, 0, send_timeout_s=3.0)
+    board = node(certs, peers, 1)
+    failed: list[tuple[int, float]] = []
+    started = time.monotonic()
+    try:
+        server.send_later(Message(C2S_HELLO, 0, 2), lambda r, _e, _x: failed.append((r, time.monotonic() - started)))
+        for _ in range(10):
+            server.send_later(Message(C2S_HELLO, 0, 1), lambda r, e, _x: failed.append((r, -1.0)))
+        queued = time.monotonic() - started
+        items = drain(board, time.monotonic() + 1.5)
+        took = [i for i in items if isinstance(i, Delivery)]
+        deadline = time.monotonic() + 10
+        while not failed and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        server.stop_receive_message()
+        board.stop_receive_message()
+        silent.close()
+    assert queued < 0.5 and len(took) == 10  # queued at once; board 1 had all ten within 1.5 s
+    assert [r for r, _ in failed] == [2] and 2.5 < failed[0][1] < 8, failed
