@@ -30,21 +30,78 @@ def test_architecture_doc_names_real_modules():
     assert not missing, missing
 
 
-def test_every_config_key_named_in_the_docs_exists():
-    """A `section.key` in README.md or doc/*.md that is not a config key (renamed, retired, misspelt) fails here."""
+KEY_PATTERN = r"\b([a-z]+_args\.[a-z_0-9]+)"
+
+
+def unknown_keys(text: str) -> list[str]:
+    """The `section.key` names in a text that are not config keys."""
     import re
 
     keys = {f"{s}.{k}" for s, section in DEFAULTS.items() for k in section}
-    pages = [REPO / "README.md", *sorted((REPO / "doc").glob("*.md"))]
-    named = {(page.name, m) for page in pages for m in re.findall(r"\b([a-z]+_args\.[a-z_0-9]+)", page.read_text())}
-    unknown = sorted(f"{page}: {key}" for page, key in named if key not in keys)
+    return sorted({m for m in re.findall(KEY_PATTERN, text) if m not in keys})
+
+
+def doc_pages() -> list:
+    return [REPO / "README.md", *sorted((REPO / "doc").glob("*.md"))]
+
+
+def test_every_config_key_named_in_the_docs_exists():
+    """A `section.key` in README.md or doc/*.md that is not a config key (renamed, retired, misspelt) fails here."""
+    unknown = [f"{page.name}: {key}" for page in doc_pages() for key in unknown_keys(page.read_text())]
     assert not unknown, "not config keys:\n" + "\n".join(unknown)
 
 
-def test_the_docs_key_check_catches_a_retired_key(tmp_path):
+def test_the_docs_key_check_catches_a_retired_key():
+    assert unknown_keys("with `train_args.threshold_outlier_ratio` a device ... and `train_args.robust`") == \
+        ["train_args.threshold_outlier_ratio"]
+
+
+def test_functions() -> dict[str, set[str]]:
+    """tests/test_x.py -> the functions defined in it."""
+    import ast
+
+    return {f"tests/{f.name}": {n.name for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.FunctionDef)}
+            for f in (REPO / "tests").glob("test_*.py")}
+
+
+def test_every_test_the_docs_cite_exists():
+    """README said `tests/test_rounds.py` checks the synthetic run's printed lines (tests/test_readme_run.py did):
+    every tests/test_x.py, tests/test_x.py::test_name and `test_x` (a test module or a test) cited in README.md or
+    doc/*.md exists."""
     import re
 
-    keys = {f"{s}.{k}" for s, section in DEFAULTS.items() for k in section}
-    text = "with `train_args.threshold_outlier_ratio` a device ... and `train_args.robust`"
-    assert [m for m in re.findall(r"\b([a-z]+_args\.[a-z_0-9]+)", text) if m not in keys] == \
-        ["train_args.threshold_outlier_ratio"]
+    defined = test_functions()
+    every_test = set().union(*defined.values())
+    missing = []
+    for page in doc_pages():
+        text = page.read_text()
+        for module, test in set(re.findall(r"(tests/test_[a-z0-9_]+\.py)(?:::([a-z0-9_]+))?", text)):
+            if module not in defined or (test and test not in defined[module]):
+                missing.append(f"{page.name}: {module}{'::' + test if test else ''}")
+        for name in set(re.findall(r"`(test_[a-z0-9_]+)`", text)):
+            if f"tests/{name}.py" not in defined and name not in every_test:
+                missing.append(f"{page.name}: `{name}`")
+    assert not missing, "cited but not there:\n" + "\n".join(sorted(missing))
+
+
+def test_every_module_attribute_the_docs_cite_exists():
+    """README named `evaluation.counts.report_problems` for what lives in `federation.defenses`: every
+    `package.module.name` cited in README.md or doc/*.md is a module of ours with that name in it."""
+    import ast
+    import re
+
+    packages = "fediot|data|model|traffic|evaluation|federation|trainer|deployment|monitor|detect"
+    missing = []
+    for page in doc_pages():
+        for pkg, module, name in set(re.findall(rf"`({packages})\.([a-z_0-9]+)\.([A-Za-z_][A-Za-z_0-9]*)", page.read_text())):
+            path = REPO / pkg / f"{module}.py"
+            if not path.is_file():
+                missing.append(f"{page.name}: {pkg}.{module} (no {path.relative_to(REPO)})")
+                continue
+            tree = ast.parse(path.read_text())
+            names = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+            names |= {t.id for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign))
+                      for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
+            if name not in names:
+                missing.append(f"{page.name}: {pkg}.{module}.{name}")
+    assert not missing, "cited but not there:\n" + "\n".join(missing)
