@@ -55,6 +55,7 @@ def partition_values(name: str) -> dict[str, Any]:
 def run_cell(cfg_path: str, algorithm: str, partition: str, seed: int, rounds: int, target_loss: float,
              out: Path, extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     from data.sources import prepare_data
+    from attacks import make_client
     from federation.inprocess import run_in_process
 
     values = load(cfg_path).values
@@ -72,7 +73,8 @@ def run_cell(cfg_path: str, algorithm: str, partition: str, seed: int, rounds: i
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
     write_config(run_dir, cfg.values)
     started = time.monotonic()
-    run_in_process(cfg, run_dir, data_root, data_info, "federated", console=lambda line: None)
+    run_in_process(cfg, run_dir, data_root, data_info, "federated", console=lambda line: None,
+                   make_client=make_client)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     records = [json.loads(line) for line in (run_dir / "rounds.jsonl").read_text().splitlines()]
     trained = [r for r in records if "client_losses" in r]

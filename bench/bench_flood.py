@@ -104,15 +104,15 @@ def main() -> int:
         for rank, attack in ((2, "stats_overflow"), (3, "val_overflow")):
             board_cfg[rank] = tmp / f"board{rank}.yaml"
             board_cfg[rank].write_text(yaml.safe_dump({**raw, "attack_args": {"malicious_ranks": [rank],
-                                                                               "attack": attack}}))
+                                                                               "attack": attack, "red_team": True}}))
     if a.board_flood:
         board_cfg[1] = tmp / "board1.yaml"
         board_cfg[1].write_text(yaml.safe_dump({**raw, "attack_args": {"malicious_ranks": [1], "attack": "flood",
-                                                                       "attack_scale": a.board_flood}}))
+                                                                       "attack_scale": a.board_flood, "red_team": True}}))
     port = ipconfig_ports(cfg)[0]
     from fediot.config import load
 
-    from federation.client import decoding_bomb
+    from attacks import decoding_bomb
 
     payload = decoding_bomb(a.bomb_cert, int(load(str(cfg)).comm.max_message_mb * 2**20))
     late_update = stale_update(a.bomb_cert, load(str(cfg)))

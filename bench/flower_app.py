@@ -61,12 +61,13 @@ def _local(context: Context):
     if not _actor:
         import torch
 
+        from attacks import make_client
         from federation.client import ClientLoader
 
         cfg = config_mod.load(os.environ[ENV_CONFIG])
         torch.set_num_threads(cfg.device.torch_threads)
         _actor.update(cfg=cfg, loader=ClientLoader(cfg, Path(os.environ[ENV_DATA_ROOT]), Path(os.environ[ENV_RUN_DIR]),
-                                                         keep_devices=True),
+                                                         keep_devices=True, make_client=make_client),
                       clients={}, max_bytes=int(cfg.comm.max_message_mb * 2**20))
     name = _actor["cfg"].clients[int(context.node_config["partition-id"])]
     if name not in _actor["clients"]:

@@ -34,7 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from federation.client import ATTACKS  # noqa: E402
+from attacks import make_client  # noqa: E402
+from fediot.config import ATTACKS  # noqa: E402
 from fediot import config as fediot_config  # noqa: E402
 from fediot.rundir import write_json  # noqa: E402
 
@@ -125,7 +126,7 @@ def run_inprocess(base: dict[str, Any], attack: str, malicious: int, robust: boo
                 at[self.round] = json.loads(json.dumps(self.metrics))
             return line
 
-    loader = ClientLoader(cfg, data_root, run_dir)
+    loader = ClientLoader(cfg, data_root, run_dir, make_client=make_client)
     grid = InProcessGrid({c: loader(c) for c in cfg.clients}, int(cfg.comm.max_message_mb * 2**20))
     state = Capturing(cfg, data_info, "federated")
     run_federation(state, grid, RunOutputs(run_dir, False, checkpoint=False, console=lambda line: None), quorum(cfg))

@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data.sources import prepare_data  # noqa: E402
+from attacks import make_client  # noqa: E402
 from federation.client import ClientLoader  # noqa: E402
 from federation.driver import quorum, run_federation  # noqa: E402
 from federation.inprocess import InProcessGrid  # noqa: E402
@@ -116,7 +117,7 @@ def run_cell(seed: int, per_device: int, robust: bool, rounds: list[int], root: 
     cfg = validate(values)
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
-    loader = ClientLoader(cfg, data_root, run_dir)
+    loader = ClientLoader(cfg, data_root, run_dir, make_client=make_client)
     grid = InProcessGrid({c: loader(c) for c in cfg.clients}, int(cfg.comm.max_message_mb * 2**20))
     state = CapturingState(cfg, data_info, "federated", grid_clients=grid.clients, at=set(rounds))
     run_federation(state, grid, RunOutputs(run_dir, False, checkpoint=False, console=lambda line: None), quorum(cfg))

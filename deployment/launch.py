@@ -52,6 +52,14 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         raise ConfigError(f"the server is rank 0, not {rank}")
     if role == "client" and not 1 <= rank <= n_devices:
         raise ConfigError(f"client rank {rank} out of range: {where} has {n_devices} device(s), so N is 1..{n_devices}")
+    if cfg.attacking and not cfg.attack.red_team:
+        raise ConfigError(f"{where}: attack_args make rank(s) {cfg.attack.malicious_ranks} malicious "
+                          f"({cfg.attack.attack}); a deployment refuses that unless attack_args.red_team: true (a red-team "
+                          f"exercise on your own LAN); remove attack_args for a real deployment")
+    if cfg.attacking:
+        say(f"RED TEAM: attack_args make rank(s) {cfg.attack.malicious_ranks} malicious ({cfg.attack.attack}, scale "
+            f"{cfg.attack.attack_scale:g}); attack_args.red_team is true"
+            + ("; this board is one of them" if role == "client" and cfg.attack_of(rank)[0] != "none" else ""))
     if not cfg.comm.grpc_ipconfig_path:
         raise ConfigError(f"{where}: comm_args.grpc_ipconfig_path is not set (CSV eid,rank,grpc_server_ip,grpc_server_port,ingress_ip)")
     from data.sources import load_split, prepare_data
@@ -94,7 +102,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address} "
             f"({'mutual TLS, certificates in ' + str(tls.source) if tls else 'PLAINTEXT'}); run directory {run_dir}")
     else:
-        from federation.client import LocalClient, live_detector
+        from federation.client import honest_client, live_detector
         from model.threshold import rule_of
 
         device = cfg.devices[rank - 1]
@@ -102,7 +110,10 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         split = load_split(cfg, data_root, device)  # before the run directory: no empty run on bad data
         run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
         write_config(run_dir, cfg.values)
-        local = LocalClient(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank),
+        make_client = honest_client
+        if cfg.attack_of(rank)[0] != "none":  # only with attack_args.red_team (checked above)
+            from attacks import make_client
+        local = make_client(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank),
                             rule=rule_of(cfg.validation), window=cfg.validation.vote_window,
                             live=live_detector(cfg, run_dir),
                             personalise=(cfg.validation.personalise_epochs, cfg.validation.personalise_lr,

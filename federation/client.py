@@ -11,7 +11,7 @@ import logging
 import time
 import zlib
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,23 +22,19 @@ from data.sources import load_client_splits
 from evaluation.counts import client_report, held_out_counts, personal_report
 from evaluation.scores import DeviceScores, score_device
 from federation.messages import (
-    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_HEADER_BYTES, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
+    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
     RoundPlan, Update, ValStats, own_normalizer,
 )
-from federation.wire import MAGIC, header_length_bytes
-from fediot.config import ATTACKS, DEFAULTS, FedIoTConfig, device_of_client
+from fediot.config import DEFAULTS, FedIoTConfig, device_of_client
+from fediot.errors import ConfigError
 from fediot.rundir import append_jsonl
 from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats, train_autoencoder
-from model.threshold import ThresholdRule, histogram, rule_of, shifted_histogram
+from model.threshold import ThresholdRule, rule_of
 from model.normalization import FeatureStats, Normalizer
 
 
 log = logging.getLogger("fediot.client")
-
-OVERFLOW = 1e308  # stats_overflow's total and total_sq of the first feature (issue 22: two such boards crashed a run)
-POISONING_ATTACKS = ("data_poisoning", "model_scaling")  # train on the device's attack rows as if benign
-TAMPERING_ATTACKS = ("model_scaling", "random_update", "alie", "ipm")  # send something computed from the global weights
 
 
 LIVE_DETECTOR = Path("detector") / "model.npz"  # in a client process's run directory: what `detect --follow` reads
@@ -88,35 +84,19 @@ def live_detector(cfg: FedIoTConfig, run_dir: Path) -> LiveDetector | None:
                         cfg.validation.board_threshold_ratio)
 
 
-def decoding_bomb(sender: int, max_bytes: int) -> bytes:
-    """What the `flood` attack sends besides its honest answers (issue 22, reproduction 3): the costliest message a
-    certified peer can send inside the limits — just under `max_bytes`, its header just under the header limit and
-    holding nothing but empty tensor entries (~90,000), so a receiver must parse the header before it can refuse the
-    tensor count (the issue's had 1.9 M entries in a 63 MiB header: the header limit now refuses that unread)."""
-    entry = b'"t%07d":{"__tensor__":["float32",[0],0,0]}'
-    start = b'{"type":"%s","sender":%d,"receiver":0,"fields":{' % (C2S_UPDATE.encode(), sender)
-    end = b"}}"
-    n = (MAX_HEADER_BYTES - len(start) - len(end)) // (len(entry % 0) + 1)
-    header = start + b",".join(entry % i for i in range(n)) + end
-    message = MAGIC + header_length_bytes(len(header)) + header
-    return message + bytes(max(0, max_bytes - 1 - len(message)))
-
-
 class LocalClient:
     """Holds one device's split; trains and evaluates the global model as the server asks."""
 
+    # what a client process may send besides its answers, and how often it reports its health: nothing, and at the
+    # configured interval (the attacks package's clients change these; an honest client never does)
+    health_interval_factor = 1.0
+
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
-                 attack: str = "none", attack_scale: float = 1.0, model: AutoEncoder | None = None,
+                 model: AutoEncoder | None = None,
                  rule: ThresholdRule = ThresholdRule(), window: int = DEFAULTS["validation_args"]["vote_window"][0],
                  live: LiveDetector | None = None, personalise: tuple[int, float, int] = (0, 0.001, 64)) -> None:
-        """attack/attack_scale (attack_args, for a rank listed as malicious): what this client does instead of
-        honest training, to study what a compromised board can do; 'none' for an honest client. model: the
-        autoencoder to load the global weights into (a worker's clients share one; each call loads them)."""
-        if attack not in ATTACKS:
-            raise ValueError(f"unknown attack {attack!r}; expected one of {ATTACKS}")
-        self.attack, self.attack_scale = attack, attack_scale
-        # flood: trains and answers honestly, and sends this many decoding bombs after each answer
-        self.bombs_per_answer = max(1, round(attack_scale)) if attack == "flood" else 0
+        """model: the autoencoder to load the global weights into (a worker's clients share one; each call loads
+        them)."""
         self.rule = rule  # the federation's threshold rule (a personalised model's own threshold; threshold_edge)
         self.window = window  # the vote window whose window scores the validation statistics histogram
         self.live = live  # where the newest evaluated model is kept for detect --follow (None: nowhere)
@@ -143,59 +123,61 @@ class LocalClient:
     def hello(self) -> Hello:
         """What the server learns when the client joins: device, row counts, feature statistics."""
         s = self.split
-        stats = self.stats
-        if self.attack == "stats_inflation":  # statistics of rows attack_scale times larger than its own
-            f = self.attack_scale
-            stats = FeatureStats(stats.count, stats.total * f, stats.total_sq * f * f, stats.minimum * f, stats.maximum * f)
-        if self.attack == "stats_overflow":  # finite numbers whose sums overflow when merged with one more such client
-            total, total_sq = stats.total.copy(), stats.total_sq.copy()
-            total[0] = total_sq[0] = OVERFLOW
-            stats = FeatureStats(stats.count, total, total_sq, stats.minimum, stats.maximum)
-        return Hello(self.device, self.n_train, stats,
+        return Hello(self.device, self.n_train, self.claimed_stats(),
                      held_out_counts(validation=self.validation_rows, test=len(s.test),
                                      attacks={name: len(rows) for name, rows in s.attacks.items()}))
 
+    # -- what it says: the hooks an attack (attacks/) overrides; an honest client says what it has
+    def claimed_stats(self) -> FeatureStats:
+        """The feature statistics its hello carries."""
+        return self.stats
+
     @property
     def validation_rows(self) -> int:
-        """The validation rows it claims: its own, or (threshold_edge) attack_scale times as many."""
-        n = len(self.split.validation)
-        return int(n * self.attack_scale) if self.attack == "threshold_edge" else n
+        """The validation rows it claims."""
+        return len(self.split.validation)
+
+    def rows_to_train(self) -> np.ndarray:
+        """The rows it trains on (unnormalised)."""
+        return self.split.train
+
+    def claimed_rows(self, trained: np.ndarray) -> int:
+        """The row count its update carries (its weight in the average)."""
+        return self.n_train
+
+    keeps_global_weights = False  # whether `sent_weights` needs the global weights it trained from
+
+    def sent_weights(self, global_state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
+        """The weights its update carries: the ones it trained."""
+        return state_of(self.model)
+
+    def sent_validation_stats(self, own: ErrorStats) -> ErrorStats:
+        """The validation-error statistics it sends."""
+        return own
+
+    def sent_report(self, report: dict[str, Any]) -> dict[str, Any]:
+        """The count report it sends."""
+        return report
+
+    def extra_messages(self, sender: int, max_bytes: int) -> list[bytes]:
+        """Wire bytes its process sends to the server after each of its answers: none."""
+        return []
+
+    def health_fields(self, fields: dict[str, Any], nth: int) -> dict[str, Any]:
+        """The health report its process sends (the nth of the process): the process's own."""
+        return fields
 
     def _training_rows(self, normalizer: dict[str, Any]) -> np.ndarray:
         if self._rows is None or self._rows[0] != normalizer:
-            rows = self.split.train
-            if self.attack in POISONING_ATTACKS:  # the device's attack traffic, trained on as if it were benign
-                rows = np.vstack([rows, *self.split.attacks.values()])
-            self._rows = (normalizer, Normalizer.from_dict(normalizer)(rows))
+            self._rows = (normalizer, Normalizer.from_dict(normalizer)(self.rows_to_train()))
         return self._rows[1]
-
-    def _tamper(self, global_state: dict[str, torch.Tensor], seed: int) -> dict[str, torch.Tensor]:
-        """What a malicious client sends instead of its trained weights: model_scaling sends its poisoned model's
-        update boosted attack_scale times (model replacement: scale ~ clients / share), random_update noise, ipm and
-        alie the untargeted attacks sized against robust rules (inner-product manipulation; a little is enough)."""
-        local = state_of(self.model)
-        if self.attack == "model_scaling":
-            return {k: g + self.attack_scale * (local[k] - g) for k, g in global_state.items()}
-        if self.attack == "ipm":  # inner-product manipulation: -attack_scale x the honest update (its own, as the
-            # estimate of the honest clients' mean a colluding attacker has)
-            return {k: g - self.attack_scale * (local[k] - g) for k, g in global_state.items()}
-        if self.attack == "alie":  # "a little is enough": the honest mean minus attack_scale honest spreads per
-            # coordinate, both estimated from its own update (mean ~ its update, spread ~ its magnitude): a step against
-            # learning that stays within the honest updates' spread
-            return {k: g + (local[k] - g) - self.attack_scale * (local[k] - g).abs() for k, g in global_state.items()}
-        if self.attack == "random_update":
-            gen = torch.Generator().manual_seed(seed)
-            spread = {k: g.std() if g.numel() > 1 else g.abs() + 1e-3 for k, g in global_state.items()}
-            return {k: g + self.attack_scale * spread[k] * torch.randn(g.shape, generator=gen)
-                    for k, g in global_state.items()}
-        return local
 
     def train(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any], plan: RoundPlan,
               scale: list[float] | None = None) -> Update:
         """Local training of the global model with the server's plan (and its device's widened scales, when the
         server sent them); the update to send back."""
-        # the global weights, kept for _tamper (an honest client only reads `model`: load_state_dict copies it)
-        global_state = {k: v.detach().clone() for k, v in model.items()} if self.attack in TAMPERING_ATTACKS else model
+        # the global weights, kept for sent_weights when it needs them (load_state_dict copies `model` otherwise)
+        global_state = {k: v.detach().clone() for k, v in model.items()} if self.keeps_global_weights else model
         self.model.load_state_dict(model)
         rows = self._training_rows(own_normalizer(normalizer, scale))
         started = time.monotonic()
@@ -207,10 +189,8 @@ class LocalClient:
                                             "epoch_losses": losses, "lr": plan.lr, "epochs": plan.epochs,
                                             "seed": plan.seed, "samples": self.n_train, "train_seconds": seconds,
                                             **({"prox_mu": plan.prox_mu} if plan.prox_mu > 0 else {})})
-        # a data poisoner also claims attack_scale times the rows it trained on: the row count is its word
-        n = int(len(rows) * self.attack_scale) if self.attack == "data_poisoning" else self.n_train
-        return Update(plan.round_idx, self.device, self._tamper(global_state, plan.seed), n, losses[-1], plan.lr,
-                      seconds)
+        return Update(plan.round_idx, self.device, self.sent_weights(global_state, plan.seed), self.claimed_rows(rows),
+                      losses[-1], plan.lr, seconds)
 
     def validation_stats(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any],
                          scale: list[float] | None = None) -> ErrorStats:
@@ -222,18 +202,7 @@ class LocalClient:
         self._evaluated = (normalizer, scale)
         if self.personalise_epochs > 0:
             self._personalise(model, norm)
-        s = self.scores.validation_stats(self.window, self.rule)
-        if self.attack == "stats_inflation":  # errors reported attack_scale times larger: mean and std scale alike
-            return ErrorStats(s.count, s.total * self.attack_scale, s.total_sq * self.attack_scale ** 2,
-                              shifted_histogram(s.window_hist, self.attack_scale), s.rows_per_day, s.tail_clusters,
-                              s.tail_exceedances)
-        if self.attack == "val_overflow":  # finite, and the square of their mean overflows a float
-            return ErrorStats(s.count, 1e200, 1e300, s.window_hist, s.rows_per_day, s.tail_clusters, s.tail_exceedances)
-        if self.attack == "threshold_edge":  # attack_scale x its rows, every error attack_scale x its own threshold
-            t, n = s.threshold_by(self.rule) * self.attack_scale, self.validation_rows
-            return ErrorStats(n, t * n, t * t * n, histogram(np.full(max(1, n - self.window + 1), t)),
-                              None if s.rows_per_day is None else s.rows_per_day * n / max(1, s.count))
-        return s
+        return self.sent_validation_stats(self.scores.validation_stats(self.window, self.rule))
 
     def _personalise(self, model: dict[str, torch.Tensor], normalizer: dict[str, Any]) -> None:
         """Fine-tune a copy of the evaluated global model on this client's training rows and score the held-out rows
@@ -254,11 +223,7 @@ class LocalClient:
         report = client_report(self.scores, float(global_threshold), float(device_threshold), int(window))
         if self.personal_scores is not None:
             report["personal"] = personal_report(self.personal_scores, self.personal_threshold, int(window))
-        if self.attack == "eval_lies":
-            fabricate_counts(report, self.attack_scale)
-        if self.attack == "threshold_edge":  # consistent with the validation rows it claimed
-            report["validation"]["n"] = self.validation_rows
-        return report
+        return self.sent_report(report)
 
     def checked_threshold(self, rounds_done: int, device_threshold: float) -> float:
         """The server's threshold for this device if it lies within validation_args.board_threshold_ratio of the
@@ -295,8 +260,12 @@ class ClientLoader:
     kept, so a worker's home clients, consecutive in config order, load each device once; `keep_devices` keeps
     every device's parts (for a process asked about clients in any order: bench/flower_app.py's Ray actors)."""
 
-    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path, keep_devices: bool = False) -> None:
+    def __init__(self, cfg: FedIoTConfig, data_root: Path, run_dir: Path, keep_devices: bool = False,
+                 make_client: "ClientFactory | None" = None) -> None:
+        """make_client: how a client is made from its split and what attack_args say of its rank (default: honest
+        clients only; the simulation, the in-process grid and bench pass `attacks.make_client`)."""
         self.cfg, self.data_root, self.run_dir = cfg, data_root, run_dir
+        self.make_client = make_client or honest_client
         self.index = {c: i for i, c in enumerate(cfg.clients)}
         self.keep_devices = keep_devices
         self._parts: dict[str, dict[str, DeviceSplit]] = {}  # device -> client -> its part of the device's split
@@ -315,10 +284,24 @@ class ClientLoader:
         if self._model is None:
             self._model = AutoEncoder(len(nbaiot.feature_columns(self.cfg.data.dataset)))
         v = self.cfg.validation
-        return LocalClient(self.split(client), self.cfg.model.feature_transform,
-                           self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                           model=self._model, rule=rule_of(v), window=v.vote_window, live=self._live,
-                           personalise=(v.personalise_epochs, v.personalise_lr, self.cfg.train.batch_size))
+        return self.make_client(self.split(client), self.cfg.model.feature_transform,
+                                self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
+                                model=self._model, rule=rule_of(v), window=v.vote_window, live=self._live,
+                                personalise=(v.personalise_epochs, v.personalise_lr, self.cfg.train.batch_size))
+
+
+ClientFactory = Callable[..., LocalClient]  # (split, feature_transform, record_file, *cfg.attack_of(rank), **kw)
+
+
+def honest_client(split: DeviceSplit, feature_transform: str, record_file: Path | None, attack: str,
+                  _strength: float, **kw: Any) -> LocalClient:
+    """An honest client; attack_args naming its rank is a configuration error here (attacks live in `attacks/`, which
+    only the simulation, the in-process grid and bench load)."""
+    if attack != "none":
+        raise ConfigError(f"attack_args make {split.device} malicious ({attack}), and this run loads no attacks "
+                          "(only the simulation, the in-process grid and bench do; a deployment needs "
+                          "attack_args.red_team: true)")
+    return LocalClient(split, feature_transform, record_file, **kw)
 
 
 def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
@@ -344,15 +327,3 @@ def answers(home: dict[str, LocalClient], msg_type: str, fields: dict[str, Any])
             home[client].publish_live(fields["round"], fields["global_threshold"], own["device_threshold"])
     else:
         raise ValueError(f"{msg_type} is not a request a client answers")
-
-
-def fabricate_counts(report: dict[str, Any], scale: float) -> None:
-    """eval_lies: every attack row caught, no benign row flagged, attack_scale times the benign rows it holds
-    (a board that hides its own infection and flatters the federation's numbers)."""
-    for m in report["modes"].values():
-        n_benign = int((m["benign"]["fp"] + m["benign"]["tn"]) * scale)
-        m["benign"] = {"fp": 0, "tn": n_benign}
-        for a in m["attacks"].values():
-            a["tp"], a["fn"] = a["tp"] + a["fn"], 0
-        w = m["window"]
-        m["window"] = {"tp": w["tp"] + w["fn"], "fn": 0, "fp": 0, "tn": int((w["fp"] + w["tn"]) * scale)}

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from pathlib import Path
 
-from federation.client import ClientLoader, LocalClient, answers, decoding_bomb
+from federation.client import ClientFactory, ClientLoader, LocalClient, answers
 from federation.driver import quorum, run_federation
 from federation.messages import (
     ANSWER_TO, C2S_HELLO, Expectations, Hello, ProtocolError, answer_client, decode_message, typed, validate,
@@ -76,8 +76,8 @@ class InProcessGrid:
             return None
 
     def _bytes_to_server(self, client: str, raw: bytes) -> None:
-        """Bytes a client sends unasked (the `flood` attack's bombs): decoded as a node decodes them, refused and
-        counted; were they ever a well-formed message, it would still be one nobody asked for."""
+        """Bytes a client sends unasked (what attacks/ may add after an answer): decoded as a node decodes them,
+        refused and counted; were they ever a well-formed message, it would still be one nobody asked for."""
         self.bytes_received += len(raw)
         try:
             decode_message(raw, self.max_bytes)
@@ -128,8 +128,8 @@ class InProcessGrid:
                 if self.faults.silent(kind, self.round, client):
                     continue
                 answer = self._to_server(client, msg_type, message.to_fields())
-                for _ in range(self.clients[client].bombs_per_answer):
-                    self._bytes_to_server(client, decoding_bomb(self.rank[client], self.max_bytes))
+                for extra in self.clients[client].extra_messages(self.rank[client], self.max_bytes):
+                    self._bytes_to_server(client, extra)  # none from an honest client (attacks/: flood)
                 if answer is None:
                     continue
                 if msg_type != ANSWER_TO[kind] or answer_client(msg_type, message.to_fields()) != client:
@@ -155,12 +155,13 @@ class InProcessGrid:
 
 def run_in_process(cfg: FedIoTConfig, run_dir: Path, data_root: Path, data_info: dict[str, Any],
                    kind: str = "federated", faults: Faults | None = None, console: Callable[[str], None] | None = None,
-                   checkpoint: dict[str, Any] | None = None, status: StatusStore | None = None
-                   ) -> tuple[RoundState, InProcessGrid]:
+                   checkpoint: dict[str, Any] | None = None, status: StatusStore | None = None,
+                   make_client: ClientFactory | None = None) -> tuple[RoundState, InProcessGrid]:
     """A whole federated run of `cfg` in this process: the same driver, state, outputs and clients as
     `sh run_simulation.sh` (deployment configs: with checkpoints and their quorum), on an `InProcessGrid`; status:
-    a status page's store that gets the rounds (bench/bench_status.py)."""
-    loader = ClientLoader(cfg, data_root, run_dir)
+    a status page's store that gets the rounds (bench/bench_status.py); make_client: `attacks.make_client` for
+    attack_args (default: honest clients only)."""
+    loader = ClientLoader(cfg, data_root, run_dir, make_client=make_client)
     grid = InProcessGrid({c: loader(c) for c in cfg.clients}, int(cfg.comm.max_message_mb * 2**20), faults)
     state = RoundState(cfg, data_info, kind)
     if checkpoint is not None:

@@ -249,7 +249,7 @@ class DetectArgs:
     mqtt_password_file: str | None = _key(None, 'MQTT: file holding the password (never the password itself in a config)', check=(lambda v: v is None or isinstance(v, str), 'null or a path'))
 
 
-# attack_args.attack: what a simulated malicious client can do (federation/client.py implements each)
+# attack_args.attack: what a simulated malicious client can do (attacks/clients.py implements each)
 ATTACKS = ("none", "data_poisoning", "model_scaling", "random_update", "stats_inflation", "eval_lies", "stats_overflow",
            "val_overflow", "threshold_edge", "alie", "ipm", "flood", "health_lies")
 
@@ -261,6 +261,7 @@ class AttackArgs:
     malicious_ranks: list[int] | None = _key(None, 'client ranks that attack (null = none); the others are honest and do not know', check=(lambda v: v is None or (isinstance(v, list) and all(_is_int(r) and r >= 1 for r in v)), 'null or a list of client ranks >= 1'))
     attack: str = _key('none', 'what they do: data_poisoning (train on their attack rows as if benign and claim attack_scale x the rows), model_scaling (train so, and send the update boosted attack_scale times), random_update (send random weights), stats_inflation (report feature and validation-error statistics of rows attack_scale times larger), eval_lies (report every attack row caught, no false alarm, attack_scale x the benign rows), stats_overflow (feature statistics of 1e308 for the first feature: overflow the merge), val_overflow (validation statistics of 1e200 and 1e300: overflow the threshold arithmetic), threshold_edge (claim attack_scale x its validation rows, every error attack_scale x its own threshold, std 0, and count reports consistent with that: pull the global threshold up), ipm (inner-product manipulation: send -attack_scale x its honest update), alie (a little is enough: its update minus attack_scale x its per-coordinate magnitude, inside the honest spread), flood (answer honestly, and after each answer send attack_scale decoding bombs: messages just under comm_args.max_message_mb whose header is all empty tensor entries), health_lies (train honestly; send health reports attack_scale times as often as status_args.health_interval_s allows, every other one with impossible numbers: 1e12 MB of memory, a 10,000-character warning)', choices=ATTACKS)
     attack_scale: float = _key(10.0, 'strength of the attack (see attack); random_update: noise std relative to each weight tensor\'s std', check=(lambda v: _is_num(v) and v > 0, 'a number > 0'))
+    red_team: bool = _key(False, 'deployment: let attack_args make boards malicious (a red-team exercise on your own LAN, said on every start); without it a deployment whose attack_args name a rank refuses to start', check=(lambda v: isinstance(v, bool), 'true or false'))
 
 
 @dataclass(frozen=True)
@@ -346,6 +347,11 @@ class FedIoTConfig:
         return Defenses(robust, rule, t.trim_fraction, t.byzantine_clients,
                         t.screen_norm_factor if robust else None, t.scale_ratio_limit,
                         t.count_ratio_limit if robust else None)
+
+    @property
+    def attacking(self) -> bool:
+        """attack_args make some rank malicious."""
+        return bool(self.attack.malicious_ranks) and self.attack.attack != "none"
 
     def attack_of(self, rank: int) -> tuple[str, float]:
         """(attack, scale) that client `rank` carries out; ('none', ...) for an honest client."""

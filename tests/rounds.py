@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from attacks import make_client
 from federation.inprocess import Faults, InProcessGrid, run_in_process
 from federation.state import RoundState
 
@@ -75,7 +76,7 @@ def run(values: dict[str, Any], faults: Faults | None = None, run_dir: Path | No
         write_config(run_dir, cfg.values)
     state, grid = run_in_process(cfg, run_dir, data_root, server_data_info(cfg) if deployment else data_info,
                                  "federated-deployment" if deployment else "federated", faults,
-                                 None if said is None else said.append, checkpoint)
+                                 None if said is None else said.append, checkpoint, make_client=make_client)
     return state, grid, run_dir
 
 

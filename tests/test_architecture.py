@@ -7,8 +7,8 @@ from pathlib import Path
 
 from tests.helpers import REPO
 
-PACKAGES = ("fediot", "monitor", "data", "model", "traffic", "evaluation", "federation", "trainer", "deployment", "bench",
-            "tools")
+PACKAGES = ("fediot", "monitor", "data", "model", "traffic", "evaluation", "federation", "attacks", "trainer", "deployment",
+            "bench", "tools")
 COMMANDS = {"main_fedml_iot", "baselines", "score", "compare", "detect", "capture", "traffic.train_device",
             "traffic.compare_ranges"}
 ORCHESTRATION = ("federation", "trainer", "deployment", "main_fedml_iot")
@@ -118,3 +118,24 @@ def test_bench_and_tools_are_checked_and_nothing_imports_them():
     users = [name for name, path in mods.items() if group_of(name) not in ("bench", "tools")
              and any(group_of(i) in ("bench", "tools") for i in imports_of(path, set(mods)))]
     assert not users, users
+
+
+def test_attacks_only_where_the_table_says():
+    """The attacks package (issue 35: attack code lived in the honest client) is loaded only by the simulation, a
+    deployment launched with attack_args.red_team, bench, tools and tests."""
+    mods = project_modules()
+    users = sorted(name for name, path in mods.items() if group_of(name) not in ("attacks", "bench", "tools")
+                   and any(i == "attacks" or i.startswith("attacks.") for i in imports_of(path, set(mods))))
+    assert users == ["deployment.launch", "trainer.simulation"], users
+
+
+def test_the_honest_client_knows_no_attack():
+    """No attack name, no attack_scale and no bomb in the honest client, the client node or the in-process grid: they
+    call hooks whose honest versions say what the client has."""
+    from fediot.config import ATTACKS
+
+    for module in ("federation/client.py", "trainer/nodes.py", "federation/inprocess.py"):
+        text = (REPO / module).read_text()
+        named = [a for a in ATTACKS[1:] if f'"{a}"' in text] + [w for w in ("attack_scale", "bomb", "self.attack")
+                                                                   if w in text]
+        assert not named, f"{module}: {named}"

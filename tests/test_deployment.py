@@ -251,6 +251,35 @@ def test_a_bad_deployment_config_is_one_error_line_from_the_launcher(tmp_path):
 
 
 
+def test_a_deployment_refuses_attack_args_without_red_team(tmp_path, monkeypatch):
+    """attack_args in a deployment config made a board malicious (issue 35): refused, for the server and every
+    board, unless attack_args.red_team is true, which every start then says; the honest client never sees them."""
+    import io
+
+    import pytest
+    import yaml
+
+    from deployment.launch import run_deployment
+    from fediot import console
+    from fediot.errors import ConfigError
+
+    out = io.StringIO()
+    monkeypatch.setattr(console, "_OUT", out)
+    cfg = deploy_config(tmp_path, attack_args={"malicious_ranks": [2], "attack": "flood"})
+    for role, rank in (("server", 0), ("client", 1), ("client", 2)):
+        with pytest.raises(ConfigError, match=r"attack_args make rank\(s\) \[2\] malicious \(flood\); a deployment "
+                                              r"refuses that unless attack_args.red_team: true"):
+            run_deployment(str(cfg), role, rank, None)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["attack_args"]["red_team"] = True
+    raw["comm_args"]["grpc_ipconfig_path"] = None  # stop right after the check: the next error is the ipconfig's
+    cfg.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match="grpc_ipconfig_path is not set"):
+        run_deployment(str(cfg), "client", 2, None)
+    said = out.getvalue()
+    assert "RED TEAM: attack_args make rank(s) [2] malicious (flood" in said and "this board is one of them" in said
+
+
 def test_port_check_ignores_time_wait_but_not_a_listener():
     """A board restarted right after its process closed connections (TIME_WAIT on its port) may bind
     again, as gRPC itself would; a live listener on the port is still one clear error."""

@@ -73,7 +73,8 @@ def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
                                               "fedprox_mu": 0.01},
                         validation_args={"frequency_of_the_test": 4},
                         status_args={"port": 0, "linger_s": 120, "health_interval_s": 1, "refresh_s": 1},
-                        attack_args={"malicious_ranks": [3], "attack": "health_lies", "attack_scale": 6})
+                        attack_args={"malicious_ranks": [3], "attack": "health_lies", "attack_scale": 6,
+                                     "red_team": True})
     srv = server(cfg)
     boards = [client(n, cfg) for n in (1, 2, 3)]
     try:

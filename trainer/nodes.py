@@ -33,7 +33,7 @@ from fedml.core.distributed.communication.constants import CommunicationConstant
 from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
 
-from federation.client import LocalClient, answers, decoding_bomb, home_clients
+from federation.client import LocalClient, answers, home_clients
 from federation.driver import RoundFailed, quorum, run_federation
 from federation.outputs import RunOutputs
 from federation.state import RoundState
@@ -625,7 +625,7 @@ class ClientNode(_Node):
         self.health = health
         self.health_interval_s = health_interval_s
         self.last_round: int | None = None
-        self.lies = 0  # health reports sent by a health_lies attacker
+        self.health_reports = 0  # sent by this process (its clients' health_fields hook sees the count)
         self.label = next(iter(home)) if len(home) == 1 else f"{len(home)} clients"
         self.rules = rules
         self.welcomed = False
@@ -658,16 +658,15 @@ class ClientNode(_Node):
 
     def on_health_due(self, _msg: Message) -> None:
         """Report this rank's health (once welcomed; one try: a lost report is replaced by the next)."""
-        liar = next((c for c in self.home.values() if c.attack == "health_lies"), None)
         if self.welcomed:
+            self.health_reports += 1
             fields = self.health.fields(self.last_round)
-            self.lies += liar is not None
-            if liar is not None and self.lies % 2 == 0:  # the attack (attack_args): numbers no board can have
-                fields = {**fields, "rss_mb": 1e12, "warnings": [{"time": time.time(), "level": "ERROR",
-                                                                   "message": "<script>alert(1)</script>" * 400}]}
+            for client in self.home.values():  # an honest client's hook passes them on (attacks/: health_lies)
+                fields = client.health_fields(fields, self.health_reports)
             self.send(C2S_HEALTH, 0, health=fields)
             write_json(self.health.report_file, fields)  # what it said last, for whoever looks on the board
-        self.post_after(self.health_interval_s / (liar.attack_scale if liar is not None else 1.0), LOCAL_HEALTH)
+        factor = min(client.health_interval_factor for client in self.home.values())
+        self.post_after(self.health_interval_s * factor, LOCAL_HEALTH)
 
     def on_tick(self, _msg: Message) -> None:
         now = time.monotonic()
@@ -726,16 +725,12 @@ class ClientNode(_Node):
                           f"loss {answer.loss:.5f} ({answer.train_seconds:.1f}s)")
             fields = answer.to_fields()
             self.reply(msg_type, **fields)
-            self.flood(self.home[answer_client(msg_type, fields)].bombs_per_answer)
-
-    def flood(self, bombs: int) -> None:
-        """The `flood` attack (attack_args): decoding bombs to the server after an honest answer; refusals are what
-        it expects, so they are only logged."""
-        for _ in range(bombs):
-            try:
-                self.com_manager.send_bytes(0, decoding_bomb(self.rank, self.com_manager.max_bytes))
-            except PeerUnreachable as exc:
-                log.info("flood: %s", exc)
+            for extra in self.home[answer_client(msg_type, fields)].extra_messages(self.rank,
+                                                                                 self.com_manager.max_bytes):
+                try:  # none from an honest client (attacks/: flood); a refusal is what such a sender expects
+                    self.com_manager.send_bytes(0, extra)
+                except PeerUnreachable as exc:
+                    log.info("extra message: %s", exc)
 
     def on_finish(self, msg: Message) -> None:
         error = msg.get("error")

@@ -76,7 +76,9 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
 
     # each worker loads its home clients' rows (errors from any rank stop all ranks with one message)
     workers = size - 1
-    loader = ClientLoader(cfg, data_root, run_dir)
+    from attacks import make_client
+
+    loader = ClientLoader(cfg, data_root, run_dir, make_client=make_client)  # the simulation studies attack_args
     home: dict[str, Any] = {}
     ok, payload = True, None
     if rank > 0:
