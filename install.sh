@@ -39,3 +39,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 else
   echo ".venv is up to date with requirements.txt"
 fi
+# the project itself, editable (pyproject.toml): its packages import from any directory, `fediot` in .venv/bin
+pstamp=".venv/.project.sha256"
+pwant="$(cat pyproject.toml | sha256sum | cut -d' ' -f1)-$HERE"
+if [ "$(cat "$pstamp" 2>/dev/null)" != "$pwant" ] || ! .venv/bin/python -c "import fediot.cli" 2>/dev/null; then
+  .venv/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+  echo "$pwant" > "$pstamp"
+fi

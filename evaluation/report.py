@@ -23,7 +23,7 @@ import yaml  # noqa: E402
 
 from data import nbaiot  # noqa: E402
 from evaluation.metrics import METRIC_KEYS  # noqa: E402
-from fediot.config import DEFAULTS  # noqa: E402
+from fediot.config import defaults as defaults_of  # noqa: E402
 from fediot.rundir import write_atomic  # noqa: E402
 
 
@@ -211,7 +211,7 @@ def threshold_lines(run_dir: Path) -> list[str]:
         v = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("validation_args") or {}
     except (OSError, yaml.YAMLError, AttributeError):
         return []
-    defaults = {k: d[0] for k, d in DEFAULTS["validation_args"].items()}
+    defaults = defaults_of()["validation_args"]
     v = {**defaults, **v}
     k = f"mean + {v['threshold_k']:g} x std of the validation errors"
     budget = (f"at most {v['false_alerts_per_day']:g} false alert(s) per device per day on its held-out benign "

@@ -25,7 +25,7 @@ from federation.messages import (
     C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
     RoundPlan, Update, ValStats, own_normalizer,
 )
-from fediot.config import DEFAULTS, FedIoTConfig, device_of_client
+from fediot.config import FedIoTConfig, ValidationArgs, device_of_client
 from fediot.errors import ConfigError
 from fediot.rundir import append_jsonl
 from model.autoencoder import AutoEncoder, state_of
@@ -93,7 +93,7 @@ class LocalClient:
 
     def __init__(self, split: DeviceSplit, feature_transform: str, record_file: Path | None = None,
                  model: AutoEncoder | None = None,
-                 rule: ThresholdRule = ThresholdRule(), window: int = DEFAULTS["validation_args"]["vote_window"][0],
+                 rule: ThresholdRule = ThresholdRule(), window: int = ValidationArgs.vote_window,
                  live: LiveDetector | None = None, personalise: tuple[int, float, int] = (0, 0.001, 64)) -> None:
         """model: the autoencoder to load the global weights into (a worker's clients share one; each call loads
         them)."""

@@ -25,11 +25,10 @@ from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.wire import WireError, encode
 from fediot.config import FedIoTConfig
-from monitor.refusals import RefusalTally
+from monitor.refusals import MAX_REJECTIONS_KEPT, RefusalTally
 from monitor.status import StatusStore
 
 SERVER_RANK = 0
-MAX_REJECTIONS_KEPT = 20
 
 
 @dataclass

@@ -11,6 +11,7 @@ import logging
 import threading
 import time
 
+MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail keeps the first few
 MAX_SENDERS = 256  # senders counted by name; beyond, "other senders" (a LAN has a few boards)
 MAX_KINDS_PER_SENDER = 32
 OTHER = "other senders"

@@ -1,8 +1,4 @@
 import os
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 # One torch thread per process, in this one and in the processes tests start (they inherit the variable): the
 # autoencoder's matrices are small, and a second thread only adds synchronisation. Measured, README's 9-client run in

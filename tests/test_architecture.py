@@ -139,3 +139,10 @@ def test_the_honest_client_knows_no_attack():
         named = [a for a in ATTACKS[1:] if f'"{a}"' in text] + [w for w in ("attack_scale", "bomb", "self.attack")
                                                                    if w in text]
         assert not named, f"{module}: {named}"
+
+
+def test_the_config_is_read_by_attribute():
+    """fediot/config.py says the code reads attributes and never looks keys up by string; it did in four modules."""
+    mods = project_modules()
+    lookups = sorted(name for name, path in mods.items() if name != "fediot.config" and "DEFAULTS[" in path.read_text())
+    assert not lookups, lookups

@@ -338,8 +338,8 @@ def test_detect_summary_reports_its_memory_bounds(tmp_path, two_devices):
 
 
 def test_commands_run_from_any_directory_through_the_launcher(tmp_path):
-    """`python -m detect` outside the repository says `No module named detect`; bin/fediot runs it (and capture)
-    with paths taken from the caller's directory."""
+    """The installed `fediot` command (and bin/fediot, which runs it) runs detect and capture from any directory
+    with paths taken from the caller's directory; so does `python -m detect` (the project is installed, editable)."""
     lean_model(tmp_path / "model.npz", {CAMERA: 1.0})
     from traffic.simulator import write_pcap
     write_pcap(tmp_path / "cap.pcap", TrafficSimulator(CAMERA, seed=0).capture(30.0))
@@ -355,6 +355,14 @@ def test_commands_run_from_any_directory_through_the_launcher(tmp_path):
     assert (tmp_path / "mine" / "cam" / "benign_traffic.csv").is_file()
     proc = subprocess.run([str(REPO / "bin" / "fediot"), "nope"], cwd=tmp_path, capture_output=True, text=True)
     assert proc.returncode == 2 and "unknown command" in proc.stderr and "fediot detect" in proc.stderr
+    installed = Path(sys.executable).parent / "fediot"
+    proc = subprocess.run([str(installed), "detect", ".", "--pcap", "cap.pcap", "--device", CAMERA, "--out", "b.jsonl"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0 and (tmp_path / "b.jsonl").is_file(), proc.stderr
+    proc = subprocess.run([sys.executable, "-c", "import detect, federation.client, fediot.cli; print(detect.__file__)"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=120, env={k: v for k, v in env.items()
+                                                                                         if k != "PYTHONPATH"})
+    assert proc.returncode == 0 and proc.stdout.strip() == str(REPO / "detect.py"), proc.stderr
 
 
 def test_detect_tells_the_board_and_prometheus_what_it_sees(tmp_path, two_devices):

@@ -30,14 +30,14 @@ import numpy as np
 from numba import njit
 
 from data import nbaiot
-from fediot.config import DEFAULTS
+from fediot.config import DetectArgs
 from traffic.packets import PacketBatch
 
 LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
 # Bounded memory: detect_args.max_streams and idle_weight (their config defaults when the extractor gets none)
-MAX_STREAMS = DEFAULTS["detect_args"]["max_streams"][0]
-IDLE_WEIGHT = DEFAULTS["detect_args"]["idle_weight"][0]
-FANOUT_WARMUP_S = DEFAULTS["detect_args"]["fanout_warmup_s"][0]
+MAX_STREAMS = DetectArgs.max_streams
+IDLE_WEIGHT = DetectArgs.idle_weight
+FANOUT_WARMUP_S = DetectArgs.fanout_warmup_s
 # Bumped whenever a definition changes, so feature files cached by earlier code are not reused.
 FEATURES_VERSION = 3  # 3: the fan-out extension (nbaiot.FANOUT_COLUMNS)
 N_L = len(LAMBDAS)

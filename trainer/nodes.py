@@ -42,14 +42,14 @@ from federation.messages import (
     S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError,
     answer_client, validate,
 )
-from fediot.config import DEFAULTS
+from fediot.config import CommArgs
 from fediot.console import names_line, say
 from fediot.rundir import peak_rss_mb, write_json
 from monitor.health import HealthProbe, WarningBuffer
 from monitor.http import StatusServer
 from monitor.metrics import run_metrics
 from monitor.page import render_page
-from monitor.refusals import RefusalLog, RefusalTally
+from monitor.refusals import MAX_REJECTIONS_KEPT, RefusalLog, RefusalTally
 from monitor.status import StatusStore
 from trainer.fedml_glue import fds_to_file
 from trainer.transport import HEADER_KEYS, PeerRefused, PeerUnreachable
@@ -65,7 +65,6 @@ LOCAL_QUARANTINE = "fediot_quarantine"  # the transport refuses a sender for the
 LOCAL_SEND_FAILED = "fediot_send_failed"  # a message the server queued for a board could not be delivered
 LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, LOCAL_HEALTH, LOCAL_QUARANTINE, LOCAL_SEND_FAILED,
                CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
-MAX_REJECTIONS_KEPT = 20  # per round record: the count is exact, the detail keeps the first few
 
 STATUS_EVERY_S = 10.0
 
@@ -86,7 +85,7 @@ class _Node(FedMLCommManager):
         self.error: str | None = None
         self.tally = RefusalTally(MAX_REJECTIONS_KEPT)  # the server's driver thread takes them per round
         # the server sets its configured rate; a board refuses little (messages from anyone but the server)
-        self.refusal_log = RefusalLog(log, DEFAULTS["comm_args"]["log_refusals_per_minute"][0])
+        self.refusal_log = RefusalLog(log, CommArgs.log_refusals_per_minute)
         self.status: StatusStore | None = None  # the server's, for its status page
         super().__init__(args, None, rank, size, "FEDIOT")
 
