@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import threading
 import time
@@ -206,7 +207,8 @@ def main() -> int:
         "rss_growth_mb": round(peak - idle, 1), "flood_seconds": round(flood_end - flood_start, 1),
         "server_rss_peak_mb": round(max((r for _, r in samples), default=0.0), 1),
         "outcomes": outcomes, "slow_upload_outcomes": slow_outcomes, "valid_flood_outcomes": valid_outcomes, "run_finished": finished,
-        "quarantined": sorted(int(line.split("client ")[1].split()[0]) for line in srv.lines if " quarantined: " in line),
+        "quarantined": sorted(int(m.group(1)) for m in (re.match(r"warning: client (\d+) \(.*\) quarantined: ", line)
+                                                        for line in srv.lines) if m),
         "rounds": [r["round"] for r in rounds], "clients_per_round": [len(r["clients"]) for r in rounds],
         "clients_of_rounds": [r["clients"] for r in rounds],
         "rejected_total": sum(r.get("rejected", 0) for r in rounds),

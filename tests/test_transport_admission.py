@@ -211,3 +211,34 @@ def test_a_board_that_stops_reading_holds_up_only_its_own_messages(certs):
         silent.close()
     assert queued < 0.5 and len(took) == 10  # queued at once; board 1 had all ten within 1.5 s
     assert [r for r, _ in failed] == [2] and 2.5 < failed[0][1] < 8, failed
+
+
+def test_the_server_reads_what_it_asked_for_and_a_small_allowance(certs):
+    """With pace set (the server's), a board is read only for the answers it was asked for plus an allowance for
+    hellos and health reports: a board sending valid messages nobody asked for, as fast as it can, was read and decoded
+    every time (3.8x slower honest rounds); now the calls beyond are refused unread and counted."""
+    peers = lan()
+    server = node(certs, peers, 0)
+    server.admission.pace = (0.5, 2.0)  # half a message a second, two in reserve
+    hello = encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10})
+    codes = []
+    try:
+        for _ in range(5):
+            try:
+                send_raw(peers[0].port, hello, certs, "client1")
+                codes.append("taken")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+        server.admission.grant(1, 3)  # the server asks rank 1 for three answers
+        for _ in range(4):
+            try:
+                send_raw(peers[0].port, hello, certs, "client1")
+                codes.append("taken")
+            except grpc.RpcError as exc:
+                codes.append(exc.code().name)
+        items = drain(server, time.monotonic() + 0.5)
+    finally:
+        server.stop_receive_message()
+    assert codes == ["taken", "taken"] + ["RESOURCE_EXHAUSTED"] * 3 + ["taken"] * 3 + ["RESOURCE_EXHAUSTED"], codes
+    assert len([i for i in items if isinstance(i, Delivery)]) == 5
+    assert sum("more messages than the server asked for" in i.reason for i in items if isinstance(i, Refused)) == 4

@@ -67,6 +67,7 @@ LOCAL_TYPES = {LOCAL_TICK, LOCAL_DEADLINE, LOCAL_ASK, LOCAL_FINISH, LOCAL_HEALTH
                CommunicationConstants.MSG_TYPE_CONNECTION_IS_READY}
 
 STATUS_EVERY_S = 10.0
+ALLOWANCE_BURST = 4.0  # messages a board may send unasked in a row (a hello and health reports; a retried answer)
 
 TransportFactory = Callable[[], BaseCommunicationManager]
 
@@ -247,6 +248,11 @@ class ServerNode(_Node):
                          set(client_ranks))
         self.refusal_log.per_minute = cfg.comm.log_refusals_per_minute
         self.status, self.status_server = status, status_server
+        admission = getattr(self.com_manager, "admission", None)
+        if admission is not None:  # beside the answers it asks for: a board's hellos (one per retry interval) and
+            # health reports (one per half interval: faster ones are refused anyway), with one of each in reserve
+            rate = 1.0 / cfg.comm.retry_interval_s + 2.0 / cfg.status.health_interval_s
+            admission.pace = (rate, ALLOWANCE_BURST)
 
     # -- plumbing
     def register_message_receive_handlers(self) -> None:
@@ -429,7 +435,10 @@ class ServerNode(_Node):
         for client, rank in sorted(self.assigned.items(), key=lambda cr: (cr[1], cr[0])):
             by_rank.setdefault(rank, []).append(client)
         self.expected = {c for clients in by_rank.values() for c in clients}
+        admission = getattr(self.com_manager, "admission", None)
         for rank, clients in sorted(by_rank.items(), key=lambda rc: -len(rc[1])):  # the longest work starts first
+            if admission is not None:  # the gRPC transport reads from this rank as many answers as asked, no more
+                admission.grant(rank, len(clients))
             if not self.send(request.kind, rank, clients={c: request.own[c] for c in clients}, **request.common):
                 self._unreachable(rank)
         if request.kind == S2C_TRAIN and self.pooled:
