@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
+from attacks.clients import AttackingClient, fabricate_counts
 from evaluation.counts import HIST_EDGES, client_report, held_out_counts, histogram
 from evaluation.scoring import thresholds_from_stats
 from federation.aggregation import aggregate
-from federation.client import fabricate_counts
 from federation.defenses import (
     capped_counts, effective_liars, flag_bounds, report_problems, robust_normalizer, screen, trimmed_global_threshold,
     validation_count_mismatches,
@@ -151,7 +151,7 @@ def test_ipm_and_alie_send_what_they_are_named_for():
     plan = RoundPlan(round_idx=0, lr=0.003, epochs=1, batch_size=64, weight_decay=0.0, seed=5)
     delta = {k: v - global_state[k] for k, v in honest.train(global_state, normalizer, plan).model.items()}
     for attack, scale in (("ipm", 4.0), ("alie", 1.0)):
-        liar = LocalClient(split, "log1p", attack=attack, attack_scale=scale)
+        liar = AttackingClient(split, "log1p", attack=attack, attack_scale=scale)
         sent = {k: v - global_state[k] for k, v in liar.train(global_state, normalizer, plan).model.items()}
         dot = sum(float((sent[k] * delta[k]).sum()) for k in delta)
         if attack == "ipm":

@@ -28,8 +28,8 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import detect
 code = detect.main(sys.argv[1:])
-site_packages = {m.split(".")[0] for m, mod in list(sys.modules.items())
-                 if "site-packages" in (getattr(mod, "__file__", None) or "")}
+site_packages = {m.split(".")[0] for m, mod in list(sys.modules.items())  # but the editable install's own finder
+                 if "site-packages" in (getattr(mod, "__file__", None) or "") and not m.startswith("__editable__")}
 heavy = ("torch", "torchvision", "fedml", "pandas", "sklearn", "grpc", "matplotlib")
 print(json.dumps({"code": code, "loaded": sorted(m for m in heavy if m in sys.modules),
                   "third_party": sorted(site_packages)}))
