@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 import threading
@@ -34,7 +35,8 @@ sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
 
-from tests.deploy_helpers import client, deploy_config, ipconfig_ports, read_rounds, run_dir_of, send_raw, server  # noqa: E402
+from deployment.grpc_transport import chunks_of, send_over  # noqa: E402
+from tests.deploy_helpers import Proc, channel_to, client, deploy_config, ipconfig_ports, read_rounds, run_dir_of, send_raw, server  # noqa: E402
 
 RSS_GROWTH_LIMIT_MB = 300
 
@@ -81,6 +83,12 @@ def main() -> int:
                    help="K threads sending, from that certificate, well-formed and valid UPDATEs of the right model for a "
                         "round long past, as fast as they are taken (refused as late: the strongest flood no quarantine "
                         "stops), for the whole run")
+    p.add_argument("--new-connections", action="store_true",
+                   help="--valid-flood opens a new TLS connection for each message (each a handshake the server pays) "
+                        "instead of one connection per thread")
+    p.add_argument("--pin", action="store_true",
+                   help="the federation (server and boards) on CPU 0, this process's attacker threads on CPU 1: an "
+                        "attacker on a machine of its own, as on a LAN (unpinned, they share this machine's cores)")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     import tempfile
@@ -117,7 +125,16 @@ def main() -> int:
 
     payload = decoding_bomb(a.bomb_cert, int(load(str(cfg)).comm.max_message_mb * 2**20))
     late_update = stale_update(a.bomb_cert, load(str(cfg)))
-    srv = server(cfg)
+    start_server, start_client = server, client
+    if a.pin:  # the federation's processes on CPU 0 (they and their threads inherit it), the attacker here on CPU 1
+        def start_server(path: Path) -> Proc:
+            return Proc(["taskset", "-c", "0", "bash", str(REPO / "run_server.sh"), str(path)])
+
+        def start_client(n: int, path: Path) -> Proc:
+            return Proc(["taskset", "-c", "0", "bash", str(REPO / "run_client.sh"), str(n), str(path)])
+
+        os.sched_setaffinity(0, {1})  # this thread, and the attacker threads it starts
+    srv = start_server(cfg)
     samples: list[tuple[float, float]] = []
     boards: list = []
     stop = threading.Event()
@@ -138,9 +155,13 @@ def main() -> int:
     valid_outcomes: dict[str, int] = {}
 
     def valid_flood() -> None:
+        channel = None if a.new_connections else channel_to(port, certs, stem)  # one connection, or one per call
         while not stop.is_set():
             try:
-                send_raw(port, late_update, certs, stem)
+                if channel is None:
+                    send_raw(port, late_update, certs, stem)
+                else:
+                    send_over(channel, chunks_of(late_update), 10)
                 outcome = "taken"
             except Exception as exc:  # noqa: BLE001 - grpc.RpcError: the status is the outcome
                 outcome = exc.code().name if hasattr(exc, "code") else type(exc).__name__
@@ -169,7 +190,7 @@ def main() -> int:
             pass
         time.sleep(2.0)  # idle: listening, nothing connected
         idle = max(r for _, r in samples[-10:])
-        boards += [client(n, board_cfg.get(n, cfg)) for n in sorted(running)]
+        boards += [start_client(n, board_cfg.get(n, cfg)) for n in sorted(running)]
         srv.wait_for("round 2/")
         for _ in range(a.slow_upload):
             threading.Thread(target=slow_uploads, daemon=True).start()

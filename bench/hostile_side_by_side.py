@@ -10,8 +10,11 @@ rounds, epochs and rows, run one after another on this machine, in an order that
 - lan_bombs: that certificate sends 40 decoding bombs at the limits from 4 threads once round 2 is done;
 - slow_upload: that certificate keeps 3 calls open sending 8 MB at ~2 KB/s, reopened when they end, for the whole
   run (issue 34 reproduction 1: this stopped the run);
-- valid_flood: that certificate sends, from 4 threads for the whole run, well-formed valid UPDATEs of the right model
-  for a round long past (refused as late; the strongest flood that no quarantine counts);
+- valid_flood: that certificate sends, from 4 threads (one connection each) for the whole run, well-formed valid
+  UPDATEs of the right model for a round long past (the strongest flood no quarantine counts: the server reads only
+  what it asked for, the rest is refused unread);
+- connection_flood: the same, a new TLS connection for each message (each a handshake the server pays before any
+  of our code runs);
 - board_flood: board 1's own runtime sends 3 bombs after each honest answer (attack_args flood);
 - overflow: boards 2 and 3 send overflowing feature / validation statistics.
 Per variant: the median and the largest wall time of the rounds after round 2 (the honest boards' rounds), their
@@ -38,15 +41,18 @@ VARIANTS = {"none": ["--messages", "0"], "absent": ["--messages", "0", "--absent
             "lan_bombs": ["--messages", "40", "--threads", "4", "--absent"],
             "slow_upload": ["--messages", "0", "--slow-upload", "3", "--absent"],
             "valid_flood": ["--messages", "0", "--valid-flood", "4", "--absent"],
+            "connection_flood": ["--messages", "0", "--valid-flood", "4", "--new-connections", "--absent"],
             "board_flood": ["--messages", "0", "--board-flood", "3"], "overflow": ["--messages", "0", "--overflow"]}
-BASELINE = {"lan_bombs": "absent", "slow_upload": "absent", "valid_flood": "absent"}  # others: none
+BASELINE = {"lan_bombs": "absent", "slow_upload": "absent", "valid_flood": "absent",
+            "connection_flood": "absent"}  # others: none
 
 
 def run_variant(name: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
     where = out / name
     where.mkdir(parents=True, exist_ok=True)
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "bench_flood.py"), *VARIANTS[name], "--rounds",
-                           str(a.rounds), "--epochs", str(a.epochs), "--rows", str(a.rows), "--out", str(where)],
+                           str(a.rounds), "--epochs", str(a.epochs), "--rows", str(a.rows), "--out", str(where),
+                           *(["--pin"] if a.pin else [])],
                           capture_output=True, text=True, timeout=3600, cwd=REPO)
     text = proc.stdout
     if "{" not in text:
@@ -69,6 +75,7 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=5)
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=1, help="times the variants' sequence runs")
+    p.add_argument("--pin", action="store_true", help="bench_flood --pin: the federation on CPU 0, the attacker on CPU 1")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     out = a.out or create_run_dir(REPO / "runs", "bench", "hostile")

@@ -221,21 +221,18 @@ def test_the_server_reads_what_it_asked_for_and_a_small_allowance(certs):
     server = node(certs, peers, 0)
     server.admission.pace = (0.5, 2.0)  # half a message a second, two in reserve
     hello = encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10})
-    codes = []
+
+    def outcome() -> str:
+        try:
+            send_raw(peers[0].port, hello, certs, "client1")
+            return "taken"
+        except grpc.RpcError as exc:
+            return exc.code().name
+
     try:
-        for _ in range(5):
-            try:
-                send_raw(peers[0].port, hello, certs, "client1")
-                codes.append("taken")
-            except grpc.RpcError as exc:
-                codes.append(exc.code().name)
+        codes = [outcome() for _ in range(5)]
         server.admission.grant(1, 3)  # the server asks rank 1 for three answers
-        for _ in range(4):
-            try:
-                send_raw(peers[0].port, hello, certs, "client1")
-                codes.append("taken")
-            except grpc.RpcError as exc:
-                codes.append(exc.code().name)
+        codes += [outcome() for _ in range(4)]
         items = drain(server, time.monotonic() + 0.5)
     finally:
         server.stop_receive_message()
