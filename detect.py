@@ -18,7 +18,9 @@ own device's threshold; neither: the global threshold (for devices outside the f
 alerts also go to syslog and MQTT when detect_args configures them (rate-limited, never blocking). A summary line
 follows. --profiles DIR (capture's --out): each watched device's endpoints.json (traffic/profile.py); a window whose
 majority of packets went to or came from services outside the device's profile is a window alert too (another
-device's traffic, or the device doing what it never did), and each line says "new_endpoint".
+device's traffic, or the device doing what it never did), and each line says "new_endpoint". A watched device that
+had no packet at all is named on stderr (its address may have changed: watch it by its MAC) and in the summary's
+"silent_devices", and detect exits with status 3: it was not watched.
 """
 from __future__ import annotations
 
@@ -50,6 +52,7 @@ from traffic.watch import Watch, Watcher, parse_watch
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
 HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
+SILENT_EXIT = 3  # exit status when a watched device had no packet: it was not watched (a script must not take it for calm)
 
 
 @njit(cache=True)
@@ -468,6 +471,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                    "hosts_forgotten": vote.forgotten, "peak_rss_mb": peak_rss_mb()}}
     if watcher and watcher.learnt:
         summary["learnt_ips"] = {d: sorted(v) for d, v in watcher.learnt.items()}
+    if watches:  # a watched device with no packet is not watched at all (issue 36: its DHCP address had changed)
+        summary["silent_devices"] = [w.device for w in watches if per_device[w.device]["packets"] == 0]
     if follower is not None:
         summary["model_swaps"] = follower.swaps
         summary["models_refused"] = follower.refused
@@ -574,7 +579,14 @@ def main(argv: list[str] | None = None) -> int:
     if publisher is not None:
         summary["network_alerts"] = dict(publisher.counts)
     print(json.dumps(summary))
-    return 0
+    silent = summary.get("silent_devices") or []
+    for device in silent:
+        watch = next(w for w in watches if w.device == device)
+        addresses = [str(ipaddress.ip_address(ip)) for ip in sorted(watch.ips)] + [m.hex(":") for m in sorted(watch.macs)]
+        print(f"warning: {device} was not watched: no packet from or to {', '.join(addresses)} in "
+              f"{a.pcap or a.interface}; its address may have changed (DHCP, a replaced unit): watch it by its MAC "
+              f"address, which stays", file=sys.stderr)
+    return SILENT_EXIT if silent else 0
 
 
 if __name__ == "__main__":

@@ -75,6 +75,24 @@ def test_a_device_the_model_does_not_know_is_refused(tmp_path, capsys):
     assert "neither an IP nor a MAC" in capsys.readouterr().err
 
 
+def test_a_watched_device_with_no_packet_is_said_not_watched(tmp_path, capsys):
+    """Issue 36: watching the camera at its training IP on a capture where DHCP had given it another scored 0
+    packets, printed "packets_scored": 0 and exited 0. Now: named on stderr (with the addresses it was watched by and
+    the advice to watch it by its MAC), listed in the summary's silent_devices, exit status 3; a device that did send
+    is not named."""
+    lean_model(tmp_path / "model.npz", {CAMERA: 1.0, DOORBELL: 1.0})
+    pcap = tmp_path / "cap.pcap"
+    from traffic.simulator import write_pcap
+    write_pcap(pcap, TrafficSimulator(CAMERA, seed=0).capture(20.0))
+    out = tmp_path / "alerts.jsonl"
+    code = detect.main([str(tmp_path), "--pcap", str(pcap), "--out", str(out), "--watch",
+                        f"{CAMERA}={device_ip(CAMERA)}", "--watch", f"{DOORBELL}=10.9.9.9,aa:bb:cc:dd:ee:01"])
+    said = capsys.readouterr()
+    summary = json.loads(said.out.splitlines()[-1])
+    assert code == detect.SILENT_EXIT == 3 and summary["silent_devices"] == [DOORBELL]
+    assert f"warning: {DOORBELL} was not watched: no packet from or to 10.9.9.9, aa:bb:cc:dd:ee:01" in said.err
+    assert "by its MAC" in said.err and CAMERA not in said.err
+
 def test_a_model_trained_on_synthetic_rows_is_refused_on_packets(tmp_path, capsys):
     """Synthetic rows were never computed from packets: such a model flags nearly every real packet."""
     lean_model(tmp_path / "model.npz", {CAMERA: 1.0}, meta={"data": {"source": "synthetic", "generator": "rows"}})
