@@ -3,6 +3,10 @@
     python -m capture (--pcap FILE [FILE ...] | --interface IFACE --duration SECONDS)
         --device NAME=ADDR[,ADDR...] [--device ...] [--out data/local] [--append]
         [--simulate-attacks all|none|ATTACK,...] [--attack-seconds 30] [--config YAML]
+    python -m capture (--pcap FILE ... | --interface IFACE --duration SECONDS) --list-hosts [--json]
+
+--list-hosts writes nothing: it lists the LAN hosts the capture holds (address, MAC(s), packets sent and received,
+first and last seen), busiest first, to find your devices' addresses (traffic/hosts.py).
 
 Each --device names one of your devices and its addresses (IPs; MACs, whose IPs are learnt from the packets they
 send): a board on a mirror port, or acting as a gateway, sees many hosts and one command writes every device named.
@@ -204,14 +208,35 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
     return provenance
 
 
+def list_hosts_of(a: argparse.Namespace, cfg) -> int:
+    """capture --list-hosts: the LAN hosts of the capture, busiest first (nothing written)."""
+    from traffic.hosts import list_hosts, table_text
+
+    if a.pcap:
+        missing = [str(f) for f in a.pcap if not f.is_file()]
+        if missing:
+            raise FedIoTError(f"capture file(s) not found: {', '.join(missing)}")
+        batches: Iterable = (b for f in a.pcap for b in read_capture(f, batch_size=cfg.batch_packets))
+    else:
+        batches = live_capture(a.interface, duration_s=a.duration, ring_mb=cfg.capture_ring_mb)
+        print(f"listening on {a.interface} for {a.duration:g}s", file=sys.stderr, flush=True)
+    table = list_hosts(batches, cfg.max_hosts)
+    print(json.dumps(table.as_dict()) if a.json else table_text(table))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--pcap", type=Path, nargs="+", help="pcap or pcapng file(s), read in the order given")
     src.add_argument("--interface", help="live capture from this interface (Linux, root)")
     p.add_argument("--duration", type=float, help="live capture: seconds to capture (required with --interface)")
-    p.add_argument("--device", action="append", required=True, metavar="NAME=ADDR[,ADDR...]",
+    p.add_argument("--device", action="append", metavar="NAME=ADDR[,ADDR...]",
                    help="one of your devices and its IP/MAC addresses; repeat for several")
+    p.add_argument("--list-hosts", action="store_true",
+                   help="write nothing: list the LAN hosts the capture holds (address, MAC, packets, first and last "
+                        "seen), to find your devices' addresses")
+    p.add_argument("--json", action="store_true", help="with --list-hosts: one JSON object instead of a table")
     p.add_argument("--out", type=Path, default=Path("data/local"), help="data_args.local_data_dir (default %(default)s)")
     p.add_argument("--append", action="store_true", help="add this capture's rows after a device's earlier ones")
     p.add_argument("--simulate-attacks", default="all",
@@ -224,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
         if a.interface and not a.duration:
             raise FedIoTError("--interface needs --duration SECONDS (how long to capture)")
         cfg = (load(a.config) if a.config else validate({})).detect
+        if a.list_hosts:
+            return list_hosts_of(a, cfg)
+        if not a.device:
+            raise FedIoTError("--device NAME=ADDR is needed (which of the capture's hosts is your device: "
+                              "--list-hosts lists them)")
         watches = [parse_watch(spec) for spec in a.device]
         bad = [w.device for w in watches if not DEVICE_NAME.fullmatch(w.device)]
         if bad:

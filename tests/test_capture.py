@@ -139,3 +139,26 @@ def test_a_local_device_without_captured_rows_says_how_to_capture(tmp_path):
     cfg = validate({"data_args": {"dataset": "local", "devices": ["my_cam"], "local_data_dir": str(tmp_path)}})
     with pytest.raises(DataError, match="python -m capture"):
         prepare_data(cfg)
+
+
+def test_list_hosts_names_the_devices_of_a_capture(tmp_path, capsys):
+    """Issue 36: finding a device's address needed tcpdump. --list-hosts lists the capture's LAN hosts with their MACs
+    and counts (busiest first), writes nothing, and needs no --device; without --list-hosts, --device is asked for."""
+    packets = lan_pcap(tmp_path / "lan.pcap", 60.0)
+    assert capture.main(["--pcap", str(tmp_path / "lan.pcap"), "--list-hosts", "--json", "--out",
+                         str(tmp_path / "local")]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    hosts = {h["ip"]: h for h in listed["hosts"]}
+    assert {CAM_IP, PLUG_IP} <= set(hosts) and not (tmp_path / "local").exists()
+    assert hosts[CAM_IP]["macs"] == [CAM_MAC.hex(":")] and hosts[PLUG_IP]["macs"] == [PLUG_MAC.hex(":")]
+    assert hosts[CAM_IP]["sent"] > 0 and hosts[CAM_IP]["received"] > 0
+    assert hosts[CAM_IP]["first_seen"] <= hosts[CAM_IP]["last_seen"]
+    import ipaddress
+
+    assert all(ipaddress.ip_address(h["ip"]).is_private for h in listed["hosts"])  # the internet is summed, not listed
+    assert listed["remote_packets"] > 0 and sum(h["sent"] for h in listed["hosts"]) + listed["remote_packets"] <= len(packets)
+    assert capture.main(["--pcap", str(tmp_path / "lan.pcap"), "--list-hosts"]) == 0
+    table = capsys.readouterr().out
+    assert CAM_IP in table and CAM_MAC.hex(":") in table and "LAN host(s)" in table
+    assert capture.main(["--pcap", str(tmp_path / "lan.pcap"), "--out", str(tmp_path / "local")]) == 2
+    assert "--list-hosts lists them" in capsys.readouterr().err
