@@ -41,7 +41,8 @@ class HostTable:
         known = self.lan.get(address)
         if known is None:
             ip = ipaddress.ip_address(address)
-            known = bool(ip.is_private or ip.is_link_local) and not ip.is_loopback and not ip.is_multicast
+            known = (bool(ip.is_private or ip.is_link_local) and not ip.is_loopback and not ip.is_multicast
+                     and not ip.is_unspecified)  # 0.0.0.0 and :: are a host with no address yet (DHCP, DAD)
             if len(self.lan) < 4 * self.max_hosts:
                 self.lan[address] = known
         return known
