@@ -69,6 +69,7 @@ class DeviceCapture:
     endpoints: EndpointProfile = field(default_factory=EndpointProfile)  # whom it talks to (traffic/profile.py)
     first: float | None = None
     last: float | None = None
+    longest_silence_s: float = 0.0  # the longest time between two of its packets (detect's silence alert learns it)
 
     @property
     def n_rows(self) -> int:
@@ -102,6 +103,10 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
             d = out[w.device]
             d.rows.append(rows[idx].astype(np.float64))
             d.endpoints.add(endpoints_of(batch, idx, watcher.ips_of(i), cfg.ephemeral_port_from, scopes))
+            times = np.asarray([batch.time[j] for j in idx]) if d.last is None else \
+                np.asarray([d.last, *(batch.time[j] for j in idx)])
+            if len(times) > 1:
+                d.longest_silence_s = max(d.longest_silence_s, float(np.diff(times).max()))
             d.first = batch.time[idx[0]] if d.first is None else d.first
             d.last = batch.time[idx[-1]]
             if keep_packets:
@@ -181,6 +186,7 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
                       first_packet=min(c["first_packet"] for c in provenance["captures"] if c["first_packet"] is not None),
                       last_packet=max(c["last_packet"] for c in provenance["captures"] if c["last_packet"] is not None),
                       sources=sorted({c["source"] for c in provenance["captures"]}),
+                      longest_silence_s=max(c.get("longest_silence_s", 0.0) for c in provenance["captures"]),
                       seconds=round(sum(c["last_packet"] - c["first_packet"] for c in provenance["captures"]
                                         if c["first_packet"] is not None and c["last_packet"] is not None), 3))
     ddir.mkdir(parents=True, exist_ok=True)
@@ -306,6 +312,7 @@ def main(argv: list[str] | None = None) -> int:
             record = {"source": source, "filter": {"ips": sorted(ipaddress.ip_address(x).exploded for x in w.ips),
                                                    "macs": sorted(m.hex(":") for m in w.macs)},
                       "captured_at": captured_at, "first_packet": d.first, "last_packet": d.last,
+                      "longest_silence_s": round(d.longest_silence_s, 3),
                       "packets_seen": info["packets_seen"], "packets_of_device": d.n_rows, "skipped": info["skipped"],
                       "features_version": FEATURES_VERSION, "attack_seconds": a.attack_seconds if attacks else None,
                       "max_streams": cfg.max_streams}

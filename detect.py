@@ -18,7 +18,9 @@ own device's threshold; neither: the global threshold (for devices outside the f
 alerts also go to syslog and MQTT when detect_args configures them (rate-limited, never blocking). A summary line
 follows. --profiles DIR (capture's --out): each watched device's endpoints.json (traffic/profile.py); a window whose
 majority of packets went to or came from services outside the device's profile is a window alert too (another
-device's traffic, or the device doing what it never did), and each line says "new_endpoint". A watched device that
+device's traffic, or the device doing what it never did), and each line says "new_endpoint"; and a watched device
+that sends nothing for detect_args.silence_factor times its longest silence in its capture (provenance.json) is a
+line {"time", "device", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent"). A watched device that
 had no packet at all is named on stderr (its address may have changed: watch it by its MAC) and in the summary's
 "silent_devices", and detect exits with status 3: it was not watched.
 """
@@ -48,7 +50,7 @@ from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
 from traffic.profile import EndpointProfile, endpoints_of, load_profiles
-from traffic.watch import Watch, Watcher, parse_watch
+from traffic.watch import SilenceWatch, Watch, Watcher, parse_watch
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
 HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
@@ -359,7 +361,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                   window: int, sink: IO[str], watches: list[Watch] | None = None, cfg: DetectArgs | None = None,
                   follower: ModelFollower | None = None, publisher: AlertPublisher | None = None,
                   live: LiveCounters | None = None,
-                  profiles: dict[str, EndpointProfile] | None = None) -> dict[str, object]:
+                  profiles: dict[str, EndpointProfile] | None = None,
+                  silence: SilenceWatch | None = None) -> dict[str, object]:
     """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
     lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
     return the summary. With endpoint profiles (one per watched device), a window whose majority of packets went to
@@ -400,10 +403,15 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     follower.swaps[-1]["packets_before"] = {d: e["packets"] for d, e in per_device.items()}
             if len(batch) == 0:
                 _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
+                _say_silent(silence, time.time(), devices, sink, publisher)
                 continue
             rows = extractor.transform(batch)[:, :detector.input_dim]  # an N-BaIoT model: its 115 columns
             packets += len(batch)
             which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
+            if silence is not None:  # who was heard, then who has been silent too long (packet time)
+                for d in np.unique(which[which >= 0]):
+                    silence.heard(int(d), batch.time[int(np.flatnonzero(which == d)[-1])])
+                _say_silent(silence, batch.time[-1], devices, sink, publisher)
             idx = np.flatnonzero(which >= 0)
             if len(idx) == 0:
                 continue
@@ -471,6 +479,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                    "hosts_forgotten": vote.forgotten, "peak_rss_mb": peak_rss_mb()}}
     if watcher and watcher.learnt:
         summary["learnt_ips"] = {d: sorted(v) for d, v in watcher.learnt.items()}
+    if silence is not None:
+        for d, name in enumerate(devices):
+            per_device[name or "global"]["silent_alerts"] = silence.alerts[d]
     if watches:  # a watched device with no packet is not watched at all (issue 36: its DHCP address had changed)
         summary["silent_devices"] = [w.device for w in watches if per_device[w.device]["packets"] == 0]
     if follower is not None:
@@ -479,6 +490,39 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     if publisher is not None:
         summary["network_alerts"] = dict(publisher.counts)
     return summary
+
+
+def _say_silent(silence: SilenceWatch | None, now: float, devices: list[str | None], sink: IO[str],
+                publisher: AlertPublisher | None) -> None:
+    """A line (and a network alert, host "silent") for each watched device that has just gone silent for longer than
+    its own normal: unplugged, dead, moved to another address or network, or silenced."""
+    if silence is None:
+        return
+    for d, seconds in silence.check(now):
+        name, limit = devices[d] or "global", float(silence.limits[d] or 0.0)
+        sink.write(json.dumps({"time": now, "device": name, "silent": True, "silent_s": round(seconds, 1),
+                               "silent_after_s": round(limit, 1)}) + "\n")
+        if publisher is not None:
+            publisher.offer(Alert(name, "silent", now, float(seconds), limit, 1))
+
+
+def silence_limits(profiles: Path, watches: list[Watch], cfg: DetectArgs) -> list[float | None]:
+    """Each watched device's silence that is an alert: silence_factor x its longest silence in its capture
+    (DIR/<device>/provenance.json), at least silence_min_s; None (said on stderr) when its capture did not record it."""
+    limits: list[float | None] = []
+    for w in watches:
+        path = profiles / w.device / "provenance.json"
+        try:
+            longest = json.loads(path.read_text()).get("longest_silence_s")
+        except (OSError, ValueError, AttributeError):
+            longest = None
+        if not isinstance(longest, (int, float)) or not math.isfinite(longest) or longest < 0:
+            print(f"note: {path} holds no longest silence (a capture before silence alerts): {w.device} is not "
+                  "watched for silence; capture it again (--append) to learn it", file=sys.stderr)
+            limits.append(None)
+        else:
+            limits.append(max(cfg.silence_min_s, cfg.silence_factor * float(longest)))
+    return limits
 
 
 def _clear_quiet(last_alert: dict[int, float], now: float, cfg: DetectArgs, devices: list[str | None],
@@ -563,8 +607,9 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr, flush=True)
         sink = open(a.out, "w") if a.out else sys.stdout
         try:
+            silence = SilenceWatch(silence_limits(a.profiles, watches, cfg.detect)) if profiles is not None else None
             summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher,
-                                    live, profiles)
+                                    live, profiles, silence)
         finally:
             if a.out:
                 sink.close()

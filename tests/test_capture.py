@@ -162,3 +162,39 @@ def test_list_hosts_names_the_devices_of_a_capture(tmp_path, capsys):
     assert CAM_IP in table and CAM_MAC.hex(":") in table and "LAN host(s)" in table
     assert capture.main(["--pcap", str(tmp_path / "lan.pcap"), "--out", str(tmp_path / "local")]) == 2
     assert "--list-hosts lists them" in capsys.readouterr().err
+
+
+def test_a_device_that_goes_quiet_is_a_silent_alert(captured, tmp_path, capsys):
+    """Issue 36: a watched device that stops sending (unplugged, dead, moved) raised nothing. capture records each
+    device's longest silence (provenance.json); detect --profiles says once, in a line and to the network sinks, when
+    a device has been silent for silence_factor times that (at least silence_min_s), and counts it in the summary; a
+    device that keeps talking is never named."""
+    import yaml
+
+    import detect
+    from tests.test_watch import lean_model
+
+    prov = json.loads((captured / "local" / "hall-plug" / "provenance.json").read_text())
+    longest = prov["longest_silence_s"]
+    assert 0 < longest == prov["captures"][0]["longest_silence_s"] < 60  # the simulated plug talks every few seconds
+    seconds, quiet_from = 240.0, 60.0
+    packets = lan_pcap(tmp_path / "all.pcap", seconds, seed=7)
+    start = packets[0][0]
+    plug_ip = bytes(int(x) for x in PLUG_IP.split("."))
+    from traffic.simulator import write_pcap
+
+    write_pcap(tmp_path / "quiet.pcap", [p for p in packets if p[0] - start < quiet_from or plug_ip not in p[1]])
+    cfg = tmp_path / "detect.yaml"
+    cfg.write_text(yaml.safe_dump({"detect_args": {"silence_min_s": 30.0, "silence_factor": 2.0}}))
+    lean_model(tmp_path / "model.npz", {"my_cam": 1e9, "hall-plug": 1e9})
+    out = tmp_path / "alerts.jsonl"
+    code = detect.main([str(tmp_path / "model.npz"), "--pcap", str(tmp_path / "quiet.pcap"), "--config", str(cfg),
+                        "--watch", f"my_cam={CAM_IP}", "--watch", f"hall-plug={PLUG_MAC.hex(':')}",
+                        "--profiles", str(captured / "local"), "--out", str(out)])
+    summary = json.loads(capsys.readouterr().out.splitlines()[-1])
+    silent = [json.loads(x) for x in out.read_text().splitlines() if '"silent"' in x]
+    assert code == 0 and [s["device"] for s in silent] == ["hall-plug"]
+    limit = max(30.0, 2.0 * longest)
+    assert silent[0]["silent_after_s"] == round(limit, 1) and limit < silent[0]["silent_s"] <= limit + 10
+    assert start + quiet_from + limit <= silent[0]["time"] <= start + quiet_from + limit + 10
+    assert summary["devices"]["hall-plug"]["silent_alerts"] == 1 and summary["devices"]["my_cam"]["silent_alerts"] == 0

@@ -72,3 +72,35 @@ class Watcher:
             if i is not None:
                 out[n] = i
         return out
+
+
+class SilenceWatch:
+    """Watched devices that have sent nothing for longer than their own normal silence (issue 36: a device whose
+    address changed, unplugged or dead was silently unwatched). limits[d]: device d's silence that is an alert (None:
+    not judged); the clock is packet time (a live capture's idle batches carry wall-clock time)."""
+
+    def __init__(self, limits: list[float | None]) -> None:
+        self.limits = limits
+        self.last: list[float | None] = [None] * len(limits)
+        self.silent = [False] * len(limits)
+        self.alerts = [0] * len(limits)
+
+    def heard(self, d: int, t: float) -> None:
+        """Device d sent (or received) a packet at t: it is not silent."""
+        self.last[d] = t if self.last[d] is None else max(self.last[d], t)
+        self.silent[d] = False
+
+    def check(self, now: float) -> list[tuple[int, float]]:
+        """(device, seconds silent) for each device that has just become silent; each silence is said once. A device
+        never heard is silent from when detection started."""
+        out = []
+        for d, limit in enumerate(self.limits):
+            if limit is None:
+                continue
+            if self.last[d] is None:
+                self.last[d] = now
+            elif not self.silent[d] and now - self.last[d] > limit:
+                self.silent[d] = True
+                self.alerts[d] += 1
+                out.append((d, now - self.last[d]))
+        return out
