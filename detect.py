@@ -20,9 +20,9 @@ follows. --profiles DIR (capture's --out): each watched device's endpoints.json 
 majority of packets went to or came from services outside the device's profile is a window alert too (another
 device's traffic, or the device doing what it never did), and each line says "new_endpoint"; and a watched device
 that sends nothing for detect_args.silence_factor times its longest silence in its capture (provenance.json) is a
-line {"time", "device", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent"). A watched device that
-had no packet at all is named on stderr (its address may have changed: watch it by its MAC) and in the summary's
-"silent_devices", and detect exits with status 3: it was not watched.
+line {"time", "device", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent"). A watched
+device that had no packet at all is named on stderr (its address may have changed: watch it by its MAC) and in the
+summary's "silent_devices", and detect exits with status 3: it was not watched.
 """
 from __future__ import annotations
 

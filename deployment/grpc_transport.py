@@ -15,7 +15,10 @@ takes the sender's rank from inside the message and accepts 1000 MB messages. Th
   sent after `comm_args.send_timeout_s`;
 * no pickle: FedIoT's wire format (`federation.wire`), decoded and validated on the receive thread; the server
   refuses a sender for the rest of the run after `comm_args.quarantine_after_malformed` messages that are not
-  FedIoT messages;
+  FedIoT messages or break the protocol's bounds, and reads from a board only the answers it asked for beside an
+  allowance for hellos and health reports (`Admission.pace`);
+* the server sends to each board on that board's own thread (`send_later`): one that stops reading holds up only
+  its own messages;
 * listens on the address the launcher gives it: the ipconfig's `grpc_server_ip` (every interface
   only with `comm_args.bind_all`);
 * the receive loop blocks on its queue instead of spinning a core (FedML's polls qsize() in a loop);
@@ -77,11 +80,13 @@ def send_over(channel: grpc.Channel, chunks: Iterable[bytes], timeout_s: float |
 
 class Admission:
     """Who may be read, decided before a byte of the call is: per sender (its certificate's rank; its connection
-    without TLS) one message is read at a time, however many calls or connections it opens, so a slow or stalled upload holds only its own sender's turn and one thread (issue 34: three
-    slow 8 MB uploads held gRPC's shared call limit and stopped the run); a call read for longer than `read_limit_s` is cancelled; a sender whose messages were not
-    FedIoT messages or broke the protocol's bounds `quarantine_after` times (bad magic, over the size limit,
-    undecodable, spoofed, fields out of bounds: no honest node of this version sends one; late answers and health
-    reports do not count) is refused unread for the rest of the run and reported through `on_quarantine`.
+    without TLS) one message is read at a time, however many calls or connections it opens, so a slow or stalled
+    upload holds only its own sender's turn and one thread (issue 34: three slow 8 MB uploads held gRPC's shared
+    call limit and stopped the run); a call read for longer than `read_limit_s` is cancelled; a sender whose
+    messages were not FedIoT messages or broke the protocol's bounds `quarantine_after` times (bad magic, over the
+    size limit, undecodable, spoofed, fields out of bounds: no honest node of this version sends one; late answers
+    and health reports do not count) is refused unread for the rest of the run and reported through
+    `on_quarantine`.
 
     With `pace` set (the server's), a certified sender is read only when it has something to say: one message per
     answer the server asked it for (`grant`), beside a small allowance for hellos and health reports that refills

@@ -285,8 +285,8 @@ class ClientLoader:
             self._model = AutoEncoder(len(nbaiot.feature_columns(self.cfg.data.dataset)))
         v = self.cfg.validation
         return self.make_client(self.split(client), self.cfg.model.feature_transform,
-                                self.run_dir / "clients" / f"{client}.jsonl", *self.cfg.attack_of(self.index[client] + 1),
-                                model=self._model, rule=rule_of(v), window=v.vote_window, live=self._live,
+                                self.run_dir / "clients" / f"{client}.jsonl",
+                                *self.cfg.attack_of(self.index[client] + 1), model=self._model, rule=rule_of(v), window=v.vote_window, live=self._live,
                                 personalise=(v.personalise_epochs, v.personalise_lr, self.cfg.train.batch_size))
 
 

@@ -95,6 +95,6 @@ def table_text(table: HostTable) -> str:
     for h in table.rows():
         lines.append(f"{h.ip:<40} {', '.join(h.macs):<17} {h.sent:>9,} {h.received:>9,} {when(h.first_seen):<19}  "
                      f"{when(h.last_seen)}")
-    lines.append(f"{len(table.hosts)} LAN host(s); {table.remote_packets:,} packet(s) from outside the LAN"
-                 + (f"; {table.not_kept:,} packet(s) of hosts beyond the first {table.max_hosts}" if table.not_kept else ""))
+    beyond = f"; {table.not_kept:,} packet(s) of hosts beyond the first {table.max_hosts}" if table.not_kept else ""
+    lines.append(f"{len(table.hosts)} LAN host(s); {table.remote_packets:,} packet(s) from outside the LAN{beyond}")
     return "\n".join(lines)
