@@ -20,7 +20,7 @@ follows. --profiles DIR (capture's --out): each watched device's endpoints.json 
 majority of packets went to or came from services outside the device's profile is a window alert too (another
 device's traffic, or the device doing what it never did), and each line says "new_endpoint"; and a watched device
 that sends nothing for detect_args.silence_factor times its longest silence in its capture (provenance.json) is a
-line {"time", "device", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent"). A watched
+line {..., "host": "silent", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent"). A watched
 device that had no packet at all is named on stderr (its address may have changed: watch it by its MAC) and in the
 summary's "silent_devices", and detect exits with status 3: it was not watched.
 """
@@ -54,6 +54,7 @@ from traffic.watch import SilenceWatch, Watch, Watcher, parse_watch
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
 HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
+EXPLAIN_GROUPS = 3  # feature groups an alert's explanation names
 SILENT_EXIT = 3  # exit status when a watched device had no packet: it was not watched (a script must not take it for calm)
 
 
@@ -143,15 +144,18 @@ class AlertLines:
         self.max_hosts = max_hosts
 
     def line(self, t: float, host: bytes, score: float, packet_alert: bool, window_alert: bool,
-             new_endpoint: bool | None = None) -> str:
+             new_endpoint: bool | None = None, why: list[dict[str, Any]] | None = None) -> str:
         """One alert line; with endpoint profiles (detect --profiles) also "new_endpoint": whether the packet went to
-        or came from a service outside the device's profile."""
+        or came from a service outside the device's profile; the first window alert of an episode also "why"
+        (`explain`)."""
         h = self.hosts.get(host)
         if h is None:
             if len(self.hosts) >= self.max_hosts:  # a cache of formatted addresses: bounded, rebuilt as needed
                 self.hosts.clear()
             h = self.hosts[host] = host_text(host)
         end = "}\n" if new_endpoint is None else f', "new_endpoint": {"true" if new_endpoint else "false"}}}\n'
+        if why is not None:
+            end = f', "why": {json.dumps(why)}{end}'
         return (f'{{"time": {_number(round(t, 6))}, "host": {h}{self.middle}{_number(score)}{self.tail}'
                 f'{"true" if packet_alert else "false"}, "window_alert": {"true" if window_alert else "false"}{end}')
 
@@ -442,16 +446,20 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             shown = flags | wins if new_endpoint is None else flags | wins | new_endpoint
             for j in np.flatnonzero(shown):
                 n, d = int(idx[j]), int(which[idx[j]])
+                reasons = None  # an alert episode starts: its first window alert says why (the flood's lines follow)
+                if wins[j] and d not in last_alert:
+                    reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
                 out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j]),
-                                         None if new_endpoint is None else bool(new_endpoint[j])))
+                                         None if new_endpoint is None else bool(new_endpoint[j]), reasons))
                 if wins[j]:
+                    why = why_text(reasons) if reasons else ""
                     last_alert[d] = batch.time[n]
                     if publisher is not None:
                         host = str(ipaddress.ip_address(batch.src_ip[n]))
                         count = limiter.admit(devices[d] or "global", host, batch.time[n])
                         if count is not None:
                             publisher.offer(Alert(devices[d] or "global", host, batch.time[n], float(scores[j]),
-                                                  float(thresholds[d]), count))
+                                                  float(thresholds[d]), count, why=why))
             sink.write("".join(out))
             for d in range(len(devices)):
                 mine = which[idx] == d
@@ -492,6 +500,23 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     return summary
 
 
+def explain(errors: np.ndarray) -> list[dict[str, Any]]:
+    """Which groups of features an alert's score comes from: the EXPLAIN_GROUPS groups with the largest share of the
+    packet's reconstruction error, in a household's words (data.nbaiot.GROUP_MEANINGS)."""
+    by_group: dict[str, float] = {}
+    for column, e in zip(nbaiot.CAPTURED_COLUMNS, errors):
+        g = nbaiot.group_of(column)
+        by_group[g] = by_group.get(g, 0.0) + float(e)
+    total = sum(by_group.values()) or 1.0
+    top = sorted(by_group.items(), key=lambda ge: -ge[1])[:EXPLAIN_GROUPS]
+    return [{"group": g, "meaning": nbaiot.GROUP_MEANINGS[g], "share": round(e / total, 3)} for g, e in top]
+
+
+def why_text(reasons: list[dict[str, Any]]) -> str:
+    """The explanation as one sentence for syslog and MQTT."""
+    return "; ".join(f"{r['meaning']} ({r['share']:.0%} of the score)" for r in reasons)
+
+
 def _say_silent(silence: SilenceWatch | None, now: float, devices: list[str | None], sink: IO[str],
                 publisher: AlertPublisher | None) -> None:
     """A line (and a network alert, host "silent") for each watched device that has just gone silent for longer than
@@ -500,8 +525,9 @@ def _say_silent(silence: SilenceWatch | None, now: float, devices: list[str | No
         return
     for d, seconds in silence.check(now):
         name, limit = devices[d] or "global", float(silence.limits[d] or 0.0)
-        sink.write(json.dumps({"time": now, "device": name, "silent": True, "silent_s": round(seconds, 1),
-                               "silent_after_s": round(limit, 1)}) + "\n")
+        sink.write(json.dumps({"time": now, "host": "silent", "device": name, "score": round(seconds, 1),
+                               "threshold": round(limit, 1), "packet_alert": False, "window_alert": False,
+                               "silent": True, "silent_s": round(seconds, 1), "silent_after_s": round(limit, 1)}) + "\n")
         if publisher is not None:
             publisher.offer(Alert(name, "silent", now, float(seconds), limit, 1))
 

@@ -60,6 +60,24 @@ FANOUT_COLUMNS: tuple[str, ...] = tuple(
 CAPTURED_COLUMNS: tuple[str, ...] = COLUMNS + FANOUT_COLUMNS
 N_CAPTURED_FEATURES: int = len(CAPTURED_COLUMNS)  # 135
 
+# What each group of columns describes, in a household's words (an alert says which groups its score comes from)
+GROUP_MEANINGS: dict[str, str] = {
+    "MI_dir": "traffic sent by this host (its MAC and IP)",
+    "H": "packets sent by this host",
+    "HH": "traffic between this host and one peer",
+    "HH_jit": "timing of the traffic between this host and one peer",
+    "HpHp": "traffic of one connection (its ports)",
+    "FO_src_peers": "new peers this host sends to",
+    "FO_src_sockets": "new connections this host opens",
+    "FO_dst_peers": "new peers the receiving host hears from",
+    "FO_dst_sockets": "new connections to the receiving host",
+}
+
+
+def group_of(column: str) -> str:
+    """A column's group ("HH_jit_L0.1_mean" -> "HH_jit"; "FO_src_peers_L5_weight" -> "FO_src_peers")."""
+    return column.split("_L", 1)[0]
+
 
 def feature_columns(dataset: str) -> tuple[str, ...]:
     """The columns of a dataset's rows: captured rows (local) carry the fan-out extension, N-BaIoT's and the

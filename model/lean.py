@@ -13,7 +13,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -193,10 +193,9 @@ class LeanDetector:
     def input_dim(self) -> int:
         return int(self.layers[0].weight.shape[1])
 
-    def score(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
-        """Per-row reconstruction MSE of raw (un-normalised) rows of `device`, as model.detector.Detector.score."""
+    def _residuals(self, raw_rows: np.ndarray, device: str | None) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, reconstruction minus input) of the normalised rows, a batch of rows at a time."""
         x_all = normalizer_for(self.normalizer, self.device_scales, device)(np.asarray(raw_rows, dtype=np.float64))
-        out = np.empty(len(x_all), dtype=np.float64)
         for start in range(0, len(x_all), SCORE_BATCH_ROWS):
             x = x_all[start:start + SCORE_BATCH_ROWS]
             h = x
@@ -205,8 +204,21 @@ class LeanDetector:
                 h += la.bias
                 if la.activation == "tanh":
                     np.tanh(h, out=h)
-            d = (h - x).astype(np.float64)  # as model.detector.reconstruction_errors: float64 squares
-            out[start:start + len(x)] = np.mean(d * d, axis=1)
+            yield start, (h - x).astype(np.float64)  # as model.detector.reconstruction_errors: float64 squares
+
+    def score(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
+        """Per-row reconstruction MSE of raw (un-normalised) rows of `device`, as model.detector.Detector.score."""
+        out = np.empty(len(raw_rows), dtype=np.float64)
+        for start, d in self._residuals(raw_rows, device):
+            out[start:start + len(d)] = np.mean(d * d, axis=1)
+        return out
+
+    def feature_errors(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
+        """Per row and feature, the squared reconstruction error (their mean is `score`): which features an alert's
+        score comes from."""
+        out = np.empty((len(raw_rows), self.input_dim), dtype=np.float64)
+        for start, d in self._residuals(raw_rows, device):
+            out[start:start + len(d)] = d * d
         return out
 
     def threshold_for(self, device: str | None = None) -> float:

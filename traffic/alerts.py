@@ -43,6 +43,7 @@ class Alert:
     threshold: float
     alerts: int  # alerts this message stands for (since the previous message of the same device and host)
     state: str = "ON"  # "OFF": the device has had no alert for alert_interval_s
+    why: str = ""  # what the score came from, for the first alert of an episode (detect.explain)
 
 
 class RateLimiter:
@@ -86,7 +87,8 @@ def rfc5424(alert: Alert, hostname: str, now: float | None = None) -> bytes:
           f'score="{alert.score:.6g}" threshold="{alert.threshold:.6g}" alerts="{alert.alerts}" '
           f'packet_time="{alert.time:.6f}"]')
     text = (f"attack suspected on {alert.device}: traffic of {alert.host} scored {alert.score:.4g} over threshold "
-            f"{alert.threshold:.4g} ({alert.alerts} alert(s))" if alert.state == "ON"
+            f"{alert.threshold:.4g} ({alert.alerts} alert(s))" + (f"; mostly {alert.why}" if alert.why else "")
+            if alert.state == "ON"
             else f"{alert.device}: no alert for a while, back to normal")
     header = (f"<{SYSLOG_FACILITY_SECURITY * 8 + severity}>1 {stamp} {_token(hostname, 255)} {APP_NAME} {os.getpid()} "
               f"{'ALERT' if alert.state == 'ON' else 'CLEAR'} {sd} ")
@@ -212,7 +214,7 @@ class MqttSink:
         if alert.state == "ON":
             self._check(self.client.publish(self.topic(alert.device, "alert"), json.dumps({
                 "host": alert.host, "packet_time": alert.time, "score": alert.score, "threshold": alert.threshold,
-                "alerts": alert.alerts}), qos=1))
+                "alerts": alert.alerts, **({"why": alert.why} if alert.why else {})}), qos=1))
         if self.states.get(alert.device) != alert.state:  # the retained state changes only when it changes
             self._check(self.client.publish(self.topic(alert.device, "state"), alert.state, qos=1, retain=True))
             self.states[alert.device] = alert.state
