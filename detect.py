@@ -20,9 +20,9 @@ follows. --profiles DIR (capture's --out): each watched device's endpoints.json 
 majority of packets went to or came from services outside the device's profile is a window alert too (another
 device's traffic, or the device doing what it never did), and each line says "new_endpoint"; and a watched device
 that sends nothing for detect_args.silence_factor times its longest silence in its capture (provenance.json) is a
-line {..., "host": "silent", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent"). A watched
-device that had no packet at all is named on stderr (its address may have changed: watch it by its MAC) and in the
-summary's "silent_devices", and detect exits with status 3: it was not watched.
+line {..., "host": "silent", "silent": true, "silent_s", "silent_after_s"} (and a network alert, host "silent").
+A watched device that had no packet at all is named on stderr (its address may have changed: watch it by its MAC)
+and in the summary's "silent_devices", and detect exits with status 3: it was not watched.
 """
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ from traffic.watch import SilenceWatch, Watch, Watcher, parse_watch
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
 HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
 EXPLAIN_GROUPS = 3  # feature groups an alert's explanation names
-SILENT_EXIT = 3  # exit status when a watched device had no packet: it was not watched (a script must not take it for calm)
+SILENT_EXIT = 3  # exit status when a watched device had no packet: it was not watched (not to be taken for calm)
 
 
 @njit(cache=True)
@@ -527,7 +527,8 @@ def _say_silent(silence: SilenceWatch | None, now: float, devices: list[str | No
         name, limit = devices[d] or "global", float(silence.limits[d] or 0.0)
         sink.write(json.dumps({"time": now, "host": "silent", "device": name, "score": round(seconds, 1),
                                "threshold": round(limit, 1), "packet_alert": False, "window_alert": False,
-                               "silent": True, "silent_s": round(seconds, 1), "silent_after_s": round(limit, 1)}) + "\n")
+                               "silent": True, "silent_s": round(seconds, 1),
+                               "silent_after_s": round(limit, 1)}) + "\n")
         if publisher is not None:
             publisher.offer(Alert(name, "silent", now, float(seconds), limit, 1))
 
@@ -653,7 +654,8 @@ def main(argv: list[str] | None = None) -> int:
     silent = summary.get("silent_devices") or []
     for device in silent:
         watch = next(w for w in watches if w.device == device)
-        addresses = [str(ipaddress.ip_address(ip)) for ip in sorted(watch.ips)] + [m.hex(":") for m in sorted(watch.macs)]
+        addresses = [str(ipaddress.ip_address(ip)) for ip in sorted(watch.ips)]
+        addresses += [m.hex(":") for m in sorted(watch.macs)]
         print(f"warning: {device} was not watched: no packet from or to {', '.join(addresses)} in "
               f"{a.pcap or a.interface}; its address may have changed (DHCP, a replaced unit): watch it by its MAC "
               f"address, which stays", file=sys.stderr)
