@@ -41,10 +41,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import pandas as pd
 
 from data import nbaiot
-from data.loader import SIMULATED_ATTACKS_DIR, read_feature_csv
+from data.loader import SIMULATED_ATTACKS_DIR, read_feature_csv, write_feature_csv
 from data.sources import PROVENANCE_FILE
 from fediot.config import DEVICE_NAME, DetectArgs, load, validate
 from fediot.errors import FedIoTError
@@ -148,6 +147,20 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     return rows[(t >= start) & (t < end)]
 
 
+ATTACK_BLOCKS = 4  # kept attack rows come in this many contiguous blocks: the attack's start, middle and end, each
+# long enough for detect's majority-vote windows
+
+
+def kept_rows(rows: np.ndarray, keep: int) -> np.ndarray:
+    """At most `keep` of a simulated attack's rows (0 = all): ATTACK_BLOCKS contiguous blocks spread evenly from its
+    first row to its last, so what is written is sized by what measuring a TPR needs, not by the flood's rate."""
+    if keep <= 0 or len(rows) <= keep:
+        return rows
+    size = max(1, keep // ATTACK_BLOCKS)
+    starts = np.linspace(0, len(rows) - size, ATTACK_BLOCKS).astype(int)
+    return np.concatenate([rows[s:s + size] for s in starts])
+
+
 def write_rows(path: Path, rows: np.ndarray) -> None:
     """A captured rows' CSV (header + N-BaIoT's 115 columns and the fan-out extension's), written to a temp file
     beside it and renamed into place."""
@@ -155,7 +168,7 @@ def write_rows(path: Path, rows: np.ndarray) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as fh:
-            pd.DataFrame(rows, columns=list(nbaiot.CAPTURED_COLUMNS)).to_csv(fh, index=False, float_format="%.10g")
+            write_feature_csv(fh, rows, nbaiot.CAPTURED_COLUMNS)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -306,9 +319,10 @@ def main(argv: list[str] | None = None) -> int:
             if attacks:
                 sim = {}
                 for i, attack in enumerate(attacks):
-                    sim[attack] = simulated_attack_rows(d, attack, a.attack_seconds, cfg, a.seed * 100 + i)
-                print(f"{w.device}: simulated attacks: " + ", ".join(f"{k} {len(v)}" for k, v in sim.items()),
-                      file=sys.stderr, flush=True)
+                    made = simulated_attack_rows(d, attack, a.attack_seconds, cfg, a.seed * 100 + i)
+                    sim[attack] = kept_rows(made, cfg.attack_rows_kept)
+                    print(f"{w.device}: simulated attack {i + 1}/{len(attacks)} {attack}: {len(made):,} rows, "
+                          f"{len(sim[attack]):,} kept (detect_args.attack_rows_kept)", file=sys.stderr, flush=True)
             record = {"source": source, "filter": {"ips": sorted(ipaddress.ip_address(x).exploded for x in w.ips),
                                                    "macs": sorted(m.hex(":") for m in w.macs)},
                       "captured_at": captured_at, "first_packet": d.first, "last_packet": d.last,

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from data import nbaiot
+from data.loader import write_feature_csv
 
 MARKER_FILE = "SYNTHETIC_DATA.txt"
 _LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])
@@ -152,7 +152,7 @@ def generate_rows(profile: TrafficProfile, n_rows: int, rng: np.random.Generator
 
 
 def _write_csv(path: Path, rows: np.ndarray) -> None:
-    pd.DataFrame(rows, columns=list(nbaiot.COLUMNS)).to_csv(path, index=False, float_format="%.10g")
+    write_feature_csv(path, rows)
 
 
 def write_device(root: Path, device: str, seed: int, benign_rows: int, attack_rows: int) -> Path:

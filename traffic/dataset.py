@@ -15,9 +15,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from data import nbaiot
+from data.loader import write_feature_csv
 from fediot.console import say
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import frames_batch
@@ -35,7 +35,7 @@ def features_of(packets: list[tuple[float, bytes]]) -> tuple[np.ndarray, np.ndar
 
 def _write(path: Path, rows: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    pd.DataFrame(rows, columns=list(nbaiot.COLUMNS)).to_csv(path, index=False, float_format="%.10g")
+    write_feature_csv(path, rows)
 
 
 def write_device(root: Path, device: str, seed: int, benign_s: float, attack_s: float) -> Path:
