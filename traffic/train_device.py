@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from data import nbaiot
+from fediot.config import validate
 from fediot.console import say
 from model.detector import Detector
 from traffic.dataset import features_of
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
+    import torch
+
+    torch.set_num_threads(validate({}).device.torch_threads)  # 12 s instead of 32 s for the default 1,800 s on 2 cores
     detector, fpr = train_device_detector(a.device, a.seconds, a.epochs, a.seed)
     detector.save(a.out)
     say(f"{a.out}: {a.device}, threshold {detector.global_threshold:.5g}, held-out benign FPR {fpr:.4f}")
