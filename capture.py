@@ -43,7 +43,8 @@ from typing import Any, Iterable
 import numpy as np
 
 from data import nbaiot
-from data.loader import SIMULATED_ATTACKS_DIR, read_feature_csv, write_feature_csv
+from data.csvfile import write_feature_csv
+from data.loader import SIMULATED_ATTACKS_DIR, read_feature_csv
 from data.sources import PROVENANCE_FILE
 from fediot.config import DEVICE_NAME, DetectArgs, load, validate
 from fediot.errors import FedIoTError

@@ -50,6 +50,7 @@ from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
 from traffic.profile import EndpointProfile, endpoints_of, load_profiles
+from traffic.triage import EVIDENCE_DIR, Evidence, TriageFollower
 from traffic.watch import SilenceWatch, Watch, Watcher, parse_watch
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
@@ -144,7 +145,8 @@ class AlertLines:
         self.max_hosts = max_hosts
 
     def line(self, t: float, host: bytes, score: float, packet_alert: bool, window_alert: bool,
-             new_endpoint: bool | None = None, why: list[dict[str, Any]] | None = None) -> str:
+             new_endpoint: bool | None = None, why: list[dict[str, Any]] | None = None,
+             extra: dict[str, Any] | None = None) -> str:
         """One alert line; with endpoint profiles (detect --profiles) also "new_endpoint": whether the packet went to
         or came from a service outside the device's profile; the first window alert of an episode also "why"
         (`explain`)."""
@@ -154,6 +156,8 @@ class AlertLines:
                 self.hosts.clear()
             h = self.hosts[host] = host_text(host)
         end = "}\n" if new_endpoint is None else f', "new_endpoint": {"true" if new_endpoint else "false"}}}\n'
+        if extra:  # an episode's first line: "remote", "episode"; a muted alert: "muted"
+            end = "".join(f", {json.dumps(k)}: {json.dumps(v)}" for k, v in extra.items()) + end
         if why is not None:
             end = f', "why": {json.dumps(why)}{end}'
         return (f'{{"time": {_number(round(t, 6))}, "host": {h}{self.middle}{_number(score)}{self.tail}'
@@ -366,11 +370,14 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                   follower: ModelFollower | None = None, publisher: AlertPublisher | None = None,
                   live: LiveCounters | None = None,
                   profiles: dict[str, EndpointProfile] | None = None,
-                  silence: SilenceWatch | None = None) -> dict[str, object]:
+                  silence: SilenceWatch | None = None, triage: TriageFollower | None = None,
+                  evidence: Evidence | None = None) -> dict[str, object]:
     """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
     lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
     return the summary. With endpoint profiles (one per watched device), a window whose majority of packets went to
-    or came from services outside the device's profile is a window alert too: traffic that is not the device's."""
+    or came from services outside the device's profile is a window alert too: traffic that is not the device's.
+    With a triage file, a window alert its mutes match is written (marked "muted") and counted but not published; with
+    evidence, each alert episode's rows and remote hosts are kept for a verdict (traffic/triage.py)."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
@@ -389,7 +396,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
     vote.push([], np.zeros(0, dtype=bool))
     packets = scored = alerts = window_alerts = 0
-    per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0} for d in devices}
+    per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0, "muted_window_alerts": 0}
+                  for d in devices}
+    episode_of: dict[int, str] = {}  # device index -> its open episode's id (with evidence)
     if by_index is not None:
         for entry in per_device.values():
             entry |= {"new_endpoint_packets": 0, "new_endpoint_window_alerts": 0}
@@ -405,11 +414,13 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
                     # what the models before this one scored: each model's share of the packets, in the summary
                     follower.swaps[-1]["packets_before"] = {d: e["packets"] for d, e in per_device.items()}
+            tri = triage.poll() if triage is not None else None
             if len(batch) == 0:
-                _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher)
+                _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher, evidence)
                 _say_silent(silence, time.time(), devices, sink, publisher)
                 continue
-            rows = extractor.transform(batch)[:, :detector.input_dim]  # an N-BaIoT model: its 115 columns
+            full = extractor.transform(batch)  # the captured rows' columns (what a benign verdict adds)
+            rows = full[:, :detector.input_dim]  # an N-BaIoT model: its 115 columns
             packets += len(batch)
             which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
             if silence is not None:  # who was heard, then who has been silent too long (packet time)
@@ -447,14 +458,29 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             for j in np.flatnonzero(shown):
                 n, d = int(idx[j]), int(which[idx[j]])
                 reasons = None  # an alert episode starts: its first window alert says why (the flood's lines follow)
-                if wins[j] and d not in last_alert:
-                    reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
+                extra: dict[str, Any] = {}
+                if wins[j]:
+                    remote = _remote_of(batch, n, watcher.ips_of(d) if watcher is not None else set())
+                    mute = tri.matching(devices[d] or "global", remote, batch.time[n]) if tri is not None else None
+                    if mute is not None:
+                        extra["muted"] = mute.id
+                    if d not in last_alert:
+                        reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
+                        extra["remote"] = remote
+                        if evidence is not None:
+                            episode_of[d] = extra["episode"] = evidence.start(
+                                d, devices[d] or "global", batch.time[n], why_text(reasons),
+                                None if mute is None else mute.id)
+                    if evidence is not None:
+                        evidence.add(d, batch.time[n], full[n], remote)
                 out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j]),
-                                         None if new_endpoint is None else bool(new_endpoint[j]), reasons))
+                                         None if new_endpoint is None else bool(new_endpoint[j]), reasons, extra))
                 if wins[j]:
                     why = why_text(reasons) if reasons else ""
                     last_alert[d] = batch.time[n]
-                    if publisher is not None:
+                    if "muted" in extra:
+                        per_device[devices[d] or "global"]["muted_window_alerts"] += 1
+                    elif publisher is not None:
                         host = str(ipaddress.ip_address(batch.src_ip[n]))
                         count = limiter.admit(devices[d] or "global", host, batch.time[n])
                         if count is not None:
@@ -470,12 +496,15 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 if new_endpoint is not None and endpoint_wins is not None:
                     entry["new_endpoint_packets"] += int((new_endpoint & mine).sum())
                     entry["new_endpoint_window_alerts"] += int((endpoint_wins & mine).sum())
-            _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher)
+            _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher, evidence)
             if live is not None:
                 live.update(packets, scored, alerts, window_alerts, per_device, detector.meta.get("round"),
                             lambda: sum(extractor.tracked().values()))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: detection stops here, the summary still comes
         interrupted = True
+    finally:
+        if evidence is not None:  # the open episodes' rows, written whole
+            evidence.close()
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "summary": True, "packets": packets, "packets_scored": scored, "packet_alerts": alerts,
@@ -497,6 +526,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
         summary["models_refused"] = follower.refused
     if publisher is not None:
         summary["network_alerts"] = dict(publisher.counts)
+    if evidence is not None:
+        summary["episodes"] = list(evidence.written)
     return summary
 
 
@@ -552,12 +583,22 @@ def silence_limits(profiles: Path, watches: list[Watch], cfg: DetectArgs) -> lis
     return limits
 
 
+def _remote_of(batch: PacketBatch, n: int, own_ips: set[bytes]) -> str:
+    """The other side of packet n (its destination when the watched device sent it, else its source) as text."""
+    src = batch.src_ip[n]
+    other = batch.dst_ip[n] if src in own_ips else src
+    return str(ipaddress.ip_address(other))
+
+
 def _clear_quiet(last_alert: dict[int, float], now: float, cfg: DetectArgs, devices: list[str | None],
-                 thresholds: list[float], publisher: AlertPublisher | None) -> None:
-    """A device with no window alert for alert_interval_s is back to normal (state OFF on the network sinks)."""
+                 thresholds: list[float], publisher: AlertPublisher | None, evidence: Evidence | None = None) -> None:
+    """A device with no window alert for alert_interval_s is back to normal (state OFF on the network sinks); its
+    alert episode ends (its evidence written)."""
     for d, t in list(last_alert.items()):
         if now - t >= cfg.alert_interval_s:
             del last_alert[d]
+            if evidence is not None:
+                evidence.end(d)
             if publisher is not None:
                 publisher.offer(Alert(devices[d] or "global", "-", now, 0.0, float(thresholds[d]), 0, state="OFF"))
 
@@ -587,6 +628,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=None, help="live capture: stop after this many seconds")
     p.add_argument("--config", type=Path, help="YAML with detect_args (memory bounds, syslog, MQTT); default: defaults")
     p.add_argument("--board", default=socket.gethostname(), help="this board's name in syslog and MQTT (default: host name)")
+    p.add_argument("--triage", type=Path, metavar="FILE",
+                   help="a triage file (python -m triage writes it; e.g. data/local/triage.json): its mutes are "
+                        "applied, re-read when it changes; each alert episode's rows and remote hosts are kept in "
+                        "evidence/ beside it for a benign verdict")
     p.add_argument("--allow-row-model", action="store_true", help="run a model trained on synthetic rows anyway")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (default detect_args.metrics_port; 0 = a free port); "
@@ -635,8 +680,13 @@ def main(argv: list[str] | None = None) -> int:
         sink = open(a.out, "w") if a.out else sys.stdout
         try:
             silence = SilenceWatch(silence_limits(a.profiles, watches, cfg.detect)) if profiles is not None else None
+            triage = evidence = None
+            if a.triage is not None:
+                triage = TriageFollower(a.triage, cfg.detect.max_triage_entries,
+                                        lambda text: print(text, file=sys.stderr, flush=True))
+                evidence = Evidence(a.triage.parent / EVIDENCE_DIR, cfg.detect.evidence_rows, nbaiot.CAPTURED_COLUMNS)
             summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher,
-                                    live, profiles, silence)
+                                    live, profiles, silence, triage, evidence)
         finally:
             if a.out:
                 sink.close()

@@ -22,7 +22,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 
 from data import nbaiot  # noqa: E402
-from data.loader import read_feature_csv, write_feature_csv  # noqa: E402
+from data.csvfile import write_feature_csv  # noqa: E402
+from data.loader import read_feature_csv  # noqa: E402
 from fediot.rundir import create_run_dir, write_json  # noqa: E402
 
 DEVICES = {"blink-cam-01.pcap": "cam=f4:b8:5e:ff:2b:1b", "lockly-hub-01.pcap": "lockly=24:6f:28:d9:a7:64",

@@ -7,7 +7,6 @@ import logging
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import numpy as np
 import pandas as pd
@@ -17,15 +16,6 @@ from fediot.config import SECONDS_PER_DAY
 from fediot.errors import DataError
 
 log = logging.getLogger("fediot.data")
-
-
-def write_feature_csv(target: str | Path | IO[str], rows: np.ndarray, columns: tuple[str, ...] = nbaiot.COLUMNS) -> None:
-    """A feature CSV (header + `columns`, each value as %.10g) that read_feature_csv reads back. numpy's writer: ~4x
-    faster than pandas' to_csv with a float format, which formats value by value in Python (capture spent 27 of its
-    35 s there on 80,000 rows)."""
-    if rows.ndim != 2 or rows.shape[1] != len(columns):
-        raise ValueError(f"rows of shape {rows.shape}; expected (n, {len(columns)})")
-    np.savetxt(target, rows, fmt="%.10g", delimiter=",", header=",".join(columns), comments="")
 
 
 def read_feature_csv(path: str | Path, columns: tuple[str, ...] = nbaiot.COLUMNS) -> np.ndarray:
@@ -112,6 +102,29 @@ class DeviceData:
     attacks: dict[str, np.ndarray] = field(default_factory=dict)
     missing_attacks: list[str] = field(default_factory=list)
     rows_per_day: float | None = None  # captured rows: how many a day the device makes (None: rows without time)
+    verdicts: np.ndarray | None = None  # rows of "this was benign" verdicts (python -m triage): training rows only
+
+
+VERDICTS_DIR = "benign_verdicts"  # a local device's benign-verdict rows: <episode>.csv (python -m triage benign)
+
+
+def verdict_rows(ddir: Path, columns: tuple[str, ...], benign_rows: int, share: float) -> np.ndarray | None:
+    """The device's benign-verdict rows, oldest verdict first, cut to `share` of its captured benign rows (the bound
+    python -m triage enforces, again here: the files are on disk for anyone to add to)."""
+    files = sorted((ddir / VERDICTS_DIR).glob("*.csv"), key=lambda f: (f.stat().st_mtime, f.name))
+    if not files or share <= 0:
+        return None
+    allowed = int(share * benign_rows)
+    parts, n = [], 0
+    for f in files:
+        if n >= allowed:
+            log.warning("%s: benign-verdict rows beyond %d (detect_args.benign_verdict_share %g of %d benign rows) "
+                        "not used: %s and later", ddir.name, allowed, share, benign_rows, f.name)
+            break
+        rows = read_feature_csv(f, columns)[: allowed - n]
+        parts.append(rows)
+        n += len(rows)
+    return np.vstack(parts) if parts else None
 
 
 def device_dir(cache_dir: str | Path, device: str) -> Path:
@@ -136,12 +149,14 @@ def captured_rows_per_day(ddir: Path) -> float | None:
 
 
 def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None = None,
-                attack_test_rows: int | None = None, load_attacks: bool = True, local: bool = False) -> DeviceData:
+                attack_test_rows: int | None = None, load_attacks: bool = True, local: bool = False,
+                verdict_share: float = 0.0) -> DeviceData:
     """Load one device's benign rows (first `max_benign_rows`) and its attack files.
 
     Attack files that are absent are skipped with a warning and listed in `missing_attacks`. A local device (your
     own, `local`) has no recorded attacks: its attack rows are the simulated ones `python -m capture` mixed into its
-    own traffic (DEVICE/simulated_attacks/<attack>.csv), whichever of N-BaIoT's attack names are there.
+    own traffic (DEVICE/simulated_attacks/<attack>.csv), whichever of N-BaIoT's attack names are there, and its
+    benign verdicts (DEVICE/benign_verdicts/*.csv, at most `verdict_share` of its benign rows) are training rows.
     """
     if not local:
         nbaiot.check_device(device)
@@ -154,6 +169,8 @@ def load_device(cache_dir: str | Path, device: str, max_benign_rows: int | None 
     if max_benign_rows is not None:
         benign = benign[:max_benign_rows]
     data = DeviceData(device=device, benign=benign)
+    if local:
+        data.verdicts = verdict_rows(ddir, columns, len(benign), verdict_share)
     if not load_attacks:
         return data
     if local:
@@ -227,9 +244,10 @@ def split_device(data: DeviceData, train_fraction: float, validation_fraction: f
             raise DataError(f"{data.device}: {len(b)} benign rows in blocks of {block_rows} give train/validation/test "
                             f"= {'/'.join(str(len(p)) for p in parts)}; each part needs at least {MIN_SPLIT_ROWS} rows "
                             "(smaller data_args.split_block_rows or more rows)")
+    train = parts[0] if data.verdicts is None else np.vstack([parts[0], data.verdicts])
     return DeviceSplit(
         device=data.device,
-        train=parts[0],
+        train=train,
         validation=parts[1],
         test=parts[2],
         attacks=data.attacks,

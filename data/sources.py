@@ -142,7 +142,8 @@ def _missing_message(root: Path, missing: list[str], why: str) -> str:
 def load_split(cfg: FedIoTConfig, root: Path, device: str) -> DeviceSplit:
     """Load and chronologically split one device's rows as configured."""
     d = cfg.data
-    data = load_device(root, device, d.max_benign_rows, d.attack_test_rows, local=d.dataset == "local")
+    data = load_device(root, device, d.max_benign_rows, d.attack_test_rows, local=d.dataset == "local",
+                       verdict_share=cfg.detect.benign_verdict_share)
     return split_device(data, d.train_fraction, d.validation_fraction, block_rows_of(d, data))
 
 

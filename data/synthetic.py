@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data import nbaiot
-from data.loader import write_feature_csv
+from data.csvfile import write_feature_csv
 
 MARKER_FILE = "SYNTHETIC_DATA.txt"
 _LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from data import nbaiot
-from data.loader import write_feature_csv
+from data.csvfile import write_feature_csv
 from fediot.console import say
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import frames_batch

@@ -1,0 +1,149 @@
+"""Triage of alerts (issue 36): detect keeps each alert episode's rows and remotes; a mute stops its alerts reaching
+syslog/MQTT (still written, marked); a benign verdict adds the episode's rows to the device's training rows, bounded
+by detect_args.benign_verdict_share; bad triage files are one clear error (detect keeps the mutes it had)."""
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import detect
+import triage as triage_cli
+from data import nbaiot
+from data.csvfile import write_feature_csv
+from data.loader import VERDICTS_DIR, load_device, split_device
+from fediot.config import validate
+from model.lean import LeanDetector
+from tests.helpers import frame_batches
+from tests.test_watch import lean_model
+from traffic.alerts import AlertPublisher
+from traffic.simulator import TrafficSimulator, device_ip
+from traffic.triage import EVIDENCE_DIR, Evidence, Triage, TriageFollower
+
+CAMERA = "Provision_PT_737E_Security_Camera"
+
+
+class Collect:
+    """A network sink that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent: list = []
+        self.lock = threading.Lock()
+
+    def send(self, alert) -> None:
+        with self.lock:
+            self.sent.append(alert)
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def camera_packets():
+    return TrafficSimulator(CAMERA, seed=3).capture(180.0)
+
+
+def run(tmp: Path, packets, triage_file: Path, out_name: str):
+    """detect on the camera's packets with a model whose camera threshold every packet passes: every window alerts."""
+    model = LeanDetector.load(lean_model(tmp / "model.npz", {"cam": 1e-12}))
+    cfg = validate({}).detect
+    sink = Collect()
+    publisher = AlertPublisher([sink], cfg.alert_queue)
+    tri = TriageFollower(triage_file, cfg.max_triage_entries, lambda text: None)
+    evidence = Evidence(triage_file.parent / EVIDENCE_DIR, cfg.evidence_rows, nbaiot.CAPTURED_COLUMNS)
+    out = tmp / out_name
+    with out.open("w") as fh:
+        summary = detect.run_detection(model, frame_batches(packets, 512), None, 5, fh,
+                                       [detect.parse_watch(f"cam={device_ip(CAMERA)}")], cfg, publisher=publisher,
+                                       triage=tri, evidence=evidence)
+    publisher.close()
+    return summary, [json.loads(x) for x in out.read_text().splitlines()], sink.sent
+
+
+def test_episodes_kept_then_muted_then_benign_within_its_share(tmp_path, camera_packets, capsys):
+    tfile = tmp_path / "local" / "triage.json"
+    summary, lines, sent = run(tmp_path, camera_packets, tfile, "a.jsonl")
+    assert summary["episodes"] and sent, "every window alerts: at least one episode, published"
+    first = next(x for x in lines if "episode" in x)
+    assert first["episode"] in summary["episodes"] and first["remote"] != device_ip(CAMERA) and first["why"]
+    ev = tfile.parent / EVIDENCE_DIR / f"{first['episode']}.json"
+    kept = json.loads(ev.read_text())
+    assert kept["device"] == "cam" and 0 < kept["rows"] <= validate({}).detect.evidence_rows
+    assert kept["remotes"] and kept["window_alerts"] >= kept["rows"]
+
+    # mute the device: the same traffic again writes its alerts, marked, but publishes none of them
+    assert triage_cli.main(["mute", "--device", "cam", "--hours", "6", "--triage", str(tfile)]) == 0
+    summary2, lines2, sent2 = run(tmp_path, camera_packets, tfile, "b.jsonl")
+    windows = [x for x in lines2 if x["window_alert"]]
+    assert windows and all(x.get("muted") == "m1" for x in windows)
+    assert not [a for a in sent2 if a.state == "ON"]
+    assert summary2["devices"]["cam"]["muted_window_alerts"] == summary2["devices"]["cam"]["window_alerts"] > 0
+
+    # a benign verdict: the episode's rows join the device's rows, cut to its share of the captured rows
+    data = tmp_path / "data"
+    (data / "cam").mkdir(parents=True)
+    benign = np.abs(np.random.default_rng(0).normal(size=(10_000, nbaiot.N_CAPTURED_FEATURES)))
+    write_feature_csv(str(data / "cam" / nbaiot.BENIGN_FILE), benign, nbaiot.CAPTURED_COLUMNS)
+    (data / "cam" / "provenance.json").write_text(json.dumps({"device": "cam", "rows": 10_000, "captures": []}))
+    capsys.readouterr()
+    assert triage_cli.main(["benign", first["episode"], "--data", str(data), "--triage", str(tfile),
+                            "--reason", "camera update"]) == 0
+    said = capsys.readouterr().out
+    allowed = int(validate({}).detect.benign_verdict_share * 10_000)
+    assert f"of {allowed:,} allowed" in said and "muted" in said
+    verdict = data / "cam" / VERDICTS_DIR / f"{first['episode']}.csv"
+    assert verdict.is_file()
+    prov = json.loads((data / "cam" / "provenance.json").read_text())
+    assert prov["benign_verdicts"][0]["episode"] == first["episode"] and prov["benign_verdicts"][0]["reason"]
+    assert any(v["episode"] == first["episode"] for v in Triage.load(tfile, 100).verdicts)
+    # the same episode twice, or a device whose share is used up: one clear error, nothing written
+    assert triage_cli.main(["benign", first["episode"], "--data", str(data), "--triage", str(tfile)]) == 2
+    assert "already given" in capsys.readouterr().err
+    assert kept["rows"] > allowed and f"cut from {kept['rows']}" in said  # the strongest single click: cut to the share
+    second = "cam-9999999999999"  # another episode of the device: its share is full, refused
+    for ext in ("json", "csv"):
+        text = (tfile.parent / EVIDENCE_DIR / f"{first['episode']}.{ext}").read_text()
+        (tfile.parent / EVIDENCE_DIR / f"{second}.{ext}").write_text(text.replace(first["episode"], second))
+    assert triage_cli.main(["benign", second, "--data", str(data), "--triage", str(tfile)]) == 2
+    assert "benign_verdict_share" in capsys.readouterr().err
+    assert not (data / "cam" / VERDICTS_DIR / f"{second}.csv").exists()
+
+    # the loader: the verdict's rows are training rows (never validation or test), and rows someone adds beside them
+    # past the share are not used
+    write_feature_csv(str(data / "cam" / VERDICTS_DIR / "extra-0000000000000.csv"), benign[:5000],
+                      nbaiot.CAPTURED_COLUMNS)
+    dd = load_device(data, "cam", local=True, load_attacks=False,
+                     verdict_share=validate({}).detect.benign_verdict_share)
+    assert dd.verdicts is not None and len(dd.verdicts) == allowed
+    split = split_device(dd, 0.6, 0.2)
+    assert len(split.train) == 6000 + allowed and len(split.validation) == 2000 and len(split.test) == 2000
+
+
+def test_triage_files_that_are_not_are_one_clear_error(tmp_path, capsys):
+    cfg = validate({}).detect
+    bad = {"garbage": b"\xff\xfe{not json", "version": b'{"version": 9, "mutes": []}',
+           "mute": b'{"version": 1, "mutes": [{"id": "m1", "remote": "not-an-ip"}]}',
+           "nested": b'{"version": 1, "mutes": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"}
+    for name, content in bad.items():
+        f = tmp_path / f"{name}.json"
+        f.write_bytes(content)
+        assert triage_cli.main(["list", "--triage", str(f)]) == 2, name
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: {f}") and err.count("\n") == 1 and "Traceback" not in err, (name, err)
+    # detect follows the file: a broken edit keeps the mutes read before, and says so
+    f = tmp_path / "triage.json"
+    t = Triage()
+    t.mute("cam", None, None, "")
+    t.save(f)
+    said: list[str] = []
+    follower = TriageFollower(f, cfg.max_triage_entries, said.append)
+    assert follower.poll().matching("cam", "1.2.3.4", 0.0) is not None
+    f.write_text("{broken")
+    assert follower.poll().matching("cam", "1.2.3.4", 0.0) is not None and "stay in force" in said[0]
+    # a mute needs a device or a remote; episode ids are names, not paths
+    assert triage_cli.main(["mute", "--triage", str(f)]) == 2
+    assert triage_cli.main(["benign", "../../etc/passwd", "--triage", str(f)]) == 2
+    assert "not an episode id" in capsys.readouterr().err
