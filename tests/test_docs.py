@@ -2,10 +2,10 @@ from fediot.config import DEFAULTS
 from tests.helpers import REPO
 
 
-def test_readme_documents_every_config_key():
-    readme = (REPO / "README.md").read_text()
-    missing = [f"{s}.{k}" for s, keys in DEFAULTS.items() for k in keys if f"`{s}.{k}`" not in readme]
-    assert not missing, f"README.md lacks config keys: {missing}"
+def test_config_page_documents_every_config_key():
+    page = (REPO / "doc" / "config.md").read_text()
+    missing = [f"{s}.{k}" for s, keys in DEFAULTS.items() for k in keys if f"`{s}.{k}`" not in page]
+    assert not missing, f"doc/config.md lacks config keys: {missing}"
 
 
 def test_ci_runs_the_readme_test_command():
@@ -13,10 +13,27 @@ def test_ci_runs_the_readme_test_command():
     assert "bash run_tests.sh" in (REPO / ".ci" / "run").read_text()
 
 
-def test_readme_config_table_is_the_generated_one():
+def test_config_page_table_is_the_generated_one():
     from fediot.config import markdown_table
 
-    assert markdown_table() in (REPO / "README.md").read_text(), "regenerate with: python -m fediot.config"
+    assert markdown_table() in (REPO / "doc" / "config.md").read_text(), "regenerate with: python -m fediot.config"
+
+
+def test_readme_is_a_users_page():
+    """Issue 36: README is a user's page of at most 250 lines whose first screen offers both paths (a household's,
+    a researcher's); its links to doc/ pages and their sections resolve."""
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    first_screen = "\n".join(readme.splitlines()[:20])
+    assert "[A household]" in first_screen and "[A researcher]" in first_screen
+    for page, anchor in re.findall(r"\]\((doc/[\w.-]+\.md)(?:#([\w-]+))?\)", readme):
+        text = (REPO / page).read_text()
+        if anchor:
+            slugs = {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                     for h in re.findall(r"(?m)^#+ (.+)$", text)}
+            assert anchor in slugs, f"README links {page}#{anchor}: no such section"
 
 
 def test_architecture_doc_names_real_modules():
