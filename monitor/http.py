@@ -53,6 +53,7 @@ class StatusServer:
         self.snapshot, self.metrics, self.page, self.run_dir = snapshot, metrics, page, run_dir
         self.on_request = on_request or (lambda refused: None)
         self.refused = 0
+        self.views = 0  # answered requests for the page or its data: someone is watching (the linger after a run)
         self._last_refusal_log = 0.0
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         outer = self
@@ -223,8 +224,10 @@ class _Handler(BaseHTTPRequestHandler):
             elif s.snapshot is None:
                 self._send(404, b"only /metrics here\n", "text/plain; charset=utf-8")
             elif path == "/api/status":
+                s.views += 1
                 self._send(200, json.dumps(s.snapshot()).encode(), "application/json")
             elif path in ("/", "/index.html") and s.page is not None:
+                s.views += 1
                 self._send(200, s.page(s.snapshot()).encode(), "text/html; charset=utf-8")
             elif path.startswith("/files/") and s.run_dir is not None:
                 self._file(unquote(path[len("/files/"):]))

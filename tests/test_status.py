@@ -265,3 +265,21 @@ def test_refusals_are_counted_exactly_and_logged_at_a_bounded_rate():
     assert total == 13_415 + MAX_SENDERS + 50 and len(first) == 20
     assert by["rank 3"] == {"fediot_health": 13_415} and len(by) == MAX_SENDERS + 1 and by[OTHER]["bad magic"] == 51
     assert tally.take()[0] == 0
+
+
+def test_the_page_stays_after_the_run_only_when_someone_opened_it(monkeypatch):
+    """Issue 36: the page vanished as the run ended. It stays status_args.linger_s when it was opened during the run,
+    and nobody waits for it when nobody looked (a service, a script, a test)."""
+    from types import SimpleNamespace
+
+    from trainer import nodes
+
+    slept: list[float] = []
+    monkeypatch.setattr(nodes.time, "sleep", slept.append)
+    for views, linger, waits in ((0, 600.0, []), (3, 600.0, [600.0]), (3, 0.0, [])):
+        stopped = []
+        server = SimpleNamespace(views=views, url="http://127.0.0.1:1/", stop=lambda: stopped.append(True))
+        node = SimpleNamespace(status_server=server, cfg=SimpleNamespace(status=SimpleNamespace(linger_s=linger)))
+        slept.clear()
+        nodes.ServerNode.shutdown(node)
+        assert slept == waits and stopped == [True]

@@ -581,12 +581,19 @@ class ServerNode(_Node):
 
 
     def shutdown(self) -> None:
-        """The status server stays up status_args.linger_s after the run (to read the final page), then stops."""
+        """When its page was opened during the run, the status server stays up status_args.linger_s after it (the
+        final page, the report's links: issue 36, the page vanished as the run ended), then stops; Ctrl-C ends the
+        wait. Nobody watching (a service, a test, a script): no wait."""
         if self.status_server is None:
             return
-        if self.cfg.status.linger_s > 0:
-            say(f"status page: {self.status_server.url} stays up {self.cfg.status.linger_s:g}s (status_args.linger_s)")
-            time.sleep(self.cfg.status.linger_s)
+        linger = self.cfg.status.linger_s
+        if linger > 0 and self.status_server.views > 0:
+            say(f"status page: {self.status_server.url} stays up {linger:g}s as it was open (status_args.linger_s; "
+                "Ctrl-C ends it now)")
+            try:
+                time.sleep(linger)
+            except KeyboardInterrupt:
+                pass
         self.status_server.stop()
 
 
