@@ -14,7 +14,8 @@ keeps each alert episode's rows and remote hosts in FILE's directory, under evid
 - benign: the episode's kept rows join the device's benign training rows (DIR/DEVICE/benign_verdicts/EPISODE.csv,
   recorded in its provenance.json): the next federation learns them. At most detect_args.evidence_rows rows a
   verdict, and all verdicts of a device at most detect_args.benign_verdict_share of its captured rows; the device
-  and the episode's main remote are muted detect_args.benign_mute_h hours meanwhile.
+  and the episode's main remote are muted detect_args.benign_mute_h hours meanwhile. A verdict whose rows look like
+  one of the device's simulated attacks (detect_args.verdict_attack_share) is refused unless --force.
 """
 from __future__ import annotations
 
@@ -30,10 +31,10 @@ from typing import Any
 
 from data import nbaiot
 from data.csvfile import write_feature_csv
-from data.loader import PROVENANCE_FILE, VERDICTS_DIR, read_feature_csv
+from data.loader import PROVENANCE_FILE, SIMULATED_ATTACKS_DIR, VERDICTS_DIR, read_feature_csv
 from fediot.config import DEVICE_NAME, DetectArgs, load, validate
 from fediot.errors import DataError, FedIoTError
-from traffic.triage import EPISODE_ID, EVIDENCE_DIR, Triage, verdict_rows_allowed
+from traffic.triage import EPISODE_ID, EVIDENCE_DIR, Triage, attack_likeness, verdict_rows_allowed
 
 DEFAULT_TRIAGE = Path("data/local/triage.json")
 
@@ -93,7 +94,33 @@ def _rows_in(csv: Path) -> int:
         return max(0, sum(1 for _ in fh) - 1)
 
 
-def benign(triage_file: Path, episode: str, data_dir: Path, reason: str, cfg: DetectArgs) -> int:
+def refuse_attack_like(rows, ddir: Path, device: str, cfg: DetectArgs) -> None:
+    """FedIoTError when the verdict's rows look like one of the device's simulated attacks (traffic.triage
+    .attack_likeness above detect_args.verdict_attack_share): one click must not teach the model an attack."""
+    attacks = {}
+    for f in sorted((ddir / SIMULATED_ATTACKS_DIR).glob("*.csv")):
+        try:
+            attacks[f.stem] = read_feature_csv(f, nbaiot.CAPTURED_COLUMNS)
+        except DataError as exc:
+            raise FedIoTError(str(exc)) from None
+    if not attacks:
+        print(f"note: {device} has no simulated attack rows (capture --simulate-attacks): the verdict's rows cannot be "
+              "compared with known attacks", file=sys.stderr)
+        return
+    try:
+        benign_rows = read_feature_csv(ddir / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS)
+    except DataError as exc:
+        raise FedIoTError(str(exc)) from None
+    likeness = attack_likeness(rows, benign_rows, attacks)
+    name, share = max(likeness.items(), key=lambda kv: kv[1])
+    if share > cfg.verdict_attack_share:
+        raise FedIoTError(f"not taken: {share:.0%} of this episode's rows look like {name} (nearer to its rows than to "
+                          f"any of {device}'s own traffic; detect_args.verdict_attack_share "
+                          f"{cfg.verdict_attack_share:g}). If you are sure it was you, --force; a mute "
+                          "(python -m triage mute) silences it without teaching the model")
+
+
+def benign(triage_file: Path, episode: str, data_dir: Path, reason: str, cfg: DetectArgs, force: bool = False) -> int:
     """The verdict: rows copied into the device's benign_verdicts, provenance and the triage file updated, a mute."""
     if not EPISODE_ID.fullmatch(episode):
         raise FedIoTError(f"{episode!r} is not an episode id (python -m triage list shows them: DEVICE-<digits>)")
@@ -117,6 +144,8 @@ def benign(triage_file: Path, episode: str, data_dir: Path, reason: str, cfg: De
         rows = read_feature_csv(rows_path, nbaiot.CAPTURED_COLUMNS)[:cfg.evidence_rows]
     except DataError as exc:
         raise FedIoTError(str(exc)) from None
+    if not force:
+        refuse_attack_like(rows, ddir, device, cfg)
     prov_path = ddir / PROVENANCE_FILE
     provenance = json.loads(prov_path.read_text()) if prov_path.is_file() else {}
     benign_rows = int(provenance.get("rows") or _rows_in(ddir / nbaiot.BENIGN_FILE))
@@ -162,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reason", default="", help="a note kept with the mute or verdict")
     p.add_argument("--data", type=Path, default=Path("data/local"), help="benign: capture's --out (default %(default)s)")
     p.add_argument("--config", type=Path, help="YAML whose detect_args bound verdicts (default: defaults)")
+    p.add_argument("--force", action="store_true",
+                   help="benign: take the verdict although its rows look like a simulated attack")
     a = p.parse_args(argv)
     try:
         cfg = (load(a.config) if a.config else validate({})).detect
@@ -170,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.action == "benign":
             if not a.target:
                 raise FedIoTError("benign needs the episode's id (python -m triage list shows them)")
-            return benign(a.triage, a.target, a.data, a.reason, cfg)
+            return benign(a.triage, a.target, a.data, a.reason, cfg, a.force)
         tri = Triage.load(a.triage, cfg.max_triage_entries)
         if a.action == "mute":
             if a.hours is not None and not (a.hours > 0):

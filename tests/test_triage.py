@@ -14,7 +14,7 @@ import detect
 import triage as triage_cli
 from data import nbaiot
 from data.csvfile import write_feature_csv
-from data.loader import VERDICTS_DIR, load_device, split_device
+from data.loader import SIMULATED_ATTACKS_DIR, VERDICTS_DIR, load_device, read_feature_csv, split_device
 from fediot.config import validate
 from model.lean import LeanDetector
 from tests.helpers import frame_batches
@@ -88,9 +88,17 @@ def test_episodes_kept_then_muted_then_benign_within_its_share(tmp_path, camera_
     benign = np.abs(np.random.default_rng(0).normal(size=(10_000, nbaiot.N_CAPTURED_FEATURES)))
     write_feature_csv(str(data / "cam" / nbaiot.BENIGN_FILE), benign, nbaiot.CAPTURED_COLUMNS)
     (data / "cam" / "provenance.json").write_text(json.dumps({"device": "cam", "rows": 10_000, "captures": []}))
+    # the device's simulated attacks hold rows like the episode's (as a flood called benign would be): refused,
+    # nothing written; --force takes it
+    episode_rows = read_feature_csv(tfile.parent / EVIDENCE_DIR / f"{first['episode']}.csv", nbaiot.CAPTURED_COLUMNS)
+    (data / "cam" / SIMULATED_ATTACKS_DIR).mkdir()
+    write_feature_csv(str(data / "cam" / SIMULATED_ATTACKS_DIR / "mirai_syn.csv"), episode_rows * 1.01,
+                      nbaiot.CAPTURED_COLUMNS)
     capsys.readouterr()
+    assert triage_cli.main(["benign", first["episode"], "--data", str(data), "--triage", str(tfile)]) == 2
+    assert "look like mirai_syn" in capsys.readouterr().err and not (data / "cam" / VERDICTS_DIR).exists()
     assert triage_cli.main(["benign", first["episode"], "--data", str(data), "--triage", str(tfile),
-                            "--reason", "camera update"]) == 0
+                            "--reason", "camera update", "--force"]) == 0
     said = capsys.readouterr().out
     allowed = int(validate({}).detect.benign_verdict_share * 10_000)
     assert f"of {allowed:,} allowed" in said and "muted" in said
@@ -107,7 +115,7 @@ def test_episodes_kept_then_muted_then_benign_within_its_share(tmp_path, camera_
     for ext in ("json", "csv"):
         text = (tfile.parent / EVIDENCE_DIR / f"{first['episode']}.{ext}").read_text()
         (tfile.parent / EVIDENCE_DIR / f"{second}.{ext}").write_text(text.replace(first["episode"], second))
-    assert triage_cli.main(["benign", second, "--data", str(data), "--triage", str(tfile)]) == 2
+    assert triage_cli.main(["benign", second, "--data", str(data), "--triage", str(tfile), "--force"]) == 2
     assert "benign_verdict_share" in capsys.readouterr().err
     assert not (data / "cam" / VERDICTS_DIR / f"{second}.csv").exists()
 
@@ -115,7 +123,7 @@ def test_episodes_kept_then_muted_then_benign_within_its_share(tmp_path, camera_
     # past the share are not used
     write_feature_csv(str(data / "cam" / VERDICTS_DIR / "extra-0000000000000.csv"), benign[:5000],
                       nbaiot.CAPTURED_COLUMNS)
-    dd = load_device(data, "cam", local=True, load_attacks=False,
+    dd = load_device(data, "cam", local=True, load_attacks=False,  # (its simulated attacks are not read here)
                      verdict_share=validate({}).detect.benign_verdict_share)
     assert dd.verdicts is not None and len(dd.verdicts) == allowed
     split = split_device(dd, 0.6, 0.2)
@@ -147,3 +155,15 @@ def test_triage_files_that_are_not_are_one_clear_error(tmp_path, capsys):
     assert triage_cli.main(["mute", "--triage", str(f)]) == 2
     assert triage_cli.main(["benign", "../../etc/passwd", "--triage", str(f)]) == 2
     assert "not an episode id" in capsys.readouterr().err
+
+
+def test_attack_likeness_tells_an_attack_from_the_devices_own_rows():
+    """The check behind refusing a verdict: rows drawn like an attack's are near it, rows drawn like the device's own
+    benign rows (a later stretch of them) are not."""
+    from traffic.triage import attack_likeness
+
+    rng = np.random.default_rng(0)
+    benign = np.abs(rng.normal(1.0, 0.3, size=(3000, 20)))
+    attack = np.abs(rng.normal(5.0, 0.3, size=(2000, 20)))
+    assert attack_likeness(np.abs(rng.normal(5.0, 0.3, size=(200, 20))), benign, {"flood": attack})["flood"] > 0.9
+    assert attack_likeness(np.abs(rng.normal(1.0, 0.3, size=(200, 20))), benign, {"flood": attack})["flood"] < 0.1

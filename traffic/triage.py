@@ -233,3 +233,38 @@ class Evidence:
 def verdict_rows_allowed(benign_rows: int, share: float) -> int:
     """Benign-verdict rows a device may hold in all: `share` of its captured benign rows."""
     return int(share * benign_rows)
+
+
+def _signed_log(rows: np.ndarray) -> np.ndarray:
+    return np.sign(rows) * np.log1p(np.abs(rows))
+
+
+def _nearest(a: np.ndarray, b: np.ndarray, chunk: int = 256) -> np.ndarray:
+    """Each row of `a`: its squared distance to the nearest row of `b` (numpy, in chunks: boards have no sklearn)."""
+    out = np.empty(len(a))
+    bb = np.einsum("ij,ij->i", b, b)
+    for i in range(0, len(a), chunk):
+        x = a[i:i + chunk]
+        d = np.einsum("ij,ij->i", x, x)[:, None] - 2.0 * x @ b.T + bb[None, :]
+        out[i:i + chunk] = np.maximum(d.min(axis=1), 0.0)
+    return out
+
+
+def attack_likeness(verdict: np.ndarray, benign: np.ndarray, attacks: dict[str, np.ndarray],
+                    max_rows: int = 5000) -> dict[str, float]:
+    """For each simulated attack of the device: the share of the verdict's rows nearer to that attack's rows than to
+    any of the device's own benign rows (log scale, z-scored on the benign rows; at most `max_rows` rows of each,
+    evenly spaced). A benign verdict made of an attacker's flood or scan is near its family's rows; a firmware
+    update's or a new app's rows are not near any."""
+    def sample(rows: np.ndarray) -> np.ndarray:
+        return rows if len(rows) <= max_rows else rows[np.linspace(0, len(rows) - 1, max_rows).astype(int)]
+
+    b = _signed_log(sample(benign))
+    mean, std = b.mean(axis=0), b.std(axis=0)
+    std = np.where(std > 1e-9, std, 1.0)
+    z = lambda rows: (_signed_log(rows) - mean) / std  # noqa: E731
+    v, bz = z(verdict), (b - mean) / std
+    to_benign = _nearest(v, bz)
+    return {name: float(np.mean(_nearest(v, z(sample(rows))) < to_benign))
+            for name, rows in attacks.items() if len(rows) and len(v)}
+
