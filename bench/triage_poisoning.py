@@ -5,10 +5,14 @@
 
 For each real week-long capture (python -m capture with simulated attacks) and attack: the device's detector
 (model.detector.Detector.fit, log1p + z-score, the federation's defaults) trained on its first 60 % of benign rows
-plus a "benign verdict" made of the attack's own rows — the strongest a single click gives: detect_args.evidence_rows
+plus a "benign verdict" made of the attacker's rows — the strongest a single click gives: detect_args.evidence_rows
 (500) rows of the episode, cut to `share` of the device's captured benign rows (detect_args.benign_verdict_share) —
-threshold on the next 20 % (mean + k std), then TPR on the attack's other rows (never trained on) and FPR on the
-last 20 % of benign rows. share 0 is the model without verdicts. Writes results.json and table.md to a run
+threshold on the next 20 % (mean + k std), then TPR on the attacker's other rows (never trained on) and FPR on the
+last 20 % of benign rows. share 0 is the model without verdicts. The attacker's rows are the attack simulated with
+another seed than the device's own simulated attacks (capture --seed 1 vs 0), and whether `python -m triage benign`
+would refuse the verdict (traffic.triage.attack_likeness against the device's own simulated attacks,
+detect_args.verdict_attack_share) is reported beside. Control: the 500 held-out benign rows the plain model scores
+highest (what a household would rightly call benign) must be taken. Writes results.json and table.md to a run
 directory and prints it last.
 """
 from __future__ import annotations
@@ -59,14 +63,22 @@ def main() -> int:
             subprocess.run([sys.executable, "-m", "capture", "--pcap", str(a.pcaps / pcap_name), "--device", device,
                             "--out", tmp, "--simulate-attacks", ",".join(attacks)], cwd=REPO, check=True,
                            capture_output=True, timeout=3600)
+            # the attacker's traffic: the same attack kinds simulated again with another seed (capture --seed 1),
+            # never the rows the device keeps as its simulated attacks (what the refusal compares with)
+            subprocess.run([sys.executable, "-m", "capture", "--pcap", str(a.pcaps / pcap_name), "--device", device,
+                            "--out", str(Path(tmp) / "attacker"), "--simulate-attacks", ",".join(attacks),
+                            "--seed", "1"], cwd=REPO, check=True, capture_output=True, timeout=3600)
             benign = read_feature_csv(Path(tmp) / name / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS)
             rows = {x: read_feature_csv(Path(tmp) / name / "simulated_attacks" / f"{x}.csv", nbaiot.CAPTURED_COLUMNS)
                     for x in attacks}
+            attacker = {x: read_feature_csv(Path(tmp) / "attacker" / name / "simulated_attacks" / f"{x}.csv",
+                                            nbaiot.CAPTURED_COLUMNS) for x in attacks}
         n = len(benign)
         train, val, test = benign[:int(0.6 * n)], benign[int(0.6 * n):int(0.8 * n)], benign[int(0.8 * n):]
         control = None  # what a household would rightly call benign: the held-out rows the plain model flags most
         for attack in attacks:
-            episode, held_out = rows[attack][:cfg.detect.evidence_rows], rows[attack][cfg.detect.evidence_rows:]
+            episode = attacker[attack][:cfg.detect.evidence_rows]
+            held_out = attacker[attack][cfg.detect.evidence_rows:]
             for share in shares:
                 verdict = episode[:int(share * n)]
                 likeness = attack_likeness(verdict, benign, rows) if len(verdict) else {}
