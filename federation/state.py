@@ -6,7 +6,7 @@
 - the round's hyperparameters (`RoundPlan`: lr from the one learning-rate schedule, epochs, batch size, seed),
   sent to each client, which trains with exactly what it was sent; which clients train (`sample`);
 - the normaliser from the clients' merged feature statistics;
-- the aggregation of the clients' updates (FedAvg or a robust rule, `federation.aggregation`);
+- asking its strategy (`federation.strategy`: stages built once from the config) for each round's new weights;
 - what a lying client's numbers may do (`cfg.defenses`, the rules in `federation.defenses`);
 - the per-round record (a dict for rounds.jsonl: lr, client losses and seconds, dropped clients, evaluation)
   and its summary line (returned, not printed); notices about what the defenses did (`take_notices`);
@@ -16,8 +16,6 @@
 """
 from __future__ import annotations
 
-import dataclasses
-import os
 import time
 from collections import deque
 from typing import Any
@@ -30,8 +28,7 @@ from evaluation.counts import combine_reports, curves_from_reports
 from evaluation.metrics import METRIC_KEYS, rate_text
 from evaluation.scoring import thresholds_from_stats
 from federation import defenses, privacy
-from federation.aggregation import aggregate
-from federation.algorithms import ServerOptimizer, fednova_rescale, local_steps
+from federation.strategy import RoundWork, build_strategy, server_policy
 from federation.messages import Hello, RoundPlan, Update
 from fediot.config import FedIoTConfig, client_part, device_number, device_of_client
 from fediot.console import round_bar
@@ -80,40 +77,20 @@ class RoundState:
         self.notices: list[str] = []  # what the defenses did, for the console (`take_notices`)
         self.metrics: dict[str, Any] | None = None  # of the last evaluation
         self.curves: dict[str, Any] | None = None
-        self.defenses = cfg.defenses
-        liars = defenses.effective_liars(self.defenses.byzantine_clients, len(cfg.clients))
-        if self.defenses.robust and liars < self.defenses.byzantine_clients:
-            self.notices.append(f"train_args.byzantine_clients = {self.defenses.byzantine_clients} with "
-                                f"{len(cfg.clients)} clients: the robust rules assume at most {liars} lying client(s), "
-                                f"a minority")
-            self.defenses = dataclasses.replace(self.defenses, byzantine_clients=liars)
-        # the clients a trimmed rule leaves out: as many as the liars it is sized for, when there are enough clients
-        self.trimmed = liars
-        per_round = min(cfg.train.client_num_per_round, len(cfg.clients))
-        if self.defenses.robust and per_round < defenses.robust_rule_minimum(liars):
-            self.trimmed = 0
-            rule = "FedAvg" if cfg.train.aggregation == "auto" else cfg.train.aggregation
-            self.notices.append(
-                f"{per_round} clients per round: too few for the robust rules to tell a liar from an honest device that "
-                f"is merely different (they need {defenses.robust_rule_minimum(liars)} for {liars} lying client(s)); "
-                f"updates are combined by {rule} after screening, feature statistics merged with row counts capped")
-            if cfg.train.aggregation == "auto":
-                self.defenses = dataclasses.replace(self.defenses, aggregation="fedavg")
+        policy = server_policy(cfg)  # the defenses as they apply to this run's client counts
+        self.defenses, self.trimmed = policy.defenses, policy.trimmed
+        self.notices.extend(policy.notices)
         self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
         self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
-        t = cfg.train
-        self.algorithm = t.federated_optimizer
+        self.algorithm = cfg.train.federated_optimizer
         self.privacy = cfg.privacy if cfg.privacy.dp else None
         if self.privacy is not None:
             self.notices.append(
                 f"privacy_args.dp: each update clipped to norm {self.privacy.clip_norm}, averaged with equal weights, "
                 f"Gaussian noise {self.privacy.noise_multiplier} x {self.privacy.clip_norm} / clients; aggregation "
                 f"{self.defenses.aggregation} and screening are not used (their influence per client is not bounded)")
-            # the noise must be unpredictable to the clients (a seed in the config would undo the guarantee): runs with
-            # dp are not bit-reproducible
-            self.noise = torch.Generator().manual_seed(int.from_bytes(os.urandom(8), "little"))
-        self.server_opt = (ServerOptimizer(t.server_optimizer, t.server_lr, t.server_momentum, t.server_beta1,
-                                           t.server_beta2, t.server_tau) if self.algorithm == "FedOpt" else None)
+        self.strategy = build_strategy(cfg, policy, lambda: self.announced, lambda: self.sample_rate)
+        self.server_opt = self.strategy.server_optimizer
 
     def client_joined(self, hello: Hello) -> None:
         """What a client announced when it (re)joined: the counts its later messages must agree with."""
@@ -126,12 +103,6 @@ class RoundState:
 
     def _notice(self, what: str, cut: dict[str, str]) -> None:
         self.notices.extend(f"{what}: {client}: {why}" for client, why in sorted(cut.items()))
-
-    def _capped(self, counts: dict[str, int], what: str) -> dict[str, int]:
-        """Row counts as weights: capped at count_ratio_limit x the median when robust (cuts are noticed)."""
-        capped, cut = defenses.capped_counts(counts, self.defenses.count_ratio_limit)
-        self._notice(what, cut)
-        return capped
 
     # -- state
     def restore(self, checkpoint: dict[str, Any]) -> None:
@@ -268,29 +239,11 @@ class RoundState:
     def finish_round(self, updates: dict[str, Update], dropped: list[str],
                      traffic: dict[str, Any] | None = None) -> str:
         """Aggregate the answers (client -> update), complete the round's record; the summary line."""
-        d = self.defenses
-        counts = {c: u.n for c, u in updates.items()}
-        if d.robust:  # a client weighs at most the rows it announced, capped against the others
-            counts = self._capped({c: min(n, self.announced.get(c, {}).get("n_train", n)) for c, n in counts.items()},
-                                  f"round {self.round + 1} weights")
-        old_state = state_of(self.model)
-        weighted = {c: (counts[c], u.model) for c, u in updates.items()}
-        if self.algorithm == "FedNova":  # before the rule: each update scaled to the round's effective local steps
-            t = self.cfg.train
-            weighted = fednova_rescale(weighted, old_state,
-                                       {c: local_steps(counts[c], t.epochs, t.batch_size) for c in weighted})
-        screened: dict[str, str] = {}
-        if self.privacy is not None:  # clipped, equally weighted, noised: DP-FedAvg (federation/privacy.py)
-            p = self.privacy
-            deltas, norms = privacy.clip_updates({c: s for c, (_, s) in weighted.items()}, old_state, p.clip_norm)
-            new_state = privacy.noisy_mean(deltas, old_state, p.clip_norm, p.noise_multiplier, self.noise)
-            eps = privacy.epsilon(p.noise_multiplier, self.sample_rate, self.round + 1, p.delta)
-            self.record["privacy"] = privacy.record(norms, p.clip_norm, p.noise_multiplier, len(deltas), eps, p.delta)
-        else:
-            new_state, screened = aggregate(weighted, old_state, d.aggregation, d.trim_fraction, d.byzantine_clients,
-                                            d.screen_norm_factor)
-        if self.server_opt is not None:  # after the rule: the server optimizer steps on what the rule agreed on
-            new_state = self.server_opt.step(old_state, new_state)
+        work = self.strategy.aggregate(RoundWork(self.round + 1, {c: (u.n, u.model) for c, u in updates.items()},
+                                                 state_of(self.model)))
+        self.notices.extend(work.notices)
+        self.record.update(work.record)
+        new_state, screened = work.new, work.screened
         self.model.load_state_dict(new_state)
         if self.round <= self.n_rounds // 2:  # rounds 1..n/2: no mean (`evaluated_state`)
             self.recent.clear()
@@ -303,7 +256,7 @@ class RoundState:
             "dropped": sorted(dropped),
             "client_losses": {d: updates[d].loss for d in sorted(updates)},
             "client_train_seconds": {d: updates[d].train_seconds for d in sorted(updates)},
-            "aggregation": "dp_mean" if self.privacy is not None else d.aggregation,
+            "aggregation": self.strategy.combine.name,
             **({"algorithm": self.algorithm} if self.algorithm != "FedAvg" else {}),
             **({"screened_out": screened} if screened else {}),
             **(traffic or {}),

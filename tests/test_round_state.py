@@ -117,3 +117,26 @@ def test_default_window_averages_only_when_a_pass_takes_many_rounds():
     assert config(per_round=None, average=4).train.model_average_rounds == 4
     with pytest.raises(ConfigError, match="model_average_rounds"):
         config(average=0)
+
+
+def test_server_policy_is_composed_from_stages(tmp_path):
+    """Issue 35: the aggregation is a chain of small stages built by one factory (federation/strategy.py); which
+    stages a config makes, in which order."""
+    from federation.strategy import build_strategy, server_policy
+
+    def chain(**train) -> str:
+        values = {"data_args": {"dataset": "synthetic", "devices": list(nbaiot.DEVICES[:3]),
+                                "clients_per_device": 3}, "train_args": {"client_num_per_round": 9, **train}}
+        dp = train.pop("dp", None)
+        if dp:
+            values["privacy_args"] = {"dp": True}
+            values["train_args"].pop("dp")
+        cfg = validate(values)
+        return build_strategy(cfg, server_policy(cfg), dict, lambda: 1.0).describe()
+
+    assert chain() == "CappedWeights -> Screened(trimmed_mean)"
+    assert chain(robust=False) == "Screened(fedavg)"
+    assert chain(federated_optimizer="FedNova") == "CappedWeights -> FedNova -> Screened(trimmed_mean)"
+    assert chain(federated_optimizer="FedOpt", server_optimizer="adam") == \
+        "CappedWeights -> Screened(trimmed_mean) -> ServerOpt"
+    assert chain(federated_optimizer="FedOpt", dp=True) == "CappedWeights -> DPClippedMean -> ServerOpt"
