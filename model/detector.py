@@ -15,7 +15,8 @@ from torch import nn
 
 from fediot.rundir import write_atomic_bytes
 from model.autoencoder import AutoEncoder
-from model.lean import Layer, lean_path, normalizer_for, threshold_for, write_lean
+from model.interface import DetectorInterface
+from model.lean import Layer, lean_path, normalizer_for, write_lean
 from model.normalization import FeatureStats, Normalizer
 from model.threshold import ThresholdRule, histogram, tail_clusters, threshold_at_rate, window_scores
 
@@ -195,11 +196,12 @@ def thresholds_of(stats: dict[str, ErrorStats], rule: "ThresholdRule | float",
 
 
 @dataclass
-class Detector:
+class Detector(DetectorInterface):
     """A trained detector: normalisation + autoencoder + thresholds. Scores raw 115-column rows.
 
-    `fit` (train on benign rows, threshold on held-out benign rows), `score` (per-row reconstruction error, PyOD's
-    decision_function), `threshold_for` (PyOD's threshold_), `predict`."""
+    `fit` (train on benign rows, threshold on held-out benign rows; `model.estimator.AutoencoderDetector` is the
+    scikit-learn-style estimator around it), `score` / `decision_function`, `threshold_` / `threshold_for`, `predict`
+    (model.interface: the names both backends share)."""
 
     model: AutoEncoder
     normalizer: Normalizer
@@ -236,13 +238,6 @@ class Detector:
     def score(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
         """Per-row reconstruction MSE of raw (un-normalised) rows of `device` (None: a device outside the federation)."""
         return reconstruction_errors(self.model, self.normalizer_for(device)(raw_rows))
-
-    def threshold_for(self, device: str | None = None) -> float:
-        return threshold_for(self.global_threshold, self.device_thresholds, device)
-
-    def predict(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
-        """True where a row is flagged as an attack."""
-        return self.score(raw_rows, device) > self.threshold_for(device)
 
     def lean_layers(self) -> list[Layer]:
         """The autoencoder as numpy layers, in order, each with the activation that follows it."""

@@ -18,6 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from fediot.rundir import write_atomic_bytes
+from model.interface import DetectorInterface
 from model.normalization import TRANSFORMS, Normalizer
 
 LEAN_FORMAT = "fediot-detector-npz-v1"
@@ -72,13 +73,6 @@ def write_lean(path: Path, layers: list[Layer], normalizer: Normalizer, threshol
     return path
 
 
-def threshold_for(global_threshold: float, device_thresholds: dict[str, float], device: str | None) -> float:
-    """The device's own threshold when known, else the global one."""
-    if device is not None and device in device_thresholds:
-        return device_thresholds[device]
-    return global_threshold
-
-
 def normalizer_for(normalizer: Normalizer, device_scales: dict[str, np.ndarray], device: str | None) -> Normalizer:
     """The device's normalisation: the federation's offset, and the device's own (widened) scales when it has them."""
     if device is None or device not in device_scales:
@@ -118,7 +112,7 @@ def _check(ok: bool, path: Path, what: str) -> None:
 
 
 @dataclass
-class LeanDetector:
+class LeanDetector(DetectorInterface):
     """Normalisation + autoencoder layers + thresholds, scored with numpy."""
 
     layers: list[Layer]
@@ -221,5 +215,3 @@ class LeanDetector:
             out[start:start + len(d)] = d * d
         return out
 
-    def threshold_for(self, device: str | None = None) -> float:
-        return threshold_for(self.global_threshold, self.device_thresholds, device)

@@ -209,3 +209,25 @@ def test_a_model_of_another_width_is_refused_by_detect(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "detect", str(tmp_path), "--pcap", str(tmp_path / "x.pcap")],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "takes 10 features" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_one_interface_two_backends_and_a_scikit_learn_estimator(tmp_path):
+    """Issue 35: both detectors answer PyOD's names (decision_function, threshold_, predict) the same way, and
+    AutoencoderDetector is a scikit-learn estimator (fit returns self, get_params/clone)."""
+    from sklearn.base import clone
+
+    from model.estimator import AutoencoderDetector
+
+    rng = np.random.default_rng(0)
+    benign = np.abs(rng.normal(1.0, 0.2, size=(600, 115)))
+    attack = np.abs(rng.normal(4.0, 1.0, size=(100, 115)))
+    est = AutoencoderDetector(epochs=3, batch_size=32, seed=1)
+    assert est.fit(benign) is est and clone(est).get_params() == est.get_params()
+    lean = LeanDetector.load(est.detector_.export_lean(tmp_path / "model.npz"))
+    for det in (est, est.detector_, lean):
+        assert det.threshold_ == pytest.approx(est.detector_.global_threshold)
+        assert det.predict(attack).mean() > 0.9 and det.predict(benign[-150:]).mean() < 0.1
+    assert np.allclose(lean.decision_function(attack), est.decision_function(attack), rtol=1e-4)
+    assert set(np.unique(lean.predict(np.vstack([benign, attack])))) <= {0, 1}
+    with pytest.raises(ValueError, match="X_validation"):
+        AutoencoderDetector(epochs=1).fit(benign, X_validation=benign[:, :10])
