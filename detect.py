@@ -34,8 +34,9 @@ import signal
 import socket
 import sys
 import time
+from collections import OrderedDict
 from pathlib import Path
-from typing import IO, Any, Callable, Iterable
+from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
 
 import numpy as np
 from numba import njit
@@ -51,7 +52,11 @@ from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, S
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
 from traffic.profile import EndpointProfile, endpoints_of, load_profiles
 from traffic.triage import EVIDENCE_DIR, Evidence, TriageFollower
+from traffic.warning import Indicator, IndicatorStore, WarningWatch
 from traffic.watch import SilenceWatch, Watch, Watcher, parse_watch
+
+if TYPE_CHECKING:
+    from relay import RelayLink
 
 LIVE_MODEL = Path("detector") / "model.npz"  # where a board's client keeps the newest evaluated model (its run dir)
 HOST_LOW_WATER = 0.75  # WindowVote over max_hosts keeps this share (the most recently seen hosts)
@@ -371,13 +376,17 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                   live: LiveCounters | None = None,
                   profiles: dict[str, EndpointProfile] | None = None,
                   silence: SilenceWatch | None = None, triage: TriageFollower | None = None,
-                  evidence: Evidence | None = None) -> dict[str, object]:
+                  evidence: Evidence | None = None, warning: WarningWatch | None = None,
+                  link: "RelayLink | None" = None) -> dict[str, object]:
     """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
     lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
     return the summary. With endpoint profiles (one per watched device), a window whose majority of packets went to
     or came from services outside the device's profile is a window alert too: traffic that is not the device's.
     With a triage file, a window alert its mutes match is written (marked "muted") and counted but not published; with
-    evidence, each alert episode's rows and remote hosts are kept for a verdict (traffic/triage.py)."""
+    evidence, each alert episode's rows and remote hosts are kept for a verdict (traffic/triage.py). With an early
+    warning watch (issue 37), the first packet from or to an endpoint another board indicated is an alert at once
+    ("early_warning"), this board's own window alert on it confirms it, and none within warn_confirm_s clears it;
+    with a relay link, each alert episode's remote endpoint is published as this board's indicator."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
@@ -399,6 +408,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0, "muted_window_alerts": 0}
                   for d in devices}
     episode_of: dict[int, str] = {}  # device index -> its open episode's id (with evidence)
+    published: OrderedDict[str, float] = OrderedDict()  # remote -> packet time of this board's last indicator
     if by_index is not None:
         for entry in per_device.values():
             entry |= {"new_endpoint_packets": 0, "new_endpoint_window_alerts": 0}
@@ -415,6 +425,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     # what the models before this one scored: each model's share of the packets, in the summary
                     follower.swaps[-1]["packets_before"] = {d: e["packets"] for d, e in per_device.items()}
             tri = triage.poll() if triage is not None else None
+            if warning is not None:
+                warning.store.take_inbox(batch.time[-1] if len(batch) else time.time())
+                _say_lapsed(warning, batch.time[-1] if len(batch) else time.time(), devices, sink)
             if len(batch) == 0:
                 _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher, evidence)
                 _say_silent(silence, time.time(), devices, sink, publisher)
@@ -438,6 +451,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             else:  # one normalisation for every device: one pass over the batch, as before widening existed
                 scores = detector.score(rows[idx])
             limits = np.asarray(thresholds)[which[idx]]
+            if warning is not None:  # early warnings first: at the endpoint's first packet, before any window
+                _say_early(warning, batch, idx, which, devices, thresholds, sink, publisher)
             flags = scores > limits
             hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
             wins = vote.push(hosts, flags)
@@ -461,18 +476,36 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 extra: dict[str, Any] = {}
                 if wins[j]:
                     remote = _remote_of(batch, n, watcher.ips_of(d) if watcher is not None else set())
+                    if warning is not None:
+                        confirmed = warning.confirm(ipaddress.ip_address(remote).packed)
+                        if confirmed is not None:
+                            extra["early_warning_confirmed"] = confirmed.indicator.board
                     mute = tri.matching(devices[d] or "global", remote, batch.time[n]) if tri is not None else None
                     if mute is not None:
                         extra["muted"] = mute.id
                     if d not in last_alert:
                         reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
                         extra["remote"] = remote
+
                         if evidence is not None:
                             episode_of[d] = extra["episode"] = evidence.start(
                                 d, devices[d] or "global", batch.time[n], why_text(reasons),
                                 None if mute is None else mute.id)
                     if evidence is not None:
                         evidence.add(d, batch.time[n], full[n], remote)
+                    if link is not None and (remote not in published or
+                                             batch.time[n] - published[remote] > cfg.warn_ttl_s):
+                        # this board's indicator, once per remote endpoint and warn_ttl_s: never packets or rows
+                        published[remote] = batch.time[n]
+                        published.move_to_end(remote)
+                        while len(published) > cfg.warn_max_indicators:
+                            published.popitem(last=False)
+                        groups = reasons or explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
+                        port = batch.dst_port[n] if remote == str(ipaddress.ip_address(batch.dst_ip[n])) \
+                            else batch.src_port[n]
+                        link.publish(Indicator(remote, (int(port),) if 0 <= port <= 65535 else (), "other",
+                                               float(batch.time[n]), float(scores[j]),
+                                               tuple(r["group"] for r in groups)))
                 out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j]),
                                          None if new_endpoint is None else bool(new_endpoint[j]), reasons, extra))
                 if wins[j]:
@@ -528,6 +561,10 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
         summary["network_alerts"] = dict(publisher.counts)
     if evidence is not None:
         summary["episodes"] = list(evidence.written)
+    if warning is not None:
+        summary["early_warnings"] = dict(warning.counts)
+    if link is not None:
+        summary["relay"] = dict(link.counts)
     return summary
 
 
@@ -583,6 +620,31 @@ def silence_limits(profiles: Path, watches: list[Watch], cfg: DetectArgs) -> lis
     return limits
 
 
+def _say_early(warning: WarningWatch, batch: PacketBatch, idx: np.ndarray, which: np.ndarray,
+               devices: list[str | None], thresholds: list[float], sink: IO[str],
+               publisher: AlertPublisher | None) -> None:
+    """An alert line (and a network alert) at the first packet from or to an endpoint another board indicated."""
+    for n, address, e in warning.first_packets(batch.src_ip, batch.dst_ip, batch.time, idx):
+        d = int(which[n])
+        ind, name = e.indicator, devices[d] or "global"
+        why = "; ".join(nbaiot.GROUP_MEANINGS[g] for g in ind.groups)
+        sink.write(json.dumps({"time": batch.time[n], "host": ind.endpoint, "device": name, "score": ind.score,
+                               "threshold": float(thresholds[d]), "packet_alert": False, "window_alert": False,
+                               "early_warning": True, "status": ind.status, "from_board": ind.board,
+                               "boards": list(ind.boards), "why": why}) + "\n")
+        if publisher is not None:
+            publisher.offer(Alert(name, ind.endpoint, batch.time[n], ind.score, float(thresholds[d]), 1,
+                                  why=f"early warning ({ind.status}) from {ind.board}: {why}"))
+
+
+def _say_lapsed(warning: WarningWatch, now: float, devices: list[str | None], sink: IO[str]) -> None:
+    """A line for each early warning this board's own detector did not confirm within warn_confirm_s."""
+    for _, e in warning.lapsed(now):
+        sink.write(json.dumps({"time": now, "host": e.indicator.endpoint, "device": None, "score": 0.0,
+                               "threshold": 0.0, "packet_alert": False, "window_alert": False, "early_warning": True,
+                               "cleared": True, "from_board": e.indicator.board}) + "\n")
+
+
 def _remote_of(batch: PacketBatch, n: int, own_ips: set[bytes]) -> str:
     """The other side of packet n (its destination when the watched device sent it, else its source) as text."""
     src = batch.src_ip[n]
@@ -632,6 +694,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="a triage file (python -m triage writes it; e.g. data/local/triage.json): its mutes are "
                         "applied, re-read when it changes; each alert episode's rows and remote hosts are kept in "
                         "evidence/ beside it for a benign verdict")
+    p.add_argument("--relay", metavar="HOST:PORT",
+                   help="early warning (python -m relay beside the server): this board's alerts' remote endpoints go "
+                        "to the other boards, and theirs raise an alert here at the first packet (needs --tls-dir, "
+                        "--rank)")
+    p.add_argument("--tls-dir", type=Path, help="--relay: the deployment's certificates (ca.pem, client<R>.pem/.key)")
+    p.add_argument("--rank", type=int, help="--relay: this board's rank (its certificate client<R>.pem)")
     p.add_argument("--allow-row-model", action="store_true", help="run a model trained on synthetic rows anyway")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (default detect_args.metrics_port; 0 = a free port); "
@@ -685,8 +753,21 @@ def main(argv: list[str] | None = None) -> int:
                 triage = TriageFollower(a.triage, cfg.detect.max_triage_entries,
                                         lambda text: print(text, file=sys.stderr, flush=True))
                 evidence = Evidence(a.triage.parent / EVIDENCE_DIR, cfg.detect.evidence_rows, nbaiot.CAPTURED_COLUMNS)
+            warning = link = None
+            if a.relay is not None:
+                from relay import RelayLink  # the relay's socket code: only for a board that uses it
+
+                if a.tls_dir is None or a.rank is None:
+                    raise FedIoTError("--relay needs --tls-dir DIR and --rank R (the board's certificate)")
+                for f in ("ca.pem", f"client{a.rank}.pem", f"client{a.rank}.key"):
+                    if not (a.tls_dir / f).is_file():
+                        raise FedIoTError(f"--tls-dir: {a.tls_dir / f} not found (bash make_certs.sh makes it)")
+                store = IndicatorStore(cfg.detect.warn_max_indicators, cfg.detect.warn_ttl_s)
+                warning = WarningWatch(store, cfg.detect.warn_confirm_s)
+                link = RelayLink(a.relay, a.tls_dir, a.rank, store,
+                                 lambda text: print(text, file=sys.stderr, flush=True)).start()
             summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher,
-                                    live, profiles, silence, triage, evidence)
+                                    live, profiles, silence, triage, evidence, warning, link)
         finally:
             if a.out:
                 sink.close()

@@ -3,7 +3,7 @@
     fediot detect ...      python -m detect        fediot capture ...     python -m capture
     fediot score ...       python -m score         fediot compare ...     python -m compare
     fediot baselines ...   python -m baselines     fediot simulator ...   python -m traffic.simulator
-    fediot triage ...      python -m triage
+    fediot triage ...      python -m triage        fediot relay ...       python -m relay
     fediot server ...      run_server.sh           fediot client N ...    run_client.sh
     fediot simulate N ...  run_simulation.sh       fediot certs ...       make_certs.sh
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 MODULES = {"detect": "detect", "capture": "capture", "score": "score", "compare": "compare",
            "baselines": "baselines", "simulator": "traffic.simulator",
-           "triage": "triage"}
+           "triage": "triage", "relay": "relay"}
 LAUNCHERS = {"server": ("bash", "run_server.sh"), "client": ("bash", "run_client.sh"),
              "simulate": ("sh", "run_simulation.sh"), "certs": ("bash", "make_certs.sh")}
 REPO = Path(__file__).resolve().parents[1]  # an editable install: the repository itself

@@ -9,7 +9,7 @@ from tests.helpers import REPO
 
 PACKAGES = ("fediot", "monitor", "data", "model", "traffic", "evaluation", "federation", "attacks", "trainer", "deployment",
             "bench", "tools")
-COMMANDS = {"main_fedml_iot", "baselines", "score", "compare", "detect", "capture", "triage", "traffic.train_device",
+COMMANDS = {"main_fedml_iot", "baselines", "score", "compare", "detect", "capture", "triage", "relay", "traffic.train_device",
             "traffic.compare_ranges"}
 ORCHESTRATION = ("federation", "trainer", "deployment", "main_fedml_iot")
 

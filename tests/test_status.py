@@ -268,18 +268,20 @@ def test_refusals_are_counted_exactly_and_logged_at_a_bounded_rate():
 
 
 def test_the_page_stays_after_the_run_only_when_someone_opened_it(monkeypatch):
-    """Issue 36: the page vanished as the run ended. It stays status_args.linger_s when it was opened during the run,
-    and nobody waits for it when nobody looked (a service, a script, a test)."""
+    """Issue 36: the page vanished as the run ended. It stays status_args.linger_watched_s when it was opened during
+    the run, linger_s after any run, and nobody waits for it when nobody looked and linger_s is 0."""
     from types import SimpleNamespace
 
     from trainer import nodes
 
     slept: list[float] = []
     monkeypatch.setattr(nodes.time, "sleep", slept.append)
-    for views, linger, waits in ((0, 600.0, []), (3, 600.0, [600.0]), (3, 0.0, [])):
+    for views, always, watched, waits in ((0, 0.0, 600.0, []), (3, 0.0, 600.0, [600.0]), (3, 0.0, 0.0, []),
+                                          (0, 120.0, 600.0, [120.0]), (3, 900.0, 600.0, [900.0])):
         stopped = []
         server = SimpleNamespace(views=views, url="http://127.0.0.1:1/", stop=lambda: stopped.append(True))
-        node = SimpleNamespace(status_server=server, cfg=SimpleNamespace(status=SimpleNamespace(linger_s=linger)))
+        status = SimpleNamespace(linger_s=always, linger_watched_s=watched)
+        node = SimpleNamespace(status_server=server, cfg=SimpleNamespace(status=status))
         slept.clear()
         nodes.ServerNode.shutdown(node)
         assert slept == waits and stopped == [True]

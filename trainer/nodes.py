@@ -581,14 +581,15 @@ class ServerNode(_Node):
 
 
     def shutdown(self) -> None:
-        """When its page was opened during the run, the status server stays up status_args.linger_s after it (the
-        final page, the report's links: issue 36, the page vanished as the run ended), then stops; Ctrl-C ends the
-        wait. Nobody watching (a service, a test, a script): no wait."""
+        """When its page was opened during the run, the status server stays up status_args.linger_watched_s after it
+        (the final page, the report's links: issue 36, the page vanished as the run ended), and linger_s after any
+        run; then stops. Ctrl-C ends the wait. Nobody watching and linger_s 0 (a service, a script): no wait."""
         if self.status_server is None:
             return
-        linger = self.cfg.status.linger_s
-        if linger > 0 and self.status_server.views > 0:
-            say(f"status page: {self.status_server.url} stays up {linger:g}s as it was open (status_args.linger_s; "
+        st = self.cfg.status
+        linger = max(st.linger_s, st.linger_watched_s if self.status_server.views > 0 else 0.0)
+        if linger > 0:
+            say(f"status page: {self.status_server.url} stays up {linger:g}s (status_args.linger_s, linger_watched_s; "
                 "Ctrl-C ends it now)")
             try:
                 time.sleep(linger)

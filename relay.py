@@ -1,0 +1,285 @@
+"""The early-warning relay (issue 37): boards' indicators in, to every other board out, over mutual TLS.
+
+    python -m relay --tls-dir certs/lan [--host 0.0.0.0] [--port 8899] [--config YAML]
+
+Runs beside the federation's server with the deployment's certificates (server.pem/.key and ca.pem in --tls-dir):
+a board proves who it is with its own (`fediot-rank-<r>`, made by make_certs.sh), exactly as for training. Each
+board keeps one connection (`RelayLink`, started by `detect --relay HOST:PORT --tls-dir DIR --rank R`) and sends its
+detector's indicators as JSON lines; the relay checks each (`traffic.warning.parse_indicator`: size before parsing,
+then type, fields, ranges), applies the rules (`traffic.warning.RelayRules`: rate per board, private addresses kept
+home, de-duplication, confirmation by a second board) and sends what passes to every other connected board. A bad
+line is counted and logged with its board (at most detect_args.warn_log_per_minute lines a minute a board), and
+the relay goes on. Nothing here sees a packet or a row.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import queue
+import socket
+import ssl
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from deployment.certs import rank_in_names
+from fediot.config import DetectArgs, load, validate
+from fediot.errors import FedIoTError
+from monitor.refusals import RefusalLog
+from traffic.warning import MAX_INDICATOR_BYTES, Indicator, IndicatorStore, RelayRules, parse_indicator
+
+log = logging.getLogger("fediot.relay")
+HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its TLS handshake by then is closed
+SEND_TIMEOUT_S = 5.0  # a board that does not take a relayed line within this is disconnected (it reconnects)
+RECONNECT_S = 2.0  # a board's link retries the relay this often
+
+
+def board_name(rank: int) -> str:
+    return f"board{rank}"
+
+
+def _server_context(tls_dir: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
+    ctx.load_verify_locations(tls_dir / "ca.pem")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def _client_context(tls_dir: Path, rank: int) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(tls_dir / f"client{rank}.pem", tls_dir / f"client{rank}.key")
+    ctx.load_verify_locations(tls_dir / "ca.pem")
+    return ctx
+
+
+def _rank_of(conn: ssl.SSLSocket) -> int | None:
+    cert = conn.getpeercert() or {}
+    return rank_in_names([v for k, v in cert.get("subjectAltName", ()) if k == "DNS"])
+
+
+def _lines(conn: socket.socket, limit: int):
+    """JSON lines from a connection, each at most `limit` bytes (a longer one: ValueError, the connection ends)."""
+    buf = b""
+    while True:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line
+        if len(buf) > limit:
+            raise ValueError(f"a line longer than {limit} bytes")
+
+
+class Relay:
+    """The relay's sockets around `RelayRules`: a thread per board connection, one connection per board."""
+
+    def __init__(self, host: str, port: int, tls_dir: Path, cfg: DetectArgs, max_boards: int = 256) -> None:
+        self.rules = RelayRules(cfg.warn_confirm_boards, cfg.warn_ttl_s, cfg.warn_rate_per_min, cfg.warn_burst,
+                                cfg.warn_share_private, cfg.warn_max_indicators)
+        self.context = _server_context(tls_dir)
+        self.sock = socket.create_server((host, port))
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.max_boards = max_boards
+        self.boards: dict[str, ssl.SSLSocket] = {}
+        self.lock = threading.Lock()
+        self.refusals = RefusalLog(log, cfg.warn_log_per_minute)
+        self.refused: dict[str, int] = {}
+        self.stopped = threading.Event()
+
+    def start(self) -> "Relay":
+        threading.Thread(target=self._accept, name="fediot-relay", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        self.sock.close()
+        with self.lock:
+            for c in self.boards.values():
+                c.close()
+
+    def _refuse(self, board: str, why: str) -> None:
+        self.refused[board] = self.refused.get(board, 0) + 1
+        self.refusals.warn(board, why)
+
+    def _accept(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                raw, address = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw, address), daemon=True).start()
+
+    def _serve(self, raw: socket.socket, address: Any) -> None:
+        board = f"{address[0]} (before its certificate)"
+        conn: ssl.SSLSocket | None = None
+        try:
+            raw.settimeout(HANDSHAKE_TIMEOUT_S)
+            conn = self.context.wrap_socket(raw, server_side=True)
+            rank = _rank_of(conn)
+            if rank is None or rank == 0:
+                self._refuse(board, "a certificate that names no board")
+                conn.close()
+                return
+            board = board_name(rank)
+            with self.lock:
+                if board not in self.boards and len(self.boards) >= self.max_boards:
+                    self._refuse(board, f"more than {self.max_boards} boards")
+                    conn.close()
+                    return
+                old = self.boards.get(board)
+                self.boards[board] = conn  # a board's newest connection replaces its older one
+            if old is not None:
+                old.close()
+            conn.settimeout(None)  # boards are quiet for days; a line's size is bounded instead
+            log.info("%s connected from %s", board, address[0])
+            for line in _lines(conn, MAX_INDICATOR_BYTES):
+                self._line(board, line)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            self._refuse(board, f"connection ended: {exc}"[:200])
+        finally:
+            with self.lock:
+                if conn is not None and self.boards.get(board) is conn:
+                    del self.boards[board]
+            (conn or raw).close()
+
+    def _line(self, board: str, line: bytes) -> None:
+        try:
+            ind = parse_indicator(json.loads(line.decode("utf-8")), time.time())
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # IndicatorError is a ValueError
+            self._refuse(board, f"indicator refused: {exc}"[:200])
+            return
+        what, out = self.rules.offer(board, ind, time.time())
+        if what == "refused_rate":
+            self._refuse(board, "indicators beyond detect_args.warn_rate_per_min")
+        if out is not None:
+            self.broadcast(out, exclude=board)
+
+    def broadcast(self, ind: Indicator, exclude: str) -> None:
+        data = (json.dumps(ind.to_wire()) + "\n").encode()
+        with self.lock:
+            targets = [(b, c) for b, c in self.boards.items() if b != exclude]
+        for b, c in targets:
+            try:
+                c.settimeout(SEND_TIMEOUT_S)
+                c.sendall(data)
+                c.settimeout(None)
+            except OSError as exc:
+                log.warning("%s: relaying to it failed (%s): disconnected", b, exc)
+                c.close()
+
+
+class RelayLink:
+    """A board's connection to the relay (a thread): its own indicators out (a bounded queue: a full one drops and
+    counts), the others' in, checked and put in the store's inbox. Reconnects every RECONNECT_S."""
+
+    def __init__(self, address: str, tls_dir: Path, rank: int, store: IndicatorStore,
+                 say: Callable[[str], None] = lambda text: None, capacity: int = 256) -> None:
+        host, _, port = address.rpartition(":")
+        if not host or not port.isdigit():
+            raise FedIoTError(f"--relay {address!r}: expected HOST:PORT")
+        self.host, self.port = host.strip("[]"), int(port)
+        self.context = _client_context(tls_dir, rank)
+        self.store, self.say = store, say
+        self.outbox: queue.Queue[Indicator] = queue.Queue(maxsize=capacity)
+        self.counts = {"sent": 0, "dropped": 0, "received": 0, "refused": 0}
+        self.connected = threading.Event()
+        self.stopped = threading.Event()
+        self.conn: ssl.SSLSocket | None = None
+
+    def start(self) -> "RelayLink":
+        threading.Thread(target=self._run, name="fediot-relay-link", daemon=True).start()
+        threading.Thread(target=self._send_loop, name="fediot-relay-send", daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.stopped.set()
+        if self.conn is not None:
+            self.conn.close()
+
+    def publish(self, ind: Indicator) -> None:
+        try:
+            self.outbox.put_nowait(ind)
+        except queue.Full:
+            self.counts["dropped"] += 1
+
+    def _run(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                raw = socket.create_connection((self.host, self.port), timeout=HANDSHAKE_TIMEOUT_S)
+                conn = self.context.wrap_socket(raw, server_hostname=self.host)
+                conn.settimeout(None)
+                self.conn = conn
+                self.connected.set()
+                self.say(f"relay: connected to {self.host}:{self.port}")
+                for line in _lines(conn, MAX_INDICATOR_BYTES):
+                    try:
+                        ind = parse_indicator(json.loads(line.decode("utf-8")), time.time(), relayed=True)
+                    except (UnicodeDecodeError, ValueError, RecursionError):
+                        self.counts["refused"] += 1
+                        continue
+                    self.counts["received"] += 1
+                    self.store.inbox.append(ind)
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                if not self.stopped.is_set() and self.connected.is_set():
+                    self.say(f"relay: connection lost ({exc}); retrying every {RECONNECT_S:g}s")
+            self.connected.clear()
+            self.conn = None
+            self.stopped.wait(RECONNECT_S)
+
+    def _send_loop(self) -> None:
+        while not self.stopped.is_set():
+            try:
+                ind = self.outbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            conn = self.conn
+            fields = ind.to_wire()
+            for k in ("board", "status", "boards"):  # the relay names the board from its certificate
+                fields.pop(k)
+            try:
+                if conn is None:
+                    raise OSError("not connected")
+                conn.sendall((json.dumps(fields) + "\n").encode())
+                self.counts["sent"] += 1
+            except OSError:
+                self.counts["dropped"] += 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tls-dir", type=Path, required=True, help="server.pem, server.key and ca.pem (make_certs.sh)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; the LAN: its address)")
+    p.add_argument("--port", type=int, default=None, help="port (default detect_args.warn_relay_port)")
+    p.add_argument("--config", type=Path, help="YAML whose detect_args set the relay's rules (default: defaults)")
+    a = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    try:
+        cfg = (load(a.config) if a.config else validate({})).detect
+        for name in ("server.pem", "server.key", "ca.pem"):
+            if not (a.tls_dir / name).is_file():
+                raise FedIoTError(f"--tls-dir: {a.tls_dir / name} not found (bash make_certs.sh makes it)")
+        relay = Relay(a.host, a.port if a.port is not None else cfg.warn_relay_port, a.tls_dir, cfg).start()
+    except (FedIoTError, OSError, ssl.SSLError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"relay: listening on {relay.host}:{relay.port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    try:
+        while True:
+            time.sleep(60)
+            print(f"relay: {len(relay.boards)} boards connected; {relay.rules.counts}; refused {relay.refused}",
+                  file=sys.stderr, flush=True)
+    except KeyboardInterrupt:
+        relay.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
