@@ -56,6 +56,7 @@ BENIGN_WATCH_S = 15.0
 MIN_WATCHED_PACKETS = 200  # each unattacked board scored at least this many of its device's packets
 CLOCK_SLACK_S = 0.5  # packet times (the boards' capture) vs the attacker's clock: same machine, different processes
 MQTT_PORT = 1883
+RELAY_PORT = 8899
 
 
 def namespaces_permitted() -> str | None:
@@ -151,7 +152,9 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
             "validation_args": {"frequency_of_the_test": 1},
             "comm_args": {"backend": "GRPC", "grpc_ipconfig_path": str(ipconfig), "tls_dir": str(certs),
                           "connect_timeout_s": 60, "wait_for_clients_s": 120, "retry_interval_s": 0.5},
-            "detect_args": {"mqtt_broker": f"{srv.ip}:{MQTT_PORT}", "alert_interval_s": 5},
+            # early warning between the boards of this LAN (issue 37): its attacker has a private address
+            "detect_args": {"mqtt_broker": f"{srv.ip}:{MQTT_PORT}", "alert_interval_s": 5, "warn_share_private": True,
+                            "warn_relay_port": RELAY_PORT},
         }
         validate(values)
         cfg = tmp_path / "server.yaml"
@@ -163,6 +166,8 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
                                                                                "run_dir_root": str(tmp_path / f"board{k}")}}))
         server = start(lan.in_ns(srv, "bash", str(REPO / "run_server.sh"), str(cfg)), tmp_path / "server.log")
         procs.append(server)
+        procs.append(start(lan.in_ns(srv, *py("-m", "relay", "--tls-dir", str(certs), "--host", srv.ip, "--config",
+                                              str(cfg))), tmp_path / "relay.log"))
         clients = [start(lan.in_ns(b, "bash", str(REPO / "run_client.sh"), str(k), str(board_cfg[k - 1])),
                          tmp_path / f"client{k}.log") for k, b in enumerate(boards, 1)]
         procs += clients
@@ -170,7 +175,8 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         detects = [start(lan.in_ns(b, *py("-m", "detect", "--follow", str(tmp_path / f"board{k}"), "--interface", b.interface,
                                           "--watch", f"{DEVICES[k - 1]}={device_ip(k)}", "--config", str(board_cfg[k - 1]),
                                           "--board", f"board{k}", "--out", str(tmp_path / f"alerts{k}.jsonl"),
-                                          "--duration", "240")), tmp_path / f"detect{k}.log")
+                                          "--relay", f"{srv.ip}:{RELAY_PORT}", "--tls-dir", str(certs), "--rank",
+                                          str(k), "--duration", "240")), tmp_path / f"detect{k}.log")
                    for k, b in enumerate(boards, 1)]
         procs += detects
         assert server.wait(300) == 0, (tmp_path / "server.log").read_text()[-3000:]
@@ -186,6 +192,15 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         assert flood.returncode == 0, flood.stderr
         attack_at = json.loads(flood.stdout.splitlines()[0])["first_packet_at"]
         time.sleep(4.0)
+        # -- the same attacker then at board 2's device: board 1's indicator is there before it (issue 37)
+        flood2 = subprocess.run(lan.in_ns(atk, *py(str(REPO / "tools" / "lan.py"), "flood", "--interface",
+                                                   atk.interface, "--src-ip", atk.ip, "--src-mac", atk.mac,
+                                                   "--target-ip", device_ip(2), "--target-mac", device_mac(2),
+                                                   "--seconds", "2")),
+                                capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert flood2.returncode == 0, flood2.stderr
+        attack2_at = json.loads(flood2.stdout.splitlines()[0])["first_packet_at"]
+        time.sleep(3.0)
         for d in detects:
             d.terminate()
         summaries = []
@@ -214,6 +229,12 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     first = min((a["time"] for a in alerts1 if a["window_alert"] and a["host"] == atk.ip), default=None)
     assert first is not None and 0.0 <= first - attack_at + CLOCK_SLACK_S and first - attack_at <= ALERT_WITHIN_S, \
         (first, attack_at)
+    # board 2 alerted on the attacker at its first packet there, warned by board 1 through the relay (issue 37)
+    alerts2 = [json.loads(x) for x in (tmp_path / "alerts2.jsonl").read_text().splitlines()]
+    early2 = [a for a in alerts2 if a.get("early_warning") and a["host"] == atk.ip and not a.get("cleared")]
+    assert early2 and early2[0]["from_board"] == "board1", (early2, (tmp_path / "relay.log").read_text()[-2000:])
+    own2 = min((a["time"] for a in alerts2 if a["window_alert"] and a["host"] == atk.ip), default=None)
+    assert abs(early2[0]["time"] - attack2_at) <= CLOCK_SLACK_S and (own2 is None or early2[0]["time"] <= own2)
     # the other devices' false alarms before the attack (the attacked device's own packets answer the flood: not
     # counted there). Those during the flood are counted apart (bench/bench_lan.py): before the senders ran at
     # real-time priority and packets carried the kernel's receive time, this 2-core machine's load during the flood
@@ -247,10 +268,15 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
                       and json.loads(m["payload"])["host"] == atk.ip]
     assert about_attacker and -CLOCK_SLACK_S <= about_attacker[0]["received_at"] - attack_at <= ALERT_WITHIN_S + 2.0, \
         (about_attacker[:1], attack_at)
+    warned2 = [m for m in got if m["topic"] == f"fediot/board2/{DEVICES[1]}/alert"
+               and json.loads(m["payload"])["host"] == atk.ip and "early warning" in m["payload"]]
+    assert warned2 and -CLOCK_SLACK_S <= warned2[0]["received_at"] - attack2_at <= ALERT_WITHIN_S, warned2[:1]
     record = os.environ.get("FEDIOT_LAN_RECORD")  # bench/bench_lan.py: what this run measured
     if record:
         Path(record).write_text(json.dumps({
             "alert_latency_s": first - attack_at, "mqtt_latency_s": about_attacker[0]["received_at"] - attack_at,
+            "early_warning_at_board2_s": early2[0]["time"] - attack2_at,
+            "early_warning_mqtt_latency_s": warned2[0]["received_at"] - attack2_at,
             "captured_rows": {d: json.loads((tmp_path / "local" / d / "provenance.json").read_text())["rows"]
                               for d in DEVICES},
             "false_alarms": {DEVICES[k - 1]: summaries[k - 1]["devices"][DEVICES[k - 1]] for k in (2, 3)},
