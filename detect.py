@@ -742,7 +742,8 @@ def main(argv: list[str] | None = None) -> int:
         if a.pcap:
             batches = read_capture(a.pcap, batch_size=cfg.detect.batch_packets)
         else:
-            batches = live_capture(a.interface, duration_s=a.duration, ring_mb=cfg.detect.capture_ring_mb)
+            batches = live_capture(a.interface, duration_s=a.duration, ring_mb=cfg.detect.capture_ring_mb,
+                                   max_wait_s=cfg.detect.live_max_wait_ms / 1000.0)
             print(f"capturing on {a.interface}" + (f" for {a.duration:g}s" if a.duration else " (Ctrl-C to stop)"),
                   file=sys.stderr, flush=True)
         sink = open(a.out, "w") if a.out else sys.stdout

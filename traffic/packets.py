@@ -285,13 +285,16 @@ def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[Pa
 
 
 def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.0,
-                 duration_s: float | None = None, ring_mb: float = 4.0) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                 duration_s: float | None = None, ring_mb: float = 4.0,
+                 max_wait_s: float | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Capture from a Linux interface with an AF_PACKET raw socket (needs root or CAP_NET_RAW).
 
     The kernel writes each packet into a ring shared with this process (TPACKET_V2, `ring_mb` megabytes, one packet
     per RING_FRAME_BYTES) with the time it received it: a board busy elsewhere reads late, never with wrong times.
     The socket is opened before this returns (so nothing sent afterwards is missed); the returned
-    iterator stops after duration_s seconds when given, else runs until interrupted.
+    iterator stops after duration_s seconds when given, else runs until interrupted. A batch is handed on when it
+    holds batch_packets packets, after timeout_s, or (max_wait_s) that long after its first packet was read: detect's
+    latency from a packet to its alert (a flood fills a batch at once; a first scan packet waited up to timeout_s).
     """
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
@@ -310,7 +313,7 @@ def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.
     except OSError as exc:
         sock.close()
         raise DataError(f"cannot capture on interface {interface!r}: {exc.strerror or exc}") from None
-    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s)
+    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s, max_wait_s)
 
 
 # The kernel's packet ring (linux/if_packet.h): the same values on every Linux architecture.
@@ -322,7 +325,7 @@ _TPACKET2_HDR = struct.Struct("=IIIHHII")  # tp_status, tp_len, tp_snaplen, tp_m
 
 
 def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packets: int, timeout_s: float,
-                  duration_s: float | None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                  duration_s: float | None, max_wait_s: float | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Batches of live packets, each stamped with the time the kernel received it (tp_sec/tp_nsec, written when the
     packet reached the ring). A board busy with something else (training, another process) reads packets late and in
     bunches: stamping them when read made their inter-arrival times, hence the jitter features, wrong (measured in the
@@ -351,6 +354,8 @@ def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packe
                         err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
                         raise DataError(f"live capture stopped: {os.strerror(err) if err else 'socket error'}")
                     continue
+                if max_wait_s is not None and len(batch) == 0:  # the first packet: hand the batch on soon
+                    deadline = min(deadline, time.monotonic() + max_wait_s)
                 parse_frame(sec + nsec * 1e-9, ring[at + mac:at + mac + snap_len], wire_len, batch, skipped)
                 struct.pack_into("=I", ring, at, 0)  # the frame is the kernel's again
                 slot = (slot + 1) % frames
