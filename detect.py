@@ -386,7 +386,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     evidence, each alert episode's rows and remote hosts are kept for a verdict (traffic/triage.py). With an early
     warning watch (issue 37), the first packet from or to an endpoint another board indicated is an alert at once
     ("early_warning"), this board's own window alert on it confirms it, and none within warn_confirm_s clears it;
-    with a relay link, each alert episode's remote endpoint is published as this board's indicator."""
+    with a relay link, each window alert's remote endpoint is published as this board's indicator (once per endpoint
+    and warn_ttl_s)."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
@@ -407,8 +408,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     packets = scored = alerts = window_alerts = 0
     per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0, "muted_window_alerts": 0}
                   for d in devices}
-    episode_of: dict[int, str] = {}  # device index -> its open episode's id (with evidence)
     published: OrderedDict[str, float] = OrderedDict()  # remote -> packet time of this board's last indicator
+    # each window alert's remote endpoint is needed (mutes, evidence, early warning); else only an episode's first
+    per_alert = triage is not None or evidence is not None or warning is not None or link is not None
     if by_index is not None:
         for entry in per_device.values():
             entry |= {"new_endpoint_packets": 0, "new_endpoint_window_alerts": 0}
@@ -474,7 +476,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 n, d = int(idx[j]), int(which[idx[j]])
                 reasons = None  # an alert episode starts: its first window alert says why (the flood's lines follow)
                 extra: dict[str, Any] = {}
-                if wins[j]:
+                if wins[j] and (per_alert or d not in last_alert):  # a flood's lines: only what is asked for
                     remote = _remote_of(batch, n, watcher.ips_of(d) if watcher is not None else set())
                     if warning is not None:
                         confirmed = warning.confirm(ipaddress.ip_address(remote).packed)
@@ -486,9 +488,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     if d not in last_alert:
                         reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
                         extra["remote"] = remote
-
                         if evidence is not None:
-                            episode_of[d] = extra["episode"] = evidence.start(
+                            extra["episode"] = evidence.start(
                                 d, devices[d] or "global", batch.time[n], why_text(reasons),
                                 None if mute is None else mute.id)
                     if evidence is not None:

@@ -1,6 +1,6 @@
 """The early-warning relay (issue 37): boards' indicators in, to every other board out, over mutual TLS.
 
-    python -m relay --tls-dir certs/lan [--host 0.0.0.0] [--port 8899] [--config YAML]
+    python -m relay --tls-dir certs/lan [--host 0.0.0.0] [--port 8899] [--status-port 8766] [--config YAML]
 
 Runs beside the federation's server with the deployment's certificates (server.pem/.key and ca.pem in --tls-dir):
 a board proves who it is with its own (`fediot-rank-<r>`, made by make_certs.sh), exactly as for training. Each
@@ -9,11 +9,14 @@ detector's indicators as JSON lines; the relay checks each (`traffic.warning.par
 then type, fields, ranges), applies the rules (`traffic.warning.RelayRules`: rate per board, private addresses kept
 home, de-duplication, confirmation by a second board) and sends what passes to every other connected board. A bad
 line is counted and logged with its board (at most detect_args.warn_log_per_minute lines a minute a board), and
-the relay goes on. Nothing here sees a packet or a row.
+the relay goes on. Nothing here sees a packet or a row. Its status page (--status-port; the status server's access
+rules: status_args.host, status_args.token) lists the boards connected and the latest early warnings (endpoint,
+status, the boards that named it, when, why), as HTML, /api/status and Prometheus /metrics.
 """
 from __future__ import annotations
 
 import argparse
+import html
 import json
 import logging
 import queue
@@ -22,9 +25,11 @@ import ssl
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
+from data import nbaiot
 from deployment.certs import rank_in_names
 from fediot.config import DetectArgs, load, validate
 from fediot.errors import FedIoTError
@@ -35,6 +40,8 @@ log = logging.getLogger("fediot.relay")
 HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its TLS handshake by then is closed
 SEND_TIMEOUT_S = 5.0  # a board that does not take a relayed line within this is disconnected (it reconnects)
 RECONNECT_S = 2.0  # a board's link retries the relay this often
+RECENT_KEPT = 200  # relayed indicators the status page lists (the newest)
+OUTBOX_LINES = 1024  # relayed lines waiting for one board (beyond: dropped and counted)
 
 
 def board_name(rank: int) -> str:
@@ -63,6 +70,14 @@ def _rank_of(conn: ssl.SSLSocket) -> int | None:
     return rank_in_names([v for k, v in cert.get("subjectAltName", ()) if k == "DNS"])
 
 
+def _end(q: "queue.Queue[bytes | None]") -> None:
+    """Tell a board's sender thread to stop (a full queue: its closed connection stops it)."""
+    try:
+        q.put_nowait(None)
+    except queue.Full:
+        pass
+
+
 def _lines(conn: socket.socket, limit: int):
     """JSON lines from a connection, each at most `limit` bytes (a longer one: ValueError, the connection ends)."""
     buf = b""
@@ -89,9 +104,13 @@ class Relay:
         self.host, self.port = self.sock.getsockname()[:2]
         self.max_boards = max_boards
         self.boards: dict[str, ssl.SSLSocket] = {}
+        self.outboxes: dict[str, queue.Queue[bytes | None]] = {}  # board -> lines waiting for its sender thread
+        self.dropped: dict[str, int] = {}  # board -> relayed lines dropped (its queue was full)
         self.lock = threading.Lock()
         self.refusals = RefusalLog(log, cfg.warn_log_per_minute)
         self.refused: dict[str, int] = {}
+        self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_KEPT)  # the latest relayed, for the status page
+        self.started = time.time()
         self.stopped = threading.Event()
 
     def start(self) -> "Relay":
@@ -136,8 +155,14 @@ class Relay:
                     return
                 old = self.boards.get(board)
                 self.boards[board] = conn  # a board's newest connection replaces its older one
+                old_q = self.outboxes.get(board)
+                out_q: queue.Queue[bytes | None] = queue.Queue(maxsize=OUTBOX_LINES)
+                self.outboxes[board] = out_q
             if old is not None:
                 old.close()
+            if old_q is not None:
+                _end(old_q)
+            threading.Thread(target=self._sender, args=(board, conn, out_q), daemon=True).start()
             conn.settimeout(None)  # boards are quiet for days; a line's size is bounded instead
             log.info("%s connected from %s", board, address[0])
             for line in _lines(conn, MAX_INDICATOR_BYTES):
@@ -148,6 +173,7 @@ class Relay:
             with self.lock:
                 if conn is not None and self.boards.get(board) is conn:
                     del self.boards[board]
+                    _end(self.outboxes.pop(board))
             (conn or raw).close()
 
     def _line(self, board: str, line: bytes) -> None:
@@ -160,20 +186,89 @@ class Relay:
         if what == "refused_rate":
             self._refuse(board, "indicators beyond detect_args.warn_rate_per_min")
         if out is not None:
+            self.recent.appendleft({"at": time.time(), **out.to_wire()})
             self.broadcast(out, exclude=board)
 
     def broadcast(self, ind: Indicator, exclude: str) -> None:
+        """Onto every other board's own queue: a board that reads slowly (or not at all) delays only itself; its
+        queue full, what does not fit is dropped and counted."""
         data = (json.dumps(ind.to_wire()) + "\n").encode()
         with self.lock:
-            targets = [(b, c) for b, c in self.boards.items() if b != exclude]
-        for b, c in targets:
+            targets = [(b, q) for b, q in self.outboxes.items() if b != exclude]
+        for b, q in targets:
             try:
-                c.settimeout(SEND_TIMEOUT_S)
-                c.sendall(data)
-                c.settimeout(None)
+                q.put_nowait(data)
+            except queue.Full:
+                self.dropped[b] = self.dropped.get(b, 0) + 1
+
+    def _sender(self, board: str, conn: ssl.SSLSocket, q: "queue.Queue[bytes | None]") -> None:
+        """One board's relayed lines, in order; a send that takes longer than SEND_TIMEOUT_S disconnects it."""
+        while True:
+            data = q.get()
+            if data is None:
+                return
+            try:
+                conn.settimeout(SEND_TIMEOUT_S)
+                conn.sendall(data)
             except OSError as exc:
-                log.warning("%s: relaying to it failed (%s): disconnected", b, exc)
-                c.close()
+                log.warning("%s: relaying to it failed (%s): disconnected", board, exc)
+                conn.close()
+                return
+
+    def snapshot(self) -> dict[str, Any]:
+        """What the status page shows (JSON; board names and addresses are the relay's own, endpoints validated)."""
+        with self.lock:
+            boards = sorted(self.boards)
+        return {"boards": boards, "counts": dict(self.rules.counts), "refused": dict(self.refused),
+                "dropped": dict(self.dropped),
+                "recent": list(self.recent), "started_at": self.started, "now": time.time()}
+
+    def metrics_families(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        snap = self.snapshot()
+        yield GaugeMetricFamily("fediot_relay_boards_connected", "boards connected to the relay",
+                                value=len(snap["boards"]))
+        c = CounterMetricFamily("fediot_relay_indicators", "indicators by what the relay did with them",
+                                labels=["outcome"])
+        for k, v in snap["counts"].items():
+            c.add_metric([k], v)
+        yield c
+        r = CounterMetricFamily("fediot_relay_refused", "lines refused, per board", labels=["board"])
+        for k, v in snap["refused"].items():
+            r.add_metric([k], v)
+        yield r
+
+
+def render_page(snap: dict[str, Any], refresh_s: float) -> str:
+    """The relay's page: server-side HTML, every value escaped (endpoints are validated addresses, board names the
+    relay's own; groups are checked against the known ones), refreshed by the browser every refresh_s."""
+    esc = html.escape
+    rows = "".join(
+        f"<tr><td>{esc(time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime(r['at'])))}</td><td>{esc(r['endpoint'])}</td>"
+        f"<td class='{esc(r['status'])}'>{esc(r['status'])}</td><td>{esc(', '.join(r['boards']))}</td>"
+        f"<td>{esc(', '.join(str(p) for p in r['ports']))}</td><td>{r['score']:.3g}</td>"
+        f"<td>{esc('; '.join(nbaiot.GROUP_MEANINGS[g] for g in r['groups']))}</td></tr>" for r in snap["recent"])
+    boards = esc(", ".join(snap["boards"])) or "none"
+    counts = esc(", ".join(f"{k} {v}" for k, v in snap["counts"].items()))
+    refused = esc(", ".join(f"{k} {v}" for k, v in snap["refused"].items())) or "none"
+    return (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><meta http-equiv='refresh' "
+            f"content='{refresh_s:g}'><title>FedIoT early warning</title><style>body{{font:14px system-ui,sans-serif;"
+            f"margin:16px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ddd;padding:3px 6px}}"
+            f" .confirmed{{color:#a00;font-weight:bold}} .warning{{color:#a60}}</style></head><body>"
+            f"<h1>FedIoT early warning</h1><p>boards connected: <span id='boards'>{boards}</span></p>"
+            f"<p>indicators: {counts}; refused: {refused}</p><h2>Latest early warnings</h2><table id='warnings'>"
+            f"<thead><tr><th>relayed (UTC)</th><th>endpoint</th><th>status</th><th>boards</th><th>ports</th>"
+            f"<th>score</th><th>why</th></tr></thead><tbody>{rows}</tbody></table></body></html>")
+
+
+def serve_status(relay: Relay, port: int, host: str, token: str | None, refresh_s: float):
+    """The relay's status server (monitor.http.StatusServer: loopback unless a token; GET only; bounded)."""
+    from monitor.http import StatusServer
+    from monitor.metrics import exposition
+
+    return StatusServer(host, port, token, relay.snapshot, exposition(relay.metrics_families, "fediot_relay"),
+                        lambda snap: render_page(snap, refresh_s)).start()
 
 
 class RelayLink:
@@ -259,10 +354,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s; the LAN: its address)")
     p.add_argument("--port", type=int, default=None, help="port (default detect_args.warn_relay_port)")
     p.add_argument("--config", type=Path, help="YAML whose detect_args set the relay's rules (default: defaults)")
+    p.add_argument("--status-port", type=int, default=None,
+                   help="serve the relay's status page here (0 = a free port; default: none); status_args.host and "
+                        "status_args.token say who may look")
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     try:
-        cfg = (load(a.config) if a.config else validate({})).detect
+        full = load(a.config) if a.config else validate({})
+        cfg = full.detect
         for name in ("server.pem", "server.key", "ca.pem"):
             if not (a.tls_dir / name).is_file():
                 raise FedIoTError(f"--tls-dir: {a.tls_dir / name} not found (bash make_certs.sh makes it)")
@@ -271,6 +370,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"relay: listening on {relay.host}:{relay.port} (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    if a.status_port is not None:
+        try:
+            page = serve_status(relay, a.status_port, full.status.host, full.status.token, full.status.refresh_s)
+        except OSError as exc:
+            print(f"error: --status-port {a.status_port}: {exc.strerror or exc}", file=sys.stderr)
+            relay.stop()
+            return 2
+        print(f"relay status page: {page.url}", file=sys.stderr, flush=True)
     try:
         while True:
             time.sleep(60)

@@ -156,6 +156,22 @@ def test_a_board_warns_at_the_first_packet_and_confirms_and_a_liar_stays_a_bound
         assert [x["status"] for x in early if x["host"] == cloud_text] == ["warning"]
         assert _wait(lambda: any(x.endpoint == attacker_text and x.status == "confirmed" for x in stores[1].inbox))
         assert summary["relay"]["sent"] >= 1
+        # the relay's status page lists the boards and the warnings, confirmed or not (and /api/status, /metrics)
+        import urllib.request
+
+        from relay import serve_status
+
+        page = serve_status(relay, 0, "127.0.0.1", None, 2.0)
+        try:
+            body = urllib.request.urlopen(page.url, timeout=10).read().decode()
+            api = json.loads(urllib.request.urlopen(page.url + "api/status", timeout=10).read())
+            metrics = urllib.request.urlopen(page.url + "metrics", timeout=10).read().decode()
+        finally:
+            page.stop()
+        assert attacker_text in body and "confirmed" in body and "board1, board2" in body and cloud_text in body
+        assert api["boards"] == ["board1", "board2", "board3"] and api["refused"]["board3"] >= 7
+        assert any(r["endpoint"] == attacker_text and r["status"] == "confirmed" for r in api["recent"])
+        assert "fediot_relay_boards_connected 3.0" in metrics
     finally:
         for link in links.values():
             link.stop()

@@ -5,6 +5,7 @@ Needs root (network namespaces, raw sockets) and mosquitto; skipped, saying why,
 permitted. tools/lan.py builds the LAN (a bridge in its own namespace; traffic never leaves the namespaces)."""
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from tests.helpers import REPO
 
 sys.path.insert(0, str(REPO / "tools"))
 import lan  # noqa: E402  (tools/lan.py)
+from traffic.simulator import TrafficSimulator  # noqa: E402
 
 PREFIX = f"fl{os.getpid() % 100}"
 KINDS = ["Provision_PT_838_Security_Camera", "SimpleHome_XCS7_1002_WHT_Security_Camera", "Samsung_SNH_1011_N_Webcam"]
@@ -140,7 +142,8 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
 
         # -- federated training over gRPC + mutual TLS on the namespaces' addresses
         certs = tmp_path / "certs"
-        subprocess.run(["bash", str(REPO / "make_certs.sh"), str(certs), "3", srv.ip], check=True, capture_output=True)
+        # rank 4: a certified board that lies (it names board 2's camera's own cloud server as an attacker)
+        subprocess.run(["bash", str(REPO / "make_certs.sh"), str(certs), "4", srv.ip], check=True, capture_output=True)
         ipconfig = tmp_path / "ipconfig.csv"
         ipconfig.write_text("eid,rank,grpc_server_ip,grpc_server_port,ingress_ip\n" + f"0,0,{srv.ip},50051,\n"
                             + "".join(f"{k},{k},{b.ip},{50051 + k},\n" for k, b in enumerate(boards, 1)))
@@ -183,6 +186,13 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         for k, c in enumerate(clients, 1):
             assert c.wait(60) == 0, (tmp_path / f"client{k}.log").read_text()[-2000:]
 
+        # -- a lying board names board 2's camera's cloud server and 20 more addresses through the relay (issue 37)
+        cloud = str(ipaddress.ip_address(TrafficSimulator(
+            KINDS[1], 1, ip=device_ip(2), mac=bytes.fromhex(device_mac(2).replace(":", "")),
+            gateway_mac=bytes.fromhex("02000ae70202")).cloud))
+        liar = subprocess.run(lan.in_ns(atk, *py("-c", LIAR, f"{srv.ip}:{RELAY_PORT}", str(certs), cloud)),
+                              capture_output=True, text=True, timeout=60, cwd=REPO)
+        assert liar.returncode == 0, liar.stderr
         # -- benign watching (a few hundred packets per device), then an attacker floods board 1's device
         time.sleep(BENIGN_WATCH_S)
         flood = subprocess.run(lan.in_ns(atk, *py(str(REPO / "tools" / "lan.py"), "flood", "--interface", atk.interface,
@@ -235,6 +245,12 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     assert early2 and early2[0]["from_board"] == "board1", (early2, (tmp_path / "relay.log").read_text()[-2000:])
     own2 = min((a["time"] for a in alerts2 if a["window_alert"] and a["host"] == atk.ip), default=None)
     assert abs(early2[0]["time"] - attack2_at) <= CLOCK_SLACK_S and (own2 is None or early2[0]["time"] <= own2)
+    assert any(a.get("early_warning_confirmed") == "board1" for a in alerts2)  # its own detector agreed
+    # the liar: board 2 raised one warning for its own cloud server (at its first packet there), never confirmed;
+    # the liar's other 20 addresses beyond warn_burst were refused by the relay
+    lied = [a for a in alerts2 if a.get("early_warning") and a.get("from_board") == "board4" and not a.get("cleared")]
+    assert [a["host"] for a in lied] == [cloud] and lied[0]["status"] == "warning", lied
+    assert not any(a.get("status") == "confirmed" and a["host"] == cloud for a in alerts2)
     # the other devices' false alarms before the attack (the attacked device's own packets answer the flood: not
     # counted there). Those during the flood are counted apart (bench/bench_lan.py): before the senders ran at
     # real-time priority and packets carried the kernel's receive time, this 2-core machine's load during the flood
@@ -287,6 +303,20 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
                                                               for a in alerts1),
             "detect_peak_rss_mb": [s["memory"]["peak_rss_mb"] for s in summaries],
             "metrics": {"tpr": metrics["global"]["tpr"], "fpr": metrics["global"]["fpr"]}}, indent=1))
+
+
+LIAR = """
+import json, sys, time
+from pathlib import Path
+from relay import RelayLink
+from traffic.warning import Indicator, IndicatorStore
+link = RelayLink(sys.argv[1], Path(sys.argv[2]), 4, IndicatorStore(10, 60)).start()
+assert link.connected.wait(30), "the liar could not reach the relay"
+for ip in [sys.argv[3]] + [f"203.0.113.{i}" for i in range(1, 21)]:
+    link.publish(Indicator(ip, (443,), "other", time.time(), 9.9, ("HH",)))
+time.sleep(2)
+print(json.dumps(link.counts))
+"""
 
 
 SUBSCRIBER = '''
