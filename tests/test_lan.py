@@ -245,7 +245,9 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     assert early2 and early2[0]["from_board"] == "board1", (early2, (tmp_path / "relay.log").read_text()[-2000:])
     own2 = min((a["time"] for a in alerts2 if a["window_alert"] and a["host"] == atk.ip), default=None)
     assert abs(early2[0]["time"] - attack2_at) <= CLOCK_SLACK_S and (own2 is None or early2[0]["time"] <= own2)
-    assert any(a.get("early_warning_confirmed") == "board1" for a in alerts2)  # its own detector agreed
+    # when its own detector alerts on the attacker too, that alert confirms the warning (a 2 s flood at this camera:
+    # seen both ways in runs; the confirmation itself is tested in process, tests/test_early_warning.py)
+    assert own2 is None or any(a.get("early_warning_confirmed") == "board1" for a in alerts2)
     # the liar: board 2 raised one warning for its own cloud server (at its first packet there), never confirmed;
     # the liar's other 20 addresses beyond warn_burst were refused by the relay
     lied = [a for a in alerts2 if a.get("early_warning") and a.get("from_board") == "board4" and not a.get("cleared")]
@@ -292,6 +294,7 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         Path(record).write_text(json.dumps({
             "alert_latency_s": first - attack_at, "mqtt_latency_s": about_attacker[0]["received_at"] - attack_at,
             "early_warning_at_board2_s": early2[0]["time"] - attack2_at,
+            "board2_own_alert_after_s": None if own2 is None else own2 - attack2_at,
             "early_warning_mqtt_latency_s": warned2[0]["received_at"] - attack2_at,
             "captured_rows": {d: json.loads((tmp_path / "local" / d / "provenance.json").read_text())["rows"]
                               for d in DEVICES},
