@@ -30,13 +30,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     fi
     echo "keeping .venv's torch $(.venv/bin/python -c 'import torch; print(torch.__version__)'); installing the rest of requirements.txt"
     grep -Ev '^(torch|torchvision)[=<> ;]' requirements.txt > .venv/.requirements-without-torch.txt
-    .venv/bin/pip install --disable-pip-version-check -q --no-compile -r .venv/.requirements-without-torch.txt
+    .venv/bin/pip install --disable-pip-version-check -q -r .venv/.requirements-without-torch.txt
   else
     echo "installing requirements.txt into .venv (first time: x86_64 several GB, mostly PyTorch; aarch64 about 1 GB, CPU-only torch)"
-    # --no-compile: Python compiles what is imported, on first use; compiling every installed module up front (torch's
-    # and sympy's tests among them) is CI's longest single step. Measured 2026-12-07: this install took 115 s with it
-    # (beside a running test); the clean-clone CI's install step took 150-210 s without it
-    .venv/bin/pip install --disable-pip-version-check -q --no-compile -r requirements.txt
+    # pip compiles every module as it installs: keep it. With --no-compile and PYTHONDONTWRITEBYTECODE=1 (set on this
+    # machine and in CI) every process compiled torch's and FedML's modules on each import: a clean-clone CI's main
+    # pytest run took 11:00 instead of 7:44-9:20 (2026-12-07)
+    .venv/bin/pip install --disable-pip-version-check -q -r requirements.txt
   fi
   echo "$want" > "$stamp"
 else

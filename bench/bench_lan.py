@@ -6,8 +6,10 @@ Runs tests/test_lan.py's scenario (three boards capture simulated cameras on the
 gRPC + mutual TLS, detect --follow; a SYN flood from a fourth host at one camera) `--runs` times and prints per
 run: the attacked board's first window alert on the attacker after its first packet (alert latency), the MQTT alert
 received by a subscriber on the server's broker for the attacker's host (MQTT latency), the other boards' window alerts
-per packet (false alarms), the attacked board's window alerts before the attack, each detector's peak RSS; then the
-worst of each. `--busy N` runs N busy-looping processes beside it (a CI machine's other test processes); a failed
+per packet (false alarms), the attacked board's window alerts before the attack, each detector's peak RSS, and the
+early warning (issue 37): board 2's warning line after the attacker's first packet there, its MQTT message's
+arrival after that packet, board 2's own window alert if any; then the worst of each and the early warning's MQTT
+latency p50 / p95 over the passing runs. `--busy N` runs N busy-looping processes beside it (a CI machine's other test processes); a failed
 run is printed with the test's message and counted, and the bench goes on.
 """
 from __future__ import annotations
@@ -45,6 +47,14 @@ def main() -> None:
           f"latency {max(r['mqtt_latency_s'] for r in results):.2f} s, false alarms per packet "
           f"{max(v['window_alerts'] / max(v['packets'], 1) for r in results for v in r['false_alarms'].values()):.4f}, "
           f"detector peak RSS {max(max(r['detect_peak_rss_mb']) for r in results):.0f} MB")
+    ew = sorted(r["early_warning_mqtt_latency_s"] for r in results if "early_warning_mqtt_latency_s" in r)
+    if ew:
+        def pct(q: float) -> float:  # nearest-rank percentile
+            return ew[min(len(ew) - 1, max(0, int(-(-q * len(ew) // 1)) - 1))]
+
+        print(f"early warning to MQTT over {len(ew)} runs: p50 {pct(0.5) * 1000:.1f} ms, p95 {pct(0.95) * 1000:.1f} ms, "
+              f"max {ew[-1] * 1000:.1f} ms; board 2's warning line after the attacker's first packet: max "
+              f"{max(r['early_warning_at_board2_s'] for r in results) * 1000:.1f} ms")
 
 
 def one_run(i: int, results: list[dict]) -> bool:
@@ -66,7 +76,9 @@ def one_run(i: int, results: list[dict]) -> bool:
           f"the final model's window alerts before the attack / packets it scored: {final}), "
           f"the attacked board's window alerts before the attack "
           f"{r['attacked_board_window_alerts_before_attack']}, detector peak RSS {r['detect_peak_rss_mb']} MB, captured rows "
-          f"{r['captured_rows']}", flush=True)
+          f"{r['captured_rows']}; early warning at board 2: line {r.get('early_warning_at_board2_s', float('nan')) * 1000:.1f}"
+          f" ms, MQTT {r.get('early_warning_mqtt_latency_s', float('nan')) * 1000:.1f} ms, its own alert "
+          f"{r.get('board2_own_alert_after_s')}", flush=True)
     return True
 
 
