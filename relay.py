@@ -42,6 +42,8 @@ SEND_TIMEOUT_S = 5.0  # a board that does not take a relayed line within this is
 RECONNECT_S = 2.0  # a board's link retries the relay this often
 RECENT_KEPT = 200  # relayed indicators the status page lists (the newest)
 OUTBOX_LINES = 1024  # relayed lines waiting for one board (beyond: dropped and counted)
+MAX_HANDSHAKES = 32  # connections still in their TLS handshake at once; more are closed at once (counted): a LAN host
+# opening connections without a certificate costs the relay at most this many threads, each for HANDSHAKE_TIMEOUT_S
 
 
 def board_name(rank: int) -> str:
@@ -111,6 +113,7 @@ class Relay:
         self.refused: dict[str, int] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_KEPT)  # the latest relayed, for the status page
         self.started = time.time()
+        self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self.stopped = threading.Event()
 
     def start(self) -> "Relay":
@@ -134,6 +137,10 @@ class Relay:
                 raw, address = self.sock.accept()
             except OSError:
                 return
+            if not self.handshakes.acquire(blocking=False):
+                self._refuse(f"{address[0]} (before its certificate)", f"more than {MAX_HANDSHAKES} handshakes at once")
+                raw.close()
+                continue
             threading.Thread(target=self._serve, args=(raw, address), daemon=True).start()
 
     def _serve(self, raw: socket.socket, address: Any) -> None:
@@ -141,7 +148,10 @@ class Relay:
         conn: ssl.SSLSocket | None = None
         try:
             raw.settimeout(HANDSHAKE_TIMEOUT_S)
-            conn = self.context.wrap_socket(raw, server_side=True)
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            finally:
+                self.handshakes.release()
             rank = _rank_of(conn)
             if rank is None or rank == 0:
                 self._refuse(board, "a certificate that names no board")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from pathlib import Path
 
 import pytest
 
@@ -209,6 +208,16 @@ def test_the_relay_refuses_what_is_not_an_indicator_and_goes_on(tmp_path):
                                    server_hostname="127.0.0.1") as c:
                 c.sendall(json.dumps(wire()).encode() + b"\n")
                 c.recv(10)
+        # connections that never finish their handshake: at most MAX_HANDSHAKES wait, the rest are closed at once,
+        # and a board still connects
+        from relay import MAX_HANDSHAKES
+
+        idle = [socket.create_connection(("127.0.0.1", relay.port)) for _ in range(MAX_HANDSHAKES + 20)]
+        try:
+            assert _wait(lambda: sum(v for k, v in relay.refused.items() if "before its certificate" in k) >= 20)
+        finally:
+            for c in idle:
+                c.close()
         assert link.connected.is_set() and "board2" in relay.boards
     finally:
         link.stop()
