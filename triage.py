@@ -170,8 +170,9 @@ def benign(triage_file: Path, episode: str, data_dir: Path, reason: str, cfg: De
         _atomic_write(prov_path, json.dumps(provenance, indent=1) + "\n")
     tri.verdicts.append({"device": device, **record})
     top = (summary.get("remotes") or [{}])[0].get("host")
-    mute = tri.mute(device, top, cfg.benign_mute_h, f"benign verdict on {episode}", now) if cfg.benign_mute_h > 0 \
-        else None
+    # the device with that remote only (an episode without a remote mutes nothing: never a whole device for hours)
+    mute = tri.mute(device, top, cfg.benign_mute_h, f"benign verdict on {episode}", now) \
+        if cfg.benign_mute_h > 0 and top else None
     tri.save(triage_file)
     cut = f" (cut from {len(rows):,}: detect_args.benign_verdict_share)" if len(kept) < len(rows) else ""
     print(f"{episode}: {len(kept):,} rows{cut} join {device}'s benign training rows ({held + len(kept):,} of "
