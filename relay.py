@@ -7,7 +7,8 @@ a board proves who it is with its own (`fediot-rank-<r>`, made by make_certs.sh)
 board keeps one connection (`RelayLink`, started by `detect --relay HOST:PORT --tls-dir DIR --rank R`) and sends its
 detector's indicators as JSON lines; the relay checks each (`traffic.warning.parse_indicator`: size before parsing,
 then type, fields, ranges), applies the rules (`traffic.warning.RelayRules`: rate per board, private addresses kept
-home, de-duplication, confirmation by a second board) and sends what passes to every other connected board. A bad
+home, de-duplication, confirmation by a second board) and sends what passes to every other connected board; a board
+that connects later is sent what is in force (each endpoint's latest, within detect_args.warn_ttl_s). A bad
 line is counted and logged with its board (at most detect_args.warn_log_per_minute lines a minute a board), and
 the relay goes on. Nothing here sees a packet or a row. Its status page (--status-port; the status server's access
 rules: status_args.host, status_args.token) lists the boards connected and the latest early warnings (endpoint,
@@ -25,7 +26,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import Any, Callable
 
@@ -112,6 +113,7 @@ class Relay:
         self.refusals = RefusalLog(log, cfg.warn_log_per_minute)
         self.refused: dict[str, int] = {}
         self.recent: deque[dict[str, Any]] = deque(maxlen=RECENT_KEPT)  # the latest relayed, for the status page
+        self.live: OrderedDict[str, tuple[set[str], float, bytes]] = OrderedDict()  # endpoint -> (boards, at, line)
         self.started = time.time()
         self.handshakes = threading.BoundedSemaphore(MAX_HANDSHAKES)
         self.stopped = threading.Event()
@@ -168,6 +170,10 @@ class Relay:
                 old_q = self.outboxes.get(board)
                 out_q: queue.Queue[bytes | None] = queue.Queue(maxsize=OUTBOX_LINES)
                 self.outboxes[board] = out_q
+                # a board that joins (a reboot, detect waiting for its first model) gets what is in force now
+                for named, at, data in list(self.live.values())[-OUTBOX_LINES // 2:]:
+                    if time.time() - at <= self.rules.ttl_s and board not in named:
+                        out_q.put_nowait(data)
             if old is not None:
                 old.close()
             if old_q is not None:
@@ -197,6 +203,11 @@ class Relay:
             self._refuse(board, "indicators beyond detect_args.warn_rate_per_min")
         if out is not None:
             self.recent.appendleft({"at": time.time(), **out.to_wire()})
+            with self.lock:  # in force for boards that join later: the endpoint's latest status
+                self.live.pop(out.endpoint, None)
+                self.live[out.endpoint] = (set(out.boards), time.time(), (json.dumps(out.to_wire()) + "\n").encode())
+                while len(self.live) > self.rules.max_endpoints:
+                    self.live.popitem(last=False)
             self.broadcast(out, exclude=board)
 
     def broadcast(self, ind: Indicator, exclude: str) -> None:

@@ -222,3 +222,33 @@ def test_the_relay_refuses_what_is_not_an_indicator_and_goes_on(tmp_path):
     finally:
         link.stop()
         relay.stop()
+
+
+def test_a_board_that_joins_later_gets_the_warnings_in_force(tmp_path):
+    """A board whose detect connects after an indicator was relayed (a reboot; detect waiting for its first model:
+    a CI run of the LAN test missed the liar's warning so) is sent what is in force, not what it named itself."""
+    certs = tmp_path / "certs"
+    make_certs(certs, 2, [])
+    cfg = validate({}).detect
+    relay = Relay("127.0.0.1", 0, certs, cfg).start()
+    stores = {r: IndicatorStore(10, 60) for r in (1, 2)}
+    first = RelayLink(f"127.0.0.1:{relay.port}", certs, 1, stores[1]).start()
+    late = None
+    try:
+        assert first.connected.wait(20)
+        first.publish(Indicator("198.51.100.9", (23,), "tcp", time.time(), 2.0, ("H",)))
+        assert _wait(lambda: len(relay.recent) == 1)
+        late = RelayLink(f"127.0.0.1:{relay.port}", certs, 2, stores[2]).start()
+        assert _wait(lambda: len(stores[2].inbox) == 1)
+        assert stores[2].inbox[0].endpoint == "198.51.100.9" and stores[2].inbox[0].board == "board1"
+        first.stop()  # board 1 reconnecting is not sent its own indicator back
+        again = RelayLink(f"127.0.0.1:{relay.port}", certs, 1, stores[1]).start()
+        assert again.connected.wait(20)
+        time.sleep(0.5)
+        assert not stores[1].inbox
+        again.stop()
+    finally:
+        first.stop()
+        if late is not None:
+            late.stop()
+        relay.stop()
