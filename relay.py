@@ -39,7 +39,6 @@ from traffic.warning import MAX_INDICATOR_BYTES, Indicator, IndicatorStore, Rela
 
 log = logging.getLogger("fediot.relay")
 HANDSHAKE_TIMEOUT_S = 10.0  # a connection that has not finished its TLS handshake by then is closed
-SEND_TIMEOUT_S = 5.0  # a board that does not take a relayed line within this is disconnected (it reconnects)
 RECONNECT_S = 2.0  # a board's link retries the relay this often
 RECENT_KEPT = 200  # relayed indicators the status page lists (the newest)
 OUTBOX_LINES = 1024  # relayed lines waiting for one board (beyond: dropped and counted)
@@ -211,11 +210,11 @@ class Relay:
             self.broadcast(out, exclude=board)
 
     def broadcast(self, ind: Indicator, exclude: str) -> None:
-        """Onto every other board's own queue: a board that reads slowly (or not at all) delays only itself; its
-        queue full, what does not fit is dropped and counted."""
+        """Onto the queue of every board that did not name it: a board that reads slowly (or not at all) delays only
+        itself; its queue full, what does not fit is dropped and counted."""
         data = (json.dumps(ind.to_wire()) + "\n").encode()
         with self.lock:
-            targets = [(b, q) for b, q in self.outboxes.items() if b != exclude]
+            targets = [(b, q) for b, q in self.outboxes.items() if b != exclude and b not in ind.boards]
         for b, q in targets:
             try:
                 q.put_nowait(data)
@@ -223,13 +222,14 @@ class Relay:
                 self.dropped[b] = self.dropped.get(b, 0) + 1
 
     def _sender(self, board: str, conn: ssl.SSLSocket, q: "queue.Queue[bytes | None]") -> None:
-        """One board's relayed lines, in order; a send that takes longer than SEND_TIMEOUT_S disconnects it."""
+        """One board's relayed lines, in order. No timeout on the socket: its reading thread shares it (a send timeout
+        ended every board's connection after 5 s of quiet, a CI run); a board that stops reading blocks only this
+        thread, and its queue drops what does not fit."""
         while True:
             data = q.get()
             if data is None:
                 return
             try:
-                conn.settimeout(SEND_TIMEOUT_S)
                 conn.sendall(data)
             except OSError as exc:
                 log.warning("%s: relaying to it failed (%s): disconnected", board, exc)

@@ -153,7 +153,9 @@ def test_a_board_warns_at_the_first_packet_and_confirms_and_a_liar_stays_a_bound
         assert summary["early_warnings"]["confirmed_here"] >= 1
         # the liar's cloud server: a warning (its first packet), never confirmed by the liar alone
         assert [x["status"] for x in early if x["host"] == cloud_text] == ["warning"]
-        assert _wait(lambda: any(x.endpoint == attacker_text and x.status == "confirmed" for x in stores[1].inbox))
+        # board 3 (which named nothing) hears it is confirmed; boards 1 and 2, which named it, are not sent it back
+        assert _wait(lambda: any(x.endpoint == attacker_text and x.status == "confirmed" for x in stores[3].inbox))
+        assert not any(x.endpoint == attacker_text for x in stores[1].inbox)
         assert summary["relay"]["sent"] >= 1
         # the relay's status page lists the boards and the warnings, confirmed or not (and /api/status, /metrics)
         import urllib.request

@@ -248,11 +248,13 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     # when its own detector alerts on the attacker too, that alert confirms the warning (a 2 s flood at this camera:
     # seen both ways in runs; the confirmation itself is tested in process, tests/test_early_warning.py)
     assert own2 is None or any(a.get("early_warning_confirmed") == "board1" for a in alerts2)
-    # the liar: board 2 raised one warning for its own cloud server (at its first packet there), never confirmed;
-    # the liar's other 20 addresses beyond warn_burst were refused by the relay
-    lied = [a for a in alerts2 if a.get("early_warning") and a.get("from_board") == "board4" and not a.get("cleared")]
-    assert [a["host"] for a in lied] == [cloud] and lied[0]["status"] == "warning", lied
-    assert not any(a.get("status") == "confirmed" and a["host"] == cloud for a in alerts2)
+    # the liar: what board 2 was told of its own cloud server is at most one warning (at its first packet there), and
+    # never confirmed on the liar's word alone: confirmed only with board 2's own detector among the boards (a CI run:
+    # board 2's model flagged its cloud itself; then it is not sent back what it named). The liar's 20 other
+    # addresses: board 2 never talks to them
+    told = [a for a in alerts2 if a.get("early_warning") and not a.get("cleared") and a["host"] == cloud]
+    assert len(told) <= 1 and all(a["status"] == "warning" or "board2" in a["boards"] for a in told), told
+    assert not any(a.get("early_warning") and a.get("from_board") == "board4" and a["host"] != cloud for a in alerts2)
     # the other devices' false alarms before the attack (the attacked device's own packets answer the flood: not
     # counted there). Those during the flood are counted apart (bench/bench_lan.py): before the senders ran at
     # real-time priority and packets carried the kernel's receive time, this 2-core machine's load during the flood
