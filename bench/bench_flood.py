@@ -87,6 +87,7 @@ def main() -> int:
     p.add_argument("--new-connections", action="store_true",
                    help="--valid-flood opens a new TLS connection for each message (each a handshake the server pays) "
                         "instead of one connection per thread")
+    p.add_argument("--no-front", action="store_true", help="comm_args.front: false (gRPC listens without the front)")
     p.add_argument("--pin", action="store_true",
                    help="the federation (server and boards) on CPU 0, this process's attacker threads on CPU 1: an "
                         "attacker on a machine of its own, as on a LAN (unpinned, they share this machine's cores)")
@@ -105,7 +106,8 @@ def main() -> int:
     cfg = deploy_config(tmp, train_args={"comm_round": a.rounds, "epochs": a.epochs, "round_timeout_s": 120,
                                          "min_clients_per_round": 1},  # a quarantined board leaves the run
                         data_args={"synthetic_benign_rows": a.rows}, validation_args={"frequency_of_the_test": a.rounds},
-                        **({"comm_args": {"wait_for_clients_s": 40}} if a.absent else {}))
+                        comm_args={**({"wait_for_clients_s": 40} if a.absent else {}),
+                                   **({"front": False} if a.no_front else {})})
     raw = yaml.safe_load(cfg.read_text())
     raw["comm_args"]["tls_dir"] = str(certs)
     cfg.write_text(yaml.safe_dump(raw))

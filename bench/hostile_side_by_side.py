@@ -42,10 +42,15 @@ VARIANTS = {"none": ["--messages", "0"], "absent": ["--messages", "0", "--absent
             "slow_upload": ["--messages", "0", "--slow-upload", "3", "--absent"],
             "valid_flood": ["--messages", "0", "--valid-flood", "4", "--absent"],
             "connection_flood": ["--messages", "0", "--valid-flood", "4", "--new-connections", "--absent"],
-            "board_flood": ["--messages", "0", "--board-flood", "3"], "overflow": ["--messages", "0", "--overflow"]}
+            "board_flood": ["--messages", "0", "--board-flood", "3"], "overflow": ["--messages", "0", "--overflow"],
+            # the floods without the connection-level front (comm_args.front: false), beside the front's
+            "valid_flood_no_front": ["--messages", "0", "--valid-flood", "4", "--absent", "--no-front"],
+            "connection_flood_no_front": ["--messages", "0", "--valid-flood", "4", "--new-connections", "--absent",
+                                          "--no-front"]}
 # each variant against the run with the same boards training: 2 (board 3 absent, or quarantined / refused), or 3
 BASELINE = {"lan_bombs": "absent", "slow_upload": "absent", "valid_flood": "absent", "connection_flood": "absent",
-            "board_flood": "absent", "overflow": "absent"}  # none: none
+            "board_flood": "absent", "overflow": "absent", "valid_flood_no_front": "absent",
+            "connection_flood_no_front": "absent"}  # none: none
 
 
 def run_variant(name: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:
@@ -77,11 +82,16 @@ def main() -> int:
     p.add_argument("--rows", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=1, help="times the variants' sequence runs")
     p.add_argument("--pin", action="store_true", help="bench_flood --pin: the federation on CPU 0, the attacker on CPU 1")
+    p.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=None,
+                   help="run only these (with none first and last; absent when one needs it)")
     p.add_argument("--out", type=Path, default=None)
     a = p.parse_args()
     out = a.out or create_run_dir(REPO / "runs", "bench", "hostile")
     out.mkdir(parents=True, exist_ok=True)
-    order = [*VARIANTS] * a.repeats + ["none"]
+    chosen = list(VARIANTS) if a.variants is None else \
+        ["none", *(["absent"] if any(BASELINE.get(v) == "absent" for v in a.variants) else []),
+         *[v for v in a.variants if v not in ("none", "absent")]]
+    order = chosen * a.repeats + ["none"]
     results = []
     for i, name in enumerate(order):
         print(f"{i + 1}/{len(order)}: {name}", file=sys.stderr, flush=True)

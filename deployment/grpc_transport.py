@@ -19,6 +19,9 @@ takes the sender's rank from inside the message and accepts 1000 MB messages. Th
   allowance for hellos and health reports (`Admission.pace`);
 * the server sends to each board on that board's own thread (`send_later`): one that stops reading holds up only
   its own messages;
+* listens through a connection-level front (`deployment.front`, `comm_args.front`): per host, connections are
+  limited before TLS, and a connection whose call was refused is paused before its next one is read (a certified
+  board flooding calls made rounds ~3x slower through gRPC's own per-call work and TLS handshakes);
 * listens on the address the launcher gives it: the ipconfig's `grpc_server_ip` (every interface
   only with `comm_args.bind_all`);
 * the receive loop blocks on its queue instead of spinning a core (FedML's polls qsize() in a loop);
@@ -43,6 +46,7 @@ from fedml.core.distributed.communication.message import Message
 from fedml.core.distributed.communication.observer import Observer
 
 from deployment.certs import RANK_NAME, rank_in_names
+from deployment.front import Front, FrontLimits
 from deployment.ipconfig import Peer
 from deployment.tls import TlsIdentity
 from trainer.transport import (
@@ -193,13 +197,26 @@ class _Servicer:
 
     def __init__(self, q: Inbox, tls: TlsIdentity | None, admission: Admission, max_bytes: int) -> None:
         self.allowed: set[int] | None = None  # the ranks that may send to this node (its node's peer_ranks)
+        self.front: Front | None = None  # the connection-level front before this server, when there is one
         self.q = q
         self.tls = tls
         self.admission = admission
         self.max_bytes = max_bytes
 
     def send(self, chunks: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        peer = context.peer()
+        front, backend_peer = self.front, context.peer()
+        try:
+            taken = self._read(chunks, context, front.client_of(backend_peer) if front else backend_peer)
+        except BaseException:  # context.abort raises: a refused call pauses its connection's reading at the front
+            if front is not None:
+                front.penalise(backend_peer)
+            raise
+        if front is not None:
+            front.forgive(backend_peer) if taken else front.penalise(backend_peer)
+        return b""
+
+    def _read(self, chunks: Iterator[bytes], context: grpc.ServicerContext, peer: str) -> bool:
+        """Read and queue one message; True when it was taken (False: a cancelled call), aborts when refused."""
         rank = None
         if self.tls is not None:
             rank = rank_in_names(context.auth_context().get("x509_subject_alternative_name", []))
@@ -239,7 +256,7 @@ class _Servicer:
                     context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, "refused: " + why)
                 received += chunk
             if not (self.admission.reading(key, context) and context.is_active()):  # cancelled (by the watchdog, or
-                return b""  # the sender): the chunks may have ended as if the message were complete
+                return False  # the sender): the chunks may have ended as if the message were complete
         finally:
             self.admission.leave(key, context)
         verdict = self.q.deliver(Delivery(bytes(received), rank, peer))
@@ -250,7 +267,7 @@ class _Servicer:
         if verdict is not None:  # refused before it waits in memory: not a message, or too many of its messages
             context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED,
                           "refused: not a FedIoT message within the limits, or too many of yours are waiting")
-        return b""
+        return True
 
 
 SendFailed = Callable[[int, str, bool], None]  # (receiver, error, refused by it)
@@ -294,9 +311,11 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
     """One node's gRPC server (what peers send to it) and its sends to peers."""
 
     def __init__(self, peers: dict[int, Peer], rank: int, tls: TlsIdentity | None, bind_ip: str,
-                 send_timeout_s: float, max_bytes: int, quarantine_after: int | None = None) -> None:
+                 send_timeout_s: float, max_bytes: int, quarantine_after: int | None = None,
+                 front: FrontLimits | None = None) -> None:
         """quarantine_after: malformed messages after which a sender is refused for the run (None: never; boards
-        take messages from the server only)."""
+        take messages from the server only). front: listen through a connection-level front with these limits
+        (deployment/front.py; the gRPC server then listens on a loopback port behind it)."""
         self.peers = peers
         self.rank = rank
         self.tls = tls
@@ -329,15 +348,28 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
         self.servicer = servicer = _Servicer(self.message_q, tls, self.admission, max_bytes)
         self.server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(
             METHOD.split("/")[1], {METHOD.split("/")[2]: grpc.stream_unary_rpc_method_handler(servicer.send)})])
+        grpc_listen = "127.0.0.1:0" if front is not None else self.listen  # behind the front: a loopback port
         if tls is None:
-            bound = self.server.add_insecure_port(self.listen)
+            bound = self.server.add_insecure_port(grpc_listen)
         else:
             creds = grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.ca,
                                                 require_client_auth=True)
-            bound = self.server.add_secure_port(self.listen, creds)
+            bound = self.server.add_secure_port(grpc_listen, creds)
         if not bound:
-            raise OSError(f"cannot listen on {self.listen}")
+            raise OSError(f"cannot listen on {grpc_listen}")
         self.server.start()
+        self.front: Front | None = None
+        if front is not None:
+            ranks_at: dict[str, int] = {}
+            for peer in peers.values():
+                for ip in {peer.bind_ip, peer.dial_ip} - {"", "0.0.0.0", "::"}:
+                    ranks_at[ip] = ranks_at.get(ip, 0) + 1
+            try:
+                self.front = Front(bind_ip, peers[rank].port, bound, ranks_at, front, self.message_q.refuse)
+            except OSError:
+                self.server.stop(0)
+                raise
+            servicer.front = self.front
         self._watchdog = threading.Thread(target=self._watch, name="fediot-grpc-watchdog", daemon=True)
         self._watchdog.start()
         log.info("rank %d listening on %s (%s)", rank, self.listen, "mutual TLS" if tls else "PLAINTEXT")
@@ -450,6 +482,8 @@ class FedIoTGrpcTransport(BaseCommunicationManager):
     def stop_receive_message(self) -> None:
         self.flush(self.send_timeout_s)  # the last messages (FINISH) reach their peers, or time out, first
         self.is_running = False
+        if self.front is not None:
+            self.front.stop()
         self.server.stop(grace=0.5)
         for channel in list(self._stubs.values()):
             channel.close()

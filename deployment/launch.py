@@ -127,6 +127,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     args = init_fedml(cfg, log_file, ["--rank", str(rank), "--role", role, "--run_id", str(cfg.common.run_id)],
                       check_env=False)
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
+        from deployment.front import FrontLimits
         from deployment.grpc_transport import FedIoTGrpcTransport
         from trainer.nodes import ClientNode, ClientRules, ServerNode, client_health, run_node, server_node
     torch.set_num_threads(cfg.device.torch_threads)
@@ -134,7 +135,8 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
     def transport() -> FedIoTGrpcTransport:
         return FedIoTGrpcTransport({r: peers[r] for r in needed}, rank, tls, bind_ip,
                                    float(cfg.comm.send_timeout_s), int(cfg.comm.max_message_mb * 2**20),
-                                   cfg.comm.quarantine_after_malformed if role == "server" else None)
+                                   cfg.comm.quarantine_after_malformed if role == "server" else None,
+                                   FrontLimits.of(cfg.comm))
 
     def make_node() -> ServerNode | ClientNode:
         if role == "server":

@@ -15,6 +15,7 @@ import grpc
 import pytest
 
 from deployment.certs import make_certs
+from deployment.front import FrontLimits
 from deployment.grpc_transport import FedIoTGrpcTransport
 from deployment.ipconfig import Peer
 from deployment.tls import load_identity
@@ -239,3 +240,95 @@ def test_the_server_reads_what_it_asked_for_and_a_small_allowance(certs):
     assert codes == ["taken", "taken"] + ["RESOURCE_EXHAUSTED"] * 3 + ["taken"] * 3 + ["RESOURCE_EXHAUSTED"], codes
     assert len([i for i in items if isinstance(i, Delivery)]) == 5
     assert sum("more messages than the server asked for" in i.reason for i in items if isinstance(i, Refused)) == 4
+
+
+FRONT = FrontLimits(connections=2, new_per_s=1.0, burst=4, pause_first_s=0.2, pause_max_s=1.0)
+
+
+def test_the_front_relays_and_names_the_real_peer(certs):
+    """Behind the front (deployment/front.py) a certified board's messages arrive as before, with the board's own
+    address, not the front's; TLS is still the gRPC server's (a caller without a certificate is refused)."""
+    peers = lan()
+    server = FedIoTGrpcTransport(peers, 0, load_identity(certs, 0, []), "127.0.0.1", 20.0, MAX_BYTES, 5, FRONT)
+    board = node(certs, peers, 1)
+    try:
+        for _ in range(5):
+            board.send_bytes(0, encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10}))
+        with pytest.raises(grpc.RpcError) as info:
+            send_raw(peers[0].port, b"x", certs)  # TLS without a certificate: refused at the handshake
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+        items = drain(server, time.monotonic() + 1.0)
+    finally:
+        server.stop_receive_message()
+        board.stop_receive_message()
+    delivered = [i for i in items if isinstance(i, Delivery)]
+    assert [d.peer_rank for d in delivered] == [1] * 5
+    assert all(d.peer.startswith("ipv4:127.0.0.1:") and d.peer != delivered[0].peer.rsplit(":", 1)[0] for d in delivered)
+    assert server.front is not None and server.front.refused_connections == 0
+
+
+def test_the_front_paces_a_flood_of_refused_calls(certs):
+    """Board 2's certificate sends calls nobody asked for as fast as it can, on one connection: each is refused, and
+    each refusal pauses that connection (0.2 s doubling to 1 s), so in 3 s the server refuses a handful, not the
+    thousands it did (~900 a second before the front); board 1's messages meanwhile arrive at once."""
+    peers = lan()
+    server = FedIoTGrpcTransport(peers, 0, load_identity(certs, 0, []), "127.0.0.1", 20.0, MAX_BYTES, None, FRONT)
+    server.admission.pace = (0.0, 0.0)  # the server's pacing with nothing asked for: every call of rank 2 refused
+    server.admission.grant(1, 1000)
+    board = node(certs, peers, 1)
+    stop = threading.Event()
+    refused = [0]
+
+    def flood() -> None:
+        with channel_to(peers[0].port, certs, "client2") as ch:
+            from deployment.grpc_transport import chunks_of, send_over
+
+            hello = encode(C2S_HELLO, 2, 0, {"device": "Ecobee_Thermostat", "n_train": 10})
+            while not stop.is_set():
+                try:
+                    send_over(ch, chunks_of(hello), 10)
+                except grpc.RpcError:
+                    refused[0] += 1
+
+    attacker = threading.Thread(target=flood)
+    try:
+        attacker.start()
+        time.sleep(3.0)
+        started = time.monotonic()
+        for _ in range(5):
+            board.send_bytes(0, encode(C2S_HELLO, 1, 0, {"device": "Danmini_Doorbell", "n_train": 10}))
+        took = time.monotonic() - started
+        stop.set()
+        attacker.join(10)
+        items = drain(server, time.monotonic() + 0.5)
+    finally:
+        stop.set()
+        server.stop_receive_message()
+        board.stop_receive_message()
+    assert 2 <= refused[0] <= 12, refused[0]  # 0.2 + 0.4 + 0.8 + 1.0 ...: about 5 pauses in 3 s, 2 calls each at most
+    assert [i.peer_rank for i in items if isinstance(i, Delivery)] == [1] * 5 and took < 2.0, took
+
+
+def test_the_front_limits_each_hosts_connections(certs):
+    """Connections from one host beyond the front's limits (here: 2 at once and a burst of 4 for the one rank the
+    address book places there — all of this test's ranks are on 127.0.0.1, so 3 ranks: 6 at once, a burst of 12)
+    are refused before their TLS handshake and counted against the host; the ones held keep working."""
+    peers = lan()
+    server = FedIoTGrpcTransport(peers, 0, load_identity(certs, 0, []), "127.0.0.1", 20.0, MAX_BYTES, None, FRONT)
+    import socket
+
+    held = []
+    try:
+        for _ in range(12):  # the burst, each held open without a handshake
+            s = socket.create_connection(("127.0.0.1", peers[0].port))
+            held.append(s)
+        time.sleep(0.3)
+        assert server.front.refused_connections == 12 - 6
+        items = drain(server, time.monotonic() + 0.5)
+    finally:
+        for s in held:
+            s.close()
+        server.stop_receive_message()
+    refusals = [i for i in items if isinstance(i, Refused)]
+    assert sum(r.count for r in refusals) == 6 and all("host 127.0.0.1" in r.sender for r in refusals)
+    assert all("connections at once" in r.reason for r in refusals)
