@@ -43,14 +43,15 @@ VARIANTS = {"none": ["--messages", "0"], "absent": ["--messages", "0", "--absent
             "valid_flood": ["--messages", "0", "--valid-flood", "4", "--absent"],
             "connection_flood": ["--messages", "0", "--valid-flood", "4", "--new-connections", "--absent"],
             "board_flood": ["--messages", "0", "--board-flood", "3"], "overflow": ["--messages", "0", "--overflow"],
-            # the floods without the connection-level front (comm_args.front: false), beside the front's
+            # without the connection-level front (comm_args.front: false), beside the front's
+            "none_no_front": ["--messages", "0", "--no-front"],
             "valid_flood_no_front": ["--messages", "0", "--valid-flood", "4", "--absent", "--no-front"],
             "connection_flood_no_front": ["--messages", "0", "--valid-flood", "4", "--new-connections", "--absent",
                                           "--no-front"]}
 # each variant against the run with the same boards training: 2 (board 3 absent, or quarantined / refused), or 3
 BASELINE = {"lan_bombs": "absent", "slow_upload": "absent", "valid_flood": "absent", "connection_flood": "absent",
             "board_flood": "absent", "overflow": "absent", "valid_flood_no_front": "absent",
-            "connection_flood_no_front": "absent"}  # none: none
+            "connection_flood_no_front": "absent", "none_no_front": "none"}  # none: none
 
 
 def run_variant(name: str, a: argparse.Namespace, out: Path) -> dict[str, Any]:

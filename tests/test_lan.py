@@ -58,6 +58,7 @@ BENIGN_WATCH_S = 15.0
 MIN_WATCHED_PACKETS = 200  # each unattacked board scored at least this many of its device's packets
 CLOCK_SLACK_S = 0.5  # packet times (the boards' capture) vs the attacker's clock: same machine, different processes
 MQTT_PORT = 1883
+SYSLOG_PORT = 5514  # a syslog collector on the server host (UDP, RFC 5426)
 RELAY_PORT = 8899
 
 
@@ -118,6 +119,9 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         time.sleep(1.0)
         procs.append(start(lan.in_ns(srv, *py(str(tmp_path / "sub.py"), srv.ip, str(MQTT_PORT), str(tmp_path / "mqtt.jsonl"))),
                            tmp_path / "sub.log"))
+        (tmp_path / "syslogd.py").write_text(SYSLOG_COLLECTOR)  # and a syslog collector (what an SIEM would read)
+        procs.append(start(lan.in_ns(srv, *py(str(tmp_path / "syslogd.py"), srv.ip, str(SYSLOG_PORT),
+                                              str(tmp_path / "syslog.jsonl"))), tmp_path / "syslogd.log"))
 
         # -- each board's device talks (real time, on the board's interface); the board captures it
         replays = [start(lan.in_ns(b, *py(str(REPO / "tools" / "lan.py"), "replay", "--interface", b.interface,
@@ -156,7 +160,8 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
             "comm_args": {"backend": "GRPC", "grpc_ipconfig_path": str(ipconfig), "tls_dir": str(certs),
                           "connect_timeout_s": 60, "wait_for_clients_s": 120, "retry_interval_s": 0.5},
             # early warning between the boards of this LAN (issue 37): its attacker has a private address
-            "detect_args": {"mqtt_broker": f"{srv.ip}:{MQTT_PORT}", "alert_interval_s": 5, "warn_share_private": True,
+            "detect_args": {"mqtt_broker": f"{srv.ip}:{MQTT_PORT}", "syslog": f"udp://{srv.ip}:{SYSLOG_PORT}",
+                            "alert_interval_s": 5, "warn_share_private": True,
                             "warn_relay_port": RELAY_PORT},
         }
         validate(values)
@@ -291,6 +296,11 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     warned2 = [m for m in got if m["topic"] == f"fediot/board2/{DEVICES[1]}/alert"
                and json.loads(m["payload"])["host"] == atk.ip and "early warning" in m["payload"]]
     assert warned2 and -CLOCK_SLACK_S <= warned2[0]["received_at"] - attack2_at <= ALERT_WITHIN_S, warned2[:1]
+    # and on syslog (RFC 5424 over UDP to the collector on the server host): board 2's early warning too
+    logged = [json.loads(x) for x in (tmp_path / "syslog.jsonl").read_text().splitlines()]
+    syslog2 = [m for m in logged if " board2 " in m["message"] and f'host="{atk.ip}"' in m["message"]
+               and "early warning" in m["message"]]
+    assert syslog2 and -CLOCK_SLACK_S <= syslog2[0]["received_at"] - attack2_at <= ALERT_WITHIN_S, (syslog2[:1], logged[:3])
     record = os.environ.get("FEDIOT_LAN_RECORD")  # bench/bench_lan.py: what this run measured
     if record:
         Path(record).write_text(json.dumps({
@@ -298,6 +308,7 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
             "early_warning_at_board2_s": early2[0]["time"] - attack2_at,
             "board2_own_alert_after_s": None if own2 is None else own2 - attack2_at,
             "early_warning_mqtt_latency_s": warned2[0]["received_at"] - attack2_at,
+            "early_warning_syslog_latency_s": syslog2[0]["received_at"] - attack2_at,
             "captured_rows": {d: json.loads((tmp_path / "local" / d / "provenance.json").read_text())["rows"]
                               for d in DEVICES},
             "false_alarms": {DEVICES[k - 1]: summaries[k - 1]["devices"][DEVICES[k - 1]] for k in (2, 3)},
@@ -322,6 +333,17 @@ for ip in [sys.argv[3]] + [f"203.0.113.{i}" for i in range(1, 21)]:
 time.sleep(2)
 print(json.dumps(link.counts))
 """
+
+
+SYSLOG_COLLECTOR = '''
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+out = open(sys.argv[3], "a", buffering=1)
+while True:
+    data = s.recv(65535)
+    out.write(json.dumps({"message": data.decode("utf-8", "replace"), "received_at": time.time()}) + "\\n")
+'''
 
 
 SUBSCRIBER = '''
