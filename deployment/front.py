@@ -33,6 +33,7 @@ log = logging.getLogger("fediot.front")
 READ_BYTES = 1 << 16  # one read from a socket; a gRPC chunk is 256 KiB, read in a few of these
 TARPIT_PER_HOST = 64  # refused connections a host may have held unread at once; more are closed at once
 CLOSE_WAIT_S = 5.0  # how long the relay waits for a half-closed side to finish
+HOSTS_KEPT = 4096  # hosts remembered; beyond it, those with nothing open and a full bucket are forgotten
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,10 @@ class Front:
         """None when a new connection from `host` may be relayed, else why not (and the host's state updated)."""
         share, lim = self._share(host), self.limits
         with self._lock:
-            h = self._hosts.setdefault(host, _Host(lim.burst * share))
             now = time.monotonic()
+            if host not in self._hosts and len(self._hosts) >= HOSTS_KEPT:
+                self._forget_idle(now)
+            h = self._hosts.setdefault(host, _Host(lim.burst * share))
             h.tokens = min(lim.burst * share, h.tokens + (now - h.at) * lim.new_per_s * share)
             h.at = now
             if h.open >= lim.connections * share:
@@ -141,6 +144,14 @@ class Front:
             h.tokens -= 1.0
             h.open += 1
             return None
+
+    def _forget_idle(self, now: float) -> None:
+        """Forget hosts with nothing open or held whose bucket has refilled (forgetting one earlier would hand a
+        host that closes its connections a fresh burst). Called with the lock held."""
+        lim = self.limits
+        for host in [k for k, h in self._hosts.items() if h.open == 0 and h.tarpit == 0
+                     and h.tokens + (now - h.at) * lim.new_per_s * self._share(k) >= lim.burst * self._share(k)]:
+            del self._hosts[host]
 
     # what the gRPC servicer tells the front ------------------------------------------------------------------------
     def client_of(self, backend_peer: str) -> str:

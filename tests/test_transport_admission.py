@@ -332,3 +332,24 @@ def test_the_front_limits_each_hosts_connections(certs):
     refusals = [i for i in items if isinstance(i, Refused)]
     assert sum(r.count for r in refusals) == 6 and all("host 127.0.0.1" in r.sender for r in refusals)
     assert all("connections at once" in r.reason for r in refusals)
+
+
+def test_the_front_forgets_only_idle_refilled_hosts(monkeypatch):
+    """The front remembers at most HOSTS_KEPT hosts; beyond it, only hosts with nothing open whose bucket has
+    refilled are forgotten (forgetting a host that just closed its connections would hand it a fresh burst)."""
+    import deployment.front as front_mod
+
+    monkeypatch.setattr(front_mod, "HOSTS_KEPT", 2)
+    refused: list = []
+    fr = front_mod.Front("127.0.0.1", free_ports(1)[0], 1, {}, FrontLimits(1, 1.0, 2, 0.05, 0.1),
+                         lambda *a: refused.append(a))
+    try:
+        assert fr._admit("10.0.0.1") is None and fr._admit("10.0.0.2") is None
+        for host in ("10.0.0.1", "10.0.0.2"):
+            fr._hosts[host].open -= 1  # both closed their connection; 10.0.0.1's bucket refilled long ago
+        fr._hosts["10.0.0.1"].at -= 60
+        assert fr._admit("10.0.0.3") is None
+        assert set(fr._hosts) == {"10.0.0.2", "10.0.0.3"}  # 10.0.0.2 is remembered: its bucket is not full yet
+        assert fr._admit("10.0.0.2") is None and fr._admit("10.0.0.2") is not None  # 2 of its burst used, 1 open
+    finally:
+        fr.stop()
