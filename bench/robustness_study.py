@@ -123,7 +123,7 @@ def run_inprocess(base: dict[str, Any], attack: str, malicious: int, robust: boo
         def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
             line = super().finish_eval(reports)
             if self.round in lengths:
-                at[self.round] = json.loads(json.dumps(self.metrics))
+                at[self.round] = json.loads(json.dumps(self.evaluator.metrics))
             return line
 
     loader = ClientLoader(cfg, data_root, run_dir, make_client=make_client)

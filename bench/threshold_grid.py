@@ -66,7 +66,7 @@ class CapturingState(RoundState):
         line = super().finish_eval(reports)
         if self.round in self.at:
             self.captured[self.round] = {
-                "server": dict(self.thresholds["device"]) | {"__global__": self.thresholds["global"]},
+                "server": dict(self.evaluator.thresholds["device"]) | {"__global__": self.evaluator.thresholds["global"]},
                 "scores": {c: self.grid_clients[c].scores for c in self.grid_clients},
             }
         return line

@@ -86,16 +86,16 @@ class RunOutputs:
         from evaluation.report import write_report  # matplotlib: only the server that finishes a run needs it
 
         self.tracker.close()
-        g_thr = state.thresholds["global"]
+        g_thr = state.evaluator.thresholds["global"]
         # each client's threshold, and (several clients per device) its device's, for `detect --device NAME`
-        own = dict(state.thresholds["device"]) | {device_of_client(c): t for c, t in state.thresholds["device"].items()}
+        own = dict(state.evaluator.thresholds["device"]) | {device_of_client(c): t for c, t in state.evaluator.thresholds["device"].items()}
         scales = {name: np.asarray(state.device_scales[device_of_client(name)]) for name in own
                   if device_of_client(name) in state.device_scales}
         Detector(state.final_model(), state.normalizer, state.cfg.validation.threshold_k, g_thr, own,
                  state.final_meta(), scales).save(self.run_dir / "model.pt")
         metrics = state.final_metrics()
         write_json(self.run_dir / "metrics.json", metrics)
-        write_json(self.run_dir / "curves.json", state.curves)
+        write_json(self.run_dir / "curves.json", state.evaluator.curves)
         g = metrics["global"]  # its top level: each device with its own threshold, as its detector runs
         self.say(f"final (each device its own threshold): TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
                  f"precision {rate_text('precision', g)}  F1 {rate_text('f1', g)}  ROC-AUC {rate_text('roc_auc', g)}")

@@ -10,8 +10,9 @@
 - what a lying client's numbers may do (`cfg.defenses`, the rules in `federation.defenses`);
 - the per-round record (a dict for rounds.jsonl: lr, client losses and seconds, dropped clients, evaluation)
   and its summary line (returned, not printed); notices about what the defenses did (`take_notices`);
-- which rounds evaluate (`is_eval_round`), the evaluated model (tail average, `evaluated_state`), thresholds
-  from merged validation-error statistics, metrics from the clients' count reports;
+- which rounds evaluate (`is_eval_round`) and the evaluated model (tail average, `evaluated_state`); thresholds,
+  the checks of the count reports and the metrics are its `evaluator`'s (`federation.evaluator.Evaluator`), which
+  writes into the open round's record;
 - the checkpoint payload and what the final outputs hold (written by `federation.outputs`).
 """
 from __future__ import annotations
@@ -24,10 +25,8 @@ import numpy as np
 import torch
 
 from data import nbaiot
-from evaluation.counts import combine_reports, curves_from_reports
-from evaluation.metrics import METRIC_KEYS, rate_text
-from evaluation.scoring import thresholds_from_stats
 from federation import defenses, privacy
+from federation.evaluator import Evaluator
 from federation.strategy import RoundWork, build_strategy, server_policy
 from federation.messages import Hello, RoundPlan, Update
 from fediot.config import FedIoTConfig, client_part, device_number, device_of_client
@@ -35,7 +34,6 @@ from fediot.console import round_bar
 from fediot.errors import ConfigError
 from model.autoencoder import AutoEncoder, state_of
 from model.detector import ErrorStats
-from model.threshold import rule_of
 from model.normalization import FeatureStats, Normalizer
 
 SERVER_CHECKPOINT_FORMAT = "fediot-server-checkpoint-v1"
@@ -65,7 +63,6 @@ class RoundState:
         self.device_scales: dict[str, list[float]] = {}
         self.normalization: dict[str, Any] | None = None  # what the normaliser was fitted on (metrics.json)
         self.round = 0  # rounds completed
-        self.thresholds: dict[str, Any] | None = None
         self.record: dict[str, Any] = {}  # the current round's line for rounds.jsonl
         self.sampled: list[str] = []  # the clients that train in the open round (`sample()`, drawn once per round)
         # the global models of the last model_average_rounds rounds; their mean is what is evaluated and saved
@@ -75,13 +72,10 @@ class RoundState:
         self.round_started = self.started
         self.eval_started = self.started
         self.notices: list[str] = []  # what the defenses did, for the console (`take_notices`)
-        self.metrics: dict[str, Any] | None = None  # of the last evaluation
-        self.curves: dict[str, Any] | None = None
         policy = server_policy(cfg)  # the defenses as they apply to this run's client counts
         self.defenses, self.trimmed = policy.defenses, policy.trimmed
         self.notices.extend(policy.notices)
         self.announced: dict[str, dict[str, Any]] = {}  # device -> n_train and held_out rows (from its hello)
-        self.val_counts: dict[str, int] = {}  # device -> validation rows in its last validation statistics
         self.algorithm = cfg.train.federated_optimizer
         self.privacy = cfg.privacy if cfg.privacy.dp else None
         if self.privacy is not None:
@@ -91,6 +85,7 @@ class RoundState:
                 f"{self.defenses.aggregation} and screening are not used (their influence per client is not bounded)")
         self.strategy = build_strategy(cfg, policy, lambda: self.announced, lambda: self.sample_rate)
         self.server_opt = self.strategy.server_optimizer
+        self.evaluator = Evaluator(cfg.validation, self.defenses)  # thresholds -> report checks -> metrics
 
     def client_joined(self, hello: Hello) -> None:
         """What a client announced when it (re)joined: the counts its later messages must agree with."""
@@ -98,7 +93,7 @@ class RoundState:
 
     def take_notices(self) -> list[str]:
         """The notices since the last call (count cuts, left-out statistics and reports), oldest first."""
-        notices, self.notices = self.notices, []
+        notices, self.notices = self.notices + self.evaluator.take_notices(), []
         return notices
 
     def _notice(self, what: str, cut: dict[str, str]) -> None:
@@ -112,7 +107,7 @@ class RoundState:
         self.normalization = checkpoint.get("normalization")
         self.device_scales = dict(checkpoint.get("device_scales") or {})
         self.round = int(checkpoint["round_done"])
-        self.thresholds = checkpoint.get("thresholds")
+        self.evaluator.thresholds = checkpoint.get("thresholds")
         self.record = checkpoint.get("pending_record") or {}
         self.recent.clear()
         for state in checkpoint.get("recent") or [checkpoint["model"]]:
@@ -136,7 +131,7 @@ class RoundState:
         """Everything needed to resume after the last completed round (plain types and tensors only)."""
         return {"format": SERVER_CHECKPOINT_FORMAT, "round_done": self.round, "model": state_of(self.model),
                 "normalizer": self.normalizer.to_dict(), "normalization": self.normalization,
-                "device_scales": self.device_scales, "thresholds": self.thresholds,
+                "device_scales": self.device_scales, "thresholds": self.evaluator.thresholds,
                 "recent": list(self.recent) if self.recent.maxlen > 1 else None,  # None: just `model`
                 "pending_record": self.record or None,  # a round whose evaluation is still to come
                 "server_optimizer": self.server_opt.state_dict() if self.server_opt is not None else None,
@@ -284,6 +279,18 @@ class RoundState:
             self.record["eval_model_rounds"] = self.averaged_rounds()
         return self._global(self.evaluated)
 
+    def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
+        """The evaluator's thresholds from the clients' validation statistics (checked against their hellos)."""
+        self.evaluator.set_thresholds(val_stats, self.announced, self.record)
+
+    def counts_request(self, clients: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+        """What `clients` are sent to count their rows (`Evaluator.counts_request`)."""
+        return self.evaluator.counts_request(self.round, clients)
+
+    def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
+        """The evaluator's metrics from the count reports, into this round's record; the summary line."""
+        return self.evaluator.combine(reports, self.announced, self.record, self.round, self.eval_started)
+
     def averaged_rounds(self) -> list[int]:
         """The first and last round (1-based) whose global models `evaluated_state()` averages."""
         return [self.round - max(len(self.recent), 1) + 1, self.round]
@@ -305,89 +312,6 @@ class RoundState:
         them."""
         return {"round": self.round, "model": state_of(self.model) if state is None else state,
                 "normalizer": self.normalizer.to_dict()}
-
-    def set_thresholds(self, val_stats: dict[str, ErrorStats]) -> None:
-        """Thresholds from the clients' validation-error statistics: each client's own (what its device detects
-        with: no other client's numbers enter it) and the global one (for devices outside the federation and
-        `detect` without --device): the pool of every device's statistics; with `robust`, devices weighed equally
-        and the byzantine_clients highest and lowest device thresholds left out (`defenses.trimmed_global_threshold`),
-        each device of several clients kept within its clients' own thresholds (`defenses.clamped_device_thresholds`),
-        and a client whose statistics count other rows than it announced left out."""
-        k, d = rule_of(self.cfg.validation), self.defenses
-        self.val_counts = {c: s.count for c, s in val_stats.items()}
-        glob, per_device = thresholds_from_stats(val_stats, k, device_of_client)
-        if d.robust:
-            excluded = defenses.validation_count_mismatches(
-                val_stats, {c: self.announced.get(c, {}).get("held_out", {}).get("validation") for c in val_stats})
-            self.notices.extend(f"global threshold leaves out {c}: {why}" for c, why in sorted(excluded.items()))
-            if excluded:
-                self.record["threshold_excluded"] = excluded
-            consistent = {c: s for c, s in val_stats.items() if c not in excluded} or dict(val_stats)
-            glob, pooled, _ = defenses.trimmed_global_threshold(consistent, k, d.byzantine_clients)
-            per_device, clamped = defenses.clamped_device_thresholds(val_stats, k, device_of_client, per_device,
-                                                                     d.byzantine_clients)
-            if clamped:
-                self.record["device_threshold_clamped"] = clamped
-            self.record["global_threshold_from"] = pooled
-        self.thresholds = {"global": glob, "device": per_device}
-
-    def counts_request(self, clients: list[str]) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-        """What `clients` are sent to count their rows: (the same for all: the round, the global threshold and the
-        vote window; client -> its own threshold); a client learns no other device's threshold."""
-        return ({"round": self.round, "global_threshold": self.thresholds["global"],
-                 "window": self.cfg.validation.vote_window},
-                {c: {"device_threshold": self.thresholds["device"][c]} for c in clients})
-
-    def finish_eval(self, reports: dict[str, dict[str, Any]]) -> str:
-        """Combine the clients' count reports into metrics (kept for `finish`); the summary line."""
-        usable = [reports[d] for d in sorted(reports) if d in self.thresholds["device"]]
-        if self.defenses.robust:
-            usable = self._consistent(usable)
-        metrics = combine_reports(usable, self.thresholds["global"], self.thresholds["device"],
-                                  self.cfg.validation.vote_window, "device", device_of_client)
-        g = metrics["global"]
-        self.record["eval"] = {"global_threshold": {k: g["modes"]["global"][k] for k in METRIC_KEYS},
-                               "device_threshold": {k: g["modes"]["device"][k] for k in METRIC_KEYS},
-                               **({"personal": {k: g["modes"]["personal"][k] for k in METRIC_KEYS}}
-                                  if "personal" in g["modes"] else {}),
-                               "devices": sorted(metrics["devices"])}
-        self.record["eval_seconds"] = round(time.monotonic() - self.eval_started, 4)
-        glob = g["modes"]["global"]
-        line = (f"evaluation after round {self.round}: {len(usable)} {'device' if len(usable) == len(metrics['devices']) else 'client'}(s)  TPR {rate_text('tpr', g)}  FPR {rate_text('fpr', g)}  "
-                f"F1 {rate_text('f1', g)}  (global threshold: TPR {rate_text('tpr', glob)} FPR {rate_text('fpr', glob)})")
-        if "personal" in g["modes"]:
-            mine = g["modes"]["personal"]
-            line += f"  (personalised: TPR {rate_text('tpr', mine)} FPR {rate_text('fpr', mine)})"
-        self.metrics, self.curves = metrics, curves_from_reports(usable)
-        return line
-
-    def _consistent(self, reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The reports that can be true (`report_problems`); the others are said, recorded and left out."""
-        kept, rejected = [], {}
-        for r in reports:
-            device = r["device"]
-            announced = self.announced.get(device)
-            problems = ["it never announced its held-out rows"] if announced is None else defenses.report_problems(
-                r, announced["held_out"], self.val_counts.get(device),
-                {"global": self.thresholds["global"], "device": self.thresholds["device"][device]},
-                self.cfg.validation.vote_window)
-            if problems:
-                rejected[device] = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
-                self.notices.append(f"count report of {device} left out: {rejected[device]}")
-                continue
-            if "personal" in r:  # its personalised model's counts against its own histograms, at its own threshold
-                p = r["personal"]
-                wrong = defenses.report_problems(p, announced["held_out"], None,
-                                                 {"personal": p["modes"]["personal"]["threshold"]},
-                                                 self.cfg.validation.vote_window)
-                if wrong:
-                    rejected[f"{device} (personal)"] = why = "; ".join(wrong[:3])
-                    self.notices.append(f"personalised count report of {device} left out: {why}")
-                    r = {k: v for k, v in r.items() if k != "personal"}
-            kept.append(r)
-        if rejected:
-            self.record["reports_rejected"] = rejected
-        return kept
 
     # -- records and what the outputs hold
     def close_record(self, rejected: int = 0, rejections: list[dict[str, str]] | None = None,
@@ -413,14 +337,14 @@ class RoundState:
 
     def final_meta(self) -> dict[str, Any]:
         """The detector's metadata in model.pt."""
-        return {"kind": self.kind, "devices": sorted(self.metrics["devices"]), "rounds": self.n_rounds,
+        return {"kind": self.kind, "devices": sorted(self.evaluator.metrics["devices"]), "rounds": self.n_rounds,
                 "data": self.data_info}
 
     def final_metrics(self) -> dict[str, Any]:
         """metrics.json of the run, from the last evaluation."""
         out = {"data": self.data_info, "kind": self.kind, "normalization": self.normalization,
                "model": {"average_of_rounds": self.averaged_rounds(), "rule": "mean of the global models after these "
-                         "rounds (train_args.model_average_rounds)"}, **self.metrics}
+                         "rounds (train_args.model_average_rounds)"}, **self.evaluator.metrics}
         if self.privacy is not None:
             p = self.privacy
             out["privacy"] = {"mechanism": "DP-FedAvg: clipped updates, equally weighted mean, Gaussian noise",

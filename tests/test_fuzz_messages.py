@@ -55,7 +55,7 @@ def world():
     common = state.begin_eval()
     val = {d: c.validation_stats(common["model"], common["normalizer"]) for d, c in clients.items()}
     state.set_thresholds(val)
-    reports = {d: clients[d].report(state.thresholds["global"], state.thresholds["device"][d], 5) for d in DEVICES}
+    reports = {d: clients[d].report(state.evaluator.thresholds["global"], state.evaluator.thresholds["device"][d], 5) for d in DEVICES}
     first = DEVICES[0]
     messages = {
         C2S_HELLO: hellos[first].to_fields(),
@@ -128,11 +128,11 @@ def use(world, msg_type: str, message) -> None:
         assert all(torch.isfinite(v).all() for v in state_of(state.model).values())
     elif msg_type == C2S_VAL_STATS:
         state.set_thresholds({**world["val"], message.client: message.stats})
-        assert math.isfinite(state.thresholds["global"])
-        assert all(math.isfinite(t) for t in state.thresholds["device"].values())
+        assert math.isfinite(state.evaluator.thresholds["global"])
+        assert all(math.isfinite(t) for t in state.evaluator.thresholds["device"].values())
     elif msg_type == C2S_REPORT:
         state.finish_eval({**world["reports"], message.client: message.report})
-        assert state.metrics is not None
+        assert state.evaluator.metrics is not None
 
 
 @pytest.mark.parametrize("msg_type", [C2S_HELLO, C2S_UPDATE, C2S_VAL_STATS, C2S_REPORT])

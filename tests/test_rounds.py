@@ -173,7 +173,7 @@ def test_two_liars_at_the_threshold_edge_move_no_honest_devices_threshold(tmp_pa
         state, _, run_dir = run(sim_values(tmp_path / label, train_args__robust=robust, attack_args__attack=attack,
                                            attack_args__attack_scale=10.0,
                                            attack_args__malicious_ranks=sorted(liars), **base))
-        runs[label] = (state.thresholds, metrics_of(run_dir))
+        runs[label] = (state.evaluator.thresholds, metrics_of(run_dir))
     (clean, _), (attacked, m) = runs["clean"], runs["robust"]
     honest = [d for d in clean["device"] if d not in liars.values()]
     for d in honest:
