@@ -46,11 +46,6 @@ def _content(raw: bytes) -> RecordDict:
     return RecordDict({"fediot": ConfigRecord({"wire": raw})})
 
 
-def _fields(msg: Message, max_bytes: int) -> tuple[str, dict[str, Any]]:
-    msg_type, _, _, fields = messages.decode_message(msg.content["fediot"]["wire"], max_bytes)
-    return msg_type, fields
-
-
 # ------------------------------------------------------------------------------------------------ client
 client_app = ClientApp()
 _actor: dict[str, Any] = {}  # per Ray actor: config, loader, the LocalClients it has loaded
@@ -84,8 +79,12 @@ def _answer(msg: Message, context: Context) -> Message:
     from federation.client import answers
 
     local = _local(context)
-    msg_type, f = _fields(msg, _actor["max_bytes"])
-    messages.validate(msg_type, f, messages.Expectations.of(local.model, [local.device]))
+    def refused(sender: str, why: str) -> None:  # a request this client refuses stops its node, said by Flower
+        raise messages.ProtocolError(f"request from the {sender} refused: {why}")
+
+    receives = messages.Receiver(messages.Expectations.of(local.model, [local.device]), refused, _actor["max_bytes"])
+    msg_type, _, _, f = receives.decoded(msg.content["fediot"]["wire"], "server")
+    receives.valid(msg_type, f, "server")
     if msg_type == messages.S2C_EVAL_COUNTS:  # its scored rows come from the node's state: it may be another actor
         _restore_scores(local, context)
     (answer_type, answer), = answers({local.device: local}, msg_type, f)  # a node is one client
@@ -149,7 +148,8 @@ class FlowerGrid:
 
         self.grid, self.cfg = grid, cfg
         self.max_bytes = int(cfg.comm.max_message_mb * 2**20)
-        self.expect = Expectations.of(AutoEncoder(nbaiot.N_FEATURES), cfg.clients)
+        self.receives = messages.Receiver(Expectations.of(AutoEncoder(nbaiot.N_FEATURES), cfg.clients), self._refuse,
+                                          self.max_bytes)
         self.node_of: dict[str, int] = {}
         self.joined: dict[str, Any] = {}
         self.rejected: list[dict[str, str]] = []
@@ -164,15 +164,14 @@ class FlowerGrid:
             if reply.has_error():
                 say(f"flower: node {node}: {reply.error.reason}")
                 continue
-            try:
-                answer_type, fields = _fields(reply, self.max_bytes)
-                if answer_type != answer:
-                    raise messages.ProtocolError(f"{answer_type} where {answer} was expected")
-                got[node] = messages.typed(answer_type, fields, self.expect)
-            except ValueError as exc:  # WireError and ProtocolError are ValueErrors
-                self.rejected.append({"from": f"node {node}", "reason": str(exc)[:300]})
-                say(f"flower: answer of node {node} rejected: {exc}")
+            typed = self.receives.typed(reply.content["fediot"]["wire"], f"node {node}", answer)
+            if typed is not None:
+                got[node] = typed
         return got
+
+    def _refuse(self, sender: str, why: str) -> None:
+        self.rejected.append({"from": sender, "reason": why[:300]})
+        say(f"flower: answer of {sender} rejected: {why}")
 
     def join(self) -> dict[str, Any]:
         deadline = time.monotonic() + 600

@@ -19,11 +19,11 @@ from pathlib import Path
 from federation.client import ClientFactory, ClientLoader, LocalClient, answers
 from federation.driver import quorum, run_federation
 from federation.messages import (
-    ANSWER_TO, C2S_HELLO, Expectations, Hello, ProtocolError, answer_client, decode_message, typed, validate,
+    ANSWER_TO, C2S_HELLO, Expectations, Hello, Receiver, answer_client,
 )
 from federation.outputs import RunOutputs
 from federation.state import RoundState
-from federation.wire import WireError, encode
+from federation.wire import encode
 from fediot.config import FedIoTConfig
 from monitor.refusals import MAX_REJECTIONS_KEPT, RefusalTally
 from monitor.status import StatusStore
@@ -51,8 +51,9 @@ class InProcessGrid:
         self.max_bytes = max_bytes
         self.faults = faults or Faults()
         model = next(iter(clients.values())).model
-        self.server_expect = Expectations.of(model, list(clients))
-        self.client_expect = {c: Expectations.of(model, [c]) for c in clients}
+        self.server_receives = Receiver(Expectations.of(model, list(clients)), self._reject, self.max_bytes)
+        self.client_receives = {c: Receiver(Expectations.of(model, [c]), self._client_refused, self.max_bytes)
+                                for c in clients}
         self.joined: dict[str, Hello] = {}
         self.round = 0
         self.bytes_sent = self.bytes_received = 0
@@ -64,33 +65,31 @@ class InProcessGrid:
     def _to_server(self, client: str, msg_type: str, fields: dict[str, Any]) -> Any:
         """A client's message as the server receives it: bytes, decoded, validated, typed; None when rejected."""
         fields = self.faults.tamper(msg_type, self.round, client, fields) or fields
-        sender = f"rank {self.rank[client]}"
-        try:
-            raw = encode(msg_type, self.rank[client], SERVER_RANK, fields)
-            self.bytes_received += len(raw)
-            got_type, _, _, got = decode_message(raw, self.max_bytes)
-            return typed(got_type, got, self.server_expect)
-        except (WireError, ProtocolError) as exc:
-            self._reject(sender, str(exc))
-            return None
+        raw = encode(msg_type, self.rank[client], SERVER_RANK, fields)
+        self.bytes_received += len(raw)
+        return self.server_receives.typed(raw, f"rank {self.rank[client]}")
 
     def _bytes_to_server(self, client: str, raw: bytes) -> None:
         """Bytes a client sends unasked (what attacks/ may add after an answer): decoded as a node decodes them,
         refused and counted; were they ever a well-formed message, it would still be one nobody asked for."""
         self.bytes_received += len(raw)
-        try:
-            decode_message(raw, self.max_bytes)
-        except (WireError, ProtocolError) as exc:
-            self._reject(f"rank {self.rank[client]}", str(exc))
-            return
-        self._reject(f"rank {self.rank[client]}", "a message nobody asked for")
+        sender = f"rank {self.rank[client]}"
+        if self.server_receives.decoded(raw, sender) is not None:
+            self._reject(sender, "a message nobody asked for")
 
     def _to_client(self, client: str, msg_type: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """A server request as the client receives it: decoded and validated (a request it refuses is a bug here)."""
         raw = encode(msg_type, SERVER_RANK, self.rank[client], fields)
         self.bytes_sent += len(raw)
-        _, _, _, got = decode_message(raw, self.max_bytes)
-        validate(msg_type, got, self.client_expect[client])
-        return got
+        receives = self.client_receives[client]
+        got = receives.decoded(raw, "rank 0")
+        if got is None or not receives.valid(msg_type, got[3], "rank 0"):
+            raise AssertionError(f"the in-process server sent {client} a request it refuses")
+        return got[3]
+
+    @staticmethod
+    def _client_refused(sender: str, reason: str) -> None:
+        raise AssertionError(f"a client refused {sender}'s request: {reason}")
 
     def _reject(self, sender: str, reason: str) -> None:
         self.tally.add(sender, reason)

@@ -41,7 +41,7 @@ import torch
 
 from data.nbaiot import N_FEATURES
 from model.threshold import N_HIST_BINS
-from federation.wire import decode
+from federation.wire import WireError, decode
 from fediot.checks import InputError, fail as _fail, integer as _int, mapping as _dict, number as _num
 from fediot.checks import MAX_VALUE, error_stats as check_error_stats, feature_stats as check_feature_stats
 from fediot.checks import string as _str, vector as _vector
@@ -509,3 +509,49 @@ def typed(msg_type: str, fields: dict[str, Any], exp: Expectations) -> Any:
     """A received client message, validated (`ProtocolError` otherwise) and in its typed form."""
     validate(msg_type, fields, exp)
     return TYPED[msg_type].of(fields)
+
+
+class Receiver:
+    """The receiving side of every grid, once: decode (the wire's limits) -> validate (the type's schema against what
+    the receiver knows) -> typed form; what fails is refused through `refuse(sender, why)` (which logs and counts it)
+    and the receiver goes on. The server node, the client node, the in-process grid and the Flower adapter receive
+    through one of these; what a node adds (a strike towards quarantine) it does on a False / None."""
+
+    def __init__(self, expect: Expectations, refuse: Callable[[str, str], None], max_bytes: int | None = None) -> None:
+        """max_bytes: the size limit of `decoded` (None for a receiver whose transport decodes: a node's)."""
+        self.expect = expect
+        self.refuse = refuse
+        self.max_bytes = max_bytes
+
+    def decoded(self, raw: bytes, sender: str) -> tuple[str, int, int, dict[str, Any]] | None:
+        """(type, sender rank, receiver rank, fields) of wire bytes, or None (refused) when they are not a message."""
+        if self.max_bytes is None:
+            raise ValueError("this Receiver validates only: its transport decodes")
+        try:
+            return decode_message(raw, self.max_bytes)
+        except (WireError, ProtocolError) as exc:
+            self.refuse(sender, str(exc))
+            return None
+
+    def valid(self, msg_type: str, fields: dict[str, Any], sender: str) -> bool:
+        """Whether decoded `fields` are what a `msg_type` message may hold (refused when not)."""
+        try:
+            validate(msg_type, fields, self.expect)
+        except ProtocolError as exc:
+            self.refuse(sender, str(exc))
+            return False
+        return True
+
+    def typed(self, raw: bytes, sender: str, expected: str | None = None) -> Any:
+        """A client's message from its bytes: decoded, validated and typed (`TYPED`); None when refused (also when
+        it is not of the `expected` type)."""
+        got = self.decoded(raw, sender)
+        if got is None or not self.valid(got[0], got[3], sender):
+            return None
+        if expected is not None and got[0] != expected:
+            self.refuse(sender, f"{got[0]} where {expected} was expected")
+            return None
+        if got[0] not in TYPED:
+            self.refuse(sender, f"{got[0]} is not a client's answer")
+            return None
+        return TYPED[got[0]].of(got[3])

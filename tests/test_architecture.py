@@ -146,3 +146,20 @@ def test_the_config_is_read_by_attribute():
     mods = project_modules()
     lookups = sorted(name for name, path in mods.items() if name != "fediot.config" and "DEFAULTS[" in path.read_text())
     assert not lookups, lookups
+
+
+def test_every_grid_receives_through_one_receiver():
+    """Issue 35: decode -> validate -> type -> refuse-and-count was written in each grid; now every grid's receiving
+    side is a `federation.messages.Receiver` (the transports only decode bytes into messages for a node, which
+    validates through its Receiver)."""
+    grids = ["trainer/nodes.py", "federation/inprocess.py", "bench/flower_app.py"]
+    by_hand = {"validate", "typed", "decode_message"}  # federation.messages' functions a Receiver calls
+    for path in grids:
+        tree = ast.parse((REPO / path).read_text())
+        calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
+        direct = [f.id for f in calls if isinstance(f, ast.Name) and f.id in by_hand]
+        direct += [f.attr for f in calls if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)
+                   and f.value.id == "messages" and f.attr in by_hand]
+        assert any(isinstance(f, (ast.Name, ast.Attribute)) and "Receiver" in (getattr(f, "id", "") or
+                                                                                getattr(f, "attr", "")) for f in calls), path
+        assert not direct, (path, direct)

@@ -39,8 +39,8 @@ from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.messages import (
     ANSWER_TO, C2S_HEALTH, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_WARNING_CHARS, S2C_EVAL_COUNTS,
-    S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, ProtocolError,
-    answer_client, validate,
+    S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, Receiver,
+    answer_client,
 )
 from fediot.config import CommArgs
 from fediot.console import names_line, say
@@ -78,7 +78,8 @@ class _Node(FedMLCommManager):
     def __init__(self, args, rank: int, size: int, transport: TransportFactory, expect: Expectations,
                  peer_ranks: set[int]) -> None:
         self._make_transport = transport
-        self.expect = expect
+        # decoded by the transport (its limits, the sender's rank); validated here against what this node knows
+        self.receives = Receiver(expect, self.reject)
         self.peer_ranks = peer_ranks  # who may send to this node at all
         self.last_send_error = ""
         self.refused = False  # the last failed send was refused by the peer, not lost
@@ -118,10 +119,7 @@ class _Node(FedMLCommManager):
             self.reject(sender, f"rank {msg_params.get_sender_id()} does not send to rank {self.rank}")
             return
         fields = {k: v for k, v in msg_params.get_params().items() if k not in HEADER_KEYS}
-        try:
-            validate(msg_type, fields, self.expect)
-        except ProtocolError as exc:
-            self.reject(sender, str(exc))
+        if not self.receives.valid(msg_type, fields, sender):
             strike = getattr(self.com_manager, "strike_certified", None)
             if strike is not None and msg_type != C2S_HEALTH:  # fields no honest board of this version sends (not:
                 # late, or too often; nor a health report's numbers, which only the page shows: a board whose
