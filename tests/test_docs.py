@@ -8,6 +8,14 @@ def test_config_page_documents_every_config_key():
     assert not missing, f"doc/config.md lacks config keys: {missing}"
 
 
+def test_config_help_texts_are_one_line():
+    """Issue 35: a key's help is one line of at most 250 characters; measurements and reasons live in doc/config.md
+    ("Why these defaults") and doc/benchmarks.md."""
+    long = {f"{s}.{k}": len(v[1]) for s, keys in DEFAULTS.items() for k, v in keys.items()
+            if len(v[1]) > 250 or "\n" in v[1]}
+    assert not long, long
+
+
 def test_ci_runs_the_readme_test_command():
     assert "bash run_tests.sh" in (REPO / "README.md").read_text()
     assert "bash run_tests.sh" in (REPO / ".ci" / "run").read_text()
