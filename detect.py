@@ -34,7 +34,7 @@ import signal
 import socket
 import sys
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
 
@@ -45,7 +45,8 @@ from data import nbaiot
 from fediot.config import DetectArgs, load, validate
 from fediot.errors import FedIoTError
 from fediot.rundir import peak_rss_mb, write_json
-from monitor.health import DETECT_STATUS_FILE, current_rss_mb
+from fediot.checks import MAX_VALUE
+from monitor.health import ALERT_NAME_CHARS, ALERT_WHY_CHARS, DETECT_ALERTS, DETECT_STATUS_FILE, current_rss_mb
 from model.lean import LeanDetector, lean_path
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
@@ -299,9 +300,23 @@ class LiveCounters:
         self.every_s, self.follower = every_s, follower
         self.values: dict[str, Any] = {"packets": 0, "packets_scored": 0, "packet_alerts": 0, "window_alerts": 0,
                                        "packets_per_s": 0.0, "model_round": None, "model_swaps": 0, "devices": {},
-                                       "tracked_streams": 0}
+                                       "tracked_streams": 0, "alerts": []}
+        # the latest alert messages (what syslog / MQTT carry), for the server's page through the health reports
+        self.recent_alerts: deque[dict[str, Any]] = deque(maxlen=DETECT_ALERTS)
         self.mark = (time.monotonic(), 0)
         self.next_write = 0.0
+
+    def send(self, alert: Alert) -> None:
+        """A sink of the alert publisher (its thread): keep the message for the board's status file."""
+        def bounded(v: float) -> float:
+            return min(max(float(v), 0.0), MAX_VALUE) if math.isfinite(v) else MAX_VALUE
+        self.recent_alerts.append({"time": bounded(alert.time), "device": alert.device[:ALERT_NAME_CHARS],
+                                   "host": str(alert.host)[:ALERT_NAME_CHARS], "score": bounded(alert.score),
+                                   "threshold": bounded(alert.threshold), "state": alert.state,
+                                   "why": alert.why[:ALERT_WHY_CHARS]})
+
+    def close(self) -> None:
+        """(a sink's: nothing to close)"""
 
     def update(self, packets: int, scored: int, packet_alerts: int, window_alerts: int,
                per_device: dict[str, dict[str, int]], model_round: int | None,
@@ -316,7 +331,7 @@ class LiveCounters:
         self.values.update(packets_per_s=round((packets - p0) / max(now - t0, 1e-6), 1),
                            model_round=model_round, devices={d: dict(v) for d, v in per_device.items()},
                            model_swaps=len(self.follower.swaps) if self.follower else 0,
-                           tracked_streams=tracked_streams())
+                           tracked_streams=tracked_streams(), alerts=list(self.recent_alerts))
         self.mark, self.next_write = (now, packets), now + self.every_s
         if self.follower is not None and self.follower.path is not None:  # RUN_DIR/detector/model.npz -> RUN_DIR
             try:
@@ -739,6 +754,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise FedIoTError(f"--metrics-port {port}: {exc.strerror or exc}") from None
             print(f"metrics: {metrics_server.url}metrics", file=sys.stderr, flush=True)
         sinks = network_sinks(cfg.detect, a.board, [d for d in devices if d] or ["global"])
+        if follower is not None:  # a board's detector: its latest alert messages go to the server's page too
+            sinks.append(live)
         publisher = AlertPublisher(sinks, cfg.detect.alert_queue) if sinks else None
         if a.pcap:
             batches = read_capture(a.pcap, batch_size=cfg.detect.batch_packets)

@@ -47,7 +47,7 @@ from fediot.checks import MAX_VALUE, error_stats as check_error_stats, feature_s
 from fediot.checks import string as _str, vector as _vector
 from model.detector import ErrorStats
 from model.normalization import FeatureStats
-from monitor.health import DETECT_FIELDS, LEVELS
+from monitor.health import ALERT_FIELDS, ALERT_NAME_CHARS, ALERT_WHY_CHARS, DETECT_ALERTS, DETECT_FIELDS, LEVELS
 
 C2S_HELLO = "fediot_hello"
 S2C_WELCOME = "fediot_welcome"
@@ -298,6 +298,20 @@ def _health(p: dict[str, Any], exp: Expectations) -> None:
         _num(d["packets_per_s"], "health.detect.packets_per_s", 0.0, 1e9)
         if d["model_round"] is not None:
             _int(d["model_round"], "health.detect.model_round", 0, 10**6)
+        alerts = d["alerts"]
+        if not isinstance(alerts, list) or len(alerts) > DETECT_ALERTS:
+            _fail(f"health.detect.alerts must be a list of at most {DETECT_ALERTS}")
+        for i, a in enumerate(alerts):
+            where = f"health.detect.alerts[{i}]"
+            a = _dict(a, where, set(ALERT_FIELDS))
+            _num(a["time"], f"{where}.time", 0.0, 1e11)
+            _str(a["device"], f"{where}.device", ALERT_NAME_CHARS)
+            _str(a["host"], f"{where}.host", ALERT_NAME_CHARS)
+            _num(a["score"], f"{where}.score", 0.0, MAX_VALUE)
+            _num(a["threshold"], f"{where}.threshold", 0.0, MAX_VALUE)
+            if a["state"] not in ("ON", "OFF"):
+                _fail(f"{where}.state must be ON or OFF")
+            _str(a["why"], f"{where}.why", ALERT_WHY_CHARS)
     _int(h["warnings_total"], "health.warnings_total", 0, MAX_PACKETS)
     w = h["warnings"]
     if not isinstance(w, list) or len(w) > MAX_HEALTH_WARNINGS:

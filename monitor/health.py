@@ -141,7 +141,13 @@ class HealthProbe:
             return None
 
 
-DETECT_FIELDS = ("packets", "packets_per_s", "packet_alerts", "window_alerts", "model_round")
+DETECT_FIELDS = ("packets", "packets_per_s", "packet_alerts", "window_alerts", "model_round", "alerts")
+# detect's latest alert messages a board reports (what syslog / MQTT carried: device, remote host, score, threshold,
+# why), shown per device on the server's status page; the protocol's bound (federation.messages checks it)
+DETECT_ALERTS = 10
+ALERT_FIELDS = ("time", "device", "host", "score", "threshold", "state", "why")
+ALERT_NAME_CHARS = 128  # a device's name or a remote host in that list
+ALERT_WHY_CHARS = 300  # an alert's explanation in that list
 
 
 def _cpu_seconds() -> float:

@@ -27,6 +27,11 @@ updated <span id="updated"></span></div>
 <th>last seen</th><th>RSS MB</th><th>CPU %</th><th>disk free MB</th><th>uptime s</th><th>version</th>
 <th>last round</th><th>detect pkt/s</th><th>window alerts</th><th>warnings</th><th>dropped</th><th>rejoined</th>
 </tr></thead><tbody></tbody></table>
+<h2>Alerts on the boards</h2>
+<p class="muted">each board's latest alert messages (what syslog and MQTT carried), newest first; why: the feature
+groups that deviate most, against the device's own normal</p>
+<table id="alerts"><thead><tr><th>time</th><th>rank</th><th>device</th><th>remote</th><th>score / threshold</th>
+<th>state</th><th>why</th></tr></thead><tbody></tbody></table>
 <h2>Rounds</h2>
 <div class="plots"><svg id="loss_plot" width="420" height="180"></svg><svg id="eval_plot" width="420" height="180"></svg></div>
 <table id="rounds"><thead><tr><th>round</th><th>mean loss</th><th>seconds</th><th>clients</th><th>dropped</th>
@@ -78,6 +83,11 @@ function render(s) {
       ["detect_packets_per_s", fmt(d.packets_per_s, 1)], ["detect_window_alerts", fmt(d.window_alerts)],
       ["warnings", h.warnings_total ? h.warnings_total + ": " + (w.length ? w[w.length - 1].message : "") : (h.version ? "0" : ""), "t warn"],
       ["dropped", b.dropped], ["rejoined", b.rejoined]], {"data-rank": b.rank, "class": b.state}); }));
+  const alerts = s.boards.flatMap(b => (((b.health || {}).detect || {}).alerts || []).map(a => [b.rank, a]))
+    .sort((x, y) => y[1].time - x[1].time);
+  fill("alerts", alerts.map(([rank, a], i) => row([["time", new Date(a.time * 1000).toLocaleString()], ["rank", rank],
+      ["device", a.device, "t"], ["host", a.host, "t"], ["score", fmt(a.score, 3) + " / " + fmt(a.threshold, 3)],
+      ["state", a.state, "t"], ["why", a.why, "t"]], {"data-alert": i})));
   const rounds = s.rounds.slice().reverse();
   fill("rounds", rounds.map(r => { const e = r.eval ? r.eval.device_threshold : null;
     return row([["round", r.round], ["mean_loss", fmt(meanLoss(r), 5)], ["wall_time_s", fmt(r.wall_time_s, 2)], ["clients", (r.clients || []).length],

@@ -133,6 +133,8 @@ def health_fields(tmp_path) -> dict:
     probe = HealthProbe(tmp_path, buffer, 30.0, tmp_path / "health.json")
     (tmp_path / "detect_status.json").write_text(json.dumps({
         "packets": 10, "packets_per_s": 5.0, "packet_alerts": 1, "window_alerts": 0, "model_round": 3,
+        "alerts": [{"time": 1_765_000_000.5, "device": "Danmini_Doorbell", "host": "10.0.0.66", "score": 41.5,
+                    "threshold": 1.2, "state": "ON", "why": "packets per second to new addresses 40x its normal"}],
         "features_version": 2, "written_at": __import__("time").time()}))
     return probe.fields(last_round=4)
 
@@ -160,16 +162,30 @@ def test_a_boards_health_report_is_checked_field_by_field(tmp_path):
         validate(C2S_HEALTH, {"health": {**h, "warnings": [{**h["warnings"][0], "level": "<b>"}]}}, exp)
     with pytest.raises(ProtocolError, match="exactly the keys"):
         validate(C2S_HEALTH, {"health": {**h, "extra": 1}}, exp)
+    # the board's latest alerts (for the page): bounded in number, names, text, numbers and state
+    alert = h["detect"]["alerts"][0]
+    for bad_alert, where in (([alert] * 11, "at most 10"), ([{**alert, "why": "x" * 301}], "alerts\\[0\\].why"),
+                             ([{**alert, "host": "h" * 129}], "alerts\\[0\\].host"),
+                             ([{**alert, "score": math.nan}], "alerts\\[0\\].score"),
+                             ([{**alert, "threshold": -1.0}], "alerts\\[0\\].threshold"),
+                             ([{**alert, "state": "<b>"}], "state must be ON or OFF"),
+                             ([{**alert, "extra": 1}], "exactly the keys"), ("not a list", "must be a list")):
+        with pytest.raises(ProtocolError, match=where):
+            validate(C2S_HEALTH, {"health": {**h, "detect": {**h["detect"], "alerts": bad_alert}}}, exp)
 
 
 def test_a_boards_text_cannot_become_markup(tmp_path):
     store = store_with_a_run(tmp_path)
     evil = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
-    store.board_health(1, {**health_fields(tmp_path), "version": evil[:64],
-                           "warnings": [{"time": 1.0, "level": "ERROR", "message": evil}]})
+    fields = health_fields(tmp_path)
+    evil_alert = {**fields["detect"]["alerts"][0], "host": evil[:128], "why": evil}
+    store.board_health(1, {**fields, "version": evil[:64], "warnings": [{"time": 1.0, "level": "ERROR", "message": evil}],
+                           "detect": {**fields["detect"], "alerts": [evil_alert]}})
     page = render_page(store.snapshot(), 2.0)
     embedded = page.split('<script id="initial" type="application/json">', 1)[1].split("</script>", 1)[0]
     assert "<" not in embedded and json.loads(embedded)["boards"][0]["health"]["warnings"][0]["message"] == evil
+    assert json.loads(embedded)["boards"][0]["health"]["detect"]["alerts"][0]["why"] == evil
+    assert '<table id="alerts">' in page
     assert "innerHTML" not in page  # every value is written with textContent
 
 

@@ -404,17 +404,29 @@ def test_detect_tells_the_board_and_prometheus_what_it_sees(tmp_path, two_device
     model, _ = follower.wait_first(timeout_s=5)
     live = detect.LiveCounters(1e-9, follower)  # every batch
     server = detect.serve_metrics(live, 0, "127.0.0.1", None)
+    publisher = detect.AlertPublisher([live], 1000)  # the counters are a sink of the alert messages, as with --follow
     try:
         batches = list(frame_batches(two_devices, 400))
         with (tmp_path / "alerts.jsonl").open("w") as sink:
-            summary = detect.run_detection(model, iter(batches), CAMERA, 1, sink, follower=follower, live=live)
+            summary = detect.run_detection(model, iter(batches), CAMERA, 1, sink, follower=follower, live=live,
+                                           publisher=publisher)
+        status = json.loads((board / DETECT_STATUS_FILE).read_text())
+        publisher.close()
+        live.next_write = 0.0  # the status file once more, with every alert message the publisher has sent
+        live.update(summary["packets"], summary["packets_scored"], summary["packet_alerts"], summary["window_alerts"],
+                    summary["devices"], 3, lambda: 0)
+        reported = json.loads((board / DETECT_STATUS_FILE).read_text())["alerts"]
         families = {f.name: f for f in text_string_to_metric_families(
             urllib.request.urlopen(server.url + "metrics", timeout=10).read().decode())}
     finally:
         server.stop()
-    status = json.loads((board / DETECT_STATUS_FILE).read_text())
     assert status["packets"] == summary["packets"] and status["model_round"] == 3
     assert status["window_alerts"] == summary["window_alerts"] > 0 and status["packets_per_s"] > 0
+    # its latest alert messages (what syslog / MQTT carry), for the server's page: at most DETECT_ALERTS, newest last
+    from monitor.health import DETECT_ALERTS
+    assert 0 < len(reported) <= DETECT_ALERTS, reported
+    assert all(a["device"] == CAMERA and a["state"] in ("ON", "OFF") for a in reported)
+    assert [a["time"] for a in reported] == sorted(a["time"] for a in reported)
     assert families["fediot_detect_packets"].samples[0].value == summary["packets"]
     alerts = {s.labels["device"]: s.value for s in families["fediot_detect_window_alerts"].samples}
     assert alerts == {CAMERA: summary["devices"][CAMERA]["window_alerts"]}
