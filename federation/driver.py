@@ -109,6 +109,7 @@ def _evaluate(state: RoundState, grid: Grid, out: RunOutputs, min_clients: int) 
     line = state.finish_eval({c: r.report for c, r in reports.items()})
     _notices(state, out)
     out.say(line)
+    out.evaluated(state.round, state.evaluator.metrics)
     out.record(state.close_record(*grid.take_rejections()))
     out.checkpoint(state.checkpoint())
 

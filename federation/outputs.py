@@ -67,6 +67,18 @@ class RunOutputs:
         if self.status is not None:
             self.status.round_record(record)
 
+    def evaluated(self, after_round: int, metrics: dict[str, Any]) -> None:
+        """An evaluation's per-device rows for the status page: threshold, TPR / FPR of rows and of windows."""
+        if self.status is None:
+            return
+        rows = {}
+        for device, e in metrics["devices"].items():
+            w = e.get("window") or {}
+            rows[device] = {"threshold": next(iter(e.get("thresholds", {}).values()), None), "tpr": e.get("tpr"),
+                            "fpr": e.get("fpr"), "window_tpr": w.get("tpr"), "window_fpr": w.get("fpr"),
+                            "n_benign_test": e.get("n_benign_test"), "n_attack_test": e.get("n_attack_test")}
+        self.status.evaluation(after_round, rows)
+
     def checkpoint(self, payload: dict[str, Any]) -> None:
         """checkpoint.pt, atomically (a crash mid-write leaves the previous round's)."""
         if not self.checkpointing:

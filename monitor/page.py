@@ -27,6 +27,11 @@ updated <span id="updated"></span></div>
 <th>last seen</th><th>RSS MB</th><th>CPU %</th><th>disk free MB</th><th>uptime s</th><th>version</th>
 <th>last round</th><th>detect pkt/s</th><th>window alerts</th><th>warnings</th><th>dropped</th><th>rejoined</th>
 </tr></thead><tbody></tbody></table>
+<h2>Devices</h2>
+<p class="muted">each device's own threshold and its detection on its held-out rows at the latest evaluation (rows,
+and N-BaIoT's majority-vote windows)</p>
+<table id="devices"><thead><tr><th>device</th><th>after round</th><th>threshold</th><th>TPR</th><th>FPR</th>
+<th>window TPR</th><th>window FPR</th><th>benign / attack rows</th></tr></thead><tbody></tbody></table>
 <h2>Alerts on the boards</h2>
 <p class="muted">each board's latest alert messages (what syslog and MQTT carried), newest first; why: the feature
 groups that deviate most, against the device's own normal</p>
@@ -83,6 +88,9 @@ function render(s) {
       ["detect_packets_per_s", fmt(d.packets_per_s, 1)], ["detect_window_alerts", fmt(d.window_alerts)],
       ["warnings", h.warnings_total ? h.warnings_total + ": " + (w.length ? w[w.length - 1].message : "") : (h.version ? "0" : ""), "t warn"],
       ["dropped", b.dropped], ["rejoined", b.rejoined]], {"data-rank": b.rank, "class": b.state}); }));
+  fill("devices", Object.entries(s.devices || {}).sort().map(([d, v]) => row([["device", d, "t"], ["round", v.round],
+      ["threshold", fmt(v.threshold, 4)], ["tpr", fmt(v.tpr, 4)], ["fpr", fmt(v.fpr, 4)], ["window_tpr", fmt(v.window_tpr, 4)],
+      ["window_fpr", fmt(v.window_fpr, 4)], ["rows", fmt(v.n_benign_test) + " / " + fmt(v.n_attack_test)]], {"data-device": d})));
   const alerts = s.boards.flatMap(b => (((b.health || {}).detect || {}).alerts || []).map(a => [b.rank, a]))
     .sort((x, y) => y[1].time - x[1].time);
   fill("alerts", alerts.map(([rank, a], i) => row([["time", new Date(a.time * 1000).toLocaleString()], ["rank", rank],

@@ -48,6 +48,7 @@ class StatusStore:
                          "bytes_sent": 0, "bytes_received": 0, "page_requests": 0, "page_refused": 0}
         self.rejected_by: dict[str, dict[str, int]] = {}  # sender -> kind -> count, for the whole run (bounded)
         self.finished: dict[str, Any] | None = None
+        self.devices: dict[str, dict[str, Any]] = {}  # device -> its threshold and rates at the last evaluation
 
     # -- the server node (receive thread)
     def board_hello(self, rank: int, address: str | None, identity: str | None) -> None:
@@ -114,6 +115,11 @@ class StatusStore:
             c["bytes_received"] += int(record.get("bytes_received", 0))
             self.run["state"] = f"round {c['rounds_completed']}/{self.run['rounds']}"
 
+    def evaluation(self, after_round: int, devices: dict[str, dict[str, Any]]) -> None:
+        """Each device's detection at the latest evaluation (its own threshold; row and window rates)."""
+        with self._lock:
+            self.devices = {d: dict(v, round=after_round) for d, v in devices.items()}
+
     def finish(self, error: str | None) -> None:
         """The run is over (error: why it stopped early); its files become links."""
         with self._lock:
@@ -133,5 +139,5 @@ class StatusStore:
         with self._lock:
             return copy.deepcopy({"run": self.run, "boards": [self.boards[r] for r in sorted(self.boards)],
                                   "rounds": list(self.rounds), "rejections": list(self.rejections),
-                                  "rejected_by": self.rejected_by,
+                                  "rejected_by": self.rejected_by, "devices": self.devices,
                                   "counters": self.counters, "finished": self.finished, "now": time.time()})

@@ -63,6 +63,9 @@ def test_page_data_metrics_and_files_on_loopback(tmp_path):
         snap = json.loads(body)
         assert status == 200 and [r["round"] for r in snap["rounds"]] == [1, 2]
         assert snap["boards"][0]["address"] == "ipv4:10.0.0.5:4444" and snap["boards"][1]["state"] == "not connected"
+        store.evaluation(2, {"Danmini_Doorbell": {"threshold": 1.5, "tpr": 0.99, "fpr": 0.01}})
+        snap = json.loads(get(srv.url + "api/status")[1])
+        assert snap["devices"] == {"Danmini_Doorbell": {"threshold": 1.5, "tpr": 0.99, "fpr": 0.01, "round": 2}}
         status, body = get(srv.url + "metrics")
         fams = {f.name: f for f in text_string_to_metric_families(body.decode())}
         assert fams["fediot_rounds_completed"].samples[0].value == 2

@@ -112,6 +112,16 @@ def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
         if "eval" in r:
             assert s["tpr"] == f"{r['eval']['device_threshold']['tpr']:.4f}"
             assert s["fpr"] == f"{r['eval']['device_threshold']['fpr']:.4f}"
+    # each device's own threshold and rates at the last evaluation: what metrics.json says
+    final = json.loads((run_dir / "metrics.json").read_text())["devices"]
+    shown_devices = {d["@data-device"]: d for d in cells.tables["devices"]}
+    assert sorted(shown_devices) == sorted(final)
+    for device, e in final.items():
+        s = shown_devices[device]
+        assert s["round"] == "8" and s["tpr"] == f"{e['tpr']:.4f}" and s["fpr"] == f"{e['fpr']:.4f}", (s, e)
+        assert s["threshold"] == f"{next(iter(e['thresholds'].values())):.4f}"
+        assert s["window_fpr"] == f"{e['window']['fpr']:.4f}"
+    assert "alerts" in cells.tables  # the boards' alert list (no detector runs beside these boards: no rows)
     # the boards: what each reported last (its RUN_DIR/health.json) is what the page shows
     shown_boards = {int(b["@data-rank"]): b for b in cells.tables["boards"]}
     assert sorted(shown_boards) == [1, 2, 3]
