@@ -508,7 +508,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                                 d, devices[d] or "global", batch.time[n], why_text(reasons),
                                 None if mute is None else mute.id)
                     if evidence is not None:
-                        evidence.add(d, batch.time[n], full[n], remote)
+                        evidence.add(d, batch.time[n], full[n], remote,
+                                     batch.frame[n] if batch.frame is not None else None)
                     if link is not None and (remote not in published or
                                              batch.time[n] - published[remote] > cfg.warn_ttl_s):
                         # this board's indicator, once per remote endpoint and warn_ttl_s: never packets or rows
@@ -758,9 +759,10 @@ def main(argv: list[str] | None = None) -> int:
             sinks.append(live)
         publisher = AlertPublisher(sinks, cfg.detect.alert_queue) if sinks else None
         if a.pcap:
-            batches = read_capture(a.pcap, batch_size=cfg.detect.batch_packets)
+            batches = read_capture(a.pcap, batch_size=cfg.detect.batch_packets, keep_frames=a.triage is not None)
         else:
             batches = live_capture(a.interface, duration_s=a.duration, ring_mb=cfg.detect.capture_ring_mb,
+                                   keep_frames=a.triage is not None,
                                    max_wait_s=cfg.detect.live_max_wait_ms / 1000.0)
             print(f"capturing on {a.interface}" + (f" for {a.duration:g}s" if a.duration else " (Ctrl-C to stop)"),
                   file=sys.stderr, flush=True)

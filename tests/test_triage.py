@@ -167,3 +167,30 @@ def test_attack_likeness_tells_an_attack_from_the_devices_own_rows():
     attack = np.abs(rng.normal(5.0, 0.3, size=(2000, 20)))
     assert attack_likeness(np.abs(rng.normal(5.0, 0.3, size=(200, 20))), benign, {"flood": attack})["flood"] > 0.9
     assert attack_likeness(np.abs(rng.normal(1.0, 0.3, size=(200, 20))), benign, {"flood": attack})["flood"] < 0.1
+
+
+def test_each_episode_keeps_its_packets_as_a_pcap(tmp_path, camera_packets):
+    """Issue 36: an alert episode's evidence holds the packets behind its rows (read with their frames, as detect
+    --triage reads them), as a pcap for a look in Wireshark: the same packets as the rows, within the episode's time."""
+    from traffic.packets import read_capture
+    from traffic.simulator import write_pcap
+
+    pcap = write_pcap(tmp_path / "cam.pcap", camera_packets)
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {"cam": 1e-12}))
+    cfg = validate({}).detect
+    tfile = tmp_path / "local" / "triage.json"
+    evidence = Evidence(tfile.parent / EVIDENCE_DIR, cfg.evidence_rows, nbaiot.CAPTURED_COLUMNS)
+    with (tmp_path / "a.jsonl").open("w") as fh:
+        summary = detect.run_detection(model, read_capture(pcap, 512, keep_frames=True), None, 5, fh,
+                                       [detect.parse_watch(f"cam={device_ip(CAMERA)}")], cfg,
+                                       triage=TriageFollower(tfile, cfg.max_triage_entries, lambda text: None),
+                                       evidence=evidence)
+    assert summary["episodes"]
+    for episode in summary["episodes"]:
+        kept = json.loads((tfile.parent / EVIDENCE_DIR / f"{episode}.json").read_text())
+        packets = [p for batch, _ in read_capture(tfile.parent / EVIDENCE_DIR / f"{episode}.pcap") for p in
+                   zip(batch.time, batch.src_ip, batch.dst_ip)]
+        assert len(packets) == kept["packets"] == kept["rows"] > 0
+        assert all(kept["first"] - 1e-6 <= t <= kept["last"] + 1e-6 for t, _, _ in packets)
+        camera = __import__("ipaddress").ip_address(device_ip(CAMERA)).packed
+        assert all(camera in (src, dst) for _, src, dst in packets)  # the watched device's own packets

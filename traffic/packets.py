@@ -31,6 +31,7 @@ class PacketBatch:
     dst_ip: list[bytes] = field(default_factory=list)
     src_port: list[int] = field(default_factory=list)
     dst_port: list[int] = field(default_factory=list)
+    frame: list[bytes] | None = None  # each packet's Ethernet frame, kept only when asked (alert evidence: a pcap)
 
     def __len__(self) -> int:
         return len(self.time)
@@ -80,6 +81,8 @@ def parse_frame(ts: float, buf: bytes, wire_len: int, batch: PacketBatch, skippe
         batch.dst_ip.append(buf[30:34])
         batch.src_port.append(sport)
         batch.dst_port.append(dport)
+        if batch.frame is not None:
+            batch.frame.append(bytes(buf))
         return
     try:
         eth = dpkt.ethernet.Ethernet(buf)
@@ -107,6 +110,8 @@ def parse_frame(ts: float, buf: bytes, wire_len: int, batch: PacketBatch, skippe
     batch.dst_ip.append(bytes(ip.dst))
     batch.src_port.append(sport)
     batch.dst_port.append(dport)
+    if batch.frame is not None:
+        batch.frame.append(bytes(buf))
 
 
 def frames_batch(frames: list[tuple[float, bytes]]) -> PacketBatch:
@@ -241,8 +246,10 @@ def _pcap_records(fh, byte_order: str, nano: bool) -> Iterator[tuple[float, byte
         index += 1
 
 
-def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[PacketBatch, SkipCounts]]:
-    """Yield batches of parsed packets from a pcap or pcapng file (skip counts are cumulative).
+def read_capture(path: str | Path, batch_size: int = 65536,
+                 keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+    """Yield batches of parsed packets from a pcap or pcapng file (skip counts are cumulative); with `keep_frames`
+    each batch holds its packets' frames too (`PacketBatch.frame`).
 
     Classic pcap (the common case, and what tcpdump writes) is read by _pcap_records; pcapng and the
     rare "modified pcap" go through dpkt.
@@ -269,13 +276,13 @@ def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[Pa
             linktype, records = reader.datalink(), iter(reader)
         if linktype != dpkt.pcap.DLT_EN10MB:
             raise DataError(f"{p}: link type {linktype} not supported; expected Ethernet (DLT_EN10MB)")
-        batch = PacketBatch()
+        batch = PacketBatch(frame=[] if keep_frames else None)
         try:
             for ts, buf in records:
                 parse_frame(float(ts), buf, len(buf), batch, skipped)
                 if len(batch) >= batch_size:
                     yield batch, skipped
-                    batch = PacketBatch()
+                    batch = PacketBatch(frame=[] if keep_frames else None)
         except (_CutOff, dpkt.NeedData, dpkt.UnpackError, ValueError):
             skipped.malformed += 1  # a cut-off file: keep what was read
         except _Corrupt as exc:
@@ -286,7 +293,7 @@ def read_capture(path: str | Path, batch_size: int = 65536) -> Iterator[tuple[Pa
 
 def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.0,
                  duration_s: float | None = None, ring_mb: float = 4.0,
-                 max_wait_s: float | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                 max_wait_s: float | None = None, keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Capture from a Linux interface with an AF_PACKET raw socket (needs root or CAP_NET_RAW).
 
     The kernel writes each packet into a ring shared with this process (TPACKET_V2, `ring_mb` megabytes, one packet
@@ -313,7 +320,7 @@ def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.
     except OSError as exc:
         sock.close()
         raise DataError(f"cannot capture on interface {interface!r}: {exc.strerror or exc}") from None
-    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s, max_wait_s)
+    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s, max_wait_s, keep_frames)
 
 
 # The kernel's packet ring (linux/if_packet.h): the same values on every Linux architecture.
@@ -325,7 +332,8 @@ _TPACKET2_HDR = struct.Struct("=IIIHHII")  # tp_status, tp_len, tp_snaplen, tp_m
 
 
 def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packets: int, timeout_s: float,
-                  duration_s: float | None, max_wait_s: float | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                  duration_s: float | None, max_wait_s: float | None = None,
+                  keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Batches of live packets, each stamped with the time the kernel received it (tp_sec/tp_nsec, written when the
     packet reached the ring). A board busy with something else (training, another process) reads packets late and in
     bunches: stamping them when read made their inter-arrival times, hence the jitter features, wrong (measured in the
@@ -342,7 +350,7 @@ def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packe
     slot = 0
     try:
         while stop_at is None or time.monotonic() < stop_at:
-            batch = PacketBatch()
+            batch = PacketBatch(frame=[] if keep_frames else None)
             deadline = time.monotonic() + timeout_s
             while len(batch) < batch_packets and time.monotonic() < deadline:
                 at = slot * RING_FRAME_BYTES

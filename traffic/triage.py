@@ -174,12 +174,14 @@ class _Episode:
     window_alerts: int = 0
     muted: str | None = None
     remotes: dict[str, int] = field(default_factory=dict)
+    frames: list[tuple[float, bytes]] = field(default_factory=list)
 
 
 class Evidence:
     """What detect keeps of each alert episode of a watched device (its first window alert to the device's return to
-    normal): the rows of its window-alerting packets (at most `max_rows`), the remote hosts, the explanation;
-    written as DIR/EPISODE.csv and DIR/EPISODE.json when the episode ends (or detect stops)."""
+    normal): the rows of its window-alerting packets (at most `max_rows`), the packets themselves when detect reads
+    their frames (the same ones, for a look in Wireshark), the remote hosts, the explanation; written as
+    DIR/EPISODE.csv, DIR/EPISODE.pcap and DIR/EPISODE.json when the episode ends (or detect stops)."""
 
     def __init__(self, directory: Path, max_rows: int, columns: tuple[str, ...]) -> None:
         self.directory, self.max_rows, self.columns = directory, max_rows, columns
@@ -194,7 +196,7 @@ class Evidence:
         self.open[d] = episode
         return episode.id
 
-    def add(self, d: int, t: float, row: np.ndarray, remote: str) -> None:
+    def add(self, d: int, t: float, row: np.ndarray, remote: str, frame: bytes | None = None) -> None:
         e = self.open.get(d)
         if e is None:
             return
@@ -202,6 +204,8 @@ class Evidence:
         if e.n_rows < self.max_rows:
             e.rows.append(row.reshape(1, -1))
             e.n_rows += 1
+            if frame is not None:
+                e.frames.append((t, frame))
         if remote in e.remotes or len(e.remotes) < 4 * MAX_REMOTES:
             e.remotes[remote] = e.remotes.get(remote, 0) + 1
 
@@ -217,8 +221,12 @@ class Evidence:
         os.replace(csv_tmp, self.directory / f"{e.id}.csv")
         top = sorted(e.remotes.items(), key=lambda kv: -kv[1])[:MAX_REMOTES]
         summary = {"episode": e.id, "device": e.device, "first": e.first, "last": e.last, "why": e.why,
-                   "window_alerts": e.window_alerts, "rows": int(len(rows)), "muted": e.muted,
+                   "window_alerts": e.window_alerts, "rows": int(len(rows)), "packets": len(e.frames), "muted": e.muted,
                    "remotes": [{"host": h, "window_alerts": c} for h, c in top]}
+        if e.frames:  # the packets behind the rows (renamed into place by write_pcap)
+            from traffic.simulator import write_pcap
+
+            write_pcap(self.directory / f"{e.id}.pcap", e.frames)
         json_tmp = self.directory / f".{e.id}.json.tmp"
         json_tmp.write_text(json.dumps(summary) + "\n")
         os.replace(json_tmp, self.directory / f"{e.id}.json")
