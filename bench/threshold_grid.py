@@ -66,7 +66,8 @@ class CapturingState(RoundState):
         line = super().finish_eval(reports)
         if self.round in self.at:
             self.captured[self.round] = {
-                "server": dict(self.evaluator.thresholds["device"]) | {"__global__": self.evaluator.thresholds["global"]},
+                "server": (dict(self.evaluator.thresholds["device"])
+                           | {"__global__": self.evaluator.thresholds["global"]}),
                 "scores": {c: self.grid_clients[c].scores for c in self.grid_clients},
             }
         return line

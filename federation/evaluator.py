@@ -105,7 +105,8 @@ class Evaluator:
                 {"global": self.thresholds["global"], "device": self.thresholds["device"][device]},
                 self.validation.vote_window)
             if problems:
-                rejected[device] = "; ".join(problems[:3]) + (f" (+{len(problems) - 3} more)" if len(problems) > 3 else "")
+                more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
+                rejected[device] = "; ".join(problems[:3]) + more
                 self.notices.append(f"count report of {device} left out: {rejected[device]}")
                 continue
             if "personal" in r:  # its personalised model's counts against its own histograms, at its own threshold

@@ -98,9 +98,10 @@ class RunOutputs:
         from evaluation.report import write_report  # matplotlib: only the server that finishes a run needs it
 
         self.tracker.close()
-        g_thr = state.evaluator.thresholds["global"]
+        thresholds = state.evaluator.thresholds
+        g_thr = thresholds["global"]
         # each client's threshold, and (several clients per device) its device's, for `detect --device NAME`
-        own = dict(state.evaluator.thresholds["device"]) | {device_of_client(c): t for c, t in state.evaluator.thresholds["device"].items()}
+        own = dict(thresholds["device"]) | {device_of_client(c): t for c, t in thresholds["device"].items()}
         scales = {name: np.asarray(state.device_scales[device_of_client(name)]) for name in own
                   if device_of_client(name) in state.device_scales}
         Detector(state.final_model(), state.normalizer, state.cfg.validation.threshold_k, g_thr, own,

@@ -55,7 +55,8 @@ def world():
     common = state.begin_eval()
     val = {d: c.validation_stats(common["model"], common["normalizer"]) for d, c in clients.items()}
     state.set_thresholds(val)
-    reports = {d: clients[d].report(state.evaluator.thresholds["global"], state.evaluator.thresholds["device"][d], 5) for d in DEVICES}
+    thresholds = state.evaluator.thresholds
+    reports = {d: clients[d].report(thresholds["global"], thresholds["device"][d], 5) for d in DEVICES}
     first = DEVICES[0]
     messages = {
         C2S_HELLO: hellos[first].to_fields(),
