@@ -293,7 +293,8 @@ def read_capture(path: str | Path, batch_size: int = 65536,
 
 def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.0,
                  duration_s: float | None = None, ring_mb: float = 4.0,
-                 max_wait_s: float | None = None, keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                 max_wait_s: float | None = None,
+                 keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Capture from a Linux interface with an AF_PACKET raw socket (needs root or CAP_NET_RAW).
 
     The kernel writes each packet into a ring shared with this process (TPACKET_V2, `ring_mb` megabytes, one packet
