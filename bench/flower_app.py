@@ -87,7 +87,7 @@ def _answer(msg: Message, context: Context) -> Message:
     receives.valid(msg_type, f, "server")
     if msg_type == messages.S2C_EVAL_COUNTS:  # its scored rows come from the node's state: it may be another actor
         _restore_scores(local, context)
-    (answer_type, answer), = answers({local.device: local}, msg_type, f)  # a node is one client
+    (answer_type, answer), = answers({local.device: local}, messages.Request.of(msg_type, f))  # a node: one client
     if msg_type == messages.S2C_EVAL_STATS:  # the count report may run on another actor
         _keep_scores(local, context)
     return _reply(msg, answer_type, answer.to_fields())

@@ -114,6 +114,15 @@ class Front:
                 return
             started.set()
             self.loop.run_forever()
+            # stopped: every connection's tasks end here (cancelled, their sockets closed) and the loop is closed, so
+            # nothing is left pending for the garbage collector to report later (a pending task's report, formatted
+            # while another thread ran ast.parse, raised CPython 3.11's "AST constructor recursion depth mismatch"
+            # in a CI run's next test module)
+            pending = asyncio.all_tasks(self.loop)
+            for task in pending:
+                task.cancel()
+            self.loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+            self.loop.close()
 
         self._thread = threading.Thread(target=run, name="fediot-front", daemon=True)
         self._thread.start()
@@ -177,6 +186,13 @@ class Front:
 
     # the relay ---------------------------------------------------------------------------------------------------
     async def _accepted(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._relay(reader, writer)
+        except asyncio.CancelledError:  # the front stops: end quietly (3.11's start_server logs a cancelled handler as
+            pass  # an error, with a traceback)
+
+    async def _relay(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One accepted connection: refused (held, then closed) or relayed to the gRPC server until either side ends."""
         addr = writer.get_extra_info("peername") or ("?", 0)
         host, port = str(addr[0]), int(addr[1])
         why = self._admit(host)
@@ -195,13 +211,16 @@ class Front:
             local = backend_writer.get_extra_info("sockname")
             key = grpc_peer("127.0.0.1", int(local[1]))
             self._by_backend[key] = conn
-            up = asyncio.ensure_future(self._pump(reader, backend_writer, conn))
-            down = asyncio.ensure_future(self._pump(b_reader, writer, None))
-            done, pending = await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
-            if pending:  # one side ended: give the other a moment to finish what it was sending, then close both
-                await asyncio.wait(pending, timeout=CLOSE_WAIT_S)
-            for task in pending:
-                task.cancel()
+            pumps = (asyncio.ensure_future(self._pump(reader, backend_writer, conn)),
+                     asyncio.ensure_future(self._pump(b_reader, writer, None)))
+            try:
+                _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+                if pending:  # one side ended: give the other a moment to finish what it was sending, then close both
+                    await asyncio.wait(pending, timeout=CLOSE_WAIT_S)
+            finally:
+                for task in pumps:
+                    task.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
         finally:
             if key is not None:
                 self._by_backend.pop(key, None)
@@ -247,13 +266,14 @@ class Front:
                 h.tarpit -= 1
 
     def stop(self) -> None:
-        """Stop listening and relaying (the node's transport stops)."""
+        """Stop listening and relaying (the node's transport stops); returns once the loop's thread has ended."""
         def shutdown() -> None:
             if self._server is not None:
                 self._server.close()
-            for task in asyncio.all_tasks(self.loop):
-                task.cancel()
             self.loop.stop()
-        if self.loop.is_running():
-            self.loop.call_soon_threadsafe(shutdown)
-            self._thread.join(timeout=5)
+        if not self.loop.is_closed():
+            try:
+                self.loop.call_soon_threadsafe(shutdown)
+            except RuntimeError:  # closed meanwhile
+                return
+            self._thread.join(timeout=CLOSE_WAIT_S + 5)

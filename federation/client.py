@@ -22,7 +22,7 @@ from data.sources import load_client_splits
 from evaluation.counts import client_report, held_out_counts, personal_report
 from evaluation.scores import DeviceScores, score_device
 from federation.messages import (
-    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report,
+    C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report, Request,
     RoundPlan, Update, ValStats, own_normalizer,
 )
 from fediot.config import FedIoTConfig, ValidationArgs, device_of_client
@@ -309,21 +309,19 @@ def home_clients(cfg: FedIoTConfig, rank: int, workers: int) -> list[str]:
     return [c for i, c in enumerate(cfg.clients) if i % workers == rank - 1]
 
 
-def answers(home: dict[str, LocalClient], msg_type: str, fields: dict[str, Any]) -> Iterator[tuple[str, Any]]:
-    """What a client process answers to a (validated) server request about its `home` clients: one typed message per
-    client named, each yielded as soon as it is ready (the server checks it while the next one is computed)."""
-    if msg_type == S2C_TRAIN:
-        for client, own in fields["clients"].items():
-            yield C2S_UPDATE, home[client].train(fields["model"], fields["normalizer"], RoundPlan.from_dict(own["plan"]),
-                                                own.get("scale"))
-    elif msg_type == S2C_EVAL_STATS:
-        for client, own in fields["clients"].items():
-            yield C2S_VAL_STATS, ValStats(fields["round"], client, home[client].validation_stats(
-                fields["model"], fields["normalizer"], own.get("scale")))
-    elif msg_type == S2C_EVAL_COUNTS:
-        for client, own in fields["clients"].items():
-            yield C2S_REPORT, Report(fields["round"], home[client].report(fields["global_threshold"],
-                                                                          own["device_threshold"], fields["window"]))
-            home[client].publish_live(fields["round"], fields["global_threshold"], own["device_threshold"])
-    else:
-        raise ValueError(f"{msg_type} is not a request a client answers")
+def answers(home: dict[str, LocalClient], request: Request) -> Iterator[tuple[str, Any]]:
+    """What a client process answers to a (validated, typed) server request about its `home` clients: one typed
+    message per client named, each yielded as soon as it is ready (the server checks it while the next one is
+    computed)."""
+    for client, order in request.clients.items():
+        if request.kind == S2C_TRAIN:
+            yield C2S_UPDATE, home[client].train(request.model, request.normalizer, order.plan, order.scale)
+        elif request.kind == S2C_EVAL_STATS:
+            yield C2S_VAL_STATS, ValStats(request.round, client, home[client].validation_stats(
+                request.model, request.normalizer, order.scale))
+        elif request.kind == S2C_EVAL_COUNTS:
+            yield C2S_REPORT, Report(request.round, home[client].report(request.global_threshold,
+                                                                        order.device_threshold, request.window))
+            home[client].publish_live(request.round, request.global_threshold, order.device_threshold)
+        else:
+            raise ValueError(f"{request.kind} is not a request a client answers")

@@ -19,7 +19,7 @@ from pathlib import Path
 from federation.client import ClientFactory, ClientLoader, LocalClient, answers
 from federation.driver import quorum, run_federation
 from federation.messages import (
-    ANSWER_TO, C2S_HELLO, Expectations, Hello, Receiver, answer_client,
+    ANSWER_TO, C2S_HELLO, Expectations, Hello, Receiver, Request, answer_client,
 )
 from federation.outputs import RunOutputs
 from federation.state import RoundState
@@ -122,7 +122,7 @@ class InProcessGrid:
             if client not in self.joined:
                 continue
             request = self._to_client(client, kind, {**common, "clients": {client: own[client]}})
-            for msg_type, message in answers({client: self.clients[client]}, kind, request):
+            for msg_type, message in answers({client: self.clients[client]}, Request.of(kind, request)):
                 if self.faults.silent(kind, self.round, client):
                     continue
                 answer = self._to_server(client, msg_type, message.to_fields())

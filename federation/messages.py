@@ -3,7 +3,9 @@
 Every message is input. A receiver checks it against its type's schema (`validate`) before using it: field
 names, types, shapes against the global model, finiteness, ranges; `ProtocolError` names what was wrong, and the
 receiver logs it, counts it and goes on. The typed forms (`Hello`, `Update`, `ValStats`, `Report`, `RoundPlan`)
-are what the client builds (`to_fields`) and what the server and the defenses read (`of`, after `validate`).
+are what the client builds (`to_fields`) and what the server and the defenses read (`of`, after `validate`); a
+server request reaches the client's answers as a `Request` (what all are told, and each client's `ClientOrder`).
+Every grid receives through a `Receiver` (decode -> validate -> type, refused and counted).
 
 What a well-formed lie can still do (a
 plausible but poisoned update, inflated statistics) is the robust-aggregation layer's business.
@@ -512,6 +514,39 @@ class Report:
 # the answer each server request waits for, and its typed form
 ANSWER_TO = {S2C_TRAIN: C2S_UPDATE, S2C_EVAL_STATS: C2S_VAL_STATS, S2C_EVAL_COUNTS: C2S_REPORT}
 TYPED: dict[str, Any] = {C2S_HELLO: Hello, C2S_UPDATE: Update, C2S_VAL_STATS: ValStats, C2S_REPORT: Report}
+
+
+@dataclass(frozen=True)
+class ClientOrder:
+    """What one client named in a request is told besides what all of them are told."""
+
+    plan: RoundPlan | None = None  # TRAIN: its round's hyperparameters
+    scale: list[float] | None = None  # TRAIN, EVAL_STATS: its device's widened feature scales, when it has them
+    device_threshold: float | None = None  # EVAL_COUNTS: its own threshold
+
+
+@dataclass(frozen=True)
+class Request:
+    """A server request a client answers (TRAIN, EVAL_STATS, EVAL_COUNTS) in its typed form, made from validated fields:
+    what every client named is told, and each one's `ClientOrder`."""
+
+    kind: str
+    round: int
+    clients: dict[str, ClientOrder]
+    model: dict[str, torch.Tensor] | None = None  # TRAIN, EVAL_STATS
+    normalizer: dict[str, Any] | None = None  # TRAIN, EVAL_STATS
+    global_threshold: float | None = None  # EVAL_COUNTS
+    window: int | None = None  # EVAL_COUNTS
+
+    @classmethod
+    def of(cls, kind: str, f: dict[str, Any]) -> "Request":
+        if kind not in ANSWER_TO:
+            raise ValueError(f"{kind} is not a request a client answers")
+        orders = {c: ClientOrder(RoundPlan.from_dict(o["plan"]) if kind == S2C_TRAIN else None, o.get("scale"),
+                                 o.get("device_threshold")) for c, o in f["clients"].items()}
+        if kind == S2C_EVAL_COUNTS:
+            return cls(kind, int(f["round"]), orders, global_threshold=f["global_threshold"], window=f["window"])
+        return cls(kind, int(f["round"]), orders, model=f["model"], normalizer=f["normalizer"])
 
 
 def answer_client(msg_type: str, fields: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ from federation.outputs import RunOutputs
 from federation.state import RoundState
 from federation.messages import (
     ANSWER_TO, C2S_HEALTH, C2S_HELLO, C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, MAX_WARNING_CHARS, S2C_EVAL_COUNTS,
-    S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, Receiver,
+    S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, Receiver, Request,
     answer_client,
 )
 from fediot.config import CommArgs
@@ -732,7 +732,7 @@ class ClientNode(_Node):
         soon as it is ready (the server checks it while this rank computes the next)."""
         self._seen_server()
         self.welcomed = True
-        for msg_type, answer in answers(self.home, msg.get_type(), msg.get_params()):
+        for msg_type, answer in answers(self.home, Request.of(msg.get_type(), msg.get_params())):
             if msg_type == C2S_UPDATE:
                 self.last_round = answer.round + 1
                 self._say(f"round {answer.round + 1}: trained {answer.n} rows at lr {answer.lr:.6g}, "
