@@ -1,6 +1,7 @@
 """Test fixtures: stored RAR archives, an HTTP server with Range support, small data trees."""
 from __future__ import annotations
 
+import ast
 import http.server
 import importlib.util
 import struct
@@ -149,3 +150,17 @@ def frame_batches(frames: list[tuple[float, bytes]], size: int):
 
     for start in range(0, len(frames), size):
         yield frames_batch(frames[start:start + size]), SkipCounts()
+
+
+def parse_source(path) -> ast.Module:
+    """ast.parse of a file with the garbage collector held off: CPython 3.11 raises "AST constructor recursion depth
+    mismatch" when a finalizer that formats a traceback (itself through ast.parse) runs in the middle of one."""
+    import gc
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return ast.parse(Path(path).read_text())
+    finally:
+        if enabled:
+            gc.enable()

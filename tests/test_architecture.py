@@ -5,7 +5,7 @@ import ast
 import re
 from pathlib import Path
 
-from tests.helpers import REPO
+from tests.helpers import REPO, parse_source
 
 PACKAGES = ("fediot", "monitor", "data", "model", "traffic", "evaluation", "federation", "attacks", "trainer", "deployment",
             "bench", "tools")
@@ -44,7 +44,7 @@ def imports_of(path: Path, modules: set[str] = frozenset()) -> set[str]:
     """Every module a file imports, at module level or inside functions (`from data import nbaiot`
     counts as data.nbaiot when that is a module)."""
     out: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text())):
+    for node in ast.walk(parse_source(path)):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -155,7 +155,7 @@ def test_every_grid_receives_through_one_receiver():
     grids = ["trainer/nodes.py", "federation/inprocess.py", "bench/flower_app.py"]
     by_hand = {"validate", "typed", "decode_message"}  # federation.messages' functions a Receiver calls
     for path in grids:
-        tree = ast.parse((REPO / path).read_text())
+        tree = parse_source(REPO / path)
         calls = [n.func for n in ast.walk(tree) if isinstance(n, ast.Call)]
         direct = [f.id for f in calls if isinstance(f, ast.Name) and f.id in by_hand]
         direct += [f.attr for f in calls if isinstance(f, ast.Attribute) and isinstance(f.value, ast.Name)

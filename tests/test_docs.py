@@ -1,5 +1,5 @@
 from fediot.config import DEFAULTS
-from tests.helpers import REPO
+from tests.helpers import REPO, parse_source
 
 
 def test_config_page_documents_every_config_key():
@@ -85,7 +85,7 @@ def test_functions() -> dict[str, set[str]]:
     """tests/test_x.py -> the functions defined in it."""
     import ast
 
-    return {f"tests/{f.name}": {n.name for n in ast.walk(ast.parse(f.read_text())) if isinstance(n, ast.FunctionDef)}
+    return {f"tests/{f.name}": {n.name for n in ast.walk(parse_source(f)) if isinstance(n, ast.FunctionDef)}
             for f in (REPO / "tests").glob("test_*.py")}
 
 
@@ -123,7 +123,7 @@ def test_every_module_attribute_the_docs_cite_exists():
             if not path.is_file():
                 missing.append(f"{page.name}: {pkg}.{module} (no {path.relative_to(REPO)})")
                 continue
-            tree = ast.parse(path.read_text())
+            tree = parse_source(path)
             names = {n.name for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
             names |= {t.id for n in ast.walk(tree) if isinstance(n, (ast.Assign, ast.AnnAssign))
                       for t in (n.targets if isinstance(n, ast.Assign) else [n.target]) if isinstance(t, ast.Name)}
