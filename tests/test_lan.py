@@ -181,7 +181,9 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         procs += clients
         # -- each board watches its device with the federation's newest model (waits for the first evaluation)
         detects = [start(lan.in_ns(b, *py("-m", "detect", "--follow", str(tmp_path / f"board{k}"), "--interface", b.interface,
-                                          "--watch", f"{DEVICES[k - 1]}={device_ip(k)}", "--profiles", str(tmp_path / "local"),
+                                          # by MAC, as README's household watch: its IPs are learnt from its packets
+                                          "--watch", f"{DEVICES[k - 1]}={device_mac(k)}",
+                                          "--profiles", str(tmp_path / "local"),
                                           "--config", str(board_cfg[k - 1]),
                                           "--board", f"board{k}", "--out", str(tmp_path / f"alerts{k}.jsonl"),
                                           "--relay", f"{srv.ip}:{RELAY_PORT}", "--tls-dir", str(certs), "--rank",
