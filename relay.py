@@ -201,18 +201,19 @@ class Relay:
         if what == "refused_rate":
             self._refuse(board, "indicators beyond detect_args.warn_rate_per_min")
         if out is not None:
-            self.recent.appendleft({"at": time.time(), **out.to_wire()})
+            wire = out.to_wire()
+            data = (json.dumps(wire) + "\n").encode()  # one line, for the boards now and those that join later
+            self.recent.appendleft({"at": time.time(), **wire})
             with self.lock:  # in force for boards that join later: the endpoint's latest status
                 self.live.pop(out.endpoint, None)
-                self.live[out.endpoint] = (set(out.boards), time.time(), (json.dumps(out.to_wire()) + "\n").encode())
+                self.live[out.endpoint] = (set(out.boards), time.time(), data)
                 while len(self.live) > self.rules.max_endpoints:
                     self.live.popitem(last=False)
-            self.broadcast(out, exclude=board)
+            self.broadcast(out, data, exclude=board)
 
-    def broadcast(self, ind: Indicator, exclude: str) -> None:
-        """Onto the queue of every board that did not name it: a board that reads slowly (or not at all) delays only
-        itself; its queue full, what does not fit is dropped and counted."""
-        data = (json.dumps(ind.to_wire()) + "\n").encode()
+    def broadcast(self, ind: Indicator, data: bytes, exclude: str) -> None:
+        """`data` (the indicator's line) onto the queue of every board that did not name it: a board that reads slowly
+        (or not at all) delays only itself; its queue full, what does not fit is dropped and counted."""
         with self.lock:
             targets = [(b, q) for b, q in self.outboxes.items() if b != exclude and b not in ind.boards]
         for b, q in targets:

@@ -96,7 +96,6 @@ class Front:
         self._by_backend: dict[str, _Connection] = {}  # the backend peer string gRPC reports -> the connection
         self._lock = threading.Lock()
         self.refused_connections = 0
-        self.pauses = 0
         self.loop = asyncio.new_event_loop()
         self._server: asyncio.base_events.Server | None = None
         started = threading.Event()
@@ -176,7 +175,6 @@ class Front:
         conn.strikes += 1
         pause = min(self.limits.pause_max_s, self.limits.pause_first_s * 2 ** min(conn.strikes - 1, 30))
         conn.paused_until = time.monotonic() + pause
-        self.pauses += 1
 
     def forgive(self, backend_peer: str) -> None:
         """A message on this connection was taken: its next refusal pauses it for the shortest time again."""
