@@ -49,14 +49,13 @@ from data.sources import PROVENANCE_FILE
 from fediot.config import DEVICE_NAME, DetectArgs, load, validate
 from fediot.errors import FedIoTError
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
-from traffic.packets import PacketBatch, SkipCounts, frames_batch, live_capture, read_capture
+from traffic.packets import PACKET_FIELDS, PacketBatch, SkipCounts, frames_batch, live_capture, read_capture
 from traffic.profile import PROFILE_FILE, EndpointProfile, endpoints_of
 from traffic.simulator import TrafficSimulator
 from traffic.watch import Watch, Watcher, parse_watch
 
 PROGRESS_EVERY_S = 5.0  # seconds between progress lines
 ATTACK_PROFILE = "Danmini_Doorbell"  # the simulator's device kind whose rng drives a simulated attack's packets
-FIELDS = ("time", "size", "src_mac", "src_ip", "dst_ip", "src_port", "dst_port")
 
 
 @dataclass
@@ -77,7 +76,7 @@ class DeviceCapture:
 
 
 def take(batch: PacketBatch, idx: np.ndarray, into: PacketBatch) -> None:
-    for name in FIELDS:
+    for name in PACKET_FIELDS:
         src, dst = getattr(batch, name), getattr(into, name)
         dst.extend(src[i] for i in idx)
 
@@ -140,7 +139,7 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     attack_batch = frames_batch(frames)
     merged = PacketBatch()
     order = np.argsort(np.concatenate([own.time, attack_batch.time]), kind="stable")
-    for name in FIELDS:
+    for name in PACKET_FIELDS:
         both = getattr(own, name) + getattr(attack_batch, name)
         getattr(merged, name).extend(both[i] for i in order)
     rows = FeatureExtractor.configured(cfg).transform(merged)

@@ -54,7 +54,7 @@ from model.lean import LeanDetector  # noqa: E402
 from model.threshold import ThresholdRule  # noqa: E402
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor  # noqa: E402
 from traffic.alerts import RateLimiter  # noqa: E402
-from traffic.packets import PacketBatch, SkipCounts, frames_batch, read_capture  # noqa: E402
+from traffic.packets import PACKET_FIELDS, PacketBatch, SkipCounts, frames_batch, read_capture  # noqa: E402
 from traffic.profile import EndpointProfile, endpoints_of  # noqa: E402
 from traffic.simulator import TrafficSimulator  # noqa: E402
 from traffic.watch import Watcher, parse_watch  # noqa: E402
@@ -97,16 +97,16 @@ def packets_of(pcap: Path, batch: int) -> PacketBatch:
     """Every packet of a capture as one batch (these captures are a few MB)."""
     whole = PacketBatch()
     for b, _ in read_capture(pcap, batch_size=batch):
-        for name, values in vars(b).items():
-            getattr(whole, name).extend(values)
+        for name in PACKET_FIELDS:
+            getattr(whole, name).extend(getattr(b, name))
     return whole
 
 
 def subset(batch: PacketBatch, idx: np.ndarray) -> PacketBatch:
     out = PacketBatch()
-    for name, values in vars(batch).items():
-        if isinstance(values, list):
-            setattr(out, name, [values[i] for i in idx])
+    for name in PACKET_FIELDS:
+        values = getattr(batch, name)
+        setattr(out, name, [values[i] for i in idx])
     return out
 
 
@@ -169,7 +169,7 @@ def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, de
         extra = frames_batch(sim.attack(attack, start, start + seconds))
         merged = PacketBatch()
         order = np.argsort(np.concatenate([t, np.asarray(extra.time)]), kind="stable")
-        for name in vars(packets):
+        for name in PACKET_FIELDS:
             both = getattr(packets, name) + getattr(extra, name)
             setattr(merged, name, [both[j] for j in order])
         mt = np.asarray(merged.time)

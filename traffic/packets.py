@@ -20,6 +20,10 @@ import dpkt
 from fediot.errors import DataError
 
 
+# PacketBatch's per-packet lists, every one of them always filled (`frame` aside: kept only when asked)
+PACKET_FIELDS = ("time", "size", "src_mac", "src_ip", "dst_ip", "src_port", "dst_port")
+
+
 @dataclass
 class PacketBatch:
     """Parallel lists of per-packet fields (IPv4/IPv6 only)."""
