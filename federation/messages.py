@@ -1,31 +1,14 @@
-"""The messages of a federated run, defined once: their types, fields, validators and typed forms.
+"""The messages of a federated run, each defined once: a frozen dataclass whose fields are `rule`s (a check, a few
+words, how the value is encoded), registered by `@message(type, direction)`. From that one definition come the
+validation (`validate`: exact field names, then each field's check in order against what the receiver knows), the
+encoding (`to_fields`), the typed form (`of`), which messages may carry tensors (`tensors_allowed`) and the protocol
+table in doc/architecture.md (`protocol_table`, compared by a test). `ProtocolError` names what was wrong; the
+receiver logs it, counts it and goes on. A server request reaches the client's answers as a `Request` (what all are
+told, and each client's `ClientOrder`). Every grid receives through a `Receiver` (decode -> validate -> type, refused
+and counted).
 
-Every message is input. A receiver checks it against its type's schema (`validate`) before using it: field
-names, types, shapes against the global model, finiteness, ranges; `ProtocolError` names what was wrong, and the
-receiver logs it, counts it and goes on. The typed forms (`Hello`, `Update`, `ValStats`, `Report`, `RoundPlan`)
-are what the client builds (`to_fields`) and what the server and the defenses read (`of`, after `validate`); a
-server request reaches the client's answers as a `Request` (what all are told, and each client's `ClientOrder`).
-Every grid receives through a `Receiver` (decode -> validate -> type, refused and counted).
-
-What a well-formed lie can still do (a
-plausible but poisoned update, inflated statistics) is the robust-aggregation layer's business.
-
-| message | direction | fields |
-|---|---|---|
-| HELLO | client → server | device (the client's name), n_train, feature_stats, held_out (validation, test, attacks: rows each) |
-| WELCOME | server → client | round |
-| PING | server → client | (none): "say hello if you are there" |
-| TRAIN | server → client | round, model, normalizer, clients: {client: {plan, scale (optional: its device's widened feature scales)}} |
-| UPDATE | client → server | round, client, model, n, loss, lr, train_seconds |
-| EVAL_STATS | server → client | round, model, normalizer, clients: {client: {scale (optional, as in TRAIN)}} |
-| VAL_STATS | client → server | round, client, val_stats (count, total, total_sq; window_hist, rows_per_day, tail_clusters, tail_exceedances) |
-| EVAL_COUNTS | server → client | round, global_threshold, window, clients: {client: {device_threshold (that client's own)}} |
-| REPORT | client → server | round, report (`evaluation.counts.client_report`; its device is the client's name) |
-| FINISH | server → client | error (optional) |
-| HEALTH | client → server | health: version, features_version, rss_mb, cpu_percent, disk_free_mb, uptime_s, last_round, detect (packets, packets_per_s, packet_alerts, window_alerts, model_round; or null), warnings_total, warnings ([{time, level, message}]) |
-
-HEALTH is what a board (or simulation worker rank) says about itself every `status_args.health_interval_s`: shown
-on the status page and in /metrics, never used for training or thresholds.
+What a well-formed lie can still do (a plausible but poisoned update, inflated statistics) is the robust-aggregation
+layer's business.
 
 A server message is about one or more clients of the receiving rank (`clients`, with what differs per client):
 a board is one client (its device); a simulation worker rank holds several and gets one message per phase for
@@ -36,7 +19,7 @@ rank about.
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
 
 import torch
@@ -75,7 +58,6 @@ MAX_PACKETS = 10**15
 MAX_HEADER_BYTES = 4 * 2**20
 # VAL_STATS: a device's packets a day (one an hour to ~116,000 a second)
 MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY = 24.0, 1e10
-MODEL_CARRYING = {S2C_TRAIN, S2C_EVAL_STATS, C2S_UPDATE}
 
 
 ProtocolError = InputError  # a message that does not match its type's schema
@@ -94,7 +76,33 @@ class Expectations:
         return cls({k: tuple(v.shape) for k, v in model.state_dict().items()}, model.input_dim, frozenset(devices))
 
 
-def _state(v: Any, exp: Expectations, name: str = "model") -> None:
+# ------------------------------------------------------------------------------------------ field checks
+# A field's check is called as check(value, expectations, all the message's fields, the field's name) and raises
+# ProtocolError; fields are checked in their definition's order, so a check may read the fields defined before it.
+Check = Callable[[Any, Expectations, dict[str, Any], str], None]
+
+
+def _integer(lo: int = 0, hi: int = 10**9) -> Check:
+    return lambda v, exp, p, name: _int(v, name, lo, hi) and None
+
+
+def _number(lo: float = 0.0, hi: float = float("inf")) -> Check:
+    return lambda v, exp, p, name: _num(v, name, lo, hi) and None
+
+
+def _round(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    _int(v, name, 0, 10**6)
+
+
+def _known(what: str) -> Check:
+    """A name the receiver knows: one of the configured clients (`what` says which kind of name it is)."""
+    def check(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+        if _str(v, name) not in exp.devices:
+            _fail(f"{name} {v!r} is not one of the configured {what}")
+    return check
+
+
+def _state(v: Any, exp: Expectations, p: dict[str, Any] | None = None, name: str = "model") -> None:
     state = _dict(v, name, set(exp.model_shapes))
     for key, shape in exp.model_shapes.items():
         t = state[key]
@@ -104,77 +112,56 @@ def _state(v: Any, exp: Expectations, name: str = "model") -> None:
             _fail(f"{name}[{key}] holds NaN or Inf")
 
 
-def _normalizer(v: Any, exp: Expectations) -> None:
-    d = _dict(v, "normalizer", {"transform", "method", "offset", "scale"})
+def _normalizer(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    d = _dict(v, name, {"transform", "method", "offset", "scale"})
     if d["transform"] not in ("log1p", "none") or d["method"] not in ("zscore", "minmax"):
-        _fail("normalizer transform/method unknown")
-    _vector(d["offset"], "normalizer.offset", exp.n_features)
-    _vector(d["scale"], "normalizer.scale", exp.n_features)
+        _fail(f"{name} transform/method unknown")
+    _vector(d["offset"], f"{name}.offset", exp.n_features)
+    _vector(d["scale"], f"{name}.scale", exp.n_features)
     if min(d["scale"]) <= 0:
-        _fail("normalizer.scale must be > 0")
+        _fail(f"{name}.scale must be > 0")
 
 
-def _round(p: dict[str, Any]) -> None:
-    _int(p["round"], "round", 0, 10**6)
-
-
-def _client(p: dict[str, Any], exp: Expectations) -> None:
-    if _str(p["client"], "client") not in exp.devices:
-        _fail(f"client {p['client']!r} is not one of the configured clients")
-
-
-def _hello(p: dict[str, Any], exp: Expectations) -> None:
-    if _str(p["device"], "device") not in exp.devices:
-        _fail(f"device {p['device']!r} is not one of the configured devices")
-    _int(p["n_train"], "n_train", 1)
-    s = _dict(p["feature_stats"], "feature_stats", {"count", "total", "total_sq", "minimum", "maximum"})
-    if _int(s["count"], "feature_stats.count", 1) != p["n_train"]:
-        _fail("feature_stats.count must equal n_train")
+def _feature_stats(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    s = _dict(v, name, {"count", "total", "total_sq", "minimum", "maximum"})
+    if _int(s["count"], f"{name}.count", 1) != p["n_train"]:
+        _fail(f"{name}.count must equal n_train")
     for key in ("total", "minimum", "maximum"):
-        _vector(s[key], f"feature_stats.{key}", exp.n_features)
-    _vector(s["total_sq"], "feature_stats.total_sq", exp.n_features, 0.0)
-    check_feature_stats(s["count"], s["total"], s["total_sq"], s["minimum"], s["maximum"], "feature_stats")
-    h = _dict(p["held_out"], "held_out", {"validation", "test", "attacks"})
-    _int(h["validation"], "held_out.validation", 1)
-    _int(h["test"], "held_out.test")
-    for name, n in _dict(h["attacks"], "held_out.attacks").items():
-        _str(name, "held_out.attacks name")
-        _int(n, f"held_out.attacks.{name}")
+        _vector(s[key], f"{name}.{key}", exp.n_features)
+    _vector(s["total_sq"], f"{name}.total_sq", exp.n_features, 0.0)
+    check_feature_stats(s["count"], s["total"], s["total_sq"], s["minimum"], s["maximum"], name)
 
 
-def _update(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
-    _client(p, exp)
-    _state(p["model"], exp)
-    _int(p["n"], "n", 1)
-    _num(p["loss"], "loss", 0.0, MAX_VALUE)
-    _num(p["lr"], "lr")
-    _num(p["train_seconds"], "train_seconds", 0.0, MAX_SECONDS)
+def _held_out(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    h = _dict(v, name, {"validation", "test", "attacks"})
+    _int(h["validation"], f"{name}.validation", 1)
+    _int(h["test"], f"{name}.test")
+    for attack, n in _dict(h["attacks"], f"{name}.attacks").items():
+        _str(attack, f"{name}.attacks name")
+        _int(n, f"{name}.attacks.{attack}")
 
 
-def _val_stats(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
-    _client(p, exp)
-    s = _dict(p["val_stats"], "val_stats")
+def _val_stats(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    s = _dict(v, name)
     optional = {"window_hist", "rows_per_day", "tail_clusters", "tail_exceedances"}
     if not {"count", "total", "total_sq"} <= set(s) <= {"count", "total", "total_sq"} | optional:
-        _fail(f"val_stats must have the keys count, total, total_sq and may have {', '.join(sorted(optional))}, not "
+        _fail(f"{name} must have the keys count, total, total_sq and may have {', '.join(sorted(optional))}, not "
               f"{sorted(map(str, s))[:10]}")
-    _int(s["count"], "val_stats.count", 1)
-    _num(s["total"], "val_stats.total")
-    _num(s["total_sq"], "val_stats.total_sq")
-    check_error_stats(s["count"], s["total"], s["total_sq"], "val_stats")
+    _int(s["count"], f"{name}.count", 1)
+    _num(s["total"], f"{name}.total")
+    _num(s["total_sq"], f"{name}.total_sq")
+    check_error_stats(s["count"], s["total"], s["total_sq"], name)
     if "window_hist" in s:  # at most one window score per row, at least one
-        _hist(s["window_hist"], "val_stats.window_hist")
+        _hist(s["window_hist"], f"{name}.window_hist")
         if not 1 <= sum(s["window_hist"].values()) <= s["count"]:
-            _fail(f"val_stats.window_hist must count 1..{s['count']} window scores (val_stats.count rows)")
+            _fail(f"{name}.window_hist must count 1..{s['count']} window scores ({name}.count rows)")
     if "rows_per_day" in s:
-        _num(s["rows_per_day"], "val_stats.rows_per_day", MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY)
+        _num(s["rows_per_day"], f"{name}.rows_per_day", MIN_ROWS_PER_DAY, MAX_ROWS_PER_DAY)
     if ("tail_clusters" in s) != ("tail_exceedances" in s):
-        _fail("val_stats.tail_clusters and tail_exceedances come together")
+        _fail(f"{name}.tail_clusters and tail_exceedances come together")
     if "tail_clusters" in s:  # clusters of window scores: at most as many as the scores over the tail, at most the rows
-        _int(s["tail_exceedances"], "val_stats.tail_exceedances", 0, s["count"])
-        _int(s["tail_clusters"], "val_stats.tail_clusters", 0, s["tail_exceedances"])
+        _int(s["tail_exceedances"], f"{name}.tail_exceedances", 0, s["count"])
+        _int(s["tail_clusters"], f"{name}.tail_clusters", 0, s["tail_exceedances"])
 
 
 def _counts(v: Any, name: str, keys: set[str]) -> None:
@@ -212,99 +199,86 @@ def _validation_and_hist(r: dict[str, Any], name: str) -> None:
         _hist(hist, f"{name}.hist.attacks.{attack}")
 
 
-def _report(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
+def _report(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
     keys = {"device", "missing_attacks", "validation", "modes", "hist"}
-    r = _dict(p["report"], "report")
+    r = _dict(v, name)
     if set(r) not in (keys, keys | {"personal"}):
-        _fail(f"report must have exactly the keys {sorted(keys)} (and 'personal'), not {sorted(map(str, r))[:10]}")
-    if _str(r["device"], "report.device") not in exp.devices:
-        _fail("report.device is not a configured device")
+        _fail(f"{name} must have exactly the keys {sorted(keys)} (and 'personal'), not {sorted(map(str, r))[:10]}")
+    if _str(r["device"], f"{name}.device") not in exp.devices:
+        _fail(f"{name}.device is not a configured device")
     if not isinstance(r["missing_attacks"], list) or not all(isinstance(a, str) for a in r["missing_attacks"]):
-        _fail("report.missing_attacks must be a list of names")
-    _validation_and_hist(r, "report")
-    _modes(r["modes"], "report.modes", {"global", "device"})
+        _fail(f"{name}.missing_attacks must be a list of names")
+    _validation_and_hist(r, name)
+    _modes(r["modes"], f"{name}.modes", {"global", "device"})
     if "personal" in r:  # the client's personalised model at its own threshold (validation_args.personalise_epochs)
-        pr = _dict(r["personal"], "report.personal", {"modes", "validation", "hist"})
-        _validation_and_hist(pr, "report.personal")
-        _modes(pr["modes"], "report.personal.modes", {"personal"})
+        pr = _dict(r["personal"], f"{name}.personal", {"modes", "validation", "hist"})
+        _validation_and_hist(pr, f"{name}.personal")
+        _modes(pr["modes"], f"{name}.personal.modes", {"personal"})
 
 
-def _welcome(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
-
-
-def _addressed(p: dict[str, Any], exp: Expectations, keys: set[str]) -> dict[str, dict[str, Any]]:
+def _addressed(keys: set[str], each: Callable[[str, dict[str, Any]], None] | None = None) -> Check:
     """The clients a server message is about: 1..(the receiver's clients) of them, no other, each with exactly
-    `keys` (its own fields) and, in a message with a normaliser, optionally `scale`: its device's widened feature
-    scales, each at least the normaliser's (`Normalizer.widened_for`)."""
-    clients = _dict(p["clients"], "clients")
-    if not 1 <= len(clients) <= len(exp.devices):
-        _fail(f"clients must name 1..{len(exp.devices)} clients, not {len(clients)}")
-    for name, fields in clients.items():
-        if name not in exp.devices:
-            _fail(f"client {name[:200]!r} is not one of the configured clients")
-        if "normalizer" in p and isinstance(fields, dict) and "scale" in fields:
-            _dict(fields, f"clients[{name}]", keys | {"scale"})
-            _vector(fields["scale"], f"clients[{name}].scale", exp.n_features)
-            if any(w < s for w, s in zip(fields["scale"], p["normalizer"]["scale"])):
-                _fail(f"clients[{name}].scale must not be below normalizer.scale")
-        else:
-            _dict(fields, f"clients[{name}]", keys)  # a configured name: short
-    return clients
+    `keys` (its own fields, then checked by `each`) and, in a message with a normaliser, optionally `scale`: its
+    device's widened feature scales, each at least the normaliser's (`Normalizer.widened_for`)."""
+    def check(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+        clients = _dict(v, name)
+        if not 1 <= len(clients) <= len(exp.devices):
+            _fail(f"{name} must name 1..{len(exp.devices)} clients, not {len(clients)}")
+        for client, fields in clients.items():
+            if client not in exp.devices:
+                _fail(f"client {client[:200]!r} is not one of the configured clients")
+            if "normalizer" in p and isinstance(fields, dict) and "scale" in fields:
+                _dict(fields, f"{name}[{client}]", keys | {"scale"})
+                _vector(fields["scale"], f"{name}[{client}].scale", exp.n_features)
+                if any(w < s for w, s in zip(fields["scale"], p["normalizer"]["scale"])):
+                    _fail(f"{name}[{client}].scale must not be below normalizer.scale")
+            else:
+                _dict(fields, f"{name}[{client}]", keys)  # a configured name: short
+            if each is not None:
+                each(f"{name}[{client}]", fields)
+    return check
 
 
-def _train(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
-    _state(p["model"], exp)
-    _normalizer(p["normalizer"], exp)
-    for name, fields in _addressed(p, exp, {"plan"}).items():
-        try:
-            RoundPlan.from_dict(fields["plan"])
-        except InputError as exc:
-            _fail(f"clients[{name}].plan: {exc}")
+def _plan(where: str, fields: dict[str, Any]) -> None:
+    try:
+        RoundPlan.from_dict(fields["plan"])
+    except InputError as exc:
+        _fail(f"{where}.plan: {exc}")
 
 
-def _eval_stats(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
-    _normalizer(p["normalizer"], exp)
-    _addressed(p, exp, set())
-    _state(p["model"], exp)
+def _device_threshold(where: str, fields: dict[str, Any]) -> None:
+    _num(fields["device_threshold"], f"{where}.device_threshold")
 
 
-def _eval_counts(p: dict[str, Any], exp: Expectations) -> None:
-    _round(p)
-    for name, fields in _addressed(p, exp, {"device_threshold"}).items():
-        _num(fields["device_threshold"], f"clients[{name}].device_threshold")
-    _num(p["global_threshold"], "global_threshold")
-    if _int(p["window"], "window", 1, 10**6) % 2 == 0:
-        _fail("window must be odd")
+def _window(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    if _int(v, name, 1, 10**6) % 2 == 0:
+        _fail(f"{name} must be odd")
 
 
-def _health(p: dict[str, Any], exp: Expectations) -> None:
-    h = _dict(p["health"], "health", {"version", "features_version", "rss_mb", "cpu_percent", "disk_free_mb",
-                                      "uptime_s", "last_round", "detect", "warnings_total", "warnings"})
-    _str(h["version"], "health.version", 64)
+def _health(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    h = _dict(v, name, {"version", "features_version", "rss_mb", "cpu_percent", "disk_free_mb", "uptime_s",
+                        "last_round", "detect", "warnings_total", "warnings"})
+    _str(h["version"], f"{name}.version", 64)
     if h["features_version"] is not None:
-        _int(h["features_version"], "health.features_version", 0, 10**6)
-    _num(h["rss_mb"], "health.rss_mb", 0.0, MAX_HEALTH_MB)
-    _num(h["cpu_percent"], "health.cpu_percent", 0.0, MAX_CPU_PERCENT)
-    _num(h["disk_free_mb"], "health.disk_free_mb", 0.0, MAX_HEALTH_MB)
-    _num(h["uptime_s"], "health.uptime_s", 0.0, MAX_SECONDS * 100)
+        _int(h["features_version"], f"{name}.features_version", 0, 10**6)
+    _num(h["rss_mb"], f"{name}.rss_mb", 0.0, MAX_HEALTH_MB)
+    _num(h["cpu_percent"], f"{name}.cpu_percent", 0.0, MAX_CPU_PERCENT)
+    _num(h["disk_free_mb"], f"{name}.disk_free_mb", 0.0, MAX_HEALTH_MB)
+    _num(h["uptime_s"], f"{name}.uptime_s", 0.0, MAX_SECONDS * 100)
     if h["last_round"] is not None:
-        _int(h["last_round"], "health.last_round", 0, 10**6)
+        _int(h["last_round"], f"{name}.last_round", 0, 10**6)
     if h["detect"] is not None:
-        d = _dict(h["detect"], "health.detect", set(DETECT_FIELDS))
+        d = _dict(h["detect"], f"{name}.detect", set(DETECT_FIELDS))
         for key in ("packets", "packet_alerts", "window_alerts"):
-            _int(d[key], f"health.detect.{key}", 0, MAX_PACKETS)
-        _num(d["packets_per_s"], "health.detect.packets_per_s", 0.0, 1e9)
+            _int(d[key], f"{name}.detect.{key}", 0, MAX_PACKETS)
+        _num(d["packets_per_s"], f"{name}.detect.packets_per_s", 0.0, 1e9)
         if d["model_round"] is not None:
-            _int(d["model_round"], "health.detect.model_round", 0, 10**6)
+            _int(d["model_round"], f"{name}.detect.model_round", 0, 10**6)
         alerts = d["alerts"]
         if not isinstance(alerts, list) or len(alerts) > DETECT_ALERTS:
-            _fail(f"health.detect.alerts must be a list of at most {DETECT_ALERTS}")
+            _fail(f"{name}.detect.alerts must be a list of at most {DETECT_ALERTS}")
         for i, a in enumerate(alerts):
-            where = f"health.detect.alerts[{i}]"
+            where = f"{name}.detect.alerts[{i}]"
             a = _dict(a, where, set(ALERT_FIELDS))
             _num(a["time"], f"{where}.time", 0.0, 1e11)
             _str(a["device"], f"{where}.device", ALERT_NAME_CHARS)
@@ -314,45 +288,255 @@ def _health(p: dict[str, Any], exp: Expectations) -> None:
             if a["state"] not in ("ON", "OFF"):
                 _fail(f"{where}.state must be ON or OFF")
             _str(a["why"], f"{where}.why", ALERT_WHY_CHARS)
-    _int(h["warnings_total"], "health.warnings_total", 0, MAX_PACKETS)
+    _int(h["warnings_total"], f"{name}.warnings_total", 0, MAX_PACKETS)
     w = h["warnings"]
     if not isinstance(w, list) or len(w) > MAX_HEALTH_WARNINGS:
-        _fail(f"health.warnings must be a list of at most {MAX_HEALTH_WARNINGS}")
+        _fail(f"{name}.warnings must be a list of at most {MAX_HEALTH_WARNINGS}")
     for i, item in enumerate(w):
-        item = _dict(item, f"health.warnings[{i}]", {"time", "level", "message"})
-        _num(item["time"], f"health.warnings[{i}].time", 0.0, 1e11)
+        item = _dict(item, f"{name}.warnings[{i}]", {"time", "level", "message"})
+        _num(item["time"], f"{name}.warnings[{i}].time", 0.0, 1e11)
         if item["level"] not in LEVELS:
-            _fail(f"health.warnings[{i}].level must be one of {', '.join(LEVELS)}")
-        _str(item["message"], f"health.warnings[{i}].message", MAX_WARNING_CHARS)
+            _fail(f"{name}.warnings[{i}].level must be one of {', '.join(LEVELS)}")
+        _str(item["message"], f"{name}.warnings[{i}].message", MAX_WARNING_CHARS)
 
 
-def _finish(p: dict[str, Any], exp: Expectations) -> None:
-    if p.get("error") is not None:
-        _str(p["error"], "error", 4000)
+def _error(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
+    if v is not None:
+        _str(v, name, 4000)
 
 
-# type -> (fields that must be there, fields that may be there, check)
-SCHEMAS: dict[str, tuple[set[str], set[str], Callable[[dict[str, Any], Expectations], None]]] = {
-    C2S_HELLO: ({"device", "n_train", "feature_stats", "held_out"}, set(), _hello),
-    C2S_UPDATE: ({"round", "client", "model", "n", "loss", "lr", "train_seconds"}, set(), _update),
-    C2S_VAL_STATS: ({"round", "client", "val_stats"}, set(), _val_stats),
-    C2S_REPORT: ({"round", "report"}, set(), _report),
-    S2C_WELCOME: ({"round"}, set(), _welcome),
-    S2C_PING: (set(), set(), lambda p, e: None),
-    S2C_TRAIN: ({"round", "clients", "model", "normalizer"}, set(), _train),
-    S2C_EVAL_STATS: ({"round", "clients", "model", "normalizer"}, set(), _eval_stats),
-    S2C_EVAL_COUNTS: ({"round", "clients", "global_threshold", "window"}, set(), _eval_counts),
-    S2C_FINISH: (set(), {"error"}, _finish),
-    C2S_HEALTH: ({"health"}, set(), _health),
-}
+# ------------------------------------------------------------------------------------------ definitions
+def rule(check: Check, what: str, *, optional: bool = False, wire: str | None = None, tensors: bool = False,
+         encode: Callable[[Any], Any] | None = None, decode: Callable[[Any], Any] | None = None) -> Any:
+    """One field of a message, declared once: its check, a few words for the protocol table (`what`), and how its
+    typed value goes to and comes from the wire. wire: its name on the wire when that differs from the attribute's;
+    tensors: it carries the model's tensors (the wire admits tensors only in such messages)."""
+    meta = {"check": check, "what": what, "optional": optional, "wire": wire, "tensors": tensors,
+            "encode": encode, "decode": decode}
+    return field(default=None, metadata=meta) if optional else field(metadata=meta)
+
+
+@dataclass(frozen=True)
+class Definition:
+    """A message type as its class declares it: the wire's field names in check order, which are optional, and the
+    class that is its typed form."""
+
+    msg_type: str
+    direction: str
+    cls: type
+    fields: tuple[Any, ...]  # dataclasses.Field, in check order
+
+    @property
+    def required(self) -> set[str]:
+        return {wire_name(f) for f in self.fields if not f.metadata["optional"]}
+
+    @property
+    def optional(self) -> set[str]:
+        return {wire_name(f) for f in self.fields if f.metadata["optional"]}
+
+    @property
+    def carries_tensors(self) -> bool:
+        return any(f.metadata["tensors"] for f in self.fields)
+
+
+def wire_name(f: Any) -> str:
+    return f.metadata["wire"] or f.name
+
+
+DEFINITIONS: dict[str, Definition] = {}
+
+
+def message(msg_type: str, direction: str) -> Callable[[type], type]:
+    """Register a message class (a frozen dataclass whose fields are `rule`s) as the one definition of `msg_type`:
+    `validate` checks its fields, `to_fields` encodes it and `of` types it, all from those rules."""
+    def register(cls: type) -> type:
+        if msg_type in DEFINITIONS:
+            raise ValueError(f"{msg_type} is defined twice")
+        DEFINITIONS[msg_type] = Definition(msg_type, direction, cls, tuple(fields(cls)))
+        cls.TYPE = msg_type  # type: ignore[attr-defined]
+        return cls
+    return register
+
+
+class Typed:
+    """The encoding and the typing of a message class, derived from its rules."""
+
+    def to_fields(self) -> dict[str, Any]:
+        """The message's wire fields (an optional field left None is left out)."""
+        out: dict[str, Any] = {}
+        for f in DEFINITIONS[self.TYPE].fields:  # type: ignore[attr-defined]
+            value = getattr(self, f.name)
+            if value is None and f.metadata["optional"]:
+                continue
+            out[wire_name(f)] = value if f.metadata["encode"] is None else f.metadata["encode"](value)
+        return out
+
+    @classmethod
+    def of(cls, p: dict[str, Any]) -> Any:
+        """The typed form of validated wire fields."""
+        values = {}
+        for f in DEFINITIONS[cls.TYPE].fields:  # type: ignore[attr-defined]
+            value = p.get(wire_name(f))
+            if value is not None and f.metadata["decode"] is not None:
+                value = f.metadata["decode"](value)
+            values[f.name] = value
+        return cls(**values)
+
+
+def _error_stats_fields(s: ErrorStats) -> dict[str, Any]:
+    extra: dict[str, Any] = {}
+    if s.window_hist is not None:
+        extra["window_hist"] = {str(int(b)): int(c) for b, c in s.window_hist.items()}
+    if s.rows_per_day is not None:
+        extra["rows_per_day"] = float(s.rows_per_day)
+    if s.tail_clusters is not None and s.tail_exceedances is not None:
+        extra["tail_clusters"], extra["tail_exceedances"] = int(s.tail_clusters), int(s.tail_exceedances)
+    return {"count": s.count, "total": s.total, "total_sq": s.total_sq, **extra}
+
+
+def _error_stats_of(v: dict[str, Any]) -> ErrorStats:
+    hist = v.get("window_hist")
+    return ErrorStats(v["count"], v["total"], v["total_sq"], None if hist is None else {int(b): c for b, c in hist.items()},
+                      v.get("rows_per_day"), v.get("tail_clusters"), v.get("tail_exceedances"))
+
+
+ROUND = "the round it is about"
+
+
+@message(C2S_HELLO, "client → server")
+@dataclass(frozen=True)
+class Hello(Typed):
+    """HELLO: a client (re)joins with what it holds: training rows and their statistics, held-out row counts."""
+
+    device: str = rule(_known("devices"), "the client's name")
+    n_train: int = rule(_integer(1), "its training rows", decode=int)
+    feature_stats: FeatureStats = rule(_feature_stats, "count, total, total_sq, minimum, maximum of its training rows",
+                                       encode=FeatureStats.to_dict, decode=FeatureStats.from_dict)
+    held_out: dict[str, Any] = rule(_held_out, "rows held out: validation, test, attacks {file: rows}")
+
+
+@message(S2C_WELCOME, "server → client")
+@dataclass(frozen=True)
+class Welcome(Typed):
+    """WELCOME: the server took a HELLO."""
+
+    round: int = rule(_round, "the server's round")
+
+
+@message(S2C_PING, "server → client")
+@dataclass(frozen=True)
+class Ping(Typed):
+    """PING: "say hello if you are there" (to a board not connected)."""
+
+
+@message(S2C_TRAIN, "server → client")
+@dataclass(frozen=True)
+class Train(Typed):
+    """TRAIN: train the global model from these weights with this normaliser, each client with its own plan."""
+
+    round: int = rule(_round, ROUND)
+    model: dict[str, torch.Tensor] = rule(_state, "the global model's tensors", tensors=True)
+    normalizer: dict[str, Any] = rule(_normalizer, "transform, method, offset, scale")
+    clients: dict[str, Any] = rule(_addressed({"plan"}, _plan),
+                                   "{client: {plan, scale (optional: its device's widened feature scales)}}")
+
+
+@message(C2S_UPDATE, "client → server")
+@dataclass(frozen=True)
+class Update(Typed):
+    """UPDATE: one client's trained weights for one round, the rows it claims and what training cost."""
+
+    round: int = rule(_round, ROUND)
+    client: str = rule(_known("clients"), "the client")
+    model: dict[str, torch.Tensor] = rule(_state, "its trained tensors", tensors=True)
+    n: int = rule(_integer(1), "the rows it trained on", decode=int)
+    loss: float = rule(_number(0.0, MAX_VALUE), "its last epoch's mean loss", decode=float)
+    lr: float = rule(_number(), "the learning rate it used", decode=float)
+    train_seconds: float = rule(_number(0.0, MAX_SECONDS), "what training took", decode=float)
+
+
+@message(S2C_EVAL_STATS, "server → client")
+@dataclass(frozen=True)
+class EvalStats(Typed):
+    """EVAL_STATS: score your validation rows under this model and send their error statistics."""
+
+    round: int = rule(_round, ROUND)
+    model: dict[str, torch.Tensor] = rule(_state, "the evaluated model's tensors", tensors=True)
+    normalizer: dict[str, Any] = rule(_normalizer, "as in TRAIN")
+    clients: dict[str, Any] = rule(_addressed(set()), "{client: {scale (optional, as in TRAIN)}}")
+
+
+@message(C2S_VAL_STATS, "client → server")
+@dataclass(frozen=True)
+class ValStats(Typed):
+    """VAL_STATS: statistics of one client's validation errors under the evaluated model."""
+
+    round: int = rule(_round, ROUND)
+    client: str = rule(_known("clients"), "the client")
+    stats: ErrorStats = rule(_val_stats, "count, total, total_sq; window_hist, rows_per_day, tail_clusters, "
+                             "tail_exceedances", wire="val_stats", encode=_error_stats_fields, decode=_error_stats_of)
+
+
+@message(S2C_EVAL_COUNTS, "server → client")
+@dataclass(frozen=True)
+class EvalCounts(Typed):
+    """EVAL_COUNTS: count your held-out rows over these thresholds and report."""
+
+    round: int = rule(_round, ROUND)
+    clients: dict[str, Any] = rule(_addressed({"device_threshold"}, _device_threshold),
+                                   "{client: {device_threshold (that client's own)}}")
+    global_threshold: float = rule(_number(), "the global threshold")
+    window: int = rule(_window, "the vote window (odd)")
+
+
+@message(C2S_REPORT, "client → server")
+@dataclass(frozen=True)
+class Report(Typed):
+    """REPORT: one client's count report (`evaluation.counts.client_report`; `report["device"]` is the client)."""
+
+    round: int = rule(_round, ROUND)
+    report: dict[str, Any] = rule(_report, "`evaluation.counts.client_report`; its device is the client's name")
+
+    @property
+    def client(self) -> str:
+        return self.report["device"]
+
+
+@message(S2C_FINISH, "server → client")
+@dataclass(frozen=True)
+class Finish(Typed):
+    """FINISH: the run is over (with why, when it ended in an error or the board is quarantined)."""
+
+    error: str | None = rule(_error, "why the run ended early", optional=True)
+
+
+@message(C2S_HEALTH, "client → server")
+@dataclass(frozen=True)
+class Health(Typed):
+    """HEALTH: what a board (or simulation worker rank) says about itself every `status_args.health_interval_s`:
+    shown on the status page and in /metrics, never used for training or thresholds."""
+
+    health: dict[str, Any] = rule(_health, "version, features_version, rss_mb, cpu_percent, disk_free_mb, uptime_s, "
+                                  "last_round, detect (packets, packets_per_s, packet_alerts, window_alerts, model_round,"
+                                  " alerts; or null), warnings_total, warnings ([{time, level, message}])")
+
+
+def protocol_table() -> str:
+    """The messages as a markdown table, made from their definitions (doc/architecture.md shows it; a test compares)."""
+    lines = ["| message | direction | fields |", "|---|---|---|"]
+    for d in DEFINITIONS.values():
+        parts = [f"{wire_name(f)}{' (optional)' if f.metadata['optional'] else ''}: {f.metadata['what']}"
+                 for f in d.fields]
+        lines.append(f"| {d.msg_type.removeprefix('fediot_').upper()} | {d.direction} | {'; '.join(parts) or '(none)'} |")
+    return "\n".join(lines)
 
 
 def tensors_allowed(msg_type: str) -> int | None:
     """How many tensors a message of this type may carry (the model's, for the types that carry it; none for the
     others); None for a type that is not a message."""
-    if msg_type not in SCHEMAS:
+    if msg_type not in DEFINITIONS:
         return None
-    return _model_tensors() if msg_type in MODEL_CARRYING else 0
+    return _model_tensors() if DEFINITIONS[msg_type].carries_tensors else 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -369,17 +553,22 @@ def decode_message(raw: bytes, max_bytes: int) -> tuple[str, int, int, dict[str,
 
 
 def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
-    """Raise ProtocolError unless `fields` is exactly what a `msg_type` message may hold."""
-    if msg_type not in SCHEMAS:
+    """Raise ProtocolError unless `fields` is exactly what a `msg_type` message may hold: its definition's fields,
+    each passing its check, in order."""
+    if msg_type not in DEFINITIONS:
         _fail(f"unknown message type {msg_type!r}")
-    required, optional, check = SCHEMAS[msg_type]
+    d = DEFINITIONS[msg_type]
+    required, optional = d.required, d.optional
     present = set(fields)
     if not required <= present or not present <= required | optional:
-        missing, extra = sorted(required - present), sorted(present - required - optional)
+        missing, extra = sorted(required - present), sorted(map(str, present - required - optional))
         _fail(f"{msg_type}: " + "; ".join(x for x in (f"missing {missing}" if missing else "",
                                                       f"unexpected {extra[:10]}" if extra else "") if x))
     try:
-        check(fields, exp)
+        for f in d.fields:
+            name = wire_name(f)
+            if name in fields:
+                f.metadata["check"](fields[name], exp, fields, name)
     except ProtocolError as exc:
         raise ProtocolError(f"{msg_type}: {exc}") from None
     except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a check must never crash the receiver
@@ -422,98 +611,10 @@ class RoundPlan:
         return cls(**d)
 
 
-@dataclass(frozen=True)
-class Hello:
-    """HELLO: a client (re)joins with what it holds: training rows and their statistics, held-out row counts."""
-
-    device: str
-    n_train: int
-    feature_stats: FeatureStats
-    held_out: dict[str, Any]  # validation, test: rows; attacks: {file: rows}
-
-    def to_fields(self) -> dict[str, Any]:
-        return {"device": self.device, "n_train": self.n_train, "feature_stats": self.feature_stats.to_dict(),
-                "held_out": self.held_out}
-
-    @classmethod
-    def of(cls, f: dict[str, Any]) -> "Hello":
-        return cls(f["device"], int(f["n_train"]), FeatureStats.from_dict(f["feature_stats"]), f["held_out"])
-
-
-@dataclass(frozen=True)
-class Update:
-    """UPDATE: one client's trained weights for one round, the rows it claims and what training cost."""
-
-    round: int
-    client: str
-    model: dict[str, torch.Tensor]
-    n: int
-    loss: float
-    lr: float
-    train_seconds: float
-
-    def to_fields(self) -> dict[str, Any]:
-        return {"round": self.round, "client": self.client, "model": self.model, "n": self.n, "loss": self.loss,
-                "lr": self.lr, "train_seconds": self.train_seconds}
-
-    @classmethod
-    def of(cls, f: dict[str, Any]) -> "Update":
-        return cls(f["round"], f["client"], f["model"], int(f["n"]), float(f["loss"]), float(f["lr"]),
-                   float(f["train_seconds"]))
-
-
-@dataclass(frozen=True)
-class ValStats:
-    """VAL_STATS: statistics of one client's validation errors under the evaluated model."""
-
-    round: int
-    client: str
-    stats: ErrorStats
-
-    def to_fields(self) -> dict[str, Any]:
-        s = self.stats
-        extra: dict[str, Any] = {}
-        if s.window_hist is not None:
-            extra["window_hist"] = {str(int(b)): int(c) for b, c in s.window_hist.items()}
-        if s.rows_per_day is not None:
-            extra["rows_per_day"] = float(s.rows_per_day)
-        if s.tail_clusters is not None and s.tail_exceedances is not None:
-            extra["tail_clusters"], extra["tail_exceedances"] = int(s.tail_clusters), int(s.tail_exceedances)
-        return {"round": self.round, "client": self.client,
-                "val_stats": {"count": s.count, "total": s.total, "total_sq": s.total_sq, **extra}}
-
-    @classmethod
-    def of(cls, f: dict[str, Any]) -> "ValStats":
-        v = f["val_stats"]
-        hist = v.get("window_hist")
-        return cls(f["round"], f["client"], ErrorStats(v["count"], v["total"], v["total_sq"],
-                                                       None if hist is None else {int(b): c for b, c in hist.items()},
-                                                       v.get("rows_per_day"), v.get("tail_clusters"),
-                                                       v.get("tail_exceedances")))
-
-
-@dataclass(frozen=True)
-class Report:
-    """REPORT: one client's count report (`evaluation.counts.client_report`; `report["device"]` is the client)."""
-
-    round: int
-    report: dict[str, Any]
-
-    @property
-    def client(self) -> str:
-        return self.report["device"]
-
-    def to_fields(self) -> dict[str, Any]:
-        return {"round": self.round, "report": self.report}
-
-    @classmethod
-    def of(cls, f: dict[str, Any]) -> "Report":
-        return cls(f["round"], f["report"])
-
-
 # the answer each server request waits for, and its typed form
 ANSWER_TO = {S2C_TRAIN: C2S_UPDATE, S2C_EVAL_STATS: C2S_VAL_STATS, S2C_EVAL_COUNTS: C2S_REPORT}
-TYPED: dict[str, Any] = {C2S_HELLO: Hello, C2S_UPDATE: Update, C2S_VAL_STATS: ValStats, C2S_REPORT: Report}
+# what a client sends the driver, typed
+TYPED: dict[str, Any] = {t: DEFINITIONS[t].cls for t in (C2S_HELLO, *ANSWER_TO.values())}
 
 
 @dataclass(frozen=True)

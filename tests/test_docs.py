@@ -130,3 +130,11 @@ def test_every_module_attribute_the_docs_cite_exists():
             if name not in names:
                 missing.append(f"{page.name}: {pkg}.{module}.{name}")
     assert not missing, "cited but not there:\n" + "\n".join(missing)
+
+
+def test_architecture_protocol_table_is_the_generated_one():
+    """Issue 35: the protocol table is made from the message definitions, so the page cannot drift from the code."""
+    from federation.messages import protocol_table
+
+    assert protocol_table() in (REPO / "doc" / "architecture.md").read_text(), \
+        'regenerate with: python -c "import federation.messages as m; print(m.protocol_table())"'

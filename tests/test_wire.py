@@ -158,3 +158,24 @@ def test_validators_refuse_lies_about_shape_type_and_range(exchange):
     bad(S2C_EVAL_COUNTS, lambda f: f.__setitem__("clients", [DEVICE]), "clients must be a mapping")
     with pytest.raises(ProtocolError, match="unknown message type"):
         validate("fediot_tick", {}, exp)
+
+
+def test_each_definition_refuses_missing_and_unknown_fields_and_types_back_to_itself(exchange):
+    """Issue 35: one declarative definition per message. From it alone: a missing required field or an unknown one is
+    refused naming it, and a client message's typed form encodes back to the fields it was made of."""
+    from federation.messages import DEFINITIONS, TYPED, wire_name
+
+    messages, exp = exchange
+    assert set(messages) < set(DEFINITIONS) and all(d.fields or t.endswith("ping") for t, d in DEFINITIONS.items())
+    for msg_type, fields in messages.items():
+        for f in DEFINITIONS[msg_type].fields:
+            cut = {k: v for k, v in fields.items() if k != wire_name(f)}
+            with pytest.raises(ProtocolError, match=f"missing \\['{wire_name(f)}'\\]"):
+                validate(msg_type, cut, exp)
+        with pytest.raises(ProtocolError, match="unexpected \\['surprise'\\]"):
+            validate(msg_type, {**fields, "surprise": 1}, exp)
+        if msg_type in TYPED:
+            wired = roundtrip(msg_type, fields)
+            back = TYPED[msg_type].of(wired).to_fields()
+            assert {k: v for k, v in back.items() if k != "model"} == {k: v for k, v in wired.items() if k != "model"}
+            assert set(back) == set(fields)
