@@ -57,6 +57,14 @@ HELD_OUT_FACTOR = 3.0
 BENIGN_WATCH_S = 15.0
 MIN_WATCHED_PACKETS = 200  # each unattacked board scored at least this many of its device's packets
 CLOCK_SLACK_S = 0.5  # packet times (the boards' capture) vs the attacker's clock: same machine, different processes
+# Board 3's device goes silent (unplugged) after the attacks, then talks again from a new address (a new DHCP lease):
+# board 3 watches it with this shortest silence that is an alert (detect_args.silence_min_s; the capture's longest
+# silence times silence_factor when longer); a lagging reader on a loaded machine must not make a talking device
+# look silent, hence seconds, not the 1 s its behaviours repeat at
+SILENCE_MIN_S = 8.0
+SILENT_WITHIN_S = 30.0  # the silent alert comes this soon after the device stops
+MOVED_IP = f"{lan.SUBNET}.150"  # board 3's device's new address
+MOVED_WATCH_S = 6.0  # detect watches the device at its new address this long
 MQTT_PORT = 1883
 SYSLOG_PORT = 5514  # a syslog collector on the server host (UDP, RFC 5426)
 RELAY_PORT = 8899
@@ -170,8 +178,10 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         board_cfg = []
         for k in (1, 2, 3):  # each board keeps its runs in its own directory
             board_cfg.append(tmp_path / f"board{k}.yaml")
+            detect_args = {**values["detect_args"], **({"silence_min_s": SILENCE_MIN_S} if k == 3 else {})}
             board_cfg[-1].write_text(yaml.safe_dump({**values, "common_args": {**values["common_args"],
-                                                                               "run_dir_root": str(tmp_path / f"board{k}")}}))
+                                                                               "run_dir_root": str(tmp_path / f"board{k}")},
+                                                     "detect_args": detect_args}))
         server = start(lan.in_ns(srv, "bash", str(REPO / "run_server.sh"), str(cfg)), tmp_path / "server.log")
         procs.append(server)
         procs.append(start(lan.in_ns(srv, *py("-m", "relay", "--tls-dir", str(certs), "--host", srv.ip, "--config",
@@ -187,7 +197,7 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
                                           "--config", str(board_cfg[k - 1]),
                                           "--board", f"board{k}", "--out", str(tmp_path / f"alerts{k}.jsonl"),
                                           "--relay", f"{srv.ip}:{RELAY_PORT}", "--tls-dir", str(certs), "--rank",
-                                          str(k), "--duration", "240")), tmp_path / f"detect{k}.log")
+                                          str(k), "--duration", "300")), tmp_path / f"detect{k}.log")
                    for k, b in enumerate(boards, 1)]
         procs += detects
         assert server.wait(300) == 0, (tmp_path / "server.log").read_text()[-3000:]
@@ -219,6 +229,24 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         assert flood2.returncode == 0, flood2.stderr
         attack2_at = json.loads(flood2.stdout.splitlines()[0])["first_packet_at"]
         time.sleep(3.0)
+        # -- board 3's device goes silent (unplugged), then comes back with a new address (issue 36): the silence is an
+        # alert of its own, and the device, watched by its MAC, is watched at its new address too
+        silenced_at = time.time()
+        replays[2].terminate()
+        replays[2].wait(10)
+        deadline = time.monotonic() + SILENT_WITHIN_S
+        while time.monotonic() < deadline and '\\"host\\": \\"silent\\"' not in (tmp_path / "mqtt.jsonl").read_text():
+            time.sleep(0.5)  # the MQTT subscriber writes each message at once (detect's JSON lines are buffered)
+        log = tmp_path / "replay3-moved.log"
+        procs.append(start(lan.in_ns(boards[2], *py(str(REPO / "tools" / "lan.py"), "replay", "--interface",
+                                                    boards[2].interface, "--kind", KINDS[2], "--ip", MOVED_IP,
+                                                    "--mac", device_mac(3), "--gateway-mac", "02:00:0a:e7:02:03",
+                                                    "--seconds", "60", "--seed", "5", "--behaviour-every",
+                                                    str(BEHAVIOUR_EVERY_S), "--realtime")), log))
+        deadline = time.monotonic() + 120
+        while "first_packet_at" not in (log.read_text() if log.exists() else "") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(MOVED_WATCH_S)
         for d in detects:
             d.terminate()
         summaries = []
@@ -286,8 +314,14 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
         bound = max(FALSE_ALARM_RATE, HELD_OUT_FACTOR * held_out)
         assert final["round"] == 3 and packets > MIN_WATCHED_PACKETS and before <= bound * packets, \
             (before, packets, bound, held_out, summaries[k - 1]["devices"][device], summaries[k - 1]["model_swaps"])
+    # board 3's device: silent once it stopped (not before), and watched by its MAC at its new address (issue 36)
+    silent3 = silent_alerts(tmp_path / "alerts3.jsonl", DEVICES[2])
+    assert silent3 and silenced_at < silent3[0]["time"] <= silenced_at + SILENT_WITHIN_S, (silent3[:2], silenced_at)
+    assert MOVED_IP in summaries[2].get("learnt_ips", {}).get(DEVICES[2], []), summaries[2].get("learnt_ips")
     # the MQTT alert reached a subscriber on the server's broker (Home Assistant's discovery topics too)
     got = [json.loads(x) for x in (tmp_path / "mqtt.jsonl").read_text().splitlines()]
+    assert any(m["topic"] == f"fediot/board3/{DEVICES[2]}/alert" and json.loads(m["payload"])["host"] == "silent"
+               for m in got)
     topics = {m["topic"] for m in got}
     assert f"homeassistant/binary_sensor/fediot_board1_{DEVICES[0]}/config" in topics
     assert any(m["topic"] == f"fediot/board1/{DEVICES[0]}/state" and m["payload"] == "ON" for m in got)
@@ -312,6 +346,7 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
             "board2_own_alert_after_s": None if own2 is None else own2 - attack2_at,
             "early_warning_mqtt_latency_s": warned2[0]["received_at"] - attack2_at,
             "early_warning_syslog_latency_s": syslog2[0]["received_at"] - attack2_at,
+            "silent_alert_after_s": silent3[0]["time"] - silenced_at,
             "captured_rows": {d: json.loads((tmp_path / "local" / d / "provenance.json").read_text())["rows"]
                               for d in DEVICES},
             "false_alarms": {DEVICES[k - 1]: summaries[k - 1]["devices"][DEVICES[k - 1]] for k in (2, 3)},
@@ -366,6 +401,14 @@ for _ in range(100):
 c.subscribe([("homeassistant/#", 1), ("fediot/#", 1)])
 c.loop_forever()
 '''
+
+
+def silent_alerts(path: Path, device: str) -> list[dict]:
+    """detect's silent-device lines for `device` so far."""
+    if not path.exists():
+        return []
+    lines = [json.loads(x) for x in path.read_text().splitlines() if '"silent": true' in x]
+    return [a for a in lines if a["device"] == device]
 
 
 def test_a_simulation_across_two_hosts_of_the_lan(network, tmp_path):
