@@ -224,18 +224,18 @@ def _addressed(keys: set[str], each: Callable[[str, dict[str, Any]], None] | Non
         clients = _dict(v, name)
         if not 1 <= len(clients) <= len(exp.devices):
             _fail(f"{name} must name 1..{len(exp.devices)} clients, not {len(clients)}")
-        for client, fields in clients.items():
+        for client, own in clients.items():
             if client not in exp.devices:
                 _fail(f"client {client[:200]!r} is not one of the configured clients")
-            if "normalizer" in p and isinstance(fields, dict) and "scale" in fields:
-                _dict(fields, f"{name}[{client}]", keys | {"scale"})
-                _vector(fields["scale"], f"{name}[{client}].scale", exp.n_features)
-                if any(w < s for w, s in zip(fields["scale"], p["normalizer"]["scale"])):
+            if "normalizer" in p and isinstance(own, dict) and "scale" in own:
+                _dict(own, f"{name}[{client}]", keys | {"scale"})
+                _vector(own["scale"], f"{name}[{client}].scale", exp.n_features)
+                if any(w < s for w, s in zip(own["scale"], p["normalizer"]["scale"])):
                     _fail(f"{name}[{client}].scale must not be below normalizer.scale")
             else:
-                _dict(fields, f"{name}[{client}]", keys)  # a configured name: short
+                _dict(own, f"{name}[{client}]", keys)  # a configured name: short
             if each is not None:
-                each(f"{name}[{client}]", fields)
+                each(f"{name}[{client}]", own)
     return check
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 from tests.helpers import REPO, parse_source
@@ -163,3 +164,41 @@ def test_every_grid_receives_through_one_receiver():
         assert any(isinstance(f, (ast.Name, ast.Attribute)) and "Receiver" in (getattr(f, "id", "") or
                                                                                 getattr(f, "attr", "")) for f in calls), path
         assert not direct, (path, direct)
+
+
+COMM_ONLY_PROBE = """
+import sys
+from trainer.fedml_glue import fedml_comm_only
+assert fedml_comm_only()
+import deployment.launch, deployment.grpc_transport, trainer.nodes
+from fedml.core.distributed.fedml_comm_manager import FedMLCommManager
+heavy = sorted(m for m in ("torchvision", "torch._dynamo", "fedml.computing", "fedml.core.alg_frame", "wandb")
+               if m in sys.modules)
+print(hasattr(sys.modules["fedml"], "init"), heavy, FedMLCommManager.__module__)
+"""
+
+
+def test_a_deployment_node_imports_fedmls_comm_classes_without_its_package_initialisers():
+    """Issue 36 (a board's memory) and CI time: the server's and the boards' processes take FedML's comm manager and
+    message classes without `fedml/__init__` (collect_env, MLOps, torchvision, torch._dynamo); a process where FedML
+    is already imported keeps the full package."""
+    import subprocess
+    import sys
+
+    from tests.helpers import REPO
+
+    proc = subprocess.run([sys.executable, "-c", COMM_ONLY_PROBE], cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "[]", "fedml.core.distributed.fedml_comm_manager"], proc.stdout
+
+
+
+def test_fedml_comm_only_leaves_an_imported_fedml_alone(monkeypatch):
+    import types
+
+    from trainer.fedml_glue import fedml_comm_only
+
+    full = types.ModuleType("fedml")  # stands for the real package, imported before
+    monkeypatch.setitem(sys.modules, "fedml", full)
+    assert fedml_comm_only() is False and sys.modules["fedml"] is full

@@ -106,8 +106,12 @@ def test_client_killed_mid_run_then_rejoins(tmp_path):
         clients[1].p.send_signal(signal.SIGSTOP)  # the run waits for board 1 ...
         clients[3].p.send_signal(signal.SIGKILL)  # ... while board 3 dies (no goodbye)
         clients[3].p.wait()
+        said_before = len(srv.lines)
         clients[3] = client(3, cfg)  # and comes back
-        srv.wait_for("(re)joined")
+        deadline = time.monotonic() + 300  # its own line: another board's re-hello under load says "(re)joined" too
+        while not any("client 3 (Ennio_Doorbell) (re)joined" in line for line in srv.lines[said_before:]):
+            assert time.monotonic() < deadline and srv.p.poll() is None, srv.stdout + srv.stderr
+            time.sleep(0.2)
         clients[1].p.send_signal(signal.SIGCONT)
         assert srv.finish(300) == 0, srv.stdout + srv.stderr
         assert clients[1].finish(60) == 0 and clients[2].finish(60) == 0
