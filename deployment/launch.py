@@ -119,21 +119,14 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
                             personalise=(cfg.validation.personalise_epochs, cfg.validation.personalise_lr,
                                          cfg.train.batch_size))
 
-    import types
-
     import torch
 
-    from trainer.fedml_glue import fds_to_file, fedml_comm_only, route_logging_to_file
+    from trainer.fedml_glue import fds_to_file, fedml_args, fedml_comm_only, route_logging_to_file
 
-    # A deployment's node uses FedML's comm manager and message classes on FedIoT's transport; nothing else of FedML
-    # (its config parsing and seeding in fedml.init() are FedIoT's own: fediot.config, RoundState's seed). Without
-    # FedML's package initialisers a board's process starts in a quarter of the time and ~400 MB smaller.
-    fedml_comm_only()
+    fedml_comm_only()  # FedML's comm manager and message classes, not its package initialisers (trainer.fedml_glue)
     log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
     route_logging_to_file(log_file, cfg.tracking.fedml_console)
-    # what FedMLCommManager keeps as its `args` (FedIoT's code reads the typed config, never these)
-    args = types.SimpleNamespace(**{**{k: v for keys in cfg.fedml_values().values() for k, v in keys.items()},
-                                    "rank": rank, "role": role, "run_id": str(cfg.common.run_id)})
+    args = fedml_args(cfg, rank, role)
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # gRPC's own chatter
         from deployment.front import FrontLimits
         from deployment.grpc_transport import FedIoTGrpcTransport

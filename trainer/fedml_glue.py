@@ -1,5 +1,6 @@
-"""FedML's entry and the containment of its side effects: no cloud calls, its logs into the run
-directory, and only the configuration keys FedML itself reads."""
+"""FedML in FedIoT's processes, contained: its communication classes without its package initialisers (no
+`fedml.init()`, so no cloud call, no environment collection, no torchvision), its output into the run directory,
+and only the configuration keys FedML itself reads in its `args`."""
 from __future__ import annotations
 
 import contextlib
@@ -8,12 +9,9 @@ import importlib.util
 import logging
 import os
 import sys
-import tempfile
 import types
 from pathlib import Path
 from typing import Any, Iterator
-
-import yaml
 
 from fediot.config import FedIoTConfig
 
@@ -48,16 +46,6 @@ def fedml_comm_only() -> bool:
     return True
 
 
-def disable_fedml_cloud() -> None:
-    """Make FedML's config fetch from open.fedml.ai fail at once instead of calling the cloud."""
-    from fedml.core.mlops.mlops_configs import MLOpsConfigs
-
-    def _offline(*_args, **_kwargs):
-        raise ConnectionError("FedIoT runs without the FedML cloud (LAN / simulation mode)")
-
-    MLOpsConfigs.fetch_all_configs = staticmethod(_offline)  # type: ignore[method-assign]
-
-
 @contextlib.contextmanager
 def fds_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
     """Send everything written to fds 1 and 2 (Python and C level) to `path` for the block.
@@ -86,8 +74,7 @@ def fds_to_file(path: Path, enabled: bool = True) -> Iterator[None]:
 
 
 def route_logging_to_file(path: Path, also_console: bool = False) -> None:
-    """After fedml.init(): FedML's logger (now logging.root) and print() go to `path`
-    (and to stderr too when also_console)."""
+    """FedML's logging (and ours, through logging.root) goes to `path` (and to stderr too when also_console)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s")
     handlers: list[logging.Handler] = [logging.FileHandler(path)]
@@ -95,33 +82,16 @@ def route_logging_to_file(path: Path, also_console: bool = False) -> None:
         handlers.append(logging.StreamHandler(sys.stderr))
     for h in handlers:
         h.setFormatter(fmt)
-    # fedml.init() rebinds logging.root to its own logger; the manager keeps the original root.
+    # the root logger and the manager's root: the same object unless something rebound logging.root (fedml.init did)
     for logger in {logging.root, logging.Logger.manager.root}:
         logger.handlers.clear()
         for h in handlers:
             logger.addHandler(h)
         logger.setLevel(logging.INFO)
-    # FedML rebinds sys.stdout.write to its logger: print() lands in the same place.
 
 
-def init_fedml(cfg: FedIoTConfig, log_file: Path, extra_argv: list[str], check_env: bool = True) -> Any:
-    """fedml.init() with its cloud call disabled and its output in log_file; returns FedML's `args`.
-
-    FedML is given a YAML with only the keys it reads (`FedIoTConfig.fedml_values`); FedIoT's own
-    settings reach our code through the typed config, never through `args`.
-    """
-    with tempfile.TemporaryDirectory(prefix="fediot-fedml-") as tmp:
-        fedml_yaml = Path(tmp) / "fedml_config.yaml"
-        fedml_yaml.write_text(yaml.safe_dump(cfg.fedml_values(), sort_keys=False))
-        with fds_to_file(log_file, not cfg.tracking.fedml_console):
-            import fedml
-
-            disable_fedml_cloud()
-            saved_argv = sys.argv
-            sys.argv = [sys.argv[0], "--cf", str(fedml_yaml), *extra_argv]
-            try:
-                args = fedml.init(check_env=check_env)
-            finally:
-                sys.argv = saved_argv
-    route_logging_to_file(log_file, cfg.tracking.fedml_console)
-    return args
+def fedml_args(cfg: FedIoTConfig, rank: int, role: str) -> Any:
+    """What `FedMLCommManager` keeps as its `args`: the keys FedML reads (`FedIoTConfig.fedml_values`) with the
+    node's rank and role. FedIoT's code reads the typed config, never these."""
+    flat = {k: v for keys in cfg.fedml_values().values() for k, v in keys.items()}
+    return types.SimpleNamespace(**{**flat, "rank": rank, "role": role, "run_id": str(cfg.common.run_id)})
