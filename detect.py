@@ -418,6 +418,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     lines = [AlertLines(d, t, cfg.max_hosts) for d, t in zip(devices, thresholds)]
     limiter = RateLimiter(cfg.alert_interval_s, cfg.max_hosts)
     last_alert: dict[int, float] = {}  # device index -> packet time of its latest window alert (state ON)
+    explained: dict[int, set[bytes]] = {}  # device index -> remote endpoints its current alert episode explained
     extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
     vote.push([], np.zeros(0, dtype=bool))
     packets = scored = alerts = window_alerts = 0
@@ -446,7 +447,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 warning.store.take_inbox(batch.time[-1] if len(batch) else time.time())
                 _say_lapsed(warning, batch.time[-1] if len(batch) else time.time(), devices, sink)
             if len(batch) == 0:
-                _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher, evidence)
+                _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher, evidence, explained)
                 _say_silent(silence, time.time(), devices, sink, publisher)
                 continue
             full = extractor.transform(batch)  # the captured rows' columns (what a benign verdict adds)
@@ -489,10 +490,17 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             shown = flags | wins if new_endpoint is None else flags | wins | new_endpoint
             for j in np.flatnonzero(shown):
                 n, d = int(idx[j]), int(which[idx[j]])
-                reasons = None  # an alert episode starts: its first window alert says why (the flood's lines follow)
+                # an alert episode's first window alert says why, and so does the first of each other remote endpoint
+                # in it (up to explain_remotes): an attacker that starts while a false alarm is on is explained too
+                reasons = None
                 extra: dict[str, Any] = {}
-                if wins[j] and (per_alert or d not in last_alert):  # a flood's lines: only what is asked for
-                    remote = _remote_of(batch, n, watcher.ips_of(d) if watcher is not None else set())
+                new_remote = False
+                if wins[j] and len(explained.setdefault(d, set())) < cfg.explain_remotes:
+                    own = watcher.ips_of(d) if watcher is not None else set()
+                    new_remote = (batch.dst_ip[n] if batch.src_ip[n] in own else batch.src_ip[n]) not in explained[d]
+                if wins[j] and (per_alert or d not in last_alert or new_remote):  # a flood's lines: only what is asked
+                    own = watcher.ips_of(d) if watcher is not None else set()
+                    remote = _remote_of(batch, n, own)
                     if warning is not None:
                         confirmed = warning.confirm(ipaddress.ip_address(remote).packed)
                         if confirmed is not None:
@@ -500,9 +508,11 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     mute = tri.matching(devices[d] or "global", remote, batch.time[n]) if tri is not None else None
                     if mute is not None:
                         extra["muted"] = mute.id
-                    if d not in last_alert:
+                    if d not in last_alert or new_remote:
                         reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
                         extra["remote"] = remote
+                        explained[d].add(batch.dst_ip[n] if batch.src_ip[n] in own else batch.src_ip[n])
+                    if d not in last_alert:
                         if evidence is not None:
                             extra["episode"] = evidence.start(
                                 d, devices[d] or "global", batch.time[n], why_text(reasons),
@@ -546,7 +556,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 if new_endpoint is not None and endpoint_wins is not None:
                     entry["new_endpoint_packets"] += int((new_endpoint & mine).sum())
                     entry["new_endpoint_window_alerts"] += int((endpoint_wins & mine).sum())
-            _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher, evidence)
+            _clear_quiet(last_alert, batch.time[-1], cfg, devices, thresholds, publisher, evidence, explained)
             if live is not None:
                 live.update(packets, scored, alerts, window_alerts, per_device, detector.meta.get("round"),
                             lambda: sum(extractor.tracked().values()))
@@ -670,12 +680,15 @@ def _remote_of(batch: PacketBatch, n: int, own_ips: set[bytes]) -> str:
 
 
 def _clear_quiet(last_alert: dict[int, float], now: float, cfg: DetectArgs, devices: list[str | None],
-                 thresholds: list[float], publisher: AlertPublisher | None, evidence: Evidence | None = None) -> None:
+                 thresholds: list[float], publisher: AlertPublisher | None, evidence: Evidence | None = None,
+                 explained: dict[int, set[bytes]] | None = None) -> None:
     """A device with no window alert for alert_interval_s is back to normal (state OFF on the network sinks); its
-    alert episode ends (its evidence written)."""
+    alert episode ends (its evidence written; the endpoints it explained forgotten)."""
     for d, t in list(last_alert.items()):
         if now - t >= cfg.alert_interval_s:
             del last_alert[d]
+            if explained is not None:
+                explained.pop(d, None)
             if evidence is not None:
                 evidence.end(d)
             if publisher is not None:

@@ -153,6 +153,10 @@ def test_live_packets_carry_the_kernels_receive_time_not_the_readers(tmp_path):
 
     batches = live_capture("lo", batch_packets=64, timeout_s=0.5, duration_s=3.0)  # the socket is open now
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # a warm-up packet to another port first: a CI run beside other tests captured 4 of the 5 probes (the missing one
+    # sent as the capture started), which is not what this test is about
+    s.sendto(b"fediot-warm-up", ("127.0.0.1", 10))
+    time.sleep(0.2)
     sent = []
     for _ in range(5):
         sent.append(time.time())
@@ -168,7 +172,7 @@ def test_live_packets_carry_the_kernels_receive_time_not_the_readers(tmp_path):
     for t in sorted(times):
         if not first or t - first[-1] > 0.05:
             first.append(t)
-    assert len(first) == 5 and first[-1] < read_from
+    assert len(first) == 5 and first[-1] < read_from, ([round(t - sent[0], 4) for t in first], read_from - sent[0])
     # each packet carries the time it was sent (a loaded machine may stretch the sender's 0.2 s sleeps, not this)
     assert all(abs(t - s) < 0.05 for t, s in zip(first, sent)), [round(t - s, 4) for t, s in zip(first, sent)]
     assert min(b - a for a, b in zip(sent, sent[1:])) >= 0.2
