@@ -488,6 +488,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             window_alerts += int(wins.sum())
             out = []
             shown = flags | wins if new_endpoint is None else flags | wins | new_endpoint
+            own_ips: dict[int, set[bytes]] = {}
             for j in np.flatnonzero(shown):
                 n, d = int(idx[j]), int(which[idx[j]])
                 # an alert episode's first window alert says why, and so does the first of each other remote endpoint
@@ -495,11 +496,14 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 reasons = None
                 extra: dict[str, Any] = {}
                 new_remote = False
-                if wins[j] and len(explained.setdefault(d, set())) < cfg.explain_remotes:
-                    own = watcher.ips_of(d) if watcher is not None else set()
-                    new_remote = (batch.dst_ip[n] if batch.src_ip[n] in own else batch.src_ip[n]) not in explained[d]
+                if wins[j]:
+                    if d not in own_ips:  # the device's addresses, once a batch (a flood's lines are many)
+                        own_ips[d] = watcher.ips_of(d) if watcher is not None else set()
+                    own = own_ips[d]
+                    if len(explained.setdefault(d, set())) < cfg.explain_remotes:
+                        new_remote = (batch.dst_ip[n] if batch.src_ip[n] in own else batch.src_ip[n]) \
+                            not in explained[d]
                 if wins[j] and (per_alert or d not in last_alert or new_remote):  # a flood's lines: only what is asked
-                    own = watcher.ips_of(d) if watcher is not None else set()
                     remote = _remote_of(batch, n, own)
                     if warning is not None:
                         confirmed = warning.confirm(ipaddress.ip_address(remote).packed)

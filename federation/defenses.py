@@ -184,7 +184,8 @@ def report_problems(r: dict[str, Any], announced: dict[str, Any], validation_cou
         problems.append(f"threshold modes {sorted(r['modes'])}, expected {sorted(thresholds)}")
         return problems
     for mode, m in r["modes"].items():
-        if not np.isclose(m["threshold"], thresholds[mode], rtol=1e-12, atol=0.0):
+        # float(): a JSON integer of any size passes as a number, and numpy cannot compare one beyond int64
+        if not np.isclose(float(m["threshold"]), thresholds[mode], rtol=1e-12, atol=0.0):
             problems.append(f"{mode} threshold {m['threshold']:.6g}, it was sent {thresholds[mode]:.6g}")
         if set(m["attacks"]) != set(n_attacks):
             problems.append(f"{mode}: attack files {sorted(m['attacks'])}, announced {sorted(n_attacks)}")

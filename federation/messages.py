@@ -181,7 +181,7 @@ def _modes(modes: Any, name: str, allowed: set[str]) -> None:
         _fail(f"{name} must hold {' and/or '.join(repr(m) for m in sorted(allowed))}")
     for mode, m in modes.items():
         m = _dict(m, f"{name}.{mode}", {"threshold", "benign", "attacks", "window"})
-        _num(m["threshold"], f"{name}.{mode}.threshold")
+        _num(m["threshold"], f"{name}.{mode}.threshold", 0.0, MAX_VALUE)  # an error, as every threshold is
         _counts(m["benign"], f"{name}.{mode}.benign", {"fp", "tn"})
         _counts(m["window"], f"{name}.{mode}.window", {"tp", "fn", "fp", "tn"})
         for attack, c in _dict(m["attacks"], f"{name}.{mode}.attacks").items():
@@ -247,7 +247,7 @@ def _plan(where: str, fields: dict[str, Any]) -> None:
 
 
 def _device_threshold(where: str, fields: dict[str, Any]) -> None:
-    _num(fields["device_threshold"], f"{where}.device_threshold")
+    _num(fields["device_threshold"], f"{where}.device_threshold", 0.0, MAX_VALUE)
 
 
 def _window(v: Any, exp: Expectations, p: dict[str, Any], name: str) -> None:
@@ -485,7 +485,7 @@ class EvalCounts(Typed):
     round: int = rule(_round, ROUND)
     clients: dict[str, Any] = rule(_addressed({"device_threshold"}, _device_threshold),
                                    "{client: {device_threshold (that client's own)}}")
-    global_threshold: float = rule(_number(), "the global threshold")
+    global_threshold: float = rule(_number(0.0, MAX_VALUE), "the global threshold")
     window: int = rule(_window, "the vote window (odd)")
 
 
@@ -571,7 +571,7 @@ def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
                 f.metadata["check"](fields[name], exp, fields, name)
     except ProtocolError as exc:
         raise ProtocolError(f"{msg_type}: {exc}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError) as exc:  # a check must never crash the receiver
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError) as exc:  # never crash the receiver
         raise ProtocolError(f"{msg_type}: malformed ({type(exc).__name__}: {exc})") from None
 
 
@@ -644,9 +644,10 @@ class Request:
         if kind not in ANSWER_TO:
             raise ValueError(f"{kind} is not a request a client answers")
         orders = {c: ClientOrder(RoundPlan.from_dict(o["plan"]) if kind == S2C_TRAIN else None, o.get("scale"),
-                                 o.get("device_threshold")) for c, o in f["clients"].items()}
+                                 None if o.get("device_threshold") is None else float(o["device_threshold"]))
+                  for c, o in f["clients"].items()}
         if kind == S2C_EVAL_COUNTS:
-            return cls(kind, int(f["round"]), orders, global_threshold=f["global_threshold"], window=f["window"])
+            return cls(kind, int(f["round"]), orders, global_threshold=float(f["global_threshold"]), window=f["window"])
         return cls(kind, int(f["round"]), orders, model=f["model"], normalizer=f["normalizer"])
 
 

@@ -32,9 +32,17 @@ def integer(v: Any, name: str, lo: int = 0, hi: int = MAX_ROWS) -> int:
 
 
 def number(v: Any, name: str, lo: float = 0.0, hi: float = math.inf) -> float:
-    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v) or not lo <= v <= hi:
+    """A finite number in [lo, hi]. JSON integers have no size limit: one beyond float64 (10**400) is refused here,
+    not an OverflowError deep in a check."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
         fail(f"{name} must be a finite number in [{lo:g}, {hi:g}]")
-    return float(v)
+    try:
+        x = float(v)
+    except OverflowError:
+        x = math.inf
+    if not math.isfinite(x) or not lo <= x <= hi:
+        fail(f"{name} must be a finite number in [{lo:g}, {hi:g}]")
+    return x
 
 
 def string(v: Any, name: str, max_len: int = 200) -> str:

@@ -223,9 +223,8 @@ class CommArgs:
 class TrackingArgs:
     """Logging and experiment tracking."""
 
-    enable_wandb: bool = _key(False, "FedML's W&B logging (off; no keys in configs)", fedml=True)
-    using_mlops: bool = _key(False, "FedML's cloud MLOps (off)", fedml=True)
-    log_file_dir: str | None = _key(None, "FedML's own log directory (null = inside the run directory)", fedml=True)
+    enable_wandb: bool = _key(False, "FedML's W&B logging: always false (FedIoT runs without FedML's cloud and fedml.init; tracking_args.tensorboard is local)", check=(lambda v: v is False, 'false'), fedml=True)
+    using_mlops: bool = _key(False, "FedML's cloud MLOps: always false (nothing may need the internet at run time)", check=(lambda v: v is False, 'false'), fedml=True)
     tensorboard: bool = _key(False, 'write TensorBoard event files to RUN_DIR/tensorboard (local only)', check=(lambda v: isinstance(v, bool), 'true or false'))
     fedml_console: bool = _key(False, "also show FedML's own log output on the console (it always goes to RUN_DIR/logs)", check=(lambda v: isinstance(v, bool), 'true or false'))
 
@@ -423,6 +422,8 @@ class FedIoTConfig:
 
 # keys of earlier versions: a config that still sets one gets this reason instead of "unknown key"
 REMOVED_KEYS = {
+    ("tracking_args", "log_file_dir"): "FedML's output always goes to RUN_DIR/logs/fedml-rank<r>.log (FedIoT no longer "
+    "runs fedml.init(), which read this key)",
     ("validation_args", "threshold_outlier_mads"): "each device detects with its own threshold, and the global one "
     "pools the devices weighed equally without the train_args.byzantine_clients highest and lowest device thresholds",
 }

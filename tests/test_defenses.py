@@ -216,3 +216,16 @@ def test_widening_never_narrows_and_leaves_a_device_inside_the_reach_alone():
     wide = base.widened_for(far, 4.0)
     assert np.all(wide.scale >= base.scale) and np.all(wide.scale > base.scale)
     assert np.array_equal(wide.offset, base.offset)
+
+
+def test_report_checks_compare_a_huge_integer_threshold_without_crashing():
+    """A threshold sent as a JSON integer beyond int64 (2**64, inside the float32 range the validator allows) is a
+    problem of the report, not a TypeError in numpy (found by tests/test_fuzz_messages.py in a CI run)."""
+    from federation.defenses import report_problems
+
+    report = {"device": "d", "missing_attacks": [], "validation": {"n": 2, "mse_mean": 0.1, "mse_std": 0.0},
+              "hist": {"benign": {"0": 2}, "attacks": {}},
+              "modes": {"global": {"threshold": 2**64, "benign": {"fp": 0, "tn": 2}, "attacks": {},
+                                   "window": {"tp": 0, "fn": 0, "fp": 0, "tn": 2}}}}
+    problems = report_problems(report, {"validation": 2, "test": 2, "attacks": {}}, None, {"global": 1.0}, 1)
+    assert any("global threshold" in p for p in problems), problems

@@ -141,6 +141,11 @@ def test_validators_refuse_lies_about_shape_type_and_range(exchange):
     bad(S2C_TRAIN, lambda f: f["clients"][DEVICE]["plan"].__setitem__("lr", -1.0), "lr")
     bad(S2C_TRAIN, lambda f: f["normalizer"]["scale"].__setitem__(0, 0.0), "scale")
     bad(S2C_EVAL_COUNTS, lambda f: f.__setitem__("window", 4), "odd")
+    # JSON integers have no size limit: beyond float64 a number is refused, not an OverflowError in a check (a CI
+    # run's fuzzing found a threshold of 2**64 crashing the report checks' numpy comparison; 10**400 overflowed)
+    bad(C2S_UPDATE, lambda f: f.__setitem__("loss", 10**400), "loss must be a finite number")
+    bad(C2S_REPORT, lambda f: f["report"]["modes"]["global"].__setitem__("threshold", 10**39), "threshold must be")
+    bad(S2C_EVAL_COUNTS, lambda f: f.__setitem__("global_threshold", 10**400), "global_threshold must be")
     # a server message names 1..(the receiver's clients) of the receiver's own clients, each with exactly its fields
     bad(S2C_TRAIN, lambda f: f["clients"].__setitem__("Ecobee_Thermostat", f["clients"][DEVICE]), "clients must name 1..1")
     bad(S2C_TRAIN, lambda f: f.__setitem__("clients", {"Ecobee_Thermostat": f["clients"][DEVICE]}),
