@@ -396,7 +396,8 @@ def _error_stats_fields(s: ErrorStats) -> dict[str, Any]:
 
 def _error_stats_of(v: dict[str, Any]) -> ErrorStats:
     hist = v.get("window_hist")
-    return ErrorStats(v["count"], v["total"], v["total_sq"], None if hist is None else {int(b): c for b, c in hist.items()},
+    hist = None if hist is None else {int(b): c for b, c in hist.items()}
+    return ErrorStats(v["count"], v["total"], v["total_sq"], hist,
                       v.get("rows_per_day"), v.get("tail_clusters"), v.get("tail_exceedances"))
 
 
@@ -517,8 +518,8 @@ class Health(Typed):
     shown on the status page and in /metrics, never used for training or thresholds."""
 
     health: dict[str, Any] = rule(_health, "version, features_version, rss_mb, cpu_percent, disk_free_mb, uptime_s, "
-                                  "last_round, detect (packets, packets_per_s, packet_alerts, window_alerts, model_round,"
-                                  " alerts; or null), warnings_total, warnings ([{time, level, message}])")
+                                  "last_round, detect (packets, packets_per_s, packet_alerts, window_alerts, "
+                                  "model_round, alerts; or null), warnings_total, warnings ([{time, level, message}])")
 
 
 def protocol_table() -> str:
@@ -527,7 +528,8 @@ def protocol_table() -> str:
     for d in DEFINITIONS.values():
         parts = [f"{wire_name(f)}{' (optional)' if f.metadata['optional'] else ''}: {f.metadata['what']}"
                  for f in d.fields]
-        lines.append(f"| {d.msg_type.removeprefix('fediot_').upper()} | {d.direction} | {'; '.join(parts) or '(none)'} |")
+        name = d.msg_type.removeprefix("fediot_").upper()
+        lines.append(f"| {name} | {d.direction} | {'; '.join(parts) or '(none)'} |")
     return "\n".join(lines)
 
 
@@ -571,7 +573,7 @@ def validate(msg_type: str, fields: dict[str, Any], exp: Expectations) -> None:
                 f.metadata["check"](fields[name], exp, fields, name)
     except ProtocolError as exc:
         raise ProtocolError(f"{msg_type}: {exc}") from None
-    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError) as exc:  # never crash the receiver
+    except (TypeError, ValueError, KeyError, AttributeError, IndexError, ArithmeticError) as exc:  # never crash on it
         raise ProtocolError(f"{msg_type}: malformed ({type(exc).__name__}: {exc})") from None
 
 

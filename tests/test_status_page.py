@@ -108,7 +108,9 @@ def test_status_page_in_a_browser_and_metrics_during_a_run(tmp_path):
         s = shown[r["round"]]
         losses = list(r["client_losses"].values())
         assert s["mean_loss"] == f"{sum(losses) / len(losses):.5f}" and int(s["clients"]) == len(r["clients"])
-        assert s["wall_time_s"] == f"{r['wall_time_s']:.2f}" and s["dropped"] == ", ".join(r["dropped"])
+        # the page rounds in JavaScript (toFixed: 0.125 -> "0.13"), Python to even ("0.12"): a display rounding apart
+        assert abs(float(s["wall_time_s"]) - r["wall_time_s"]) <= 0.005 + 1e-9
+        assert s["dropped"] == ", ".join(r["dropped"])
         if "eval" in r:
             assert s["tpr"] == f"{r['eval']['device_threshold']['tpr']:.4f}"
             assert s["fpr"] == f"{r['eval']['device_threshold']['fpr']:.4f}"
