@@ -499,12 +499,10 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 if wins[j]:
                     if d not in own_ips:  # the device's addresses, once a batch (a flood's lines are many)
                         own_ips[d] = watcher.ips_of(d) if watcher is not None else set()
-                    own = own_ips[d]
-                    if len(explained.setdefault(d, set())) < cfg.explain_remotes:
-                        new_remote = (batch.dst_ip[n] if batch.src_ip[n] in own else batch.src_ip[n]) \
-                            not in explained[d]
+                    other = _other_side(batch, n, own_ips[d])
+                    new_remote = len(explained.setdefault(d, set())) < cfg.explain_remotes and other not in explained[d]
                 if wins[j] and (per_alert or d not in last_alert or new_remote):  # a flood's lines: only what is asked
-                    remote = _remote_of(batch, n, own)
+                    remote = str(ipaddress.ip_address(other))
                     if warning is not None:
                         confirmed = warning.confirm(ipaddress.ip_address(remote).packed)
                         if confirmed is not None:
@@ -515,7 +513,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     if d not in last_alert or new_remote:
                         reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
                         extra["remote"] = remote
-                        explained[d].add(batch.dst_ip[n] if batch.src_ip[n] in own else batch.src_ip[n])
+                        explained[d].add(other)
                     if d not in last_alert:
                         if evidence is not None:
                             extra["episode"] = evidence.start(
@@ -676,11 +674,10 @@ def _say_lapsed(warning: WarningWatch, now: float, devices: list[str | None], si
                                "cleared": True, "from_board": e.indicator.board}) + "\n")
 
 
-def _remote_of(batch: PacketBatch, n: int, own_ips: set[bytes]) -> str:
-    """The other side of packet n (its destination when the watched device sent it, else its source) as text."""
+def _other_side(batch: PacketBatch, n: int, own_ips: set[bytes]) -> bytes:
+    """The other side of packet n: its destination when the watched device sent it, else its source."""
     src = batch.src_ip[n]
-    other = batch.dst_ip[n] if src in own_ips else src
-    return str(ipaddress.ip_address(other))
+    return batch.dst_ip[n] if src in own_ips else src
 
 
 def _clear_quiet(last_alert: dict[int, float], now: float, cfg: DetectArgs, devices: list[str | None],

@@ -121,12 +121,10 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
 
     import torch
 
-    from trainer.fedml_glue import fds_to_file, fedml_args, fedml_comm_only, route_logging_to_file
+    from trainer.fedml_glue import fds_to_file, fedml_node
 
-    fedml_comm_only()  # FedML's comm manager and message classes, not its package initialisers (trainer.fedml_glue)
-    log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
-    route_logging_to_file(log_file, cfg.tracking.fedml_console)
-    args = fedml_args(cfg, rank, role)
+    # FedML's comm classes only, not its package initialisers (trainer.fedml_glue)
+    args, log_file = fedml_node(cfg, run_dir, rank, role)
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # gRPC's own chatter
         from deployment.front import FrontLimits
         from deployment.grpc_transport import FedIoTGrpcTransport

@@ -90,8 +90,14 @@ def route_logging_to_file(path: Path, also_console: bool = False) -> None:
         logger.setLevel(logging.INFO)
 
 
-def fedml_args(cfg: FedIoTConfig, rank: int, role: str) -> Any:
-    """What `FedMLCommManager` keeps as its `args`: the keys FedML reads (`FedIoTConfig.fedml_values`) with the
-    node's rank and role. FedIoT's code reads the typed config, never these."""
+def fedml_node(cfg: FedIoTConfig, run_dir: Path, rank: int, role: str) -> tuple[Any, Path]:
+    """A node process's FedML: its comm classes without FedML's initialisers (`fedml_comm_only`), its logging into
+    RUN_DIR/logs/fedml-rank<rank>.log, and the `args` `FedMLCommManager` keeps (the keys FedML reads,
+    `FedIoTConfig.fedml_values`, with the node's rank and role; FedIoT's code reads the typed config, never these).
+    Returns (args, log file)."""
+    fedml_comm_only()
+    log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
+    route_logging_to_file(log_file, cfg.tracking.fedml_console)
     flat = {k: v for keys in cfg.fedml_values().values() for k, v in keys.items()}
-    return types.SimpleNamespace(**{**flat, "rank": rank, "role": role, "run_id": str(cfg.common.run_id)})
+    args = types.SimpleNamespace(**{**flat, "rank": rank, "role": role, "run_id": str(cfg.common.run_id)})
+    return args, log_file

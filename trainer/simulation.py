@@ -90,12 +90,10 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
 
     import torch
 
-    from trainer.fedml_glue import fds_to_file, fedml_args, fedml_comm_only, route_logging_to_file
+    from trainer.fedml_glue import fds_to_file, fedml_node
 
-    fedml_comm_only()  # FedML's comm manager and MPI transport classes, not its package initialisers (trainer.fedml_glue)
-    log_file = run_dir / "logs" / f"fedml-rank{rank}.log"
-    route_logging_to_file(log_file, cfg.tracking.fedml_console)
-    args = fedml_args(cfg, rank, "server" if rank == 0 else "client")
+    # FedML's comm classes only, not its package initialisers (trainer.fedml_glue)
+    args, log_file = fedml_node(cfg, run_dir, rank, "server" if rank == 0 else "client")
     with fds_to_file(log_file, not cfg.tracking.fedml_console):  # FedML's import-time chatter
         from trainer.nodes import ClientNode, ClientRules, ServerNode, client_health, run_node, server_node
         from trainer.transport import MpiTransport
