@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from attacks import make_client
+from attacks.clients import make_client
 from federation.inprocess import Faults, InProcessGrid, run_in_process
 from federation.state import RoundState
 
@@ -73,7 +73,7 @@ def run(values: dict[str, Any], faults: Faults | None = None, run_dir: Path | No
     deployment = not cfg.is_simulation
     if run_dir is None:
         run_dir = create_run_dir(cfg.common.run_dir_root, "server" if deployment else "simulation", cfg.data.dataset)
-        write_config(run_dir, cfg.values)
+        write_config(run_dir, cfg)
     state, grid = run_in_process(cfg, run_dir, data_root, server_data_info(cfg) if deployment else data_info,
                                  "federated-deployment" if deployment else "federated", faults,
                                  None if said is None else said.append, checkpoint, make_client=make_client)
@@ -88,20 +88,29 @@ def metrics_of(run_dir: Path) -> dict[str, Any]:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def assert_same_metrics(got: dict[str, Any], want: dict[str, Any], path: str = "") -> None:
-    """metrics.json documents equal: integers and strings exactly, other numbers to 1e-9 relative; data.path (it names
-    the checkout) is not compared."""
+SAME_MACHINE_REL = 1e-9
+# The goldens were made on one CPU. On another, torch's and MKL's float32 kernels round differently (other SIMD
+# widths): a clean-clone CI on an AVX-512 machine (2026-12-07) gave every count of both goldens exactly and every
+# other number within 3.8e-7 relative under each of torch's and MKL's kernel sets there (ATEN_CPU_CAPABILITY
+# default/avx2/avx512, MKL_ENABLE_INSTRUCTIONS=AVX2); the goldens allow 25x that, counts still exact.
+GOLDEN_REL = 1e-5
+
+
+def assert_same_metrics(got: dict[str, Any], want: dict[str, Any], path: str = "",
+                        rel: float = SAME_MACHINE_REL) -> None:
+    """metrics.json documents equal: integers and strings exactly, other numbers to `rel` relative (two grids on one
+    machine: 1e-9); data.path (it names the checkout) is not compared."""
     if isinstance(want, dict):
         assert isinstance(got, dict) and set(got) - {"path"} == set(want) - {"path"}, (path, sorted(got), sorted(want))
         for k in want:
             if k != "path":
-                assert_same_metrics(got[k], want[k], f"{path}/{k}")
+                assert_same_metrics(got[k], want[k], f"{path}/{k}", rel)
     elif isinstance(want, list):
         assert isinstance(got, list) and len(got) == len(want), path
         for i, (g, w) in enumerate(zip(got, want)):
-            assert_same_metrics(g, w, f"{path}[{i}]")
+            assert_same_metrics(g, w, f"{path}[{i}]", rel)
     elif isinstance(want, float):
-        assert isinstance(got, (int, float)) and abs(got - want) <= 1e-9 * max(1.0, abs(want)), (path, got, want)
+        assert isinstance(got, (int, float)) and abs(got - want) <= rel * max(1.0, abs(want)), (path, got, want)
     else:
         assert got == want, (path, got, want)
 
@@ -111,5 +120,6 @@ def golden(name: str) -> dict[str, Any]:
 
 
 def assert_same_as_golden(got: dict[str, Any], name: str) -> None:
-    """`got` is the golden run's metrics.json (tests/data/golden/README.md says which run)."""
-    assert_same_metrics(got, golden(name))
+    """`got` is the golden run's metrics.json (tests/data/golden/README.md says which run): counts exactly, other
+    numbers within GOLDEN_REL (another CPU's float32 rounding)."""
+    assert_same_metrics(got, golden(name), rel=GOLDEN_REL)
