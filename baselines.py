@@ -77,7 +77,7 @@ def run(cfg: config_mod.FedIoTConfig, federated: Path | None = None) -> Path:
         splits.append(s)
     # the run directory only once every device's rows have loaded: bad data leaves no empty run behind
     run_dir = create_run_dir(cfg.common.run_dir_root, "baselines", cfg.data.dataset)
-    write_config(run_dir, cfg.values)
+    write_config(run_dir, cfg)
     data_info["split"] = {s.device: {"train": len(s.train), "validation": len(s.validation), "test": len(s.test),
                                      "attacks": {k: len(a) for k, a in s.attacks.items()}} for s in splits}
     results: dict[str, dict[str, Any]] = {}

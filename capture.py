@@ -46,7 +46,8 @@ from data import nbaiot
 from data.csvfile import write_feature_csv
 from data.loader import SIMULATED_ATTACKS_DIR, read_feature_csv
 from data.sources import PROVENANCE_FILE
-from fediot.config import DEVICE_NAME, DetectArgs, load, validate
+from fediot.config import DEVICE_NAME, load, validate
+from traffic.settings import DetectArgs
 from fediot.errors import FedIoTError
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import PACKET_FIELDS, PacketBatch, SkipCounts, frames_batch, live_capture, read_capture

@@ -34,7 +34,8 @@ import signal
 import socket
 import sys
 import time
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Callable, Iterable
 
@@ -42,7 +43,8 @@ import numpy as np
 from numba import njit
 
 from data import nbaiot
-from fediot.config import DetectArgs, load, validate
+from fediot.config import load, validate
+from traffic.settings import DetectArgs
 from fediot.errors import FedIoTError
 from fediot.rundir import peak_rss_mb, write_json
 from fediot.checks import MAX_VALUE
@@ -401,8 +403,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     evidence, each alert episode's rows and remote hosts are kept for a verdict (traffic/triage.py). With an early
     warning watch (issue 37), the first packet from or to an endpoint another board indicated is an alert at once
     ("early_warning"), this board's own window alert on it confirms it, and none within warn_confirm_s clears it;
-    with a relay link, each window alert's remote endpoint is published as this board's indicator (once per endpoint
-    and warn_ttl_s)."""
+    with a relay link, each window alert's remote endpoint is published as this board's indicator at its first window
+    alert and again at its warn_confirm_windows-th (per endpoint and warn_ttl_s)."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
@@ -424,7 +426,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     packets = scored = alerts = window_alerts = 0
     per_device = {d or "global": {"packets": 0, "packet_alerts": 0, "window_alerts": 0, "muted_window_alerts": 0}
                   for d in devices}
-    published: OrderedDict[str, float] = OrderedDict()  # remote -> packet time of this board's last indicator
+    # remote -> what this board's detector said of it within warn_ttl_s: its indicator goes out at the first window
+    # alert (the fast warning) and again once the board is sure of it (what may confirm it at the relay)
+    published: OrderedDict[str, Named] = OrderedDict()
     # each window alert's remote endpoint is needed (mutes, evidence, early warning); else only an episode's first
     per_alert = triage is not None or evidence is not None or warning is not None or link is not None
     if by_index is not None:
@@ -522,19 +526,22 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     if evidence is not None:
                         evidence.add(d, batch.time[n], full[n], remote,
                                      batch.frame[n] if batch.frame is not None else None)
-                    if link is not None and (remote not in published or
-                                             batch.time[n] - published[remote] > cfg.warn_ttl_s):
-                        # this board's indicator, once per remote endpoint and warn_ttl_s: never packets or rows
-                        published[remote] = batch.time[n]
-                        published.move_to_end(remote)
-                        while len(published) > cfg.warn_max_indicators:
-                            published.popitem(last=False)
+                    named = None if link is None else published.get(remote)
+                    if link is not None and (named is None or batch.time[n] - named.first > cfg.warn_ttl_s):
+                        # this board's indicator: never packets or rows
                         groups = reasons or explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
                         port = batch.dst_port[n] if remote == str(ipaddress.ip_address(batch.dst_ip[n])) \
                             else batch.src_port[n]
-                        link.publish(Indicator(remote, (int(port),) if 0 <= port <= 65535 else (), "other",
-                                               float(batch.time[n]), float(scores[j]),
-                                               tuple(r["group"] for r in groups)))
+                        named = published[remote] = Named(other, Indicator(
+                            remote, (int(port),) if 0 <= port <= 65535 else (), "other", float(batch.time[n]),
+                            float(scores[j]), tuple(r["group"] for r in groups)))
+                        while len(published) > cfg.warn_max_indicators:
+                            published.popitem(last=False)
+                        link.publish(named.said)
+                    elif named is not None:
+                        named.windows += 1
+                        named.score = max(named.score, float(scores[j]))
+                        published.move_to_end(remote)
                 out.append(lines[d].line(batch.time[n], batch.src_ip[n], float(scores[j]), bool(flags[j]), bool(wins[j]),
                                          None if new_endpoint is None else bool(new_endpoint[j]), reasons, extra))
                 if wins[j]:
@@ -549,6 +556,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                             publisher.offer(Alert(devices[d] or "global", host, batch.time[n], float(scores[j]),
                                                   float(thresholds[d]), count, why=why))
             sink.write("".join(out))
+            if published:
+                _publish_sure(published, batch, link, cfg)
             for d in range(len(devices)):
                 mine = which[idx] == d
                 entry = per_device[devices[d] or "global"]
@@ -647,6 +656,42 @@ def silence_limits(profiles: Path, watches: list[Watch], cfg: DetectArgs) -> lis
         else:
             limits.append(max(cfg.silence_min_s, cfg.silence_factor * float(longest)))
     return limits
+
+
+@dataclass
+class Named:
+    """An endpoint this board's detector raised window alerts on, within warn_ttl_s: what it published first, and the
+    counts that make it sure (detect_args.warn_confirm_windows and warn_confirm_share)."""
+
+    address: bytes
+    said: Indicator  # the first indicator (its time, port and groups)
+    windows: int = 1
+    packets: int = 0  # from or to the endpoint, in the batches since the first window alert (that batch whole)
+    score: float = 0.0
+    sure: bool = False
+
+    @property
+    def first(self) -> float:
+        return self.said.time
+
+
+def _publish_sure(published: OrderedDict[str, Named], batch: PacketBatch, link: RelayLink, cfg: DetectArgs) -> None:
+    """Count this batch's packets of the endpoints this board is not yet sure of; publish the indicator of each that
+    now is: enough window alerts, and a large enough share of its packets (an attacker's flood or scan alerts on
+    nearly every packet, a benign endpoint's passing false alarm on a few of many). Nothing to do while nobody alerts."""
+    open_ = [x for x in published.values() if not x.sure]
+    if not open_:
+        return
+    seen = Counter(batch.src_ip)
+    seen.update(batch.dst_ip)
+    for x in open_:
+        x.packets += seen.get(x.address, 0)
+        x.packets = max(x.packets, x.windows)  # its first batch counted whole: at least every window alert
+        if x.windows >= cfg.warn_confirm_windows and x.windows >= cfg.warn_confirm_share * x.packets:
+            x.sure = True
+            s = x.said
+            link.publish(Indicator(s.endpoint, s.ports, s.proto, float(batch.time[-1]), max(s.score, x.score),
+                                   s.groups, windows=x.windows, packets=x.packets))
 
 
 def _say_early(warning: WarningWatch, batch: PacketBatch, idx: np.ndarray, which: np.ndarray,

@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 from data import nbaiot
 from deployment.certs import rank_in_names
-from fediot.config import DetectArgs, load, validate
+from fediot.config import load, validate
+from traffic.settings import DetectArgs
 from fediot.errors import FedIoTError
 from monitor.refusals import RefusalLog
 from traffic.warning import MAX_INDICATOR_BYTES, Indicator, IndicatorStore, RelayRules, parse_indicator
@@ -100,7 +101,8 @@ class Relay:
 
     def __init__(self, host: str, port: int, tls_dir: Path, cfg: DetectArgs, max_boards: int = 256) -> None:
         self.rules = RelayRules(cfg.warn_confirm_boards, cfg.warn_ttl_s, cfg.warn_rate_per_min, cfg.warn_burst,
-                                cfg.warn_share_private, cfg.warn_max_indicators)
+                                cfg.warn_share_private, cfg.warn_max_indicators,
+                                confirm_windows=cfg.warn_confirm_windows, confirm_share=cfg.warn_confirm_share)
         self.context = _server_context(tls_dir)
         self.sock = socket.create_server((host, port))
         self.host, self.port = self.sock.getsockname()[:2]

@@ -32,7 +32,8 @@ from typing import Any
 from data import nbaiot
 from data.csvfile import write_feature_csv
 from data.loader import PROVENANCE_FILE, SIMULATED_ATTACKS_DIR, VERDICTS_DIR, read_feature_csv
-from fediot.config import DEVICE_NAME, DetectArgs, load, validate
+from fediot.config import DEVICE_NAME, load, validate
+from traffic.settings import DetectArgs
 from fediot.errors import DataError, FedIoTError
 from traffic.triage import EPISODE_ID, EVIDENCE_DIR, Triage, attack_likeness, verdict_rows_allowed
 

@@ -12,7 +12,7 @@ from data.loader import DeviceSplit
 from federation.client import LocalClient
 from federation.messages import C2S_UPDATE, MAX_HEADER_BYTES
 from federation.wire import MAGIC, header_length_bytes
-from fediot.config import ATTACKS
+from attacks.settings import ATTACKS
 from model.autoencoder import state_of
 from model.detector import ErrorStats
 from model.normalization import FeatureStats

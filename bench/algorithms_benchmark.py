@@ -55,7 +55,7 @@ def partition_values(name: str) -> dict[str, Any]:
 def run_cell(cfg_path: str, algorithm: str, partition: str, seed: int, rounds: int, target_loss: float,
              out: Path, extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
     from data.sources import prepare_data
-    from attacks import make_client
+    from attacks.clients import make_client
     from federation.inprocess import run_in_process
 
     values = load(cfg_path).values
@@ -71,7 +71,7 @@ def run_cell(cfg_path: str, algorithm: str, partition: str, seed: int, rounds: i
     torch.set_num_threads(cfg.device.torch_threads)  # as the simulation's ranks: several threads per run oversubscribe
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
-    write_config(run_dir, cfg.values)
+    write_config(run_dir, cfg)
     started = time.monotonic()
     run_in_process(cfg, run_dir, data_root, data_info, "federated", console=lambda line: None,
                    make_client=make_client)

@@ -124,7 +124,7 @@ def main() -> int:
     port = ipconfig_ports(cfg)[0]
     from fediot.config import load
 
-    from attacks import decoding_bomb
+    from attacks.clients import decoding_bomb
 
     payload = decoding_bomb(a.bomb_cert, int(load(str(cfg)).comm.max_message_mb * 2**20))
     late_update = stale_update(a.bomb_cert, load(str(cfg)))

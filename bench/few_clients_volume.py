@@ -47,7 +47,7 @@ def run_cell(devices: list[str], benign_rows: int, rounds: int, seed: int, robus
     cfg = validate(values)
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
-    write_config(run_dir, cfg.values)
+    write_config(run_dir, cfg)
     said: list[str] = []
 
     def console(line: str) -> None:

@@ -56,7 +56,7 @@ def _local(context: Context):
     if not _actor:
         import torch
 
-        from attacks import make_client
+        from attacks.clients import make_client
         from federation.client import ClientLoader
 
         cfg = config_mod.load(os.environ[ENV_CONFIG])
@@ -240,7 +240,7 @@ def main() -> None:
     cfg = config_mod.load(a.config)
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "flower", cfg.data.dataset)
-    write_config(run_dir, cfg.values)
+    write_config(run_dir, cfg)
     (run_dir / "flower_data_info.json").write_text(json.dumps(data_info))
     say(f"FedIoT on Flower {__import__('flwr').__version__}: {len(cfg.clients)} clients, {a.actors} Ray actor(s), "
         f"{cfg.train.comm_round} rounds; run directory {run_dir}")

@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             run_dir = deploy(values, study / f"seed{seed}")
         else:
             run_dir = create_run_dir(cfg.common.run_dir_root, "server", "local")
-            write_config(run_dir, cfg.values)
+            write_config(run_dir, cfg)
             print(f"seed {seed}: federating {len(DEVICES)} devices, {a.rounds} rounds", file=sys.stderr, flush=True)
             run_in_process(cfg, run_dir, data_root, data_info, "federated-deployment", None, None, None)
         metrics = json.loads((run_dir / "metrics.json").read_text())

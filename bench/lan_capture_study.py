@@ -74,7 +74,7 @@ def cell(seed: int, behaviour_every: float | None, a: argparse.Namespace, out: P
     cfg = validate(values)
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
-    write_config(run_dir, cfg.values)
+    write_config(run_dir, cfg)
     run_in_process(cfg, run_dir, data_root, data_info, "federated", console=lambda line: None)
     metrics = json.loads((run_dir / "metrics.json").read_text())
     row: dict[str, Any] = {"seed": seed, "behaviour_every": behaviour_every, "rounds": a.rounds, "epochs": a.epochs,

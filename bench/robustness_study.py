@@ -34,8 +34,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from attacks import make_client  # noqa: E402
-from fediot.config import ATTACKS  # noqa: E402
+from attacks.clients import make_client  # noqa: E402
+from attacks.settings import ATTACKS  # noqa: E402
 from fediot import config as fediot_config  # noqa: E402
 from fediot.rundir import write_json  # noqa: E402
 
@@ -116,7 +116,7 @@ def run_inprocess(base: dict[str, Any], attack: str, malicious: int, robust: boo
     cfg = fediot_config.validate(values)
     data_root, data_info = prepare_data(cfg)
     run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
-    write_config(run_dir, cfg.values)
+    write_config(run_dir, cfg)
     at: dict[int, dict[str, Any]] = {}
 
     class Capturing(RoundState):

@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from data.sources import prepare_data  # noqa: E402
-from attacks import make_client  # noqa: E402
+from attacks.clients import make_client  # noqa: E402
 from federation.client import ClientLoader  # noqa: E402
 from federation.driver import quorum, run_federation  # noqa: E402
 from federation.inprocess import InProcessGrid  # noqa: E402

@@ -12,7 +12,8 @@ from __future__ import annotations
 import numpy as np
 
 from data.loader import DeviceSplit
-from fediot.config import PARTITIONS, client_name, device_number
+from fediot.config import client_name, device_number
+from data.settings import PARTITIONS
 from fediot.errors import DataError
 
 MIN_CLIENT_ROWS = 2

@@ -98,7 +98,7 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
                 say(f"note: comm_round is now {cfg.train.comm_round} (was {saved_rounds})")
         else:
             run_dir = create_run_dir(cfg.common.run_dir_root, "server", cfg.data.dataset)
-            write_config(run_dir, cfg.values)
+            write_config(run_dir, cfg)
         say(f"FedIoT server: {n_devices} client(s), {cfg.train.comm_round} rounds over gRPC at {me.address} "
             f"({'mutual TLS, certificates in ' + str(tls.source) if tls else 'PLAINTEXT'}); run directory {run_dir}")
     else:
@@ -109,10 +109,10 @@ def run_deployment(cf: str, role: str | None, rank: int | None, resume: str | No
         data_root, _info = prepare_data(cfg, [device])  # a board fetches only its own device
         split = load_split(cfg, data_root, device)  # before the run directory: no empty run on bad data
         run_dir = create_run_dir(cfg.common.run_dir_root, f"client{rank}", cfg.data.dataset)
-        write_config(run_dir, cfg.values)
+        write_config(run_dir, cfg)
         make_client = honest_client
         if cfg.attack_of(rank)[0] != "none":  # only with attack_args.red_team (checked above)
-            from attacks import make_client
+            from attacks.clients import make_client
         local = make_client(split, cfg.model.feature_transform, run_dir / f"{device}.jsonl", *cfg.attack_of(rank),
                             rule=rule_of(cfg.validation), window=cfg.validation.vote_window,
                             live=live_detector(cfg, run_dir),

@@ -25,7 +25,8 @@ from federation.messages import (
     C2S_REPORT, C2S_UPDATE, C2S_VAL_STATS, S2C_EVAL_COUNTS, S2C_EVAL_STATS, S2C_TRAIN, Hello, Report, Request,
     RoundPlan, Update, ValStats, own_normalizer,
 )
-from fediot.config import FedIoTConfig, ValidationArgs, device_of_client
+from fediot.config import FedIoTConfig, device_of_client
+from evaluation.settings import ValidationArgs
 from fediot.errors import ConfigError
 from fediot.rundir import append_jsonl
 from model.autoencoder import AutoEncoder, state_of

@@ -27,7 +27,7 @@ def quorum(cfg: FedIoTConfig) -> int:
     """How many clients must answer every request: in a deployment `train_args.min_clients_per_round`; in a
     simulation one (its ranks cannot drop silently: every client answers unless its answer is refused, and a refused
     answer must not stop the honest clients' run)."""
-    return 1 if cfg.is_simulation else cfg.train.min_clients_per_round
+    return 1 if cfg.is_simulation else cfg.plan.min_clients_per_round
 
 
 class RoundFailed(Exception):

@@ -7,7 +7,7 @@
   sent to each client, which trains with exactly what it was sent; which clients train (`sample`);
 - the normaliser from the clients' merged feature statistics;
 - asking its strategy (`federation.strategy`: stages built once from the config) for each round's new weights;
-- what a lying client's numbers may do (`cfg.defenses`, the rules in `federation.defenses`);
+- what a lying client's numbers may do (`cfg.plan.defenses`, the rules in `federation.defenses`);
 - the per-round record (a dict for rounds.jsonl: lr, client losses and seconds, dropped clients, evaluation)
   and its summary line (returned, not printed); notices about what the defenses did (`take_notices`);
 - which rounds evaluate (`is_eval_round`) and the evaluated model (tail average, `evaluated_state`); thresholds,
@@ -66,7 +66,7 @@ class RoundState:
         self.record: dict[str, Any] = {}  # the current round's line for rounds.jsonl
         self.sampled: list[str] = []  # the clients that train in the open round (`sample()`, drawn once per round)
         # the global models of the last model_average_rounds rounds; their mean is what is evaluated and saved
-        self.recent: deque[dict[str, torch.Tensor]] = deque(maxlen=cfg.train.model_average_rounds)
+        self.recent: deque[dict[str, torch.Tensor]] = deque(maxlen=cfg.plan.model_average_rounds)
         self.evaluated: dict[str, torch.Tensor] | None = None  # the weights of the last evaluation
         self.started = time.monotonic()
         self.round_started = self.started
@@ -140,7 +140,7 @@ class RoundState:
     @property
     def sample_rate(self) -> float:
         """The share of clients that train in a round (the privacy accountant's sampling rate)."""
-        return min(1.0, self.cfg.train.client_num_per_round / len(self.cfg.clients))
+        return min(1.0, self.cfg.plan.clients_per_round / len(self.cfg.clients))
 
     @property
     def done(self) -> bool:
@@ -211,7 +211,7 @@ class RoundState:
         """The clients that train this round: all of them, or `client_num_per_round` chosen by FedML's rule
         (`FedMLAggregator.client_sampling`: np.random.seed(round index), choice without replacement), so a
         run samples the same clients round by round as FedML would, and a resumed run as the original."""
-        clients, per_round = self.cfg.clients, self.cfg.train.client_num_per_round
+        clients, per_round = self.cfg.clients, self.cfg.plan.clients_per_round
         if per_round >= len(clients):
             return list(clients)
         picked = np.random.RandomState(self.round).choice(range(len(clients)), per_round, replace=False)
@@ -222,7 +222,7 @@ class RoundState:
         self.round_started = time.monotonic()
         self.record = {"round": self.round + 1, "data_source": self.data_info["source"], "lr": self.lr()}
         self.sampled = self.sample()
-        if self.cfg.train.client_num_per_round < len(self.cfg.clients):
+        if self.cfg.plan.clients_per_round < len(self.cfg.clients):
             self.record["sampled"] = self.sampled
         return self._global()
 

@@ -52,14 +52,14 @@ class ServerPolicy:
 def server_policy(cfg: FedIoTConfig) -> ServerPolicy:
     """The robust rules assume at most a minority of lying clients, and need enough clients per round to tell a liar
     from an honest device that is merely different: with fewer, they combine by FedAvg after screening."""
-    d, notices = cfg.defenses, []
+    d, notices = cfg.plan.defenses, []
     liars = defenses.effective_liars(d.byzantine_clients, len(cfg.clients))
     if d.robust and liars < d.byzantine_clients:
         notices.append(f"train_args.byzantine_clients = {d.byzantine_clients} with {len(cfg.clients)} clients: the robust "
                        f"rules assume at most {liars} lying client(s), a minority")
         d = dataclasses.replace(d, byzantine_clients=liars)
     trimmed = liars
-    per_round = min(cfg.train.client_num_per_round, len(cfg.clients))
+    per_round = cfg.plan.clients_per_round
     if d.robust and per_round < defenses.robust_rule_minimum(liars):
         trimmed = 0
         rule = "FedAvg" if cfg.train.aggregation == "auto" else cfg.train.aggregation

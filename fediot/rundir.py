@@ -6,9 +6,12 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    from fediot.config import FedIoTConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -82,5 +85,8 @@ def peak_rss_mb() -> float:
     return rss / (1024 * 1024) if _sys.platform == "darwin" else rss / 1024
 
 
-def write_config(run_dir: Path, values: dict[str, Any]) -> None:
-    write_atomic(run_dir / "config.yaml", yaml.safe_dump(values, sort_keys=False))
+def write_config(run_dir: Path, cfg: "FedIoTConfig") -> None:
+    """config.yaml (the settings as asked, defaults filled: it loads back to the same run) and plan.json (what the
+    run derived from them: client counts, quorum, averaged rounds, defenses in effect)."""
+    write_atomic(run_dir / "config.yaml", yaml.safe_dump(cfg.values, sort_keys=False))
+    write_atomic(run_dir / "plan.json", json.dumps(cfg.plan.as_dict(), indent=2) + "\n")

@@ -58,6 +58,8 @@ def imports_of(path: Path, modules: set[str] = frozenset()) -> set[str]:
 def group_of(module: str) -> str | None:
     if module in COMMANDS:
         return "commands"
+    if module.endswith(".settings") and module.split(".")[0] in PACKAGES and module != "fediot.settings":
+        return "settings"  # a package's config section: declarations the config composes, below every package
     if module in ("data.nbaiot", "data.csvfile"):  # ground-floor modules of data, below traffic
         return module
     top = module.split(".")[0]
@@ -65,7 +67,22 @@ def group_of(module: str) -> str | None:
 
 
 def test_doc_table_covers_every_package():
-    assert set(layer_table()) == {*PACKAGES, "data.nbaiot", "data.csvfile", "commands"}
+    assert set(layer_table()) == {*PACKAGES, "data.nbaiot", "data.csvfile", "settings", "commands"}
+
+
+def test_settings_modules_are_declarations():
+    """A package's `settings` module imports nothing of FedIoT but `fediot.settings` (the config imports them all,
+    so a settings module importing its package's code would load every component into every process)."""
+    mods = project_modules()
+    found = sorted(name for name in mods if group_of(name) == "settings")
+    assert {"traffic.settings", "federation.settings", "attacks.settings", "data.settings"} <= set(found)
+    bad = {name: sorted(i for i in imports_of(mods[name], set(mods)) if group_of(i) is not None
+                        and i != "fediot.settings") for name in found}
+    assert not {k: v for k, v in bad.items() if v}, bad
+    # and the package holding it imports nothing on import that the config would then load
+    for name in found:
+        init = REPO / name.split(".")[0] / "__init__.py"
+        assert not {i for i in imports_of(init, set(mods)) if group_of(i) is not None}, init
 
 
 def test_no_import_breaks_the_layers():
@@ -83,6 +100,10 @@ def test_no_import_breaks_the_layers():
                 continue
             if target in ("data.nbaiot", "data.csvfile") and "data" in allowed:
                 continue
+            if target == "settings" and name != "fediot.config":  # for everyone else, a settings module is its package
+                target = imported.split(".")[0]
+                if target == group:
+                    continue
             if target not in allowed:
                 bad.append(f"{name} ({group}) imports {imported} ({target})")
     assert not bad, "imports the layer table does not allow:\n" + "\n".join(bad)
@@ -92,7 +113,7 @@ def test_traffic_only_through_the_data_registry():
     mods = project_modules()
     offenders = []
     for name, path in mods.items():
-        targets = {i for i in imports_of(path, set(mods)) if i == "traffic" or i.startswith("traffic.")}
+        targets = {i for i in imports_of(path, set(mods)) if group_of(i) == "traffic"}
         if not targets:
             continue
         if name.startswith("data.") and name != "data.sources":
@@ -126,14 +147,14 @@ def test_attacks_only_where_the_table_says():
     deployment launched with attack_args.red_team, bench, tools and tests."""
     mods = project_modules()
     users = sorted(name for name, path in mods.items() if group_of(name) not in ("attacks", "bench", "tools")
-                   and any(i == "attacks" or i.startswith("attacks.") for i in imports_of(path, set(mods))))
+                   and any(group_of(i) == "attacks" for i in imports_of(path, set(mods))))
     assert users == ["deployment.launch", "trainer.simulation"], users
 
 
 def test_the_honest_client_knows_no_attack():
     """No attack name, no attack_scale and no bomb in the honest client, the client node or the in-process grid: they
     call hooks whose honest versions say what the client has."""
-    from fediot.config import ATTACKS
+    from attacks.settings import ATTACKS
 
     for module in ("federation/client.py", "trainer/nodes.py", "federation/inprocess.py"):
         text = (REPO / module).read_text()

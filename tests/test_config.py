@@ -5,6 +5,7 @@ import pytest
 from data import nbaiot
 from fediot import config
 from fediot.config import validate
+from federation.settings import ROBUST_AGGREGATION
 from fediot.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +20,11 @@ def test_shipped_configs_are_valid(name):
 
 def test_defaults_filled():
     cfg = config.validate({"data_args": {"devices": ["Ecobee_Thermostat"]}})
-    assert cfg.train.client_num_in_total == cfg.train.client_num_per_round == 1  # null = number of devices
+    assert cfg.plan.client_count == cfg.plan.clients_per_round == 1  # null = number of devices
+    # derived values live in the plan; the sections keep what the user wrote (null), as config.yaml records it
+    assert cfg.train.client_num_in_total is None and cfg.train.client_num_per_round is None
+    assert cfg.values["train_args"]["client_num_per_round"] is None
+    assert cfg.fedml_values()["train_args"]["client_num_in_total"] == 1  # FedML gets the planned counts
     assert cfg.devices == ["Ecobee_Thermostat"]
     assert cfg.data.train_fraction == 0.6
     assert cfg.train.learning_rate == 0.003
@@ -27,15 +32,15 @@ def test_defaults_filled():
 
 
 def test_robust_switch_decides_the_defenses_in_effect():
-    robust = config.validate({}).defenses
-    assert robust.robust and robust.aggregation == config.ROBUST_AGGREGATION
+    robust = config.validate({}).plan.defenses
+    assert robust.robust and robust.aggregation == ROBUST_AGGREGATION
     assert robust.screen_norm_factor == 5.0 and robust.count_ratio_limit == 10.0
-    plain = config.validate({"train_args": {"robust": False}}).defenses
+    plain = config.validate({"train_args": {"robust": False}}).plan.defenses
     assert (plain.robust, plain.aggregation, plain.screen_norm_factor, plain.count_ratio_limit) == (
         False, "fedavg", None, None)
     # a rule named explicitly is what runs, robust or not
-    assert config.validate({"train_args": {"robust": False, "aggregation": "median"}}).defenses.aggregation == "median"
-    assert config.validate({"train_args": {"aggregation": "fedavg"}}).defenses.aggregation == "fedavg"
+    assert config.validate({"train_args": {"robust": False, "aggregation": "median"}}).plan.defenses.aggregation == "median"
+    assert config.validate({"train_args": {"aggregation": "fedavg"}}).plan.defenses.aggregation == "fedavg"
 
 
 @pytest.mark.parametrize("raw, message", [
@@ -87,7 +92,7 @@ def test_shipped_deployment_configs_are_valid(name):
     assert cfg.comm.backend == "GRPC"
     peers = load_ipconfig(repo_path(cfg.comm.grpc_ipconfig_path))
     assert set(range(len(cfg.devices) + 1)) <= set(peers)
-    assert cfg.train.client_num_in_total == len(cfg.devices)
+    assert cfg.plan.client_count == len(cfg.devices)
 
 
 def test_fedml_gets_only_the_keys_it_reads():
@@ -125,6 +130,25 @@ def test_the_number_of_boards_follows_the_device_list_alone():
         raw["data_args"]["devices"] = list(devices)
         cfg = validate(raw)
         n = len(devices)
-        assert (cfg.train.client_num_in_total, cfg.train.client_num_per_round, cfg.train.min_clients_per_round) == (
+        assert (cfg.plan.client_count, cfg.plan.clients_per_round, cfg.plan.min_clients_per_round) == (
             n, n, n // 2 + 1)
         assert set(range(n + 1)) <= set(load_ipconfig(repo_path(cfg.comm.grpc_ipconfig_path)))
+
+
+def test_run_directory_keeps_the_settings_as_asked_and_the_plan(tmp_path):
+    """config.yaml loads back to the same settings and plan (nothing derived was written into it); plan.json holds
+    what the run derived."""
+    import json
+
+    from fediot.rundir import write_config
+
+    cfg = validate({"data_args": {"devices": "all", "clients_per_device": 4},
+                    "train_args": {"client_num_per_round": 3, "robust": False}})
+    write_config(tmp_path, cfg)
+    again = config.load(tmp_path / "config.yaml")
+    assert again.values == cfg.values and again.plan == cfg.plan
+    assert again.values["data_args"]["devices"] == "all" and again.values["train_args"]["min_clients_per_round"] == 1
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert (plan["clients"], plan["clients_per_round"], plan["min_clients_per_round"], plan["model_average_rounds"]) \
+        == (36, 3, 1, 10)
+    assert plan["devices"] == list(nbaiot.DEVICES) and plan["defenses"]["aggregation"] == "fedavg"

@@ -183,7 +183,7 @@ def test_a_devices_own_rows_widen_only_its_own_normalisation():
                     "comm_args": {"backend": "MPI"}})
     state = RoundState(cfg, {"source": "synthetic"}, "federated")
     state.fit_normalizer(stats)
-    limit = cfg.defenses.scale_ratio_limit
+    limit = cfg.plan.defenses.scale_ratio_limit
     bounded = state.normalizer
     assert set(state.device_scales) == set(devices[:2])
     for d in devices[:2]:

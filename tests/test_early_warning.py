@@ -47,7 +47,8 @@ def test_an_indicator_is_checked_field_by_field():
 
 
 def test_relay_rules_rate_private_duplicates_and_confirmation():
-    rules = RelayRules(confirm_boards=2, ttl_s=3600, rate_per_min=6, burst=3, share_private=False, max_endpoints=100)
+    rules = RelayRules(confirm_boards=2, ttl_s=3600, rate_per_min=6, burst=3, share_private=False, max_endpoints=100,
+                       confirm_windows=1, confirm_share=0.0)
     ind = parse_indicator(wire(), NOW)
     what, out = rules.offer("board1", ind, NOW)
     assert what == "warning" and out.board == "board1" and out.boards == ("board1",)
@@ -56,16 +57,42 @@ def test_relay_rules_rate_private_duplicates_and_confirmation():
     assert what == "confirmed" and out.status == "confirmed" and out.boards == ("board1", "board2")
     assert rules.offer("board3", parse_indicator(wire("192.168.1.50"), NOW), NOW + 3) == ("kept_private", None)
     # a board's rate: burst 3 in a row, then 6 a minute
-    rules2 = RelayRules(2, 3600, 6, 3, False, 100)
+    rules2 = RelayRules(2, 3600, 6, 3, False, 100, confirm_windows=1, confirm_share=0.0)
     results = [rules2.offer("liar", parse_indicator(wire(f"203.0.113.{i}"), NOW), NOW)[0] for i in range(10)]
     assert results == ["warning"] * 3 + ["refused_rate"] * 7
     assert rules2.offer("liar", parse_indicator(wire("203.0.113.99"), NOW), NOW + 10)[0] == "warning"
     assert is_private("10.1.2.3") and is_private("fe80::1") and not is_private("8.8.8.8")
     # the endpoints remembered are bounded
-    rules3 = RelayRules(2, 3600, 1e9, 10**9, False, 5)
+    rules3 = RelayRules(2, 3600, 1e9, 10**9, False, 5, confirm_windows=1, confirm_share=0.0)
     for i in range(50):
         rules3.offer("b", parse_indicator(wire(f"203.0.113.{i}"), NOW), NOW)
     assert len(rules3.seen) == 5
+
+
+def test_a_liar_and_an_honest_passing_false_alarm_do_not_confirm():
+    """The liar claims any counts on a benign endpoint; an honest board whose detector raised a passing false alarm on
+    it names it too, with its true counts: a few window alerts, or many of a busy endpoint's many packets. Neither is
+    sure, so the endpoint stays a warning. An honest board whose detector alerts on nearly every packet of the
+    endpoint (an attack) is sure: with the liar, that confirms."""
+    rules = RelayRules(confirm_boards=2, ttl_s=3600, rate_per_min=60, burst=10, share_private=False,
+                       max_endpoints=100, confirm_windows=10, confirm_share=0.9)
+    cloud = "198.51.100.7"
+    assert rules.offer("liar", parse_indicator(wire(cloud, windows=10**9, packets=10**9), NOW), NOW)[0] == "warning"
+    for windows, packets in ((1, 1), (4, 4), (9, 9), (38, 2000), (10, 12)):  # too few, or too small a share
+        assert rules.offer("board2", parse_indicator(wire(cloud, windows=windows, packets=packets), NOW), NOW) \
+            == ("duplicate", None)
+    assert rules.offer("board3", parse_indicator(wire(cloud), NOW), NOW + 5) == ("duplicate", None)
+    what, out = rules.offer("board2", parse_indicator(wire(cloud, windows=10, packets=11), NOW), NOW + 6)
+    assert what == "confirmed" and out.boards == ("liar", "board3", "board2")
+    # a board once sure stays sure within ttl_s; two honest boards that are sure confirm without any liar
+    fresh = RelayRules(2, 3600, 60, 10, False, 100, confirm_windows=10, confirm_share=0.9)
+    assert fresh.offer("a", parse_indicator(wire(cloud, windows=20, packets=20), NOW), NOW)[0] == "warning"
+    assert fresh.offer("a", parse_indicator(wire(cloud, windows=21, packets=900), NOW), NOW)[0] == "duplicate"
+    assert fresh.offer("b", parse_indicator(wire(cloud, windows=50, packets=51), NOW), NOW)[0] == "confirmed"
+    for bad in ({"windows": 0}, {"windows": -1}, {"windows": 2 ** 40}, {"windows": 1.5}, {"windows": True},
+                {"windows": "5"}, {"windows": 5, "packets": 4}, {"packets": 2 ** 40}, {"packets": None}):
+        with pytest.raises(IndicatorError, match="windows|packets"):
+            parse_indicator(wire(cloud, **bad), NOW)
 
 
 def test_a_board_keeps_a_bounded_store_and_warns_once_per_endpoint():
@@ -98,7 +125,7 @@ def _wait(predicate, seconds: float = 20.0) -> bool:
 def test_a_board_warns_at_the_first_packet_and_confirms_and_a_liar_stays_a_bounded_warning(tmp_path):
     certs = tmp_path / "certs"
     make_certs(certs, 3, [])
-    cfg = validate({"detect_args": {"warn_burst": 3, "warn_rate_per_min": 1}}).detect
+    cfg = validate({"detect_args": {"warn_burst": 6, "warn_rate_per_min": 1}}).detect
     relay = Relay("127.0.0.1", 0, certs, cfg).start()
     stores = {r: IndicatorStore(cfg.warn_max_indicators, cfg.warn_ttl_s) for r in (1, 2, 3)}
     links = {r: RelayLink(f"127.0.0.1:{relay.port}", certs, r, stores[r]).start() for r in (1, 2, 3)}
@@ -120,12 +147,17 @@ def test_a_board_warns_at_the_first_packet_and_confirms_and_a_liar_stays_a_bound
         assert _wait(lambda: len(stores[2].inbox) == 1 and len(stores[3].inbox) == 1)
         assert stores[2].inbox[0].board == "board1" and stores[2].inbox[0].status == "warning"
         assert not stores[1].inbox  # not sent back to the board that saw it
+        # ... and its detector kept alerting on it: its count reaches warn_confirm_windows (one board: still a warning,
+        # nothing new to relay)
+        links[1].publish(Indicator(attacker_text, (23,), "tcp", first_seen - 59, 4.2, ("FO_src_sockets",),
+                                   windows=cfg.warn_confirm_windows, packets=cfg.warn_confirm_windows))
+        assert _wait(lambda: relay.rules.counts["duplicate"] == 1)
 
-        # a liar (board 3) names the camera's own cloud server, and 9 more addresses: at most warn_burst reach board 2,
+        # a liar (board 3) names the camera's own cloud server, and 12 more addresses: at most warn_burst reach board 2,
         # none confirmed
         cloud_text = str(ipaddress.ip_address(cloud))
         links[3].publish(Indicator(cloud_text, (443,), "tcp", first_seen, 9.9, ("HH",)))
-        for i in range(9):
+        for i in range(12):
             links[3].publish(Indicator(f"203.0.113.{i + 1}", (443,), "tcp", first_seen, 9.9, ("HH",)))
         assert _wait(lambda: relay.refused.get("board3", 0) >= 7)
         time.sleep(0.3)
@@ -154,7 +186,7 @@ def test_a_board_warns_at_the_first_packet_and_confirms_and_a_liar_stays_a_bound
         # the liar's cloud server: a warning (its first packet), never confirmed by the liar alone
         assert [x["status"] for x in early if x["host"] == cloud_text] == ["warning"]
         # board 3 (which named nothing) hears it is confirmed; boards 1 and 2, which named it, are not sent it back
-        assert _wait(lambda: any(x.endpoint == attacker_text and x.status == "confirmed" for x in stores[3].inbox))
+        assert _wait(lambda: any(x.endpoint == attacker_text and x.status == "confirmed" for x in stores[3].inbox)), (relay.refused, relay.rules.counts, links[2].counts)
         assert not any(x.endpoint == attacker_text for x in stores[1].inbox)
         assert summary["relay"]["sent"] >= 1
         # the relay's status page lists the boards and the warnings, confirmed or not (and /api/status, /metrics)

@@ -115,7 +115,7 @@ def test_a_flooding_board_is_refused_and_counted_and_learns_what_an_honest_one_w
     """The `flood` attack (attack_args): a board that answers honestly and sends decoding bombs after each answer.
     Every bomb is refused by the decoder and counted against its rank; what the federation learns is what it learns
     with that board honest."""
-    from attacks import decoding_bomb
+    from attacks.clients import decoding_bomb
 
     assert len(decoding_bomb(2, 8 * 2**20)) == 8 * 2**20 - 1  # just under the message limit
     with pytest.raises(WireError, match="more than 16 tensor"):  # parsed, then refused for its tensor count

@@ -8,7 +8,8 @@ import torch
 from data import nbaiot
 from federation.messages import Update
 from federation.state import RoundState
-from fediot.config import SAMPLED_AVERAGE_ROUNDS, validate
+from fediot.config import validate
+from federation.settings import SAMPLED_AVERAGE_ROUNDS
 from fediot.errors import ConfigError
 from model.autoencoder import AutoEncoder, state_of
 from model.normalization import Normalizer
@@ -110,11 +111,11 @@ def test_checkpoint_with_foreign_recent_models_is_refused(tmp_path):
 
 def test_default_window_averages_only_when_a_pass_takes_many_rounds():
     # 2 of 120 clients per round: a pass over the clients takes 60 rounds
-    assert config(per_device=40, per_round=2, average=None).train.model_average_rounds == SAMPLED_AVERAGE_ROUNDS
+    assert config(per_device=40, per_round=2, average=None).plan.model_average_rounds == SAMPLED_AVERAGE_ROUNDS
     # 2 of 6 clients per round: 10 rounds cover every client several times; the mean would only lag
-    assert config(per_device=2, per_round=2, average=None).train.model_average_rounds == 1
-    assert config(per_round=None, average=None).train.model_average_rounds == 1  # everyone trains every round
-    assert config(per_round=None, average=4).train.model_average_rounds == 4
+    assert config(per_device=2, per_round=2, average=None).plan.model_average_rounds == 1
+    assert config(per_round=None, average=None).plan.model_average_rounds == 1  # everyone trains every round
+    assert config(per_round=None, average=4).plan.model_average_rounds == 4
     with pytest.raises(ConfigError, match="model_average_rounds"):
         config(average=0)
 

@@ -30,7 +30,7 @@ import numpy as np
 from numba import njit
 
 from data import nbaiot
-from fediot.config import DetectArgs
+from traffic.settings import DetectArgs
 from traffic.packets import PacketBatch
 
 LAMBDAS = np.array([5.0, 3.0, 1.0, 0.1, 0.01])

@@ -5,7 +5,10 @@ protocol), the alert's time and score and the feature groups its score came from
 (`relay.py`, beside the server) takes it from the board's certificate, checks it (`parse_indicator`: the one
 definition of the message and its bounds), applies `RelayRules` — rate limit per board, de-duplication, private
 addresses kept home, and the liar bound: an endpoint named by one board is a *warning*; it is *confirmed* only when
-`detect_args.warn_confirm_boards` boards' own detectors named it — and sends what passes to every other board.
+`detect_args.warn_confirm_boards` boards' own detectors are *sure* of it: each raised at least
+`detect_args.warn_confirm_windows` window alerts on it, and they were at least `detect_args.warn_confirm_share` of its
+packets since the first (an honest board's passing false alarm names an endpoint but is not sure of it, so a liar and
+a false alarm confirm nothing) — and sends what passes to every other board.
 A board keeps what it was sent in an `IndicatorStore` (bounded in count and time) and `detect` alerts at the first
 packet from or to an indicated endpoint, marked as an early warning naming the board that saw it first; its own
 detector then confirms it (its own indicator goes back to the relay) or, after `warn_confirm_s`, clears it.
@@ -27,6 +30,7 @@ MAX_GROUPS = 3
 PROTOCOLS = ("tcp", "udp", "icmp", "other")
 EARLIEST_TIME = 946684800.0  # 2000-01-01: an indicator's time is after it (a replayed capture's packets may be old)
 CLOCK_SKEW_S = 86400.0  # ... and at most a day ahead of the receiver's clock
+MAX_COUNT = 1_000_000_000  # an indicator's counts of window alerts and packets (a day of a 10,000 packet/s flood fits)
 
 
 class IndicatorError(ValueError):
@@ -43,13 +47,16 @@ class Indicator:
     time: float  # the alert's packet time (epoch s)
     score: float
     groups: tuple[str, ...]  # the feature groups the score came from (detect's explanation)
+    windows: int = 1  # window alerts the board's detector raised on the endpoint so far (within warn_ttl_s) ...
+    packets: int = 1  # ... of this many packets from or to it since the first of them
     board: str = ""  # set by the relay from the sender's certificate, never taken from the message
     status: str = "warning"  # relayed: "warning" (one board) or "confirmed" (warn_confirm_boards boards)
     boards: tuple[str, ...] = ()  # relayed: the boards that named it, first first
 
     def to_wire(self) -> dict[str, Any]:
         return {"v": INDICATOR_VERSION, "endpoint": self.endpoint, "ports": list(self.ports), "proto": self.proto,
-                "time": self.time, "score": self.score, "groups": list(self.groups), "board": self.board,
+                "time": self.time, "score": self.score, "groups": list(self.groups), "windows": self.windows,
+                "packets": self.packets, "board": self.board,
                 "status": self.status, "boards": list(self.boards)}
 
 
@@ -59,7 +66,7 @@ def parse_indicator(fields: Any, now: float, relayed: bool = False) -> Indicator
     are refused, the relay sets them); a relayed one must."""
     if not isinstance(fields, dict):
         raise IndicatorError("not a JSON object")
-    allowed = {"v", "endpoint", "ports", "proto", "time", "score", "groups"} | (
+    allowed = {"v", "endpoint", "ports", "proto", "time", "score", "groups", "windows", "packets"} | (
         {"board", "status", "boards"} if relayed else set())
     extra = set(fields) - allowed
     if extra:
@@ -91,7 +98,13 @@ def parse_indicator(fields: Any, now: float, relayed: bool = False) -> Indicator
     groups = fields.get("groups", [])
     if not isinstance(groups, list) or len(groups) > MAX_GROUPS or not all(g in nbaiot.GROUP_MEANINGS for g in groups):
         raise IndicatorError(f"groups: expected at most {MAX_GROUPS} of {', '.join(nbaiot.GROUP_MEANINGS)}")
-    extra_fields: dict[str, Any] = {}
+    windows = fields.get("windows", 1)
+    if not isinstance(windows, int) or isinstance(windows, bool) or not 1 <= windows <= MAX_COUNT:
+        raise IndicatorError(f"windows: expected an integer 1..{MAX_COUNT}")
+    packets = fields.get("packets", windows)
+    if not isinstance(packets, int) or isinstance(packets, bool) or not windows <= packets <= MAX_COUNT:
+        raise IndicatorError(f"packets: expected an integer windows..{MAX_COUNT} (each window alert is a packet)")
+    extra_fields: dict[str, Any] = {"windows": windows, "packets": packets}
     if relayed:
         board, status, boards = fields.get("board"), fields.get("status"), fields.get("boards", [])
         if not isinstance(board, str) or not 0 < len(board) <= 64:
@@ -101,7 +114,7 @@ def parse_indicator(fields: Any, now: float, relayed: bool = False) -> Indicator
         if not isinstance(boards, list) or len(boards) > 64 or not all(isinstance(b, str) and len(b) <= 64
                                                                       for b in boards):
             raise IndicatorError("boards: expected at most 64 board names")
-        extra_fields = {"board": board, "status": status, "boards": tuple(boards)}
+        extra_fields |= {"board": board, "status": status, "boards": tuple(boards)}
     return Indicator(endpoint, tuple(ports), proto, float(t), float(score), tuple(groups), **extra_fields)
 
 
@@ -118,7 +131,7 @@ def is_private(endpoint: str) -> bool:
 
 @dataclass
 class _Seen:
-    boards: OrderedDict = field(default_factory=OrderedDict)  # board -> last time it named the endpoint
+    boards: OrderedDict = field(default_factory=OrderedDict)  # board -> (last time it named the endpoint, sure of it)
     relayed: str | None = None  # the status last relayed
     relayed_at: float = 0.0
 
@@ -127,14 +140,20 @@ class RelayRules:
     """What the relay does with a board's indicator (pure: the relay's socket code calls it; tests call it)."""
 
     def __init__(self, confirm_boards: int, ttl_s: float, rate_per_min: float, burst: int, share_private: bool,
-                 max_endpoints: int) -> None:
+                 max_endpoints: int, *, confirm_windows: int, confirm_share: float) -> None:
         self.confirm_boards, self.ttl_s = confirm_boards, ttl_s
+        self.confirm_windows, self.confirm_share = confirm_windows, confirm_share
         self.rate_per_s, self.burst = rate_per_min / 60.0, float(burst)
         self.share_private, self.max_endpoints = share_private, max_endpoints
         self.buckets: dict[str, tuple[float, float]] = {}  # board -> (tokens, at)
         self.seen: OrderedDict[str, _Seen] = OrderedDict()  # endpoint -> who named it (least recent first)
         self.counts: dict[str, int] = {"relayed": 0, "confirmed": 0, "refused_rate": 0, "kept_private": 0,
                                        "duplicate": 0}
+
+    def sure(self, ind: Indicator) -> bool:
+        """The board's detector keeps alerting on the endpoint: confirm_windows window alerts or more, and at least
+        confirm_share of its packets since the first (a passing false alarm on a busy endpoint is neither)."""
+        return ind.windows >= self.confirm_windows and ind.windows >= self.confirm_share * ind.packets
 
     def _admit(self, board: str, now: float) -> bool:
         tokens, at = self.buckets.get(board, (self.burst, now))
@@ -148,8 +167,8 @@ class RelayRules:
     def offer(self, board: str, ind: Indicator, now: float) -> tuple[str, Indicator | None]:
         """(what happened, the indicator to send to every other board or None). A board's indicators beyond its
         rate are refused (counted); a private address stays home unless share_private; an endpoint already relayed
-        with the same status within ttl_s is not sent again; the second board (warn_confirm_boards) makes it
-        confirmed."""
+        with the same status within ttl_s is not sent again; it is confirmed once confirm_boards boards are sure of
+        it (`sure`), each by an indicator of its own within ttl_s."""
         if not self._admit(board, now):
             self.counts["refused_rate"] += 1
             return "refused_rate", None
@@ -157,22 +176,22 @@ class RelayRules:
             self.counts["kept_private"] += 1
             return "kept_private", None
         s = self.seen.pop(ind.endpoint, None) or _Seen()
-        for b, t in list(s.boards.items()):
+        for b, (t, _) in list(s.boards.items()):
             if now - t > self.ttl_s:
                 del s.boards[b]
-        s.boards.pop(board, None)
-        s.boards[board] = now
+        _, sure = s.boards.pop(board, (now, False))
+        s.boards[board] = (now, sure or self.sure(ind))
         self.seen[ind.endpoint] = s
         while len(self.seen) > self.max_endpoints:
             self.seen.popitem(last=False)
-        status = "confirmed" if len(s.boards) >= self.confirm_boards else "warning"
+        status = "confirmed" if sum(sure for _, sure in s.boards.values()) >= self.confirm_boards else "warning"
         if s.relayed == status and now - s.relayed_at <= self.ttl_s:
             self.counts["duplicate"] += 1
             return "duplicate", None
         s.relayed, s.relayed_at = status, now
         boards = tuple(s.boards)
-        out = Indicator(ind.endpoint, ind.ports, ind.proto, ind.time, ind.score, ind.groups, board=boards[0],
-                        status=status, boards=boards)
+        out = Indicator(ind.endpoint, ind.ports, ind.proto, ind.time, ind.score, ind.groups, windows=ind.windows,
+                        packets=ind.packets, board=boards[0], status=status, boards=boards)
         self.counts["confirmed" if status == "confirmed" else "relayed"] += 1
         return status, out
 

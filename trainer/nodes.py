@@ -42,7 +42,7 @@ from federation.messages import (
     S2C_EVAL_STATS, S2C_FINISH, S2C_PING, S2C_TRAIN, S2C_WELCOME, TYPED, Expectations, Hello, Receiver, Request,
     answer_client,
 )
-from fediot.config import CommArgs
+from trainer.settings import CommArgs
 from fediot.console import names_line, say
 from fediot.rundir import peak_rss_mb, write_json
 from monitor.health import HealthProbe, WarningBuffer

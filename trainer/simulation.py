@@ -50,7 +50,7 @@ def _prepare(cfg: FedIoTConfig, comm, rank: int, size: int, run_dir_file: str | 
         try:
             data_root, data_info = prepare_data(cfg)  # before the run directory: no empty run on bad data
             run_dir = create_run_dir(cfg.common.run_dir_root, "simulation", cfg.data.dataset)
-            write_config(run_dir, cfg.values)
+            write_config(run_dir, cfg)
             if run_dir_file:
                 Path(run_dir_file).write_text(str(run_dir) + "\n")
             on = "" if size - 1 == len(cfg.clients) else f" on {size - 1} worker ranks"
@@ -76,7 +76,7 @@ def run_simulation(cf: str, run_dir_file: str | None) -> int:
 
     # each worker loads its home clients' rows (errors from any rank stop all ranks with one message)
     workers = size - 1
-    from attacks import make_client
+    from attacks.clients import make_client
 
     loader = ClientLoader(cfg, data_root, run_dir, make_client=make_client)  # the simulation studies attack_args
     home: dict[str, Any] = {}
