@@ -454,10 +454,12 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 _clear_quiet(last_alert, time.time(), cfg, devices, thresholds, publisher, evidence, explained)
                 _say_silent(silence, time.time(), devices, sink, publisher)
                 continue
+            which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
+            if warning is not None:  # early warnings first: at the endpoint's first packet, before features or scores
+                _say_early(warning, batch, np.flatnonzero(which >= 0), which, devices, thresholds, sink, publisher)
             full = extractor.transform(batch)  # the captured rows' columns (what a benign verdict adds)
             rows = full[:, :detector.input_dim]  # an N-BaIoT model: its 115 columns
             packets += len(batch)
-            which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
             if silence is not None:  # who was heard, then who has been silent too long (packet time)
                 for d in np.unique(which[which >= 0]):
                     silence.heard(int(d), batch.time[int(np.flatnonzero(which == d)[-1])])
@@ -473,8 +475,6 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             else:  # one normalisation for every device: one pass over the batch, as before widening existed
                 scores = detector.score(rows[idx])
             limits = np.asarray(thresholds)[which[idx]]
-            if warning is not None:  # early warnings first: at the endpoint's first packet, before any window
-                _say_early(warning, batch, idx, which, devices, thresholds, sink, publisher)
             flags = scores > limits
             hosts = [batch.src_ip[n] + bytes([int(which[n]) % 256]) for n in idx]  # one vote window per host and device
             wins = vote.push(hosts, flags)
@@ -817,12 +817,15 @@ def main(argv: list[str] | None = None) -> int:
         if follower is not None:  # a board's detector: its latest alert messages go to the server's page too
             sinks.append(live)
         publisher = AlertPublisher(sinks, cfg.detect.alert_queue) if sinks else None
+        # indicators from the relay (its link starts below): a live packet of an indicated endpoint ends its batch
+        store = IndicatorStore(cfg.detect.warn_max_indicators, cfg.detect.warn_ttl_s) if a.relay is not None else None
         if a.pcap:
             batches = read_capture(a.pcap, batch_size=cfg.detect.batch_packets, keep_frames=a.triage is not None)
         else:
             batches = live_capture(a.interface, duration_s=a.duration, ring_mb=cfg.detect.capture_ring_mb,
                                    keep_frames=a.triage is not None,
-                                   max_wait_s=cfg.detect.live_max_wait_ms / 1000.0)
+                                   max_wait_s=cfg.detect.live_max_wait_ms / 1000.0,
+                                   urgent=None if store is None else store.unwarned)
             print(f"capturing on {a.interface}" + (f" for {a.duration:g}s" if a.duration else " (Ctrl-C to stop)"),
                   file=sys.stderr, flush=True)
         sink = open(a.out, "w") if a.out else sys.stdout
@@ -842,7 +845,6 @@ def main(argv: list[str] | None = None) -> int:
                 for f in ("ca.pem", f"client{a.rank}.pem", f"client{a.rank}.key"):
                     if not (a.tls_dir / f).is_file():
                         raise FedIoTError(f"--tls-dir: {a.tls_dir / f} not found (bash make_certs.sh makes it)")
-                store = IndicatorStore(cfg.detect.warn_max_indicators, cfg.detect.warn_ttl_s)
                 warning = WarningWatch(store, cfg.detect.warn_confirm_s)
                 link = RelayLink(a.relay, a.tls_dir, a.rank, store,
                                  lambda text: print(text, file=sys.stderr, flush=True)).start()

@@ -142,6 +142,34 @@ def test_every_capture_format_reads_the_same_packets_as_dpkt(tmp_path, fmt):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="a live capture needs root (AF_PACKET)")
+def test_a_live_packet_of_an_indicated_endpoint_ends_its_batch_at_once():
+    """Issue 37's latency: the first packet from or to an endpoint another board indicated is handed on at once, not
+    after detect_args.live_max_wait_ms (here 2 s, so that waiting would show)."""
+    import ipaddress
+    import socket
+    import time
+
+    from traffic.packets import live_capture
+
+    indicated = ipaddress.ip_address("127.0.0.2").packed
+    batches = live_capture("lo", batch_packets=64, timeout_s=5.0, duration_s=4.0, max_wait_s=2.0,
+                           urgent=lambda address: address == indicated)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    for _ in range(3):
+        s.sendto(b"fediot-before", ("127.0.0.1", 9))
+    sent = time.time()
+    s.sendto(b"fediot-indicated", ("127.0.0.2", 9))
+    handed: list[tuple[float, list[bytes]]] = []
+    for batch, _ in batches:
+        handed.append((time.time(), list(batch.dst_ip)))
+        if any(d == indicated for d in batch.dst_ip):
+            break
+    s.close()
+    at, dst = handed[-1]
+    assert dst[-1] == indicated, dst  # the batch ends with the indicated packet ...
+    assert at - sent < 1.0, at - sent  # ... and did not wait the 2 s for more
+
+
 def test_live_packets_carry_the_kernels_receive_time_not_the_readers(tmp_path):
     """A board busy elsewhere reads its socket late: packets sent 0.2 s apart while nobody read must keep their
     0.2 s gaps (the kernel's receive times in the capture ring), or every jitter feature of a board under load is

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import dpkt
 
@@ -298,7 +298,8 @@ def read_capture(path: str | Path, batch_size: int = 65536,
 def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.0,
                  duration_s: float | None = None, ring_mb: float = 4.0,
                  max_wait_s: float | None = None,
-                 keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                 keep_frames: bool = False,
+                 urgent: Callable[[bytes], bool] | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Capture from a Linux interface with an AF_PACKET raw socket (needs root or CAP_NET_RAW).
 
     The kernel writes each packet into a ring shared with this process (TPACKET_V2, `ring_mb` megabytes, one packet
@@ -307,6 +308,8 @@ def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.
     iterator stops after duration_s seconds when given, else runs until interrupted. A batch is handed on when it
     holds batch_packets packets, after timeout_s, or (max_wait_s) that long after its first packet was read: detect's
     latency from a packet to its alert (a flood fills a batch at once; a first scan packet waited up to timeout_s).
+    A packet whose source or destination address `urgent` names (detect: an endpoint another board indicated, not yet
+    warned of here) ends its batch at once: its early warning does not wait for max_wait_s.
     """
     try:
         sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
@@ -325,7 +328,7 @@ def live_capture(interface: str, batch_packets: int = 256, timeout_s: float = 1.
     except OSError as exc:
         sock.close()
         raise DataError(f"cannot capture on interface {interface!r}: {exc.strerror or exc}") from None
-    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s, max_wait_s, keep_frames)
+    return _capture_loop(sock, ring, frames, batch_packets, timeout_s, duration_s, max_wait_s, keep_frames, urgent)
 
 
 # The kernel's packet ring (linux/if_packet.h): the same values on every Linux architecture.
@@ -338,7 +341,8 @@ _TPACKET2_HDR = struct.Struct("=IIIHHII")  # tp_status, tp_len, tp_snaplen, tp_m
 
 def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packets: int, timeout_s: float,
                   duration_s: float | None, max_wait_s: float | None = None,
-                  keep_frames: bool = False) -> Iterator[tuple[PacketBatch, SkipCounts]]:
+                  keep_frames: bool = False,
+                  urgent: Callable[[bytes], bool] | None = None) -> Iterator[tuple[PacketBatch, SkipCounts]]:
     """Batches of live packets, each stamped with the time the kernel received it (tp_sec/tp_nsec, written when the
     packet reached the ring). A board busy with something else (training, another process) reads packets late and in
     bunches: stamping them when read made their inter-arrival times, hence the jitter features, wrong (measured in the
@@ -369,9 +373,13 @@ def _capture_loop(sock: socket.socket, ring: mmap.mmap, frames: int, batch_packe
                     continue
                 if max_wait_s is not None and len(batch) == 0:  # the first packet: hand the batch on soon
                     deadline = min(deadline, time.monotonic() + max_wait_s)
+                before = len(batch)
                 parse_frame(sec + nsec * 1e-9, ring[at + mac:at + mac + snap_len], wire_len, batch, skipped)
                 struct.pack_into("=I", ring, at, 0)  # the frame is the kernel's again
                 slot = (slot + 1) % frames
+                if urgent is not None and len(batch) > before and (urgent(batch.src_ip[-1]) or
+                                                                   urgent(batch.dst_ip[-1])):
+                    break
             yield batch, skipped
     finally:
         ring.close()

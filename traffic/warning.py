@@ -229,6 +229,16 @@ class IndicatorStore:
         while self.inbox:
             self.put(self.inbox.popleft(), now)
 
+    def unwarned(self, address: bytes) -> bool:
+        """An endpoint indicated and not yet warned of here (live capture ends a batch at its packet). Called on
+        detect's thread between packets: what the link thread received is taken in first."""
+        if self.inbox:
+            import time
+
+            self.take_inbox(time.time())
+        e = self.by_ip.get(address)
+        return e is not None and not e.warned
+
     def get(self, address: bytes, now: float) -> Entry | None:
         e = self.by_ip.get(address)
         if e is not None and now > e.until:
