@@ -218,14 +218,38 @@ def thresholds_for(detector: LeanDetector, devices: list[str | None], where: str
     return [detector.threshold_for(d) for d in devices]
 
 
-def live_model_path(run_dir: Path) -> Path | None:
+def live_model_path(run_dir: Path, devices: list[str | None] | None = None) -> Path | None:
     """The model a board's client keeps (RUN_DIR/detector/model.npz), a run's final model (RUN_DIR/model.npz), or,
-    for a run_dir_root, the newest run's; None while there is none yet."""
+    for a run_dir_root, the newest run's that has a threshold for each of `devices` (boards tried on one machine keep
+    their runs side by side, each model with its own device's threshold); None while there is none yet."""
     for candidate in (run_dir / LIVE_MODEL, run_dir / "model.npz"):
         if candidate.is_file():
             return candidate
     runs = sorted((p for p in run_dir.glob(f"*/{LIVE_MODEL}") if p.is_file()), key=lambda p: p.stat().st_mtime)
+    wanted = {d for d in devices or [] if d is not None}
+    for path in reversed(runs):
+        if not wanted or wanted <= _devices_of(path):
+            return path
     return runs[-1] if runs else None
+
+
+_DEVICES_OF: dict[tuple[Path, int], frozenset[str]] = {}  # (model, mtime_ns) -> its devices: polled every few s
+
+
+def _devices_of(model: Path) -> frozenset[str]:
+    """The devices a board's model.npz has thresholds for (empty when it cannot be read: loading it later says why)."""
+    try:
+        key = (model, model.stat().st_mtime_ns)
+    except OSError:
+        return frozenset()
+    if key not in _DEVICES_OF:
+        try:
+            _DEVICES_OF[key] = frozenset(LeanDetector.load(model).device_thresholds)
+        except (OSError, ValueError):
+            _DEVICES_OF[key] = frozenset()
+        while len(_DEVICES_OF) > 256:  # bounded: old stamps of rewritten files
+            del _DEVICES_OF[next(iter(_DEVICES_OF))]
+    return _DEVICES_OF[key]
 
 
 class ModelFollower:
@@ -262,7 +286,7 @@ class ModelFollower:
         if not force and now < self.next_poll:
             return None
         self.next_poll = now + self.poll_s
-        path = live_model_path(self.run_dir)
+        path = live_model_path(self.run_dir, self.devices)
         if path is None:
             return None
         try:

@@ -121,6 +121,25 @@ def test_a_board_keeps_its_newest_evaluated_model_for_detect(tmp_path):
     assert detect.live_model_path(tmp_path / "runs") == run_dir / "detector" / "model.npz"
 
 
+
+def test_follow_picks_the_newest_board_run_that_knows_the_watched_device(tmp_path):
+    """Boards tried on one machine (README's household, one host) keep their runs side by side in runs/, each board's
+    model with its own device's threshold: --follow runs with --watch CAM takes CAM's board's, not the newest."""
+    import os
+
+    runs = tmp_path / "runs"
+    for k, (name, device) in enumerate((("a-client1", CAMERA), ("b-client2", "hall-hub"))):
+        (runs / name / "detector").mkdir(parents=True)
+        lean_model(runs / name / "detector" / "model.npz", {device: 1.0}, meta={"round": 3})
+        os.utime(runs / name / "detector" / "model.npz", (1e9 + k, 1e9 + k))  # client2's is the newest
+    assert detect.live_model_path(runs) == runs / "b-client2" / "detector" / "model.npz"
+    assert detect.live_model_path(runs, [CAMERA]) == runs / "a-client1" / "detector" / "model.npz"
+    assert detect.live_model_path(runs, [None]) == runs / "b-client2" / "detector" / "model.npz"
+    follower = detect.ModelFollower(runs, 1e-6, [CAMERA], False)
+    detector, thresholds = follower.wait_first(timeout_s=5)
+    assert thresholds == [1.0] and follower.path == runs / "a-client1" / "detector" / "model.npz"
+
+
 def test_detect_follows_a_newer_model_between_batches_without_dropping_packets(tmp_path, two_devices):
     """Model after round 2 (threshold nothing reaches), then after round 4 (threshold every packet passes) written
     while detect runs: every packet is scored once, alerts start with the first batch after the swap."""
