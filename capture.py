@@ -22,7 +22,9 @@ error or Ctrl-C), in N-BaIoT's per-device layout under --out:
                                   It stays on the board: the federation never reads it
   NAME/simulated_attacks/*.csv    --simulate-attacks: the traffic simulator's Mirai/Gafgyt attacks sent from the
                                   device's own address for --attack-seconds in the middle of its captured traffic;
-                                  the rows of its packets in that window (as N-BaIoT recorded infected devices)
+                                  the rows of its packets in that window (as N-BaIoT recorded infected devices);
+                                  and inbound_syn.csv: a LAN host's telnet SYNs at the device (triage only: a
+                                  benign verdict like it is refused; not one of the evaluated attacks)
 
 Only capture traffic you are allowed to capture, and only benign traffic: the rows are what "normal" means.
 """
@@ -52,11 +54,18 @@ from fediot.errors import FedIoTError
 from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
 from traffic.packets import PACKET_FIELDS, PacketBatch, SkipCounts, frames_batch, live_capture, read_capture
 from traffic.profile import PROFILE_FILE, EndpointProfile, endpoints_of
-from traffic.simulator import TrafficSimulator
+from traffic.simulator import TrafficSimulator, inbound_flood
 from traffic.watch import Watch, Watcher, parse_watch
 
 PROGRESS_EVERY_S = 5.0  # seconds between progress lines
 ATTACK_PROFILE = "Danmini_Doorbell"  # the simulator's device kind whose rng drives a simulated attack's packets
+# Attacks *at* the device from a LAN host (N-BaIoT's ten are the device's own outbound bot traffic): simulated for
+# triage only (a benign verdict whose rows look like them is refused), never evaluated. inbound_syn: SYN packets to
+# telnet from one host, a new source port each (Mirai's scanner and brute force opening connections), at this rate.
+INBOUND_ATTACKS = ("inbound_syn",)
+INBOUND_PPS = 200.0
+INBOUND_ATTACKER = "192.0.2.66"  # TEST-NET-1: features never see the address itself, only its streams
+INBOUND_ATTACKER_MAC = bytes.fromhex("020000c00242")
 
 
 @dataclass
@@ -132,11 +141,15 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     mac = next(iter(sorted(device.watch.macs)), None)
     if mac is None:  # the MAC its packets carry
         mac = next((own.src_mac[i] for i in range(len(own)) if own.src_ip[i] == ip), b"\x02\x00\x00\x00\x00\x01")
-    sim = TrafficSimulator(ATTACK_PROFILE, seed, ip=str(ipaddress.ip_address(ip)), mac=mac)
     span = own.time[-1] - own.time[0]
     start = own.time[0] + max(0.0, (span - seconds) / 2)
     end = start + seconds
-    frames = sim.attack(attack, start, end)
+    if attack in INBOUND_ATTACKS:
+        frames = inbound_flood(INBOUND_ATTACKER, INBOUND_ATTACKER_MAC, str(ipaddress.ip_address(ip)), mac, start, end,
+                               INBOUND_PPS, seed)
+    else:
+        frames = TrafficSimulator(ATTACK_PROFILE, seed, ip=str(ipaddress.ip_address(ip)), mac=mac).attack(attack, start,
+                                                                                                        end)
     attack_batch = frames_batch(frames)
     merged = PacketBatch()
     order = np.argsort(np.concatenate([own.time, attack_batch.time]), kind="stable")
@@ -260,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("data/local"), help="data_args.local_data_dir (default %(default)s)")
     p.add_argument("--append", action="store_true", help="add this capture's rows after a device's earlier ones")
     p.add_argument("--simulate-attacks", default="all",
-                   help="all, none, or a comma-separated list of N-BaIoT attack names (default %(default)s)")
+                   help="all, none, or a comma-separated list of N-BaIoT attack names and inbound_syn (default %(default)s)")
     p.add_argument("--attack-seconds", type=float, default=30.0, help="seconds of each simulated attack (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="seed of the simulated attacks")
     p.add_argument("--config", type=Path, help="YAML whose detect_args bound the extractor's memory (as detect's)")
@@ -279,15 +292,16 @@ def main(argv: list[str] | None = None) -> int:
         if bad:
             raise FedIoTError(f"--device {bad[0]!r}: a device name is 1-64 letters, digits, _ . - (it names a directory)")
         if a.simulate_attacks == "all":
-            attacks = list(nbaiot.all_attack_names())
+            attacks = list(nbaiot.all_attack_names()) + list(INBOUND_ATTACKS)
         elif a.simulate_attacks == "none":
             attacks = []
         else:
             attacks = [x.strip() for x in a.simulate_attacks.split(",") if x.strip()]
-            unknown = [x for x in attacks if x not in nbaiot.all_attack_names()]
+            known = list(nbaiot.all_attack_names()) + list(INBOUND_ATTACKS)
+            unknown = [x for x in attacks if x not in known]
             if unknown:
                 raise FedIoTError(f"--simulate-attacks: unknown {unknown}; expected all, none or names from "
-                                  f"{', '.join(nbaiot.all_attack_names())}")
+                                  f"{', '.join(known)}")
         if a.attack_seconds <= 0:
             raise FedIoTError("--attack-seconds must be > 0")
         for w in watches:  # refuse before reading a single packet
