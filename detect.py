@@ -428,7 +428,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     warning watch (issue 37), the first packet from or to an endpoint another board indicated is an alert at once
     ("early_warning"), this board's own window alert on it confirms it, and none within warn_confirm_s clears it;
     with a relay link, each window alert's remote endpoint is published as this board's indicator at its first window
-    alert and again at its warn_confirm_windows-th (per endpoint and warn_ttl_s)."""
+    alert and again once the board is sure of it (warn_confirm_windows, warn_confirm_share; per endpoint and
+    warn_ttl_s)."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]

@@ -1,2 +1,3 @@
-"""FedML adapters, in one place: fedml.init() and its containment, the transports our nodes need,
-and the server/client nodes (FedMLCommManager) that both run paths use; the MPI simulation run."""
+"""FedML adapters, in one place: FedML's comm classes without its package initialisers (`fedml_glue`), the transports
+our nodes need, the server/client nodes (FedMLCommManager) that both run paths use, the MPI simulation run, and the
+runtime's config sections (`settings`)."""
