@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/bench_deployment.py [--idle-seconds 10] [--rounds 10]
 Goals: an idle server or client waiting for messages uses <= 0.05 of a core; a client's peak RSS
-<= RSS of `import torch, fedml` alone + 100 MB.
+<= RSS of what a node imports (torch and FedML's comm classes: trainer.fedml_glue.fedml_comm_only) + 100 MB. Run it with
+another venv's python to measure that venv (e.g. CPU-only torch, as boards get; the launchers use sys.executable).
 """
 from __future__ import annotations
 
@@ -40,8 +41,11 @@ def idle_cores(pid: int, seconds: float) -> float:
 
 
 def import_rss_mb() -> float:
-    code = "import resource, torch, fedml; print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    code = ("import resource, torch; from trainer.fedml_glue import fedml_comm_only; fedml_comm_only(); "
+            "import fedml.core.distributed.fedml_comm_manager; "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1]).stdout
     return float(out.strip().splitlines()[-1])
 
 
@@ -90,7 +94,9 @@ def main() -> None:
     print(f"| server | {srv_res['peak_rss_mb']:.0f} | {srv_res['bytes_sent']:,} | {srv_res['bytes_received']:,} |")
     for rank, r in sorted(resources.items()):
         print(f"| client {rank} | {r['peak_rss_mb']:.0f} | {r['bytes_sent']:,} | {r['bytes_received']:,} |")
-    print(f"`import torch, fedml` alone: {base:.0f} MB -> client goal <= {base + 100:.0f} MB")
+    import torch
+
+    print(f"torch {torch.__version__} and FedML's comm classes alone: {base:.0f} MB -> client goal <= {base + 100:.0f} MB")
     per_client = {d: statistics.median(r["client_train_seconds"][d] for r in rounds) for d in rounds[0]["client_train_seconds"]}
     print("median training time per round per client (s): "
           + ", ".join(f"{d} {s:.2f}" for d, s in per_client.items()))

@@ -331,11 +331,14 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
     # the warning (without --profiles, board 2's autoencoder alone missed this flood at its camera in most runs)
     assert own2 is not None and any(a.get("early_warning_confirmed") == "board1" for a in alerts2), own2
     # the liar: what board 2 was told of its own cloud server is at most one warning (at its first packet there), and
-    # never confirmed on the liar's word alone: confirmed only with board 2's own detector among the boards (a CI run:
-    # board 2's model flagged its cloud itself; then it is not sent back what it named). The liar's 20 other
-    # addresses: board 2 never talks to them
+    # never confirmed: the liar is one board, and a passing false alarm of an honest board on the same address (a CI
+    # run: board 2's model flagged its cloud itself) does not make that board sure of it (detect_args
+    # .warn_confirm_windows / warn_confirm_share). The liar's 20 other addresses: board 2 never talks to them
     told = [a for a in alerts2 if a.get("early_warning") and not a.get("cleared") and a["host"] == cloud]
-    assert len(told) <= 1 and all(a["status"] == "warning" or "board2" in a["boards"] for a in told), told
+    assert len(told) <= 1 and all(a["status"] == "warning" for a in told), told
+    told_any = [a for k in (1, 2, 3) for a in map(json.loads, (tmp_path / f"alerts{k}.jsonl").read_text().splitlines())
+                if a.get("early_warning") and a["host"] == cloud and not a.get("cleared")]
+    assert all(a["status"] == "warning" for a in told_any), told_any  # at no board
     assert not any(a.get("early_warning") and a.get("from_board") == "board4" and a["host"] != cloud for a in alerts2)
     # the other devices' false alarms before the attack (the attacked device's own packets answer the flood: not
     # counted there). Those during the flood are counted apart (bench/bench_lan.py): before the senders ran at
