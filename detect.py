@@ -540,7 +540,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     if mute is not None:
                         extra["muted"] = mute.id
                     if d not in last_alert or new_remote:
-                        reasons = explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
+                        one = rows[n:n + 1]
+                        reasons = explain(detector.feature_errors(one, devices[d])[0], one[0],
+                                          detector.expected(one, devices[d])[0])
                         extra["remote"] = remote
                         explained[d].add(other)
                     if d not in last_alert:
@@ -631,21 +633,47 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     return summary
 
 
-def explain(errors: np.ndarray) -> list[dict[str, Any]]:
+def explain(errors: np.ndarray, value: np.ndarray | None = None,
+            expected: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Which groups of features an alert's score comes from: the EXPLAIN_GROUPS groups with the largest share of the
-    packet's reconstruction error, in a household's words (data.nbaiot.GROUP_MEANINGS)."""
+    packet's reconstruction error, in a household's words (data.nbaiot.GROUP_MEANINGS); with the packet's `value`s
+    and what the device's model `expected` of them (LeanDetector.expected), each group's most deviating feature
+    against its normal: "feature", "value", "normal" and "times" (value / normal, when both are above zero)."""
     by_group: dict[str, float] = {}
-    for column, e in zip(nbaiot.CAPTURED_COLUMNS, errors):
+    worst: dict[str, int] = {}
+    for i, (column, e) in enumerate(zip(nbaiot.CAPTURED_COLUMNS, errors)):
         g = nbaiot.group_of(column)
         by_group[g] = by_group.get(g, 0.0) + float(e)
+        if g not in worst or e > errors[worst[g]]:
+            worst[g] = i
     total = sum(by_group.values()) or 1.0
     top = sorted(by_group.items(), key=lambda ge: -ge[1])[:EXPLAIN_GROUPS]
-    return [{"group": g, "meaning": nbaiot.GROUP_MEANINGS[g], "share": round(e / total, 3)} for g, e in top]
+    out = [{"group": g, "meaning": nbaiot.GROUP_MEANINGS[g], "share": round(e / total, 3)} for g, e in top]
+    if value is not None and expected is not None:
+        for r in out:
+            i = worst[r["group"]]
+            v, n = float(value[i]), float(expected[i])
+            r |= {"feature": nbaiot.CAPTURED_COLUMNS[i], "value": _round(v), "normal": _round(n)}
+            if v > 0 and n > 0 and math.isfinite(v / n):
+                r["times"] = _round(v / n)
+    return out
+
+
+def _round(x: float) -> float:
+    """Four significant digits: what a person reads (and a JSON line does not need more of)."""
+    return float(f"{x:.4g}") if math.isfinite(x) else 0.0
 
 
 def why_text(reasons: list[dict[str, Any]]) -> str:
-    """The explanation as one sentence for syslog and MQTT."""
-    return "; ".join(f"{r['meaning']} ({r['share']:.0%} of the score)" for r in reasons)
+    """The explanation as one sentence for syslog and MQTT: each group's share of the score and, where known, how far
+    from the device's normal its most deviating feature was."""
+    def against(r: dict[str, Any]) -> str:
+        if "times" in r:
+            t = r["times"]
+            return f"; {t:.3g}x its normal" if t >= 1 else f"; 1/{1 / t:.3g} of its normal"
+        return f"; {r['value']:.4g} where its normal is {r['normal']:.4g}" if "value" in r else ""
+
+    return "; ".join(f"{r['meaning']} ({r['share']:.0%} of the score{against(r)})" for r in reasons)
 
 
 def _say_silent(silence: SilenceWatch | None, now: float, devices: list[str | None], sink: IO[str],

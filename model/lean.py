@@ -19,7 +19,7 @@ import numpy as np
 
 from fediot.rundir import write_atomic_bytes
 from model.interface import DetectorInterface
-from model.normalization import TRANSFORMS, Normalizer
+from model.normalization import TRANSFORMS, Normalizer, invert_transform
 
 LEAN_FORMAT = "fediot-detector-npz-v1"
 ACTIVATIONS = ("tanh", "linear")
@@ -206,6 +206,16 @@ class LeanDetector(DetectorInterface):
         for start, d in self._residuals(raw_rows, device):
             out[start:start + len(d)] = np.mean(d * d, axis=1)
         return out
+
+    def expected(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
+        """Per row and feature, the value the model reconstructs, in the features' own units (the device's normal for
+        a row like this one): an alert's explanation compares the packet's values with it."""
+        norm = normalizer_for(self.normalizer, self.device_scales, device)
+        out = np.empty((len(raw_rows), self.input_dim), dtype=np.float64)
+        x_all = norm(np.asarray(raw_rows, dtype=np.float64))
+        for start, d in self._residuals(raw_rows, device):
+            out[start:start + len(d)] = (x_all[start:start + len(d)] + d) * norm.scale + norm.offset
+        return invert_transform(out, norm.transform)
 
     def feature_errors(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
         """Per row and feature, the squared reconstruction error (their mean is `score`): which features an alert's

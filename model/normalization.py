@@ -30,6 +30,15 @@ def apply_transform(x: np.ndarray, transform: str) -> np.ndarray:
     raise ValueError(f"unknown feature transform {transform!r}; expected one of {TRANSFORMS}")
 
 
+def invert_transform(t: np.ndarray, transform: str) -> np.ndarray:
+    """The raw values whose transform is `t` (apply_transform's inverse): what a reconstruction means in features' units."""
+    if transform == "log1p":
+        return np.copysign(np.expm1(np.abs(t)), t)
+    if transform == "none":
+        return np.asarray(t, dtype=np.float64)
+    raise ValueError(f"unknown feature transform {transform!r}; expected one of {TRANSFORMS}")
+
+
 @dataclass
 class FeatureStats:
     """Per-feature count / sum / sum of squares / min / max of transformed rows."""

@@ -63,6 +63,30 @@ def test_same_scores_as_torch_on_real_rows(trained):
     assert lean.threshold_for("unknown") == det.threshold_for("unknown") == 0.5
 
 
+def test_what_the_model_expects_is_its_reconstruction_in_the_features_units(trained):
+    """expected(): normalised again, it is the input plus the residual whose squares are feature_errors; an alert's
+    explanation says how far a packet's feature is from it (detect.explain: "40x its normal")."""
+    import detect
+
+    tmp, _ = trained
+    lean = LeanDetector.load(tmp)
+    rows = np.vstack([read_feature_csv(f) for f in sorted(REAL_SAMPLE.glob("*.csv"))])[::37]
+    expected = lean.expected(rows)
+    assert expected.shape == rows.shape and np.isfinite(expected).all()
+    norm = lean.normalizer
+    assert np.allclose((norm(expected) - norm(rows)) ** 2, lean.feature_errors(rows), rtol=1e-6, atol=1e-9)
+    attack = int(np.argmax(lean.score(rows)))
+    why = detect.explain(lean.feature_errors(rows[attack:attack + 1])[0], rows[attack], expected[attack])
+    for r in why:
+        i = nbaiot.CAPTURED_COLUMNS.index(r["feature"])
+        assert nbaiot.group_of(r["feature"]) == r["group"]
+        assert r["value"] == pytest.approx(rows[attack, i], rel=1e-3) and r["normal"] == pytest.approx(expected[attack, i],
+                                                                                                         rel=1e-3)
+        if "times" in r:
+            assert r["times"] == pytest.approx(r["value"] / r["normal"], rel=1e-3)
+    assert "its normal" in detect.why_text(why)
+
+
 def test_a_devices_widened_scales_survive_both_files_and_score_its_rows(trained, tmp_path):
     """A device whose normalisation the federation widened (`Normalizer.widened_for`) is scored with its own scales by
     model.pt and model.npz alike; other devices and devices outside the federation with the federation's."""

@@ -293,7 +293,10 @@ def test_window_alerts_reach_a_syslog_collector_rate_limited(tmp_path, two_devic
         assert 1 <= len(a["why"]) <= detect.EXPLAIN_GROUPS
         assert all(r["meaning"] == nbaiot.GROUP_MEANINGS[r["group"]] and 0 < r["share"] <= 1 for r in a["why"])
         assert [r["share"] for r in a["why"]] == sorted((r["share"] for r in a["why"]), reverse=True)
+        # against the device's normal: each group's most deviating feature, its value and what the model expected
+        assert all(nbaiot.group_of(r["feature"]) == r["group"] and "value" in r and "normal" in r for r in a["why"])
     assert "mostly " + first["why"][0]["meaning"] in msgs[0]  # the first message carries it to syslog
+    assert "its normal" in msgs[0]
 
 
 def test_network_sinks_never_block_detection():
