@@ -664,13 +664,18 @@ def _round(x: float) -> float:
     return float(f"{x:.4g}") if math.isfinite(x) else 0.0
 
 
+def _times(t: float) -> str:
+    """A ratio as a person reads it: 1.5, 40, 7,217 (never 7.22e+03)."""
+    return f"{t:,.0f}" if t >= 100 else f"{t:.2g}"
+
+
 def why_text(reasons: list[dict[str, Any]]) -> str:
     """The explanation as one sentence for syslog and MQTT: each group's share of the score and, where known, how far
     from the device's normal its most deviating feature was."""
     def against(r: dict[str, Any]) -> str:
         if "times" in r:
             t = r["times"]
-            return f"; {t:.3g}x its normal" if t >= 1 else f"; 1/{1 / t:.3g} of its normal"
+            return f"; {_times(t)}x its normal" if t >= 1 else f"; 1/{_times(1 / t)} of its normal"
         return f"; {r['value']:.4g} where its normal is {r['normal']:.4g}" if "value" in r else ""
 
     return "; ".join(f"{r['meaning']} ({r['share']:.0%} of the score{against(r)})" for r in reasons)

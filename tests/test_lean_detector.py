@@ -85,6 +85,10 @@ def test_what_the_model_expects_is_its_reconstruction_in_the_features_units(trai
         if "times" in r:
             assert r["times"] == pytest.approx(r["value"] / r["normal"], rel=1e-3)
     assert "its normal" in detect.why_text(why)
+    # as a person reads it: never in scientific notation
+    big = [{"meaning": "m", "share": 0.5, "value": 7217.0, "normal": 1.0, "times": 7217.0},
+           {"meaning": "n", "share": 0.25, "value": 1.0, "normal": 40.0, "times": 0.025}]
+    assert detect.why_text(big) == "m (50% of the score; 7,217x its normal); n (25% of the score; 1/40 of its normal)"
 
 
 def test_a_devices_widened_scales_survive_both_files_and_score_its_rows(trained, tmp_path):
