@@ -533,16 +533,15 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                 if wins[j] and (per_alert or d not in last_alert or new_remote):  # a flood's lines: only what is asked
                     remote = str(ipaddress.ip_address(other))
                     if warning is not None:
-                        confirmed = warning.confirm(ipaddress.ip_address(remote).packed)
+                        confirmed = warning.confirm(other)
                         if confirmed is not None:
                             extra["early_warning_confirmed"] = confirmed.indicator.board
                     mute = tri.matching(devices[d] or "global", remote, batch.time[n]) if tri is not None else None
                     if mute is not None:
                         extra["muted"] = mute.id
                     if d not in last_alert or new_remote:
-                        one = rows[n:n + 1]
-                        reasons = explain(detector.feature_errors(one, devices[d])[0], one[0],
-                                          detector.expected(one, devices[d])[0])
+                        errors, expected = detector.reconstruction(rows[n:n + 1], devices[d])
+                        reasons = explain(errors[0], rows[n], expected[0])
                         extra["remote"] = remote
                         explained[d].add(other)
                     if d not in last_alert:
@@ -557,8 +556,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                     if link is not None and (named is None or batch.time[n] - named.first > cfg.warn_ttl_s):
                         # this board's indicator: never packets or rows
                         groups = reasons or explain(detector.feature_errors(rows[n:n + 1], devices[d])[0])
-                        port = batch.dst_port[n] if remote == str(ipaddress.ip_address(batch.dst_ip[n])) \
-                            else batch.src_port[n]
+                        port = batch.dst_port[n] if other == batch.dst_ip[n] else batch.src_port[n]
                         named = published[remote] = Named(other, Indicator(
                             remote, (int(port),) if 0 <= port <= 65535 else (), "other", float(batch.time[n]),
                             float(scores[j]), tuple(r["group"] for r in groups)))
@@ -637,7 +635,7 @@ def explain(errors: np.ndarray, value: np.ndarray | None = None,
             expected: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Which groups of features an alert's score comes from: the EXPLAIN_GROUPS groups with the largest share of the
     packet's reconstruction error, in a household's words (data.nbaiot.GROUP_MEANINGS); with the packet's `value`s
-    and what the device's model `expected` of them (LeanDetector.expected), each group's most deviating feature
+    and what the device's model `expected` of them (LeanDetector.reconstruction), each group's most deviating feature
     against its normal: "feature", "value", "normal" and "times" (value / normal, when both are above zero)."""
     by_group: dict[str, float] = {}
     worst: dict[str, int] = {}

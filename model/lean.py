@@ -187,8 +187,8 @@ class LeanDetector(DetectorInterface):
     def input_dim(self) -> int:
         return int(self.layers[0].weight.shape[1])
 
-    def _residuals(self, raw_rows: np.ndarray, device: str | None) -> Iterator[tuple[int, np.ndarray]]:
-        """(first row, reconstruction minus input) of the normalised rows, a batch of rows at a time."""
+    def _residuals(self, raw_rows: np.ndarray, device: str | None) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """(first row, normalised input, reconstruction minus input), a batch of rows at a time."""
         x_all = normalizer_for(self.normalizer, self.device_scales, device)(np.asarray(raw_rows, dtype=np.float64))
         for start in range(0, len(x_all), SCORE_BATCH_ROWS):
             x = x_all[start:start + SCORE_BATCH_ROWS]
@@ -198,30 +198,32 @@ class LeanDetector(DetectorInterface):
                 h += la.bias
                 if la.activation == "tanh":
                     np.tanh(h, out=h)
-            yield start, (h - x).astype(np.float64)  # as model.detector.reconstruction_errors: float64 squares
+            yield start, x, (h - x).astype(np.float64)  # as model.detector.reconstruction_errors: float64 squares
 
     def score(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
         """Per-row reconstruction MSE of raw (un-normalised) rows of `device`, as model.detector.Detector.score."""
         out = np.empty(len(raw_rows), dtype=np.float64)
-        for start, d in self._residuals(raw_rows, device):
+        for start, _, d in self._residuals(raw_rows, device):
             out[start:start + len(d)] = np.mean(d * d, axis=1)
         return out
 
-    def expected(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
-        """Per row and feature, the value the model reconstructs, in the features' own units (the device's normal for
-        a row like this one): an alert's explanation compares the packet's values with it."""
+    def reconstruction(self, raw_rows: np.ndarray, device: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per row and feature, in one pass: the squared reconstruction error (`feature_errors`) and the value the
+        model reconstructs in the features' own units (the device's normal for a row like this one): an alert's
+        explanation says which features its score comes from and compares the packet's values with that normal."""
         norm = normalizer_for(self.normalizer, self.device_scales, device)
-        out = np.empty((len(raw_rows), self.input_dim), dtype=np.float64)
-        x_all = norm(np.asarray(raw_rows, dtype=np.float64))
-        for start, d in self._residuals(raw_rows, device):
-            out[start:start + len(d)] = (x_all[start:start + len(d)] + d) * norm.scale + norm.offset
-        return invert_transform(out, norm.transform)
+        errors = np.empty((len(raw_rows), self.input_dim), dtype=np.float64)
+        expected = np.empty_like(errors)
+        for start, x, d in self._residuals(raw_rows, device):
+            errors[start:start + len(d)] = d * d
+            expected[start:start + len(d)] = (x + d) * norm.scale + norm.offset
+        return errors, invert_transform(expected, norm.transform)
 
     def feature_errors(self, raw_rows: np.ndarray, device: str | None = None) -> np.ndarray:
         """Per row and feature, the squared reconstruction error (their mean is `score`): which features an alert's
         score comes from."""
         out = np.empty((len(raw_rows), self.input_dim), dtype=np.float64)
-        for start, d in self._residuals(raw_rows, device):
+        for start, _, d in self._residuals(raw_rows, device):
             out[start:start + len(d)] = d * d
         return out
 

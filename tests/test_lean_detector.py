@@ -64,15 +64,17 @@ def test_same_scores_as_torch_on_real_rows(trained):
 
 
 def test_what_the_model_expects_is_its_reconstruction_in_the_features_units(trained):
-    """expected(): normalised again, it is the input plus the residual whose squares are feature_errors; an alert's
-    explanation says how far a packet's feature is from it (detect.explain: "40x its normal")."""
+    """reconstruction(): its errors are feature_errors, and what it expects, normalised again, is the input plus the
+    residual whose squares they are; an alert's explanation says how far a packet's feature is from it
+    (detect.explain: "40x its normal")."""
     import detect
 
     tmp, _ = trained
     lean = LeanDetector.load(tmp)
     rows = np.vstack([read_feature_csv(f) for f in sorted(REAL_SAMPLE.glob("*.csv"))])[::37]
-    expected = lean.expected(rows)
+    errors, expected = lean.reconstruction(rows)
     assert expected.shape == rows.shape and np.isfinite(expected).all()
+    assert np.array_equal(errors, lean.feature_errors(rows))
     norm = lean.normalizer
     assert np.allclose((norm(expected) - norm(rows)) ** 2, lean.feature_errors(rows), rtol=1e-6, atol=1e-9)
     attack = int(np.argmax(lean.score(rows)))

@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from data import nbaiot
+from fediot.settings import is_int
 
 INDICATOR_VERSION = 1
 MAX_INDICATOR_BYTES = 2048  # one indicator's JSON line; longer is refused before it is parsed
@@ -82,7 +84,7 @@ def parse_indicator(fields: Any, now: float, relayed: bool = False) -> Indicator
         raise IndicatorError("endpoint: expected an IP address") from None
     ports = fields.get("ports", [])
     if not isinstance(ports, list) or len(ports) > MAX_PORTS or not all(
-            isinstance(p, int) and not isinstance(p, bool) and 0 <= p <= 65535 for p in ports):
+            is_int(p) and 0 <= p <= 65535 for p in ports):
         raise IndicatorError(f"ports: expected at most {MAX_PORTS} integers 0..65535")
     proto = fields.get("proto")
     if proto not in PROTOCOLS:
@@ -99,10 +101,10 @@ def parse_indicator(fields: Any, now: float, relayed: bool = False) -> Indicator
     if not isinstance(groups, list) or len(groups) > MAX_GROUPS or not all(g in nbaiot.GROUP_MEANINGS for g in groups):
         raise IndicatorError(f"groups: expected at most {MAX_GROUPS} of {', '.join(nbaiot.GROUP_MEANINGS)}")
     windows = fields.get("windows", 1)
-    if not isinstance(windows, int) or isinstance(windows, bool) or not 1 <= windows <= MAX_COUNT:
+    if not is_int(windows) or not 1 <= windows <= MAX_COUNT:
         raise IndicatorError(f"windows: expected an integer 1..{MAX_COUNT}")
     packets = fields.get("packets", windows)
-    if not isinstance(packets, int) or isinstance(packets, bool) or not windows <= packets <= MAX_COUNT:
+    if not is_int(packets) or not windows <= packets <= MAX_COUNT:
         raise IndicatorError(f"packets: expected an integer windows..{MAX_COUNT} (each window alert is a packet)")
     extra_fields: dict[str, Any] = {"windows": windows, "packets": packets}
     if relayed:
@@ -233,8 +235,6 @@ class IndicatorStore:
         """An endpoint indicated and not yet warned of here (live capture ends a batch at its packet). Called on
         detect's thread between packets: what the link thread received is taken in first."""
         if self.inbox:
-            import time
-
             self.take_inbox(time.time())
         e = self.by_ip.get(address)
         return e is not None and not e.warned
