@@ -57,6 +57,10 @@ def _server_context(tls_dir: Path) -> ssl.SSLContext:
     ctx.load_cert_chain(tls_dir / "server.pem", tls_dir / "server.key")
     ctx.load_verify_locations(tls_dir / "ca.pem")
     ctx.verify_mode = ssl.CERT_REQUIRED
+    # no TLS 1.3 session tickets: they arrive after the handshake, and a board's link reads (its receive thread) while
+    # it writes (its send thread) on one SSL socket; a ticket read during a write broke a CI run's link
+    # (SSLV3_ALERT_UNEXPECTED_MESSAGE at the relay, tests/test_early_warning.py). Links never resume sessions anyway
+    ctx.num_tickets = 0
     return ctx
 
 
