@@ -183,6 +183,22 @@ class TrafficSimulator:
                 t = stop + r.expovariate(1 / k.event_every_s)
         return out
 
+    def firmware_update(self, start: float, end: float, pps: float = 300.0) -> list[tuple[float, bytes]]:
+        """A benign event the device's capture never showed: a firmware download from a CDN address it never talked
+        to, full-size TCP segments in and an ACK out every second segment. What a user calls "this was me updating the
+        camera" (issue 36): it alerts until a benign verdict teaches the device's model."""
+        r = self.rng
+        cdn, port = _ip(f"23.{r.randrange(32, 64)}.{r.randrange(256)}.{r.randrange(1, 255)}"), r.randrange(40000, 60000)
+        out: list[tuple[float, bytes]] = [self._out(start, cdn, "tcp", port, 443, 74, dpkt.tcp.TH_SYN)]
+        t, n = start + 0.03, 0
+        while t < end:
+            out.append(self._in(t, cdn, "tcp", 443, port, 1514))
+            n += 1
+            if n % 2 == 0:
+                out.append(self._out(t + 0.0005, cdn, "tcp", port, 443, 66))
+            t += r.expovariate(pps)
+        return out
+
     # -- attacks
     def attack(self, name: str, start: float, end: float) -> list[tuple[float, bytes]]:
         names = nbaiot.all_attack_names() if self.own_address else nbaiot.attack_names(self.device)

@@ -170,18 +170,24 @@ class _Episode:
     last: float
     why: str
     rows: list[np.ndarray] = field(default_factory=list)
-    n_rows: int = 0
+    times: list[float] = field(default_factory=list)
+    frames: list[bytes | None] = field(default_factory=list)
     window_alerts: int = 0
     muted: str | None = None
     remotes: dict[str, int] = field(default_factory=dict)
-    frames: list[tuple[float, bytes]] = field(default_factory=list)
+    rng: np.random.Generator | None = None
 
 
 class Evidence:
     """What detect keeps of each alert episode of a watched device (its first window alert to the device's return to
     normal): the rows of its window-alerting packets (at most `max_rows`), the packets themselves when detect reads
     their frames (the same ones, for a look in Wireshark), the remote hosts, the explanation; written as
-    DIR/EPISODE.csv, DIR/EPISODE.pcap and DIR/EPISODE.json when the episode ends (or detect stops)."""
+    DIR/EPISODE.csv, DIR/EPISODE.pcap and DIR/EPISODE.json when the episode ends (or detect stops).
+
+    The rows kept are the episode's first max_rows // 2 (how it began) and a uniform sample of all the rest (reservoir
+    sampling, seeded by the episode's id): a benign verdict then teaches the model the whole episode. Keeping only the
+    first rows taught it the episode's first seconds: a detector's start-up or a camera's first update packets, not the
+    half-minute download that followed (tests/test_triage.py)."""
 
     def __init__(self, directory: Path, max_rows: int, columns: tuple[str, ...]) -> None:
         self.directory, self.max_rows, self.columns = directory, max_rows, columns
@@ -201,11 +207,20 @@ class Evidence:
         if e is None:
             return
         e.last, e.window_alerts = t, e.window_alerts + 1
-        if e.n_rows < self.max_rows:
-            e.rows.append(row.reshape(1, -1))
-            e.n_rows += 1
-            if frame is not None:
-                e.frames.append((t, frame))
+        n = e.window_alerts  # this row is the episode's n-th
+        if len(e.rows) < self.max_rows:
+            e.rows.append(row.reshape(-1).copy())
+            e.times.append(t)
+            e.frames.append(frame)
+        else:
+            head = self.max_rows // 2
+            if e.rng is None:
+                e.rng = np.random.default_rng(int(e.id.rsplit("-", 1)[1]))
+            # reservoir over rows head+1..n: each is kept with probability (max_rows - head) / (n - head)
+            slot = int(e.rng.integers(0, n - head))
+            if slot < self.max_rows - head:
+                i = head + slot
+                e.rows[i], e.times[i], e.frames[i] = row.reshape(-1).copy(), t, frame
         if remote in e.remotes or len(e.remotes) < 4 * MAX_REMOTES:
             e.remotes[remote] = e.remotes.get(remote, 0) + 1
 
@@ -215,18 +230,20 @@ class Evidence:
         if e is None:
             return None
         self.directory.mkdir(parents=True, exist_ok=True)
-        rows = np.vstack(e.rows) if e.rows else np.zeros((0, len(self.columns)))
+        order = np.argsort(np.asarray(e.times), kind="stable")  # the kept rows in time order
+        rows = np.vstack([e.rows[i] for i in order]) if e.rows else np.zeros((0, len(self.columns)))
+        frames = [(e.times[i], e.frames[i]) for i in order if e.frames[i] is not None]
         csv_tmp = self.directory / f".{e.id}.csv.tmp"
         write_feature_csv(str(csv_tmp), rows[:, :len(self.columns)], self.columns)
         os.replace(csv_tmp, self.directory / f"{e.id}.csv")
         top = sorted(e.remotes.items(), key=lambda kv: -kv[1])[:MAX_REMOTES]
         summary = {"episode": e.id, "device": e.device, "first": e.first, "last": e.last, "why": e.why,
-                   "window_alerts": e.window_alerts, "rows": int(len(rows)), "packets": len(e.frames), "muted": e.muted,
+                   "window_alerts": e.window_alerts, "rows": int(len(rows)), "packets": len(frames), "muted": e.muted,
                    "remotes": [{"host": h, "window_alerts": c} for h, c in top]}
-        if e.frames:  # the packets behind the rows (renamed into place by write_pcap)
+        if frames:  # the packets behind the rows (renamed into place by write_pcap)
             from traffic.simulator import write_pcap
 
-            write_pcap(self.directory / f"{e.id}.pcap", e.frames)
+            write_pcap(self.directory / f"{e.id}.pcap", frames)
         json_tmp = self.directory / f".{e.id}.json.tmp"
         json_tmp.write_text(json.dumps(summary) + "\n")
         os.replace(json_tmp, self.directory / f"{e.id}.json")
