@@ -112,12 +112,12 @@ def refuse_attack_like(rows, ddir: Path, device: str, cfg: DetectArgs) -> None:
         benign_rows = read_feature_csv(ddir / nbaiot.BENIGN_FILE, nbaiot.CAPTURED_COLUMNS)
     except DataError as exc:
         raise FedIoTError(str(exc)) from None
-    likeness = attack_likeness(rows, benign_rows, attacks)
+    likeness = attack_likeness(rows, benign_rows, attacks, cfg.verdict_attack_ratio)
     name, share = max(likeness.items(), key=lambda kv: kv[1])
     if share > cfg.verdict_attack_share:
-        raise FedIoTError(f"not taken: {share:.0%} of this episode's rows look like {name} (nearer to its rows than to "
-                          f"any of {device}'s own traffic; detect_args.verdict_attack_share "
-                          f"{cfg.verdict_attack_share:g}). If you are sure it was you, --force; a mute "
+        raise FedIoTError(f"not taken: {share:.0%} of this episode's rows look like {name} (at least "
+                          f"{cfg.verdict_attack_ratio:g}x nearer to its rows than to any of {device}'s own traffic; "
+                          f"detect_args.verdict_attack_share {cfg.verdict_attack_share:g}). If you are sure it was you, --force; a mute "
                           "(python -m triage mute) silences it without teaching the model")
 
 

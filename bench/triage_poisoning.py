@@ -81,7 +81,7 @@ def main() -> int:
             held_out = attacker[attack][cfg.detect.evidence_rows:]
             for share in shares:
                 verdict = episode[:int(share * n)]
-                likeness = attack_likeness(verdict, benign, rows) if len(verdict) else {}
+                likeness = attack_likeness(verdict, benign, rows, cfg.detect.verdict_attack_ratio) if len(verdict) else {}
                 refused = bool(likeness) and max(likeness.values()) > cfg.detect.verdict_attack_share
                 for seed in seeds:
                     det, _ = Detector.fit({name: np.vstack([train, verdict])}, {name: val}, transform="log1p",
@@ -90,7 +90,8 @@ def main() -> int:
                     thr = det.threshold_for(name)
                     if control is None and share == 0:
                         worst = np.argsort(det.score(test))[::-1][:cfg.detect.evidence_rows]
-                        like = attack_likeness(test[np.sort(worst)], benign[:int(0.8 * n)], rows)
+                        like = attack_likeness(test[np.sort(worst)], benign[:int(0.8 * n)], rows,
+                                              cfg.detect.verdict_attack_ratio)
                         control = {"capture": pcap_name, "control": True, "rows": len(worst),
                                    "flagged": int(np.sum(det.score(test) > thr)), "likeness": like,
                                    "refused": max(like.values()) > cfg.detect.verdict_attack_share}

@@ -159,7 +159,7 @@ def test_triage_files_that_are_not_are_one_clear_error(tmp_path, capsys):
 
 def test_attack_likeness_tells_an_attack_from_the_devices_own_rows():
     """The check behind refusing a verdict: rows drawn like an attack's are near it, rows drawn like the device's own
-    benign rows (a later stretch of them) are not."""
+    benign rows (a later stretch of them) are not, nor rows unlike both."""
     from traffic.triage import attack_likeness
 
     rng = np.random.default_rng(0)
@@ -167,6 +167,11 @@ def test_attack_likeness_tells_an_attack_from_the_devices_own_rows():
     attack = np.abs(rng.normal(5.0, 0.3, size=(2000, 20)))
     assert attack_likeness(np.abs(rng.normal(5.0, 0.3, size=(200, 20))), benign, {"flood": attack})["flood"] > 0.9
     assert attack_likeness(np.abs(rng.normal(1.0, 0.3, size=(200, 20))), benign, {"flood": attack})["flood"] < 0.1
+    # far from both, merely nearer to the attack than to the device (as the LAN test's firmware update was to
+    # gafgyt_udp): "nearer" would call it the attack, twice as near (detect_args.verdict_attack_ratio) does not
+    between = np.abs(rng.normal(2.86, 0.3, size=(200, 20)))  # log1p: 1.35, between the benign 0.69 and the attack 1.79
+    assert attack_likeness(between, benign, {"flood": attack}, ratio=1.0)["flood"] > 0.9
+    assert attack_likeness(between, benign, {"flood": attack}, ratio=validate({}).detect.verdict_attack_ratio)["flood"] < 0.1
 
 
 def test_each_episode_keeps_its_packets_as_a_pcap(tmp_path, camera_packets):

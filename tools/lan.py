@@ -5,12 +5,14 @@
     python tools/lan.py replay --interface IF --kind DEVICE --ip IP --mac MAC --gateway-mac MAC --seconds S [--seed N]
     python tools/lan.py flood --interface IF --src-ip IP --src-mac MAC --target-ip IP --target-mac MAC --seconds S
         [--pps 1500]
+    python tools/lan.py update --interface IF --kind DEVICE --ip IP --mac MAC --gateway-mac MAC --seconds S [--seed N]
 
 `up` makes namespaces PREFIX-sw (the switch: a bridge, no address), PREFIX-srv (10.231.0.1), PREFIX-b1..bN
 (10.231.0.11..), PREFIX-atk (10.231.0.66), each joined to the bridge by a veth pair; traffic stays inside them.
 `replay` (run inside a board's namespace) sends a simulated IoT device's benign traffic out of that namespace's
 interface in real time: the traffic simulator's frames from the device's own IP/MAC (not an address of the
-namespace: the board sees it as a mirror port would). `flood` sends a SYN flood at a device from the attacker.
+namespace: the board sees it as a mirror port would). `flood` sends a SYN flood at a device from the attacker;
+`update` the device's firmware download (benign, but never in its capture: what a user calls "this was me").
 Both write frames with an AF_PACKET socket (root or CAP_NET_RAW).
 """
 from __future__ import annotations
@@ -133,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
     f.add_argument("--target-mac", required=True)
     f.add_argument("--seconds", type=float, required=True)
     f.add_argument("--pps", type=float, default=1500.0)
+    w = sub.add_parser("update")
+    for name in ("--interface", "--kind", "--ip", "--mac", "--gateway-mac"):
+        w.add_argument(name, required=True)
+    w.add_argument("--seconds", type=float, required=True)
+    w.add_argument("--seed", type=int, default=0)
     a = p.parse_args(argv)
     if a.cmd == "up":
         print(json.dumps([asdict(h) for h in up(a.prefix, a.boards)]))
@@ -150,6 +157,15 @@ def main(argv: list[str] | None = None) -> int:
             os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
         print(json.dumps({"first_packet_at": time.time(), "frames": len(frames)}), flush=True)
         print(json.dumps({"sent": send_frames(a.interface, frames, a.seconds)}), flush=True)
+    elif a.cmd == "update":
+        from traffic.simulator import TrafficSimulator
+
+        sim = TrafficSimulator(a.kind, a.seed, ip=a.ip, mac=bytes.fromhex(a.mac.replace(":", "")),
+                               gateway_mac=bytes.fromhex(a.gateway_mac.replace(":", "")))
+        start = time.time()
+        frames = sim.firmware_update(start, start + a.seconds)
+        print(json.dumps({"first_packet_at": time.time(), "frames": len(frames)}), flush=True)
+        print(json.dumps({"sent": send_frames(a.interface, frames)}), flush=True)
     else:
         from traffic.simulator import inbound_flood
 
