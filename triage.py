@@ -117,8 +117,8 @@ def refuse_attack_like(rows, ddir: Path, device: str, cfg: DetectArgs) -> None:
     if share > cfg.verdict_attack_share:
         raise FedIoTError(f"not taken: {share:.0%} of this episode's rows look like {name} (at least "
                           f"{cfg.verdict_attack_ratio:g}x nearer to its rows than to any of {device}'s own traffic; "
-                          f"detect_args.verdict_attack_share {cfg.verdict_attack_share:g}). If you are sure it was you, --force; a mute "
-                          "(python -m triage mute) silences it without teaching the model")
+                          f"detect_args.verdict_attack_share {cfg.verdict_attack_share:g}). If you are sure it was you, "
+                          "--force; a mute (python -m triage mute) silences it without teaching the model")
 
 
 def benign(triage_file: Path, episode: str, data_dir: Path, reason: str, cfg: DetectArgs, force: bool = False) -> int:

@@ -248,13 +248,15 @@ def test_a_benign_verdict_teaches_the_next_model_the_whole_episode(tmp_path):
 
     before = trained("before.npz")
     tfile = tmp_path / "triage" / "triage.json"
-    alerts_before = [update_alerts(before, pcaps[0], tfile), update_alerts(before, pcaps[1], tmp_path / "t2" / "t.json")]
+    alerts_before = [update_alerts(before, pcaps[0], tfile),
+                     update_alerts(before, pcaps[1], tmp_path / "t2" / "t.json")]
     update_packets = sum(1 for batch, _ in read_capture(pcaps[0]) for t in batch.time
                          if start + update[0] <= t <= start + update[1])
     assert min(alerts_before) > 0.5 * update_packets, (alerts_before, update_packets)
     kept = [json.loads(f.read_text()) for f in sorted((tfile.parent / EVIDENCE_DIR).glob("*.json"))]
     episode = next(e for e in kept if e["remotes"][0]["host"].startswith("23."))
-    times = [t for batch, _ in read_capture(tfile.parent / EVIDENCE_DIR / f"{episode['episode']}.pcap") for t in batch.time]
+    kept_pcap = tfile.parent / EVIDENCE_DIR / f"{episode['episode']}.pcap"
+    times = [t for batch, _ in read_capture(kept_pcap) for t in batch.time]
     assert len(times) == cfg.detect.evidence_rows and max(times) > start + update[1] - 5  # the episode's end is in it
     assert triage_cli.main(["benign", episode["episode"], "--data", str(tmp_path / "data"), "--triage", str(tfile),
                             "--reason", "camera update"]) == 0
