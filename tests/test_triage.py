@@ -264,3 +264,17 @@ def test_a_benign_verdict_teaches_the_next_model_the_whole_episode(tmp_path):
     after = trained("after.npz")
     alerts_after = [update_alerts(after, pcap, tmp_path / f"t{k}" / "t.json") for k, pcap in enumerate(pcaps, 3)]
     assert all(a <= 0.05 * b for a, b in zip(alerts_after, alerts_before)), (alerts_before, alerts_after)
+
+
+def test_an_episodes_kept_rows_are_its_start_and_a_sample_of_all_the_rest(tmp_path):
+    """Evidence keeps an episode's first max_rows // 2 rows and a uniform sample of the rest, in time order: what a
+    verdict teaches is the whole episode, not its first seconds."""
+    cols = nbaiot.CAPTURED_COLUMNS
+    evidence = Evidence(tmp_path, 100, cols)
+    evidence.start(0, "cam", 0.0, "why", None)
+    for i in range(10_000):
+        evidence.add(0, float(i), np.full(len(cols), float(i)), "203.0.113.5")
+    kept = read_feature_csv(tmp_path / f"{evidence.end(0)}.csv", cols)[:, 0]
+    assert len(kept) == 100 and list(kept[:50]) == list(range(50)) and np.all(np.diff(kept) > 0)
+    counts = np.histogram(kept[50:], bins=4, range=(50, 10_000))[0]
+    assert counts.sum() == 50 and counts.min() >= 5, counts  # each quarter of the rest is sampled (expected 12.5)
