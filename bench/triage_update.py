@@ -7,9 +7,10 @@ For each real week-long capture (../shared/data/real-iot-pcaps/): `capture` of t
 simulated attacks (seed 0) and again with an attacker's (seed 1; 8 kinds, the attacker's episode = its first
 detect_args.evidence_rows rows), and twice more with a firmware update appended 60 s after the capture's end
 (`TrafficSimulator.firmware_update` at the device's address, 300 packets/s for 30 s, seeds 7 and 8: two updates from
-two CDN addresses, scored after the device's whole week as a board watching it would).
+two CDN addresses, scored after the device's whole week as a board watching it would), and with an attacker's SYN
+floods at the device at 1, 5, 50 and 500 a second (between capture's inbound references), the same way.
 1. The refusal (`traffic.triage.attack_likeness`): at each ratio, the share of rows like the nearest simulated attack,
-   for each attacker episode (should be refused: above detect_args.verdict_attack_share) and for the controls (should
+   for each attacker episode and flood (should be refused: above detect_args.verdict_attack_share) and the controls (should
    be taken): update 7's rows (evenly spaced, evidence_rows of them) and the 500 held-out benign rows (last 20 %)
    farthest from the earlier ones.
 2. The lesson: the device's detector (`Detector.fit`, log1p + z-score, the federation's defaults: first 60 % of its
@@ -40,7 +41,11 @@ from traffic.triage import _nearest, _signed_log, attack_likeness  # noqa: E402
 DEVICES = {"blink-cam-01.pcap": ("cam", "192.168.1.129", "f4:b8:5e:ff:2b:1b"),
            "lockly-hub-01.pcap": ("lockly", "192.168.1.128", "24:6f:28:d9:a7:64"),
            "sifely-hub-01.pcap": ("sifely", "192.168.1.127", "f4:cf:a2:eb:59:c4")}
-ATTACKS = "mirai_syn,mirai_ack,mirai_udp,mirai_scan,gafgyt_udp,gafgyt_combo,gafgyt_scan,inbound_syn"
+ATTACKS = ("mirai_syn,mirai_ack,mirai_udp,mirai_scan,gafgyt_udp,gafgyt_combo,gafgyt_scan,inbound_syn,inbound_syn_slow,"
+           "inbound_syn_trickle")
+# an attacker's SYN floods at the device at rates between capture's references (200, 20, 2 a second)
+FLOOD_PPS = (1.0, 5.0, 50.0, 500.0)
+ATTACKER_IP, ATTACKER_MAC = "192.168.1.66", "3c71bf000066"
 GATEWAY_MAC = "001c7f53d028"  # the captures' gateway (their README)
 UPDATE_S, UPDATE_PPS = 30.0, 300.0
 
@@ -50,19 +55,25 @@ def captured(pcap: Path, device: str, out: Path, *extra: str) -> None:
                     *extra], cwd=REPO, check=True, capture_output=True, timeout=3600)
 
 
-def with_update(pcap: Path, ip: str, mac: str, seed: int, out: Path) -> tuple[Path, int]:
-    """The capture with a firmware update appended 60 s after its end; the update's packet count."""
+def with_event(pcap: Path, ip: str, mac: str, seed: int, out: Path, flood_pps: float | None = None) -> tuple[Path, int]:
+    """The capture with a firmware update (or an attacker's SYN flood at flood_pps, at least 1,200 packets) appended
+    60 s after its end; the event's packet count."""
     import dpkt
 
-    from traffic.simulator import TrafficSimulator, write_pcap
+    from traffic.simulator import TrafficSimulator, inbound_flood, write_pcap
 
     with pcap.open("rb") as fh:
         packets = [(t, bytes(b)) for t, b in dpkt.pcap.Reader(fh)]
-    sim = TrafficSimulator("Provision_PT_737E_Security_Camera", seed, ip=ip, mac=bytes.fromhex(mac.replace(":", "")),
-                           gateway_mac=bytes.fromhex(GATEWAY_MAC))
     t = packets[-1][0] + 60.0
-    update = sim.firmware_update(t, t + UPDATE_S, UPDATE_PPS)
-    return write_pcap(out, packets + update), len(update)
+    mac_bytes = bytes.fromhex(mac.replace(":", ""))
+    if flood_pps:
+        event = inbound_flood(ATTACKER_IP, bytes.fromhex(ATTACKER_MAC), ip, mac_bytes, t,
+                              t + max(UPDATE_S, 1200 / flood_pps), flood_pps, seed)
+    else:
+        sim = TrafficSimulator("Provision_PT_737E_Security_Camera", seed, ip=ip, mac=mac_bytes,
+                               gateway_mac=bytes.fromhex(GATEWAY_MAC))
+        event = sim.firmware_update(t, t + UPDATE_S, UPDATE_PPS)
+    return write_pcap(out, packets + event), len(event)
 
 
 def kept_like_evidence(rows: np.ndarray, k: int) -> np.ndarray:
@@ -98,12 +109,15 @@ def main() -> int:
             print(f"{pcap_name}: captures", file=sys.stderr, flush=True)
             captured(pcap, f"{name}={mac}", tmp / "dev", "--simulate-attacks", ATTACKS)
             captured(pcap, f"{name}={mac}", tmp / "atk", "--simulate-attacks", ATTACKS, "--seed", "1")
-            updates = []
-            for seed in (7, 8):
-                path, n = with_update(pcap, ip, mac, seed, tmp / f"update{seed}.pcap")
-                captured(path, f"{name}={mac}", tmp / f"upd{seed}", "--simulate-attacks", "inbound_syn",
-                         "--attack-seconds", "1")
-                updates.append(read_feature_csv(tmp / f"upd{seed}" / name / nbaiot.BENIGN_FILE, cols)[-n:])
+            updates, floods = [], {}
+            for seed, pps in ((7, None), (8, None), *((11 + i, x) for i, x in enumerate(FLOOD_PPS))):
+                path, n = with_event(pcap, ip, mac, seed, tmp / f"event{seed}.pcap", pps)
+                captured(path, f"{name}={mac}", tmp / f"event{seed}", "--simulate-attacks", "none")
+                rows = read_feature_csv(tmp / f"event{seed}" / name / nbaiot.BENIGN_FILE, cols)[-n:]
+                if pps:
+                    floods[pps] = rows[:k]
+                else:
+                    updates.append(rows)
             benign = read_feature_csv(tmp / "dev" / name / nbaiot.BENIGN_FILE, cols)
             own = {f.stem: read_feature_csv(f, cols) for f in sorted((tmp / "dev" / name / "simulated_attacks").glob("*.csv"))}
             attacker = {f.stem: read_feature_csv(f, cols)[:k]
@@ -113,6 +127,7 @@ def main() -> int:
         lz = _signed_log(benign)
         novel = int(0.8 * n) + np.sort(np.argsort(_nearest(lz[int(0.8 * n):], lz[:int(0.8 * n)]))[::-1][:k])
         cases = {**{f"attack {x}": (rows, True) for x, rows in attacker.items()},
+                 **{f"attack: SYN flood at {x:g}/s": (rows, True) for x, rows in floods.items()},
                  "control: firmware update": (updates[0][np.linspace(0, len(updates[0]) - 1, k).astype(int)], False),
                  "control: most novel held-out rows": (benign[novel], False)}
         for case, (rows, is_attack) in cases.items():

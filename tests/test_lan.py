@@ -159,7 +159,8 @@ def test_capture_learn_federate_watch_alert_on_a_lan_of_namespaces(network, tmp_
                 time.sleep(0.2)
         captures = [start(lan.in_ns(b, *py("-m", "capture", "--interface", b.interface, "--duration", str(CAPTURE_S),
                                            "--device", f"{DEVICES[k]}={device_ip(k + 1)}", "--out", str(tmp_path / "local"),
-                                           "--simulate-attacks", "mirai_syn,mirai_scan,gafgyt_udp,inbound_syn", "--attack-seconds", "10")),
+                                           "--simulate-attacks", "mirai_syn,mirai_scan,gafgyt_udp,inbound_syn,inbound_syn_slow,inbound_syn_trickle",
+                                           "--attack-seconds", "10")),
                          tmp_path / f"capture{k + 1}.log") for k, b in enumerate(boards)]
         for k, c in enumerate(captures):
             assert c.wait(CAPTURE_S + 120) == 0, (tmp_path / f"capture{k + 1}.log").read_text()[-2000:]
