@@ -237,7 +237,8 @@ def test_a_benign_verdict_teaches_the_next_model_the_whole_episode(tmp_path):
                          verdict_share=cfg.detect.benign_verdict_share)
         split = split_device(dd, cfg.data.train_fraction, cfg.data.validation_fraction)
         det, _ = Detector.fit({"cam": split.train}, {"cam": split.validation}, transform="log1p",
-                              normalization="zscore", epochs=4, batch_size=64, lr=0.003, seed=0, k=5.0)
+                              normalization="zscore", epochs=4, batch_size=cfg.train.batch_size,
+                              lr=cfg.train.learning_rate, seed=0, k=cfg.validation.threshold_k)
         return det.export_lean(tmp_path / name)
 
     def update_alerts(model: Path, pcap: Path, tfile: Path) -> int:
