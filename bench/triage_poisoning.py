@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 from data import nbaiot  # noqa: E402
 from data.loader import read_feature_csv  # noqa: E402
 from fediot.config import validate  # noqa: E402
-from fediot.rundir import create_run_dir, write_json  # noqa: E402
+from fediot.rundir import create_run_dir, finish_table, write_json  # noqa: E402
 from traffic.triage import attack_likeness  # noqa: E402
 
 DEVICES = {"blink-cam-01.pcap": "cam=f4:b8:5e:ff:2b:1b", "lockly-hub-01.pcap": "lockly=24:6f:28:d9:a7:64",
@@ -124,10 +124,7 @@ def main() -> int:
             top = max(r["likeness"].items(), key=lambda kv: kv[1])
             lines.append(f"| {r['capture']} | {r['rows']} rows ({r['flagged']} over the threshold) | {top[0]} "
                          f"{top[1]:.2f} | {'refused' if r['refused'] else 'taken'} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(out)
-    return 0
+    return finish_table(out, lines)
 
 
 if __name__ == "__main__":

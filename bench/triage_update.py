@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 from data import nbaiot  # noqa: E402
 from data.loader import read_feature_csv  # noqa: E402
 from fediot.config import validate  # noqa: E402
-from fediot.rundir import create_run_dir, write_json  # noqa: E402
+from fediot.rundir import create_run_dir, finish_table, write_json  # noqa: E402
 from traffic.triage import _nearest, _signed_log, attack_likeness  # noqa: E402
 
 DEVICES = {"blink-cam-01.pcap": ("cam", "192.168.1.129", "f4:b8:5e:ff:2b:1b"),
@@ -161,10 +161,7 @@ def main() -> int:
         if "verdict" in r:
             lines.append(f"| {r['capture']} | {r['verdict']} | {r['verdict_rows']} | {r['update_flagged']:.3f} | "
                          f"{r['other_update_flagged']:.3f} | {r['fpr']:.4f} |")
-    (out / "table.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(out)
-    return 0
+    return finish_table(out, lines)
 
 
 if __name__ == "__main__":

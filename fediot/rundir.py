@@ -61,6 +61,14 @@ def write_json(path: Path, data: Any) -> None:
     write_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
+def finish_table(run_dir: Path, lines: list[str]) -> int:
+    """A study's end: its markdown table written to run_dir/table.md and printed, the run directory printed last."""
+    write_atomic(run_dir / "table.md", "\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(run_dir)
+    return 0
+
+
 def append_jsonl(path: Path, record: dict[str, Any]) -> None:
     """Append one JSON line (one small write, so concurrent appenders do not interleave)."""
     path.parent.mkdir(parents=True, exist_ok=True)
