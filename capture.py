@@ -133,6 +133,11 @@ def capture_rows(batches: Iterable[tuple[PacketBatch, SkipCounts]], watches: lis
                  "learnt_ips": {d: sorted(v) for d, v in watcher.learnt.items()}}
 
 
+def simulated_seconds(attack: str, seconds: float) -> float:
+    """How long `attack` is simulated: --attack-seconds, a slow inbound kind long enough for INBOUND_MIN_ROWS."""
+    return max(seconds, INBOUND_MIN_ROWS / INBOUND_ATTACKS[attack]) if attack in INBOUND_ATTACKS else seconds
+
+
 def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cfg: DetectArgs,
                           seed: int) -> np.ndarray:
     """Rows of the device's packets while the simulator's `attack` is sent from its address, in the middle of its
@@ -144,8 +149,7 @@ def simulated_attack_rows(device: DeviceCapture, attack: str, seconds: float, cf
     mac = next(iter(sorted(device.watch.macs)), None)
     if mac is None:  # the MAC its packets carry
         mac = next((own.src_mac[i] for i in range(len(own)) if own.src_ip[i] == ip), b"\x02\x00\x00\x00\x00\x01")
-    if attack in INBOUND_ATTACKS:
-        seconds = max(seconds, INBOUND_MIN_ROWS / INBOUND_ATTACKS[attack])
+    seconds = simulated_seconds(attack, seconds)
     span = own.time[-1] - own.time[0]
     start = own.time[0] + max(0.0, (span - seconds) / 2)
     end = start + seconds
@@ -233,8 +237,10 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        inbound = {name: simulated_seconds(name, record["attack_seconds"]) for name in attacks if name in INBOUND_ATTACKS}
         provenance["simulated_attacks"] = {name: len(rows) for name, rows in attacks.items()} | {
-            "seconds_each": record["attack_seconds"], "from_capture": len(provenance["captures"])}
+            "seconds_each": record["attack_seconds"], "from_capture": len(provenance["captures"])} | (
+            {"inbound_seconds": inbound} if inbound else {})
     write_rows(benign, new)
     profile = device.endpoints
     if append and (ddir / PROFILE_FILE).is_file():  # an earlier capture's endpoints are the device's too

@@ -224,7 +224,11 @@ def test_a_benign_verdict_teaches_the_next_model_the_whole_episode(tmp_path):
     # learn from) left the other update alerting on 16 % of its packets
     write_pcap(tmp_path / "cam.pcap", camera(0).capture(400.0))
     assert capture.main(["--pcap", str(tmp_path / "cam.pcap"), "--device", f"cam={ip}", "--out", str(tmp_path / "data"),
-                         "--simulate-attacks", "inbound_syn", "--attack-seconds", "5"]) == 0
+                         "--simulate-attacks", "inbound_syn,inbound_syn_trickle", "--attack-seconds", "5"]) == 0
+    # the refusal's references: a slow inbound kind runs long enough for its rows, whatever --attack-seconds says
+    prov = json.loads((tmp_path / "data" / "cam" / "provenance.json").read_text())["simulated_attacks"]
+    assert prov["inbound_seconds"] == {"inbound_syn": 5.0, "inbound_syn_trickle": 300.0}
+    assert prov["inbound_syn_trickle"] >= capture.INBOUND_MIN_ROWS
     start, update = EPOCH + 500.0, (30.0, 45.0)
     pcaps = []
     for seed in (1, 2):  # two updates, each within a minute of the camera's ordinary traffic
