@@ -237,7 +237,8 @@ def write_device(out: Path, device: DeviceCapture, record: dict[str, Any], appen
             os.replace(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        inbound = {name: simulated_seconds(name, record["attack_seconds"]) for name in attacks if name in INBOUND_ATTACKS}
+        inbound = {name: simulated_seconds(name, record["attack_seconds"])
+                   for name in attacks if name in INBOUND_ATTACKS}
         provenance["simulated_attacks"] = {name: len(rows) for name, rows in attacks.items()} | {
             "seconds_each": record["attack_seconds"], "from_capture": len(provenance["captures"])} | (
             {"inbound_seconds": inbound} if inbound else {})

@@ -36,7 +36,7 @@ from data import nbaiot  # noqa: E402
 from data.loader import read_feature_csv  # noqa: E402
 from fediot.config import validate  # noqa: E402
 from fediot.rundir import create_run_dir, finish_table, write_json  # noqa: E402
-from traffic.triage import _nearest, _signed_log, attack_likeness  # noqa: E402
+from traffic.triage import Evidence, _nearest, _signed_log, attack_likeness  # noqa: E402
 
 DEVICES = {"blink-cam-01.pcap": ("cam", "192.168.1.129", "f4:b8:5e:ff:2b:1b"),
            "lockly-hub-01.pcap": ("lockly", "192.168.1.128", "24:6f:28:d9:a7:64"),
@@ -76,13 +76,14 @@ def with_event(pcap: Path, ip: str, mac: str, seed: int, out: Path, flood_pps: f
     return write_pcap(out, packets + event), len(event)
 
 
-def kept_like_evidence(rows: np.ndarray, k: int) -> np.ndarray:
-    """What traffic.triage.Evidence keeps of an episode of these rows: the first k // 2 and a uniform sample."""
-    if len(rows) <= k:
-        return rows
-    rest = rows[k // 2:]
-    pick = np.sort(np.random.default_rng(0).choice(len(rest), k - k // 2, replace=False))
-    return np.vstack([rows[:k // 2], rest[pick]])
+def kept_by_evidence(rows: np.ndarray, k: int, directory: Path) -> np.ndarray:
+    """What detect --triage keeps of an episode of these rows (traffic.triage.Evidence, k rows), as triage reads them."""
+    cols = nbaiot.CAPTURED_COLUMNS
+    evidence = Evidence(directory, k, cols)
+    evidence.start(0, "update", 1.0, "", None)
+    for i, row in enumerate(rows):
+        evidence.add(0, 1.0 + i, row, "203.0.113.1")
+    return read_feature_csv(directory / f"{evidence.end(0)}.csv", cols)
 
 
 def main() -> int:
@@ -138,7 +139,7 @@ def main() -> int:
             print(r, file=sys.stderr, flush=True)
         allowed = int(cfg.detect.benign_verdict_share * n)
         for label, verdict in (("no verdict", updates[0][:0]), ("first rows", updates[0][:k][:allowed]),
-                               ("first half + sample", kept_like_evidence(updates[0], k)[:allowed])):
+                               ("first half + sample", kept_by_evidence(updates[0], k, out / name)[:allowed])):
             det, _ = Detector.fit({name: np.vstack([train, verdict])}, {name: val}, transform="log1p",
                                   normalization="zscore", epochs=a.epochs, batch_size=cfg.train.batch_size,
                                   lr=cfg.train.learning_rate, seed=0, k=cfg.validation.threshold_k)
