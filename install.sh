@@ -37,7 +37,35 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     # faster (measured on 2 cores, 2026-12-07: 176 s against 101 s + 35 s). The compiling must happen: with
     # PYTHONDONTWRITEBYTECODE=1 (set on this machine and in CI) nothing is cached on import, and every process would
     # compile torch's and FedML's modules again (a clean-clone CI's main pytest run took 11:00 instead of 7:44).
-    .venv/bin/pip install --disable-pip-version-check -q --no-compile -r requirements.txt
+    # uv, where there is one (on PATH, or FEDIOT_UV=/path/to/uv), installs the same packages in parallel: the same 155
+    # versions as pip from the same indexes, in 26 s against pip's 77 s (2 cores, nothing cached, 2026-12-08).
+    UV="${FEDIOT_UV:-$(command -v uv || true)}"
+    if [ -n "$UV" ]; then
+      # uv reads neither pip.conf nor PIP_* variables: hand it pip's indexes, find-links and constraints, and pip's
+      # choice among indexes (the best version on any of them)
+      mapfile -t UV_ARGS < <(.venv/bin/python - <<'PY'
+import ast, subprocess, sys
+out = subprocess.run([sys.executable, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
+flags = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
+         "constraint": "--constraint"}
+seen = set()
+for line in out.splitlines():
+    key, _, value = line.partition("=")
+    flag = flags.get(key.rsplit(".", 1)[-1])
+    if flag is None or not value:
+        continue
+    for item in str(ast.literal_eval(value)).split():
+        if (flag, item) not in seen:
+            seen.add((flag, item))
+            print(flag)
+            print(item)
+PY
+)
+      "$UV" pip install --python .venv/bin/python -q --index-strategy unsafe-best-match "${UV_ARGS[@]}" \
+        -r requirements.txt
+    else
+      .venv/bin/pip install --disable-pip-version-check -q --no-compile -r requirements.txt
+    fi
     echo "compiling the installed modules"
     .venv/bin/python -m compileall -q -j 0 "$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null || true
   fi

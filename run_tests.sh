@@ -6,6 +6,12 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 cd "$HERE"
 bash install.sh
 PY=.venv/bin/python
+# One compute thread per process: the suite runs three pytest processes and the servers, clients and MPI ranks they
+# start on two cores. tests/conftest.py gives torch one thread; numpy's BLAS (OpenBLAS) started a second that only
+# spun (tests/test_rounds.py alone, 2026-12-08: 46 s either way, 62 s of CPU with two threads, 46 s with one). Set
+# these to override.
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
+export OPENBLAS_NUM_THREADS="${OPENBLAS_NUM_THREADS:-1}" NUMBA_NUM_THREADS="${NUMBA_NUM_THREADS:-1}"
 if [ $# -gt 0 ]; then exec "$PY" -m pytest -q tests "$@"; fi  # with pytest arguments: one process, as asked
 # Three pytest processes on two cores. Most modules run on two xdist workers (`-n 2 --dist loadfile`: each module on
 # one worker, its fixtures set up once); the LAN of namespaces and the deployments, which mostly wait on real time
