@@ -7,7 +7,10 @@ import time
 
 from mpi4py import MPI
 
-from fedml.core.distributed.communication.message import Message
+from trainer.fedml_glue import fedml_comm_only
+
+fedml_comm_only()  # as the simulation's ranks do: FedML's comm classes without its package initialisers (5 s each)
+from fedml.core.distributed.communication.message import Message  # noqa: E402
 
 from federation.wire import encode
 from trainer.transport import MpiTransport, receive_loop
