@@ -35,7 +35,7 @@ from data.loader import PROVENANCE_FILE, SIMULATED_ATTACKS_DIR, VERDICTS_DIR, re
 from fediot.config import DEVICE_NAME, load, validate
 from traffic.settings import DetectArgs
 from fediot.errors import DataError, FedIoTError
-from traffic.triage import EPISODE_ID, EVIDENCE_DIR, Triage, attack_likeness, verdict_rows_allowed
+from traffic.triage import EPISODE_ID, EVIDENCE_DIR, Triage, attack_likeness, verdict_rows, verdict_rows_allowed
 
 DEFAULT_TRIAGE = Path("data/local/triage.json")
 
@@ -158,7 +158,7 @@ def benign(triage_file: Path, episode: str, data_dir: Path, reason: str, cfg: De
         raise FedIoTError(f"{device}: its benign verdicts hold {held:,} rows, all that detect_args.benign_verdict_share "
                           f"({cfg.benign_verdict_share:g} of its {benign_rows:,} captured rows) allows; capture more of "
                           "its traffic (capture --append) to make room")
-    kept = rows[:room]
+    kept = verdict_rows(rows, room)
     vdir.mkdir(parents=True, exist_ok=True)
     tmp = vdir / f".{episode}.csv.tmp"
     write_feature_csv(str(tmp), kept, nbaiot.CAPTURED_COLUMNS)

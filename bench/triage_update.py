@@ -16,8 +16,9 @@ floods at the device at 1, 5, 50 and 500 a second (between capture's inbound ref
 2. The lesson: the device's detector (`Detector.fit`, log1p + z-score, the federation's defaults: first 60 % of its
    benign rows, threshold on the next 20 %) without a verdict, with update 7's first evidence_rows rows (what an
    episode kept before issue 36's fix), and with its first half and a uniform sample of the rest (what
-   `traffic.triage.Evidence` keeps now), each cut to detect_args.benign_verdict_share of the device's rows: the share
-   of update 7's and update 8's rows over the threshold, and the held-out FPR (last 20 %).
+   `traffic.triage.Evidence` keeps now), each cut to detect_args.benign_verdict_share of the device's rows (the kept
+   rows cut to their first ones, as stop 46's `triage benign` did, and evenly, as `traffic.triage.verdict_rows` does
+   now): the share of update 7's and update 8's rows over the threshold, and the held-out FPR (last 20 %).
 Writes results.json and table.md to a run directory and prints it last.
 """
 from __future__ import annotations
@@ -36,7 +37,7 @@ from data import nbaiot  # noqa: E402
 from data.loader import read_feature_csv  # noqa: E402
 from fediot.config import validate  # noqa: E402
 from fediot.rundir import create_run_dir, finish_table, write_json  # noqa: E402
-from traffic.triage import Evidence, _nearest, _signed_log, attack_likeness  # noqa: E402
+from traffic.triage import Evidence, _nearest, _signed_log, attack_likeness, verdict_rows  # noqa: E402
 
 DEVICES = {"blink-cam-01.pcap": ("cam", "192.168.1.129", "f4:b8:5e:ff:2b:1b"),
            "lockly-hub-01.pcap": ("lockly", "192.168.1.128", "24:6f:28:d9:a7:64"),
@@ -138,8 +139,12 @@ def main() -> int:
             results.append(r)
             print(r, file=sys.stderr, flush=True)
         allowed = int(cfg.detect.benign_verdict_share * n)
+        kept = kept_by_evidence(updates[0], k, out / name)
+        # what triage benign takes when the share cuts a verdict: stop 46 took the kept rows' first ones, now rows
+        # evenly spaced over them (traffic.triage.verdict_rows)
         for label, verdict in (("no verdict", updates[0][:0]), ("first rows", updates[0][:k][:allowed]),
-                               ("first half + sample", kept_by_evidence(updates[0], k, out / name)[:allowed])):
+                               ("first half + sample, its first rows", kept[:allowed]),
+                               ("first half + sample, evenly cut", verdict_rows(kept, allowed))):
             det, _ = Detector.fit({name: np.vstack([train, verdict])}, {name: val}, transform="log1p",
                                   normalization="zscore", epochs=a.epochs, batch_size=cfg.train.batch_size,
                                   lr=cfg.train.learning_rate, seed=0, k=cfg.validation.threshold_k)

@@ -104,6 +104,10 @@ def test_episodes_kept_then_muted_then_benign_within_its_share(tmp_path, camera_
     assert f"of {allowed:,} allowed" in said and "muted" in said
     verdict = data / "cam" / VERDICTS_DIR / f"{first['episode']}.csv"
     assert verdict.is_file()
+    # cut to the share: rows evenly spaced over the whole episode, its last ones among them, not its first rows
+    taken = read_feature_csv(verdict, nbaiot.CAPTURED_COLUMNS)
+    spread = (np.arange(allowed) * len(episode_rows)) // allowed
+    assert len(taken) == allowed < len(episode_rows) and np.array_equal(taken, episode_rows[spread])
     prov = json.loads((data / "cam" / "provenance.json").read_text())
     assert prov["benign_verdicts"][0]["episode"] == first["episode"] and prov["benign_verdicts"][0]["reason"]
     assert any(v["episode"] == first["episode"] for v in Triage.load(tfile, 100).verdicts)

@@ -260,6 +260,13 @@ def verdict_rows_allowed(benign_rows: int, share: float) -> int:
     return int(share * benign_rows)
 
 
+def verdict_rows(rows: np.ndarray, room: int) -> np.ndarray:
+    """The rows of a verdict's episode that fit the `room` its device's share leaves: all of them, or rows evenly
+    spaced over the episode in time order (a long episode represented whole, not by its first minutes)."""
+    room = max(0, int(room))
+    return rows if len(rows) <= room else rows[(np.arange(room) * len(rows)) // room]
+
+
 def _signed_log(rows: np.ndarray) -> np.ndarray:
     return np.sign(rows) * np.log1p(np.abs(rows))
 
