@@ -27,6 +27,7 @@ and in the summary's "silent_devices", and detect exits with status 3: it was no
 from __future__ import annotations
 
 import argparse
+import io
 import ipaddress
 import json
 import math
@@ -34,6 +35,7 @@ import signal
 import socket
 import sys
 import time
+import zipfile
 from collections import Counter, OrderedDict, deque
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +48,11 @@ from data import nbaiot
 from fediot.config import load, validate
 from traffic.settings import DetectArgs
 from fediot.errors import FedIoTError
-from fediot.rundir import peak_rss_mb, write_json
+from fediot.rundir import peak_rss_mb, write_atomic_bytes, write_json
 from fediot.checks import MAX_VALUE
 from monitor.health import ALERT_NAME_CHARS, ALERT_WHY_CHARS, DETECT_ALERTS, DETECT_STATUS_FILE, current_rss_mb
-from model.lean import LeanDetector, lean_path
-from traffic.afterimage import FEATURES_VERSION, FeatureExtractor
+from model.lean import LeanDetector, check_npz_sizes, lean_path
+from traffic.afterimage import FEATURES_VERSION, STATE_MAX_STREAMS_FACTOR, FeatureExtractor
 from traffic.alerts import Alert, AlertPublisher, MqttSink, RateLimiter, Sink, SyslogSink
 from traffic.packets import PacketBatch, SkipCounts, live_capture, read_capture
 from traffic.profile import EndpointProfile, endpoints_of, load_profiles
@@ -411,6 +413,50 @@ def network_sinks(cfg: DetectArgs, board: str, devices: list[str]) -> list[Sink]
     return sinks
 
 
+# a state file's bound: bytes per stream (every table's row of 5 decay rates as float64, and its key: 1,574 measured
+# when every kind holds as many streams, 2026-12-08) times the streams a state may hold
+STATE_BYTES_PER_STREAM = 2048
+STATE_MAX_ARRAYS = 32  # FeatureExtractor.state() writes 20
+
+
+def load_state(extractor: FeatureExtractor, path: Path, cfg: DetectArgs) -> bool:
+    """The extractor's memory from `path` (detect --state): True when taken. A missing file is a first start; a file
+    that is too large, not an npz of plain arrays or fails FeatureExtractor.load's checks is said on stderr and the
+    board starts afresh — never a crash, never half a state."""
+    if not path.is_file():
+        return False
+    limit = STATE_BYTES_PER_STREAM * STATE_MAX_STREAMS_FACTOR * cfg.max_streams
+    try:
+        size = path.stat().st_size
+        if size > limit:
+            raise ValueError(f"{size:,} bytes, over the {limit:,} a state of detect_args.max_streams can take")
+        check_npz_sizes(path, limit, limit, STATE_MAX_ARRAYS)  # what each array claims, before any is read
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {name: npz[name] for name in npz.files}
+        extractor.load(arrays)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        print(f"state: {path} not used ({exc}): started afresh", file=sys.stderr, flush=True)
+        return False
+    print(f"state: {path}: {sum(extractor.tracked().values()):,} streams remembered, the newest packet at "
+          f"{extractor.last_time:.3f}", file=sys.stderr, flush=True)
+    return True
+
+
+def save_state(extractor: FeatureExtractor, path: Path) -> int:
+    """Write the extractor's memory to `path` whole (temp file + rename); 1 if written, 0 if there is nothing yet or
+    the disk refused (said on stderr: detection goes on)."""
+    if extractor.packets == 0:
+        return 0
+    buf = io.BytesIO()
+    np.savez(buf, **extractor.state())
+    try:
+        write_atomic_bytes(path, buf.getvalue())
+    except OSError as exc:
+        print(f"state: cannot write {path}: {exc}", file=sys.stderr, flush=True)
+        return 0
+    return 1
+
+
 def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, SkipCounts]], device: str | None,
                   window: int, sink: IO[str], watches: list[Watch] | None = None, cfg: DetectArgs | None = None,
                   follower: ModelFollower | None = None, publisher: AlertPublisher | None = None,
@@ -418,7 +464,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
                   profiles: dict[str, EndpointProfile] | None = None,
                   silence: SilenceWatch | None = None, triage: TriageFollower | None = None,
                   evidence: Evidence | None = None, warning: WarningWatch | None = None,
-                  link: "RelayLink | None" = None) -> dict[str, object]:
+                  link: "RelayLink | None" = None, state_path: Path | None = None) -> dict[str, object]:
     """Score every packet (with watches: every watched device's packets, each at its device's threshold); write alert
     lines; hand window alerts to the publisher (rate-limited); swap in the follower's newer models between batches;
     return the summary. With endpoint profiles (one per watched device), a window whose majority of packets went to
@@ -429,7 +475,9 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     ("early_warning"), this board's own window alert on it confirms it, and none within warn_confirm_s clears it;
     with a relay link, each window alert's remote endpoint is published as this board's indicator at its first window
     alert and again once the board is sure of it (warn_confirm_windows, warn_confirm_share; per endpoint and
-    warn_ttl_s)."""
+    warn_ttl_s). With a state path, the extractor's memory of every stream is read from it at the start (when it is
+    older than the first packet) and written to it every state_every_s and at the end: a restarted board's features
+    go on as if it had watched through the gap."""
     cfg = cfg or validate({}).detect
     watcher = Watcher(watches) if watches else None
     devices: list[str | None] = list(watcher.devices) if watcher else [device]
@@ -446,6 +494,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     limiter = RateLimiter(cfg.alert_interval_s, cfg.max_hosts)
     last_alert: dict[int, float] = {}  # device index -> packet time of its latest window alert (state ON)
     explained: dict[int, set[bytes]] = {}  # device index -> remote endpoints its current alert episode explained
+    state = {"restored": load_state(extractor, state_path, cfg) if state_path is not None else False, "saved": 0}
+    state_saved_at = time.monotonic()
     extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
     vote.push([], np.zeros(0, dtype=bool))
     packets = scored = alerts = window_alerts = 0
@@ -482,7 +532,14 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
             if warning is not None:  # early warnings first: at the endpoint's first packet, before features or scores
                 _say_early(warning, batch, np.flatnonzero(which >= 0), which, devices, thresholds, sink, publisher)
+            if state["restored"] and extractor.packets and batch.time[0] < extractor.last_time:
+                print(f"state: {state_path} is newer than the packets (a capture replayed?): started afresh",
+                      file=sys.stderr, flush=True)
+                extractor, state["restored"] = FeatureExtractor.configured(cfg), False
             full = extractor.transform(batch)  # the captured rows' columns (what a benign verdict adds)
+            if state_path is not None and time.monotonic() - state_saved_at >= cfg.state_every_s:
+                state["saved"] += save_state(extractor, state_path)
+                state_saved_at = time.monotonic()
             rows = full[:, :detector.input_dim]  # an N-BaIoT model: its 115 columns
             packets += len(batch)
             if silence is not None:  # who was heard, then who has been silent too long (packet time)
@@ -601,6 +658,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     finally:
         if evidence is not None:  # the open episodes' rows, written whole
             evidence.close()
+        if state_path is not None:
+            state["saved"] += save_state(extractor, state_path)
     seconds = time.perf_counter() - started
     summary: dict[str, Any] = {
         "summary": True, "packets": packets, "packets_scored": scored, "packet_alerts": alerts,
@@ -610,6 +669,8 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
         "skipped": skipped.as_dict(), "devices": per_device, "interrupted": interrupted,
         "memory": {"tracked": extractor.tracked(), "evicted_streams": dict(extractor.evicted), "sweeps": extractor.sweeps,
                    "hosts_forgotten": vote.forgotten, "peak_rss_mb": peak_rss_mb()}}
+    if state_path is not None:
+        summary["state"] = {"path": str(state_path), "restored": state["restored"], "saved": state["saved"]}
     if watcher and watcher.learnt:
         summary["learnt_ips"] = {d: sorted(v) for d, v in watcher.learnt.items()}
     if silence is not None:
@@ -832,6 +893,9 @@ def main(argv: list[str] | None = None) -> int:
                         "--rank)")
     p.add_argument("--tls-dir", type=Path, help="--relay: the deployment's certificates (ca.pem, client<R>.pem/.key)")
     p.add_argument("--rank", type=int, help="--relay: this board's rank (its certificate client<R>.pem)")
+    p.add_argument("--state", type=Path, metavar="FILE",
+                   help="keep the feature extractor's memory of every stream in FILE across restarts (read at the "
+                        "start, written every detect_args.state_every_s and at the end)")
     p.add_argument("--allow-row-model", action="store_true", help="run a model trained on synthetic rows anyway")
     p.add_argument("--metrics-port", type=int, default=None,
                    help="serve Prometheus /metrics on this port (default detect_args.metrics_port; 0 = a free port); "
@@ -905,7 +969,7 @@ def main(argv: list[str] | None = None) -> int:
                 link = RelayLink(a.relay, a.tls_dir, a.rank, store,
                                  lambda text: print(text, file=sys.stderr, flush=True)).start()
             summary = run_detection(detector, batches, a.device, window, sink, watches, cfg.detect, follower, publisher,
-                                    live, profiles, silence, triage, evidence, warning, link)
+                                    live, profiles, silence, triage, evidence, warning, link, a.state)
         finally:
             if a.out:
                 sink.close()

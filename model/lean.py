@@ -80,14 +80,16 @@ def normalizer_for(normalizer: Normalizer, device_scales: dict[str, np.ndarray],
     return Normalizer(normalizer.transform, normalizer.method, normalizer.offset, device_scales[device])
 
 
-def _check_array_sizes(path: Path) -> None:
+def check_npz_sizes(path: Path, max_array_bytes: int = MAX_MODEL_ARRAY_BYTES, max_total_bytes: int = MAX_MODEL_FILE_BYTES,
+                    max_arrays: int = MAX_MODEL_ARRAYS) -> None:
     """Each array's size from its .npy header, before any is read: a header may claim any shape, and numpy allocates
-    what it claims (a (10^6, 10^6) claim ended detect with a MemoryError). ValueError naming the array."""
+    what it claims (a (10^6, 10^6) claim ended detect with a MemoryError). ValueError naming the array. Model files
+    (the defaults) and detect's state files (detect --state)."""
     total = 0
     with zipfile.ZipFile(path) as zf:
         members = zf.infolist()
-        if len(members) > MAX_MODEL_ARRAYS:
-            raise ValueError(f"{len(members)} arrays (at most {MAX_MODEL_ARRAYS})")
+        if len(members) > max_arrays:
+            raise ValueError(f"{len(members)} arrays (at most {max_arrays})")
         for info in members:
             with zf.open(info) as fh:
                 version = np.lib.format.read_magic(fh)
@@ -101,9 +103,9 @@ def _check_array_sizes(path: Path) -> None:
                 raise ValueError(f"{info.filename}: object arrays are not allowed")
             n = int(np.prod(shape, dtype=object)) * dtype.itemsize
             total += n
-            if n > MAX_MODEL_ARRAY_BYTES or total > MAX_MODEL_FILE_BYTES:
+            if n > max_array_bytes or total > max_total_bytes:
                 raise ValueError(f"{info.filename}: claims shape {shape} of {dtype} ({n:,} bytes; at most "
-                                 f"{MAX_MODEL_ARRAY_BYTES:,} an array, {MAX_MODEL_FILE_BYTES:,} in all)")
+                                 f"{max_array_bytes:,} an array, {max_total_bytes:,} in all)")
 
 
 def _check(ok: bool, path: Path, what: str) -> None:
@@ -132,7 +134,7 @@ class LeanDetector(DetectorInterface):
         try:
             if path.stat().st_size > MAX_MODEL_FILE_BYTES:
                 raise ValueError(f"larger than {MAX_MODEL_FILE_BYTES >> 20} MB")
-            _check_array_sizes(path)
+            check_npz_sizes(path)
             with np.load(path, allow_pickle=False) as z:
                 arrays = {k: z[k] for k in z.files}
             header = json.loads(str(arrays.pop("header")))

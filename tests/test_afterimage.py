@@ -239,3 +239,64 @@ def test_a_flood_of_new_sockets_cannot_grow_the_extractor_past_its_cap():
         assert (got[udp_video, n:] >= want[udp_video, n:] * (1 - 1e-12)).all()
     assert plain.tracked()["hp"] > 80_000 and largest <= cap + 2 * batch_size
     assert bounded.evicted["cap"] > 0 and bounded.HP.shape[1] <= 2 * cap + 2 * batch_size
+
+
+def test_a_state_saved_and_loaded_goes_on_as_if_never_stopped(tmp_path):
+    """detect --state: an extractor that loads another's state (through the npz file detect writes) gives the rows
+    that extractor would have given, bit for bit (sweeps included: a small max_streams); a fresh one counts the same
+    peers as new once its warm-up is over. A damaged or foreign state is refused whole with what is wrong, and the
+    extractor is as it was."""
+    import io
+    import zipfile
+
+    from detect import load_state, save_state
+    from fediot.config import validate
+
+    cfg = validate({"detect_args": {"max_streams": 300, "fanout_warmup_s": 5.0}}).detect
+    packets = _traffic("mirai_scan", 160.0)
+    batches = [b for b, _ in frame_batches(packets, 400)]
+    half = len(batches) // 2
+    whole, first = FeatureExtractor.configured(cfg), FeatureExtractor.configured(cfg)
+    for b in batches[:half]:
+        whole.transform(b)
+        first.transform(b)
+    assert first.sweeps > 0
+    path = tmp_path / "state.npz"
+    assert save_state(first, path) == 1
+    later, fresh = FeatureExtractor.configured(cfg), FeatureExtractor.configured(cfg)
+    assert load_state(later, path, cfg)
+    fresh_differs = 0
+    for b in batches[half:]:
+        want = whole.transform(b)
+        assert np.array_equal(later.transform(b), want)
+        fresh_differs += int((fresh.transform(b) != want).any(axis=1).sum())
+    assert fresh_differs > 0  # a restart without the state: other features
+    assert later.tracked() == whole.tracked() and later.sweeps == whole.sweeps
+
+    good = dict(np.load(path, allow_pickle=False))
+    broken = {
+        "another decay": {**good, "lambdas": good["lambdas"] * 2},
+        "a missing table": {k: v for k, v in good.items() if k != "PHP"},
+        "a table of another shape": {**good, "HH": good["HH"][:, :-1]},
+        "a NaN": {**good, "MI": np.where(np.arange(good["MI"].size).reshape(good["MI"].shape) == 3, np.nan, good["MI"])},
+        "an id past its table": {**good, "keys_h": good["keys_h"] + np.uint64(10**6)},
+        "repeated keys": {**good, "keys_pair_hp": np.concatenate([good["keys_pair_hp"][:1], good["keys_pair_hp"][:-1]])},
+    }
+    for what, arrays in broken.items():
+        target = FeatureExtractor.configured(cfg)
+        with pytest.raises(ValueError):
+            target.load(arrays)
+        assert target.tracked() == FeatureExtractor.configured(cfg).tracked() and target.packets == 0, what
+    bad = tmp_path / "bad.npz"
+    buf = io.BytesIO()
+    np.savez(buf, **broken["another decay"])
+    bad.write_bytes(buf.getvalue())
+    claim = io.BytesIO()  # an array header claiming 8 TB, and no data: refused before anything is allocated
+    np.lib.format.write_array_header_1_0(claim, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w") as zf:
+        zf.writestr("MI.npy", claim.getvalue())
+    for content in (None, b"not a zip", b"PK\x03\x04 truncated", bomb.getvalue()):
+        if content is not None:
+            bad.write_bytes(content)
+        assert not load_state(FeatureExtractor.configured(cfg), bad, cfg)

@@ -463,3 +463,33 @@ def test_detect_tells_the_board_and_prometheus_what_it_sees(tmp_path, two_device
     assert probe.fields(3)["detect"]["window_alerts"] == summary["window_alerts"]
     (board / DETECT_STATUS_FILE).write_text(json.dumps({**status, "written_at": status["written_at"] - 31}))
     assert probe.fields(3)["detect"] is None
+
+
+def test_a_restarted_board_with_its_state_scores_as_if_it_had_never_stopped(tmp_path, two_devices, capsys):
+    """detect --state: the doorbell watched over the first half of the traffic, stopped, then started again on the
+    second half with the state file: every packet of the second half gets the score it gets when watched without a
+    break (a restart without the state scores them differently); a state newer than the packets (a capture replayed)
+    is set aside, said, and detection starts afresh."""
+    model = LeanDetector.load(lean_model(tmp_path / "model.npz", {DOORBELL: 1e-12}))
+    watches = [detect.parse_watch(f"{DOORBELL}={device_ip(DOORBELL)}")]
+    cfg = validate({}).detect
+    half = len(two_devices) // 2 // 256 * 256  # at a batch boundary: the extractor's sweeps fall where they fell
+
+    def scores(packets, name: str, state: Path | None) -> tuple[dict, list[tuple[float, float]]]:
+        out = tmp_path / name
+        with out.open("w") as sink:
+            summary = detect.run_detection(model, frame_batches(packets, 256), None, 5, sink, watches, cfg,
+                                           state_path=state)
+        return summary, [(x["time"], x["score"]) for x in map(json.loads, out.read_text().splitlines())]
+
+    _, whole = scores(two_devices, "whole.jsonl", None)
+    state = tmp_path / "board" / "state.npz"
+    first, _ = scores(two_devices[:half], "first.jsonl", state)
+    assert first["state"] == {"path": str(state), "restored": False, "saved": 1} and state.is_file()
+    second, resumed = scores(two_devices[half:], "second.jsonl", state)
+    assert second["state"]["restored"] is True and "streams remembered" in capsys.readouterr().err
+    assert resumed and resumed == whole[-len(resumed):]
+    _, afresh = scores(two_devices[half:], "afresh.jsonl", None)
+    assert [s for _, s in afresh] != [s for _, s in resumed]
+    replayed, _ = scores(two_devices[:half], "replayed.jsonl", state)
+    assert replayed["state"]["restored"] is False and "newer than the packets" in capsys.readouterr().err

@@ -156,6 +156,7 @@ def _kernel(times, sizes, ids, lambdas, MI, H, HH, JIT, HP, jit_last, PHH, PHP, 
 
 
 STREAM_KINDS = ("mi", "h", "hh", "hp")
+STATE_MAX_STREAMS_FACTOR = 4  # a loaded state may hold at most this many times max_streams keys of a kind
 LOW_WATER = 0.5  # a sweep over the cap keeps this share of max_streams: the next one is max_streams/2 new keys away (measured: bench/bench_detect_memory.py)
 
 
@@ -226,6 +227,7 @@ class FeatureExtractor:
         self.fanout_warmup_s = float(fanout_warmup_s)
         self.counting_from = np.inf  # packet time from which new peers count (set by the first packet)
         self.packets = 0
+        self.last_time = -np.inf  # the newest packet time seen
 
     @classmethod
     def configured(cls, cfg: Any) -> "FeatureExtractor":
@@ -320,7 +322,94 @@ class FeatureExtractor:
                 self.lambdas, self.MI, self.H, self.HH, self.JIT, self.HP, self.jit_last, self.PHH, self.PHP,
                 self.FPEER, self.FSOCK, self.counting_from, out)
         self.packets += len(batch)
+        self.last_time = max(self.last_time, float(batch.time[-1]))
         return out
+
+    # -- memory across restarts (detect --state)
+    def state(self) -> dict[str, np.ndarray]:
+        """Everything the extractor remembers, as plain arrays (np.savez without pickle): a restarted board that
+        loads it goes on as if it had watched without a break but saw no packet in between — each stream decayed
+        over the gap, its peers not new (a fresh extractor counts every peer first seen after its warm-up as new)."""
+        n = {name: len(k.ids) for name, k in self.keys.items()}
+
+        def keys_in_id_order(name: str) -> np.ndarray:
+            d = self.keys[name].ids
+            order = np.argsort(np.fromiter(d.values(), dtype=np.int64, count=len(d)))
+            if name == "ip":  # IPv6 keys are above 2^128: 17 big-endian bytes each
+                return np.array([k.to_bytes(17, "big") for k in d], dtype="S17")[order]
+            return np.fromiter(d.keys(), dtype=np.uint64, count=len(d))[order]
+
+        out = {f"keys_{name}": keys_in_id_order(name) for name in self.keys}
+        out |= {"MI": self.MI[:, :n["mi"]], "H": self.H[:, :n["h"]], "HH": self.HH[:, :n["hh"]],
+                "JIT": self.JIT[:, :n["hh"]], "jit_last": self.jit_last[:n["hh"]], "HP": self.HP[:, :n["hp"]],
+                "PHH": self.PHH[:, :n["pair_hh"]], "PHP": self.PHP[:, :n["pair_hp"]], "FPEER": self.FPEER[:, :n["ip"]],
+                "FSOCK": self.FSOCK[:, :n["ip"]], "lambdas": self.lambdas,
+                "scalars": np.array([self.counting_from, self.last_time, self.packets, self.sweeps, self._since_sweep,
+                                     self.evicted["idle"], self.evicted["cap"]], dtype=np.float64)}
+        return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+    def load(self, state: dict[str, np.ndarray]) -> None:
+        """Take a `state()` (of this or an earlier run) after checking it whole; ValueError says what is wrong and
+        leaves the extractor as it was. Checked: every array, its dtype and shape against the key counts, finite
+        values, keys unique, and every id a key holds within its table (a stale or damaged file must not index past
+        an array)."""
+        n_l = len(self.lambdas)
+        need = ["MI", "H", "HH", "JIT", "jit_last", "HP", "PHH", "PHP", "FPEER", "FSOCK", "lambdas", "scalars",
+                *(f"keys_{name}" for name in self.keys)]
+        missing = [k for k in need if k not in state]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        lam = np.asarray(state["lambdas"])
+        if lam.shape != self.lambdas.shape or not np.array_equal(lam, self.lambdas):
+            raise ValueError(f"made with decay rates {lam.tolist()}, not this extractor's {self.lambdas.tolist()}")
+        cap = STATE_MAX_STREAMS_FACTOR * self.max_streams
+        keys: dict[str, list[int]] = {}
+        for name in self.keys:
+            arr = np.asarray(state[f"keys_{name}"])
+            want = "S17" if name == "ip" else "uint64"
+            if arr.ndim != 1 or arr.dtype != np.dtype(want) or len(arr) > cap:
+                raise ValueError(f"keys_{name}: a 1-d {want} array of at most {cap} keys expected, got {arr.dtype} "
+                                 f"{arr.shape}")
+            keys[name] = [int.from_bytes(b, "big") for b in arr.tolist()] if name == "ip" else arr.tolist()
+            if len(set(keys[name])) != len(keys[name]):
+                raise ValueError(f"keys_{name}: repeated keys")
+        n = {name: len(v) for name, v in keys.items()}
+        shapes = {"MI": (4, n["mi"], n_l), "H": (4, n["h"], n_l), "HH": (4, n["hh"], n_l), "JIT": (4, n["hh"], n_l),
+                  "jit_last": (n["hh"],), "HP": (4, n["hp"], n_l), "PHH": (5, n["pair_hh"], n_l),
+                  "PHP": (5, n["pair_hp"], n_l), "FPEER": (4, n["ip"], n_l), "FSOCK": (4, n["ip"], n_l), "scalars": (7,)}
+        arrays = {}
+        for name, shape in shapes.items():
+            arr = np.asarray(state[name])
+            if arr.dtype != np.float64 or arr.shape != shape:
+                raise ValueError(f"{name}: float64 {shape} expected, got {arr.dtype} {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError(f"{name}: not every value is finite")
+            arrays[name] = arr
+        lo32 = 0xFFFFFFFF
+
+        def within(name: str, ids: list[int], limit: int) -> None:
+            if ids and (min(ids) < 0 or max(ids) >= limit):
+                raise ValueError(f"keys_{name}: an id outside its table (0..{limit - 1})")
+
+        within("mi", [k & lo32 for k in keys["mi"]], n["ip"])
+        within("mi", [k >> 32 for k in keys["mi"]], n["mac"])
+        within("h", keys["h"], n["ip"])
+        within("hh", [k >> 32 for k in keys["hh"]] + [k & lo32 for k in keys["hh"]], n["ip"])
+        within("pair_hh", [k >> 32 for k in keys["pair_hh"]] + [k & lo32 for k in keys["pair_hh"]], n["ip"])
+        within("hp", [k >> 16 for k in keys["hp"]], n["ip"])
+        within("pair_hp", [k >> 32 for k in keys["pair_hp"]] + [k & lo32 for k in keys["pair_hp"]], n["hp"])
+        counting_from, last_time, packets, sweeps, since, idle, capped = arrays.pop("scalars").tolist()
+        if min(packets, sweeps, since, idle, capped) < 0:
+            raise ValueError("scalars: a negative count")
+        for name, ids in keys.items():
+            self.keys[name].ids = {k: i for i, k in enumerate(ids)}
+        self.MI, self.H, self.HH, self.JIT = (arrays[k].copy() for k in ("MI", "H", "HH", "JIT"))
+        self.jit_last, self.HP, self.PHH, self.PHP = (arrays[k].copy() for k in ("jit_last", "HP", "PHH", "PHP"))
+        self.FPEER, self.FSOCK = arrays["FPEER"].copy(), arrays["FSOCK"].copy()
+        self.counting_from, self.last_time = counting_from, last_time
+        self.packets, self.sweeps, self._since_sweep = int(packets), int(sweeps), int(since)
+        self.evicted = {"idle": int(idle), "cap": int(capped)}
+        self._grow()
 
     # -- bounded memory
     def tracked(self) -> dict[str, int]:
