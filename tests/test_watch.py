@@ -398,9 +398,12 @@ def test_commands_run_from_any_directory_through_the_launcher(tmp_path):
     write_pcap(tmp_path / "cap.pcap", TrafficSimulator(CAMERA, seed=0).capture(30.0))
     env = {**os.environ, "PYTHON": sys.executable}
     proc = subprocess.run([str(REPO / "bin" / "fediot"), "detect", ".", "--pcap", "cap.pcap", "--device", CAMERA,
-                           "--out", "alerts.jsonl"], cwd=tmp_path, capture_output=True, text=True, timeout=120, env=env)
+                           "--out", "alerts.jsonl", "--state", "state/detect.npz"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=env)
     assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.splitlines()[-1])["packets"] > 0 and (tmp_path / "alerts.jsonl").is_file()
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["packets"] > 0 and (tmp_path / "alerts.jsonl").is_file()
+    assert summary["state"]["saved"] >= 1 and (tmp_path / "state" / "detect.npz").is_file()  # --state, from the CLI
     proc = subprocess.run([str(REPO / "bin" / "fediot"), "capture", "--pcap", "cap.pcap", "--device",
                            f"cam={device_ip(CAMERA)}", "--out", "mine", "--simulate-attacks", "none"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=120, env=env)
