@@ -495,7 +495,7 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
     last_alert: dict[int, float] = {}  # device index -> packet time of its latest window alert (state ON)
     explained: dict[int, set[bytes]] = {}  # device index -> remote endpoints its current alert episode explained
     state = {"restored": load_state(extractor, state_path, cfg) if state_path is not None else False, "saved": 0}
-    state_saved_at = time.monotonic()
+    state_saved_at, state_checked = time.monotonic(), False
     extractor.warm_up()  # compiled kernels load before the clock starts: packets_per_s is the steady rate
     vote.push([], np.zeros(0, dtype=bool))
     packets = scored = alerts = window_alerts = 0
@@ -532,10 +532,12 @@ def run_detection(detector: LeanDetector, batches: Iterable[tuple[PacketBatch, S
             which = watcher.of(batch) if watcher else np.zeros(len(batch), dtype=np.int64)
             if warning is not None:  # early warnings first: at the endpoint's first packet, before features or scores
                 _say_early(warning, batch, np.flatnonzero(which >= 0), which, devices, thresholds, sink, publisher)
-            if state["restored"] and extractor.packets and batch.time[0] < extractor.last_time:
-                print(f"state: {state_path} is newer than the packets (a capture replayed?): started afresh",
-                      file=sys.stderr, flush=True)
-                extractor, state["restored"] = FeatureExtractor.configured(cfg), False
+            if state["restored"] and not state_checked:  # the first packets only: live batches may overlap a little
+                state_checked = True
+                if batch.time[0] < extractor.last_time:
+                    print(f"state: {state_path} is newer than the packets (a capture replayed?): started afresh",
+                          file=sys.stderr, flush=True)
+                    extractor, state["restored"] = FeatureExtractor.configured(cfg), False
             full = extractor.transform(batch)  # the captured rows' columns (what a benign verdict adds)
             if state_path is not None and time.monotonic() - state_saved_at >= cfg.state_every_s:
                 state["saved"] += save_state(extractor, state_path)

@@ -279,6 +279,7 @@ def test_a_state_saved_and_loaded_goes_on_as_if_never_stopped(tmp_path):
         "a missing table": {k: v for k, v in good.items() if k != "PHP"},
         "a table of another shape": {**good, "HH": good["HH"][:, :-1]},
         "a NaN": {**good, "MI": np.where(np.arange(good["MI"].size).reshape(good["MI"].shape) == 3, np.nan, good["MI"])},
+        "a negative weight": {**good, "H": good["H"] * -1.0},
         "an id past its table": {**good, "keys_h": good["keys_h"] + np.uint64(10**6)},
         "repeated keys": {**good, "keys_pair_hp": np.concatenate([good["keys_pair_hp"][:1], good["keys_pair_hp"][:-1]])},
     }

@@ -384,6 +384,8 @@ class FeatureExtractor:
                 raise ValueError(f"{name}: float64 {shape} expected, got {arr.dtype} {arr.shape}")
             if not np.isfinite(arr).all():
                 raise ValueError(f"{name}: not every value is finite")
+            if arr.ndim == 3 and arr.shape[0] == 4 and ((arr[0] < 0).any() or (arr[2] < 0).any()):
+                raise ValueError(f"{name}: a negative weight or sum of squares")
             arrays[name] = arr
         lo32 = 0xFFFFFFFF
 
