@@ -33,7 +33,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import yaml
@@ -102,14 +102,6 @@ def packets_of(pcap: Path, batch: int) -> PacketBatch:
     return whole
 
 
-def subset(batch: PacketBatch, idx: np.ndarray) -> PacketBatch:
-    out = PacketBatch()
-    for name in PACKET_FIELDS:
-        values = getattr(batch, name)
-        setattr(out, name, [values[i] for i in idx])
-    return out
-
-
 def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg: Any, seed: int) -> dict[str, Any]:
     """The device's captured share of time as `python -m capture` writes it; the held-out rows, times and hosts."""
     packets = packets_of(pcap, cfg.batch_packets)
@@ -122,7 +114,7 @@ def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg:
     captured = mine[t[mine] < cut]
     held = mine[t[mine] >= cut]
     # the captured part through capture's own path (its extractor from the capture's start, its simulated attacks)
-    devices, _ = capture_rows(iter([(subset(packets, np.flatnonzero(t < cut)), SkipCounts())]), [watch], cfg, keep_packets=True,
+    devices, _ = capture_rows(iter([(packets.subset(np.flatnonzero(t < cut)), SkipCounts())]), [watch], cfg, keep_packets=True,
                               progress=False)
     d: DeviceCapture = devices[name]
     attacks = {a: simulated_attack_rows(d, a, ATTACK_SECONDS, cfg, seed * 100 + i)
@@ -176,7 +168,7 @@ def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, de
         late = np.flatnonzero(mt >= cut)  # the extractor runs over everything; the detector watches the held-out time
         rows = FeatureExtractor.configured(cfg).transform(merged)[late]
         watch = Watcher([parse_watch(f"{device}={ip}")])
-        mine = np.flatnonzero(watch.of(subset(merged, late)) == 0)
+        mine = np.flatnonzero(watch.of(merged.subset(late)) == 0)
         flags = det.score(rows[mine], device) > threshold
         hosts = [merged.src_ip[late[j]] for j in mine]
         alerts = WindowVote(window).push(hosts, flags)

@@ -31,20 +31,12 @@ import detect  # noqa: E402
 from fediot.config import validate  # noqa: E402
 from fediot.rundir import create_run_dir, finish_table, write_json  # noqa: E402
 from model.lean import LeanDetector  # noqa: E402
-from traffic.packets import PACKET_FIELDS, PacketBatch, SkipCounts, read_capture  # noqa: E402
+from traffic.packets import PacketBatch, SkipCounts, read_capture  # noqa: E402
 
 DEVICES = {"blink-cam": ("blink-cam-01.pcap", "192.168.1.129"), "lockly-hub": ("lockly-hub-01.pcap", "192.168.1.128"),
            "sifely-hub": ("sifely-hub-01.pcap", "192.168.1.127")}
 TRAIN_SHARE = 0.8  # bench/household.py's: the first 80 % of each capture's time captured and federated
 HOUR_S = 3600.0
-
-
-def subset(batch: PacketBatch, idx: np.ndarray) -> PacketBatch:
-    out = PacketBatch()
-    for name in PACKET_FIELDS:
-        values = getattr(batch, name)
-        setattr(out, name, [values[i] for i in idx])
-    return out
 
 
 def between(batches: list[PacketBatch], t0: float, t1: float) -> Iterator[tuple[PacketBatch, SkipCounts]]:
@@ -53,7 +45,7 @@ def between(batches: list[PacketBatch], t0: float, t1: float) -> Iterator[tuple[
         t = np.asarray(b.time)
         idx = np.flatnonzero((t >= t0) & (t < t1))
         if len(idx):
-            yield subset(b, idx), SkipCounts()
+            yield b.subset(idx), SkipCounts()
 
 
 def window_alerts(det: LeanDetector, batches: list[PacketBatch], name: str, ip: str, t0: float, t1: float,

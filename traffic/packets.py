@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import dpkt
 
@@ -39,6 +39,13 @@ class PacketBatch:
 
     def __len__(self) -> int:
         return len(self.time)
+
+    def subset(self, idx: Sequence[int]) -> PacketBatch:
+        """The packets at these positions, in this order (frames too, when kept)."""
+        out = PacketBatch(**{name: [getattr(self, name)[i] for i in idx] for name in PACKET_FIELDS})
+        if self.frame is not None:
+            out.frame = [self.frame[i] for i in idx]
+        return out
 
 
 @dataclass
