@@ -33,7 +33,7 @@ import pickle
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import yaml
@@ -102,6 +102,20 @@ def packets_of(pcap: Path, batch: int) -> PacketBatch:
     return whole
 
 
+def in_batches(packets: PacketBatch, size: int) -> Iterator[PacketBatch]:
+    """The packets in batches of `size`, as read_capture hands them to capture and detect: the extractor sweeps its
+    idle streams between batches, which the fan-out features see (an evicted peer is new when it comes back), so a
+    whole capture in one batch would give rows neither capture nor detect gives."""
+    for start in range(0, len(packets), size):
+        yield packets.subset(range(start, min(start + size, len(packets))))
+
+
+def rows_of(packets: PacketBatch, cfg: Any) -> np.ndarray:
+    """Feature rows of every packet, from one extractor run as detect runs it (batches of detect_args.batch_packets)."""
+    extractor = FeatureExtractor.configured(cfg)
+    return np.vstack([extractor.transform(b) for b in in_batches(packets, cfg.batch_packets)])
+
+
 def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg: Any, seed: int) -> dict[str, Any]:
     """The device's captured share of time as `python -m capture` writes it; the held-out rows, times and hosts."""
     packets = packets_of(pcap, cfg.batch_packets)
@@ -109,13 +123,14 @@ def capture_device(name: str, pcap: Path, ip: str, share: float, out: Path, cfg:
     cut = t[0] + share * (t[-1] - t[0])
     watch = parse_watch(f"{name}={ip}")
     # one extractor pass over the whole capture (the board keeps watching after its capture)
-    rows = FeatureExtractor.configured(cfg).transform(packets)
+    rows = rows_of(packets, cfg)
     mine = np.flatnonzero(Watcher([watch]).of(packets) == 0)
     captured = mine[t[mine] < cut]
     held = mine[t[mine] >= cut]
     # the captured part through capture's own path (its extractor from the capture's start, its simulated attacks)
-    devices, _ = capture_rows(iter([(packets.subset(np.flatnonzero(t < cut)), SkipCounts())]), [watch], cfg, keep_packets=True,
-                              progress=False)
+    devices, _ = capture_rows(((b, SkipCounts()) for b in in_batches(packets.subset(np.flatnonzero(t < cut)),
+                                                                    cfg.batch_packets)),
+                              [watch], cfg, keep_packets=True, progress=False)
     d: DeviceCapture = devices[name]
     attacks = {a: simulated_attack_rows(d, a, ATTACK_SECONDS, cfg, seed * 100 + i)
                for i, a in enumerate(nbaiot.all_attack_names())}
@@ -166,7 +181,7 @@ def first_alert_seconds(pcap: Path, ip: str, share: float, det: LeanDetector, de
             setattr(merged, name, [both[j] for j in order])
         mt = np.asarray(merged.time)
         late = np.flatnonzero(mt >= cut)  # the extractor runs over everything; the detector watches the held-out time
-        rows = FeatureExtractor.configured(cfg).transform(merged)[late]
+        rows = rows_of(merged, cfg)[late]
         watch = Watcher([parse_watch(f"{device}={ip}")])
         mine = np.flatnonzero(watch.of(merged.subset(late)) == 0)
         flags = det.score(rows[mine], device) > threshold
