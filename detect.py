@@ -416,7 +416,7 @@ def network_sinks(cfg: DetectArgs, board: str, devices: list[str]) -> list[Sink]
 # a state file's bound: bytes per stream (every table's row of 5 decay rates as float64, and its key: 1,574 measured
 # when every kind holds as many streams, 2026-12-08) times the streams a state may hold
 STATE_BYTES_PER_STREAM = 2048
-STATE_MAX_ARRAYS = 32  # FeatureExtractor.state() writes 20
+STATE_MAX_ARRAYS = 32  # FeatureExtractor.state() writes 21
 
 
 def load_state(extractor: FeatureExtractor, path: Path, cfg: DetectArgs) -> bool:

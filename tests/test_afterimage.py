@@ -276,6 +276,7 @@ def test_a_state_saved_and_loaded_goes_on_as_if_never_stopped(tmp_path):
     good = dict(np.load(path, allow_pickle=False))
     broken = {
         "another decay": {**good, "lambdas": good["lambdas"] * 2},
+        "another feature version": {**good, "features_version": good["features_version"] - 1},
         "a missing table": {k: v for k, v in good.items() if k != "PHP"},
         "a table of another shape": {**good, "HH": good["HH"][:, :-1]},
         "a NaN": {**good, "MI": np.where(np.arange(good["MI"].size).reshape(good["MI"].shape) == 3, np.nan, good["MI"])},

@@ -344,21 +344,25 @@ class FeatureExtractor:
                 "JIT": self.JIT[:, :n["hh"]], "jit_last": self.jit_last[:n["hh"]], "HP": self.HP[:, :n["hp"]],
                 "PHH": self.PHH[:, :n["pair_hh"]], "PHP": self.PHP[:, :n["pair_hp"]], "FPEER": self.FPEER[:, :n["ip"]],
                 "FSOCK": self.FSOCK[:, :n["ip"]], "lambdas": self.lambdas,
+                "features_version": np.array([FEATURES_VERSION], dtype=np.int64),
                 "scalars": np.array([self.counting_from, self.last_time, self.packets, self.sweeps, self._since_sweep,
                                      self.evicted["idle"], self.evicted["cap"]], dtype=np.float64)}
         return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
     def load(self, state: dict[str, np.ndarray]) -> None:
         """Take a `state()` (of this or an earlier run) after checking it whole; ValueError says what is wrong and
-        leaves the extractor as it was. Checked: every array, its dtype and shape against the key counts, finite
-        values, keys unique, and every id a key holds within its table (a stale or damaged file must not index past
-        an array)."""
+        leaves the extractor as it was. Checked: the feature version, every array, its dtype and shape against the key
+        counts, finite values, keys unique, and every id a key holds within its table (a stale or damaged file must
+        not index past an array)."""
         n_l = len(self.lambdas)
-        need = ["MI", "H", "HH", "JIT", "jit_last", "HP", "PHH", "PHP", "FPEER", "FSOCK", "lambdas", "scalars",
-                *(f"keys_{name}" for name in self.keys)]
+        need = ["MI", "H", "HH", "JIT", "jit_last", "HP", "PHH", "PHP", "FPEER", "FSOCK", "lambdas", "features_version",
+                "scalars", *(f"keys_{name}" for name in self.keys)]
         missing = [k for k in need if k not in state]
         if missing:
             raise ValueError(f"missing {', '.join(missing)}")
+        version = np.asarray(state["features_version"])
+        if version.shape != (1,) or version.dtype.kind not in "iu" or int(version[0]) != FEATURES_VERSION:
+            raise ValueError(f"made by feature version {version.tolist()}, this extractor is {FEATURES_VERSION}")
         lam = np.asarray(state["lambdas"])
         if lam.shape != self.lambdas.shape or not np.array_equal(lam, self.lambdas):
             raise ValueError(f"made with decay rates {lam.tolist()}, not this extractor's {self.lambdas.tolist()}")
