@@ -172,6 +172,14 @@ class _Keys:
             i = self.ids[key] = len(self.ids)
         return i
 
+    def order(self) -> np.ndarray:
+        """Positions that put the keys (in the dict's order) in id order."""
+        return np.argsort(np.fromiter(self.ids.values(), dtype=np.int64, count=len(self.ids)))
+
+    def in_id_order(self) -> np.ndarray:
+        """The keys as uint64, in id order (every kind but addresses, whose IPv6 keys are above 2^64)."""
+        return np.fromiter(self.ids.keys(), dtype=np.uint64, count=len(self.ids))[self.order()]
+
     def map(self, keys: np.ndarray) -> np.ndarray:
         """Ids of an array of keys: one dict lookup per distinct key in the batch, not per packet."""
         uniq, inverse = np.unique(keys, return_inverse=True)
@@ -332,14 +340,9 @@ class FeatureExtractor:
         over the gap, its peers not new (a fresh extractor counts every peer first seen after its warm-up as new)."""
         n = {name: len(k.ids) for name, k in self.keys.items()}
 
-        def keys_in_id_order(name: str) -> np.ndarray:
-            d = self.keys[name].ids
-            order = np.argsort(np.fromiter(d.values(), dtype=np.int64, count=len(d)))
-            if name == "ip":  # IPv6 keys are above 2^128: 17 big-endian bytes each
-                return np.array([k.to_bytes(17, "big") for k in d], dtype="S17")[order]
-            return np.fromiter(d.keys(), dtype=np.uint64, count=len(d))[order]
-
-        out = {f"keys_{name}": keys_in_id_order(name) for name in self.keys}
+        ip = self.keys["ip"]  # IPv6 keys are above 2^128: 17 big-endian bytes each
+        out = {f"keys_{name}": k.in_id_order() for name, k in self.keys.items() if name != "ip"}
+        out["keys_ip"] = np.array([k.to_bytes(17, "big") for k in ip.ids], dtype="S17")[ip.order()]
         out |= {"MI": self.MI[:, :n["mi"]], "H": self.H[:, :n["h"]], "HH": self.HH[:, :n["hh"]],
                 "JIT": self.JIT[:, :n["hh"]], "jit_last": self.jit_last[:n["hh"]], "HP": self.HP[:, :n["hp"]],
                 "PHH": self.PHH[:, :n["pair_hh"]], "PHP": self.PHP[:, :n["pair_hp"]], "FPEER": self.FPEER[:, :n["ip"]],
@@ -478,14 +481,10 @@ class FeatureExtractor:
                 self.evicted["cap"] += int((live & ~ks).sum())
             return ks, kp
 
-        def keys_of(name: str) -> np.ndarray:  # keys in id order
-            d = self.keys[name].ids
-            return np.fromiter(d.keys(), dtype=np.uint64, count=len(d))[np.argsort(np.fromiter(d.values(), dtype=np.int64, count=len(d)))]
-
         lo32 = np.uint64(0xFFFFFFFF)
         s32, s16 = np.uint64(32), np.uint64(16)
-        mi_k, h_k, hh_k, hp_k = keys_of("mi"), keys_of("h"), keys_of("hh"), keys_of("hp")
-        phh_k, php_k = keys_of("pair_hh"), keys_of("pair_hp")
+        mi_k, h_k, hh_k, hp_k, phh_k, php_k = (self.keys[name].in_id_order()
+                                               for name in ("mi", "h", "hh", "hp", "pair_hh", "pair_hp"))
         # the two directions' stream ids of each pair (HpHp pairs are keyed by hp ids, HH pairs by address ids;
         # a direction never seen has no HH id: -1)
         hp_ends = np.stack([(php_k >> s32).astype(np.int64), (php_k & lo32).astype(np.int64)], axis=1)
